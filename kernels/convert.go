@@ -1,0 +1,90 @@
+package kernels
+
+import (
+	"encoding/binary"
+	"math"
+
+	"github.com/x448/float16"
+)
+
+// BF16FromF32 rounds f to bfloat16 with round-to-nearest-even, as the GPU's
+// __float2bfloat16_rn does: NaN stays NaN (quieted), values past the largest
+// bf16 round to ±Inf, and subnormals round like any other value.
+func BF16FromF32(f float32) uint16 {
+	b := math.Float32bits(f)
+	if b&0x7fffffff > 0x7f800000 { // NaN: keep the sign, force a quiet payload
+		return uint16(b>>16) | 0x0040
+	}
+	// Add 0x7fff plus the lowest kept bit: ties go to the even neighbour.
+	b += 0x7fff + (b>>16)&1
+	return uint16(b >> 16)
+}
+
+// F32FromBF16 widens a bfloat16 bit pattern to float32 exactly.
+func F32FromBF16(h uint16) float32 { return math.Float32frombits(uint32(h) << 16) }
+
+// F16FromF32 rounds f to IEEE half precision with round-to-nearest-even,
+// including subnormals, overflow to ±Inf and NaN preserved.
+func F16FromF32(f float32) uint16 { return uint16(float16.Fromfloat32(f)) }
+
+// F32FromF16 widens an IEEE half-precision bit pattern to float32 exactly.
+func F32FromF16(h uint16) float32 { return float16.Frombits(h).Float32() }
+
+// RoundBF16 returns f rounded to the nearest bfloat16 value, as float32.
+func RoundBF16(f float32) float32 { return F32FromBF16(BF16FromF32(f)) }
+
+// RoundF16 returns f rounded to the nearest half-precision value, as float32.
+func RoundF16(f float32) float32 { return F32FromF16(F16FromF32(f)) }
+
+// EncodeF64 converts host float64 values to the little-endian bytes of a
+// buffer of dtype d (rounding once, from float64 for F32 and through float32
+// for BF16/F16, as the device would store a float32 result).
+func EncodeF64(d DType, v []float64) []byte {
+	out := make([]byte, len(v)*d.Size())
+	for i, x := range v {
+		switch d {
+		case F64:
+			binary.LittleEndian.PutUint64(out[8*i:], math.Float64bits(x))
+		case F32:
+			binary.LittleEndian.PutUint32(out[4*i:], math.Float32bits(float32(x)))
+		case BF16:
+			binary.LittleEndian.PutUint16(out[2*i:], BF16FromF32(float32(x)))
+		case F16:
+			binary.LittleEndian.PutUint16(out[2*i:], F16FromF32(float32(x)))
+		case I32:
+			binary.LittleEndian.PutUint32(out[4*i:], uint32(int32(x)))
+		}
+	}
+	return out
+}
+
+// DecodeF64 converts the little-endian bytes of a buffer of dtype d to
+// float64 values, exactly.
+func DecodeF64(d DType, b []byte) []float64 {
+	n := len(b) / d.Size()
+	out := make([]float64, n)
+	for i := range out {
+		switch d {
+		case F64:
+			out[i] = math.Float64frombits(binary.LittleEndian.Uint64(b[8*i:]))
+		case F32:
+			out[i] = float64(math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:])))
+		case BF16:
+			out[i] = float64(F32FromBF16(binary.LittleEndian.Uint16(b[2*i:])))
+		case F16:
+			out[i] = float64(F32FromF16(binary.LittleEndian.Uint16(b[2*i:])))
+		case I32:
+			out[i] = float64(int32(binary.LittleEndian.Uint32(b[4*i:])))
+		}
+	}
+	return out
+}
+
+// EncodeI32 converts host int32 values to little-endian bytes.
+func EncodeI32(v []int32) []byte {
+	out := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(out[4*i:], uint32(x))
+	}
+	return out
+}
