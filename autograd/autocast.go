@@ -1,0 +1,131 @@
+package autograd
+
+import "github.com/newbie-train/newbie-train/kernels"
+
+// precision is how an op's float inputs are cast before it runs.
+type precision uint8
+
+const (
+	// lowPrecision ops (matrix products, attention, convolution) run on
+	// autocast-dtype operands with float32 accumulation.
+	lowPrecision precision = iota + 1
+	// fullPrecision ops (norms, softmax, reductions, exp/log/pow, losses)
+	// run in float32 under autocast.
+	fullPrecision
+	// promoted ops (elementwise arithmetic) run in the widest input dtype.
+	promoted
+)
+
+// castKey identifies a cached weight cast: the same leaf cast while recording
+// and while not recording are different tensors (only the first carries a
+// tape node).
+type castKey struct {
+	t         *Tensor
+	recording bool
+}
+
+// prepare applies the autocast policy p to an op's inputs and returns the
+// tensors the op must read, recording the casts it inserts so gradients
+// flow back in each input's own dtype. Nil inputs stay nil; integer tensors
+// are never cast. Without autocast, low and full precision ops promote their
+// inputs to a common dtype like elementwise ops do.
+func (e *Engine) prepare(p precision, ts ...*Tensor) []*Tensor {
+	out := make([]*Tensor, len(ts))
+	copy(out, ts)
+	if e.err != nil {
+		return out
+	}
+	target := kernels.DType(0)
+	for _, t := range ts {
+		if t == nil || !t.dtype.IsFloat() {
+			continue
+		}
+		if target == 0 {
+			target = t.dtype
+		} else {
+			target = promote(target, t.dtype)
+		}
+	}
+	for i, t := range ts {
+		if t == nil || !t.dtype.IsFloat() {
+			continue
+		}
+		want := target
+		if e.autocast != 0 && t.dtype != kernels.F64 {
+			switch p {
+			case lowPrecision:
+				want = e.autocast
+			case fullPrecision:
+				want = kernels.F32
+			}
+		}
+		if t.dtype == want {
+			continue
+		}
+		out[i] = e.cachedCast(t, want)
+	}
+	return out
+}
+
+// cachedCast casts t to d. Casts of leaves (weights) under autocast are
+// made once per step and reused by every op that reads the weight, except
+// inside checkpointed functions, whose intermediates must not outlive them.
+func (e *Engine) cachedCast(t *Tensor, d kernels.DType) *Tensor {
+	if !t.leaf || e.autocast == 0 || e.ckptDepth > 0 {
+		return Cast(t, d)
+	}
+	key := castKey{t, e.gradEnabled && t.requiresGrad}
+	if c, ok := e.castCache[key]; ok && c.dtype == d && !c.released {
+		return c
+	}
+	c := Cast(t, d)
+	e.persist(c)
+	e.castCache[key] = c
+	return c
+}
+
+// dropRecordedCasts forgets cached casts that carry a tape node once the tape
+// has been consumed: reusing them would silently cut the gradient path.
+func (e *Engine) dropRecordedCasts() {
+	for k, c := range e.castCache {
+		if k.recording {
+			c.Release()
+			delete(e.castCache, k)
+		}
+	}
+}
+
+// trace reports an op's dtypes to the Trace hook.
+func (e *Engine) trace(op string, out *Tensor, in ...*Tensor) {
+	if e.Trace == nil {
+		return
+	}
+	ds := make([]kernels.DType, 0, len(in))
+	for _, t := range in {
+		if t != nil {
+			ds = append(ds, t.dtype)
+		}
+	}
+	e.Trace(op, ds, out.dtype)
+}
+
+// Cast returns x converted to dtype d (x itself when it already is d). The
+// gradient is cast back to x's dtype.
+func Cast(x *Tensor, d kernels.DType) *Tensor {
+	e := x.e
+	if x.dtype == d {
+		return x
+	}
+	if !e.live("Cast", x) {
+		return e.failed(d, x.shape)
+	}
+	out := castTo(x, d)
+	e.trace("Cast", out, x)
+	if e.recording(x) {
+		src := x.dtype
+		e.record("Cast", out, []*Tensor{x}, nil, func(g *Tensor) []*Tensor {
+			return []*Tensor{castTo(g, src)}
+		})
+	}
+	return out
+}

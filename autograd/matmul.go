@@ -1,0 +1,167 @@
+package autograd
+
+import (
+	"github.com/newbie-train/newbie-train/kernels"
+)
+
+// matDims reads a tensor of rank ≥ 2 as a batch of [rows, cols] matrices.
+func matDims(t *Tensor) (batch, rows, cols int) {
+	r := len(t.shape)
+	return numel(t.shape[:r-2]), t.shape[r-2], t.shape[r-1]
+}
+
+// MatMul returns op(a)·op(b), where op transposes the last two axes when
+// asked. a is [..., M, K] ([..., K, M] with transA); b is either a single
+// matrix [K, N] ([N, K] with transB) shared by every batch, or has a's batch
+// axes. Under autocast it runs on autocast-dtype operands with float32
+// accumulation and returns the autocast dtype, like PyTorch.
+func MatMul(a, b *Tensor, transA, transB bool) *Tensor {
+	e := a.e
+	if !e.live("MatMul", a, b) {
+		return e.failed(a.dtype, a.shape)
+	}
+	if len(a.shape) < 2 || len(b.shape) < 2 {
+		e.failf("MatMul", "operands %v and %v must have rank ≥ 2", a.shape, b.shape)
+		return e.failed(a.dtype, a.shape)
+	}
+	ab, am, ak := matDims(a)
+	if transA {
+		am, ak = ak, am
+	}
+	bb, bk, bn := matDims(b)
+	if transB {
+		bk, bn = bn, bk
+	}
+	shared := len(b.shape) == 2
+	if ak != bk || (!shared && (ab != bb || !sameShape(a.shape[:len(a.shape)-2], b.shape[:len(b.shape)-2]))) {
+		e.failf("MatMul", "shapes %v%s and %v%s do not multiply", a.shape, tflag(transA), b.shape, tflag(transB))
+		return e.failed(a.dtype, a.shape)
+	}
+	in := e.prepare(lowPrecision, a, b)
+	a, b = in[0], in[1]
+	shape := append(append([]int(nil), a.shape[:len(a.shape)-2]...), am, bn)
+	out := e.newTensor(a.dtype, shape)
+	if out.st == nil {
+		return out
+	}
+	e.gemm(a, transA, b, transB, out, ab, am, bn, ak, false, shared, 0)
+	e.trace("MatMul", out, a, b)
+	if e.recording(a, b) {
+		sa, sb := e.save(a), e.save(b)
+		needA, needB := a.requiresGrad, b.requiresGrad
+		e.record("MatMul", out, []*Tensor{a, b}, []*Tensor{sa, sb}, func(g *Tensor) []*Tensor {
+			var ga, gb *Tensor
+			if needA {
+				ga = e.newTensor(sa.dtype, sa.shape)
+				if !transA { // dA[M,K] = dC·op(B)ᵀ
+					e.gemm(g, false, sb, !transB, ga, ab, am, ak, bn, false, shared, 0)
+				} else { // dA[K,M] = op(B)·dCᵀ
+					e.gemm(sb, transB, g, true, ga, ab, ak, am, bn, shared, false, 0)
+				}
+			}
+			if needB {
+				gb = e.newTensor(sb.dtype, sb.shape)
+				switch {
+				case shared && !transA && !transB: // dB[K,N] = Aᵀ·dC over all rows
+					e.gemm(e.flat(sa), true, e.flat(g), false, gb, 1, ak, bn, ab*am, false, false, 0)
+				case shared && !transA && transB: // dB[N,K] = dCᵀ·A over all rows
+					e.gemm(e.flat(g), true, e.flat(sa), false, gb, 1, bn, ak, ab*am, false, false, 0)
+				case shared: // transposed A cannot be flattened: accumulate per batch
+					for i := range ab {
+						beta := 1.0
+						if i == 0 {
+							beta = 0
+						}
+						if !transB {
+							e.gemmOne(sa, true != transA, i*am*ak, g, false, i*am*bn, gb, ak, bn, am, beta)
+						} else {
+							e.gemmOne(g, true, i*am*bn, sa, transA, i*am*ak, gb, bn, ak, am, beta)
+						}
+					}
+				case !transB: // dB[K,N] = op(A)ᵀ·dC
+					e.gemm(sa, !transA, g, false, gb, ab, ak, bn, am, false, false, 0)
+				default: // dB[N,K] = dCᵀ·op(A)
+					e.gemm(g, true, sa, transA, gb, ab, bn, ak, am, false, false, 0)
+				}
+			}
+			return []*Tensor{ga, gb}
+		})
+	}
+	return out
+}
+
+func tflag(t bool) string {
+	if t {
+		return "ᵀ"
+	}
+	return ""
+}
+
+// flat views a tensor [..., r, c] as one matrix [(...·r), c].
+func (e *Engine) flat(t *Tensor) *Tensor {
+	return &Tensor{e: e, shape: []int{t.Len() / t.shape[len(t.shape)-1], t.shape[len(t.shape)-1]}, dtype: t.dtype, st: t.st}
+}
+
+// gemm queues C = op(A)·op(B) (+beta·C) for batch matrices of [m,n] from
+// k-long products. A and B are stored row-major as the flags say; a shared
+// operand (one matrix for every batch) uses batch stride 0.
+func (e *Engine) gemm(a *Tensor, ta bool, b *Tensor, tb bool, c *Tensor, batch, m, n, k int, sharedA, sharedB bool, beta float64) {
+	if !e.live("gemm", a, b, c) {
+		return
+	}
+	lda, ldb := k, n
+	if ta {
+		lda = m
+	}
+	if tb {
+		ldb = k
+	}
+	strideA, strideB := m*k, k*n
+	if sharedA {
+		strideA = 0
+	}
+	if sharedB {
+		strideB = 0
+	}
+	e.b.Gemm(kernels.GemmArgs{
+		TransA: ta, TransB: tb, M: m, N: n, K: k, Batch: batch, Alpha: 1, Beta: beta,
+		A: a.st.buf, LDA: lda, StrideA: strideA,
+		B: b.st.buf, LDB: ldb, StrideB: strideB,
+		C: c.st.buf, LDC: n, StrideC: m * n,
+	})
+}
+
+// gemmOne queues one product at element offsets into A and B.
+func (e *Engine) gemmOne(a *Tensor, ta bool, offA int, b *Tensor, tb bool, offB int, c *Tensor, m, n, k int, beta float64) {
+	if !e.live("gemm", a, b, c) {
+		return
+	}
+	lda, ldb := k, n
+	if ta {
+		lda = m
+	}
+	if tb {
+		ldb = k
+	}
+	e.b.Gemm(kernels.GemmArgs{
+		TransA: ta, TransB: tb, M: m, N: n, K: k, Batch: 1, Alpha: 1, Beta: beta,
+		A: a.st.buf, OffA: offA, LDA: lda, StrideA: m * k,
+		B: b.st.buf, OffB: offB, LDB: ldb, StrideB: k * n,
+		C: c.st.buf, LDC: n, StrideC: m * n,
+	})
+}
+
+// Linear returns x·wᵀ + bias for x [..., in], w [out, in] and bias [out]
+// (nil for none), as torch.nn.functional.linear: under autocast all three
+// run in the autocast dtype.
+func Linear(x, w, bias *Tensor) *Tensor {
+	e := x.e
+	in := e.prepare(lowPrecision, x, w, bias)
+	y := MatMul(in[0], in[1], false, true)
+	if bias == nil {
+		return y
+	}
+	out := Add(y, in[2])
+	y.Release()
+	return out
+}

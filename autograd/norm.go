@@ -1,0 +1,227 @@
+package autograd
+
+import (
+	"github.com/newbie-train/newbie-train/kernels"
+)
+
+// statDType is the dtype of saved normalisation statistics for inputs of d.
+func statDType(d kernels.DType) kernels.DType {
+	if d == kernels.F64 {
+		return kernels.F64
+	}
+	return kernels.F32
+}
+
+// paramGrad turns a backend-computed parameter gradient (F32/F64) into the
+// parameter's dtype.
+func paramGrad(g *Tensor, p *Tensor) *Tensor {
+	if g == nil || p == nil {
+		return nil
+	}
+	return castOwned(g, p.dtype)
+}
+
+// RMSNorm returns x/√(mean(x²)+eps)·w over the last axis (w [last] may be
+// nil), in float32 under autocast.
+func RMSNorm(x, w *Tensor, eps float64) *Tensor {
+	e := x.e
+	if !e.live("RMSNorm", x, w) {
+		return e.failed(x.dtype, x.shape)
+	}
+	cols := x.shape[len(x.shape)-1]
+	if w != nil && (len(w.shape) != 1 || w.shape[0] != cols) {
+		e.failf("RMSNorm", "weight %v does not fit %v", w, x)
+		return e.failed(x.dtype, x.shape)
+	}
+	in := e.prepare(fullPrecision, x, w)
+	x, w = in[0], in[1]
+	rows := x.Len() / cols
+	out := e.newTensor(x.dtype, x.shape)
+	rstd := e.newTensor(statDType(x.dtype), []int{rows})
+	if out.st == nil || rstd.st == nil {
+		return out
+	}
+	e.b.RMSNorm(out.st.buf, rstd.st.buf, x.st.buf, bufOf(w), rows, cols, eps)
+	e.trace("RMSNorm", out, x, w)
+	if e.recording(x, w) {
+		sx, sw, sr := e.save(x), e.save(w), e.save(rstd)
+		needX, needW := x.requiresGrad, w != nil && w.requiresGrad
+		e.record("RMSNorm", out, []*Tensor{x, w}, []*Tensor{sx, sw, sr}, func(g *Tensor) []*Tensor {
+			dx := e.newTensor(sx.dtype, sx.shape)
+			var dw *Tensor
+			if needW {
+				dw = e.newTensor(statDType(sx.dtype), sw.shape)
+			}
+			if e.live("RMSNorm backward", g) && dx.st != nil {
+				e.b.RMSNormGrad(dx.st.buf, bufOf(dw), g.st.buf, sx.st.buf, bufOf(sw), sr.st.buf, rows, cols)
+			}
+			if !needX {
+				dx.Release()
+				dx = nil
+			}
+			return []*Tensor{dx, paramGrad(dw, sw)}
+		})
+	}
+	rstd.Release()
+	return out
+}
+
+// LayerNorm returns (x−mean)/√(var+eps)·w + b over the last axis (w and b
+// [last] may be nil), in float32 under autocast.
+func LayerNorm(x, w, b *Tensor, eps float64) *Tensor {
+	e := x.e
+	if !e.live("LayerNorm", x, w, b) {
+		return e.failed(x.dtype, x.shape)
+	}
+	cols := x.shape[len(x.shape)-1]
+	for _, p := range []*Tensor{w, b} {
+		if p != nil && (len(p.shape) != 1 || p.shape[0] != cols) {
+			e.failf("LayerNorm", "parameter %v does not fit %v", p, x)
+			return e.failed(x.dtype, x.shape)
+		}
+	}
+	in := e.prepare(fullPrecision, x, w, b)
+	x, w, b = in[0], in[1], in[2]
+	rows := x.Len() / cols
+	out := e.newTensor(x.dtype, x.shape)
+	mean := e.newTensor(statDType(x.dtype), []int{rows})
+	rstd := e.newTensor(statDType(x.dtype), []int{rows})
+	if out.st == nil || mean.st == nil || rstd.st == nil {
+		return out
+	}
+	e.b.LayerNorm(out.st.buf, mean.st.buf, rstd.st.buf, x.st.buf, bufOf(w), bufOf(b), rows, cols, eps)
+	e.trace("LayerNorm", out, x, w, b)
+	if e.recording(x, w, b) {
+		sx, sw, sm, sr := e.save(x), e.save(w), e.save(mean), e.save(rstd)
+		needX, needW, needB := x.requiresGrad, w != nil && w.requiresGrad, b != nil && b.requiresGrad
+		bShape := []int{cols}
+		var bDType kernels.DType
+		if b != nil {
+			bDType = b.dtype
+		}
+		e.record("LayerNorm", out, []*Tensor{x, w, b}, []*Tensor{sx, sw, sm, sr}, func(g *Tensor) []*Tensor {
+			dx := e.newTensor(sx.dtype, sx.shape)
+			var dw, db *Tensor
+			if needW {
+				dw = e.newTensor(statDType(sx.dtype), bShape)
+			}
+			if needB {
+				db = e.newTensor(statDType(sx.dtype), bShape)
+			}
+			if e.live("LayerNorm backward", g) && dx.st != nil {
+				e.b.LayerNormGrad(dx.st.buf, bufOf(dw), bufOf(db), g.st.buf, sx.st.buf, bufOf(sw), sm.st.buf, sr.st.buf, rows, cols)
+			}
+			if !needX {
+				dx.Release()
+				dx = nil
+			}
+			if db != nil {
+				db = castOwned(db, bDType)
+			}
+			return []*Tensor{dx, paramGrad(dw, sw), db}
+		})
+	}
+	mean.Release()
+	rstd.Release()
+	return out
+}
+
+// GroupNorm normalises x [N, C, ...] over groups of C/groups channels and
+// all trailing positions, then applies per-channel w and b (nil allowed), in
+// float32 under autocast.
+func GroupNorm(x *Tensor, groups int, w, b *Tensor, eps float64) *Tensor {
+	e := x.e
+	if !e.live("GroupNorm", x, w, b) {
+		return e.failed(x.dtype, x.shape)
+	}
+	if len(x.shape) < 2 || groups <= 0 || x.shape[1]%groups != 0 {
+		e.failf("GroupNorm", "%d groups do not divide the channels of %v", groups, x)
+		return e.failed(x.dtype, x.shape)
+	}
+	n, c := x.shape[0], x.shape[1]
+	hw := numel(x.shape[2:])
+	for _, p := range []*Tensor{w, b} {
+		if p != nil && (len(p.shape) != 1 || p.shape[0] != c) {
+			e.failf("GroupNorm", "parameter %v does not fit %v", p, x)
+			return e.failed(x.dtype, x.shape)
+		}
+	}
+	in := e.prepare(fullPrecision, x, w, b)
+	x, w, b = in[0], in[1], in[2]
+	out := e.newTensor(x.dtype, x.shape)
+	mean := e.newTensor(statDType(x.dtype), []int{n, groups})
+	rstd := e.newTensor(statDType(x.dtype), []int{n, groups})
+	if out.st == nil || mean.st == nil || rstd.st == nil {
+		return out
+	}
+	e.b.GroupNorm(out.st.buf, mean.st.buf, rstd.st.buf, x.st.buf, bufOf(w), bufOf(b), n, c, hw, groups, eps)
+	e.trace("GroupNorm", out, x, w, b)
+	if e.recording(x, w, b) {
+		sx, sw, sm, sr := e.save(x), e.save(w), e.save(mean), e.save(rstd)
+		needX, needW, needB := x.requiresGrad, w != nil && w.requiresGrad, b != nil && b.requiresGrad
+		var bDType kernels.DType
+		if b != nil {
+			bDType = b.dtype
+		}
+		e.record("GroupNorm", out, []*Tensor{x, w, b}, []*Tensor{sx, sw, sm, sr}, func(g *Tensor) []*Tensor {
+			dx := e.newTensor(sx.dtype, sx.shape)
+			var dw, db *Tensor
+			if needW {
+				dw = e.newTensor(statDType(sx.dtype), []int{c})
+			}
+			if needB {
+				db = e.newTensor(statDType(sx.dtype), []int{c})
+			}
+			if e.live("GroupNorm backward", g) && dx.st != nil {
+				e.b.GroupNormGrad(dx.st.buf, bufOf(dw), bufOf(db), g.st.buf, sx.st.buf, bufOf(sw), sm.st.buf, sr.st.buf, n, c, hw, groups)
+			}
+			if !needX {
+				dx.Release()
+				dx = nil
+			}
+			if db != nil {
+				db = castOwned(db, bDType)
+			}
+			return []*Tensor{dx, paramGrad(dw, sw), db}
+		})
+	}
+	mean.Release()
+	rstd.Release()
+	return out
+}
+
+// Softmax returns the softmax over the last axis, in float32 under autocast.
+func Softmax(x *Tensor) *Tensor {
+	e := x.e
+	if !e.live("Softmax", x) {
+		return e.failed(x.dtype, x.shape)
+	}
+	x = e.prepare(fullPrecision, x)[0]
+	cols := x.shape[len(x.shape)-1]
+	rows := x.Len() / cols
+	out := e.newTensor(x.dtype, x.shape)
+	if out.st == nil {
+		return out
+	}
+	e.b.Softmax(out.st.buf, x.st.buf, rows, cols)
+	e.trace("Softmax", out, x)
+	if e.recording(x) {
+		sy := e.save(out)
+		e.record("Softmax", out, []*Tensor{x}, []*Tensor{sy}, func(g *Tensor) []*Tensor {
+			dx := e.newTensor(sy.dtype, sy.shape)
+			if e.live("Softmax backward", g) && dx.st != nil {
+				e.b.SoftmaxGrad(dx.st.buf, sy.st.buf, g.st.buf, rows, cols)
+			}
+			return []*Tensor{dx}
+		})
+	}
+	return out
+}
+
+// bufOf returns t's buffer, or nil for a nil tensor.
+func bufOf(t *Tensor) kernels.Buffer {
+	if t == nil || t.st == nil {
+		return nil
+	}
+	return t.st.buf
+}

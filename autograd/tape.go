@@ -1,0 +1,227 @@
+package autograd
+
+import (
+	"fmt"
+
+	"github.com/newbie-train/newbie-train/kernels"
+)
+
+// node is one recorded op: its output, the inputs gradients flow to, the
+// activations its backward reads, and the backward rule itself.
+type node struct {
+	op     string
+	out    *Tensor
+	inputs []*Tensor
+	saved  []*Tensor // tape-owned handles, released once the node has run
+	// backward maps the gradient of out to one gradient per input (nil where
+	// the input needs none). It runs with recording off.
+	backward func(g *Tensor) []*Tensor
+}
+
+// recording reports whether an op on these inputs must be put on the tape.
+func (e *Engine) recording(inputs ...*Tensor) bool {
+	if !e.gradEnabled || e.err != nil {
+		return false
+	}
+	for _, t := range inputs {
+		if t != nil && t.requiresGrad {
+			return true
+		}
+	}
+	return false
+}
+
+// save returns a tape-owned handle to t's storage, so the backward can read
+// t even after the caller releases its own handle.
+func (e *Engine) save(t *Tensor) *Tensor {
+	if t == nil || t.st == nil {
+		return t
+	}
+	t.st.retain()
+	return &Tensor{e: e, shape: t.shape, dtype: t.dtype, st: t.st, Name: t.Name}
+}
+
+// record puts a node on the tape and marks out as requiring grad. saved are
+// handles returned by save; they are released after the node's backward.
+func (e *Engine) record(op string, out *Tensor, inputs []*Tensor, saved []*Tensor, backward func(g *Tensor) []*Tensor) {
+	if out.st == nil {
+		for _, s := range saved {
+			s.Release()
+		}
+		return
+	}
+	out.requiresGrad = true
+	n := &node{op: op, out: out, inputs: inputs, saved: saved, backward: backward}
+	out.node = n
+	e.tape = append(e.tape, n)
+}
+
+// dropTape releases what the nodes from index start on saved and removes
+// them from the tape.
+func (e *Engine) dropTape(start int) {
+	for _, n := range e.tape[start:] {
+		for _, s := range n.saved {
+			s.Release()
+		}
+		n.saved = nil
+		if n.out.node == n {
+			n.out.node = nil
+		}
+	}
+	e.tape = e.tape[:start]
+	if start == 0 {
+		e.dropRecordedCasts()
+	}
+}
+
+// Backward computes the gradient of the one-element tensor loss with
+// respect to every leaf that requires grad, adding it into the leaf's Grad
+// (F32, or F64 for F64 leaves). The tape is consumed: each node's saved
+// activations are freed as soon as its backward has run.
+func (e *Engine) Backward(loss *Tensor) error {
+	if !e.live("Backward", loss) {
+		return e.Err()
+	}
+	if loss.Len() != 1 {
+		return fmt.Errorf("Backward: loss %v is not a single value", loss)
+	}
+	if !loss.requiresGrad {
+		return fmt.Errorf("Backward: loss %v does not depend on anything that requires grad", loss)
+	}
+	seed := e.Full(loss.dtype, loss.shape, 1)
+	e.backwardFrom(0, map[*Tensor]*Tensor{loss: seed}, nil)
+	return e.Err()
+}
+
+// backwardFrom runs the tape from its end down to index start with the given
+// output gradients, then drops those nodes. Gradients reaching leaves are
+// accumulated into their Grad; gradients reaching the tensors in want are
+// returned (owned by the caller) instead.
+func (e *Engine) backwardFrom(start int, seeds map[*Tensor]*Tensor, want map[*Tensor]bool) map[*Tensor]*Tensor {
+	prev := e.SetGradEnabled(false)
+	defer e.SetGradEnabled(prev)
+	grads := seeds
+	e.gradStack = append(e.gradStack, grads)
+	defer func() { e.gradStack = e.gradStack[:len(e.gradStack)-1] }()
+	for i := len(e.tape) - 1; i >= start && e.err == nil; i-- {
+		n := e.tape[i]
+		g, ok := grads[n.out]
+		if !ok {
+			continue
+		}
+		delete(grads, n.out)
+		ins := n.backward(g)
+		g.Release()
+		for j, in := range n.inputs {
+			if in == nil || j >= len(ins) || ins[j] == nil || !in.requiresGrad {
+				if j < len(ins) && ins[j] != nil {
+					ins[j].Release()
+				}
+				continue
+			}
+			e.accumulate(grads, in, ins[j], want)
+		}
+		for _, s := range n.saved {
+			s.Release()
+		}
+		n.saved = nil
+	}
+	result := map[*Tensor]*Tensor{}
+	for t, g := range grads {
+		switch {
+		case want[t]:
+			result[t] = g
+		case t.node != nil && len(e.gradStack) > 1 && e.err == nil:
+			// A tensor from before a checkpointed function that the function
+			// read without taking it as an input: its gradient belongs to the
+			// enclosing backward pass.
+			e.accumulate(e.gradStack[len(e.gradStack)-2], t, g, nil)
+		default:
+			g.Release()
+		}
+	}
+	e.dropTape(start)
+	return result
+}
+
+// accumulate adds gradient g of tensor in: into the leaf's persistent Grad,
+// or into the pending gradient of an intermediate tensor.
+func (e *Engine) accumulate(grads map[*Tensor]*Tensor, in, g *Tensor, want map[*Tensor]bool) {
+	if !sameShape(in.shape, g.shape) {
+		e.failf("backward", "gradient %v does not match %v (a backward rule is wrong)", g.shape, in)
+		g.Release()
+		return
+	}
+	if in.leaf && !want[in] {
+		gd := kernels.F32
+		if in.dtype == kernels.F64 {
+			gd = kernels.F64
+		}
+		if in.grad == nil {
+			if g.dtype == gd {
+				in.grad = g
+			} else {
+				in.grad = castTo(g, gd)
+				g.Release()
+			}
+			e.persist(in.grad)
+			return
+		}
+		e.addInto(in.grad, g)
+		g.Release()
+		return
+	}
+	if prev, ok := grads[in]; ok {
+		if prev.dtype != g.dtype {
+			// Uses of one tensor in different precisions: sum in the wider one.
+			wide := promote(prev.dtype, g.dtype)
+			prev = castOwned(prev, wide)
+			g = castOwned(g, wide)
+		}
+		e.addInto(prev, g)
+		g.Release()
+		grads[in] = prev
+		return
+	}
+	grads[in] = g
+}
+
+// addInto adds src into dst in place (same shape).
+func (e *Engine) addInto(dst, src *Tensor) {
+	if !e.live("accumulate", dst, src) {
+		return
+	}
+	e.b.Binary(kernels.Add, dst.st.buf, dst.shape, dst.st.buf, dst.shape, src.st.buf, src.shape)
+}
+
+// castOwned returns t converted to d, releasing t when a copy was made.
+func castOwned(t *Tensor, d kernels.DType) *Tensor {
+	if t.dtype == d {
+		return t
+	}
+	c := castTo(t, d)
+	t.Release()
+	return c
+}
+
+// castTo returns a new tensor holding t converted to d, outside the tape.
+func castTo(t *Tensor, d kernels.DType) *Tensor {
+	e := t.e
+	out := e.newTensor(d, t.shape)
+	if e.live("Cast", t) && out.st != nil {
+		e.b.Cast(out.st.buf, t.st.buf)
+	}
+	return out
+}
+
+// promote returns the wider of two float dtypes (F64 > F32 > F16/BF16;
+// BF16 with F16 gives F32), as PyTorch's type promotion does.
+func promote(a, b kernels.DType) kernels.DType {
+	if a == b {
+		return a
+	}
+	if a == kernels.F64 || b == kernels.F64 {
+		return kernels.F64
+	}
+	return kernels.F32
+}

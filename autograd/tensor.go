@@ -1,0 +1,300 @@
+package autograd
+
+import (
+	"fmt"
+
+	"github.com/newbie-train/newbie-train/kernels"
+)
+
+// storage is a device buffer shared by the tensors that view it (a tensor
+// and its reshapes) and by the tape nodes that saved it. It is freed when
+// the last reference goes.
+type storage struct {
+	e    *Engine
+	buf  kernels.Buffer
+	refs int
+}
+
+func (s *storage) retain() { s.refs++ }
+
+func (s *storage) drop() {
+	s.refs--
+	if s.refs == 0 {
+		s.e.b.Free(s.buf)
+		s.buf = nil
+	}
+}
+
+// Tensor is an n-dimensional, contiguous, row-major array on the engine's
+// backend. Tensors are immutable values as far as ops are concerned: every
+// op returns a new tensor (parameters and gradients are updated in place
+// only by optimizers, outside the tape).
+type Tensor struct {
+	e     *Engine
+	shape []int
+	dtype kernels.DType
+	st    *storage // nil for a failed tensor
+
+	released bool
+	kept     bool
+
+	requiresGrad bool
+	leaf         bool    // created by the user, not by an op
+	grad         *Tensor // accumulated gradient of a leaf that requires grad
+	node         *node   // the op that produced this tensor, when recorded
+
+	// Name labels parameters in errors and checkpoints.
+	Name string
+}
+
+// Shape returns the tensor's shape (do not modify it).
+func (t *Tensor) Shape() []int { return t.shape }
+
+// DType returns the element type.
+func (t *Tensor) DType() kernels.DType { return t.dtype }
+
+// Len is the number of elements.
+func (t *Tensor) Len() int { return numel(t.shape) }
+
+// Engine returns the engine the tensor belongs to.
+func (t *Tensor) Engine() *Engine { return t.e }
+
+// Buffer returns the device buffer holding the tensor's elements, for
+// optimizers and checkpoint code that work below the tape. It is nil for a
+// released or failed tensor.
+func (t *Tensor) Buffer() kernels.Buffer {
+	if t.st == nil || t.released {
+		return nil
+	}
+	return t.st.buf
+}
+
+// RequiresGrad reports whether gradients flow to or through this tensor.
+func (t *Tensor) RequiresGrad() bool { return t.requiresGrad }
+
+// Grad returns the gradient accumulated into a leaf that requires grad (nil
+// before the first backward). It has the leaf's shape and is F32 (F64 for an
+// F64 leaf), whatever dtype the forward ran in.
+func (t *Tensor) Grad() *Tensor { return t.grad }
+
+// ZeroGrad frees a leaf's accumulated gradient, so the next backward starts
+// from zero.
+func (t *Tensor) ZeroGrad() {
+	if t.grad != nil {
+		t.grad.Release()
+		t.grad = nil
+	}
+}
+
+// Keep exempts a step tensor from being freed by EndStep (a value to read
+// after the step, a tensor carried to the next step). Release frees it.
+func (t *Tensor) Keep() *Tensor {
+	t.kept = true
+	return t
+}
+
+// Release drops this handle's reference to the device buffer now; the buffer
+// is freed once the tape no longer needs it either. Using a released tensor
+// in an op is an error. Releasing twice does nothing.
+func (t *Tensor) Release() {
+	if t == nil || t.released {
+		return
+	}
+	t.released = true
+	if t.st != nil {
+		t.st.drop()
+	}
+	if t.grad != nil {
+		t.grad.Release()
+		t.grad = nil
+	}
+}
+
+// String describes the tensor for error messages.
+func (t *Tensor) String() string {
+	name := t.Name
+	if name == "" {
+		name = "tensor"
+	}
+	return fmt.Sprintf("%s%v %v", name, t.shape, t.dtype)
+}
+
+func numel(shape []int) int {
+	n := 1
+	for _, s := range shape {
+		n *= s
+	}
+	return n
+}
+
+func sameShape(a, b []int) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// newTensor allocates an uninitialised tensor in the current scope. On an
+// allocation failure it records the error and returns a failed tensor.
+func (e *Engine) newTensor(d kernels.DType, shape []int) *Tensor {
+	t := &Tensor{e: e, shape: append([]int(nil), shape...), dtype: d}
+	for _, s := range shape {
+		if s < 0 {
+			e.failf("alloc", "negative dimension in shape %v", shape)
+			return t
+		}
+	}
+	buf, err := e.b.Alloc(d, numel(shape))
+	if err != nil {
+		e.fail(fmt.Errorf("alloc %v%v: %w", d, shape, err))
+		return t
+	}
+	t.st = &storage{e: e, buf: buf, refs: 1}
+	e.scopes[len(e.scopes)-1] = append(e.scopes[len(e.scopes)-1], t)
+	return t
+}
+
+// persist removes t from the step's scopes: it lives until Release.
+func (e *Engine) persist(t *Tensor) {
+	for si := range e.scopes {
+		s := e.scopes[si]
+		for i := len(s) - 1; i >= 0; i-- {
+			if s[i] == t {
+				e.scopes[si] = append(s[:i], s[i+1:]...)
+				return
+			}
+		}
+	}
+}
+
+// FromFloat64 returns a step tensor of dtype d holding values (rounded to d).
+func (e *Engine) FromFloat64(d kernels.DType, shape []int, values []float64) *Tensor {
+	if len(values) != numel(shape) {
+		e.failf("FromFloat64", "%d values for shape %v (%d elements)", len(values), shape, numel(shape))
+		return &Tensor{e: e, shape: append([]int(nil), shape...), dtype: d}
+	}
+	t := e.newTensor(d, shape)
+	if t.st != nil {
+		e.b.Upload(t.st.buf, 0, kernels.EncodeF64(d, values))
+	}
+	return t
+}
+
+// FromInt32 returns a step tensor of dtype I32 (token ids, positions).
+func (e *Engine) FromInt32(shape []int, values []int32) *Tensor {
+	if len(values) != numel(shape) {
+		e.failf("FromInt32", "%d values for shape %v", len(values), shape)
+		return &Tensor{e: e, shape: append([]int(nil), shape...), dtype: kernels.I32}
+	}
+	t := e.newTensor(kernels.I32, shape)
+	if t.st != nil {
+		e.b.Upload(t.st.buf, 0, kernels.EncodeI32(values))
+	}
+	return t
+}
+
+// Full returns a step tensor with every element v.
+func (e *Engine) Full(d kernels.DType, shape []int, v float64) *Tensor {
+	t := e.newTensor(d, shape)
+	if t.st != nil {
+		e.b.Fill(t.st.buf, v)
+	}
+	return t
+}
+
+// Zeros returns a step tensor of zeros.
+func (e *Engine) Zeros(d kernels.DType, shape []int) *Tensor { return e.Full(d, shape, 0) }
+
+// Param returns a trainable leaf that lives until released: its values are
+// the master copy (F32 for training; F64 in gradient checks) and its
+// gradient accumulates in the same dtype across backward passes.
+func (e *Engine) Param(name string, d kernels.DType, shape []int, values []float64) *Tensor {
+	t := e.FromFloat64(d, shape, values)
+	e.persist(t)
+	t.Name = name
+	t.leaf = true
+	t.requiresGrad = true
+	return t
+}
+
+// Constant returns a leaf without gradient that lives until released
+// (frozen base weights, fixed tables).
+func (e *Engine) Constant(name string, d kernels.DType, shape []int, values []float64) *Tensor {
+	t := e.FromFloat64(d, shape, values)
+	e.persist(t)
+	t.Name = name
+	t.leaf = true
+	return t
+}
+
+// Input marks a step tensor as a leaf whose gradient is wanted (gradient
+// checks, input gradients in parity tests) and returns it.
+func (t *Tensor) Input() *Tensor {
+	t.leaf = true
+	t.requiresGrad = true
+	return t
+}
+
+// Values waits for the backend and returns the tensor's elements as float64.
+// This is the one way data leaves the device; call it once per log interval.
+func (t *Tensor) Values() ([]float64, error) {
+	if err := t.e.Err(); err != nil {
+		return nil, err
+	}
+	if t.st == nil || t.released {
+		return nil, fmt.Errorf("read %v: tensor was released", t)
+	}
+	raw := make([]byte, t.Len()*t.dtype.Size())
+	if err := t.e.b.Download(raw, t.st.buf, 0); err != nil {
+		return nil, fmt.Errorf("read %v: %w", t, err)
+	}
+	return kernels.DecodeF64(t.dtype, raw), nil
+}
+
+// Item returns the single value of a one-element tensor.
+func (t *Tensor) Item() (float64, error) {
+	if t.Len() != 1 {
+		return 0, fmt.Errorf("Item of %v: not a single value", t)
+	}
+	v, err := t.Values()
+	if err != nil {
+		return 0, err
+	}
+	return v[0], nil
+}
+
+// live reports whether t can be read by an op; it records why not.
+func (e *Engine) live(op string, ts ...*Tensor) bool {
+	if e.err != nil {
+		return false
+	}
+	for _, t := range ts {
+		if t == nil {
+			continue
+		}
+		if t.e != e {
+			e.failf(op, "%v belongs to another engine", t)
+			return false
+		}
+		if t.st == nil {
+			e.fail(fmt.Errorf("%s: %w", op, ErrFailedInput))
+			return false
+		}
+		if t.released {
+			e.failf(op, "%v was released", t)
+			return false
+		}
+	}
+	return true
+}
+
+// failed returns a failed tensor of the given shape and dtype: what an op
+// returns when it cannot run.
+func (e *Engine) failed(d kernels.DType, shape []int) *Tensor {
+	return &Tensor{e: e, shape: append([]int(nil), shape...), dtype: d}
+}
