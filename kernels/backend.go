@@ -63,10 +63,12 @@ type Backend interface {
 	// separately, of equal rank, each axis of a and b either equal to dst's or 1.
 	Binary(op BinaryOp, dst Buffer, dstShape []int, a Buffer, aShape []int, b Buffer, bShape []int)
 	// Reduce reduces src viewed as [outer, axis, inner] over the middle axis
-	// into dst viewed as [outer, inner], accumulating in float32 (float64 for
-	// F64 sources) with a fixed order so results are reproducible.
+	// into dst viewed as [outer, inner], accumulating in float32 (float64
+	// when src or dst is F64) with a fixed order so results are reproducible.
 	Reduce(op ReduceOp, dst, src Buffer, outer, axis, inner int)
-	// SumSquares writes Σ x² over all listed buffers into dst[0] (F32 or F64).
+	// SumSquares writes Σ x² over all listed buffers into dst[0] (F32 or
+	// F64), accumulating in float64 so the global norm of many tensors keeps
+	// its precision.
 	SumSquares(dst Buffer, srcs []Buffer)
 	// NonFinite writes 1 into dst[0] if any element of any listed buffer is
 	// ±Inf or NaN, and 0 otherwise.
@@ -220,7 +222,8 @@ const (
 //
 // Masks: KeyLens (host, len B, may be nil) lets query rows of sample b see
 // only keys j < KeyLens[b] (right padding); Causal hides keys j > i; Window > 0
-// (with Causal) hides keys j ≤ i−Window (sliding-window attention). A row
+// hides keys j ≤ i−Window (sliding-window attention) and requires Causal
+// (a window without it is a failure). A row
 // that sees no key gets O = 0 and LSE = −Inf, and gradient 0.
 type AttentionArgs struct {
 	Q, K, V    Buffer

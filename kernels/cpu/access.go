@@ -33,7 +33,7 @@ func (b *buffer) set(i int, v float64) {
 	case kernels.F16:
 		b.u16[i] = kernels.F16FromF32(float32(v))
 	case kernels.I32:
-		b.i32[i] = int32(v)
+		b.i32[i] = toI32(v)
 	}
 }
 

@@ -147,15 +147,15 @@ func RelErr(got, want []float64) float64 {
 	}
 	var num, den float64
 	for i := range got {
+		if got[i] == want[i] { // also equal infinities, whose difference is NaN
+			continue
+		}
 		d := got[i] - want[i]
 		if math.IsNaN(d) {
 			if math.IsNaN(got[i]) && math.IsNaN(want[i]) {
 				continue
 			}
 			return math.Inf(1)
-		}
-		if math.IsInf(want[i], 0) && got[i] == want[i] {
-			continue
 		}
 		num += d * d
 		den += want[i] * want[i]
