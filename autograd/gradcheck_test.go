@@ -276,3 +276,24 @@ func ropeTables(e *autograd.Engine, b, s, half int) (*autograd.Tensor, *autograd
 	}
 	return e.FromFloat64(kernels.F64, []int{b, s, half}, cos), e.FromFloat64(kernels.F64, []int{b, s, half}, sin)
 }
+
+// TestNormalResumes: draws continue identically from a saved RandomState.
+func TestNormalResumes(t *testing.T) {
+	e := autograd.New(cpu.New())
+	e.SeedRandom(11, 0)
+	first, _ := e.Normal(kernels.F32, []int{5}).Values()
+	seed, off := e.RandomState()
+	second, _ := e.Normal(kernels.F32, []int{7}).Values()
+
+	f := autograd.New(cpu.New())
+	f.SeedRandom(seed, off)
+	again, _ := f.Normal(kernels.F32, []int{7}).Values()
+	for i := range second {
+		if again[i] != second[i] {
+			t.Fatalf("draw %d after resume: %v, want %v", i, again[i], second[i])
+		}
+	}
+	if first[0] == second[0] {
+		t.Error("consecutive draws repeat")
+	}
+}

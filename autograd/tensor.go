@@ -77,12 +77,11 @@ func (t *Tensor) RequiresGrad() bool { return t.requiresGrad }
 // F64 leaf), whatever dtype the forward ran in.
 func (t *Tensor) Grad() *Tensor { return t.grad }
 
-// ZeroGrad frees a leaf's accumulated gradient, so the next backward starts
-// from zero.
+// ZeroGrad sets a leaf's accumulated gradient to zero in place, so the next
+// backward starts from zero while optimizers keep a stable buffer.
 func (t *Tensor) ZeroGrad() {
-	if t.grad != nil {
-		t.grad.Release()
-		t.grad = nil
+	if t.grad != nil && t.grad.st != nil && !t.grad.released {
+		t.e.b.Fill(t.grad.st.buf, 0)
 	}
 }
 
@@ -212,13 +211,20 @@ func (e *Engine) Zeros(d kernels.DType, shape []int) *Tensor { return e.Full(d, 
 
 // Param returns a trainable leaf that lives until released: its values are
 // the master copy (F32 for training; F64 in gradient checks) and its
-// gradient accumulates in the same dtype across backward passes.
+// gradient, allocated here as zeros so optimizers hold a stable buffer,
+// accumulates in the same dtype across backward passes.
 func (e *Engine) Param(name string, d kernels.DType, shape []int, values []float64) *Tensor {
 	t := e.FromFloat64(d, shape, values)
 	e.persist(t)
 	t.Name = name
 	t.leaf = true
 	t.requiresGrad = true
+	gd := kernels.F32
+	if d == kernels.F64 {
+		gd = kernels.F64
+	}
+	t.grad = e.Zeros(gd, shape)
+	e.persist(t.grad)
 	return t
 }
 
