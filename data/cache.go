@@ -1,0 +1,663 @@
+package data
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/crc32"
+	"io/fs"
+	"math"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
+	"github.com/newbie-train/newbie-train/kernels"
+)
+
+// cacheVersion is part of every key: bump it when the file layout or the
+// preprocessing changes meaning, and every old entry is re-encoded.
+const cacheVersion = "newbie-cache-v1"
+
+var crcTable = crc32.MakeTable(crc32.Castagnoli)
+
+// EncodedItem is one image's place in the cache.
+type EncodedItem struct {
+	Item *Item
+	// Latents holds one cache file per crop variant.
+	Latents []string
+	// Texts holds one cache file per caption variant; Captions the texts.
+	Texts    []string
+	Captions []string
+}
+
+// Encoded is a dataset whose every sample is in the cache: what the Loader
+// reads.
+type Encoded struct {
+	Items []EncodedItem
+	// EmptyText is the cache file of the empty caption, shared by every
+	// caption-dropout sample ("" when caption dropout is off).
+	EmptyText string
+	// Fingerprint identifies the exact set of cache entries; a loader cursor
+	// saved under one fingerprint refuses to resume under another.
+	Fingerprint string
+	Options     Options
+}
+
+// CacheStats counts what a build did.
+type CacheStats struct {
+	LatentsEncoded, LatentsReused int
+	TextsEncoded, TextsReused     int
+	// Damaged lists cache files found damaged and re-encoded.
+	Damaged []string
+	// Skipped lists images that failed to decode at encode time (only
+	// possible with SkipDeepValidate) and were left out.
+	Skipped []Problem
+}
+
+// Progress is a snapshot of the cache build for a progress bar.
+type Progress struct {
+	Done, Total     int
+	Encoded, Reused int
+	Elapsed, ETA    time.Duration
+	Current         string // the file or caption being worked on
+}
+
+// String draws a one-line bar: "[#########-----------]  45/100  45%  enc 40 reused 5  ETA 1m2s".
+func (p Progress) String() string {
+	const width = 24
+	frac := 1.0
+	if p.Total > 0 {
+		frac = float64(p.Done) / float64(p.Total)
+	}
+	n := int(frac * width)
+	eta := "--"
+	if p.Done > 0 && p.Done < p.Total {
+		eta = p.ETA.Round(time.Second).String()
+	} else if p.Done == p.Total {
+		eta = "0s"
+	}
+	return fmt.Sprintf("[%s%s] %d/%d %3.0f%%  enc %d reused %d  ETA %s", strings.Repeat("#", n), strings.Repeat("-", width-n), p.Done, p.Total, 100*frac, p.Encoded, p.Reused, eta)
+}
+
+// CacheBuilder runs the encoders over a dataset and stores the results.
+type CacheBuilder struct {
+	VAE  ImageEncoder
+	Text TextEncoders
+	// Progress, when set, is called after every entry (from one goroutine).
+	Progress func(Progress)
+	// Warn, when set, receives warnings (damaged files); they are also in
+	// CacheStats.
+	Warn func(string)
+	// ImageBatch is how many same-bucket images go to the image encoder in
+	// one call (a GPU VAE is faster on batches; host memory grows with it).
+	// Default 1.
+	ImageBatch int
+}
+
+func digest(parts ...string) string {
+	h := sha256.New()
+	for _, p := range parts {
+		var n [8]byte
+		binary.LittleEndian.PutUint64(n[:], uint64(len(p)))
+		h.Write(n[:])
+		h.Write([]byte(p))
+	}
+	return hex.EncodeToString(h.Sum(nil))
+}
+
+func (o Options) cacheDType() safetensors.DType {
+	if o.CacheBF16 {
+		return safetensors.BF16
+	}
+	return safetensors.F32
+}
+
+// latentJob / textJob are unique units of encoding work.
+type latentJob struct {
+	key  string
+	item *Item
+	crop CropWindow
+}
+
+type textJob struct {
+	key, caption string
+}
+
+func (b CacheBuilder) latentKey(o Options, it *Item, crop CropWindow) string {
+	return digest(cacheVersion, "latent", it.Hash, b.VAE.Identity(), it.Bucket.String(), crop.String(), resizeFilterID, string(o.Alpha), string(o.cacheDType()))
+}
+
+func (b CacheBuilder) textKey(o Options, caption string) string {
+	return digest(cacheVersion, "text", caption, b.Text.Features.Identity(), b.Text.Pooled.Identity(), o.Caption.SystemPrompt, string(o.cacheDType()))
+}
+
+// plan computes every cache file the dataset needs, without encoding.
+func (b CacheBuilder) plan(ds *Dataset) (*Encoded, []latentJob, []textJob, error) {
+	if b.VAE == nil || b.Text.Features == nil || b.Text.Pooled == nil {
+		return nil, nil, nil, errors.New("data: cache needs an image encoder and both text encoders")
+	}
+	if ds == nil || len(ds.Items) == 0 {
+		return nil, nil, nil, errors.New("data: cache: empty dataset")
+	}
+	o := ds.Options
+	if o.CacheDir == "" {
+		return nil, nil, nil, errors.New("data: no cache directory set (Options.CacheDir)")
+	}
+	enc := &Encoded{Options: o}
+	seenL, seenT := map[string]bool{}, map[string]bool{}
+	var lj []latentJob
+	var tj []textJob
+	var all []string
+	for _, it := range ds.Items {
+		ei := EncodedItem{Item: it}
+		all = append(all, "repeats="+strconv.Itoa(it.Repeats))
+		for v := 0; v < o.Buckets.CropVariants; v++ {
+			crop := cropWindow(it.Width, it.Height, it.Bucket, o.Buckets.RandomCrop, o.Seed, it.Hash, v)
+			k := b.latentKey(o, it, crop)
+			ei.Latents = append(ei.Latents, filepath.Join(o.CacheDir, "latents", k+".safetensors"))
+			if !seenL[k] {
+				seenL[k] = true
+				lj = append(lj, latentJob{k, it, crop})
+			}
+			all = append(all, k)
+		}
+		for _, c := range it.Caption.Variants(o.Caption, o.Seed, it.Hash) {
+			k := b.textKey(o, c)
+			ei.Texts = append(ei.Texts, filepath.Join(o.CacheDir, "text", k+".safetensors"))
+			ei.Captions = append(ei.Captions, c)
+			if !seenT[k] {
+				seenT[k] = true
+				tj = append(tj, textJob{k, c})
+			}
+			all = append(all, k)
+		}
+		enc.Items = append(enc.Items, ei)
+	}
+	if o.Caption.CaptionDropout > 0 {
+		k := b.textKey(o, "")
+		enc.EmptyText = filepath.Join(o.CacheDir, "text", k+".safetensors")
+		if !seenT[k] {
+			tj = append(tj, textJob{k, ""})
+		}
+		all = append(all, k)
+	}
+	// Everything the batch sequence depends on besides the seed (which the
+	// cursor carries): the entries in order, batch size, drop-last, dropout.
+	head := []string{strconv.Itoa(o.Loader.BatchSize), strconv.FormatBool(o.Loader.DropLast), strconv.FormatFloat(o.Caption.CaptionDropout, 'g', -1, 64)}
+	enc.Fingerprint = digest(append(head, all...)...)[:16]
+	return enc, lj, tj, nil
+}
+
+// Build encodes whatever the cache lacks and returns the encoded dataset.
+// Existing entries are verified (key, shapes, checksum); a damaged one is
+// reported through Warn and re-encoded, never loaded.
+func (b CacheBuilder) Build(ctx context.Context, ds *Dataset) (*Encoded, CacheStats, error) {
+	var st CacheStats
+	enc, lj, tj, err := b.plan(ds)
+	if err != nil {
+		return nil, st, err
+	}
+	o := ds.Options
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for _, sub := range []string{"latents", "text"} {
+		if err := os.MkdirAll(filepath.Join(o.CacheDir, sub), 0o755); err != nil {
+			return nil, st, fmt.Errorf("data: cache directory: %w", err)
+		}
+	}
+	start := time.Now()
+	total := len(lj) + len(tj)
+	done := 0
+	report := func(cur string) {
+		done++
+		if b.Progress == nil {
+			return
+		}
+		el := time.Since(start)
+		p := Progress{Done: done, Total: total, Encoded: st.LatentsEncoded + st.TextsEncoded, Reused: st.LatentsReused + st.TextsReused, Elapsed: el, Current: cur}
+		if p.Encoded > 0 {
+			// Reused entries cost almost nothing: the rate that predicts
+			// the rest is the encoding rate.
+			p.ETA = time.Duration(float64(el) / float64(p.Encoded) * float64(total-done))
+		}
+		b.Progress(p)
+	}
+	check := func(path, key string, verify func(string, string) error) bool {
+		err := verify(path, key)
+		if err == nil {
+			return true
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			msg := fmt.Sprintf("cache file %s is damaged (%v); re-encoding it", path, err)
+			st.Damaged = append(st.Damaged, msg)
+			if b.Warn != nil {
+				b.Warn(msg)
+			}
+		}
+		return false
+	}
+
+	// Latents: images are decoded and resized on all workers; encoder calls
+	// are serialised because a GPU model is one device queue.
+	type result struct {
+		job latentJob
+		img RGB
+		err error
+	}
+	var todo []latentJob
+	for _, j := range lj {
+		if check(latentPath(o, j.key), j.key, verifyLatent) {
+			st.LatentsReused++
+			report(j.item.Path)
+			continue
+		}
+		todo = append(todo, j)
+	}
+	jobs := make(chan latentJob)
+	results := make(chan result, o.Workers)
+	var wg sync.WaitGroup
+	for w := 0; w < o.Workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range jobs {
+				img, err := prepareImage(j.item, j.crop, o)
+				results <- result{j, img, err}
+			}
+		}()
+	}
+	go func() {
+		defer close(jobs)
+		for _, j := range todo {
+			select {
+			case jobs <- j:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	go func() { wg.Wait(); close(results) }()
+	var firstErr error
+	skipped := map[*Item]bool{}
+	fail := func(err error) {
+		firstErr = err
+		cancel() // stop feeding the workers; the loop drains what is in flight
+	}
+	imageBatch := max(b.ImageBatch, 1)
+	byBucket := map[Bucket][]result{}
+	encodeBatch := func(rs []result) error {
+		imgs := make([]RGB, len(rs))
+		for i, r := range rs {
+			imgs[i] = r.img
+		}
+		lat, err := b.VAE.EncodeImages(ctx, imgs)
+		if err == nil && len(lat) != len(rs) {
+			err = fmt.Errorf("image encoder returned %d latents for %d images", len(lat), len(rs))
+		}
+		if err != nil {
+			return fmt.Errorf("data: encoding %s (batch of %d): %w", rs[0].job.item.Path, len(rs), err)
+		}
+		for i, r := range rs {
+			if err := writeLatent(o, r.job, lat[i]); err != nil {
+				return err
+			}
+			st.LatentsEncoded++
+			report(r.job.item.Path)
+		}
+		return nil
+	}
+	for r := range results {
+		if firstErr != nil {
+			continue // drain
+		}
+		if r.err != nil {
+			if o.Strict {
+				fail(r.err)
+				continue
+			}
+			st.Skipped = append(st.Skipped, Problem{r.job.item.Path, r.err.Error()})
+			skipped[r.job.item] = true
+			report(r.job.item.Path)
+			continue
+		}
+		// Images of one bucket share a size, so they can go to the encoder
+		// together; the batch is sent once it is full.
+		byBucket[r.job.item.Bucket] = append(byBucket[r.job.item.Bucket], r)
+		if len(byBucket[r.job.item.Bucket]) >= imageBatch {
+			if err := encodeBatch(byBucket[r.job.item.Bucket]); err != nil {
+				fail(err)
+			}
+			delete(byBucket, r.job.item.Bucket)
+		}
+	}
+	if firstErr == nil {
+		// Leftover partial batches, in a fixed order.
+		keys := make([]Bucket, 0, len(byBucket))
+		for k := range byBucket {
+			keys = append(keys, k)
+		}
+		sort.Slice(keys, func(i, j int) bool { return keys[i].String() < keys[j].String() })
+		for _, k := range keys {
+			if err := encodeBatch(byBucket[k]); err != nil {
+				fail(err)
+				break
+			}
+		}
+	}
+	if firstErr != nil {
+		return nil, st, firstErr
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, st, err
+	}
+
+	// Texts: batched, in plan order.
+	const textBatch = 16
+	var pending []textJob
+	flush := func() error {
+		if len(pending) == 0 {
+			return nil
+		}
+		feat := make([]string, len(pending))
+		pool := make([]string, len(pending))
+		for i, j := range pending {
+			feat[i] = FeatureText(o.Caption.SystemPrompt, j.caption)
+			pool[i] = PooledText(j.caption)
+		}
+		fe, err := b.Text.Features.EncodeTexts(ctx, feat)
+		if err != nil {
+			return fmt.Errorf("data: text encoder %s: %w", b.Text.Features.Identity(), err)
+		}
+		pe, err := b.Text.Pooled.EncodeTexts(ctx, pool)
+		if err != nil {
+			return fmt.Errorf("data: text encoder %s: %w", b.Text.Pooled.Identity(), err)
+		}
+		if len(fe) != len(pending) || len(pe) != len(pending) {
+			return fmt.Errorf("data: text encoders returned %d and %d encodings for %d texts", len(fe), len(pe), len(pending))
+		}
+		for i, j := range pending {
+			e := TextEncoding{Features: fe[i].Features, Tokens: fe[i].Tokens, Dim: fe[i].Dim, Mask: fe[i].Mask, Pooled: pe[i].Pooled}
+			if err := writeText(o, j, e); err != nil {
+				return err
+			}
+			st.TextsEncoded++
+			report(clip(j.caption))
+		}
+		pending = pending[:0]
+		return nil
+	}
+	for _, j := range tj {
+		if check(textPath(o, j.key), j.key, verifyText) {
+			st.TextsReused++
+			report(clip(j.caption))
+			continue
+		}
+		pending = append(pending, j)
+		if len(pending) == textBatch {
+			if err := flush(); err != nil {
+				return nil, st, err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return nil, st, err
+	}
+	if len(skipped) > 0 {
+		kept := enc.Items[:0]
+		for _, ei := range enc.Items {
+			if !skipped[ei.Item] {
+				kept = append(kept, ei)
+			}
+		}
+		enc.Items = kept
+		if len(kept) == 0 {
+			return nil, st, errors.New("data: no image could be encoded")
+		}
+	}
+	return enc, st, nil
+}
+
+func latentPath(o Options, key string) string {
+	return filepath.Join(o.CacheDir, "latents", key+".safetensors")
+}
+
+func textPath(o Options, key string) string {
+	return filepath.Join(o.CacheDir, "text", key+".safetensors")
+}
+
+// prepareImage decodes, crops and resizes one image to its bucket and maps
+// it to [−1, 1], the VAE's input range.
+func prepareImage(it *Item, crop CropWindow, o Options) (RGB, error) {
+	src, err := LoadRGB(it, o)
+	if err != nil {
+		return RGB{}, err
+	}
+	img := cropResize(src, crop.X, crop.Y, crop.W, crop.H, it.Bucket.W, it.Bucket.H)
+	for i, v := range img.Pix {
+		img.Pix[i] = 2*v - 1
+	}
+	return img, nil
+}
+
+// encodeFloats stores v as dt (F32 or BF16) little-endian.
+func encodeFloats(dt safetensors.DType, v []float32) []byte {
+	if dt == safetensors.BF16 {
+		out := make([]byte, 2*len(v))
+		for i, x := range v {
+			binary.LittleEndian.PutUint16(out[2*i:], kernels.BF16FromF32(x))
+		}
+		return out
+	}
+	out := make([]byte, 4*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint32(out[4*i:], math.Float32bits(x))
+	}
+	return out
+}
+
+// checksum is the CRC-32C of the tensors' bytes in name order; stored in the
+// metadata, it catches damage the header checks cannot see (flipped bits,
+// a file overwritten in place).
+func checksum(ts map[string][]byte) string {
+	names := make([]string, 0, len(ts))
+	for n := range ts {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	var c uint32
+	for _, n := range names {
+		c = crc32.Update(c, crcTable, ts[n])
+	}
+	return strconv.FormatUint(uint64(c), 16)
+}
+
+func writeLatent(o Options, j latentJob, l Latent) error {
+	if len(l.Data) != l.C*l.H*l.W || l.C < 1 {
+		return fmt.Errorf("data: image encoder returned %d values for a %dx%dx%d latent of %s", len(l.Data), l.C, l.H, l.W, j.item.Path)
+	}
+	dt := o.cacheDType()
+	raw := encodeFloats(dt, l.Data)
+	meta := map[string]string{
+		"kind": "latent", "key": j.key, "image": j.item.Path, "bucket": j.item.Bucket.String(),
+		"crop": j.crop.String(), "crc32c": checksum(map[string][]byte{"latent": raw}),
+	}
+	err := safetensors.Write(latentPath(o, j.key), []safetensors.Tensor{{Name: "latent", DType: dt, Shape: []int{l.C, l.H, l.W}, Data: raw}}, meta)
+	if err != nil {
+		return fmt.Errorf("data: cache: %w", err)
+	}
+	return nil
+}
+
+func writeText(o Options, j textJob, e TextEncoding) error {
+	if len(e.Features) != e.Tokens*e.Dim || len(e.Mask) != e.Tokens || e.Tokens < 1 {
+		return fmt.Errorf("data: text encoder returned %d features and %d mask values for %d tokens of width %d", len(e.Features), len(e.Mask), e.Tokens, e.Dim)
+	}
+	dt := o.cacheDType()
+	ts := map[string][]byte{
+		"features": encodeFloats(dt, e.Features),
+		"mask":     kernels.EncodeI32(e.Mask),
+		"pooled":   encodeFloats(safetensors.F32, e.Pooled),
+	}
+	meta := map[string]string{"kind": "text", "key": j.key, "caption": j.caption, "crc32c": checksum(ts)}
+	err := safetensors.Write(textPath(o, j.key), []safetensors.Tensor{
+		{Name: "features", DType: dt, Shape: []int{e.Tokens, e.Dim}, Data: ts["features"]},
+		{Name: "mask", DType: safetensors.I32, Shape: []int{e.Tokens}, Data: ts["mask"]},
+		{Name: "pooled", DType: safetensors.F32, Shape: []int{len(e.Pooled)}, Data: ts["pooled"]},
+	}, meta)
+	if err != nil {
+		return fmt.Errorf("data: cache: %w", err)
+	}
+	return nil
+}
+
+// openVerified opens a cache file and checks that it is the entry for key,
+// has the named tensors and that its checksum matches.
+func openVerified(path, key, kind string, names ...string) (*safetensors.File, error) {
+	if _, err := os.Stat(path); err != nil {
+		return nil, err
+	}
+	f, err := safetensors.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	meta := f.Metadata()
+	if meta["kind"] != kind || meta["key"] != key {
+		f.Close()
+		return nil, fmt.Errorf("holds %q entry %.12s, want %s entry %.12s", meta["kind"], meta["key"], kind, key)
+	}
+	ts := map[string][]byte{}
+	for _, n := range names {
+		b, err := f.Bytes(n)
+		if err != nil {
+			f.Close()
+			return nil, err
+		}
+		ts[n] = b
+	}
+	if got := checksum(ts); got != meta["crc32c"] {
+		f.Close()
+		return nil, fmt.Errorf("checksum %s does not match the recorded %s", got, meta["crc32c"])
+	}
+	return f, nil
+}
+
+func verifyLatent(path, key string) error {
+	f, err := openVerified(path, key, "latent", "latent")
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+func verifyText(path, key string) error {
+	f, err := openVerified(path, key, "text", "features", "mask", "pooled")
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+func keyOf(path string) string {
+	return strings.TrimSuffix(filepath.Base(path), ".safetensors")
+}
+
+// LoadLatent reads and verifies a latent cache file.
+func LoadLatent(path string) (Latent, error) {
+	f, err := openVerified(path, keyOf(path), "latent", "latent")
+	if err != nil {
+		return Latent{}, fmt.Errorf("data: cache entry %s damaged or missing (run the cache step again): %w", path, err)
+	}
+	defer f.Close()
+	info, _ := f.Info("latent")
+	if len(info.Shape) != 3 {
+		return Latent{}, fmt.Errorf("data: %s: latent shape %v is not [C,H,W]", path, info.Shape)
+	}
+	v, err := f.Float32("latent")
+	if err != nil {
+		return Latent{}, fmt.Errorf("data: %w", err)
+	}
+	return Latent{Data: v, C: info.Shape[0], H: info.Shape[1], W: info.Shape[2]}, nil
+}
+
+// LoadText reads and verifies a text cache file.
+func LoadText(path string) (TextEncoding, error) {
+	f, err := openVerified(path, keyOf(path), "text", "features", "mask", "pooled")
+	if err != nil {
+		return TextEncoding{}, fmt.Errorf("data: cache entry %s damaged or missing (run the cache step again): %w", path, err)
+	}
+	defer f.Close()
+	info, _ := f.Info("features")
+	if len(info.Shape) != 2 {
+		return TextEncoding{}, fmt.Errorf("data: %s: features shape %v is not [L,D]", path, info.Shape)
+	}
+	var e TextEncoding
+	e.Tokens, e.Dim = info.Shape[0], info.Shape[1]
+	if e.Features, err = f.Float32("features"); err != nil {
+		return e, fmt.Errorf("data: %w", err)
+	}
+	m, err := f.Float64("mask")
+	if err != nil {
+		return e, fmt.Errorf("data: %w", err)
+	}
+	e.Mask = make([]int32, len(m))
+	for i, x := range m {
+		e.Mask[i] = int32(x)
+	}
+	if e.Pooled, err = f.Float32("pooled"); err != nil {
+		return e, fmt.Errorf("data: %w", err)
+	}
+	return e, nil
+}
+
+// Prune deletes cache files that enc does not use (entries of edited
+// captions, removed images, old settings) and stray temporary files of
+// interrupted writes. It returns how many files it removed. Only files
+// named like cache entries are touched.
+func Prune(enc *Encoded) (int, error) {
+	if enc == nil || enc.Options.CacheDir == "" {
+		return 0, errors.New("data: pruning cache: no encoded dataset or cache directory")
+	}
+	used := map[string]bool{}
+	for _, ei := range enc.Items {
+		for _, p := range append(append([]string(nil), ei.Latents...), ei.Texts...) {
+			used[p] = true
+		}
+	}
+	if enc.EmptyText != "" {
+		used[enc.EmptyText] = true
+	}
+	removed := 0
+	for _, sub := range []string{"latents", "text"} {
+		dir := filepath.Join(enc.Options.CacheDir, sub)
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			if errors.Is(err, fs.ErrNotExist) {
+				continue
+			}
+			return removed, fmt.Errorf("data: pruning cache: %w", err)
+		}
+		for _, e := range entries {
+			name := e.Name()
+			if e.IsDir() || !strings.Contains(name, ".safetensors") {
+				continue
+			}
+			p := filepath.Join(dir, name)
+			if used[p] {
+				continue
+			}
+			if err := os.Remove(p); err != nil {
+				return removed, fmt.Errorf("data: pruning cache: %w", err)
+			}
+			removed++
+		}
+	}
+	return removed, nil
+}
