@@ -1,0 +1,391 @@
+package nextdit
+
+import (
+	"fmt"
+	"math"
+
+	ag "github.com/newbie-train/newbie-train/autograd"
+	"github.com/newbie-train/newbie-train/kernels"
+)
+
+// Inputs are one batch for Forward.
+type Inputs struct {
+	// X is the noisy latent [B, in_channels, H, W]; H and W are multiples
+	// of the patch size. Mark it with Input() to get its gradient.
+	X *ag.Tensor
+	// T holds the B timesteps in [0, 1] (t = 1 is data). They are host
+	// values because the sinusoidal embedding is computed on the host (the
+	// backend has no sin/cos op); the trainer draws them there anyway.
+	T []float64
+	// CapFeats are the caption features [B, L, cap_feat_dim], each sample's
+	// real tokens first and padding after.
+	CapFeats *ag.Tensor
+	// CapLens is each sample's number of real caption tokens (≤ L): the
+	// upstream cap_mask summed per row. See CapLensFromMask.
+	CapLens []int
+	// ClipPooled is the pooled CLIP text embedding [B, clip_text_dim]; nil
+	// runs without the CLIP-pooled path (required nil when the config has
+	// none).
+	ClipPooled *ag.Tensor
+}
+
+// CapLensFromMask turns an upstream cap_mask [B, L] (1 for real tokens,
+// which must come first) into caption lengths.
+func CapLensFromMask(mask []float64, b, l int) ([]int, error) {
+	if len(mask) != b*l {
+		return nil, fmt.Errorf("nextdit: caption mask has %d values for [%d, %d]", len(mask), b, l)
+	}
+	lens := make([]int, b)
+	for i := range b {
+		n := 0
+		for j := range l {
+			on := mask[i*l+j] != 0
+			switch {
+			case on && n == j:
+				n++
+			case on:
+				return nil, fmt.Errorf("nextdit: caption mask row %d has a real token at %d after padding (right padding only)", i, j)
+			}
+		}
+		lens[i] = n
+	}
+	return lens, nil
+}
+
+// actDType is the dtype of host-made activations (RoPE tables, timestep
+// embeddings, padding): float64 for a float64 model, else float32.
+func (m *Model) actDType() kernels.DType {
+	if m.opts.DType == kernels.F64 {
+		return kernels.F64
+	}
+	return kernels.F32
+}
+
+// check validates the inputs against the config.
+func (m *Model) check(in Inputs) (b, l, ht, wt int, err error) {
+	c := m.cfg
+	if in.X == nil || in.CapFeats == nil {
+		return 0, 0, 0, 0, fmt.Errorf("nextdit: Forward needs X and CapFeats")
+	}
+	xs, cs := in.X.Shape(), in.CapFeats.Shape()
+	if len(xs) != 4 || xs[1] != c.InChannels || xs[2]%c.PatchSize != 0 || xs[3]%c.PatchSize != 0 {
+		return 0, 0, 0, 0, fmt.Errorf("nextdit: X %v is not [B, %d, H, W] with H and W multiples of %d", xs, c.InChannels, c.PatchSize)
+	}
+	b = xs[0]
+	if len(cs) != 3 || cs[0] != b || cs[2] != c.CapFeatDim {
+		return 0, 0, 0, 0, fmt.Errorf("nextdit: CapFeats %v is not [%d, L, %d]", cs, b, c.CapFeatDim)
+	}
+	l = cs[1]
+	if len(in.T) != b {
+		return 0, 0, 0, 0, fmt.Errorf("nextdit: %d timesteps for a batch of %d", len(in.T), b)
+	}
+	if len(in.CapLens) != b {
+		return 0, 0, 0, 0, fmt.Errorf("nextdit: %d caption lengths for a batch of %d", len(in.CapLens), b)
+	}
+	for i, n := range in.CapLens {
+		if n < 0 || n > l {
+			return 0, 0, 0, 0, fmt.Errorf("nextdit: caption length %d of sample %d is outside [0, %d]", n, i, l)
+		}
+	}
+	switch {
+	case in.ClipPooled != nil && c.ClipTextDim == 0:
+		return 0, 0, 0, 0, fmt.Errorf("nextdit: ClipPooled given but the config has no CLIP-pooled path")
+	case in.ClipPooled != nil:
+		ps := in.ClipPooled.Shape()
+		if len(ps) != 2 || ps[0] != b || ps[1] != c.ClipTextDim {
+			return 0, 0, 0, 0, fmt.Errorf("nextdit: ClipPooled %v is not [%d, %d]", ps, b, c.ClipTextDim)
+		}
+	}
+	for _, p := range c.Params() {
+		if m.weights[p.Name] == nil && p.Name != "norm_final.weight" {
+			return 0, 0, 0, 0, fmt.Errorf("nextdit: weight %s is not loaded", p.Name)
+		}
+	}
+	return b, l, xs[2] / c.PatchSize, xs[3] / c.PatchSize, nil
+}
+
+// Forward runs the network, as upstream NextDiT_CLIP.forward, and returns
+// the prediction [B, in_channels, H, W]. Argument errors are returned here;
+// failures of ops surface through the engine (Backward, Values, EndStep).
+func (m *Model) Forward(in Inputs) (*ag.Tensor, error) {
+	c := m.cfg
+	b, l, ht, wt, err := m.check(in)
+	if err != nil {
+		return nil, err
+	}
+	e, act := m.e, m.actDType()
+	n, p, d, hd := ht*wt, c.PatchSize, c.Dim, c.HeadDim()
+	maxCap := 0
+	for _, cl := range in.CapLens {
+		maxCap = max(maxCap, cl)
+	}
+	s := maxCap + n
+
+	// Conditioning: t embedder, optionally joined with the pooled CLIP text.
+	tFreq := e.FromFloat64(act, []int{b, TimeFreqDim}, timestepEmbedding(in.T))
+	h1 := m.linear("t_embedder.mlp.0", tFreq)
+	h2 := ag.SiLU(h1)
+	adaln := m.linear("t_embedder.mlp.2", h2)
+	release(tFreq, h1, h2)
+	if in.ClipPooled != nil {
+		cn := ag.RMSNorm(in.ClipPooled, m.weights["clip_text_pooled_proj.0.weight"], QKNormEps)
+		clip := m.linear("clip_text_pooled_proj.1", cn)
+		joined := ag.Concat(1, adaln, clip)
+		sj := ag.SiLU(joined)
+		next := m.linear("time_text_embed.1", sj)
+		release(cn, clip, joined, sj, adaln)
+		adaln = next
+	}
+
+	// Caption embedder and context refiner.
+	capN := ag.RMSNorm(in.CapFeats, m.weights["cap_embedder.0.weight"], c.NormEps)
+	capX := m.linear("cap_embedder.1", capN)
+	release(capN)
+
+	rope := buildRope(c, in.CapLens, l, ht, wt, s)
+	half := hd / 2
+	capCos := e.FromFloat64(act, []int{b, l, half}, rope.capCos)
+	capSin := e.FromFloat64(act, []int{b, l, half}, rope.capSin)
+	imgCos := e.FromFloat64(act, []int{b, n, half}, rope.imgCos)
+	imgSin := e.FromFloat64(act, []int{b, n, half}, rope.imgSin)
+	jCos := e.FromFloat64(act, []int{b, s, half}, rope.jointCos)
+	jSin := e.FromFloat64(act, []int{b, s, half}, rope.jointSin)
+	capLens32 := make([]int32, b)
+	jointLens := make([]int32, b)
+	for i, cl := range in.CapLens {
+		capLens32[i] = int32(cl)
+		jointLens[i] = int32(cl + n)
+	}
+	for i := range c.NRefinerLayers {
+		next := m.runBlock(fmt.Sprintf("context_refiner.%d", i), capX, nil, capCos, capSin, capLens32)
+		release(capX)
+		capX = next
+	}
+
+	// Patchify (pH, pW, C order), embed, noise refiner.
+	x6 := ag.Reshape(in.X, []int{b, c.InChannels, ht, p, wt, p})
+	xp := ag.Permute(x6, 0, 2, 4, 3, 5, 1)
+	patches := ag.Reshape(xp, []int{b, n, c.PatchDim()})
+	img := m.linear("x_embedder", patches)
+	release(x6, xp, patches)
+	for i := range c.NRefinerLayers {
+		next := m.runBlock(fmt.Sprintf("noise_refiner.%d", i), img, adaln, imgCos, imgSin, nil)
+		release(img)
+		img = next
+	}
+
+	// Joint sequence: per sample [caption (own length); image; padding].
+	rows := make([]*ag.Tensor, b)
+	var tmp []*ag.Tensor
+	for i, cl := range in.CapLens {
+		var parts []*ag.Tensor
+		if cl > 0 {
+			ci := ag.Slice(capX, 0, i, i+1)
+			parts = append(parts, ag.Slice(ci, 1, 0, cl))
+			tmp = append(tmp, ci)
+		}
+		parts = append(parts, ag.Slice(img, 0, i, i+1))
+		if pad := s - cl - n; pad > 0 {
+			parts = append(parts, e.Zeros(img.DType(), []int{1, pad, d}))
+		}
+		rows[i] = ag.Concat(1, parts...)
+		tmp = append(tmp, parts...)
+	}
+	x := ag.Concat(0, rows...)
+	release(tmp...)
+	release(rows...)
+	release(capX, img, capCos, capSin, imgCos, imgSin)
+
+	for i := range c.NLayers {
+		next := m.runBlock(fmt.Sprintf("layers.%d", i), x, adaln, jCos, jSin, jointLens)
+		release(x)
+		x = next
+	}
+	release(jCos, jSin)
+
+	// Final layer: LayerNorm without affine, adaLN scale, linear to patches.
+	fn := ag.LayerNorm(x, nil, nil, FinalNormEps)
+	sa := ag.SiLU(adaln)
+	scale := m.linear("final_layer.adaLN_modulation.1", sa)
+	mod := modulate(fn, scale)
+	out := m.linear("final_layer.linear", mod)
+	release(x, fn, sa, scale, mod, adaln)
+
+	// Unpatchify the image tokens of every sample.
+	tmp = tmp[:0]
+	imgs := make([]*ag.Tensor, b)
+	for i, cl := range in.CapLens {
+		oi := ag.Slice(out, 0, i, i+1)
+		imgs[i] = ag.Slice(oi, 1, cl, cl+n)
+		tmp = append(tmp, oi)
+	}
+	tok := ag.Concat(0, imgs...)
+	release(tmp...)
+	release(imgs...)
+	release(out)
+	t6 := ag.Reshape(tok, []int{b, ht, wt, p, p, c.InChannels})
+	y6 := ag.Permute(t6, 0, 5, 1, 3, 2, 4)
+	y := ag.Reshape(y6, []int{b, c.InChannels, ht * p, wt * p})
+	release(tok, t6, y6)
+	return y, nil
+}
+
+// runBlock runs one transformer block, checkpointed when the options say
+// so. adaln is nil for the unmodulated context refiner. Every tensor the
+// block reads other than weights (x, the conditioning and the RoPE tables)
+// is passed to Checkpoint as an input: the node then holds them for the
+// recompute, and gradients reach x and the conditioning.
+func (m *Model) runBlock(prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []int32) *ag.Tensor {
+	if !m.opts.Checkpoint {
+		return m.block(prefix, x, adaln, cos, sin, keyLens)
+	}
+	if adaln == nil {
+		return ag.Checkpoint(func(in []*ag.Tensor) *ag.Tensor {
+			return m.block(prefix, in[0], nil, in[1], in[2], keyLens)
+		}, x, cos, sin)
+	}
+	return ag.Checkpoint(func(in []*ag.Tensor) *ag.Tensor {
+		return m.block(prefix, in[0], in[3], in[1], in[2], keyLens)
+	}, x, cos, sin, adaln)
+}
+
+// block is upstream JointTransformerBlock.forward: sandwich RMSNorms around
+// attention and SwiGLU, with adaLN scale and tanh gates when modulated.
+func (m *Model) block(prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []int32) *ag.Tensor {
+	c := m.cfg
+	d := c.Dim
+	eps := c.NormEps
+	w := func(name string) *ag.Tensor { return m.weights[prefix+"."+name] }
+	var scaleMSA, gateMSA, scaleMLP, gateMLP *ag.Tensor
+	if adaln != nil {
+		sa := ag.SiLU(adaln)
+		mod := m.linear(prefix+".adaLN_modulation.1", sa)
+		chunk := func(i int) *ag.Tensor { return ag.Slice(mod, 1, i*d, (i+1)*d) }
+		scaleMSA, scaleMLP = chunk(0), chunk(2)
+		g1, g3 := chunk(1), chunk(3)
+		gateMSA, gateMLP = gateOf(g1), gateOf(g3)
+		release(sa, mod, g1, g3)
+	}
+
+	// Attention branch.
+	n1 := ag.RMSNorm(x, w("attention_norm1.weight"), eps)
+	h := modulate(n1, scaleMSA)
+	a := m.attention(prefix, h, cos, sin, keyLens)
+	n2 := ag.RMSNorm(a, w("attention_norm2.weight"), eps)
+	g := gated(n2, gateMSA)
+	x1 := ag.Add(x, g)
+	release(n1, h, a, n2, g, scaleMSA, gateMSA)
+
+	// Feed-forward branch.
+	f1 := ag.RMSNorm(x1, w("ffn_norm1.weight"), eps)
+	hf := modulate(f1, scaleMLP)
+	ff := m.feedForward(prefix, hf)
+	f2 := ag.RMSNorm(ff, w("ffn_norm2.weight"), eps)
+	g2 := gated(f2, gateMLP)
+	out := ag.Add(x1, g2)
+	release(x1, f1, hf, ff, f2, g2, scaleMLP, gateMLP)
+	return out
+}
+
+// gateOf returns tanh(g) shaped [B, 1, dim] to broadcast over tokens.
+func gateOf(g *ag.Tensor) *ag.Tensor {
+	s := g.Shape()
+	t := ag.Tanh(g)
+	r := ag.Reshape(t, []int{s[0], 1, s[1]})
+	release(t)
+	return r
+}
+
+// gated returns gate ⊙ x, or x itself when there is no gate (a new handle,
+// so callers may release both uniformly).
+func gated(x, gate *ag.Tensor) *ag.Tensor {
+	if gate == nil {
+		return ag.Reshape(x, x.Shape())
+	}
+	return ag.Mul(x, gate)
+}
+
+// modulate is upstream modulate: x·(1 + scale) with scale [B, dim]
+// broadcast over tokens; without a scale it returns a view of x.
+func modulate(x, scale *ag.Tensor) *ag.Tensor {
+	if scale == nil {
+		return ag.Reshape(x, x.Shape())
+	}
+	s := scale.Shape()
+	one := ag.AddScalar(scale, 1)
+	r := ag.Reshape(one, []int{s[0], 1, s[1]})
+	out := ag.Mul(x, r)
+	release(one, r)
+	return out
+}
+
+// attention is upstream JointAttention.forward: fused qkv, per-head q/k
+// RMSNorm, 3-axis RoPE on adjacent pairs, grouped-query attention with a
+// key-padding mask, output projection.
+func (m *Model) attention(prefix string, x, cos, sin *ag.Tensor, keyLens []int32) *ag.Tensor {
+	c := m.cfg
+	hd, hq, hkv := c.HeadDim(), c.NHeads, c.NKVHeads
+	xs := x.Shape()
+	b, s := xs[0], xs[1]
+	qkv := m.linear(prefix+".attention.qkv", x)
+	q0 := ag.Slice(qkv, 2, 0, hq*hd)
+	k0 := ag.Slice(qkv, 2, hq*hd, (hq+hkv)*hd)
+	v0 := ag.Slice(qkv, 2, (hq+hkv)*hd, (hq+2*hkv)*hd)
+	q1 := ag.Reshape(q0, []int{b, s, hq, hd})
+	k1 := ag.Reshape(k0, []int{b, s, hkv, hd})
+	v := ag.Reshape(v0, []int{b, s, hkv, hd})
+	release(qkv, q0, k0, v0)
+	q2, k2 := q1, k1
+	if c.QKNorm {
+		q2 = ag.RMSNorm(q1, m.weights[prefix+".attention.q_norm.weight"], QKNormEps)
+		k2 = ag.RMSNorm(k1, m.weights[prefix+".attention.k_norm.weight"], QKNormEps)
+		release(q1, k1)
+	}
+	q := ag.Rope(q2, cos, sin, true)
+	k := ag.Rope(k2, cos, sin, true)
+	release(q2, k2)
+	o := ag.Attention(q, k, v, ag.AttentionOptions{Scale: math.Sqrt(1 / float64(hd)), KeyLens: keyLens})
+	release(q, k, v)
+	of := ag.Reshape(o, []int{b, s, hq * hd})
+	out := m.linear(prefix+".attention.out", of)
+	release(o, of)
+	return out
+}
+
+// feedForward is upstream FeedForward: w2(silu(w1 x) ⊙ w3 x).
+func (m *Model) feedForward(prefix string, x *ag.Tensor) *ag.Tensor {
+	h1 := m.linear(prefix+".feed_forward.w1", x)
+	h3 := m.linear(prefix+".feed_forward.w3", x)
+	s := ag.SiLU(h1)
+	g := ag.Mul(s, h3)
+	out := m.linear(prefix+".feed_forward.w2", g)
+	release(h1, h3, s, g)
+	return out
+}
+
+// linear applies the named linear layer (weight and, when present, bias)
+// and adds the hook's delta.
+func (m *Model) linear(name string, x *ag.Tensor) *ag.Tensor {
+	y := ag.Linear(x, m.weights[name+".weight"], m.weights[name+".bias"])
+	if m.hook == nil {
+		return y
+	}
+	delta := m.hook.LinearDelta(name, x)
+	if delta == nil {
+		return y
+	}
+	out := ag.Add(y, delta)
+	release(y, delta)
+	return out
+}
+
+// release drops step handles the forward no longer needs, so activations
+// not saved by the tape are freed as soon as possible. Nil entries are
+// skipped.
+func release(ts ...*ag.Tensor) {
+	for _, t := range ts {
+		if t != nil {
+			t.Release()
+		}
+	}
+}

@@ -1,0 +1,289 @@
+package nextdit
+
+import (
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+
+	ag "github.com/newbie-train/newbie-train/autograd"
+	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
+	"github.com/newbie-train/newbie-train/kernels"
+	"github.com/newbie-train/newbie-train/kernels/cpu"
+	"github.com/newbie-train/newbie-train/kernels/kerneltest"
+)
+
+// goldenDir is where CI keeps the reference numbers, beside the checkout;
+// NEWBIE_GOLDEN overrides it (the GPU machine gets a copy elsewhere).
+var goldenDir = func() string {
+	if d := os.Getenv("NEWBIE_GOLDEN"); d != "" {
+		return d
+	}
+	return "../../../shared/golden/nextdit"
+}()
+
+// golden is the opened tiny.* reference files.
+type golden struct {
+	weights string
+	ref     *safetensors.File
+}
+
+func openGolden(t *testing.T) golden {
+	t.Helper()
+	w := filepath.Join(goldenDir, "tiny.weights.safetensors")
+	g := filepath.Join(goldenDir, "tiny.golden.safetensors")
+	for _, p := range []string{w, g} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("golden file %s is absent (CI keeps ../shared/golden beside the checkout): %v", p, err)
+		}
+	}
+	f, err := safetensors.Open(g)
+	if err != nil {
+		t.Fatalf("open golden: %v", err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return golden{weights: w, ref: f}
+}
+
+// get reads a reference tensor as float64.
+func (g golden) get(t *testing.T, name string) []float64 {
+	t.Helper()
+	v, err := g.ref.Float64(name)
+	if err != nil {
+		t.Fatalf("golden %s: %v", name, err)
+	}
+	return v
+}
+
+func (g golden) shape(t *testing.T, name string) []int {
+	t.Helper()
+	info, ok := g.ref.Info(name)
+	if !ok {
+		t.Fatalf("golden has no %s", name)
+	}
+	return info.Shape
+}
+
+// goldenInputs uploads the golden inputs in dtype d, marked as inputs so
+// their gradients are kept.
+func goldenInputs(t *testing.T, e *ag.Engine, g golden, d kernels.DType) (Inputs, *ag.Tensor) {
+	t.Helper()
+	x := e.FromFloat64(d, g.shape(t, "in.x"), g.get(t, "in.x")).Input()
+	cf := e.FromFloat64(d, g.shape(t, "in.cap_feats"), g.get(t, "in.cap_feats")).Input()
+	clip := e.FromFloat64(d, g.shape(t, "in.clip_text_pooled"), g.get(t, "in.clip_text_pooled")).Input()
+	ms := g.shape(t, "in.cap_mask")
+	lens, err := CapLensFromMask(g.get(t, "in.cap_mask"), ms[0], ms[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	gradOut := e.FromFloat64(d, g.shape(t, "in.grad_out"), g.get(t, "in.grad_out"))
+	return Inputs{X: x, T: g.get(t, "in.t"), CapFeats: cf, CapLens: lens, ClipPooled: clip}, gradOut
+}
+
+// runGolden loads the tiny weights in storage dtype d, makes every weight
+// trainable (masters in d for F64/F32), runs forward and the backward of
+// sum(y ⊙ grad_out), and returns the model, inputs and output values.
+func runGolden(t *testing.T, g golden, d kernels.DType, autocast kernels.DType, checkpoint bool) (*Model, Inputs, []float64) {
+	t.Helper()
+	return runGoldenOn(t, cpu.New(), g, d, autocast, checkpoint)
+}
+
+// runGoldenOn is runGolden on a given backend.
+func runGoldenOn(t *testing.T, be kernels.Backend, g golden, d kernels.DType, autocast kernels.DType, checkpoint bool) (*Model, Inputs, []float64) {
+	t.Helper()
+	e := ag.New(be)
+	m, err := Load(e, g.weights, Options{DType: d, Checkpoint: checkpoint})
+	if err != nil {
+		t.Fatalf("load: %v", err)
+	}
+	master := d
+	if d != kernels.F64 {
+		master = kernels.F32
+	}
+	if _, err := m.SetTrainable(func(string) bool { return true }, master); err != nil {
+		t.Fatalf("SetTrainable: %v", err)
+	}
+	in, gradOut := goldenInputs(t, e, g, master)
+	e.SetAutocast(autocast)
+	y, err := m.Forward(in)
+	if err != nil {
+		t.Fatalf("forward: %v", err)
+	}
+	prod := ag.Mul(y, gradOut)
+	loss := ag.SumAll(prod)
+	e.SetAutocast(0)
+	yv, err := y.Values()
+	if err != nil {
+		t.Fatalf("forward values: %v", err)
+	}
+	if err := e.Backward(loss); err != nil {
+		t.Fatalf("backward: %v", err)
+	}
+	return m, in, yv
+}
+
+// gradValues reads a leaf's gradient.
+func gradValues(t *testing.T, x *ag.Tensor) []float64 {
+	t.Helper()
+	if x.Grad() == nil {
+		t.Fatalf("%v has no gradient", x)
+	}
+	v, err := x.Grad().Values()
+	if err != nil {
+		t.Fatalf("grad of %v: %v", x, err)
+	}
+	return v
+}
+
+// TestGoldenParity compares output, every parameter gradient and the input
+// gradients with the upstream float64 reference.
+func TestGoldenParity(t *testing.T) {
+	g := openGolden(t)
+	cases := []struct {
+		name            string
+		dtype, autocast kernels.DType
+		checkpoint      bool
+		outTol, gradTol float64
+	}{
+		{"f64", kernels.F64, 0, false, 1e-6, 1e-6},
+		{"f32", kernels.F32, 0, false, 1e-5, 1e-5},
+		{"f32-checkpointed", kernels.F32, 0, true, 1e-5, 1e-5},
+		{"bf16-autocast", kernels.F32, kernels.BF16, false, 2e-2, 5e-2},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			m, in, y := runGolden(t, g, tc.dtype, tc.autocast, tc.checkpoint)
+			kerneltest.Check(t, "out.y", y, g.get(t, "out.y"), tc.outTol)
+			kerneltest.Check(t, "grad.in.x", gradValues(t, in.X), g.get(t, "grad.in.x"), tc.gradTol)
+			kerneltest.Check(t, "grad.in.cap_feats", gradValues(t, in.CapFeats), g.get(t, "grad.in.cap_feats"), tc.gradTol)
+			kerneltest.Check(t, "grad.in.clip_text_pooled", gradValues(t, in.ClipPooled), g.get(t, "grad.in.clip_text_pooled"), tc.gradTol)
+			n, worst, worstName := 0, 0.0, ""
+			for _, name := range g.ref.Names() {
+				key, ok := strings.CutPrefix(name, "grad.")
+				if !ok || strings.HasPrefix(key, "in.") {
+					continue
+				}
+				w := m.Weight(key)
+				if w == nil {
+					t.Errorf("golden has %s but the model has no weight %s", name, key)
+					continue
+				}
+				got, want := gradValues(t, w), g.get(t, name)
+				kerneltest.Check(t, name, got, want, tc.gradTol)
+				if e := kerneltest.RelErr(got, want); e > worst {
+					worst, worstName = e, name
+				}
+				n++
+			}
+			t.Logf("out rel err %.3g, grad x %.3g, worst of %d parameter gradients %.3g (%s)",
+				kerneltest.RelErr(y, g.get(t, "out.y")), kerneltest.RelErr(gradValues(t, in.X), g.get(t, "grad.in.x")), n, worst, worstName)
+			if n != len(m.Names())-1 { // every weight but the unused norm_final
+				t.Errorf("compared %d parameter gradients, want %d", n, len(m.Names())-1)
+			}
+		})
+	}
+}
+
+// TestCheckpointSameGradients checks that checkpointed blocks give the same
+// gradients as plain ones, bit for bit on the CPU backend.
+func TestCheckpointSameGradients(t *testing.T) {
+	g := openGolden(t)
+	plain, pin, py := runGolden(t, g, kernels.F32, 0, false)
+	ck, cin, cy := runGolden(t, g, kernels.F32, 0, true)
+	kerneltest.Check(t, "output", cy, py, 0)
+	kerneltest.Check(t, "grad x", gradValues(t, cin.X), gradValues(t, pin.X), 0)
+	names := plain.Names()
+	sort.Strings(names)
+	for _, n := range names {
+		if n == "norm_final.weight" {
+			continue
+		}
+		kerneltest.Check(t, "grad "+n, gradValues(t, ck.Weight(n)), gradValues(t, plain.Weight(n)), 0)
+	}
+}
+
+// TestNoClipPath checks the Lumina-Image-2.0 form (clip_text_dim 0): a
+// model built without the CLIP-pooled weights computes what the full model
+// computes when no pooled embedding is given (upstream: adaLN input = t_emb).
+func TestNoClipPath(t *testing.T) {
+	g := openGolden(t)
+	src, err := safetensors.Open(g.weights)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer src.Close()
+	cfg, err := ConfigFromFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	noClip := cfg
+	noClip.ClipTextDim = 0
+	var ts []safetensors.Tensor
+	for _, p := range noClip.Params() {
+		raw, err := src.Bytes(p.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ts = append(ts, safetensors.Tensor{Name: p.Name, DType: safetensors.F32, Shape: p.Shape, Data: raw})
+	}
+	path := filepath.Join(t.TempDir(), "noclip.safetensors")
+	if err := safetensors.Write(path, ts, map[string]string{"config": noClip.JSON()}); err != nil {
+		t.Fatal(err)
+	}
+	outs := map[string][]float64{}
+	for name, file := range map[string]string{"full": g.weights, "noclip": path} {
+		e := ag.New(cpu.New())
+		m, err := Load(e, file, Options{DType: kernels.F64})
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		in, _ := goldenInputs(t, e, g, kernels.F64)
+		in.ClipPooled = nil
+		y, err := m.Forward(in)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if outs[name], err = y.Values(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	kerneltest.Check(t, "no-CLIP model vs full model without pooled input", outs["noclip"], outs["full"], 0)
+	if kerneltest.RelErr(outs["full"], g.get(t, "out.y")) < 1e-3 {
+		t.Errorf("dropping the pooled CLIP input did not change the output")
+	}
+}
+
+// TestStepFreesActivations checks that after forward, backward and EndStep
+// the backend holds only the weights and their gradients again.
+func TestStepFreesActivations(t *testing.T) {
+	g := openGolden(t)
+	for _, ck := range []bool{false, true} {
+		be := cpu.New()
+		e := ag.New(be)
+		m, err := Load(e, g.weights, Options{DType: kernels.F32, Checkpoint: ck})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := m.SetTrainable(func(n string) bool { return strings.Contains(n, "layers.1.") }, 0); err != nil {
+			t.Fatal(err)
+		}
+		base := be.MemStats().Allocated
+		for step := range 2 {
+			in, gradOut := goldenInputs(t, e, g, kernels.F32)
+			y, err := m.Forward(in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := e.Backward(ag.SumAll(ag.Mul(y, gradOut))); err != nil {
+				t.Fatal(err)
+			}
+			if err := e.EndStep(); err != nil {
+				t.Fatal(err)
+			}
+			if got := be.MemStats().Allocated; got != base {
+				t.Errorf("checkpoint %v, step %d: %d bytes allocated after EndStep, want %d", ck, step, got, base)
+			}
+		}
+	}
+}

@@ -1,0 +1,189 @@
+package nextdit
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sort"
+	"strings"
+
+	"github.com/newbie-train/newbie-train/autograd"
+	"github.com/newbie-train/newbie-train/kernels"
+)
+
+// Options choose how a Model stores and runs its weights.
+type Options struct {
+	// DType is the storage dtype of frozen weights: BF16 (the default when
+	// zero), F32, or F64 for float64 parity checks.
+	DType kernels.DType
+	// Checkpoint runs every transformer block (refiners and joint layers)
+	// under autograd.Checkpoint: its activations are recomputed in the
+	// backward instead of being kept.
+	Checkpoint bool
+}
+
+func (o Options) withDefaults() (Options, error) {
+	if o.DType == 0 {
+		o.DType = kernels.BF16
+	}
+	switch o.DType {
+	case kernels.BF16, kernels.F16, kernels.F32, kernels.F64:
+	default:
+		return o, fmt.Errorf("nextdit: storage dtype %v is not a float dtype", o.DType)
+	}
+	return o, nil
+}
+
+// LinearHook lets a caller change what the model's linear layers compute
+// without the model knowing how: LoRA adapters implement it.
+type LinearHook interface {
+	// LinearDelta returns a tensor to add to the base output of the linear
+	// layer name (its weight's key prefix, e.g. "layers.0.attention.qkv")
+	// for input x, shaped like that output, or nil to leave the layer alone.
+	LinearDelta(name string, x *autograd.Tensor) *autograd.Tensor
+}
+
+// Model is a Next-DiT network: a Config and its weights on one engine.
+type Model struct {
+	cfg     Config
+	e       *autograd.Engine
+	opts    Options
+	weights map[string]*autograd.Tensor
+	hook    LinearHook
+}
+
+// Config returns the model's architecture.
+func (m *Model) Config() Config { return m.cfg }
+
+// Engine returns the engine the weights live on.
+func (m *Model) Engine() *autograd.Engine { return m.e }
+
+// Options returns the options the model was built with.
+func (m *Model) Options() Options { return m.opts }
+
+// SetCheckpoint turns per-block activation checkpointing on or off.
+func (m *Model) SetCheckpoint(on bool) { m.opts.Checkpoint = on }
+
+// SetHook routes every linear layer through h (nil removes the hook).
+func (m *Model) SetHook(h LinearHook) { m.hook = h }
+
+// Hook returns the current linear hook, or nil.
+func (m *Model) Hook() LinearHook { return m.hook }
+
+// Weight returns the tensor stored under an upstream key name, or nil.
+func (m *Model) Weight(name string) *autograd.Tensor { return m.weights[name] }
+
+// Names lists the weight names in the order of Config.Params.
+func (m *Model) Names() []string {
+	ps := m.cfg.Params()
+	out := make([]string, 0, len(ps))
+	for _, p := range ps {
+		out = append(out, p.Name)
+	}
+	return out
+}
+
+// Linears lists the model's linear layers (names and widths).
+func (m *Model) Linears() []LinearInfo { return m.cfg.Linears() }
+
+// newModel checks the config and options and returns an empty model.
+func newModel(e *autograd.Engine, cfg Config, opts Options) (*Model, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Model{cfg: cfg, e: e, opts: opts, weights: map[string]*autograd.Tensor{}}, nil
+}
+
+// NewRandom builds a model with random weights drawn from seed: linear
+// weights N(0, 1/fan_in), biases N(0, 0.02²), norm weights N(1, 0.1²). Every path carries signal (unlike the upstream zero initialisations),
+// which is what tests and throughput runs need; it is not a training init.
+func NewRandom(e *autograd.Engine, cfg Config, opts Options, seed uint64) (*Model, error) {
+	m, err := newModel(e, cfg, opts)
+	if err != nil {
+		return nil, err
+	}
+	r := rand.New(rand.NewPCG(seed, 0x6e657874646974))
+	for _, p := range cfg.Params() {
+		n := 1
+		for _, s := range p.Shape {
+			n *= s
+		}
+		v := make([]float64, n)
+		switch {
+		case len(p.Shape) == 2:
+			std := 1 / math.Sqrt(float64(p.Shape[1]))
+			for i := range v {
+				v[i] = r.NormFloat64() * std
+			}
+		case strings.HasSuffix(p.Name, ".bias"):
+			for i := range v {
+				v[i] = r.NormFloat64() * 0.02
+			}
+		default: // norm weights
+			for i := range v {
+				v[i] = 1 + r.NormFloat64()*0.1
+			}
+		}
+		m.weights[p.Name] = e.Constant(p.Name, m.opts.DType, p.Shape, v)
+	}
+	if err := e.Err(); err != nil {
+		m.Release()
+		return nil, fmt.Errorf("nextdit: allocating random weights: %w", err)
+	}
+	return m, nil
+}
+
+// Release frees every weight (and its gradient).
+func (m *Model) Release() {
+	for _, w := range m.weights {
+		w.Release()
+	}
+	m.weights = map[string]*autograd.Tensor{}
+}
+
+// SetTrainable turns the weights whose names match into trainable Params
+// with a master copy in dtype master (F32 for training; F64 for parity
+// checks; 0 means F32, or F64 when the model stores F64), replacing the
+// frozen Constants. It returns the names it converted, sorted.
+func (m *Model) SetTrainable(match func(name string) bool, master kernels.DType) ([]string, error) {
+	if master == 0 {
+		master = kernels.F32
+		if m.opts.DType == kernels.F64 {
+			master = kernels.F64
+		}
+	}
+	if master != kernels.F32 && master != kernels.F64 {
+		return nil, fmt.Errorf("nextdit: SetTrainable: master dtype must be F32 or F64, got %v", master)
+	}
+	var done []string
+	for name, w := range m.weights {
+		if !match(name) || w.RequiresGrad() {
+			continue
+		}
+		v, err := w.Values()
+		if err != nil {
+			return done, fmt.Errorf("nextdit: SetTrainable %s: %w", name, err)
+		}
+		p := m.e.Param(name, master, w.Shape(), v)
+		w.Release()
+		m.weights[name] = p
+		done = append(done, name)
+	}
+	sort.Strings(done)
+	return done, m.e.Err()
+}
+
+// Trainable returns the weights that are Params, in the order of Params.
+func (m *Model) Trainable() []*autograd.Tensor {
+	var out []*autograd.Tensor
+	for _, n := range m.Names() {
+		if w := m.weights[n]; w != nil && w.RequiresGrad() {
+			out = append(out, w)
+		}
+	}
+	return out
+}
