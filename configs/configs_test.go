@@ -60,9 +60,9 @@ func TestExamplesParse(t *testing.T) {
 					t.Errorf("folders = %+v, want %+v", c.Data.Folders, want)
 				}
 				if c.Model.Preset != "tiny" || c.Device != "cpu" || c.Precision != optim.FP32 ||
-					c.Train.MaxSteps != 60 || c.Train.BatchSize != 2 || c.Data.Resolution != 64 ||
-					c.Save.Every != 30 || c.Save.Output != filepath.Join(dir, "demo-out") {
-					t.Errorf("demo.yaml does not say what its brief asks:\n%s", c.YAML())
+					c.Train.MaxSteps != 300 || c.Train.BatchSize != 2 || c.Data.Resolution != 64 ||
+					c.Save.Every != 100 || c.Save.Output != filepath.Join(dir, "demo-out") {
+					t.Errorf("demo.yaml does not say what the demo needs:\n%s", c.YAML())
 				}
 			case "lora.yaml":
 				if c.LoRA.Rank != 32 || c.LoRA.Alpha != 32 || c.Train.LearningRate != 1e-4 ||

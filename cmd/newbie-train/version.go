@@ -1,0 +1,34 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"runtime"
+	"runtime/debug"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/newbie-train/newbie-train/kernels"
+)
+
+func newVersionCmd(stdout io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version and the backends built in",
+		Args:  cobra.NoArgs,
+		RunE: func(*cobra.Command, []string) error {
+			v := "(devel)"
+			if bi, ok := debug.ReadBuildInfo(); ok {
+				v = bi.Main.Version
+				for _, s := range bi.Settings {
+					if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+						v += " " + s.Value[:12]
+					}
+				}
+			}
+			fmt.Fprintf(stdout, "newbie-train %s %s %s/%s, backends: %s\n", v, runtime.Version(), runtime.GOOS, runtime.GOARCH, strings.Join(kernels.Registered(), ", "))
+			return nil
+		},
+	}
+}
