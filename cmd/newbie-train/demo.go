@@ -62,6 +62,8 @@ func runDemo(ctx context.Context, o *demoOptions, stderr io.Writer) error {
 	}
 	if o.steps > 0 {
 		cfg.Train.MaxSteps = o.steps
+		// A shortened demo keeps its warmup shorter than the run.
+		cfg.Train.WarmupSteps = min(cfg.Train.WarmupSteps, o.steps/5)
 	}
 	fmt.Fprintf(stderr, "demo: config %s, %d generated images in %s\n", cfgPath, o.images, cfg.Data.Folders[0].Path)
 	_, err = train.Run(ctx, cfg, train.Options{Log: stderr})

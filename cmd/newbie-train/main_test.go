@@ -1,0 +1,76 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+// runCLI runs the command line in-process and returns its exit code and
+// output.
+func runCLI(t *testing.T, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := run(context.Background(), args, &out, &errb)
+	return code, out.String(), errb.String()
+}
+
+func TestUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	bad := filepath.Join(dir, "bad.yaml")
+	os.WriteFile(bad, []byte("model:\n  preset: tiny\ntrain:\n  lr: 1e-4\n  max_steps: 10\ndata:\n  folders: [x]\n"), 0o644)
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no config", nil, "no --config"},
+		{"unknown flag", []string{"--bogus"}, "unknown flag"},
+		{"missing file", []string{"--config", filepath.Join(dir, "none.yaml")}, "none.yaml"},
+		{"bad key", []string{"--config", bad}, "bad.yaml:4: train.lr"},
+		{"parity without files", []string{"parity"}, "--weights and --trajectory"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			code, _, stderr := runCLI(t, c.args...)
+			if code != exitUsage || !strings.Contains(stderr, c.want) {
+				t.Errorf("exit %d, stderr %q; want exit %d mentioning %q", code, stderr, exitUsage, c.want)
+			}
+		})
+	}
+}
+
+func TestVersion(t *testing.T) {
+	code, out, _ := runCLI(t, "version")
+	if code != 0 || !strings.Contains(out, "backends: cpu, cuda") {
+		t.Errorf("version: exit %d, %q", code, out)
+	}
+}
+
+func TestPrintConfig(t *testing.T) {
+	dir := t.TempDir()
+	code, _, stderr := runCLI(t, "demo", "--dir", dir, "--steps", "2", "--images", "4")
+	if code != 0 {
+		t.Fatalf("demo: exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(stderr, "stand-ins (NOT the real") || !strings.Contains(stderr, "done: 2 steps") {
+		t.Errorf("demo output lacks the stand-in notice or the summary:\n%s", stderr)
+	}
+	code, out, _ := runCLI(t, "--config", filepath.Join(dir, "demo.yaml"), "--print-config")
+	if code != 0 || !strings.Contains(out, "preset: tiny") {
+		t.Errorf("--print-config: exit %d, %q", code, out)
+	}
+}
+
+func TestParityTrajectory(t *testing.T) {
+	golden := "../../../shared/golden/nextdit/"
+	if _, err := os.Stat(golden + "tiny.train.golden.safetensors"); err != nil {
+		t.Skipf("golden files not beside the checkout: %v", err)
+	}
+	code, out, stderr := runCLI(t, "parity", "--weights", golden+"tiny.weights.safetensors", "--trajectory", golden+"tiny.train.golden.safetensors", "--precision", "fp64")
+	if code != 0 || !strings.Contains(out, "PASS") {
+		t.Errorf("parity: exit %d\n%s%s", code, out, stderr)
+	}
+}

@@ -1,0 +1,146 @@
+// common.cuh: definitions shared by every kernel file. The Go side prepends
+// it to each .cu source, so NVRTC compiles self-contained units and needs
+// no CUDA headers: bf16 and fp16 are handled as 16-bit patterns, converted
+// with the same round-to-nearest-even as kernels.BF16FromF32/F16FromF32.
+//
+// Every kernel parameter is 8 bytes (pointers, long long, double) or a
+// struct of 8-byte members: the Go launcher packs arguments that way.
+
+typedef long long i64;
+typedef unsigned long long u64;
+typedef unsigned int u32;
+typedef unsigned short u16;
+
+// Dtype codes, as kernels.DType numbers them.
+#define DT_F32 1
+#define DT_BF16 2
+#define DT_F16 3
+#define DT_F64 4
+#define DT_I32 5
+
+#define NT_INF __int_as_float(0x7f800000)
+
+__device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
+
+__device__ __forceinline__ u16 f32_to_bf16(float f) {
+  u32 b = __float_as_uint(f);
+  if ((b & 0x7fffffffu) > 0x7f800000u) return (u16)((b >> 16) | 0x0040u);
+  b += 0x7fffu + ((b >> 16) & 1u);
+  return (u16)(b >> 16);
+}
+
+__device__ __forceinline__ float f16_to_f32(u16 h) {
+  float f;
+  asm("{ .reg .f16 t; mov.b16 t, %1; cvt.f32.f16 %0, t; }" : "=f"(f) : "h"(h));
+  return f;
+}
+
+__device__ __forceinline__ u16 f32_to_f16(float f) {
+  u16 h;
+  asm("{ .reg .f16 t; cvt.rn.f16.f32 t, %1; mov.b16 %0, t; }" : "=h"(h) : "f"(f));
+  return h;
+}
+
+// ld reads element i of a buffer of dtype dt as the compute type T.
+template <typename T>
+__device__ __forceinline__ T ld(const void* p, int dt, i64 i) {
+  switch (dt) {
+    case DT_F32: return (T)((const float*)p)[i];
+    case DT_BF16: return (T)bf16_to_f32(((const u16*)p)[i]);
+    case DT_F16: return (T)f16_to_f32(((const u16*)p)[i]);
+    case DT_F64: return (T)((const double*)p)[i];
+    default: return (T)((const int*)p)[i];
+  }
+}
+
+// st stores v into element i, rounding once (half types through float32,
+// as a float32 computation would).
+template <typename T>
+__device__ __forceinline__ void st(void* p, int dt, i64 i, T v) {
+  switch (dt) {
+    case DT_F32: ((float*)p)[i] = (float)v; break;
+    case DT_BF16: ((u16*)p)[i] = f32_to_bf16((float)v); break;
+    case DT_F16: ((u16*)p)[i] = f32_to_f16((float)v); break;
+    case DT_F64: ((double*)p)[i] = (double)v; break;
+    default: {
+      // Truncation toward zero; NaN and out-of-range values saturate
+      // instead of being undefined.
+      double d = (double)v;
+      int r = d != d ? 0 : d >= 2147483647.0 ? 2147483647 : d <= -2147483648.0 ? (-2147483647 - 1) : (int)d;
+      ((int*)p)[i] = r;
+    }
+  }
+}
+
+template <typename T> __device__ __forceinline__ T nt_inf();
+template <> __device__ __forceinline__ float nt_inf<float>() { return NT_INF; }
+template <> __device__ __forceinline__ double nt_inf<double>() { return __longlong_as_double(0x7ff0000000000000ll); }
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+template <typename T>
+__device__ __forceinline__ T warp_max(T v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmax(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// block_sum reduces over the whole block in a fixed order (lane tree, then
+// warp tree), so results are reproducible run to run. scratch holds 32 T.
+// Every thread gets the total.
+template <typename T>
+__device__ T block_sum(T v, T* scratch) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  T t = lane < nw ? scratch[lane] : (T)0;
+  t = warp_sum(t);
+  return t;
+}
+
+template <typename T>
+__device__ T block_max(T v, T* scratch) {
+  int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  T t = lane < nw ? scratch[lane] : -nt_inf<T>();
+  t = warp_max(t);
+  return t;
+}
+
+#define GRID_STRIDE(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
+
+// Kernel-detected faults, reported by the Go side at Sync.
+__device__ __forceinline__ void raise_fault(int* word, int code, int a, int b, i64 pos) {
+  if (atomicCAS(word, 0, code) == 0) {
+    word[1] = a;
+    word[2] = b;
+    word[3] = (int)pos;
+  }
+}
+
+// AttnShape is kernels.AttentionArgs as the attention kernels see it.
+struct AttnShape {
+  i64 B, Sq, Sk, Hq, Hkv, D;
+  double scale;
+  i64 causal, window;
+  u64 keylens;  // device int[B], or 0
+};
+
+__device__ __forceinline__ void key_range(const AttnShape& a, i64 b, i64 i, i64& lo, i64& hi) {
+  hi = a.Sk;
+  if (a.keylens) hi = min(hi, (i64)((const int*)a.keylens)[b]);
+  lo = 0;
+  if (a.causal) {
+    hi = min(hi, i + 1);
+    if (a.window > 0) lo = max((i64)0, i - a.window + 1);
+  }
+}
+

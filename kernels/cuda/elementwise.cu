@@ -1,0 +1,460 @@
+// elementwise.cu: fills, casts, copies, permutes, unary and binary maps,
+// RoPE, upsampling, gathers and the Philox random draws. Each generic kernel
+// is a template over the compute type T (float, or double when the output
+// is F64) with thin extern "C" wrappers _f / _d that the Go side picks.
+
+template <typename T>
+__device__ void fill_body(void* p, i64 dt, i64 n, double v) {
+  GRID_STRIDE(i, n) st<T>(p, (int)dt, i, (T)v);
+}
+extern "C" __global__ void fill_f(void* p, i64 dt, i64 n, double v) { fill_body<float>(p, dt, n, v); }
+extern "C" __global__ void fill_d(void* p, i64 dt, i64 n, double v) { fill_body<double>(p, dt, n, v); }
+
+// copy_elem moves one element, exactly (bit for bit) when the dtypes agree.
+template <typename T>
+__device__ __forceinline__ void copy_elem(void* d, int ddt, i64 di, const void* s, int sdt, i64 si) {
+  if (ddt == sdt) {
+    switch (ddt) {
+      case DT_F64: ((u64*)d)[di] = ((const u64*)s)[si]; return;
+      case DT_BF16:
+      case DT_F16: ((u16*)d)[di] = ((const u16*)s)[si]; return;
+      default: ((u32*)d)[di] = ((const u32*)s)[si]; return;
+    }
+  }
+  st<T>(d, ddt, di, ld<T>(s, sdt, si));
+}
+
+template <typename T>
+__device__ void cast_body(void* d, i64 ddt, const void* s, i64 sdt, i64 n) {
+  GRID_STRIDE(i, n) copy_elem<T>(d, (int)ddt, i, s, (int)sdt, i);
+}
+extern "C" __global__ void cast_f(void* d, i64 ddt, const void* s, i64 sdt, i64 n) { cast_body<float>(d, ddt, s, sdt, n); }
+extern "C" __global__ void cast_d(void* d, i64 ddt, const void* s, i64 sdt, i64 n) { cast_body<double>(d, ddt, s, sdt, n); }
+
+template <typename T>
+__device__ void copy2d_body(void* d, i64 ddt, i64 doff, i64 dstride, const void* s, i64 sdt, i64 soff, i64 sstride, i64 rows, i64 cols) {
+  GRID_STRIDE(i, rows * cols) {
+    i64 r = i / cols, c = i - r * cols;
+    copy_elem<T>(d, (int)ddt, doff + r * dstride + c, s, (int)sdt, soff + r * sstride + c);
+  }
+}
+extern "C" __global__ void copy2d_f(void* d, i64 ddt, i64 doff, i64 dstride, const void* s, i64 sdt, i64 soff, i64 sstride, i64 rows, i64 cols) {
+  copy2d_body<float>(d, ddt, doff, dstride, s, sdt, soff, sstride, rows, cols);
+}
+extern "C" __global__ void copy2d_d(void* d, i64 ddt, i64 doff, i64 dstride, const void* s, i64 sdt, i64 soff, i64 sstride, i64 rows, i64 cols) {
+  copy2d_body<double>(d, ddt, doff, dstride, s, sdt, soff, sstride, rows, cols);
+}
+
+// Shape6 describes a permutation: dst's shape and, for each dst axis, the
+// stride of the src axis that feeds it.
+struct Shape6 {
+  i64 rank;
+  i64 dshape[6];
+  i64 sstride[6];
+};
+
+template <typename T>
+__device__ void permute_body(void* d, i64 ddt, const void* s, i64 sdt, i64 n, Shape6 sh) {
+  GRID_STRIDE(i, n) {
+    i64 rem = i, so = 0;
+    for (int a = (int)sh.rank - 1; a >= 0; a--) {
+      i64 idx = rem % sh.dshape[a];
+      rem /= sh.dshape[a];
+      so += idx * sh.sstride[a];
+    }
+    copy_elem<T>(d, (int)ddt, i, s, (int)sdt, so);
+  }
+}
+extern "C" __global__ void permute_f(void* d, i64 ddt, const void* s, i64 sdt, i64 n, Shape6 sh) { permute_body<float>(d, ddt, s, sdt, n, sh); }
+extern "C" __global__ void permute_d(void* d, i64 ddt, const void* s, i64 sdt, i64 n, Shape6 sh) { permute_body<double>(d, ddt, s, sdt, n, sh); }
+
+// Unary op codes, as kernels.UnaryOp numbers them.
+#define U_IDENTITY 1
+#define U_NEG 2
+#define U_ABS 3
+#define U_EXP 4
+#define U_LOG 5
+#define U_SQRT 6
+#define U_RSQRT 7
+#define U_RECIP 8
+#define U_SQUARE 9
+#define U_TANH 10
+#define U_SIGMOID 11
+#define U_SILU 12
+#define U_GELU 13
+#define U_AFFINE 14
+#define U_POW 15
+#define U_DROPOUT 16
+
+#define GELU_K 0.7978845608028654
+
+// Transcendentals run in the compute type: float for float outputs (the
+// accurate library functions, within 2 ulp, far inside the 1e-5 budget and
+// fast enough to keep the map memory-bound) and double for F64 outputs.
+__device__ __forceinline__ float t_exp(float x) { return expf(x); }
+__device__ __forceinline__ double t_exp(double x) { return exp(x); }
+__device__ __forceinline__ float t_log(float x) { return logf(x); }
+__device__ __forceinline__ double t_log(double x) { return log(x); }
+__device__ __forceinline__ float t_sqrt(float x) { return sqrtf(x); }
+__device__ __forceinline__ double t_sqrt(double x) { return sqrt(x); }
+__device__ __forceinline__ float t_tanh(float x) { return tanhf(x); }
+__device__ __forceinline__ double t_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float t_pow(float x, double a) { return powf(x, (float)a); }
+__device__ __forceinline__ double t_pow(double x, double a) { return pow(x, a); }
+
+// t_sigmoid never overflows: e^(−|x|) ≤ 1. The float version divides with
+// __fdividef (2 ulp), which keeps SiLU memory-bound.
+__device__ __forceinline__ float t_sigmoid(float x) {
+  float e = expf(-fabsf(x));
+  float r = __fdividef(1.f, 1.f + e);
+  return x >= 0.f ? r : e * r;
+}
+__device__ __forceinline__ double t_sigmoid(double x) {
+  if (x >= 0) return 1.0 / (1.0 + exp(-x));
+  double e = exp(x);
+  return e / (1.0 + e);
+}
+
+template <typename T>
+__device__ __forceinline__ T unary_apply(int op, T x, double A, double B) {
+  const T k = (T)GELU_K, c = (T)0.044715;
+  switch (op) {
+    case U_IDENTITY: return x;
+    case U_NEG: return -x;
+    case U_ABS: return x < (T)0 ? -x : x;
+    case U_EXP: return t_exp(x);
+    case U_LOG: return t_log(x);
+    case U_SQRT: return t_sqrt(x);
+    case U_RSQRT: return (T)1 / t_sqrt(x);
+    case U_RECIP: return (T)1 / x;
+    case U_SQUARE: return x * x;
+    case U_TANH: return t_tanh(x);
+    case U_SIGMOID: return t_sigmoid(x);
+    case U_SILU: return x * t_sigmoid(x);
+    case U_GELU: return (T)0.5 * x * ((T)1 + t_tanh(k * (x + c * x * x * x)));
+    case U_AFFINE: return x * (T)A + (T)B;
+    case U_POW: return t_pow(x, A);
+    case U_DROPOUT: return x >= (T)A ? (T)B : (T)0;
+  }
+  return x;
+}
+
+template <typename T>
+__device__ __forceinline__ T unary_grad_apply(int op, T x, T g, double A) {
+  const T k = (T)GELU_K, c = (T)0.044715;
+  switch (op) {
+    case U_IDENTITY: return g;
+    case U_NEG: return -g;
+    case U_ABS: return x > (T)0 ? g : x < (T)0 ? -g : (T)0;
+    case U_EXP: return g * t_exp(x);
+    case U_LOG: return g / x;
+    case U_SQRT: return g * (T)0.5 / t_sqrt(x);
+    case U_RSQRT: return g * (T)-0.5 / (x * t_sqrt(x));
+    case U_RECIP: return -g / (x * x);
+    case U_SQUARE: return (T)2 * x * g;
+    case U_TANH: {
+      T t = t_tanh(x);
+      return g * ((T)1 - t * t);
+    }
+    case U_SIGMOID: {
+      T s = t_sigmoid(x);
+      return g * s * ((T)1 - s);
+    }
+    case U_SILU: {
+      T s = t_sigmoid(x);
+      return g * s * ((T)1 + x * ((T)1 - s));
+    }
+    case U_GELU: {
+      T t = t_tanh(k * (x + c * x * x * x));
+      T d = (T)0.5 * ((T)1 + t) + (T)0.5 * x * ((T)1 - t * t) * k * ((T)1 + (T)3 * c * x * x);
+      return g * d;
+    }
+    case U_AFFINE: return g * (T)A;
+    case U_POW: return g * (T)A * t_pow(x, A - 1.0);
+    case U_DROPOUT: return (T)0;
+  }
+  return g;
+}
+
+template <typename T>
+__device__ void unary_body(i64 op, void* d, i64 ddt, const void* s, i64 sdt, i64 n, double A, double B) {
+  GRID_STRIDE(i, n) st<T>(d, (int)ddt, i, unary_apply<T>((int)op, ld<T>(s, (int)sdt, i), A, B));
+}
+extern "C" __global__ void unary_f(i64 op, void* d, i64 ddt, const void* s, i64 sdt, i64 n, double A, double B) { unary_body<float>(op, d, ddt, s, sdt, n, A, B); }
+extern "C" __global__ void unary_d(i64 op, void* d, i64 ddt, const void* s, i64 sdt, i64 n, double A, double B) { unary_body<double>(op, d, ddt, s, sdt, n, A, B); }
+
+template <typename T>
+__device__ void unary_grad_body(i64 op, void* dx, i64 dxdt, const void* x, i64 xdt, const void* dy, i64 dydt, i64 n, double A) {
+  GRID_STRIDE(i, n) {
+    T xv = ld<T>(x, (int)xdt, i), g = ld<T>(dy, (int)dydt, i);
+    st<T>(dx, (int)dxdt, i, unary_grad_apply<T>((int)op, xv, g, A));
+  }
+}
+extern "C" __global__ void unary_grad_f(i64 op, void* dx, i64 dxdt, const void* x, i64 xdt, const void* dy, i64 dydt, i64 n, double A) {
+  unary_grad_body<float>(op, dx, dxdt, x, xdt, dy, dydt, n, A);
+}
+extern "C" __global__ void unary_grad_d(i64 op, void* dx, i64 dxdt, const void* x, i64 xdt, const void* dy, i64 dydt, i64 n, double A) {
+  unary_grad_body<double>(op, dx, dxdt, x, xdt, dy, dydt, n, A);
+}
+
+// Binary broadcasting: dst's shape and each operand's strides (0 along a
+// broadcast axis), rank ≤ 8 after the Go side merges contiguous axes.
+struct Bcast {
+  i64 rank;
+  i64 shape[8];
+  i64 astride[8];
+  i64 bstride[8];
+};
+
+#define B_ADD 1
+#define B_SUB 2
+#define B_MUL 3
+#define B_DIV 4
+#define B_MAX 5
+#define B_MIN 6
+
+template <typename T>
+__device__ __forceinline__ T binary_apply(int op, T a, T b) {
+  switch (op) {
+    case B_ADD: return a + b;
+    case B_SUB: return a - b;
+    case B_MUL: return a * b;
+    case B_DIV: return a / b;
+    case B_MAX: return (a != a || b != b) ? a + b : (a > b ? a : b);
+    case B_MIN: return (a != a || b != b) ? a + b : (a < b ? a : b);
+  }
+  return a;
+}
+
+template <typename T>
+__device__ void binary_body(i64 op, void* d, i64 ddt, const void* a, i64 adt, const void* b, i64 bdt, i64 n, Bcast bc) {
+  GRID_STRIDE(i, n) {
+    i64 ao, bo;
+    if (bc.rank == 0) {
+      ao = i;
+      bo = i;
+    } else {
+      i64 rem = i;
+      ao = 0;
+      bo = 0;
+      for (int x = (int)bc.rank - 1; x >= 0; x--) {
+        i64 idx = rem % bc.shape[x];
+        rem /= bc.shape[x];
+        ao += idx * bc.astride[x];
+        bo += idx * bc.bstride[x];
+      }
+    }
+    st<T>(d, (int)ddt, i, binary_apply<T>((int)op, ld<T>(a, (int)adt, ao), ld<T>(b, (int)bdt, bo)));
+  }
+}
+extern "C" __global__ void binary_f(i64 op, void* d, i64 ddt, const void* a, i64 adt, const void* b, i64 bdt, i64 n, Bcast bc) {
+  binary_body<float>(op, d, ddt, a, adt, b, bdt, n, bc);
+}
+extern "C" __global__ void binary_d(i64 op, void* d, i64 ddt, const void* a, i64 adt, const void* b, i64 bdt, i64 n, Bcast bc) {
+  binary_body<double>(op, d, ddt, a, adt, b, bdt, n, bc);
+}
+
+// rope rotates pairs of x [b, s, h, d] by angles whose cos/sin are
+// [b, s, d/2]; one thread per pair, reading both halves before writing, so
+// dst may alias x.
+template <typename T>
+__device__ void rope_body(void* dst, i64 ddt, const void* x, i64 xdt, const void* cs, i64 cdt, const void* sn, i64 sdt,
+                          i64 B, i64 S, i64 H, i64 D, i64 interleaved, i64 inverse) {
+  i64 half = D / 2;
+  i64 n = B * S * H * half;
+  GRID_STRIDE(i, n) {
+    i64 p = i % half;
+    i64 row = i / half;  // (b, s, h)
+    i64 bs = row / H;    // (b, s)
+    i64 base = row * D;
+    i64 i1 = interleaved ? base + 2 * p : base + p;
+    i64 i2 = interleaved ? base + 2 * p + 1 : base + p + half;
+    T c = ld<T>(cs, (int)cdt, bs * half + p), s = ld<T>(sn, (int)sdt, bs * half + p);
+    if (inverse) s = -s;
+    T x1 = ld<T>(x, (int)xdt, i1), x2 = ld<T>(x, (int)xdt, i2);
+    st<T>(dst, (int)ddt, i1, x1 * c - x2 * s);
+    st<T>(dst, (int)ddt, i2, x1 * s + x2 * c);
+  }
+}
+extern "C" __global__ void rope_f(void* dst, i64 ddt, const void* x, i64 xdt, const void* cs, i64 cdt, const void* sn, i64 sdt,
+                                  i64 B, i64 S, i64 H, i64 D, i64 il, i64 inv) {
+  rope_body<float>(dst, ddt, x, xdt, cs, cdt, sn, sdt, B, S, H, D, il, inv);
+}
+extern "C" __global__ void rope_d(void* dst, i64 ddt, const void* x, i64 xdt, const void* cs, i64 cdt, const void* sn, i64 sdt,
+                                  i64 B, i64 S, i64 H, i64 D, i64 il, i64 inv) {
+  rope_body<double>(dst, ddt, x, xdt, cs, cdt, sn, sdt, B, S, H, D, il, inv);
+}
+
+// rope_bf16_vec is the fast path for the model's layout: bf16 in and out,
+// rotate-half pairs, D a multiple of 16. Each thread moves 8 pairs with
+// 16-byte loads and stores.
+extern "C" __global__ void rope_bf16_vec(u16* dst, const u16* x, const float* cs, const float* sn, i64 B, i64 S, i64 H, i64 D, i64 inverse) {
+  i64 half = D / 2, groups = half / 8;
+  i64 n = B * S * H * groups;
+  GRID_STRIDE(i, n) {
+    i64 g = i % groups, row = i / groups, bs = row / H;
+    i64 base = row * D + g * 8;
+    uint4 a = *(const uint4*)(x + base);
+    uint4 b = *(const uint4*)(x + base + half);
+    const float4* cp = (const float4*)(cs + bs * half + g * 8);
+    const float4* sp = (const float4*)(sn + bs * half + g * 8);
+    float4 c0 = cp[0], c1 = cp[1], s0 = sp[0], s1 = sp[1];
+    float c[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
+    float s[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+    u16* av = (u16*)&a;
+    u16* bv = (u16*)&b;
+    u16 o1[8], o2[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) {
+      float sk = inverse ? -s[k] : s[k];
+      float x1 = bf16_to_f32(av[k]), x2 = bf16_to_f32(bv[k]);
+      o1[k] = f32_to_bf16(x1 * c[k] - x2 * sk);
+      o2[k] = f32_to_bf16(x1 * sk + x2 * c[k]);
+    }
+    *(uint4*)(dst + base) = *(uint4*)o1;
+    *(uint4*)(dst + base + half) = *(uint4*)o2;
+  }
+}
+
+template <typename T>
+__device__ void upsample_body(void* y, i64 ydt, const void* x, i64 xdt, i64 nc, i64 H, i64 W) {
+  i64 n = nc * H * 2 * W * 2;
+  GRID_STRIDE(i, n) {
+    i64 ox = i % (2 * W), t = i / (2 * W);
+    i64 oy = t % (2 * H), p = t / (2 * H);
+    copy_elem<T>(y, (int)ydt, i, x, (int)xdt, (p * H + oy / 2) * W + ox / 2);
+  }
+}
+extern "C" __global__ void upsample_f(void* y, i64 ydt, const void* x, i64 xdt, i64 nc, i64 H, i64 W) { upsample_body<float>(y, ydt, x, xdt, nc, H, W); }
+extern "C" __global__ void upsample_d(void* y, i64 ydt, const void* x, i64 xdt, i64 nc, i64 H, i64 W) { upsample_body<double>(y, ydt, x, xdt, nc, H, W); }
+
+template <typename T>
+__device__ void upsample_grad_body(void* dx, i64 dxdt, const void* dy, i64 dydt, i64 nc, i64 H, i64 W) {
+  i64 n = nc * H * W;
+  GRID_STRIDE(i, n) {
+    i64 xx = i % W, t = i / W;
+    i64 yy = t % H, p = t / H;
+    i64 r0 = (p * 2 * H + 2 * yy) * 2 * W + 2 * xx, r1 = r0 + 2 * W;
+    T s = ld<T>(dy, (int)dydt, r0) + ld<T>(dy, (int)dydt, r0 + 1) + ld<T>(dy, (int)dydt, r1) + ld<T>(dy, (int)dydt, r1 + 1);
+    st<T>(dx, (int)dxdt, i, s);
+  }
+}
+extern "C" __global__ void upsample_grad_f(void* dx, i64 dxdt, const void* dy, i64 dydt, i64 nc, i64 H, i64 W) {
+  upsample_grad_body<float>(dx, dxdt, dy, dydt, nc, H, W);
+}
+extern "C" __global__ void upsample_grad_d(void* dx, i64 dxdt, const void* dy, i64 dydt, i64 nc, i64 H, i64 W) {
+  upsample_grad_body<double>(dx, dxdt, dy, dydt, nc, H, W);
+}
+
+template <typename T>
+__device__ void gather_body(void* d, i64 ddt, const void* tab, i64 tdt, const int* ids, i64 n, i64 dim, i64 rows, int* fault) {
+  GRID_STRIDE(i, n * dim) {
+    i64 r = i / dim, c = i - r * dim;
+    int id = ids[r];
+    if (id < 0 || id >= rows) {
+      raise_fault(fault, 1, id, (int)rows, r);
+      st<T>(d, (int)ddt, i, (T)0);
+      continue;
+    }
+    copy_elem<T>(d, (int)ddt, i, tab, (int)tdt, (i64)id * dim + c);
+  }
+}
+extern "C" __global__ void gather_f(void* d, i64 ddt, const void* tab, i64 tdt, const int* ids, i64 n, i64 dim, i64 rows, int* fault) {
+  gather_body<float>(d, ddt, tab, tdt, ids, n, dim, rows, fault);
+}
+extern "C" __global__ void gather_d(void* d, i64 ddt, const void* tab, i64 tdt, const int* ids, i64 n, i64 dim, i64 rows, int* fault) {
+  gather_body<double>(d, ddt, tab, tdt, ids, n, dim, rows, fault);
+}
+
+// atomic_add_any adds v to element i of a buffer of any float dtype; 16-bit
+// types update their half of the enclosing 32-bit word by compare-and-swap.
+__device__ void atomic_add_any(void* p, int dt, i64 i, double v) {
+  switch (dt) {
+    case DT_F32: atomicAdd((float*)p + i, (float)v); return;
+    case DT_F64: atomicAdd((double*)p + i, v); return;
+    default: {
+      u32* word = (u32*)((u16*)p + (i & ~1ll));
+      int shift = (i & 1) ? 16 : 0;
+      u32 old = *word, assumed;
+      do {
+        assumed = old;
+        u16 h = (u16)((assumed >> shift) & 0xffffu);
+        float f = dt == DT_BF16 ? bf16_to_f32(h) : f16_to_f32(h);
+        f += (float)v;
+        u16 nh = dt == DT_BF16 ? f32_to_bf16(f) : f32_to_f16(f);
+        u32 nw = (assumed & ~(0xffffu << shift)) | ((u32)nh << shift);
+        old = atomicCAS(word, assumed, nw);
+      } while (old != assumed);
+    }
+  }
+}
+
+extern "C" __global__ void scatter_add(void* d, i64 ddt, const void* src, i64 sdt, const int* ids, i64 n, i64 dim, i64 rows, int* fault) {
+  GRID_STRIDE(i, n * dim) {
+    i64 r = i / dim, c = i - r * dim;
+    int id = ids[r];
+    if (id < 0 || id >= rows) {
+      raise_fault(fault, 2, id, (int)rows, r);
+      continue;
+    }
+    double v = (int)ddt == DT_F64 ? ld<double>(src, (int)sdt, i) : (double)ld<float>(src, (int)sdt, i);
+    atomic_add_any(d, (int)ddt, (i64)id * dim + c, v);
+  }
+}
+
+// unary_bf16_vec is the activation fast path: bf16 in and out, 8 elements
+// a thread through 16-byte loads and stores (n a multiple of 8). The op is
+// a template parameter of the loop, so the per-element switch folds away.
+template <int OP>
+__device__ void unary_vec_loop(u16* d, const u16* s, i64 n8, double A, double B) {
+  GRID_STRIDE(i, n8) {
+    uint4 v = ((const uint4*)s)[i];
+    const u16* h = (const u16*)&v;
+    u16 out[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) out[k] = f32_to_bf16(unary_apply<float>(OP, bf16_to_f32(h[k]), A, B));
+    ((uint4*)d)[i] = *(uint4*)out;
+  }
+}
+
+template <int OP>
+__device__ void unary_grad_vec_loop(u16* dx, const u16* x, const u16* dy, i64 n8, double A) {
+  GRID_STRIDE(i, n8) {
+    uint4 xv = ((const uint4*)x)[i], gv = ((const uint4*)dy)[i];
+    const u16* xh = (const u16*)&xv;
+    const u16* gh = (const u16*)&gv;
+    u16 out[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) out[k] = f32_to_bf16(unary_grad_apply<float>(OP, bf16_to_f32(xh[k]), bf16_to_f32(gh[k]), A));
+    ((uint4*)dx)[i] = *(uint4*)out;
+  }
+}
+
+#define UNARY_CASES(F, ...)                       \
+  switch ((int)op) {                              \
+    case U_IDENTITY: F<U_IDENTITY>(__VA_ARGS__); break; \
+    case U_NEG: F<U_NEG>(__VA_ARGS__); break;     \
+    case U_ABS: F<U_ABS>(__VA_ARGS__); break;     \
+    case U_EXP: F<U_EXP>(__VA_ARGS__); break;     \
+    case U_LOG: F<U_LOG>(__VA_ARGS__); break;     \
+    case U_SQRT: F<U_SQRT>(__VA_ARGS__); break;   \
+    case U_RSQRT: F<U_RSQRT>(__VA_ARGS__); break; \
+    case U_RECIP: F<U_RECIP>(__VA_ARGS__); break; \
+    case U_SQUARE: F<U_SQUARE>(__VA_ARGS__); break; \
+    case U_TANH: F<U_TANH>(__VA_ARGS__); break;   \
+    case U_SIGMOID: F<U_SIGMOID>(__VA_ARGS__); break; \
+    case U_SILU: F<U_SILU>(__VA_ARGS__); break;   \
+    case U_GELU: F<U_GELU>(__VA_ARGS__); break;   \
+    case U_AFFINE: F<U_AFFINE>(__VA_ARGS__); break; \
+    case U_POW: F<U_POW>(__VA_ARGS__); break;     \
+    case U_DROPOUT: F<U_DROPOUT>(__VA_ARGS__); break; \
+  }
+
+extern "C" __global__ void unary_bf16_vec(i64 op, u16* d, const u16* s, i64 n8, double A, double B) {
+  UNARY_CASES(unary_vec_loop, d, s, n8, A, B)
+}
+
+// unary_grad_bf16_vec is UnaryGrad's fast path for bf16 dx, x and dy.
+extern "C" __global__ void unary_grad_bf16_vec(i64 op, u16* dx, const u16* x, const u16* dy, i64 n8, double A) {
+  UNARY_CASES(unary_grad_vec_loop, dx, x, dy, n8, A)
+}

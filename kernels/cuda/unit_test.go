@@ -1,0 +1,220 @@
+package cuda
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestKernelCache(t *testing.T) {
+	c := &kernelCache{dir: t.TempDir()}
+	key := cacheKey("a.cu", "src", 90, 13, 0, nil)
+	builds := 0
+	build := func() ([]byte, error) { builds++; return []byte("cubin-bytes"), nil }
+	for i, want := range []int{1, 1} {
+		got, err := c.getOrBuild(key, build)
+		if err != nil || string(got) != "cubin-bytes" || builds != want {
+			t.Fatalf("call %d: %q, %v, %d builds (want %d)", i, got, err, builds, want)
+		}
+	}
+	tests := []struct {
+		name    string
+		corrupt func(p string)
+	}{
+		{"flipped payload byte", func(p string) {
+			raw, _ := os.ReadFile(p)
+			raw[len(raw)-1] ^= 1
+			os.WriteFile(p, raw, 0o644)
+		}},
+		{"truncated", func(p string) {
+			raw, _ := os.ReadFile(p)
+			os.WriteFile(p, raw[:len(raw)-3], 0o644)
+		}},
+		{"wrong magic", func(p string) {
+			raw, _ := os.ReadFile(p)
+			raw[0] = 'X'
+			os.WriteFile(p, raw, 0o644)
+		}},
+		{"empty", func(p string) { os.WriteFile(p, nil, 0o644) }},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.corrupt(c.path(key))
+			before := builds
+			got, err := c.getOrBuild(key, build)
+			if err != nil || string(got) != "cubin-bytes" || builds != before+1 {
+				t.Fatalf("corrupt entry not rebuilt: %q, %v, builds %d→%d", got, err, before, builds)
+			}
+			if _, ok := c.load(key); !ok {
+				t.Fatal("rebuilt entry not stored")
+			}
+		})
+	}
+	if k2 := cacheKey("a.cu", "src", 89, 13, 0, nil); k2 == key {
+		t.Error("cache key ignores the architecture")
+	}
+	if k3 := cacheKey("a.cu", "src", 90, 12, 8, nil); k3 == key {
+		t.Error("cache key ignores the NVRTC version")
+	}
+	if k4 := cacheKey("a.cu", "src2", 90, 13, 0, nil); k4 == key {
+		t.Error("cache key ignores the source")
+	}
+	failing := &kernelCache{dir: t.TempDir()}
+	if _, err := failing.getOrBuild("x", func() ([]byte, error) { return nil, errors.New("boom") }); err == nil {
+		t.Error("build failure not reported")
+	}
+}
+
+// fakeDevice counts raw allocations and can run out of memory.
+type fakeDevice struct {
+	next   uint64
+	live   map[uint64]int64
+	limit  int64
+	used   int64
+	allocs int
+	syncs  int
+}
+
+func (f *fakeDevice) alloc(n int64) (uint64, error) {
+	if f.used+n > f.limit {
+		return 0, errOutOfMemory{n}
+	}
+	f.next += 1 << 30
+	f.live[f.next] = n
+	f.used += n
+	f.allocs++
+	return f.next, nil
+}
+func (f *fakeDevice) free(p uint64) { f.used -= f.live[p]; delete(f.live, p) }
+func (f *fakeDevice) sync() error   { f.syncs++; return nil }
+
+func TestCachingAllocator(t *testing.T) {
+	tests := []struct{ in, want int64 }{{0, 0}, {1, 512}, {512, 512}, {513, 1024}, {1 << 20, 2 << 20}, {(2 << 20) + 1, 4 << 20}}
+	for _, tc := range tests {
+		if got := roundSize(tc.in); got != tc.want {
+			t.Errorf("roundSize(%d) = %d, want %d", tc.in, got, tc.want)
+		}
+	}
+	dev := &fakeDevice{live: map[uint64]int64{}, limit: 8 << 20}
+	a := newCachingAllocator(dev)
+	p1, s1, err := a.get(1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.put(p1, s1)
+	p2, _, _ := a.get(900) // same class: reused, no new device allocation
+	if p2 != p1 || dev.allocs != 1 {
+		t.Errorf("block not reused: %x vs %x, %d device allocations", p2, p1, dev.allocs)
+	}
+	al, pk, rs := a.stats()
+	if al != 1024 || pk != 1024 || rs != 1024 {
+		t.Errorf("stats %d/%d/%d, want 1024 each", al, pk, rs)
+	}
+	big, bs, _ := a.get(6 << 20)
+	a.put(big, bs)
+	a.resetPeak()
+	if _, pk, _ := a.stats(); pk != 1024 {
+		t.Errorf("peak after reset %d", pk)
+	}
+	// 6 MiB cached + 1 KiB live; a 4 MiB request only fits once the cache
+	// is given back.
+	if _, _, err := a.get(4 << 20); err != nil {
+		t.Fatalf("allocation after releasing the cache failed: %v", err)
+	}
+	if dev.syncs == 0 {
+		t.Error("cache released without waiting for the stream")
+	}
+	if _, _, err := a.get(16 << 20); err == nil || !strings.Contains(err.Error(), "out of GPU memory") {
+		t.Errorf("oversized allocation: %v", err)
+	}
+	if err := a.releaseAll(); err != nil || len(dev.live) != 0 {
+		t.Errorf("releaseAll left %d blocks (%v)", len(dev.live), err)
+	}
+}
+
+func TestLibraryDiscovery(t *testing.T) {
+	env := map[string]string{"CUDA_HOME": "/opt/cuda-x", "LD_LIBRARY_PATH": "/a:/b", "VIRTUAL_ENV": "/venv"}
+	glob := func(p string) ([]string, error) {
+		switch p {
+		case "/venv/lib/python3*/site-packages":
+			return []string{"/venv/lib/python3.12/site-packages"}, nil
+		case "/venv/lib/python3.12/site-packages/nvidia/*/lib":
+			return []string{"/venv/lib/python3.12/site-packages/nvidia/cu13/lib"}, nil
+		}
+		return nil, nil
+	}
+	dirs := libDirs(func(k string) string { return env[k] }, glob)
+	want := []string{"/opt/cuda-x/lib64", "/usr/local/cuda/lib64", "/a", "/b", "/venv/lib/python3.12/site-packages/nvidia/cu13/lib"}
+	pos := map[string]int{}
+	for i, d := range dirs {
+		pos[d] = i
+	}
+	last := -1
+	for _, w := range want {
+		i, ok := pos[w]
+		if !ok || i < last {
+			t.Fatalf("dirs %v: %s missing or out of order", dirs, w)
+		}
+		last = i
+	}
+	cands := libCandidates("libnvrtc", []string{"/x", "/y"})
+	if cands[0] != "/x/libnvrtc.so.13" || cands[1] != "/y/libnvrtc.so.13" || cands[2] != "/x/libnvrtc.so.12" {
+		t.Errorf("candidates %v: want .13 in every folder, then .12", cands)
+	}
+	_, _, err := openFirst("libnvrtc", cands, func(string) bool { return false })
+	if err == nil {
+		t.Fatal("no error for a missing library")
+	}
+	for _, c := range cands {
+		if !strings.Contains(err.Error(), c) {
+			t.Errorf("error does not name %s: %v", c, err)
+		}
+	}
+}
+
+func TestAvailableWithoutGPU(t *testing.T) {
+	err := Available()
+	if err == nil {
+		t.Skip("a GPU is present")
+	}
+	if !strings.Contains(err.Error(), "cuda backend unavailable") {
+		t.Errorf("Available() = %v, want a reason", err)
+	}
+	if _, err := New(0); err == nil {
+		t.Error("New succeeded where Available failed")
+	}
+}
+
+func TestKernelIndex(t *testing.T) {
+	names := KernelNames()
+	for _, want := range []string{"fill_f", "attn_fwd_d", "adamw", "mt_partial_f", "rope_bf16_vec", "conv_dw_d"} {
+		found := false
+		for _, n := range names {
+			found = found || n == want
+		}
+		if !found {
+			t.Errorf("kernel %s not indexed", want)
+		}
+	}
+	_, files, err := kernelIndex()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for f, src := range files {
+		if !strings.HasPrefix(src, "// common.cuh") || filepath.Ext(f) != ".cu" {
+			t.Errorf("%s: source does not start with common.cuh", f)
+		}
+	}
+}
+
+func TestStructBytes(t *testing.T) {
+	b := structBytes(3, uint64(1<<40), 0.5)
+	if len(b) != 24 || b[0] != 3 || b[13] != 1 || b[23] != 0x3f {
+		t.Errorf("structBytes = %x", b)
+	}
+	if itoa(-120) != "-120" || itoa(0) != "0" {
+		t.Error("itoa")
+	}
+}

@@ -1,0 +1,224 @@
+package train
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/newbie-train/newbie-train/checkpoints"
+	"github.com/newbie-train/newbie-train/configs"
+	"github.com/newbie-train/newbie-train/data"
+
+	_ "github.com/newbie-train/newbie-train/kernels/cpu"
+)
+
+// demoConfig writes the demo's dataset into a temporary folder and returns
+// the demo config pointed at it, shortened to steps.
+func demoConfig(t *testing.T, dir string, steps, saveEvery int) *configs.Config {
+	t.Helper()
+	raw, err := configs.Example("demo.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "demo.yaml"), raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := configs.Load(filepath.Join(dir, "demo.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := data.WriteDemoDataset(cfg.Data.Folders[0].Path, 8, cfg.Data.Resolution); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Train.MaxSteps = steps
+	cfg.Train.WarmupSteps = 2
+	cfg.Save.Every = saveEvery
+	cfg.Save.Formats = []string{"comfyui", "peft", "kohya"}
+	cfg.Logging.Every = 1
+	return cfg
+}
+
+// losses reads the JSONL log's per-step losses.
+func losses(t *testing.T, path string) map[int]float64 {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	out := map[int]float64{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var rec struct {
+			Step int     `json:"step"`
+			Loss float64 `json:"loss"`
+		}
+		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
+			t.Fatalf("log line %q: %v", sc.Text(), err)
+		}
+		out[rec.Step] = rec.Loss
+	}
+	return out
+}
+
+// TestDemoTrainsAndOutputsLoad runs the demo briefly: the loss falls, and
+// every LoRA file it writes reads back with the trained values.
+func TestDemoTrainsAndOutputsLoad(t *testing.T) {
+	dir := t.TempDir()
+	cfg := demoConfig(t, dir, 30, 0)
+	res, err := Run(context.Background(), cfg, Options{Log: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Steps != 30 || !(res.LastLoss < res.FirstLoss) {
+		t.Errorf("30 steps: loss %v → %v (steps %d), want a falling loss", res.FirstLoss, res.LastLoss, res.Steps)
+	}
+	if len(res.LoRAFiles) != 3 {
+		t.Fatalf("LoRA files %v, want three formats", res.LoRAFiles)
+	}
+	var ref *checkpoints.LoRA
+	for _, p := range res.LoRAFiles {
+		l, format, err := checkpoints.ReadLoRA(p)
+		if err != nil {
+			t.Fatalf("read back %s: %v", p, err)
+		}
+		if l.Rank != 8 || len(l.Layers) != 35 || l.Meta[checkpoints.MetaSteps] != "30" {
+			t.Errorf("%s (%s): rank %d, %d layers, steps %q", p, format, l.Rank, len(l.Layers), l.Meta[checkpoints.MetaSteps])
+		}
+		if ref == nil {
+			ref = l
+			continue
+		}
+		for name, layer := range ref.Layers {
+			for i, v := range layer.B {
+				if l.Layers[name].B[i] != v {
+					t.Fatalf("%s: %s.B[%d] = %v, the first format has %v", p, name, i, l.Layers[name].B[i], v)
+				}
+			}
+		}
+	}
+	nonzero := false
+	for _, layer := range ref.Layers {
+		for _, v := range layer.B {
+			nonzero = nonzero || v != 0
+		}
+	}
+	if !nonzero {
+		t.Error("every B matrix is still zero: the LoRA did not train")
+	}
+	if _, err := os.Stat(filepath.Join(cfg.Save.Output, "demo_lora-loss.png")); err != nil {
+		t.Errorf("no loss curve: %v", err)
+	}
+	if got := len(losses(t, cfg.Logging.LogFile)); got != 30 {
+		t.Errorf("JSONL log has %d steps, want 30", got)
+	}
+}
+
+// TestResumeIsBitwise: a run stopped at a save and resumed gives the same
+// losses, bit for bit, and the same final LoRA as an uninterrupted run.
+func TestResumeIsBitwise(t *testing.T) {
+	full := demoConfig(t, t.TempDir(), 12, 6)
+	if _, err := Run(context.Background(), full, Options{Log: io.Discard}); err != nil {
+		t.Fatal(err)
+	}
+	want := losses(t, full.Logging.LogFile)
+
+	half := demoConfig(t, t.TempDir(), 12, 6)
+	ctx, cancel := context.WithCancel(context.Background())
+	stopAt := &stopAfter{steps: 6, cancel: cancel}
+	_, err := Run(ctx, half, Options{Log: stopAt})
+	if !errors.Is(err, ErrInterrupted) {
+		t.Fatalf("interrupted run: %v, want ErrInterrupted", err)
+	}
+	if _, err := Run(context.Background(), half, Options{Resume: "latest", Log: io.Discard}); err != nil {
+		t.Fatal(err)
+	}
+	got := losses(t, half.Logging.LogFile)
+	for step := 1; step <= 12; step++ {
+		if got[step] != want[step] {
+			t.Errorf("step %d: resumed loss %v, uninterrupted %v", step, got[step], want[step])
+		}
+	}
+	a, _, err := checkpoints.ReadLoRA(filepath.Join(full.Save.Output, "demo_lora.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _, err := checkpoints.ReadLoRA(filepath.Join(half.Save.Output, "demo_lora.safetensors"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, layer := range a.Layers {
+		for i, v := range layer.A {
+			if b.Layers[name].A[i] != v {
+				t.Fatalf("final %s.A[%d]: resumed %v, uninterrupted %v", name, i, b.Layers[name].A[i], v)
+			}
+		}
+	}
+}
+
+// stopAfter cancels the run once the log reports the given step.
+type stopAfter struct {
+	steps  int
+	cancel context.CancelFunc
+}
+
+func (s *stopAfter) Write(p []byte) (int, error) {
+	if strings.HasPrefix(string(p), "step ") {
+		var n, total int
+		if _, err := fmt.Sscanf(string(p), "step %d/%d", &n, &total); err == nil && n >= s.steps {
+			s.cancel()
+		}
+	}
+	return len(p), nil
+}
+
+// TestInterruptLeavesLoadableStateAndNoPartialFiles: a cancellation mid-run
+// saves a state that loads, and no temporary files remain.
+func TestInterruptLeavesLoadableStateAndNoPartialFiles(t *testing.T) {
+	cfg := demoConfig(t, t.TempDir(), 40, 0)
+	ctx, cancel := context.WithCancel(context.Background())
+	_, err := Run(ctx, cfg, Options{Log: &stopAfter{steps: 3, cancel: cancel}})
+	if !errors.Is(err, ErrInterrupted) {
+		t.Fatalf("got %v, want ErrInterrupted", err)
+	}
+	path, skipped, err := checkpoints.LatestState(filepath.Join(cfg.Save.Output, "states"))
+	if err != nil || len(skipped) != 0 {
+		t.Fatalf("latest state: %v (skipped %v)", err, skipped)
+	}
+	st, err := checkpoints.LoadState(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Step < 1 || st.Step >= 40 {
+		t.Errorf("state at step %d, want an interrupted step", st.Step)
+	}
+	filepath.Walk(cfg.Save.Output, func(p string, info os.FileInfo, err error) error {
+		if err == nil && (strings.Contains(filepath.Base(p), ".tmp") || strings.HasPrefix(filepath.Base(p), ".")) {
+			t.Errorf("partial file left behind: %s", p)
+		}
+		return nil
+	})
+}
+
+// TestResumeRefusesOtherConfig: a state written for another learning rate
+// is refused with the reason.
+func TestResumeRefusesOtherConfig(t *testing.T) {
+	dir := t.TempDir()
+	cfg := demoConfig(t, dir, 4, 2)
+	if _, err := Run(context.Background(), cfg, Options{Log: io.Discard}); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Train.MaxSteps = 8
+	cfg.Train.LearningRate = 5e-4
+	_, err := Run(context.Background(), cfg, Options{Resume: "latest", Log: io.Discard})
+	if err == nil || !strings.Contains(err.Error(), "refused") || !strings.Contains(err.Error(), "config") {
+		t.Fatalf("resume with another config: %v, want a refusal naming the config", err)
+	}
+}
