@@ -145,6 +145,10 @@ func (r *run) setup(ctx context.Context, resume string) error {
 	r.e = ag.New(b)
 	r.logf("backend: %s", b.Name())
 
+	if cfg.Model.Preset != "tiny" {
+		// Checked before the weights load (tens of seconds for the full model).
+		return errNoRealEncoders
+	}
 	if err := r.loadModel(); err != nil {
 		return err
 	}
@@ -284,34 +288,10 @@ func weightsFile(p string) (string, error) {
 
 // loadData scans the dataset, fills the encode cache and opens the loader.
 func (r *run) loadData(ctx context.Context) error {
-	opts := r.cfg.DataOptions()
-	ds, report, err := data.Scan(opts)
-	if report != nil {
-		fmt.Fprint(r.log, report.Table())
-	}
+	encoded, err := BuildCache(ctx, r.cfg, r.model.Config(), r.log)
 	if err != nil {
 		return err
 	}
-	enc, err := encodersFor(r.model.Config(), r.log)
-	if err != nil {
-		return err
-	}
-	last := time.Time{}
-	builder := data.CacheBuilder{
-		VAE: enc.vae, Text: enc.text,
-		Progress: func(p data.Progress) {
-			if time.Since(last) > 2*time.Second || p.Done == p.Total {
-				last = time.Now()
-				r.logf("%s", p)
-			}
-		},
-		Warn: func(s string) { r.logf("warning: %s", s) },
-	}
-	encoded, stats, err := builder.Build(ctx, ds)
-	if err != nil {
-		return err
-	}
-	r.logf("encode cache: %+v", stats)
 	r.loader, err = data.NewLoader(encoded, data.Cursor{})
 	if err != nil {
 		return err
@@ -319,6 +299,45 @@ func (r *run) loadData(ctx context.Context) error {
 	r.encoded = encoded
 	return nil
 }
+
+// BuildCache scans and validates the config's dataset (printing the summary
+// table) and encodes whatever the cache lacks for a model of architecture
+// mc, with progress and an ETA: the whole of `newbie-train cache`, and the
+// first part of a training run.
+func BuildCache(ctx context.Context, cfg *configs.Config, mc nextdit.Config, log io.Writer) (*data.Encoded, error) {
+	ds, report, err := data.Scan(cfg.DataOptions())
+	if report != nil {
+		fmt.Fprint(log, report.Table())
+	}
+	if err != nil {
+		return nil, err
+	}
+	enc, err := encodersFor(mc, log)
+	if err != nil {
+		return nil, err
+	}
+	last := time.Time{}
+	builder := data.CacheBuilder{
+		VAE: enc.vae, Text: enc.text,
+		Progress: func(p data.Progress) {
+			if time.Since(last) > 2*time.Second || p.Done == p.Total {
+				last = time.Now()
+				fmt.Fprintln(log, p)
+			}
+		},
+		Warn: func(s string) { fmt.Fprintln(log, "warning:", s) },
+	}
+	encoded, stats, err := builder.Build(ctx, ds)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintf(log, "encode cache %s: %d latents encoded, %d reused; %d texts encoded, %d reused; %d damaged entries re-encoded\n",
+		cfg.Data.Cache, stats.LatentsEncoded, stats.LatentsReused, stats.TextsEncoded, stats.TextsReused, len(stats.Damaged))
+	return encoded, nil
+}
+
+// errNoRealEncoders says plainly what stops a real run today.
+var errNoRealEncoders = errors.New("the real encoders (FLUX VAE, Gemma 3 4B, Jina CLIP v2) are not built yet, so only the tiny preset (the demo, on stand-in encoders) can train now; `newbie-train bench` measures the full model's training step")
 
 // encoders are the image and text encoders a run uses.
 type encoders struct {
@@ -331,7 +350,7 @@ type encoders struct {
 // deterministic stand-in encoders, and the program says so.
 func encodersFor(c nextdit.Config, log io.Writer) (encoders, error) {
 	if c.Dim > 512 {
-		return encoders{}, errors.New("the real encoders (FLUX VAE, Gemma 3 4B, Jina CLIP v2) are not built yet, so only the tiny preset (the demo) can train now")
+		return encoders{}, errNoRealEncoders
 	}
 	fmt.Fprintln(log, "encoders: stand-ins (NOT the real FLUX VAE, Gemma 3 and Jina CLIP): deterministic random projections sized for this model")
 	text := data.NewStandInTextEncoder(c.CapFeatDim, c.ClipTextDim, 64)
@@ -495,4 +514,18 @@ func bytesText(n int64) string {
 		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
 	}
 	return fmt.Sprintf("%d KiB", n>>10)
+}
+
+// Cache runs only the dataset scan and the encode cache of a config (the
+// `newbie-train cache` command), without loading the model's weights.
+func Cache(ctx context.Context, cfg *configs.Config, log io.Writer) error {
+	mc, err := nextdit.Preset(cfg.Model.Preset)
+	if err != nil {
+		return err
+	}
+	if cfg.Model.Preset != "tiny" {
+		return errNoRealEncoders
+	}
+	_, err = BuildCache(ctx, cfg, mc, log)
+	return err
 }

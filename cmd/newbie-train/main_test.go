@@ -74,3 +74,14 @@ func TestParityTrajectory(t *testing.T) {
 		t.Errorf("parity: exit %d\n%s%s", code, out, stderr)
 	}
 }
+
+func TestCacheReusesEntries(t *testing.T) {
+	dir := t.TempDir()
+	if code, _, stderr := runCLI(t, "demo", "--dir", dir, "--steps", "1", "--images", "3"); code != 0 {
+		t.Fatalf("demo: exit %d: %s", code, stderr)
+	}
+	code, _, stderr := runCLI(t, "cache", "--config", filepath.Join(dir, "demo.yaml"))
+	if code != 0 || !strings.Contains(stderr, "0 latents encoded, 3 reused; 0 texts encoded, 3 reused") {
+		t.Errorf("cache: exit %d, want every entry reused:\n%s", code, stderr)
+	}
+}

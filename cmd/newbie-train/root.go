@@ -75,6 +75,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	trainOpts.addFlags(root)
 	root.AddCommand(
 		newTrainCmd(stdout, stderr),
+		newCacheCmd(stderr),
 		newDemoCmd(stderr),
 		newParityCmd(stdout),
 		newVersionCmd(stdout),
