@@ -106,16 +106,6 @@ func (e *Engine) flat(t *Tensor) *Tensor {
 // k-long products. A and B are stored row-major as the flags say; a shared
 // operand (one matrix for every batch) uses batch stride 0.
 func (e *Engine) gemm(a *Tensor, ta bool, b *Tensor, tb bool, c *Tensor, batch, m, n, k int, sharedA, sharedB bool, beta float64) {
-	if !e.live("gemm", a, b, c) {
-		return
-	}
-	lda, ldb := k, n
-	if ta {
-		lda = m
-	}
-	if tb {
-		ldb = k
-	}
 	strideA, strideB := m*k, k*n
 	if sharedA {
 		strideA = 0
@@ -123,16 +113,17 @@ func (e *Engine) gemm(a *Tensor, ta bool, b *Tensor, tb bool, c *Tensor, batch, 
 	if sharedB {
 		strideB = 0
 	}
-	e.b.Gemm(kernels.GemmArgs{
-		TransA: ta, TransB: tb, M: m, N: n, K: k, Batch: batch, Alpha: 1, Beta: beta,
-		A: a.st.buf, LDA: lda, StrideA: strideA,
-		B: b.st.buf, LDB: ldb, StrideB: strideB,
-		C: c.st.buf, LDC: n, StrideC: m * n,
-	})
+	e.gemmAt(a, ta, 0, strideA, b, tb, 0, strideB, c, batch, m, n, k, beta)
 }
 
 // gemmOne queues one product at element offsets into A and B.
 func (e *Engine) gemmOne(a *Tensor, ta bool, offA int, b *Tensor, tb bool, offB int, c *Tensor, m, n, k int, beta float64) {
+	e.gemmAt(a, ta, offA, m*k, b, tb, offB, k*n, c, 1, m, n, k, beta)
+}
+
+// gemmAt queues the product with explicit offsets and batch strides; the
+// leading dimensions follow from the shapes and transpose flags.
+func (e *Engine) gemmAt(a *Tensor, ta bool, offA, strideA int, b *Tensor, tb bool, offB, strideB int, c *Tensor, batch, m, n, k int, beta float64) {
 	if !e.live("gemm", a, b, c) {
 		return
 	}
@@ -144,9 +135,9 @@ func (e *Engine) gemmOne(a *Tensor, ta bool, offA int, b *Tensor, tb bool, offB 
 		ldb = k
 	}
 	e.b.Gemm(kernels.GemmArgs{
-		TransA: ta, TransB: tb, M: m, N: n, K: k, Batch: 1, Alpha: 1, Beta: beta,
-		A: a.st.buf, OffA: offA, LDA: lda, StrideA: m * k,
-		B: b.st.buf, OffB: offB, LDB: ldb, StrideB: k * n,
+		TransA: ta, TransB: tb, M: m, N: n, K: k, Batch: batch, Alpha: 1, Beta: beta,
+		A: a.st.buf, OffA: offA, LDA: lda, StrideA: strideA,
+		B: b.st.buf, OffB: offB, LDB: ldb, StrideB: strideB,
 		C: c.st.buf, LDC: n, StrideC: m * n,
 	})
 }
