@@ -67,16 +67,25 @@ func (e *Engine) prepare(p precision, ts ...*Tensor) []*Tensor {
 	return out
 }
 
-// cachedCast casts t to d. Casts of leaves (weights) under autocast are
-// made once per step and reused by every op that reads the weight, except
-// inside checkpointed functions, whose intermediates must not outlive them.
+// cachedCast casts t to d once and reuses the result. Casts of leaves
+// (weights) under autocast are made once per step and reused by every op
+// that reads the weight. Casts of activations are reused while recording,
+// so an activation read by several matrix products (the SwiGLU input feeds
+// w1, w3 and their adapters) is stored in low precision once, not once per
+// reader; the tape holds such a cast anyway, and the cache lets go of it when
+// the tape is consumed. Inside checkpointed functions nothing is cached:
+// their intermediates must not outlive them.
 func (e *Engine) cachedCast(t *Tensor, d kernels.DType) *Tensor {
-	if !t.leaf || e.autocast == 0 || e.ckptDepth > 0 {
+	recording := e.gradEnabled && t.requiresGrad
+	if e.autocast == 0 || e.ckptDepth > 0 || (!t.leaf && !recording) {
 		return Cast(t, d)
 	}
-	key := castKey{t, e.gradEnabled && t.requiresGrad}
-	if c, ok := e.castCache[key]; ok && c.dtype == d && !c.released {
-		return c
+	key := castKey{t, recording}
+	if c, ok := e.castCache[key]; ok {
+		if c.dtype == d && !c.released {
+			return c
+		}
+		c.Release() // a cast to another dtype: replaced, not leaked
 	}
 	c := Cast(t, d)
 	e.persist(c)

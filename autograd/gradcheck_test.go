@@ -220,6 +220,8 @@ func TestGradients(t *testing.T) {
 			func(in []*autograd.Tensor) *autograd.Tensor { return autograd.Softmax(in[0]) }},
 		gradCase{"Upsample2x", []input{{[]int{2, 3, 3, 2}, nil}},
 			func(in []*autograd.Tensor) *autograd.Tensor { return autograd.Upsample2x(in[0]) }},
+		gradCase{"SwiGLU", []input{{[]int{3, 7}, nil}, {[]int{3, 7}, nil}},
+			func(in []*autograd.Tensor) *autograd.Tensor { return autograd.SwiGLU(in[0], in[1]) }},
 		gradCase{"Dropout", []input{{[]int{4, 9}, nil}},
 			func(in []*autograd.Tensor) *autograd.Tensor { return autograd.Dropout(in[0], 0.3) }},
 	)

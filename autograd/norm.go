@@ -33,10 +33,16 @@ func RMSNorm(x, w *Tensor, eps float64) *Tensor {
 		e.failf("RMSNorm", "weight %v does not fit %v", w, x)
 		return e.failed(x.dtype, x.shape)
 	}
-	in := e.prepare(fullPrecision, x, w)
-	x, w = in[0], in[1]
+	outDType := x.dtype
+	if e.readsLowPrecision(x) {
+		outDType = kernels.F32
+	} else {
+		in := e.prepare(fullPrecision, x, w)
+		x, w = in[0], in[1]
+		outDType = x.dtype
+	}
 	rows := x.Len() / cols
-	out := e.newTensor(x.dtype, x.shape)
+	out := e.newTensor(outDType, x.shape)
 	rstd := e.newTensor(statDType(x.dtype), []int{rows})
 	if out.st == nil || rstd.st == nil {
 		return out
@@ -80,10 +86,16 @@ func LayerNorm(x, w, b *Tensor, eps float64) *Tensor {
 			return e.failed(x.dtype, x.shape)
 		}
 	}
-	in := e.prepare(fullPrecision, x, w, b)
-	x, w, b = in[0], in[1], in[2]
+	outDType := x.dtype
+	if e.readsLowPrecision(x) {
+		outDType = kernels.F32
+	} else {
+		in := e.prepare(fullPrecision, x, w, b)
+		x, w, b = in[0], in[1], in[2]
+		outDType = x.dtype
+	}
 	rows := x.Len() / cols
-	out := e.newTensor(x.dtype, x.shape)
+	out := e.newTensor(outDType, x.shape)
 	mean := e.newTensor(statDType(x.dtype), []int{rows})
 	rstd := e.newTensor(statDType(x.dtype), []int{rows})
 	if out.st == nil || mean.st == nil || rstd.st == nil {
@@ -216,6 +228,16 @@ func Softmax(x *Tensor) *Tensor {
 		})
 	}
 	return out
+}
+
+// readsLowPrecision reports whether a float32-policy normalisation under
+// autocast can read x as it is: the backend loads bf16/fp16 exactly into
+// float32, computes, and writes a float32 result (with parameters of any
+// dtype), which is what casting x first would give — without the float32
+// copy of x that the tape would then hold for the backward. The gradient
+// of x comes back in x's dtype, as the cast's backward would give it.
+func (e *Engine) readsLowPrecision(x *Tensor) bool {
+	return e.autocast != 0 && (x.dtype == kernels.BF16 || x.dtype == kernels.F16)
 }
 
 // bufOf returns t's buffer, or nil for a nil tensor.

@@ -356,10 +356,9 @@ func (m *Model) attention(prefix string, x, cos, sin *ag.Tensor, keyLens []int32
 func (m *Model) feedForward(prefix string, x *ag.Tensor) *ag.Tensor {
 	h1 := m.linear(prefix+".feed_forward.w1", x)
 	h3 := m.linear(prefix+".feed_forward.w3", x)
-	s := ag.SiLU(h1)
-	g := ag.Mul(s, h3)
+	g := ag.SwiGLU(h1, h3)
 	out := m.linear(prefix+".feed_forward.w2", g)
-	release(h1, h3, s, g)
+	release(h1, h3, g)
 	return out
 }
 
