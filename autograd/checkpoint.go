@@ -6,11 +6,16 @@ package autograd
 // function of its inputs and of parameters (leaves); random draws inside it
 // are replayed exactly (the generator's offset is restored), and the
 // autocast setting at the call is used again. The gradients equal those of
-// calling fn directly.
+// calling fn directly. Inside a checkpointed function a nested Checkpoint
+// just calls fn: the enclosing one already bounds what is kept, and
+// recomputing twice would only cost time.
 func Checkpoint(fn func(in []*Tensor) *Tensor, inputs ...*Tensor) *Tensor {
 	e := inputs[0].e
 	if !e.live("Checkpoint", inputs...) {
 		return e.failed(inputs[0].dtype, inputs[0].shape)
+	}
+	if e.ckptDepth > 0 {
+		return fn(inputs)
 	}
 	recording := e.gradEnabled
 	rngOffset := e.rngOffset

@@ -268,23 +268,41 @@ func (m *Model) block(prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []in
 	}
 
 	// Attention branch.
-	n1 := ag.RMSNorm(x, w("attention_norm1.weight"), eps)
-	h := modulate(n1, scaleMSA)
+	h := normThen(modulate, x, w("attention_norm1.weight"), eps, scaleMSA)
 	a := m.attention(prefix, h, cos, sin, keyLens)
-	n2 := ag.RMSNorm(a, w("attention_norm2.weight"), eps)
-	g := gated(n2, gateMSA)
+	g := normThen(gated, a, w("attention_norm2.weight"), eps, gateMSA)
 	x1 := ag.Add(x, g)
-	release(n1, h, a, n2, g, scaleMSA, gateMSA)
+	release(h, a, g, scaleMSA, gateMSA)
 
 	// Feed-forward branch.
-	f1 := ag.RMSNorm(x1, w("ffn_norm1.weight"), eps)
-	hf := modulate(f1, scaleMLP)
+	hf := normThen(modulate, x1, w("ffn_norm1.weight"), eps, scaleMLP)
 	ff := m.feedForward(prefix, hf)
-	f2 := ag.RMSNorm(ff, w("ffn_norm2.weight"), eps)
-	g2 := gated(f2, gateMLP)
+	g2 := normThen(gated, ff, w("ffn_norm2.weight"), eps, gateMLP)
 	out := ag.Add(x1, g2)
-	release(x1, f1, hf, ff, f2, g2, scaleMLP, gateMLP)
+	release(x1, hf, ff, g2, scaleMLP, gateMLP)
 	return out
+}
+
+// normThen is then(RMSNorm(x)·w, by) — a sandwich norm followed by its
+// adaLN scale or tanh gate — run under a checkpoint, so the tape keeps only
+// x (and by) and recomputes the float32 normalised copy in the backward:
+// two elementwise passes more per use, one float32 activation of the
+// model's width less. (Inside a checkpointed block this is a plain call.)
+func normThen(then func(x, by *ag.Tensor) *ag.Tensor, x, w *ag.Tensor, eps float64, by *ag.Tensor) *ag.Tensor {
+	f := func(in []*ag.Tensor) *ag.Tensor {
+		n := ag.RMSNorm(in[0], w, eps)
+		var arg *ag.Tensor
+		if len(in) > 1 {
+			arg = in[1]
+		}
+		out := then(n, arg)
+		release(n)
+		return out
+	}
+	if by == nil {
+		return ag.Checkpoint(f, x)
+	}
+	return ag.Checkpoint(f, x, by)
 }
 
 // gateOf returns tanh(g) shaped [B, 1, dim] to broadcast over tokens.
