@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"io"
 	"sort"
+	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/newbie-train/newbie-train/kernels"
+	"github.com/newbie-train/newbie-train/models/lora"
+	"github.com/newbie-train/newbie-train/models/nextdit"
 	"github.com/newbie-train/newbie-train/train"
 )
 
@@ -16,12 +19,15 @@ import (
 type parityOptions struct {
 	weights    string
 	trajectory string
+	golden     string
+	lora       string
 	backend    string
 	precision  string
 }
 
-// parityTolerances are the golden README's limits per precision: step
-// losses, then final LoRA tensors.
+// parityTolerances are the golden README's limits per precision for a
+// replayed trajectory: step losses, then final LoRA tensors. (--golden
+// takes its limits from nextdit.ParsePrecision.)
 var parityTolerances = map[string][2]float64{
 	"fp64": {1e-6, 1e-5},
 	"fp32": {1e-5, 1e-4},
@@ -31,18 +37,34 @@ var parityTolerances = map[string][2]float64{
 func newParityCmd(stdout io.Writer) *cobra.Command {
 	o := &parityOptions{}
 	cmd := &cobra.Command{
-		Use:   "parity --weights W --trajectory T",
+		Use:   "parity --weights W (--golden G [--lora L] | --trajectory T)",
 		Short: "Check our model and training step against reference numbers",
-		Long: `parity replays a recorded reference LoRA training run (--trajectory, e.g.
-../shared/golden/nextdit/tiny.train.golden.safetensors) through the trainer's
-own step — model, LoRA, loss, clipping, AdamW — and prints the relative error
-of every step's loss and of the final LoRA tensors. It exits 1 when an error
-is beyond the tolerance of the precision.`,
+		Long: `parity checks this program's numbers against the reference PyTorch code's.
+
+With --golden (e.g. ../shared/golden/nextdit/tiny.golden.safetensors) it runs
+the recorded inputs through the model loaded from --weights (any layout:
+upstream, ComfyUI, diffusers, sharded), forward and backward, and prints the
+relative error of the output and of each gradient group: every base weight
+(all made trainable), the inputs, and with --lora (a PEFT folder, ComfyUI or
+kohya file) the adapter's matrices, compared with the _lora references.
+
+With --trajectory (e.g. ../shared/golden/nextdit/tiny.train.golden.safetensors)
+it replays a recorded LoRA training run through the trainer's own step —
+model, LoRA, loss, clipping, AdamW — and prints the relative error of every
+step's loss and of the final LoRA tensors.
+
+The architecture comes from the files' metadata. Precisions: fp64 (float64
+weights and inputs), fp32, bf16 (fp32 masters under bf16 autocast). parity
+exits 1 when an error is beyond the golden README's tolerance for the
+precision: --golden fp64 1e-6, fp32 1e-5, bf16 2e-2 (output) / 5e-2
+(gradients).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runParity(o, stdout) },
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.weights, "weights", "", "model weights (safetensors, upstream key names)")
+	f.StringVar(&o.weights, "weights", "", "model weights (a safetensors file, sharded index or diffusers folder)")
+	f.StringVar(&o.golden, "golden", "", "reference inputs, output and gradients to compare with")
+	f.StringVar(&o.lora, "lora", "", "with --golden: a LoRA to attach (PEFT folder, ComfyUI or kohya file)")
 	f.StringVar(&o.trajectory, "trajectory", "", "recorded training run to replay")
 	f.StringVar(&o.backend, "backend", "cpu", "backend: cpu or cuda")
 	f.StringVar(&o.precision, "precision", "fp64", "fp64, fp32 or bf16 (bf16 autocast over fp32 masters)")
@@ -50,12 +72,22 @@ is beyond the tolerance of the precision.`,
 }
 
 func runParity(o *parityOptions, stdout io.Writer) error {
-	if o.weights == "" || o.trajectory == "" {
-		return usageError{errors.New("parity needs --weights and --trajectory")}
+	if o.weights == "" || (o.trajectory == "") == (o.golden == "") {
+		return usageError{errors.New("parity needs --weights and --trajectory T, or --weights and --golden G (exactly one of --golden and --trajectory)")}
+	}
+	if o.lora != "" && o.golden == "" {
+		return usageError{errors.New("--lora goes with --golden (a trajectory brings its own LoRA)")}
 	}
 	tol, ok := parityTolerances[o.precision]
 	if !ok {
 		return usageError{fmt.Errorf("--precision %q: want fp64, fp32 or bf16", o.precision)}
+	}
+	b, err := kernels.Open(o.backend, 0)
+	if err != nil {
+		return err
+	}
+	if o.golden != "" {
+		return runGoldenParity(o, b, stdout)
 	}
 	dt, autocast := kernels.F64, kernels.DType(0)
 	switch o.precision {
@@ -63,10 +95,6 @@ func runParity(o *parityOptions, stdout io.Writer) error {
 		dt = kernels.F32
 	case "bf16":
 		dt, autocast = kernels.F32, kernels.BF16
-	}
-	b, err := kernels.Open(o.backend, 0)
-	if err != nil {
-		return err
 	}
 	rep, err := train.Replay(b, o.weights, o.trajectory, dt, autocast)
 	if err != nil {
@@ -94,6 +122,43 @@ func runParity(o *parityOptions, stdout io.Writer) error {
 		return fmt.Errorf("parity failed in %s: loss error %.2e (limit %.0e), final LoRA error %.2e (limit %.0e)", o.precision, rep.LossErr, tol[0], rep.MaxFinalErr, tol[1])
 	}
 	fmt.Fprintf(stdout, "PASS (limits: loss %.0e, final LoRA %.0e)\n", tol[0], tol[1])
+	return nil
+}
+
+// runGoldenParity is parity --golden: one forward and backward on the
+// golden inputs, compared group by group.
+func runGoldenParity(o *parityOptions, b kernels.Backend, stdout io.Writer) error {
+	p, err := nextdit.ParsePrecision(o.precision)
+	if err != nil {
+		return usageError{err}
+	}
+	opts := nextdit.GoldenOptions{Precision: p}
+	what := "every base weight trainable"
+	if o.lora != "" {
+		opts.Adapter = lora.ParityAdapter(o.lora)
+		what = "LoRA " + o.lora + " on the frozen base"
+	}
+	rep, err := nextdit.RunGolden(b, o.weights, o.golden, opts)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "golden parity on %s in %s (%s)\n", b.Name(), o.precision, what)
+	fmt.Fprintf(stdout, "%-22s %8s %10s %10s  %s\n", "group", "tensors", "rel. err", "limit", "worst")
+	fmt.Fprintf(stdout, "%-22s %8d %10.2e %10.0e\n", "output", 1, rep.Output, p.OutTol)
+	for _, g := range []struct {
+		name string
+		m    map[string]float64
+	}{{"input gradients", rep.Inputs}, {"parameter gradients", rep.Params}, {"LoRA gradients", rep.LoRA}} {
+		if len(g.m) == 0 {
+			continue
+		}
+		w, wn := nextdit.Worst(g.m)
+		fmt.Fprintf(stdout, "%-22s %8d %10.2e %10.0e  %s\n", g.name, len(g.m), w, p.GradTol, wn)
+	}
+	if ok, fails := rep.Pass(p); !ok {
+		return fmt.Errorf("golden parity failed in %s: %s", o.precision, strings.Join(fails, "; "))
+	}
+	fmt.Fprintln(stdout, "PASS")
 	return nil
 }
 

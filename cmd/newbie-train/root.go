@@ -78,6 +78,10 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newCacheCmd(stderr),
 		newDemoCmd(stderr),
 		newParityCmd(stdout),
+		newInspectCmd(stdout),
+		newExportCmd(stdout),
+		newMergeCmd(stdout, stderr),
+		newBenchCmd(stdout, stderr),
 		newVersionCmd(stdout),
 	)
 	return root

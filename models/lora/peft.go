@@ -5,18 +5,17 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
 
-	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
+	"github.com/newbie-train/newbie-train/checkpoints"
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/models/nextdit"
 )
 
-// PEFT file names inside an adapter folder.
+// PEFT file names inside an adapter folder (checkpoints reads and writes
+// the folder; the names are repeated here for callers of this package).
 const (
-	PEFTConfigFile  = "adapter_config.json"
-	PEFTWeightsFile = "adapter_model.safetensors"
+	PEFTConfigFile  = checkpoints.PEFTConfigFile
+	PEFTWeightsFile = checkpoints.PEFTWeightsFile
 	// PEFTPrefix is what PEFT puts before a module path in saved keys.
 	PEFTPrefix = "base_model.model."
 )
@@ -89,90 +88,29 @@ func ReadPEFTConfig(dir string) (PEFTConfig, error) {
 }
 
 // LoadPEFT reads a PEFT adapter folder (adapter_config.json +
-// adapter_model.safetensors), attaches adapters with its rank, alpha,
-// dropout and targets to m, and fills them with the file's values (masters
-// in dtype master, 0 for F32). Keys the model has no adapter for, adapters
-// the file lacks and mis-shaped matrices are reported together.
+// adapter_model.safetensors) through checkpoints.ReadPEFT, attaches
+// adapters with its rank, alpha, dropout and targets to m, and fills them
+// with the file's values (masters in dtype master, 0 for F32). The config
+// is first held to ReadPEFTConfig's stricter rules (plain LoRA only), which
+// also give the dropout the canonical form does not carry. Keys the model
+// has no adapter for, adapters the file lacks and mis-shaped matrices are
+// reported together.
 func LoadPEFT(m *nextdit.Model, dir string, master kernels.DType) (*Set, error) {
 	pc, err := ReadPEFTConfig(dir)
 	if err != nil {
 		return nil, err
 	}
-	f, err := safetensors.Open(filepath.Join(dir, PEFTWeightsFile))
+	if pc.LoraDropout < 0 || pc.LoraDropout >= 1 {
+		return nil, fmt.Errorf("lora: %s: lora_dropout %g is outside [0, 1)", dir, pc.LoraDropout)
+	}
+	l, err := checkpoints.ReadPEFT(dir)
 	if err != nil {
 		return nil, fmt.Errorf("lora: %w", err)
 	}
-	defer f.Close()
-	s, err := Attach(m, Config{Rank: pc.R, Alpha: pc.LoraAlpha, Dropout: pc.LoraDropout, Targets: pc.TargetModules, Master: master})
+	s, err := Import(m, l, master)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (PEFT folder %s)", err, dir)
 	}
-	if err := s.loadTensors(f); err != nil {
-		s.Release()
-		return nil, err
-	}
+	s.cfg.Dropout = pc.LoraDropout
 	return s, nil
-}
-
-// loadTensors uploads A and B of every adapter from a PEFT-keyed file.
-func (s *Set) loadTensors(f *safetensors.File) error {
-	want := map[string][]int{}
-	for _, a := range s.Adapters() {
-		want[PEFTKey(a.Name, "A")] = a.A.Shape()
-		want[PEFTKey(a.Name, "B")] = a.B.Shape()
-	}
-	var problems []string
-	for _, n := range f.Names() {
-		if _, ok := want[n]; !ok {
-			problems = append(problems, "unexpected "+n)
-		}
-	}
-	keys := make([]string, 0, len(want))
-	for k := range want {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		info, ok := f.Info(k)
-		switch {
-		case !ok:
-			problems = append(problems, fmt.Sprintf("missing %s (expected shape %v)", k, want[k]))
-		case !sameShape(info.Shape, want[k]):
-			problems = append(problems, fmt.Sprintf("mis-shaped %s: file has %v, expected %v", k, info.Shape, want[k]))
-		}
-	}
-	if len(problems) > 0 {
-		sort.Strings(problems)
-		return fmt.Errorf("lora: %s does not fit the model's adapters:\n  %s", f.Path(), strings.Join(problems, "\n  "))
-	}
-	be := s.model.Engine().Backend()
-	for _, a := range s.Adapters() {
-		for _, which := range []string{"A", "B"} {
-			t := a.A
-			if which == "B" {
-				t = a.B
-			}
-			v, err := f.Float64(PEFTKey(a.Name, which))
-			if err != nil {
-				return fmt.Errorf("lora: reading %s: %w", PEFTKey(a.Name, which), err)
-			}
-			be.Upload(t.Buffer(), 0, kernels.EncodeF64(t.DType(), v))
-		}
-	}
-	if err := s.model.Engine().Err(); err != nil {
-		return fmt.Errorf("lora: uploading adapters: %w", err)
-	}
-	return nil
-}
-
-func sameShape(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/newbie-train/newbie-train/autograd"
+	"github.com/newbie-train/newbie-train/checkpoints"
 	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
 	"github.com/newbie-train/newbie-train/kernels"
 )
@@ -43,42 +44,105 @@ func (k *KeyError) Error() string {
 	return b.String()
 }
 
-// ConfigFromFile reads the architecture from a weight file's
+// Source is what the loader reads weights through: upstream tensor names,
+// their shapes and dtypes, the file's __metadata__, and each tensor
+// converted on demand. A *safetensors.File (a file in the upstream layout)
+// and a *checkpoints.Weights (any layout: upstream, ComfyUI, diffusers
+// with split q/k/v, sharded) both satisfy it, so one loader reads them all.
+type Source interface {
+	Names() []string
+	Info(name string) (safetensors.TensorInfo, bool)
+	Metadata() map[string]string
+	Float64(name string) ([]float64, error)
+	Float32(name string) ([]float32, error)
+	BF16(name string) ([]uint16, error)
+}
+
+// sourceName is how errors name a source: its path when it has one.
+func sourceName(src Source) string {
+	if p, ok := src.(interface{ Path() string }); ok {
+		return p.Path()
+	}
+	return "weights"
+}
+
+// ConfigFromFile reads the architecture from a weight source's
 // __metadata__["config"].
-func ConfigFromFile(f *safetensors.File) (Config, error) {
-	js, ok := f.Metadata()["config"]
+func ConfigFromFile(src Source) (Config, error) {
+	js, ok := src.Metadata()["config"]
 	if !ok {
-		return Config{}, fmt.Errorf("nextdit: %s has no __metadata__[\"config\"]; pass the config (or a preset) explicitly", f.Path())
+		return Config{}, fmt.Errorf("nextdit: %s has no __metadata__[\"config\"]; pass the config (or a preset) explicitly", sourceName(src))
 	}
 	c, err := ParseConfig(js)
 	if err != nil {
-		return Config{}, fmt.Errorf("%s: %w", f.Path(), err)
+		return Config{}, fmt.Errorf("%s: %w", sourceName(src), err)
 	}
 	return c, nil
 }
 
-// Load opens a safetensors weight file with upstream key names and builds a
+// ResolveConfig picks the architecture of a source: its metadata config
+// when it carries one, else fallback (a preset the caller chose), else an
+// error saying that neither exists. A fallback that disagrees with the
+// file's own config is an error too, since loading would then check the
+// file against the wrong shapes.
+func ResolveConfig(src Source, fallback *Config) (Config, error) {
+	if _, ok := src.Metadata()["config"]; ok {
+		c, err := ConfigFromFile(src)
+		if err != nil {
+			return Config{}, err
+		}
+		if fallback != nil && fallback.JSON() != c.JSON() {
+			return Config{}, fmt.Errorf("nextdit: %s carries config %s, which differs from the one asked for, %s", sourceName(src), c.JSON(), fallback.JSON())
+		}
+		return c, nil
+	}
+	if fallback == nil {
+		return Config{}, fmt.Errorf("nextdit: %s has no __metadata__[\"config\"] and no config was given; name a preset (newbie-exp0.1, lumina2, tiny) or give the architecture", sourceName(src))
+	}
+	if err := fallback.Validate(); err != nil {
+		return Config{}, err
+	}
+	return *fallback, nil
+}
+
+// Load opens a weights source in any layout checkpoints.OpenWeights reads —
+// a safetensors file with upstream names, a ComfyUI single file
+// (model.diffusion_model. prefix), a diffusers folder or its transformer/
+// subfolder (split q/k/v), or a sharded checkpoint's index — and builds a
 // model from it, reading the architecture from the file's metadata.
 func Load(e *autograd.Engine, path string, opts Options) (*Model, error) {
-	f, err := safetensors.Open(path)
+	return LoadWithConfig(e, path, nil, opts)
+}
+
+// LoadWithConfig is Load for sources that may carry no config metadata
+// (diffusers folders, most ComfyUI files): the architecture comes from the
+// file's metadata when present, else from fallback (typically a preset);
+// with neither it is an error.
+func LoadWithConfig(e *autograd.Engine, path string, fallback *Config, opts Options) (*Model, error) {
+	w, err := checkpoints.OpenWeights(path)
 	if err != nil {
 		return nil, fmt.Errorf("nextdit: %w", err)
 	}
-	defer f.Close()
-	cfg, err := ConfigFromFile(f)
+	defer w.Close()
+	cfg, err := ResolveConfig(w, fallback)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (loading %s)", err, path)
 	}
-	return LoadFile(e, f, cfg, opts)
+	m, err := LoadFile(e, w, cfg, opts)
+	if ke, ok := IsKeyError(err); ok {
+		ke.Path = path
+	}
+	return m, err
 }
 
-// LoadFile builds a model of architecture cfg from an open weight file.
+// LoadFile builds a model of architecture cfg from an open weight source.
 // Every key is checked before anything is allocated; missing, unexpected
 // and mis-shaped keys come back together as a *KeyError. Tensors are then
 // converted one at a time to the storage dtype, so host memory beyond the
 // mapped file never exceeds one tensor's conversion. norm_final.weight,
-// which upstream defines but never uses, may be absent.
-func LoadFile(e *autograd.Engine, f *safetensors.File, cfg Config, opts Options) (*Model, error) {
+// which upstream defines but never uses (and diffusers drops), may be
+// absent.
+func LoadFile(e *autograd.Engine, f Source, cfg Config, opts Options) (*Model, error) {
 	m, err := newModel(e, cfg, opts)
 	if err != nil {
 		return nil, err
@@ -104,10 +168,12 @@ func LoadFile(e *autograd.Engine, f *safetensors.File, cfg Config, opts Options)
 	return m, nil
 }
 
-// CheckKeys compares a file's tensors with the architecture's and returns a
-// *KeyError listing every difference, or nil.
-func CheckKeys(f *safetensors.File, cfg Config) error {
-	ke := &KeyError{Path: f.Path()}
+// CheckKeys compares a source's tensors with the architecture's and returns
+// a *KeyError listing every difference, or nil. For a *checkpoints.Weights,
+// file keys that map to no upstream name count as unexpected too (tensors
+// of other models in a ComfyUI all-in-one file are skipped on purpose).
+func CheckKeys(f Source, cfg Config) error {
+	ke := &KeyError{Path: sourceName(f)}
 	want := map[string]bool{}
 	for _, p := range cfg.Params() {
 		want[p.Name] = true
@@ -129,11 +195,38 @@ func CheckKeys(f *safetensors.File, cfg Config) error {
 			ke.Unexpected = append(ke.Unexpected, n)
 		}
 	}
+	if w, ok := f.(*checkpoints.Weights); ok && w.Map != nil {
+		ke.Unexpected = append(ke.Unexpected, w.Map.Unmapped...)
+	}
 	sort.Strings(ke.Unexpected)
 	if len(ke.Missing)+len(ke.Unexpected)+len(ke.Misshaped) == 0 {
 		return nil
 	}
 	return ke
+}
+
+// MatchPreset names the preset a source's architecture is: the one equal
+// to cfg when cfg is given (the source's metadata config), else the one
+// whose every tensor name and shape the source fits; "custom" when none.
+func MatchPreset(src Source, cfg *Config) string {
+	names := make([]string, 0, len(Presets))
+	for n := range Presets {
+		names = append(names, n)
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		p, _ := Preset(n)
+		if cfg != nil {
+			if p.JSON() == cfg.JSON() {
+				return n
+			}
+			continue
+		}
+		if CheckKeys(src, p) == nil {
+			return n
+		}
+	}
+	return "custom"
 }
 
 // floatKind maps a file dtype to the kernel dtype when it is a float.
