@@ -2,6 +2,8 @@ package train
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -9,7 +11,9 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	ag "github.com/newbie-train/newbie-train/autograd"
@@ -243,20 +247,20 @@ func (r *run) loadModel() error {
 		r.baseHash = "random-tiny-seed-" + strconv.FormatUint(cfg.Train.Seed, 10)
 		r.logf("model: tiny preset with random base weights (demo)")
 	} else {
-		path, err := weightsFile(cfg.Model.Weights)
+		preset, err := nextdit.Preset(cfg.Model.Preset)
 		if err != nil {
 			return err
 		}
 		start := time.Now()
-		r.model, err = nextdit.Load(r.e, path, opts)
+		r.model, err = nextdit.LoadWithConfig(r.e, cfg.Model.Weights, &preset, opts)
 		if err != nil {
 			return err
 		}
-		r.baseHash, err = checkpoints.FileSHA256(path)
+		r.baseHash, err = weightsHash(cfg.Model.Weights)
 		if err != nil {
 			return err
 		}
-		r.logf("model: %s (%d parameters) loaded in %.1fs", path, r.model.Config().NumParams(), time.Since(start).Seconds())
+		r.logf("model: %s (%d parameters) loaded in %.1fs", cfg.Model.Weights, r.model.Config().NumParams(), time.Since(start).Seconds())
 	}
 	init := lora.InitPEFT
 	if cfg.LoRA.Init == "gaussian" {
@@ -269,21 +273,38 @@ func (r *run) loadModel() error {
 	return err
 }
 
-// weightsFile resolves model.weights: a file, or a folder holding exactly
-// one .safetensors file.
-func weightsFile(p string) (string, error) {
+// weightsHash identifies base weights by content: the SHA-256 of a file,
+// or of the names and SHA-256s of every .safetensors file under a folder
+// (diffusers layouts, shards), so a resume can refuse other weights.
+func weightsHash(p string) (string, error) {
 	fi, err := os.Stat(p)
 	if err != nil {
 		return "", fmt.Errorf("model.weights: %w", err)
 	}
 	if !fi.IsDir() {
-		return p, nil
+		return checkpoints.FileSHA256(p)
 	}
-	matches, _ := filepath.Glob(filepath.Join(p, "*.safetensors"))
-	if len(matches) != 1 {
-		return "", fmt.Errorf("model.weights: folder %s holds %d .safetensors files; name the file (diffusers folders are read by `newbie-train inspect`, not yet by training)", p, len(matches))
+	var files []string
+	err = filepath.WalkDir(p, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.HasSuffix(path, ".safetensors") {
+			files = append(files, path)
+		}
+		return err
+	})
+	if err != nil {
+		return "", fmt.Errorf("model.weights: %w", err)
 	}
-	return matches[0], nil
+	sort.Strings(files)
+	h := sha256.New()
+	for _, f := range files {
+		sum, err := checkpoints.FileSHA256(f)
+		if err != nil {
+			return "", err
+		}
+		rel, _ := filepath.Rel(p, f)
+		fmt.Fprintf(h, "%s %s\n", rel, sum)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // loadData scans the dataset, fills the encode cache and opens the loader.

@@ -222,3 +222,33 @@ func TestResumeRefusesOtherConfig(t *testing.T) {
 		t.Fatalf("resume with another config: %v, want a refusal naming the config", err)
 	}
 }
+
+// TestTrainsFromWeightsFile: a run whose base comes from a weights file
+// (the golden tiny weights) loads it, records its hash in the LoRA, and
+// trains.
+func TestTrainsFromWeightsFile(t *testing.T) {
+	weights, err := filepath.Abs(goldenDir + "tiny.weights.safetensors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(weights); err != nil {
+		t.Skipf("golden weights not beside the checkout: %v", err)
+	}
+	cfg := demoConfig(t, t.TempDir(), 3, 0)
+	cfg.Model.Weights = weights
+	res, err := Run(context.Background(), cfg, Options{Log: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, _, err := checkpoints.ReadLoRA(res.LoRAFiles[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := checkpoints.FileSHA256(weights)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Meta[checkpoints.MetaBaseModelHash] != want {
+		t.Errorf("LoRA records base hash %q, want %q", l.Meta[checkpoints.MetaBaseModelHash], want)
+	}
+}
