@@ -273,7 +273,7 @@ func Bench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	if c, ok := raw.(interface{ Close() }); ok {
 		defer c.Close()
 	}
-	be := &profiler{Backend: raw}
+	be := &profiler{Backend: raw, rank: o.Rank}
 	res.Backend = raw.Name()
 	e := ag.New(be)
 	fmt.Fprintf(o.Log, "bench: building %s (%d parameters) with random bf16 weights on %s\n", o.Preset, res.Params, res.Backend)
@@ -502,7 +502,7 @@ func (r BenchResult) Table() string {
 		r.Preset, r.Params, r.Rank, r.Alpha, r.LoRALayers, r.LoRAParams)
 	fmt.Fprintf(&sb, "input: batch %d, %d×%d image → latent %d×%d×%d (%d image tokens) + %d caption tokens\n",
 		r.Batch, r.Resolution, r.Resolution, r.Latent[0], r.Latent[1], r.Latent[2], r.ImageTokens, r.CaptionTokens)
-	fmt.Fprintf(&sb, "work: %.2f TFLOP per step (the PyTorch anchor's count); model built in %.1f s; %s GiB held before the first step\n\n",
+	fmt.Fprintf(&sb, "work: %.4g TFLOP per step (the PyTorch anchor's count); model built in %.1f s; %s GiB held before the first step\n\n",
 		r.FLOPs/1e12, r.BuildSeconds, gib(r.BaseBytes))
 	sb.WriteString("| checkpointing | s/step (median) | min | max | samples/s | TFLOP/s | peak GiB | step's own GiB | reserved GiB | loss |\n")
 	sb.WriteString("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
@@ -511,7 +511,7 @@ func (r BenchResult) Table() string {
 			fmt.Fprintf(&sb, "| %s | failed: %s | | | | | | | | |\n", onOff(run.Checkpointing), run.Err)
 			continue
 		}
-		fmt.Fprintf(&sb, "| %s | %.4f | %.4f | %.4f | %.2f | %.1f | %s | %s | %s | %.4f |\n",
+		fmt.Fprintf(&sb, "| %s | %.4f | %.4f | %.4f | %.3g | %.3g | %s | %s | %s | %.4f |\n",
 			onOff(run.Checkpointing), run.Median, run.Min, run.Max, run.SamplesPerSecond, run.TFLOPs,
 			gib(run.PeakBytes), gib(run.ActivationBytes), gib(run.ReservedBytes), run.Loss)
 	}
@@ -546,6 +546,8 @@ func (r BenchResult) Table() string {
 // attributed. Outside a begin/end window it only forwards calls.
 type profiler struct {
 	kernels.Backend
+	// rank is the LoRA rank, which marks the adapters' products.
+	rank      int
 	on, timed bool
 	start     time.Time
 	queue     float64 // seconds from begin to the first wait for the device
@@ -643,15 +645,17 @@ func (p *profiler) Upload(dst kernels.Buffer, off int, src []byte) {
 
 // Fill forwards with profiling.
 func (p *profiler) Fill(dst kernels.Buffer, v float64) {
-	p.op("Fill", func() { p.Backend.Fill(dst, v) })
+	p.op("Fill "+dtypeOf(dst), func() { p.Backend.Fill(dst, v) })
 }
 
 // Cast forwards with profiling.
-func (p *profiler) Cast(dst, src kernels.Buffer) { p.op("Cast", func() { p.Backend.Cast(dst, src) }) }
+func (p *profiler) Cast(dst, src kernels.Buffer) {
+	p.op("Cast "+dtypeOf(src)+"→"+dtypeOf(dst), func() { p.Backend.Cast(dst, src) })
+}
 
 // Copy2D forwards with profiling.
 func (p *profiler) Copy2D(dst kernels.Buffer, dstOff, dstStride int, src kernels.Buffer, srcOff, srcStride int, rows, cols int) {
-	p.op("Copy2D", func() { p.Backend.Copy2D(dst, dstOff, dstStride, src, srcOff, srcStride, rows, cols) })
+	p.op("Copy2D "+dtypeOf(src)+"→"+dtypeOf(dst), func() { p.Backend.Copy2D(dst, dstOff, dstStride, src, srcOff, srcStride, rows, cols) })
 }
 
 // Permute forwards with profiling.
@@ -659,16 +663,13 @@ func (p *profiler) Permute(dst, src kernels.Buffer, shape []int, perm []int) {
 	p.op("Permute", func() { p.Backend.Permute(dst, src, shape, perm) })
 }
 
-// loraRank is the largest inner or outer size at which a product counts as
-// a LoRA product in the profile (the adapters' rank-r matrices).
-const loraRank = 64
-
-// Gemm forwards with profiling, telling the large products of the frozen
-// weights from the thin ones of the adapters (some side ≤ 64).
+// Gemm forwards with profiling, telling the adapters' products (a side
+// equal to the LoRA rank) from the others, which the frozen weights
+// dominate.
 func (p *profiler) Gemm(g kernels.GemmArgs) {
 	kind := "Gemm"
-	if min(g.M, g.N, g.K) <= loraRank {
-		kind = "Gemm (thin: LoRA, adaLN)"
+	if r := p.rank; r > 0 && (g.M == r || g.N == r || g.K == r) {
+		kind = "Gemm (LoRA)"
 	}
 	p.op(kind, func() { p.Backend.Gemm(g) })
 }
@@ -688,24 +689,48 @@ var binaryNames = map[kernels.BinaryOp]string{
 	kernels.Maximum: "Maximum", kernels.Minimum: "Minimum",
 }
 
+// dtypeOf names a buffer's dtype for a profile kind ("-" for none).
+func dtypeOf(b kernels.Buffer) string {
+	if b == nil {
+		return "-"
+	}
+	return b.DType().String()
+}
+
+// broadcastOf marks a binary op whose operands are not both full-size
+// (a broadcast, e.g. a per-channel scale over every token).
+func broadcastOf(dst, a, b []int) string {
+	n := func(shape []int) int {
+		k := 1
+		for _, v := range shape {
+			k *= v
+		}
+		return k
+	}
+	if n(a) != n(dst) || n(b) != n(dst) {
+		return " (broadcast)"
+	}
+	return ""
+}
+
 // Unary forwards with profiling.
 func (p *profiler) Unary(op kernels.UnaryOp, dst, src kernels.Buffer, up kernels.UnaryParams) {
-	p.op("Unary "+unaryNames[op], func() { p.Backend.Unary(op, dst, src, up) })
+	p.op("Unary "+unaryNames[op]+" "+dtypeOf(src)+"→"+dtypeOf(dst), func() { p.Backend.Unary(op, dst, src, up) })
 }
 
 // UnaryGrad forwards with profiling.
 func (p *profiler) UnaryGrad(op kernels.UnaryOp, dx, x, dy kernels.Buffer, up kernels.UnaryParams) {
-	p.op("UnaryGrad "+unaryNames[op], func() { p.Backend.UnaryGrad(op, dx, x, dy, up) })
+	p.op("UnaryGrad "+unaryNames[op]+" "+dtypeOf(dy)+"→"+dtypeOf(dx), func() { p.Backend.UnaryGrad(op, dx, x, dy, up) })
 }
 
 // Binary forwards with profiling.
 func (p *profiler) Binary(op kernels.BinaryOp, dst kernels.Buffer, dstShape []int, a kernels.Buffer, aShape []int, b kernels.Buffer, bShape []int) {
-	p.op("Binary "+binaryNames[op], func() { p.Backend.Binary(op, dst, dstShape, a, aShape, b, bShape) })
+	p.op("Binary "+binaryNames[op]+" "+dtypeOf(a)+","+dtypeOf(b)+"→"+dtypeOf(dst)+broadcastOf(dstShape, aShape, bShape), func() { p.Backend.Binary(op, dst, dstShape, a, aShape, b, bShape) })
 }
 
 // Reduce forwards with profiling.
 func (p *profiler) Reduce(op kernels.ReduceOp, dst, src kernels.Buffer, outer, axis, inner int) {
-	p.op("Reduce", func() { p.Backend.Reduce(op, dst, src, outer, axis, inner) })
+	p.op("Reduce "+dtypeOf(src)+"→"+dtypeOf(dst), func() { p.Backend.Reduce(op, dst, src, outer, axis, inner) })
 }
 
 // SumSquares forwards with profiling.
@@ -730,12 +755,12 @@ func (p *profiler) SoftmaxGrad(dx, y, dy kernels.Buffer, rows, cols int) {
 
 // RMSNorm forwards with profiling.
 func (p *profiler) RMSNorm(y, rstd, x, w kernels.Buffer, rows, cols int, eps float64) {
-	p.op("RMSNorm", func() { p.Backend.RMSNorm(y, rstd, x, w, rows, cols, eps) })
+	p.op("RMSNorm "+dtypeOf(x)+"→"+dtypeOf(y), func() { p.Backend.RMSNorm(y, rstd, x, w, rows, cols, eps) })
 }
 
 // RMSNormGrad forwards with profiling.
 func (p *profiler) RMSNormGrad(dx, dw, dy, x, w, rstd kernels.Buffer, rows, cols int) {
-	p.op("RMSNormGrad", func() { p.Backend.RMSNormGrad(dx, dw, dy, x, w, rstd, rows, cols) })
+	p.op("RMSNormGrad "+dtypeOf(dy)+"→"+dtypeOf(dx), func() { p.Backend.RMSNormGrad(dx, dw, dy, x, w, rstd, rows, cols) })
 }
 
 // LayerNorm forwards with profiling.

@@ -1,0 +1,51 @@
+package main
+
+import (
+	"strings"
+	"testing"
+)
+
+// TestBenchCPU runs the bench command on the CPU backend with the tiny
+// model. The default 1024² input takes about 45 s a step there, so the test
+// shrinks it to a 64² image and a 13-token caption.
+func TestBenchCPU(t *testing.T) {
+	code, out, stderr := runCLI(t, "bench", "--backend", "cpu", "--preset", "tiny", "--steps", "2",
+		"--warmup", "1", "--resolution", "64", "--caption", "13", "--profile")
+	if code != 0 {
+		t.Fatalf("bench: exit %d\n%s%s", code, out, stderr)
+	}
+	for _, want := range []string{
+		"backend: cpu", "latent 16×8×8 (16 image tokens) + 13 caption tokens",
+		"| off |", "| on |", "profile, checkpointing off", "| AttentionGrad |",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	if !strings.Contains(stderr, "median") {
+		t.Errorf("no progress on stderr:\n%s", stderr)
+	}
+}
+
+func TestBenchUsageErrors(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"full model on cpu", []string{"bench", "--backend", "cpu"}, "use --preset tiny"},
+		{"bad checkpointing", []string{"bench", "--checkpointing", "sometimes"}, `--checkpointing "sometimes"`},
+		{"zero steps", []string{"bench", "--steps", "0"}, "--steps 0"},
+		{"negative warmup", []string{"bench", "--warmup", "-2"}, "--warmup -2"},
+		{"odd resolution", []string{"bench", "--backend", "cpu", "--preset", "tiny", "--resolution", "100"}, "multiple of 16"},
+		{"unknown preset", []string{"bench", "--preset", "giant"}, "unknown preset"},
+		{"stray argument", []string{"bench", "now"}, "unknown command"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			code, _, stderr := runCLI(t, c.args...)
+			if code != exitUsage || !strings.Contains(stderr, c.want) {
+				t.Errorf("exit %d, stderr %q; want exit %d mentioning %q", code, stderr, exitUsage, c.want)
+			}
+		})
+	}
+}
