@@ -40,7 +40,7 @@ func TestAutocastPolicy(t *testing.T) {
 		"Cast[F32]→BF16", // x
 		"Cast[F32]→BF16", // w, once for the step
 		"MatMul[BF16 BF16]→BF16",
-		"RMSNorm[BF16 F32]→F32", // reads bf16 h directly, computes and writes fp32
+		"RMSNorm[BF16 F32]→F32", // reads bf16 h directly; bf16 × fp32 weight promotes to fp32
 		"SiLU[BF16]→BF16",
 		"Cast[BF16]→F32", // promotion of the bf16 operand
 		"Add[F32 F32]→F32",

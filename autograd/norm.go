@@ -22,7 +22,9 @@ func paramGrad(g *Tensor, p *Tensor) *Tensor {
 }
 
 // RMSNorm returns x/√(mean(x²)+eps)·w over the last axis (w [last] may be
-// nil), in float32 under autocast.
+// nil), computed in float32 under autocast; a bf16/fp16 input gives a
+// result in the promotion of its dtype and w's, as upstream's RMSNorm module
+// (type_as(x) · weight) does.
 func RMSNorm(x, w *Tensor, eps float64) *Tensor {
 	e := x.e
 	if !e.live("RMSNorm", x, w) {
@@ -33,9 +35,15 @@ func RMSNorm(x, w *Tensor, eps float64) *Tensor {
 		e.failf("RMSNorm", "weight %v does not fit %v", w, x)
 		return e.failed(x.dtype, x.shape)
 	}
-	outDType := x.dtype
+	var outDType kernels.DType
 	if e.readsLowPrecision(x) {
-		outDType = kernels.F32
+		// As upstream's RMSNorm module: normalise in float32, return
+		// type_as(x) times the weight, i.e. the promotion of x's and w's
+		// dtypes (bf16 for a bf16 model: the residual stream stays bf16).
+		outDType = x.dtype
+		if w != nil {
+			outDType = promote(x.dtype, w.dtype)
+		}
 	} else {
 		in := e.prepare(fullPrecision, x, w)
 		x, w = in[0], in[1]

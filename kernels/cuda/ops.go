@@ -366,8 +366,30 @@ func (c *Backend) Reduce(op kernels.ReduceOp, dst, src kernels.Buffer, outer, ax
 		c.launch("reduce_rows"+sfx, dims{min(outer, c.dev.sms*16), 1, 1}, blockSize, 0, int(op), d.ptr, dt(d), s.ptr, dt(s), outer, axis)
 		return
 	}
+	if outer*inner < c.dev.sms*blockSize*4 && axis > 2*reduceChunk {
+		// Too few outputs to fill the GPU one thread each: reduce chunks of
+		// the axis in parallel, then fold the partials in order.
+		nchunk := (axis + reduceChunk - 1) / reduceChunk
+		size := int64(8)
+		if sfx == "_f" {
+			size = 4
+		}
+		part, psize, err := c.alloc.get(int64(outer*nchunk*inner) * size)
+		if err != nil {
+			c.failf("Reduce: partials: %v", err)
+			return
+		}
+		defer c.alloc.put(part, psize)
+		c.launch("reduce_cols_part"+sfx, c.grid1(outer*nchunk*inner, blockSize), blockSize, 0, int(op), part, s.ptr, dt(s), outer, axis, inner, reduceChunk, nchunk)
+		c.launch("reduce_cols_fold"+sfx, c.grid1(outer*inner, blockSize), blockSize, 0, int(op), d.ptr, dt(d), part, outer, nchunk, inner, axis)
+		return
+	}
 	c.launch("reduce_cols"+sfx, c.grid1(outer*inner, blockSize), blockSize, 0, int(op), d.ptr, dt(d), s.ptr, dt(s), outer, axis, inner)
 }
+
+// reduceChunk is how many axis rows one partial of the two-pass column
+// reduction sums.
+const reduceChunk = 64
 
 // mtChunk is the multi-tensor kernels' chunk (MT_CHUNK in reduce.cu).
 const mtChunk = 4096

@@ -66,6 +66,46 @@ __device__ void reduce_cols_body(i64 op, void* d, i64 ddt, const void* s, i64 sd
 extern "C" __global__ void reduce_cols_f(i64 op, void* d, i64 ddt, const void* s, i64 sdt, i64 outer, i64 axis, i64 inner) { reduce_cols_body<float>(op, d, ddt, s, sdt, outer, axis, inner); }
 extern "C" __global__ void reduce_cols_d(i64 op, void* d, i64 ddt, const void* s, i64 sdt, i64 outer, i64 axis, i64 inner) { reduce_cols_body<double>(op, d, ddt, s, sdt, outer, axis, inner); }
 
+// reduce_cols_part / reduce_cols_fold: the same reduction for few outputs
+// over a long axis (the adaLN scale and gate gradients: 2304 outputs over
+// 4352 tokens), where one thread per output leaves the GPU idle. Pass one
+// reduces chunks of the axis into partials [outer, nchunk, inner]; pass two
+// folds them in chunk order. Both orders are fixed: results are
+// reproducible. For SUMSQ the squares are taken in pass one only.
+template <typename T>
+__device__ void reduce_cols_part_body(i64 op, T* part, const void* s, i64 sdt, i64 outer, i64 axis, i64 inner, i64 chunk, i64 nchunk) {
+  GRID_STRIDE(i, outer * nchunk * inner) {
+    i64 in = i % inner, t = i / inner;
+    i64 c = t % nchunk, o = t / nchunk;
+    i64 j0 = c * chunk, j1 = min(axis, j0 + chunk);
+    T acc = op == R_MAX ? -nt_inf<T>() : (T)0;
+    for (i64 j = j0; j < j1; j++) {
+      T v = ld<T>(s, (int)sdt, (o * axis + j) * inner + in);
+      if (op == R_MAX) acc = max_nan(acc, v);
+      else acc += op == R_SUMSQ ? v * v : v;
+    }
+    part[i] = acc;
+  }
+}
+template <typename T>
+__device__ void reduce_cols_fold_body(i64 op, void* d, i64 ddt, const T* part, i64 outer, i64 nchunk, i64 inner, i64 axis) {
+  GRID_STRIDE(i, outer * inner) {
+    i64 o = i / inner, in = i - o * inner;
+    T acc = op == R_MAX ? -nt_inf<T>() : (T)0;
+    for (i64 c = 0; c < nchunk; c++) {
+      T v = part[(o * nchunk + c) * inner + in];
+      if (op == R_MAX) acc = max_nan(acc, v);
+      else acc += v;
+    }
+    if (op == R_MEAN) acc /= (T)axis;
+    st<T>(d, (int)ddt, i, acc);
+  }
+}
+extern "C" __global__ void reduce_cols_part_f(i64 op, float* part, const void* s, i64 sdt, i64 outer, i64 axis, i64 inner, i64 chunk, i64 nchunk) { reduce_cols_part_body<float>(op, part, s, sdt, outer, axis, inner, chunk, nchunk); }
+extern "C" __global__ void reduce_cols_part_d(i64 op, double* part, const void* s, i64 sdt, i64 outer, i64 axis, i64 inner, i64 chunk, i64 nchunk) { reduce_cols_part_body<double>(op, part, s, sdt, outer, axis, inner, chunk, nchunk); }
+extern "C" __global__ void reduce_cols_fold_f(i64 op, void* d, i64 ddt, const float* part, i64 outer, i64 nchunk, i64 inner, i64 axis) { reduce_cols_fold_body<float>(op, d, ddt, part, outer, nchunk, inner, axis); }
+extern "C" __global__ void reduce_cols_fold_d(i64 op, void* d, i64 ddt, const double* part, i64 outer, i64 nchunk, i64 inner, i64 axis) { reduce_cols_fold_body<double>(op, d, ddt, part, outer, nchunk, inner, axis); }
+
 // Multi-tensor descriptors: the Go side uploads one per tensor. Work is cut
 // into chunks of MT_CHUNK elements; start is the tensor's first chunk.
 #define MT_CHUNK 4096

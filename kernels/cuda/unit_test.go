@@ -91,7 +91,11 @@ func (f *fakeDevice) free(p uint64) { f.used -= f.live[p]; delete(f.live, p) }
 func (f *fakeDevice) sync() error   { f.syncs++; return nil }
 
 func TestCachingAllocator(t *testing.T) {
-	tests := []struct{ in, want int64 }{{0, 0}, {1, 512}, {512, 512}, {513, 1024}, {1 << 20, 2 << 20}, {(2 << 20) + 1, 4 << 20}}
+	tests := []struct{ in, want int64 }{
+		{0, 0}, {1, 512}, {512, 512}, {513, 1024},
+		{1 << 20, 1 << 20}, {(1 << 20) + 1, (1 << 20) + 64<<10}, // medium: 64 KiB classes
+		{8 << 20, 8 << 20}, {(8 << 20) + 1, 10 << 20}, // large: 2 MiB classes
+	}
 	for _, tc := range tests {
 		if got := roundSize(tc.in); got != tc.want {
 			t.Errorf("roundSize(%d) = %d, want %d", tc.in, got, tc.want)
@@ -99,27 +103,33 @@ func TestCachingAllocator(t *testing.T) {
 	}
 	dev := &fakeDevice{live: map[uint64]int64{}, limit: 8 << 20}
 	a := newCachingAllocator(dev)
+	a.slabSize = 2 << 20 // blocks up to 512 KiB are carved
 	p1, s1, err := a.get(1000)
 	if err != nil {
 		t.Fatal(err)
 	}
+	p3, s3, _ := a.get(3000) // carved from the same slab: no new device allocation
+	if dev.allocs != 1 || p3 != p1+uint64(s1) {
+		t.Errorf("second small block not carved from the slab: %x after %x, %d device allocations", p3, p1, dev.allocs)
+	}
+	a.put(p3, s3)
 	a.put(p1, s1)
-	p2, _, _ := a.get(900) // same class: reused, no new device allocation
+	p2, _, _ := a.get(900) // same class: reused
 	if p2 != p1 || dev.allocs != 1 {
 		t.Errorf("block not reused: %x vs %x, %d device allocations", p2, p1, dev.allocs)
 	}
 	al, pk, rs := a.stats()
-	if al != 1024 || pk != 1024 || rs != 1024 {
-		t.Errorf("stats %d/%d/%d, want 1024 each", al, pk, rs)
+	if al != 1024 || pk != 4096 || rs != 2<<20 {
+		t.Errorf("stats %d/%d/%d, want 1024/4096/%d", al, pk, rs, 2<<20)
 	}
-	big, bs, _ := a.get(6 << 20)
+	big, bs, _ := a.get(6 << 20) // too large to carve: its own device block
 	a.put(big, bs)
 	a.resetPeak()
 	if _, pk, _ := a.stats(); pk != 1024 {
 		t.Errorf("peak after reset %d", pk)
 	}
-	// 6 MiB cached + 1 KiB live; a 4 MiB request only fits once the cache
-	// is given back.
+	// 6 MiB cached + a 2 MiB slab; a 4 MiB request only fits once the cache
+	// is given back (the slab stays: its blocks are carved).
 	if _, _, err := a.get(4 << 20); err != nil {
 		t.Fatalf("allocation after releasing the cache failed: %v", err)
 	}

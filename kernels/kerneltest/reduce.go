@@ -50,12 +50,14 @@ func testReduce(t *testing.T, b kernels.Backend) {
 		name string
 	}{{kernels.Sum, "Sum"}, {kernels.Mean, "Mean"}, {kernels.SumSq, "SumSq"}, {kernels.Max, "Max"}}
 	views := [][3]int{
-		{7, 13, 1},   // rows of a matrix (last axis)
-		{1, 1000, 1}, // one long vector: several partial blocks
-		{3, 300, 5},  // a middle axis longer than one block
-		{2, 5, 700},  // inner rows longer than one chunk
-		{1, 37, 13},  // the first axis (column sums, as for a bias gradient)
-		{4, 1, 3},    // a length-1 axis
+		{7, 13, 1},    // rows of a matrix (last axis)
+		{1, 1000, 1},  // one long vector: several partial blocks
+		{3, 300, 5},   // a middle axis longer than one block
+		{2, 5, 700},   // inner rows longer than one chunk
+		{1, 37, 13},   // the first axis (column sums, as for a bias gradient)
+		{1, 1000, 37}, // few outputs over a long axis (adaLN gradients: GPUs split the axis)
+		{2, 333, 7},   // the same with an outer axis and a ragged last chunk
+		{4, 1, 3},     // a length-1 axis
 	}
 	pairs := [][2]kernels.DType{ // src, dst
 		{kernels.F64, kernels.F64}, {kernels.F32, kernels.F32}, {kernels.BF16, kernels.F32},
