@@ -318,6 +318,12 @@ func (c *Backend) Binary(op kernels.BinaryOp, dst kernels.Buffer, dstShape []int
 	if d == nil || as == nil || bs == nil || n == 0 {
 		return
 	}
+	if d.dt == kernels.BF16 && as.dt == kernels.BF16 && bs.dt == kernels.BF16 {
+		if mode, s, dd, ok := vecBroadcast(dstShape, aShape, bShape, same); ok {
+			c.launch("binary_bf16_vec", c.grid1(n/8, blockSize), blockSize, 0, int(op), d.ptr, as.ptr, bs.ptr, n/8, mode, s, dd)
+			return
+		}
+	}
 	fields := make([]any, 1+3*maxBinaryRank)
 	fields[0] = 0
 	for k := 1; k < len(fields); k++ {
@@ -340,6 +346,57 @@ func (c *Backend) Binary(op kernels.BinaryOp, dst kernels.Buffer, dstShape []int
 		}
 	}
 	c.launch("binary"+suffix(d), c.grid1(n, blockSize), blockSize, 0, int(op), d.ptr, dt(d), as.ptr, dt(as), bs.ptr, dt(bs), n, structBytes(fields...))
+}
+
+// vecBroadcast recognises the layouts binary_bf16_vec handles: equal shapes
+// (mode 0), or one operand broadcast over a middle block of axes of dst
+// viewed as [X, S, D] — [X, 1, D] against [X, S, D] — with b (mode 1) or a
+// (mode 2) the broadcast one; D (and so every row) a multiple of 8 elements.
+func vecBroadcast(dst, a, b []int, same bool) (mode, s, d int, ok bool) {
+	n := 1
+	for _, v := range dst {
+		n *= v
+	}
+	if same {
+		return 0, 1, 1, n%8 == 0
+	}
+	split := func(op []int) (s, d int, ok bool) {
+		r := len(dst)
+		i := r - 1
+		d = 1
+		for ; i >= 0 && op[i] == dst[i]; i-- {
+			d *= dst[i]
+		}
+		s = 1
+		for ; i >= 0 && op[i] == 1; i-- {
+			s *= dst[i]
+		}
+		for ; i >= 0; i-- {
+			if op[i] != dst[i] {
+				return 0, 0, false
+			}
+		}
+		return s, d, d%8 == 0 && s > 1
+	}
+	full := func(op []int) bool {
+		for i := range dst {
+			if op[i] != dst[i] {
+				return false
+			}
+		}
+		return true
+	}
+	if full(a) {
+		if s, d, ok := split(b); ok {
+			return 1, s, d, true
+		}
+	}
+	if full(b) {
+		if s, d, ok := split(a); ok {
+			return 2, s, d, true
+		}
+	}
+	return 0, 0, 0, false
 }
 
 // Reduce reduces src [outer, axis, inner] over the middle axis.

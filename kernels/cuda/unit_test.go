@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -226,5 +227,27 @@ func TestStructBytes(t *testing.T) {
 	}
 	if itoa(-120) != "-120" || itoa(0) != "0" {
 		t.Error("itoa")
+	}
+}
+
+func TestVecBroadcast(t *testing.T) {
+	for _, c := range []struct {
+		dst, a, b  []int
+		mode, s, d int
+		ok         bool
+	}{
+		{[]int{2, 3, 8}, []int{2, 3, 8}, []int{2, 3, 8}, 0, 1, 1, true},
+		{[]int{2, 3, 8}, []int{2, 3, 8}, []int{2, 1, 8}, 1, 3, 8, true},  // adaLN scale over tokens
+		{[]int{2, 3, 8}, []int{1, 1, 8}, []int{2, 3, 8}, 2, 6, 8, true},  // a bias row on the left
+		{[]int{2, 3, 8}, []int{2, 3, 8}, []int{2, 3, 1}, 0, 0, 0, false}, // a column: generic kernel
+		{[]int{2, 3, 4}, []int{2, 3, 4}, []int{2, 1, 4}, 0, 0, 0, false}, // rows of 4: not 16 bytes
+		{[]int{2, 3, 8}, []int{2, 1, 8}, []int{2, 1, 8}, 0, 0, 0, false}, // both broadcast
+		{[]int{3, 5}, []int{3, 5}, []int{3, 5}, 0, 1, 1, false},          // 15 elements
+	} {
+		same := fmt.Sprint(c.a) == fmt.Sprint(c.dst) && fmt.Sprint(c.b) == fmt.Sprint(c.dst)
+		mode, s, d, ok := vecBroadcast(c.dst, c.a, c.b, same)
+		if ok != c.ok || (ok && (mode != c.mode || s != c.s || d != c.d)) {
+			t.Errorf("vecBroadcast(%v, %v, %v) = %d %d %d %v, want %d %d %d %v", c.dst, c.a, c.b, mode, s, d, ok, c.mode, c.s, c.d, c.ok)
+		}
 	}
 }

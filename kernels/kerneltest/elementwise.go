@@ -321,7 +321,10 @@ func testBinary(t *testing.T, b kernels.Backend) {
 		{[]int{3, 4, 5}, []int{1, 1, 5}, []int{3, 4, 1}},
 		{[]int{2, 3, 4, 5}, []int{2, 1, 4, 1}, []int{1, 3, 1, 5}},
 		{[]int{2, 1, 7}, []int{2, 1, 7}, []int{1, 1, 7}},
-		{[]int{5, 1300}, []int{5, 1300}, []int{1, 1300}}, // rows longer than one chunk
+		{[]int{5, 1300}, []int{5, 1300}, []int{1, 1300}},      // rows longer than one chunk
+		{[]int{2, 37, 24}, []int{2, 37, 24}, []int{2, 1, 24}}, // adaLN scale over tokens (GPU 16-byte path)
+		{[]int{2, 37, 24}, []int{1, 1, 24}, []int{2, 37, 24}}, // the broadcast operand on the left
+		{[]int{6, 40}, []int{6, 40}, []int{6, 40}},            // equal shapes, a multiple of 8
 		{[]int{}, []int{}, []int{}},
 	}
 	dts := [][3]kernels.DType{ // a, b, dst
