@@ -678,10 +678,34 @@ func (c *Backend) rowNormGrad(op string, rms bool, dx, dw, db, dy, x, w, mean, r
 	}
 	c.launch("rownorm_grad"+suffix(dxb, rb), dims{min(rows, c.dev.sms*16), 1, 1}, blockSize, 0, flag, dxb.ptr, dt(dxb), dyb.ptr, dt(dyb),
 		xb.ptr, dt(xb), ptr(wb), dt(wb), ptr(mb), rb.ptr, dt(rb), rows, cols)
-	if dwb != nil || dbb != nil {
-		c.launch("rownorm_wgrad"+suffix(dwb, dbb, rb), dims{(cols + 31) / 32, 1, 1}, 256, 0, ptr(dwb), dt(dwb), ptr(dbb), dt(dbb),
-			dyb.ptr, dt(dyb), xb.ptr, dt(xb), ptr(mb), rb.ptr, dt(rb), rows, cols)
+	if dwb == nil && dbb == nil {
+		return
 	}
+	colBlocks := (cols + 31) / 32
+	sfx := suffix(dwb, dbb, rb)
+	// Split the rows when the columns alone give too few blocks to fill the
+	// GPU; partials are folded in slice order, so results stay reproducible.
+	slices := min((c.dev.sms*8+colBlocks-1)/colBlocks, (rows+255)/256)
+	if slices <= 1 {
+		c.launch("rownorm_wgrad"+sfx, dims{colBlocks, 1, 1}, 256, 0, ptr(dwb), dt(dwb), ptr(dbb), dt(dbb),
+			dyb.ptr, dt(dyb), xb.ptr, dt(xb), ptr(mb), rb.ptr, dt(rb), rows, cols)
+		return
+	}
+	per := (rows + slices - 1) / slices
+	size := int64(4)
+	if sfx == "_d" {
+		size = 8
+	}
+	part, psize, err := c.alloc.get(2 * int64(slices*cols) * size)
+	if err != nil {
+		c.failf("%s: partials: %v", op, err)
+		return
+	}
+	defer c.alloc.put(part, psize)
+	pb := part + uint64(int64(slices*cols)*size)
+	c.launch("rownorm_wgrad_part"+sfx, dims{colBlocks, slices, 1}, 256, 0, part, pb,
+		dyb.ptr, dt(dyb), xb.ptr, dt(xb), ptr(mb), rb.ptr, dt(rb), rows, cols, per)
+	c.launch("rownorm_wgrad_fold"+sfx, c.grid1(cols, blockSize), blockSize, 0, ptr(dwb), dt(dwb), ptr(dbb), dt(dbb), part, pb, slices, cols)
 }
 
 // GroupNorm normalises x [n, c, hw] over groups of channels.

@@ -427,6 +427,67 @@ extern "C" __global__ void rownorm_wgrad_d(void* dw, i64 dwdt, void* db, i64 dbd
   rownorm_wgrad_body<double>(dw, dwdt, db, dbdt, dy, dydt, x, xdt, mean, rstd, sdt, rows, cols);
 }
 
+// rownorm_wgrad_part / rownorm_wgrad_fold: the same sums when there are
+// few columns and many rows (q/k norms: 96 columns over 100k rows; the
+// model's norms: 2304 over 4352): blockIdx.y takes a slice of the rows and
+// writes partials [slices, cols]; the fold adds the slices in order.
+template <typename T>
+__device__ void rownorm_wgrad_part_body(T* pw, T* pb, const void* dy, i64 dydt, const void* x, i64 xdt,
+                                        const void* mean, const void* rstd, i64 sdt, i64 rows, i64 cols, i64 per) {
+  __shared__ T sw[8][33], sb[8][33];
+  int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+  i64 j = (i64)blockIdx.x * 32 + tx;
+  i64 r0 = (i64)blockIdx.y * per, r1 = min(rows, r0 + per);
+  T aw = 0, ab = 0;
+  if (j < cols) {
+    for (i64 r = r0 + ty; r < r1; r += 8) {
+      T g = ld<T>(dy, (int)dydt, r * cols + j);
+      T mu = mean ? ld<T>(mean, (int)sdt, r) : (T)0;
+      T xh = (ld<T>(x, (int)xdt, r * cols + j) - mu) * ld<T>(rstd, (int)sdt, r);
+      aw += g * xh;
+      ab += g;
+    }
+  }
+  sw[ty][tx] = aw;
+  sb[ty][tx] = ab;
+  __syncthreads();
+  if (ty == 0 && j < cols) {
+    T tw = 0, tb = 0;
+    for (int k = 0; k < 8; k++) {
+      tw += sw[k][tx];
+      tb += sb[k][tx];
+    }
+    pw[blockIdx.y * cols + j] = tw;
+    pb[blockIdx.y * cols + j] = tb;
+  }
+}
+template <typename T>
+__device__ void rownorm_wgrad_fold_body(void* dw, i64 dwdt, void* db, i64 dbdt, const T* pw, const T* pb, i64 slices, i64 cols) {
+  GRID_STRIDE(j, cols) {
+    T tw = 0, tb = 0;
+    for (i64 k = 0; k < slices; k++) {
+      tw += pw[k * cols + j];
+      tb += pb[k * cols + j];
+    }
+    if (dw) st<T>(dw, (int)dwdt, j, tw);
+    if (db) st<T>(db, (int)dbdt, j, tb);
+  }
+}
+extern "C" __global__ void rownorm_wgrad_part_f(float* pw, float* pb, const void* dy, i64 dydt, const void* x, i64 xdt,
+                                                const void* mean, const void* rstd, i64 sdt, i64 rows, i64 cols, i64 per) {
+  rownorm_wgrad_part_body<float>(pw, pb, dy, dydt, x, xdt, mean, rstd, sdt, rows, cols, per);
+}
+extern "C" __global__ void rownorm_wgrad_part_d(double* pw, double* pb, const void* dy, i64 dydt, const void* x, i64 xdt,
+                                                const void* mean, const void* rstd, i64 sdt, i64 rows, i64 cols, i64 per) {
+  rownorm_wgrad_part_body<double>(pw, pb, dy, dydt, x, xdt, mean, rstd, sdt, rows, cols, per);
+}
+extern "C" __global__ void rownorm_wgrad_fold_f(void* dw, i64 dwdt, void* db, i64 dbdt, const float* pw, const float* pb, i64 slices, i64 cols) {
+  rownorm_wgrad_fold_body<float>(dw, dwdt, db, dbdt, pw, pb, slices, cols);
+}
+extern "C" __global__ void rownorm_wgrad_fold_d(void* dw, i64 dwdt, void* db, i64 dbdt, const double* pw, const double* pb, i64 slices, i64 cols) {
+  rownorm_wgrad_fold_body<double>(dw, dwdt, db, dbdt, pw, pb, slices, cols);
+}
+
 // GroupNorm over x [n, c, hw]: one block per (sample, group), whose cpg·hw
 // elements are contiguous.
 template <typename T>

@@ -239,6 +239,7 @@ func testRMSNorm(t *testing.T, b kernels.Backend) {
 		{1, 7, true, false},
 		{37, 13, false, false},
 		{129, 300, true, true}, // big enough that the backend splits rows and columns over cores
+		{1500, 40, true, true}, // many rows, few columns (q/k norms): GPUs split the rows for dw
 	} {
 		for _, d := range pbDTypesFor(ci) {
 			name := fmt.Sprintf("%v/%dx%d/w=%v/dw=%v", d, sz.rows, sz.cols, sz.weight, sz.dw)
@@ -282,6 +283,7 @@ func testLayerNorm(t *testing.T, b kernels.Backend) {
 		{37, 7, true, false, true, false, true},
 		{1, 13, false, false, false, false, true},
 		{129, 300, true, true, true, true, true},
+		{1500, 24, true, true, true, true, true},
 	} {
 		for _, d := range pbDTypesFor(ci) {
 			name := fmt.Sprintf("%v/%dx%d/w=%v/b=%v", d, sz.rows, sz.cols, sz.weight, sz.bias)
