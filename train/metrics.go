@@ -35,6 +35,7 @@ func serveMetrics(addr string) (*metrics, error) {
 		"seconds_per_step":       "wall time of the last step",
 		"memory_allocated_bytes": "backend memory held by live buffers",
 		"memory_peak_bytes":      "backend memory peak",
+		"validation_loss":        "held-out loss at fixed timesteps, last measured",
 	} {
 		g := prometheus.NewGauge(prometheus.GaugeOpts{Namespace: "newbie_train", Name: name, Help: help})
 		reg.MustRegister(g)
@@ -72,6 +73,9 @@ func (m *metrics) observe(r logRecord) {
 	set("seconds_per_step", r.SecondsPerStep)
 	set("memory_allocated_bytes", float64(r.MemAllocated))
 	set("memory_peak_bytes", float64(r.MemPeak))
+	if r.ValLoss != nil {
+		set("validation_loss", *r.ValLoss)
+	}
 }
 
 func (m *metrics) close() {

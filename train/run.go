@@ -45,6 +45,8 @@ type Result struct {
 	Steps     int
 	LastLoss  float64
 	FirstLoss float64
+	// ValLoss is the last held-out loss (0 without validation).
+	ValLoss float64
 	// LoRAFiles are the adapter files of the last save; StateDir its state.
 	LoRAFiles []string
 	StateDir  string
@@ -60,7 +62,8 @@ type run struct {
 	set      *lora.Set
 	opt      *optim.Optimizer
 	loader   *data.Loader
-	encoded  *data.Encoded
+	encoded  *data.Encoded // the training part of the encoded dataset
+	held     *data.Encoded // the held-out part, nil without validation
 	stepper  *Stepper
 	sampler  TimestepSampler
 	autocast kernels.DType
@@ -208,9 +211,6 @@ func (r *run) setup(ctx context.Context, resume string) error {
 	if len(cfg.Sample.Prompts) > 0 {
 		r.logf("note: sample.prompts is set, but preview sampling is not built yet; no preview images will be rendered")
 	}
-	if cfg.Train.Validation.Split > 0 {
-		return fmt.Errorf("train.validation.split: the held-out validation loss is not built yet; remove the setting to train")
-	}
 	r.logf("training %d steps: LoRA rank %d alpha %g on %d layers (%d parameters), precision %s, batch %d × %d accumulation",
 		r.total, cfg.LoRA.Rank, cfg.LoRA.Alpha, len(r.set.Adapters()), r.loraParams(), r.opt.Precision(), cfg.Train.BatchSize, cfg.Train.GradientAccumulation)
 	return nil
@@ -312,6 +312,12 @@ func (r *run) loadData(ctx context.Context) error {
 	encoded, err := BuildCache(ctx, r.cfg, r.model.Config(), r.log)
 	if err != nil {
 		return err
+	}
+	if split := r.cfg.Train.Validation.Split; split > 0 {
+		if encoded, r.held, err = SplitHeldOut(encoded, split); err != nil {
+			return err
+		}
+		r.logf("validation: %d images held out, %d for training; loss at t = %v every %d steps", len(r.held.Items), len(encoded.Items), ValidationTimesteps, r.cfg.Train.Validation.Every)
 	}
 	r.loader, err = data.NewLoader(encoded, data.Cursor{})
 	if err != nil {
@@ -460,6 +466,15 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 			Skipped: r.opt.Scaler().Skipped(), Applied: out.Applied, SecondsPerStep: dt,
 			SamplesPerSecond: float64(samples) / dt, MemAllocated: mem.Allocated, MemPeak: mem.Peak,
 		}
+		if r.held != nil && (r.step%max(cfg.Train.Validation.Every, 1) == 0 || r.step == r.total) {
+			v, err := r.validationLoss()
+			if err != nil {
+				return nil, fmt.Errorf("validation at step %d: %w", r.step, err)
+			}
+			rec.ValLoss = &v
+			res.ValLoss = v
+			r.logf("step %d/%d  validation loss %.5f (%d held-out images, %d timesteps)", r.step, r.total, v, len(r.held.Items), len(ValidationTimesteps))
+		}
 		if err := r.writeRecord(rec); err != nil {
 			return nil, err
 		}
@@ -507,6 +522,8 @@ type logRecord struct {
 	SamplesPerSecond float64 `json:"samples_per_s"`
 	MemAllocated     int64   `json:"mem_allocated_bytes"`
 	MemPeak          int64   `json:"mem_peak_bytes"`
+	// ValLoss is the held-out loss, on the steps that measure it.
+	ValLoss *float64 `json:"val_loss,omitempty"`
 }
 
 func (r *run) writeRecord(rec logRecord) error {

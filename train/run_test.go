@@ -252,3 +252,45 @@ func TestTrainsFromWeightsFile(t *testing.T) {
 		t.Errorf("LoRA records base hash %q, want %q", l.Meta[checkpoints.MetaBaseModelHash], want)
 	}
 }
+
+// TestValidationLoss: a held-out split is measured at fixed timesteps every
+// N steps and logged in the JSONL file; measuring it more often changes
+// neither the training losses nor the final validation loss; a split that
+// holds out nothing is refused.
+func TestValidationLoss(t *testing.T) {
+	plain := demoConfig(t, t.TempDir(), 6, 0)
+	plain.Train.Validation.Split = 0.3
+	plain.Train.Validation.Every = 1000 // only at the end
+	resPlain, err := Run(context.Background(), plain, Options{Log: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := demoConfig(t, t.TempDir(), 6, 0)
+	cfg.Train.Validation.Split = 0.3
+	cfg.Train.Validation.Every = 2
+	res, err := Run(context.Background(), cfg, Options{Log: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.ValLoss <= 0 || res.ValLoss != resPlain.ValLoss {
+		t.Errorf("final validation loss %v, and %v when measured only at the end: want one positive value", res.ValLoss, resPlain.ValLoss)
+	}
+	a, b := losses(t, plain.Logging.LogFile), losses(t, cfg.Logging.LogFile)
+	for step, v := range a {
+		if b[step] != v {
+			t.Errorf("step %d: training loss %v with validation every 2 steps, %v without", step, b[step], v)
+		}
+	}
+	f, err := os.ReadFile(cfg.Logging.LogFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(f), `"val_loss"`); n != 3 {
+		t.Errorf("JSONL has %d validation records, want 3 (steps 2, 4, 6)", n)
+	}
+	bad := demoConfig(t, t.TempDir(), 2, 0)
+	bad.Train.Validation.Split = 0.001
+	if _, err := Run(context.Background(), bad, Options{Log: io.Discard}); err == nil || !strings.Contains(err.Error(), "held out") {
+		t.Errorf("a split holding out no image: %v", err)
+	}
+}
