@@ -24,6 +24,20 @@ func unary(name string, op kernels.UnaryOp, p precision, x *Tensor, params kerne
 	}
 	e.b.Unary(op, out.st.buf, x.st.buf, params)
 	e.trace(name, out, x)
+	if e.recording(x) && constantSlope(op) {
+		// f' does not depend on x: keep nothing, and hand UnaryGrad the
+		// gradient in x's place. (The LoRA path's alpha/rank scaling would
+		// otherwise hold a copy of every adapted layer's output.)
+		xd, xs := x.dtype, x.shape
+		e.record(name, out, []*Tensor{x}, nil, func(g *Tensor) []*Tensor {
+			dx := e.newTensor(xd, xs)
+			if e.live(name+" backward", g) && dx.st != nil {
+				e.b.UnaryGrad(op, dx.st.buf, g.st.buf, g.st.buf, params)
+			}
+			return []*Tensor{dx}
+		})
+		return out
+	}
 	if e.recording(x) {
 		sx := e.save(x)
 		e.record(name, out, []*Tensor{x}, []*Tensor{sx}, func(g *Tensor) []*Tensor {
@@ -35,6 +49,11 @@ func unary(name string, op kernels.UnaryOp, p precision, x *Tensor, params kerne
 		})
 	}
 	return out
+}
+
+// constantSlope reports whether op's derivative is the same at every x.
+func constantSlope(op kernels.UnaryOp) bool {
+	return op == kernels.Neg || op == kernels.Affine || op == kernels.Identity
 }
 
 // Neg returns −x.
