@@ -47,12 +47,21 @@ func MatMul(a, b *Tensor, transA, transB bool) *Tensor {
 	e.gemm(a, transA, b, transB, out, ab, am, bn, ak, false, shared, 0)
 	e.trace("MatMul", out, a, b)
 	if e.recording(a, b) {
-		sa, sb := e.save(a), e.save(b)
+		// dA reads only B and dB only A: a frozen weight's product keeps no
+		// copy of its input.
 		needA, needB := a.requiresGrad, b.requiresGrad
+		var sa, sb *Tensor
+		ad, as, bd, bs := a.dtype, a.shape, b.dtype, b.shape
+		if needB {
+			sa = e.save(a)
+		}
+		if needA {
+			sb = e.save(b)
+		}
 		e.record("MatMul", out, []*Tensor{a, b}, []*Tensor{sa, sb}, func(g *Tensor) []*Tensor {
 			var ga, gb *Tensor
 			if needA {
-				ga = e.newTensor(sa.dtype, sa.shape)
+				ga = e.newTensor(ad, as)
 				if !transA { // dA[M,K] = dC·op(B)ᵀ
 					e.gemm(g, false, sb, !transB, ga, ab, am, ak, bn, false, shared, 0)
 				} else { // dA[K,M] = op(B)·dCᵀ
@@ -60,7 +69,7 @@ func MatMul(a, b *Tensor, transA, transB bool) *Tensor {
 				}
 			}
 			if needB {
-				gb = e.newTensor(sb.dtype, sb.shape)
+				gb = e.newTensor(bd, bs)
 				switch {
 				case shared && !transA && !transB: // dB[K,N] = Aᵀ·dC over all rows
 					e.gemm(e.flat(sa), true, e.flat(g), false, gb, 1, ak, bn, ab*am, false, false, 0)
