@@ -20,8 +20,9 @@ type metrics struct {
 	gauges map[string]prometheus.Gauge
 }
 
-// serveMetrics starts the metrics endpoint.
-func serveMetrics(addr string) (*metrics, error) {
+// serveMetrics starts the metrics endpoint; a failure of the server after
+// it started is reported through logf (the run goes on without metrics).
+func serveMetrics(addr string, logf func(string, ...any)) (*metrics, error) {
 	reg := prometheus.NewRegistry()
 	m := &metrics{gauges: map[string]prometheus.Gauge{}}
 	for name, help := range map[string]string{
@@ -51,7 +52,7 @@ func serveMetrics(addr string) (*metrics, error) {
 	m.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	go func() {
 		if err := m.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			_ = err // the run goes on without metrics; the listener error is the only cause
+			logf("warning: metrics server on %s stopped: %v", m.addr, err)
 		}
 	}()
 	return m, nil

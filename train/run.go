@@ -202,7 +202,7 @@ func (r *run) setup(ctx context.Context, resume string) error {
 		return fmt.Errorf("log file: %w", err)
 	}
 	if cfg.Logging.MetricsAddr != "" {
-		r.metrics, err = serveMetrics(cfg.Logging.MetricsAddr)
+		r.metrics, err = serveMetrics(cfg.Logging.MetricsAddr, r.logf)
 		if err != nil {
 			return err
 		}

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
@@ -292,5 +293,43 @@ func TestValidationLoss(t *testing.T) {
 	bad.Train.Validation.Split = 0.001
 	if _, err := Run(context.Background(), bad, Options{Log: io.Discard}); err == nil || !strings.Contains(err.Error(), "held out") {
 		t.Errorf("a split holding out no image: %v", err)
+	}
+}
+
+// scrapeOnStep reads the metrics endpoint the run announces when it logs
+// its first step.
+type scrapeOnStep struct {
+	url  string
+	body string
+	err  error
+}
+
+func (s *scrapeOnStep) Write(p []byte) (int, error) {
+	line := string(p)
+	if i := strings.Index(line, "metrics: http://"); i >= 0 {
+		s.url = strings.TrimSpace(line[i+len("metrics: "):])
+	}
+	if strings.HasPrefix(line, "step 1/") && s.url != "" {
+		resp, err := http.Get(s.url)
+		if err != nil {
+			s.err = err
+			return len(p), nil
+		}
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		s.body, s.err = string(b), err
+	}
+	return len(p), nil
+}
+
+func TestPrometheusMetrics(t *testing.T) {
+	cfg := demoConfig(t, t.TempDir(), 2, 0)
+	cfg.Logging.MetricsAddr = "127.0.0.1:0"
+	s := &scrapeOnStep{}
+	if _, err := Run(context.Background(), cfg, Options{Log: s}); err != nil {
+		t.Fatal(err)
+	}
+	if s.err != nil || !strings.Contains(s.body, "newbie_train_step 1") || !strings.Contains(s.body, "newbie_train_loss ") {
+		t.Errorf("metrics scrape at step 1 (%s): %v\n%s", s.url, s.err, s.body)
 	}
 }
