@@ -34,6 +34,9 @@ type Options struct {
 	Resume string
 	// Log receives the human-readable progress lines.
 	Log io.Writer
+	// Bar redraws a one-line progress bar with the ETA on Log after every
+	// step (for a terminal: the CLI sets it when stderr is one).
+	Bar bool
 }
 
 // ErrInterrupted is returned when the context was cancelled (Ctrl-C,
@@ -73,6 +76,8 @@ type run struct {
 	micro    uint64
 	metrics  *metrics
 	jsonl    *os.File
+	bar      bool // a progress bar is drawn on log
+	barShown bool // the last thing written to log is the bar
 	curve    []float64
 }
 
@@ -83,7 +88,7 @@ func Run(ctx context.Context, cfg *configs.Config, o Options) (*Result, error) {
 	if o.Log == nil {
 		o.Log = io.Discard
 	}
-	r := &run{cfg: cfg, log: o.Log}
+	r := &run{cfg: cfg, log: o.Log, bar: o.Bar}
 	defer r.close()
 	if err := r.setup(ctx, o.Resume); err != nil {
 		return nil, err
@@ -91,7 +96,22 @@ func Run(ctx context.Context, cfg *configs.Config, o Options) (*Result, error) {
 	return r.loop(ctx)
 }
 
-func (r *run) logf(format string, args ...any) { fmt.Fprintf(r.log, format+"\n", args...) }
+func (r *run) logf(format string, args ...any) {
+	if r.barShown {
+		fmt.Fprint(r.log, "\r\033[K") // clear the bar; it is redrawn after the next step
+		r.barShown = false
+	}
+	fmt.Fprintf(r.log, format+"\n", args...)
+}
+
+// drawBar redraws the progress bar in place.
+func (r *run) drawBar(loss, secPerStep float64, eta time.Duration) {
+	const width = 30
+	done := width * r.step / r.total
+	fmt.Fprintf(r.log, "\r\033[K[%s%s] %d/%d  loss %.4f  %.2f s/step  ETA %s",
+		strings.Repeat("#", done), strings.Repeat("-", width-done), r.step, r.total, loss, secPerStep, eta.Round(time.Second))
+	r.barShown = true
+}
 
 // close releases what the run holds.
 func (r *run) close() {
@@ -479,13 +499,16 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 		r.metrics.observe(rec)
+		done := r.step - firstStep
+		eta := time.Duration(float64(time.Since(start)) / float64(done) * float64(r.total-r.step))
 		if r.step%max(cfg.Logging.Every, 1) == 0 || r.step == r.total || r.step == firstStep+1 {
-			done := r.step - firstStep
-			eta := time.Duration(float64(time.Since(start)) / float64(done) * float64(r.total-r.step))
 			r.logf("step %d/%d  loss %.5f  lr %.3g  grad norm %.3g  scale %g  skipped %d  %.2f samples/s  %.3f s/step  mem %s (peak %s)  ETA %s",
 				r.step, r.total, intervalLoss/float64(intervalN), out.LR, out.GradNorm, out.LossScale, rec.Skipped,
 				rec.SamplesPerSecond, dt, bytesText(mem.Allocated), bytesText(mem.Peak), eta.Round(time.Second))
 			intervalLoss, intervalN = 0, 0
+		}
+		if r.bar {
+			r.drawBar(out.Loss, dt, eta)
 		}
 		if cfg.Save.Every > 0 && r.step%cfg.Save.Every == 0 && r.step != r.total {
 			if err := r.save(res); err != nil {

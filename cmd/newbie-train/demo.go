@@ -66,7 +66,7 @@ func runDemo(ctx context.Context, o *demoOptions, stderr io.Writer) error {
 		cfg.Train.WarmupSteps = min(cfg.Train.WarmupSteps, o.steps/5)
 	}
 	fmt.Fprintf(stderr, "demo: config %s, %d generated images in %s\n", cfgPath, o.images, cfg.Data.Folders[0].Path)
-	_, err = train.Run(ctx, cfg, train.Options{Log: stderr})
+	_, err = train.Run(ctx, cfg, train.Options{Log: stderr, Bar: isTerminal(stderr)})
 	if err == train.ErrInterrupted {
 		return fmt.Errorf("%w: continue with newbie-train --config %s --resume latest", errInterrupted, cfgPath)
 	}

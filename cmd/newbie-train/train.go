@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -67,9 +68,20 @@ func runTrain(ctx context.Context, o *trainOptions, stdout, stderr io.Writer) er
 	if err := cfg.CheckPaths(); err != nil {
 		return usageError{err}
 	}
-	_, err = train.Run(ctx, cfg, train.Options{Resume: o.resume, Log: stderr})
+	_, err = train.Run(ctx, cfg, train.Options{Resume: o.resume, Log: stderr, Bar: isTerminal(stderr)})
 	if errors.Is(err, train.ErrInterrupted) {
 		return fmt.Errorf("%w: continue with --resume latest", errInterrupted)
 	}
 	return err
+}
+
+// isTerminal reports whether w is a terminal, where a progress bar can be
+// redrawn in place (not a file or a pipe, where it would be noise).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	fi, err := f.Stat()
+	return err == nil && fi.Mode()&os.ModeCharDevice != 0
 }
