@@ -16,8 +16,10 @@ import (
 	"github.com/newbie-train/newbie-train/checkpoints"
 	"github.com/newbie-train/newbie-train/configs"
 	"github.com/newbie-train/newbie-train/data"
+	"github.com/newbie-train/newbie-train/kernels"
 
 	_ "github.com/newbie-train/newbie-train/kernels/cpu"
+	_ "github.com/newbie-train/newbie-train/kernels/cuda"
 )
 
 // demoConfig writes the demo's dataset into a temporary folder and returns
@@ -331,5 +333,21 @@ func TestPrometheusMetrics(t *testing.T) {
 	}
 	if s.err != nil || !strings.Contains(s.body, "newbie_train_step 1") || !strings.Contains(s.body, "newbie_train_loss ") {
 		t.Errorf("metrics scrape at step 1 (%s): %v\n%s", s.url, s.err, s.body)
+	}
+}
+
+// TestDeviceChoice: without a GPU, device auto falls back to the CPU backend
+// and says why; device cuda refuses with the reason.
+func TestDeviceChoice(t *testing.T) {
+	if _, err := kernels.Open("cuda", 0); err == nil {
+		t.Skip("a GPU is present: the fallback cannot be seen here")
+	}
+	var log strings.Builder
+	b, _, err := OpenBackend("auto", 0, &log)
+	if err != nil || b.Name() != "cpu" || !strings.Contains(log.String(), "falls back to the CPU backend") {
+		t.Errorf("auto without a GPU: backend %v, err %v, log %q", b, err, log.String())
+	}
+	if _, _, err := OpenBackend("cuda", 0, io.Discard); err == nil || !strings.Contains(err.Error(), "libcuda") {
+		t.Errorf("cuda without a GPU: %v, want an error naming libcuda", err)
 	}
 }
