@@ -131,8 +131,13 @@ func Cast(x *Tensor, d kernels.DType) *Tensor {
 	out := castTo(x, d)
 	e.trace("Cast", out, x)
 	if e.recording(x) {
-		src := x.dtype
+		src, leaf := x.dtype, x.leaf
 		e.record("Cast", out, []*Tensor{x}, nil, func(g *Tensor) []*Tensor {
+			if leaf {
+				// A leaf's gradient is added into its float32 Grad, which
+				// reads any dtype exactly: the cast would be a copy for nothing.
+				return []*Tensor{e.alias(g, g.shape)}
+			}
 			return []*Tensor{castTo(g, src)}
 		})
 	}
