@@ -375,8 +375,30 @@ func (m *Model) feedForward(prefix string, x *ag.Tensor) *ag.Tensor {
 	h1 := m.linear(prefix+".feed_forward.w1", x)
 	h3 := m.linear(prefix+".feed_forward.w3", x)
 	g := ag.SwiGLU(h1, h3)
-	out := m.linear(prefix+".feed_forward.w2", g)
+	name := prefix + ".feed_forward.w2"
+	y := ag.Linear(g, m.weights[name+".weight"], m.weights[name+".bias"])
+	if m.hook == nil {
+		release(h1, h3, g)
+		return y
+	}
+	// w2's adapter reads g again in its backward. Rather than keep g (the
+	// feed-forward's widest activation) for it, the adapter's path computes
+	// its own g from h1 and h3 — which SwiGLU keeps anyway — under a
+	// checkpoint, so it is recomputed in the backward instead of kept; the
+	// frozen w2 product keeps nothing of g. One elementwise pass more in the
+	// forward and one in the backward; the gradients are the same bits with
+	// or without block checkpointing.
+	delta := ag.Checkpoint(func(in []*ag.Tensor) *ag.Tensor {
+		gi := ag.SwiGLU(in[0], in[1])
+		defer release(gi)
+		return m.hook.LinearDelta(name, gi)
+	}, h1, h3)
 	release(h1, h3, g)
+	if delta == nil {
+		return y
+	}
+	out := ag.Add(y, delta)
+	release(y, delta)
 	return out
 }
 
