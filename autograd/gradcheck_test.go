@@ -186,6 +186,8 @@ func TestGradients(t *testing.T) {
 	cases = append(cases,
 		gradCase{"Linear", []input{{[]int{2, 3, 5}, nil}, {[]int{4, 5}, nil}, {[]int{4}, nil}},
 			func(in []*autograd.Tensor) *autograd.Tensor { return autograd.Linear(in[0], in[1], in[2]) }},
+		gradCase{"ScaledLinear", []input{{[]int{2, 3, 5}, nil}, {[]int{4, 5}, nil}},
+			func(in []*autograd.Tensor) *autograd.Tensor { return autograd.ScaledLinear(in[0], in[1], -2.5) }},
 		gradCase{"Sum", []input{{[]int{3, 4, 5}, nil}},
 			func(in []*autograd.Tensor) *autograd.Tensor { return autograd.Sum(in[0], 1, false) }},
 		gradCase{"Mean", []input{{[]int{3, 4, 5}, nil}},

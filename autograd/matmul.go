@@ -16,12 +16,26 @@ func matDims(t *Tensor) (batch, rows, cols int) {
 // axes. Under autocast it runs on autocast-dtype operands with float32
 // accumulation and returns the autocast dtype, like PyTorch.
 func MatMul(a, b *Tensor, transA, transB bool) *Tensor {
+	return matMul("MatMul", a, b, transA, transB, 1)
+}
+
+// ScaledLinear returns alpha·x·wᵀ for x [..., in] and w [out, in], with the
+// scale applied inside the matrix product (one rounding, no elementwise
+// pass over the output, nothing kept for a scaling's backward): the LoRA
+// update (alpha/rank)·B·(A·x).
+func ScaledLinear(x, w *Tensor, alpha float64) *Tensor {
+	in := x.e.prepare(lowPrecision, x, w)
+	return matMul("ScaledLinear", in[0], in[1], false, true, alpha)
+}
+
+// matMul is MatMul with the product scaled by alpha.
+func matMul(name string, a, b *Tensor, transA, transB bool, alpha float64) *Tensor {
 	e := a.e
-	if !e.live("MatMul", a, b) {
+	if !e.live(name, a, b) {
 		return e.failed(a.dtype, a.shape)
 	}
 	if len(a.shape) < 2 || len(b.shape) < 2 {
-		e.failf("MatMul", "operands %v and %v must have rank ≥ 2", a.shape, b.shape)
+		e.failf(name, "operands %v and %v must have rank ≥ 2", a.shape, b.shape)
 		return e.failed(a.dtype, a.shape)
 	}
 	ab, am, ak := matDims(a)
@@ -34,7 +48,7 @@ func MatMul(a, b *Tensor, transA, transB bool) *Tensor {
 	}
 	shared := len(b.shape) == 2
 	if ak != bk || (!shared && (ab != bb || !sameShape(a.shape[:len(a.shape)-2], b.shape[:len(b.shape)-2]))) {
-		e.failf("MatMul", "shapes %v%s and %v%s do not multiply", a.shape, tflag(transA), b.shape, tflag(transB))
+		e.failf(name, "shapes %v%s and %v%s do not multiply", a.shape, tflag(transA), b.shape, tflag(transB))
 		return e.failed(a.dtype, a.shape)
 	}
 	in := e.prepare(lowPrecision, a, b)
@@ -44,8 +58,8 @@ func MatMul(a, b *Tensor, transA, transB bool) *Tensor {
 	if out.st == nil {
 		return out
 	}
-	e.gemm(a, transA, b, transB, out, ab, am, bn, ak, false, shared, 0)
-	e.trace("MatMul", out, a, b)
+	e.gemm(a, transA, b, transB, out, ab, am, bn, ak, false, shared, alpha, 0)
+	e.trace(name, out, a, b)
 	if e.recording(a, b) {
 		// dA reads only B and dB only A: a frozen weight's product keeps no
 		// copy of its input.
@@ -58,23 +72,23 @@ func MatMul(a, b *Tensor, transA, transB bool) *Tensor {
 		if needA {
 			sb = e.save(b)
 		}
-		e.record("MatMul", out, []*Tensor{a, b}, []*Tensor{sa, sb}, func(g *Tensor) []*Tensor {
+		e.record(name, out, []*Tensor{a, b}, []*Tensor{sa, sb}, func(g *Tensor) []*Tensor {
 			var ga, gb *Tensor
 			if needA {
 				ga = e.newTensor(ad, as)
 				if !transA { // dA[M,K] = dC·op(B)ᵀ
-					e.gemm(g, false, sb, !transB, ga, ab, am, ak, bn, false, shared, 0)
+					e.gemm(g, false, sb, !transB, ga, ab, am, ak, bn, false, shared, alpha, 0)
 				} else { // dA[K,M] = op(B)·dCᵀ
-					e.gemm(sb, transB, g, true, ga, ab, ak, am, bn, shared, false, 0)
+					e.gemm(sb, transB, g, true, ga, ab, ak, am, bn, shared, false, alpha, 0)
 				}
 			}
 			if needB {
 				gb = e.newTensor(bd, bs)
 				switch {
 				case shared && !transA && !transB: // dB[K,N] = Aᵀ·dC over all rows
-					e.gemm(e.flat(sa), true, e.flat(g), false, gb, 1, ak, bn, ab*am, false, false, 0)
+					e.gemm(e.flat(sa), true, e.flat(g), false, gb, 1, ak, bn, ab*am, false, false, alpha, 0)
 				case shared && !transA && transB: // dB[N,K] = dCᵀ·A over all rows
-					e.gemm(e.flat(g), true, e.flat(sa), false, gb, 1, bn, ak, ab*am, false, false, 0)
+					e.gemm(e.flat(g), true, e.flat(sa), false, gb, 1, bn, ak, ab*am, false, false, alpha, 0)
 				case shared: // transposed A cannot be flattened: accumulate per batch
 					for i := range ab {
 						beta := 1.0
@@ -82,15 +96,15 @@ func MatMul(a, b *Tensor, transA, transB bool) *Tensor {
 							beta = 0
 						}
 						if !transB {
-							e.gemmOne(sa, true != transA, i*am*ak, g, false, i*am*bn, gb, ak, bn, am, beta)
+							e.gemmOne(sa, true != transA, i*am*ak, g, false, i*am*bn, gb, ak, bn, am, alpha, beta)
 						} else {
-							e.gemmOne(g, true, i*am*bn, sa, transA, i*am*ak, gb, bn, ak, am, beta)
+							e.gemmOne(g, true, i*am*bn, sa, transA, i*am*ak, gb, bn, ak, am, alpha, beta)
 						}
 					}
 				case !transB: // dB[K,N] = op(A)ᵀ·dC
-					e.gemm(sa, !transA, g, false, gb, ab, ak, bn, am, false, false, 0)
+					e.gemm(sa, !transA, g, false, gb, ab, ak, bn, am, false, false, alpha, 0)
 				default: // dB[N,K] = dCᵀ·op(A)
-					e.gemm(g, true, sa, transA, gb, ab, bn, ak, am, false, false, 0)
+					e.gemm(g, true, sa, transA, gb, ab, bn, ak, am, false, false, alpha, 0)
 				}
 			}
 			return []*Tensor{ga, gb}
@@ -114,7 +128,7 @@ func (e *Engine) flat(t *Tensor) *Tensor {
 // gemm queues C = op(A)·op(B) (+beta·C) for batch matrices of [m,n] from
 // k-long products. A and B are stored row-major as the flags say; a shared
 // operand (one matrix for every batch) uses batch stride 0.
-func (e *Engine) gemm(a *Tensor, ta bool, b *Tensor, tb bool, c *Tensor, batch, m, n, k int, sharedA, sharedB bool, beta float64) {
+func (e *Engine) gemm(a *Tensor, ta bool, b *Tensor, tb bool, c *Tensor, batch, m, n, k int, sharedA, sharedB bool, alpha, beta float64) {
 	strideA, strideB := m*k, k*n
 	if sharedA {
 		strideA = 0
@@ -122,17 +136,17 @@ func (e *Engine) gemm(a *Tensor, ta bool, b *Tensor, tb bool, c *Tensor, batch, 
 	if sharedB {
 		strideB = 0
 	}
-	e.gemmAt(a, ta, 0, strideA, b, tb, 0, strideB, c, batch, m, n, k, beta)
+	e.gemmAt(a, ta, 0, strideA, b, tb, 0, strideB, c, batch, m, n, k, alpha, beta)
 }
 
 // gemmOne queues one product at element offsets into A and B.
-func (e *Engine) gemmOne(a *Tensor, ta bool, offA int, b *Tensor, tb bool, offB int, c *Tensor, m, n, k int, beta float64) {
-	e.gemmAt(a, ta, offA, m*k, b, tb, offB, k*n, c, 1, m, n, k, beta)
+func (e *Engine) gemmOne(a *Tensor, ta bool, offA int, b *Tensor, tb bool, offB int, c *Tensor, m, n, k int, alpha, beta float64) {
+	e.gemmAt(a, ta, offA, m*k, b, tb, offB, k*n, c, 1, m, n, k, alpha, beta)
 }
 
 // gemmAt queues the product with explicit offsets and batch strides; the
 // leading dimensions follow from the shapes and transpose flags.
-func (e *Engine) gemmAt(a *Tensor, ta bool, offA, strideA int, b *Tensor, tb bool, offB, strideB int, c *Tensor, batch, m, n, k int, beta float64) {
+func (e *Engine) gemmAt(a *Tensor, ta bool, offA, strideA int, b *Tensor, tb bool, offB, strideB int, c *Tensor, batch, m, n, k int, alpha, beta float64) {
 	if !e.live("gemm", a, b, c) {
 		return
 	}
@@ -144,7 +158,7 @@ func (e *Engine) gemmAt(a *Tensor, ta bool, offA, strideA int, b *Tensor, tb boo
 		ldb = k
 	}
 	e.b.Gemm(kernels.GemmArgs{
-		TransA: ta, TransB: tb, M: m, N: n, K: k, Batch: batch, Alpha: 1, Beta: beta,
+		TransA: ta, TransB: tb, M: m, N: n, K: k, Batch: batch, Alpha: alpha, Beta: beta,
 		A: a.st.buf, OffA: offA, LDA: lda, StrideA: strideA,
 		B: b.st.buf, OffB: offB, LDB: ldb, StrideB: strideB,
 		C: c.st.buf, LDC: n, StrideC: m * n,

@@ -218,13 +218,11 @@ func (s *Set) LinearDelta(name string, x *ag.Tensor) *ag.Tensor {
 		h = ag.Dropout(x, s.cfg.Dropout)
 	}
 	ax := ag.Linear(h, a.A, nil)
-	bx := ag.Linear(ax, a.B, nil)
-	out := ag.Scale(bx, s.scale)
+	out := ag.ScaledLinear(ax, a.B, s.scale)
 	if h != x {
 		h.Release()
 	}
 	ax.Release()
-	bx.Release()
 	return out
 }
 
