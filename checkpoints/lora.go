@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math"
 	"os"
 	"path/filepath"
@@ -15,7 +14,6 @@ import (
 	"strings"
 
 	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
-	"github.com/newbie-train/newbie-train/kernels"
 )
 
 // LoRALayer is one adapted Linear layer: the update is ΔW = (Alpha/Rank)·B·A.
@@ -256,28 +254,7 @@ func splitMeta(path string, hdr map[string]string) (meta map[string]string, rank
 // floatTensor makes a safetensors tensor of v in dtype dt, streaming the
 // conversion so no second full-size copy is built.
 func floatTensor(name string, shape []int, v []float32, dt safetensors.DType) safetensors.Tensor {
-	return safetensors.Tensor{Name: name, DType: dt, Shape: shape, Source: func(w io.Writer) error {
-		const chunk = 1 << 14
-		buf := make([]byte, 0, chunk*4)
-		for i := 0; i < len(v); i += chunk {
-			part := v[i:min(i+chunk, len(v))]
-			buf = buf[:0]
-			for _, x := range part {
-				switch dt {
-				case safetensors.F32:
-					buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(x))
-				case safetensors.BF16:
-					buf = binary.LittleEndian.AppendUint16(buf, kernels.BF16FromF32(x))
-				case safetensors.F16:
-					buf = binary.LittleEndian.AppendUint16(buf, kernels.F16FromF32(x))
-				}
-			}
-			if _, err := w.Write(buf); err != nil {
-				return err
-			}
-		}
-		return nil
-	}}
+	return safetensors.FloatTensor(name, dt, shape, v)
 }
 
 // alphaTensor is a 0-d F32 scalar, the shape `torch.tensor(alpha)` saves and

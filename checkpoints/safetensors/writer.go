@@ -3,13 +3,17 @@ package safetensors
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"sort"
 	"strconv"
+
+	"github.com/newbie-train/newbie-train/kernels"
 )
 
 // Tensor is one tensor to write. Exactly one of Data and Source gives its
@@ -211,4 +215,37 @@ func Write(path string, tensors []Tensor, metadata map[string]string) (err error
 		d.Close()
 	}
 	return nil
+}
+
+// WriteFloats encodes v as dtype dt (F32, BF16 or F16, rounding to nearest
+// even) into w, a chunk at a time, so no second full-size copy is built.
+func WriteFloats(w io.Writer, v []float32, dt DType) error {
+	if dt != F32 && dt != BF16 && dt != F16 {
+		return fmt.Errorf("safetensors: float32 values cannot be written as %s", dt)
+	}
+	const chunk = 1 << 14
+	buf := make([]byte, 0, chunk*dt.Size())
+	for i := 0; i < len(v); i += chunk {
+		buf = buf[:0]
+		for _, x := range v[i:min(i+chunk, len(v))] {
+			switch dt {
+			case F32:
+				buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(x))
+			case BF16:
+				buf = binary.LittleEndian.AppendUint16(buf, kernels.BF16FromF32(x))
+			case F16:
+				buf = binary.LittleEndian.AppendUint16(buf, kernels.F16FromF32(x))
+			}
+		}
+		if _, err := w.Write(buf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// FloatTensor is a tensor of float32 values written as dtype dt, converted
+// while it streams (see WriteFloats).
+func FloatTensor(name string, dt DType, shape []int, v []float32) Tensor {
+	return Tensor{Name: name, DType: dt, Shape: shape, Source: func(w io.Writer) error { return WriteFloats(w, v, dt) }}
 }

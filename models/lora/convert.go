@@ -1,10 +1,8 @@
 package lora
 
 import (
-	"encoding/binary"
 	"fmt"
 	"io"
-	"math"
 	"sort"
 	"strings"
 
@@ -262,31 +260,8 @@ func MergedTensors(src nextdit.Source, cfg nextdit.Config, l *checkpoints.LoRA, 
 					return err
 				}
 			}
-			return writeFloats(w, v, out)
+			return safetensors.WriteFloats(w, v, out)
 		}})
 	}
 	return ts, nil
-}
-
-// writeFloats encodes v in dtype dt, little-endian, a chunk at a time.
-func writeFloats(w io.Writer, v []float32, dt safetensors.DType) error {
-	const chunk = 1 << 14
-	buf := make([]byte, 0, chunk*dt.Size())
-	for i := 0; i < len(v); i += chunk {
-		buf = buf[:0]
-		for _, x := range v[i:min(i+chunk, len(v))] {
-			switch dt {
-			case safetensors.F32:
-				buf = binary.LittleEndian.AppendUint32(buf, math.Float32bits(x))
-			case safetensors.BF16:
-				buf = binary.LittleEndian.AppendUint16(buf, kernels.BF16FromF32(x))
-			case safetensors.F16:
-				buf = binary.LittleEndian.AppendUint16(buf, kernels.F16FromF32(x))
-			}
-		}
-		if _, err := w.Write(buf); err != nil {
-			return err
-		}
-	}
-	return nil
 }
