@@ -186,6 +186,15 @@ func TestGradients(t *testing.T) {
 	cases = append(cases,
 		gradCase{"Linear", []input{{[]int{2, 3, 5}, nil}, {[]int{4, 5}, nil}, {[]int{4}, nil}},
 			func(in []*autograd.Tensor) *autograd.Tensor { return autograd.Linear(in[0], in[1], in[2]) }},
+		// Add hands both operands the same gradient; a later contribution to
+		// one must not change the other's (copy-on-write in accumulation).
+		gradCase{"SharedGradients", []input{{[]int{3, 4}, nil}, {[]int{3, 4}, nil}},
+			func(in []*autograd.Tensor) *autograd.Tensor {
+				a, b := autograd.Exp(in[0]), autograd.Tanh(in[1])
+				s := autograd.Scale(a, 2)
+				t := autograd.Add(a, b)
+				return autograd.Concat(0, autograd.Mul(s, s), autograd.Mul(t, t))
+			}},
 		gradCase{"ScaledLinear", []input{{[]int{2, 3, 5}, nil}, {[]int{4, 5}, nil}},
 			func(in []*autograd.Tensor) *autograd.Tensor { return autograd.ScaledLinear(in[0], in[1], -2.5) }},
 		gradCase{"Sum", []input{{[]int{3, 4, 5}, nil}},

@@ -158,7 +158,7 @@ func (e *Engine) accumulate(grads map[*Tensor]*Tensor, in, g *Tensor, want map[*
 			gd = kernels.F64
 		}
 		if in.grad == nil {
-			if g.dtype == gd {
+			if g.dtype == gd && !shared(g) {
 				in.grad = g
 			} else {
 				in.grad = castTo(g, gd)
@@ -178,6 +178,14 @@ func (e *Engine) accumulate(grads map[*Tensor]*Tensor, in, g *Tensor, want map[*
 			prev = castOwned(prev, wide)
 			g = castOwned(g, wide)
 		}
+		if shared(prev) {
+			// A backward rule handed this same storage to another input too
+			// (Add gives both operands g itself): add into a copy, never
+			// into a gradient someone else still holds.
+			c := castTo(prev, prev.dtype)
+			prev.Release()
+			prev = c
+		}
 		e.addInto(prev, g)
 		g.Release()
 		grads[in] = prev
@@ -185,6 +193,10 @@ func (e *Engine) accumulate(grads map[*Tensor]*Tensor, in, g *Tensor, want map[*
 	}
 	grads[in] = g
 }
+
+// shared reports whether t's storage has other holders than t: adding into
+// it in place would change their values too.
+func shared(t *Tensor) bool { return t.st != nil && t.st.refs > 1 }
 
 // addInto adds src into dst in place (same shape).
 func (e *Engine) addInto(dst, src *Tensor) {
