@@ -37,7 +37,9 @@ func Attention(q, k, v *Tensor, o AttentionOptions) *Tensor {
 		e.failf("Attention", "%d key lengths for a batch of %d", len(o.KeyLens), q.shape[0])
 		return e.failed(q.dtype, q.shape)
 	}
+	orig := []*Tensor{q, k, v}
 	in := e.prepare(lowPrecision, q, k, v)
+	defer releaseCasts(orig, in)
 	q, k, v = in[0], in[1], in[2]
 	scale := o.Scale
 	if scale == 0 {

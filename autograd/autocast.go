@@ -89,8 +89,22 @@ func (e *Engine) cachedCast(t *Tensor, d kernels.DType) *Tensor {
 	}
 	c := Cast(t, d)
 	e.persist(c)
+	c.cached = true
 	e.castCache[key] = c
 	return c
+}
+
+// releaseCasts drops the handles of the casts prepare made for one op
+// (prepared[i] != orig[i]), except the per-step cached weight casts: the
+// tape holds its own references to what a backward needs, so a cast lives
+// no longer than its use — in a forward without gradients, not until the
+// end of the step.
+func releaseCasts(orig, prepared []*Tensor) {
+	for i, t := range prepared {
+		if t != nil && t != orig[i] && !t.cached {
+			t.Release()
+		}
+	}
 }
 
 // dropRecordedCasts forgets cached casts that carry a tape node once the tape

@@ -24,7 +24,9 @@ func Conv2D(x, w, bias *Tensor, stride, pad int) *Tensor {
 		e.failf("Conv2D", "a %dx%d kernel does not fit %v with padding %d", a.KH, a.KW, x.shape, pad)
 		return e.failed(x.dtype, x.shape)
 	}
+	orig := []*Tensor{x, w, bias}
 	in := e.prepare(lowPrecision, x, w, bias)
+	defer releaseCasts(orig, in)
 	x, w, bias = in[0], in[1], in[2]
 	out := e.newTensor(x.dtype, []int{a.N, a.Cout, a.OutH(), a.OutW()})
 	if out.st == nil {

@@ -16,7 +16,10 @@ func unary(name string, op kernels.UnaryOp, p precision, x *Tensor, params kerne
 		return e.failed(x.dtype, x.shape)
 	}
 	if p != 0 {
-		x = e.prepare(p, x)[0]
+		orig := []*Tensor{x}
+		in := e.prepare(p, x)
+		defer releaseCasts(orig, in)
+		x = in[0]
 	}
 	out := e.newTensor(x.dtype, x.shape)
 	if out.st == nil {
@@ -163,7 +166,9 @@ func binary(name string, op kernels.BinaryOp, a, b *Tensor) *Tensor {
 		e.failf(name, "%v and %v must be float tensors", a, b)
 		return e.failed(a.dtype, shape)
 	}
+	orig := []*Tensor{a, b}
 	in := e.prepare(promoted, a, b)
+	defer releaseCasts(orig, in)
 	a, b = in[0], in[1]
 	out := e.newTensor(a.dtype, shape)
 	if out.st == nil {

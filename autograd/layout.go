@@ -140,7 +140,9 @@ func Concat(axis int, xs ...*Tensor) *Tensor {
 		}
 		shape[axis] += x.shape[axis]
 	}
+	orig := xs
 	xs = e.prepare(promoted, xs...)
+	defer releaseCasts(orig, xs)
 	outer, inner := numel(shape[:axis]), numel(shape[axis+1:])
 	out := e.newTensor(xs[0].dtype, shape)
 	if out.st == nil {

@@ -24,7 +24,9 @@ func MatMul(a, b *Tensor, transA, transB bool) *Tensor {
 // pass over the output, nothing kept for a scaling's backward): the LoRA
 // update (alpha/rank)·B·(A·x).
 func ScaledLinear(x, w *Tensor, alpha float64) *Tensor {
+	orig := []*Tensor{x, w}
 	in := x.e.prepare(lowPrecision, x, w)
+	defer releaseCasts(orig, in)
 	return matMul("ScaledLinear", in[0], in[1], false, true, alpha)
 }
 
@@ -51,7 +53,9 @@ func matMul(name string, a, b *Tensor, transA, transB bool, alpha float64) *Tens
 		e.failf(name, "shapes %v%s and %v%s do not multiply", a.shape, tflag(transA), b.shape, tflag(transB))
 		return e.failed(a.dtype, a.shape)
 	}
+	orig := []*Tensor{a, b}
 	in := e.prepare(lowPrecision, a, b)
+	defer releaseCasts(orig, in)
 	a, b = in[0], in[1]
 	shape := append(append([]int(nil), a.shape[:len(a.shape)-2]...), am, bn)
 	out := e.newTensor(a.dtype, shape)
@@ -170,7 +174,9 @@ func (e *Engine) gemmAt(a *Tensor, ta bool, offA, strideA int, b *Tensor, tb boo
 // run in the autocast dtype.
 func Linear(x, w, bias *Tensor) *Tensor {
 	e := x.e
+	orig := []*Tensor{x, w, bias}
 	in := e.prepare(lowPrecision, x, w, bias)
+	defer releaseCasts(orig, in)
 	y := MatMul(in[0], in[1], false, true)
 	if bias == nil {
 		return y

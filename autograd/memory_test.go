@@ -141,3 +141,27 @@ func TestCheckpointingSameGradientsLowerPeak(t *testing.T) {
 	}
 	t.Logf("peak bytes: plain %d, checkpointed %d", plainPeak, ckptPeak)
 }
+
+// TestCastsDoNotOutliveTheirOp: in a forward without gradients, the casts
+// autocast inserts are freed when their op is done, not at the end of the
+// step; only the per-step weight cast stays.
+func TestCastsDoNotOutliveTheirOp(t *testing.T) {
+	b := cpu.New()
+	e := autograd.New(b)
+	r := kerneltest.Rng(t)
+	w := e.Constant("w", kernels.F32, []int{16, 16}, kerneltest.Randn(r, 256, 0.3))
+	x := e.FromFloat64(kernels.F32, []int{8, 16}, kerneltest.Randn(r, 128, 1))
+	e.SetAutocast(kernels.BF16)
+	base := b.MemStats().Allocated
+	e.NoGrad(func() {
+		for range 5 {
+			y := autograd.RMSNorm(autograd.Linear(x, w, nil), nil, 1e-6)
+			y.Release()
+		}
+	})
+	// What may remain: the cached bf16 copy of w (16·16·2 bytes) and the
+	// intermediate Linear outputs the loop did not release (5 × 8·16·2).
+	if got, limit := b.MemStats().Allocated-base, int64(16*16*2+5*8*16*2); got > limit {
+		t.Errorf("%d bytes still held after the loop, want at most %d: casts outlived their ops", got, limit)
+	}
+}

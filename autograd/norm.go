@@ -45,7 +45,9 @@ func RMSNorm(x, w *Tensor, eps float64) *Tensor {
 			outDType = promote(x.dtype, w.dtype)
 		}
 	} else {
+		orig := []*Tensor{x, w}
 		in := e.prepare(fullPrecision, x, w)
+		defer releaseCasts(orig, in)
 		x, w = in[0], in[1]
 		outDType = x.dtype
 	}
@@ -98,7 +100,9 @@ func LayerNorm(x, w, b *Tensor, eps float64) *Tensor {
 	if e.readsLowPrecision(x) {
 		outDType = kernels.F32
 	} else {
+		orig := []*Tensor{x, w, b}
 		in := e.prepare(fullPrecision, x, w, b)
+		defer releaseCasts(orig, in)
 		x, w, b = in[0], in[1], in[2]
 		outDType = x.dtype
 	}
@@ -166,7 +170,9 @@ func GroupNorm(x *Tensor, groups int, w, b *Tensor, eps float64) *Tensor {
 			return e.failed(x.dtype, x.shape)
 		}
 	}
+	orig := []*Tensor{x, w, b}
 	in := e.prepare(fullPrecision, x, w, b)
+	defer releaseCasts(orig, in)
 	x, w, b = in[0], in[1], in[2]
 	out := e.newTensor(x.dtype, x.shape)
 	mean := e.newTensor(statDType(x.dtype), []int{n, groups})
@@ -216,7 +222,10 @@ func Softmax(x *Tensor) *Tensor {
 	if !e.live("Softmax", x) {
 		return e.failed(x.dtype, x.shape)
 	}
-	x = e.prepare(fullPrecision, x)[0]
+	orig := []*Tensor{x}
+	in := e.prepare(fullPrecision, x)
+	defer releaseCasts(orig, in)
+	x = in[0]
 	cols := x.shape[len(x.shape)-1]
 	rows := x.Len() / cols
 	out := e.newTensor(x.dtype, x.shape)

@@ -18,7 +18,10 @@ func reduceAxis(name string, op kernels.ReduceOp, x *Tensor, axis int, keep bool
 		e.failf(name, "axis out of range for %v", x)
 		return e.failed(x.dtype, x.shape)
 	}
-	x = e.prepare(fullPrecision, x)[0]
+	orig := []*Tensor{x}
+	in := e.prepare(fullPrecision, x)
+	defer releaseCasts(orig, in)
+	x = in[0]
 	kept := append([]int(nil), x.shape...)
 	kept[axis] = 1
 	shape := kept
@@ -114,7 +117,9 @@ func MeanAll(x *Tensor) *Tensor {
 // autocast (float64 for F64 inputs): mean((pred − target)²).
 func MSE(pred, target *Tensor) *Tensor {
 	e := pred.e
+	orig := []*Tensor{pred, target}
 	in := e.prepare(fullPrecision, pred, target)
+	defer releaseCasts(orig, in)
 	d := Sub(in[0], in[1])
 	sq := Square(d)
 	d.Release()

@@ -16,7 +16,9 @@ func SwiGLU(a, b *Tensor) *Tensor {
 		e.failf("SwiGLU", "gate %v and value %v differ in shape", a.shape, b.shape)
 		return e.failed(a.dtype, a.shape)
 	}
+	orig := []*Tensor{a, b}
 	in := e.prepare(promoted, a, b)
+	defer releaseCasts(orig, in)
 	a, b = in[0], in[1]
 	s := e.rawUnary(kernels.SiLU, a, kernels.UnaryParams{})
 	out := e.newTensor(a.dtype, a.shape)

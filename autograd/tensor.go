@@ -37,6 +37,7 @@ type Tensor struct {
 
 	released bool
 	kept     bool
+	cached   bool // a per-step weight cast owned by the engine's cache
 
 	requiresGrad bool
 	leaf         bool    // created by the user, not by an op
