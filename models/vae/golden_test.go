@@ -1,0 +1,150 @@
+package vae
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	ag "github.com/newbie-train/newbie-train/autograd"
+	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
+	"github.com/newbie-train/newbie-train/kernels"
+	"github.com/newbie-train/newbie-train/kernels/cpu"
+	"github.com/newbie-train/newbie-train/kernels/kerneltest"
+)
+
+// goldenDir is where CI keeps the reference numbers, beside the checkout;
+// NEWBIE_GOLDEN_VAE overrides it (another machine may keep a copy
+// elsewhere).
+var goldenDir = func() string {
+	if d := os.Getenv("NEWBIE_GOLDEN_VAE"); d != "" {
+		return d
+	}
+	return "../../../shared/golden/vae"
+}()
+
+// golden is the opened reference files of the tiny VAE.
+type golden struct {
+	weights string
+	ref     *safetensors.File
+}
+
+func openGolden(t *testing.T) golden {
+	t.Helper()
+	w := filepath.Join(goldenDir, "vae_tiny.weights.safetensors")
+	g := filepath.Join(goldenDir, "vae_tiny.golden.safetensors")
+	for _, p := range []string{w, g} {
+		if _, err := os.Stat(p); err != nil {
+			t.Skipf("golden file %s is absent (CI keeps ../shared/golden beside the checkout): %v", p, err)
+		}
+	}
+	f, err := safetensors.Open(g)
+	if err != nil {
+		t.Fatalf("open golden: %v", err)
+	}
+	t.Cleanup(func() { f.Close() })
+	return golden{weights: w, ref: f}
+}
+
+// get reads a reference tensor as float64 with its shape.
+func (g golden) get(t *testing.T, name string) ([]float64, []int) {
+	t.Helper()
+	v, err := g.ref.Float64(name)
+	if err != nil {
+		t.Fatalf("golden %s: %v", name, err)
+	}
+	info, _ := g.ref.Info(name)
+	return v, info.Shape
+}
+
+func newEngine() *ag.Engine { return ag.New(cpu.New()) }
+
+// values reads a tensor, failing the test on an engine error.
+func values(t *testing.T, x *ag.Tensor) []float64 {
+	t.Helper()
+	if x == nil {
+		t.Fatal("nil tensor")
+	}
+	v, err := x.Values()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return v
+}
+
+// TestGolden compares the four golden outputs in each precision: float64
+// and float32 storage run in their own dtype; bf16 runs float32 weights
+// under bf16 autocast (and bf16 storage under autocast, as the trainer
+// would load a frozen VAE); the explicit-attention cases run the path that
+// FLUX's 512-wide head takes. (Checkpointing changes nothing without a
+// tape; TestInputGradients covers it.) Encoding twice (Encode for mean/logvar, Latent
+// for the latent) also checks that Encode leaves nothing behind that
+// changes a second pass.
+func TestGolden(t *testing.T) {
+	g := openGolden(t)
+	img, imgShape := g.get(t, "in.image")
+	cases := []struct {
+		name       string
+		store      kernels.DType
+		autocast   kernels.DType
+		checkpoint bool
+		// chunk > 0 runs the mid-block attention through the explicit
+		// (wide-head) path with that many query rows per chunk.
+		chunk int
+		tol   float64
+	}{
+		{"f64", kernels.F64, 0, false, 0, 1e-6},
+		{"f32", kernels.F32, 0, false, 0, 1e-5},
+		{"bf16-autocast", kernels.F32, kernels.BF16, false, 0, 5e-2},
+		{"bf16-storage-autocast", kernels.BF16, kernels.BF16, false, 0, 5e-2},
+		{"f64-explicit-attention", kernels.F64, 0, false, 1000, 1e-6},
+		{"f32-explicit-attention-chunked", kernels.F32, 0, false, 7, 1e-5},
+		{"bf16-explicit-attention-chunked", kernels.F32, kernels.BF16, false, 13, 5e-2},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEngine()
+			m, err := Load(e, g.weights, Options{DType: c.store, Checkpoint: c.checkpoint})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer m.Release()
+			if c.chunk > 0 {
+				m.testHeadLimit, m.testChunkRows = new(int), c.chunk
+			}
+			e.SetAutocast(c.autocast)
+			inDType := c.store
+			if inDType == kernels.BF16 {
+				inDType = kernels.F32
+			}
+			x := e.FromFloat64(inDType, imgShape, img)
+			var got = map[string]*ag.Tensor{}
+			e.NoGrad(func() {
+				mean, logvar, err := m.Encode(x)
+				if err != nil {
+					t.Fatal(err)
+				}
+				got["out.mean"], got["out.logvar"] = mean, logvar
+				if got["out.latent"], err = m.Latent(x); err != nil {
+					t.Fatal(err)
+				}
+				if got["out.decoded"], err = m.Decode(mean); err != nil {
+					t.Fatal(err)
+				}
+			})
+			for _, name := range []string{"out.mean", "out.logvar", "out.latent", "out.decoded"} {
+				want, shape := g.get(t, name)
+				if !sameInts(got[name].Shape(), shape) {
+					t.Fatalf("%s: shape %v, golden %v", name, got[name].Shape(), shape)
+				}
+				err := kerneltest.RelErr(values(t, got[name]), want)
+				t.Logf("%s: rel err %.3g", name, err)
+				if err > c.tol {
+					t.Errorf("%s: rel err %.3g > %.g", name, err, c.tol)
+				}
+			}
+			if err := e.EndStep(); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
