@@ -210,6 +210,24 @@ func (e *Engine) Full(d kernels.DType, shape []int, v float64) *Tensor {
 // Zeros returns a step tensor of zeros.
 func (e *Engine) Zeros(d kernels.DType, shape []int) *Tensor { return e.Full(d, shape, 0) }
 
+// ConstantBytes is Constant for values already encoded in dtype d
+// (little-endian), uploaded as they are: loading a bf16 weight file into
+// bf16 storage then needs no float64 copy of each tensor on the host.
+func (e *Engine) ConstantBytes(name string, d kernels.DType, shape []int, raw []byte) *Tensor {
+	if len(raw) != numel(shape)*d.Size() {
+		e.failf("ConstantBytes", "%s: %d bytes for %v %v", name, len(raw), d, shape)
+		return e.failed(d, shape)
+	}
+	t := e.newTensor(d, shape)
+	if t.st != nil {
+		e.b.Upload(t.st.buf, 0, raw)
+	}
+	e.persist(t)
+	t.Name = name
+	t.leaf = true
+	return t
+}
+
 // Param returns a trainable leaf that lives until released: its values are
 // the master copy (F32 for training; F64 in gradient checks) and its
 // gradient, allocated here as zeros so optimizers hold a stable buffer,

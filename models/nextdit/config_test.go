@@ -3,6 +3,7 @@ package nextdit
 import (
 	"math"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -306,5 +307,38 @@ func TestCapLensFromMask(t *testing.T) {
 				t.Errorf("%s: lens %v, want %v", c.name, got, c.want)
 			}
 		}
+	}
+}
+
+// TestLoadHostAllocations: loading converts one tensor at a time straight
+// to the storage dtype's bytes — no float64 copy of the weights on the way.
+// Everything the load allocates on the Go heap (the conversions and, on the
+// CPU backend, the stored weights themselves) stays under twice the file's
+// tensor bytes; a float64 detour would take three times.
+func TestLoadHostAllocations(t *testing.T) {
+	g := openGolden(t)
+	f, err := safetensors.Open(g.weights)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fileBytes int64
+	for _, ti := range f.Tensors() {
+		fileBytes += int64(ti.NumElements() * ti.DType.Size())
+	}
+	f.Close()
+	e := ag.New(cpu.New())
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	m, err := Load(e, g.weights, Options{DType: kernels.BF16})
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Release()
+	if got := int64(after.TotalAlloc - before.TotalAlloc); got > 2*fileBytes {
+		t.Errorf("loading %d tensor bytes allocated %d bytes on the heap (limit %d)", fileBytes, got, 2*fileBytes)
+	} else {
+		t.Logf("loading %d tensor bytes allocated %d bytes on the heap", fileBytes, got)
 	}
 }

@@ -1,8 +1,10 @@
 package nextdit
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 
@@ -154,12 +156,12 @@ func LoadFile(e *autograd.Engine, f Source, cfg Config, opts Options) (*Model, e
 		if _, ok := f.Info(p.Name); !ok { // only norm_final.weight may be skipped
 			continue
 		}
-		v, err := f.Float64(p.Name)
+		raw, err := storageBytes(f, p.Name, m.opts.DType)
 		if err != nil {
 			m.Release()
 			return nil, fmt.Errorf("nextdit: reading %s: %w", p.Name, err)
 		}
-		m.weights[p.Name] = e.Constant(p.Name, m.opts.DType, p.Shape, v)
+		m.weights[p.Name] = e.ConstantBytes(p.Name, m.opts.DType, p.Shape, raw)
 		if err := e.Err(); err != nil {
 			m.Release()
 			return nil, fmt.Errorf("nextdit: uploading %s: %w", p.Name, err)
@@ -252,4 +254,37 @@ func IsKeyError(err error) (*KeyError, bool) {
 	var ke *KeyError
 	ok := errors.As(err, &ke)
 	return ke, ok
+}
+
+// storageBytes reads one tensor converted to the storage dtype d, encoded
+// little-endian: the host holds this tensor twice at most (the converted
+// values and their bytes), never a float64 copy of a half-precision file.
+func storageBytes(f Source, name string, d kernels.DType) ([]byte, error) {
+	switch d {
+	case kernels.BF16:
+		v, err := f.BF16(name)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]byte, 2*len(v))
+		for i, x := range v {
+			binary.LittleEndian.PutUint16(out[2*i:], x)
+		}
+		return out, nil
+	case kernels.F32:
+		v, err := f.Float32(name)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]byte, 4*len(v))
+		for i, x := range v {
+			binary.LittleEndian.PutUint32(out[4*i:], math.Float32bits(x))
+		}
+		return out, nil
+	}
+	v, err := f.Float64(name) // F64 checks, F16 storage
+	if err != nil {
+		return nil, err
+	}
+	return kernels.EncodeF64(d, v), nil
 }
