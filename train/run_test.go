@@ -351,3 +351,25 @@ func TestDeviceChoice(t *testing.T) {
 		t.Errorf("cuda without a GPU: %v, want an error naming libcuda", err)
 	}
 }
+
+// TestResumeRefusesOtherBase: a state written on one base model is refused
+// on another, naming the base model.
+func TestResumeRefusesOtherBase(t *testing.T) {
+	weights, err := filepath.Abs(goldenDir + "tiny.weights.safetensors")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(weights); err != nil {
+		t.Skipf("golden weights not beside the checkout: %v", err)
+	}
+	cfg := demoConfig(t, t.TempDir(), 4, 2)
+	if _, err := Run(context.Background(), cfg, Options{Log: io.Discard}); err != nil {
+		t.Fatal(err)
+	}
+	cfg.Model.Weights = weights // same config hash (paths do not count), other base
+	cfg.Train.MaxSteps = 4
+	_, err = Run(context.Background(), cfg, Options{Resume: "latest", Log: io.Discard})
+	if err == nil || !strings.Contains(err.Error(), "refused") || !strings.Contains(err.Error(), "base model") {
+		t.Fatalf("resume on another base: %v, want a refusal naming the base model", err)
+	}
+}
