@@ -176,7 +176,7 @@ func (r *run) setup(ctx context.Context, resume string) error {
 		// Checked before the weights load (tens of seconds for the full model).
 		return errNoRealEncoders
 	}
-	if err := r.loadModel(); err != nil {
+	if err := r.loadModel(capability); err != nil {
 		return err
 	}
 	if err := r.loadData(ctx); err != nil {
@@ -245,11 +245,21 @@ func (r *run) loraParams() int {
 }
 
 // loadModel builds the base model and attaches the adapters.
-func (r *run) loadModel() error {
+func (r *run) loadModel(capability optim.Capability) error {
 	cfg := r.cfg
 	st, err := kernels.ParseDType(map[string]string{"bf16": "BF16", "f16": "F16", "f32": "F32"}[cfg.Model.DType])
 	if err != nil {
 		return fmt.Errorf("model.dtype %q: %w", cfg.Model.DType, err)
+	}
+	if prec, err := cfg.Precision.Resolve(capability); err == nil && prec == optim.FP16 && st == kernels.BF16 {
+		// fp16 compute over bf16 storage would cast every weight to fp16
+		// each step and keep the casts: the weights' memory twice over.
+		if cfg.IsSet("model.dtype") {
+			r.logf("warning: model.dtype bf16 with fp16 precision keeps an fp16 copy of every weight during each step; model.dtype: f16 avoids it")
+		} else {
+			st = kernels.F16
+			r.logf("model: fp16 precision on this GPU, so the base weights are stored in f16 (model.dtype was the default bf16)")
+		}
 	}
 	opts := nextdit.Options{DType: st, Checkpoint: cfg.Train.ActivationCheckpointing}
 	if cfg.Model.Weights == "" {

@@ -373,3 +373,43 @@ func TestResumeRefusesOtherBase(t *testing.T) {
 		t.Fatalf("resume on another base: %v, want a refusal naming the base model", err)
 	}
 }
+
+// TestFP16StoresF16: with fp16 precision the default bf16 storage becomes
+// f16 (no per-step fp16 copy of every weight); an explicit bf16 is kept
+// with a warning.
+func TestFP16StoresF16(t *testing.T) {
+	for _, c := range []struct {
+		name, dtypeLine, want string
+	}{
+		{"default", "", "stored in f16"},
+		{"explicit bf16", "  dtype: bf16\n", "keeps an fp16 copy of every weight"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			dir := t.TempDir()
+			raw, err := configs.Example("demo.yaml")
+			if err != nil {
+				t.Fatal(err)
+			}
+			text := strings.Replace(string(raw), "  dtype: f32\n", c.dtypeLine, 1)
+			text = strings.Replace(text, "precision: fp32", "precision: fp16", 1)
+			if err := os.WriteFile(filepath.Join(dir, "demo.yaml"), []byte(text), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := configs.Load(filepath.Join(dir, "demo.yaml"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := data.WriteDemoDataset(cfg.Data.Folders[0].Path, 4, cfg.Data.Resolution); err != nil {
+				t.Fatal(err)
+			}
+			cfg.Train.MaxSteps, cfg.Train.WarmupSteps = 1, 0
+			var log strings.Builder
+			if _, err := Run(context.Background(), cfg, Options{Log: &log}); err != nil {
+				t.Fatal(err)
+			}
+			if !strings.Contains(log.String(), c.want) {
+				t.Errorf("log lacks %q:\n%s", c.want, log.String())
+			}
+		})
+	}
+}
