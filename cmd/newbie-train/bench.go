@@ -40,13 +40,7 @@ of one extra step (not part of the timings).
 
 The CPU backend takes only --preset tiny: the full model would need hours per
 step there.`,
-		// A stray argument is a usage error (exit 2), like a bad flag.
-		Args: func(cmd *cobra.Command, args []string) error {
-			if err := cobra.NoArgs(cmd, args); err != nil {
-				return usageError{err}
-			}
-			return nil
-		},
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runBench(cmd.Context(), o, stdout, stderr) },
 	}
 	f := cmd.Flags()

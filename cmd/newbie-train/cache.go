@@ -18,7 +18,7 @@ and of skipped files with their reasons) and encodes what the cache lacks, so
 a later training run starts at once. A changed image, caption or setting
 re-encodes only what changed; a damaged cache file is re-encoded with a
 warning.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(config)
 			if err != nil {

@@ -30,7 +30,7 @@ func newDemoCmd(stderr io.Writer) *cobra.Command {
 NewBie XML captions) into --dir, then trains the tiny Next-DiT on the CPU
 backend with stand-in encoders (not the real FLUX VAE, Gemma 3 and Jina CLIP).
 The loss falls and LoRA files appear in <dir>/demo-out.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runDemo(cmd.Context(), o, stderr) },
 	}
 	f := cmd.Flags()

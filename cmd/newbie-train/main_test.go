@@ -31,7 +31,8 @@ func TestUsageErrors(t *testing.T) {
 		{"unknown flag", []string{"--bogus"}, "unknown flag"},
 		{"missing file", []string{"--config", filepath.Join(dir, "none.yaml")}, "none.yaml"},
 		{"bad key", []string{"--config", bad}, "bad.yaml:4: train.lr"},
-		{"parity without files", []string{"parity"}, "--weights and --trajectory"},
+		{"parity without files", []string{"parity"}, "--weights"},
+		{"stray argument", []string{"train", "lora.yaml"}, "unknown command"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			code, _, stderr := runCLI(t, c.args...)

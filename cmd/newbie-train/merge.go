@@ -34,7 +34,7 @@ The sum is computed on the host in float64 and rounded once to --dtype
 (default: each tensor's dtype in the base). A LoRA naming layers the base
 does not have, or whose shapes differ from the base's, is refused with every
 such layer named.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(_ *cobra.Command, _ []string) error { return runMerge(o, stdout, stderr) },
 	}
 	f := cmd.Flags()

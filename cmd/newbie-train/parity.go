@@ -58,7 +58,7 @@ weights and inputs), fp32, bf16 (fp32 masters under bf16 autocast). parity
 exits 1 when an error is beyond the golden README's tolerance for the
 precision: --golden fp64 1e-6, fp32 1e-5, bf16 2e-2 (output) / 5e-2
 (gradients).`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runParity(o, stdout) },
 	}
 	f := cmd.Flags()

@@ -61,7 +61,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		Long:          "newbie-train trains a LoRA for the NewBie-image-Exp0.1 anime model (a 3.5B Next-DiT) on your own images and captions.\nWith --config it trains (the same as `newbie-train train`).",
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		Args:          cobra.NoArgs,
+		Args:          noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if trainOpts.config == "" {
 				return usageError{errors.New("no --config given: run `newbie-train --config lora.yaml`, or `newbie-train --help`")}
@@ -85,4 +85,13 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newVersionCmd(stdout),
 	)
 	return root
+}
+
+// noArgs refuses positional arguments as a usage error (exit 2), as every
+// other mistake in how the program is called.
+func noArgs(cmd *cobra.Command, args []string) error {
+	if err := cobra.NoArgs(cmd, args); err != nil {
+		return usageError{err}
+	}
+	return nil
 }

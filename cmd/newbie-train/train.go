@@ -37,7 +37,7 @@ func newTrainCmd(stdout, stderr io.Writer) *cobra.Command {
 cache, and trains, logging progress and saving the LoRA and a resumable state
 every save.every steps and at the end. Ctrl-C (or SIGTERM) saves a resumable
 state and exits with code 130; --resume latest continues it.`,
-		Args: cobra.NoArgs,
+		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runTrain(cmd.Context(), o, stdout, stderr) },
 	}
 	o.addFlags(cmd)
