@@ -77,6 +77,7 @@ type run struct {
 	metrics  *metrics
 	jsonl    *os.File
 	bar      bool // a progress bar is drawn on log
+	stopping bool // an interrupted run is saving: no previews
 	barShown bool // the last thing written to log is the bar
 	curve    []float64
 }
@@ -229,7 +230,8 @@ func (r *run) setup(ctx context.Context, resume string) error {
 		r.logf("metrics: http://%s/metrics", r.metrics.addr)
 	}
 	if len(cfg.Sample.Prompts) > 0 {
-		r.logf("note: sample.prompts is set, but preview sampling is not built yet; no preview images will be rendered")
+		r.logf("previews: %d prompts, %d %s steps, cfg %g, time shift %g (decoded by the stand-in encoder's inverse: block colours, not pictures)",
+			len(cfg.Sample.Prompts), cfg.Sample.Steps, cfg.Sample.Sampler, cfg.Sample.CFG, cfg.Sample.TimeShift)
 	}
 	r.logf("training %d steps: LoRA rank %d alpha %g on %d layers (%d parameters), precision %s, batch %d × %d accumulation",
 		r.total, cfg.LoRA.Rank, cfg.LoRA.Alpha, len(r.set.Adapters()), r.loraParams(), r.opt.Precision(), cfg.Train.BatchSize, cfg.Train.GradientAccumulation)
@@ -520,6 +522,11 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 		if r.bar {
 			r.drawBar(out.Loss, dt, eta)
 		}
+		if cfg.Sample.Every > 0 && r.step%cfg.Sample.Every == 0 {
+			if err := r.renderPreviews(); err != nil {
+				return nil, err
+			}
+		}
 		if cfg.Save.Every > 0 && r.step%cfg.Save.Every == 0 && r.step != r.total {
 			if err := r.save(res); err != nil {
 				return nil, err
@@ -536,6 +543,7 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 // interrupt saves a resumable state after a cancellation.
 func (r *run) interrupt(res *Result) (*Result, error) {
 	r.logf("interrupted at step %d: saving a resumable state", r.step)
+	r.stopping = true
 	if err := r.save(res); err != nil {
 		return nil, fmt.Errorf("interrupted, and the save failed: %w", err)
 	}

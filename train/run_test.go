@@ -413,3 +413,30 @@ func TestFP16StoresF16(t *testing.T) {
 		})
 	}
 }
+
+// TestPreviews: sample.prompts renders one PNG per prompt at each preview
+// step, and rendering them leaves the training losses exactly as they were.
+func TestPreviews(t *testing.T) {
+	plain := demoConfig(t, t.TempDir(), 4, 0)
+	if _, err := Run(context.Background(), plain, Options{Log: io.Discard}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := demoConfig(t, t.TempDir(), 4, 0)
+	cfg.Sample.Prompts = []string{"<character_1><n>demo_girl</n></character_1>", "blue background"}
+	cfg.Sample.NegativePrompt = "blurry"
+	cfg.Sample.Every = 2
+	cfg.Sample.Steps = 3
+	if _, err := Run(context.Background(), cfg, Options{Log: io.Discard}); err != nil {
+		t.Fatal(err)
+	}
+	files, _ := filepath.Glob(filepath.Join(cfg.Save.Output, "demo_lora-previews", "*.png"))
+	if len(files) != 4 {
+		t.Errorf("previews %v, want 2 prompts × steps 2 and 4", files)
+	}
+	a, b := losses(t, plain.Logging.LogFile), losses(t, cfg.Logging.LogFile)
+	for step, v := range a {
+		if b[step] != v {
+			t.Errorf("step %d: loss %v with previews, %v without", step, b[step], v)
+		}
+	}
+}

@@ -116,6 +116,11 @@ func (r *run) save(res *Result) error {
 	if err := writeLossCurve(filepath.Join(r.cfg.Save.Output, r.cfg.Save.Name+"-loss.png"), r.curve); err != nil {
 		return err
 	}
+	if r.cfg.Sample.Every == 0 && !r.stopping {
+		if err := r.renderPreviews(); err != nil {
+			return err
+		}
+	}
 	r.logf("saved step %d: %v, state %s", r.step, res.LoRAFiles, dir)
 	return nil
 }
