@@ -2,6 +2,10 @@ package cpu
 
 import "github.com/newbie-train/newbie-train/kernels"
 
+// realT is the compute type of the float ops: float32, or float64 when an
+// operand or result is F64.
+type realT interface{ ~float32 | ~float64 }
+
 // at reads element i as float64, exactly.
 func (b *buffer) at(i int) float64 {
 	switch b.dt {
@@ -63,34 +67,62 @@ func (b *buffer) loadF64(off, n int) []float64 {
 	return out
 }
 
-// storeF32 writes v to elements [off, off+len(v)), rounding to the dtype.
-func (b *buffer) storeF32(off int, v []float32) {
+// readReal converts elements [off, off+len(dst)) of b into dst. The dtype
+// switch sits outside the loops so each loop is a plain conversion.
+func readReal[T realT](dst []T, b *buffer, off int) {
 	switch b.dt {
 	case kernels.F32:
-		copy(b.f32[off:], v)
+		for i, v := range b.f32[off : off+len(dst)] {
+			dst[i] = T(v)
+		}
+	case kernels.F64:
+		for i, v := range b.f64[off : off+len(dst)] {
+			dst[i] = T(v)
+		}
 	case kernels.BF16:
-		for i, x := range v {
-			b.u16[off+i] = kernels.BF16FromF32(x)
+		for i, v := range b.u16[off : off+len(dst)] {
+			dst[i] = T(kernels.F32FromBF16(v))
 		}
 	case kernels.F16:
-		for i, x := range v {
-			b.u16[off+i] = kernels.F16FromF32(x)
+		for i, v := range b.u16[off : off+len(dst)] {
+			dst[i] = T(kernels.F32FromF16(v))
 		}
-	default:
-		for i, x := range v {
-			b.set(off+i, float64(x))
+	case kernels.I32:
+		for i, v := range b.i32[off : off+len(dst)] {
+			dst[i] = T(v)
 		}
 	}
 }
 
-// storeF64 writes v to elements [off, off+len(v)). Half types round through
-// float32, matching a device that computes in float32 and stores once.
-func (b *buffer) storeF64(off int, v []float64) {
-	if b.dt == kernels.F64 {
-		copy(b.f64[off:], v)
-		return
-	}
-	for i, x := range v {
-		b.set(off+i, x)
+// writeReal stores v into b from element off, rounding each value once to
+// the buffer's dtype (a float64 value headed for a half type goes through
+// float32, as a device computing in float32 would store it).
+func writeReal[T realT](b *buffer, off int, v []T) {
+	switch b.dt {
+	case kernels.F32:
+		dst := b.f32[off : off+len(v)]
+		for i, x := range v {
+			dst[i] = float32(x)
+		}
+	case kernels.F64:
+		dst := b.f64[off : off+len(v)]
+		for i, x := range v {
+			dst[i] = float64(x)
+		}
+	case kernels.BF16:
+		dst := b.u16[off : off+len(v)]
+		for i, x := range v {
+			dst[i] = kernels.BF16FromF32(float32(x))
+		}
+	case kernels.F16:
+		dst := b.u16[off : off+len(v)]
+		for i, x := range v {
+			dst[i] = kernels.F16FromF32(float32(x))
+		}
+	case kernels.I32: // truncating toward zero, saturating (see toI32)
+		dst := b.i32[off : off+len(v)]
+		for i, x := range v {
+			dst[i] = toI32(float64(x))
+		}
 	}
 }

@@ -16,9 +16,6 @@ import (
 // stack scratch in L1, large enough to amortise the per-chunk dispatch.
 const ewChunk = 512
 
-// ewFloat is the type elementwise ops compute in.
-type ewFloat interface{ ~float32 | ~float64 }
-
 // floatOperand checks that b is a live float buffer of n elements.
 func (c *Backend) floatOperand(op, name string, b kernels.Buffer, n int) *buffer {
 	cb := c.buf(op, name, b)
@@ -59,18 +56,18 @@ func (c *Backend) Unary(op kernels.UnaryOp, dst, src kernels.Buffer, p kernels.U
 			var in, out [ewChunk]float64
 			for i := lo; i < hi; i += ewChunk {
 				m := min(ewChunk, hi-i)
-				s.readF64(in[:m], i)
+				readReal(in[:m], s, i)
 				unaryApply(op, p, out[:m], in[:m])
-				d.writeF64(i, out[:m])
+				writeReal(d, i, out[:m])
 			}
 			return
 		}
 		var in, out [ewChunk]float32
 		for i := lo; i < hi; i += ewChunk {
 			m := min(ewChunk, hi-i)
-			s.readF32(in[:m], i)
+			readReal(in[:m], s, i)
 			unaryApply(op, p, out[:m], in[:m])
-			d.writeF32(i, out[:m])
+			writeReal(d, i, out[:m])
 		}
 	})
 }
@@ -87,7 +84,7 @@ const geluK = 0.7978845608028654
 // unaryApply writes f(in[i]) to out[i]. Transcendentals are evaluated in
 // float64 and rounded to T, which is at least as accurate as a float32
 // device library.
-func unaryApply[T ewFloat](op kernels.UnaryOp, p kernels.UnaryParams, out, in []T) {
+func unaryApply[T realT](op kernels.UnaryOp, p kernels.UnaryParams, out, in []T) {
 	out = out[:len(in)]
 	switch op {
 	case kernels.Identity:
@@ -190,26 +187,26 @@ func (c *Backend) UnaryGrad(op kernels.UnaryOp, dx, x, dy kernels.Buffer, p kern
 			var xv, gv [ewChunk]float64
 			for i := lo; i < hi; i += ewChunk {
 				m := min(ewChunk, hi-i)
-				xs.readF64(xv[:m], i)
-				g.readF64(gv[:m], i)
+				readReal(xv[:m], xs, i)
+				readReal(gv[:m], g, i)
 				unaryGradApply(op, p, gv[:m], xv[:m])
-				d.writeF64(i, gv[:m])
+				writeReal(d, i, gv[:m])
 			}
 			return
 		}
 		var xv, gv [ewChunk]float32
 		for i := lo; i < hi; i += ewChunk {
 			m := min(ewChunk, hi-i)
-			xs.readF32(xv[:m], i)
-			g.readF32(gv[:m], i)
+			readReal(xv[:m], xs, i)
+			readReal(gv[:m], g, i)
 			unaryGradApply(op, p, gv[:m], xv[:m])
-			d.writeF32(i, gv[:m])
+			writeReal(d, i, gv[:m])
 		}
 	})
 }
 
 // unaryGradApply replaces g[i] (holding dy) by dy·f'(x[i]).
-func unaryGradApply[T ewFloat](op kernels.UnaryOp, p kernels.UnaryParams, g, x []T) {
+func unaryGradApply[T realT](op kernels.UnaryOp, p kernels.UnaryParams, g, x []T) {
 	g = g[:len(x)]
 	switch op {
 	case kernels.Identity:
@@ -381,9 +378,9 @@ func (c *Backend) Binary(op kernels.BinaryOp, dst kernels.Buffer, dstShape []int
 	bc := binaryCall{op: op, d: d, x: x, y: y, axes: axes, ext: ext, sa: sa, sb: sb, chunks: chunks}
 	parallelFor(units, grain, func(lo, hi int) {
 		if wide(d) {
-			binaryUnits[float64](bc, lo, hi, (*buffer).readF64, (*buffer).writeF64)
+			binaryUnits[float64](bc, lo, hi)
 		} else {
-			binaryUnits[float32](bc, lo, hi, (*buffer).readF32, (*buffer).writeF32)
+			binaryUnits[float32](bc, lo, hi)
 		}
 	})
 }
@@ -400,7 +397,7 @@ type binaryCall struct {
 
 // binaryUnits computes work units [lo, hi): unit u is piece u%chunks of
 // row u/chunks of the merged inner axis.
-func binaryUnits[T ewFloat](bc binaryCall, lo, hi int, read func(*buffer, []T, int), write func(*buffer, int, []T)) {
+func binaryUnits[T realT](bc binaryCall, lo, hi int) {
 	var xv, yv [ewChunk]T
 	inner := bc.ext[bc.axes-1]
 	for u := lo; u < hi; u++ {
@@ -415,21 +412,21 @@ func binaryUnits[T ewFloat](bc binaryCall, lo, hi int, read func(*buffer, []T, i
 		}
 		j0 := piece * ewChunk
 		m := min(ewChunk, inner-j0)
-		ewOperand(bc.x, xv[:m], offA, j0, bc.sa[bc.axes-1], read)
-		ewOperand(bc.y, yv[:m], offB, j0, bc.sb[bc.axes-1], read)
+		ewOperand(bc.x, xv[:m], offA, j0, bc.sa[bc.axes-1])
+		ewOperand(bc.y, yv[:m], offB, j0, bc.sb[bc.axes-1])
 		binaryApply(bc.op, xv[:m], yv[:m])
-		write(bc.d, row*inner+j0, xv[:m])
+		writeReal(bc.d, row*inner+j0, xv[:m])
 	}
 }
 
 // ewOperand loads elements j0… of an operand's row starting at base: a run
 // when the inner stride is 1, one value repeated when it is 0 (broadcast).
-func ewOperand[T ewFloat](b *buffer, dst []T, base, j0, stride int, read func(*buffer, []T, int)) {
+func ewOperand[T realT](b *buffer, dst []T, base, j0, stride int) {
 	if stride != 0 {
-		read(b, dst, base+j0)
+		readReal(dst, b, base+j0)
 		return
 	}
-	read(b, dst[:1], base)
+	readReal(dst[:1], b, base)
 	v := dst[0]
 	for i := range dst {
 		dst[i] = v
@@ -438,7 +435,7 @@ func ewOperand[T ewFloat](b *buffer, dst []T, base, j0, stride int, read func(*b
 
 // binaryApply replaces x[i] by x[i] ∘ y[i]. Maximum and Minimum propagate
 // NaN, as torch.maximum does.
-func binaryApply[T ewFloat](op kernels.BinaryOp, x, y []T) {
+func binaryApply[T realT](op kernels.BinaryOp, x, y []T) {
 	y = y[:len(x)]
 	switch op {
 	case kernels.Add:

@@ -82,25 +82,25 @@ func (c *Backend) ScatterAdd(dst, src, ids kernels.Buffer, dim int) {
 	parallelFor(pieces, max(1, elemGrain/max(1, ix.n*colGrain)), func(lo, hi int) {
 		j0, j1 := lo*colGrain, min(dim, hi*colGrain)
 		if wide(d) {
-			scatterCols[float64](d, s, ix.i32, dim, j0, j1, (*buffer).readF64, (*buffer).writeF64)
+			scatterCols[float64](d, s, ix.i32, dim, j0, j1)
 		} else {
-			scatterCols[float32](d, s, ix.i32, dim, j0, j1, (*buffer).readF32, (*buffer).writeF32)
+			scatterCols[float32](d, s, ix.i32, dim, j0, j1)
 		}
 	})
 }
 
 // scatterCols does ScatterAdd for columns [j0, j1).
-func scatterCols[T ewFloat](d, s *buffer, ids []int32, dim, j0, j1 int, read func(*buffer, []T, int), write func(*buffer, int, []T)) {
+func scatterCols[T realT](d, s *buffer, ids []int32, dim, j0, j1 int) {
 	m := j1 - j0
 	acc := make([]T, m)
 	add := make([]T, m)
 	for i, id := range ids {
 		at := int(id)*dim + j0
-		read(d, acc, at)
-		read(s, add, i*dim+j0)
+		readReal(acc, d, at)
+		readReal(add, s, i*dim+j0)
 		for j, v := range add {
 			acc[j] += v
 		}
-		write(d, at, acc)
+		writeReal(d, at, acc)
 	}
 }

@@ -30,10 +30,6 @@ const (
 	gemmNC = 512 // columns of a C tile
 )
 
-// gemmFloat is the accumulation type of a product: float32, or float64 for
-// F64 operands.
-type gemmFloat interface{ ~float32 | ~float64 }
-
 // Gemm computes C = alpha·op(A)·op(B) + beta·C for every batch. With beta 0,
 // C is not read (NaN or Inf already there does not leak into the result), and
 // with alpha 0 or K 0, A and B are not read.
@@ -51,9 +47,9 @@ func (c *Backend) Gemm(g kernels.GemmArgs) {
 		return
 	}
 	if a.dt == kernels.F64 {
-		gemmRun[float64](g, a, b, cc, (*buffer).readF64, gemmKernel2x4[float64])
+		gemmRun[float64](g, a, b, cc, gemmKernel2x4[float64])
 	} else {
-		gemmRun[float32](g, a, b, cc, (*buffer).readF32, gemmKernel2x4[float32])
+		gemmRun[float32](g, a, b, cc, gemmKernel2x4[float32])
 	}
 }
 
@@ -138,9 +134,9 @@ func (c *Backend) gemmCheck(g kernels.GemmArgs, a, b, cc *buffer) bool {
 // batch bt.
 type gemmTile struct{ bt, i0, mc, j0, nc int }
 
-// gemmRun runs the product with accumulation type T. read converts a run of
-// an operand buffer to T; kern is the micro-kernel.
-func gemmRun[T gemmFloat](g kernels.GemmArgs, a, b, cc *buffer, read func(*buffer, []T, int), kern func(int, []T, []T, []T, int)) {
+// gemmRun runs the product with accumulation type T; kern is the
+// micro-kernel.
+func gemmRun[T realT](g kernels.GemmArgs, a, b, cc *buffer, kern func(int, []T, []T, []T, int)) {
 	// Tile sizes only decide how work is shared, never the arithmetic, so
 	// shrink them when C is small to keep every core busy.
 	workers := runtime.GOMAXPROCS(0)
@@ -183,7 +179,7 @@ func gemmRun[T gemmFloat](g kernels.GemmArgs, a, b, cc *buffer, read func(*buffe
 			tl := gemmTile{bt: bt, i0: i0, mc: min(mcMax, g.M-i0), j0: j0, nc: min(ncMax, g.N-j0)}
 			clear(acc)
 			if product {
-				gemmTileProduct(g, a, b, tl, packA, packB, acc, tmp, nPad, read, kern)
+				gemmTileProduct(g, a, b, tl, packA, packB, acc, tmp, nPad, kern)
 			}
 			gemmStore(g, cc, tl, acc, nPad)
 		}
@@ -192,8 +188,8 @@ func gemmRun[T gemmFloat](g kernels.GemmArgs, a, b, cc *buffer, read func(*buffe
 
 // gemmTileProduct accumulates op(A)·op(B) for one tile into acc (row stride
 // ldAcc), walking K in blocks of gemmKC.
-func gemmTileProduct[T gemmFloat](g kernels.GemmArgs, a, b *buffer, tl gemmTile, packA, packB, acc, tmp []T, ldAcc int,
-	read func(*buffer, []T, int), kern func(int, []T, []T, []T, int)) {
+func gemmTileProduct[T realT](g kernels.GemmArgs, a, b *buffer, tl gemmTile, packA, packB, acc, tmp []T, ldAcc int,
+	kern func(int, []T, []T, []T, int)) {
 	offA := g.OffA + tl.bt*g.StrideA
 	offB := g.OffB + tl.bt*g.StrideB
 	mPanels := gemmCeil(tl.mc, gemmMR)
@@ -201,9 +197,9 @@ func gemmTileProduct[T gemmFloat](g kernels.GemmArgs, a, b *buffer, tl gemmTile,
 	for k0 := 0; k0 < g.K; k0 += gemmKC {
 		kc := min(gemmKC, g.K-k0)
 		// op(A)[i, k] is A[i*LDA + k], or A[k*LDA + i] when transposed.
-		gemmPack(packA, a, read, offA, g.LDA, gemmMR, tl.i0, tl.mc, k0, kc, g.TransA, tmp)
+		gemmPack(packA, a, offA, g.LDA, gemmMR, tl.i0, tl.mc, k0, kc, g.TransA, tmp)
 		// op(B)[k, j] is B[k*LDB + j], or B[j*LDB + k] when transposed.
-		gemmPack(packB, b, read, offB, g.LDB, gemmNR, tl.j0, tl.nc, k0, kc, !g.TransB, tmp)
+		gemmPack(packB, b, offB, g.LDB, gemmNR, tl.j0, tl.nc, k0, kc, !g.TransB, tmp)
 		for jp := 0; jp < nPanels; jp++ {
 			pb := packB[jp*gemmNR*kc : (jp+1)*gemmNR*kc]
 			for ip := 0; ip < mPanels; ip++ {
@@ -220,7 +216,7 @@ func gemmTileProduct[T gemmFloat](g kernels.GemmArgs, a, b *buffer, tl gemmTile,
 // sequentially. When contig is true the operand's element (idx, k) lies at
 // off + k*ld + idx (a run of idx is contiguous in memory); otherwise at
 // off + idx*ld + k (a run of k is contiguous). tmp holds at least kc values.
-func gemmPack[T gemmFloat](dst []T, src *buffer, read func(*buffer, []T, int), off, ld, w, idx0, n, k0, kc int, contig bool, tmp []T) {
+func gemmPack[T realT](dst []T, src *buffer, off, ld, w, idx0, n, k0, kc int, contig bool, tmp []T) {
 	panels := gemmCeil(n, w)
 	for p := 0; p < panels; p++ {
 		panel := dst[p*w*kc : (p+1)*w*kc]
@@ -229,13 +225,13 @@ func gemmPack[T gemmFloat](dst []T, src *buffer, read func(*buffer, []T, int), o
 		if contig {
 			for k := 0; k < kc; k++ {
 				row := panel[k*w : k*w+w]
-				read(src, row[:cnt], off+(k0+k)*ld+first)
+				readReal(row[:cnt], src, off+(k0+k)*ld+first)
 				clear(row[cnt:])
 			}
 			continue
 		}
 		for r := 0; r < cnt; r++ {
-			read(src, tmp[:kc], off+(first+r)*ld+k0)
+			readReal(tmp[:kc], src, off+(first+r)*ld+k0)
 			for k, v := range tmp[:kc] {
 				panel[k*w+r] = v
 			}
@@ -250,7 +246,7 @@ func gemmPack[T gemmFloat](dst []T, src *buffer, read func(*buffer, []T, int), o
 
 // gemmStore writes C = alpha·acc + beta·C for one tile, computing in the
 // accumulation type and rounding once to C's dtype. beta 0 never reads C.
-func gemmStore[T gemmFloat](g kernels.GemmArgs, cc *buffer, tl gemmTile, acc []T, ldAcc int) {
+func gemmStore[T realT](g kernels.GemmArgs, cc *buffer, tl gemmTile, acc []T, ldAcc int) {
 	alpha, beta := T(g.Alpha), T(g.Beta)
 	offC := g.OffC + tl.bt*g.StrideC
 	row := make([]T, tl.nc)
@@ -272,22 +268,22 @@ func gemmStore[T gemmFloat](g kernels.GemmArgs, cc *buffer, tl gemmTile, acc []T
 }
 
 // gemmReadC loads a run of C into the accumulation type.
-func gemmReadC[T gemmFloat](cc *buffer, dst []T, off int) {
+func gemmReadC[T realT](cc *buffer, dst []T, off int) {
 	switch d := any(dst).(type) {
 	case []float32:
-		cc.readF32(d, off)
+		readReal(d, cc, off)
 	case []float64:
-		cc.readF64(d, off)
+		readReal(d, cc, off)
 	}
 }
 
 // gemmWriteC stores a run of the accumulation type into C, rounding once.
-func gemmWriteC[T gemmFloat](cc *buffer, src []T, off int) {
+func gemmWriteC[T realT](cc *buffer, src []T, off int) {
 	switch s := any(src).(type) {
 	case []float32:
-		cc.writeF32(off, s)
+		writeReal(cc, off, s)
 	case []float64:
-		cc.writeF64(off, s)
+		writeReal(cc, off, s)
 	}
 }
 
@@ -296,7 +292,7 @@ func gemmWriteC[T gemmFloat](cc *buffer, src []T, off int) {
 // sums, the four B values and one A value fit in the 15 vector registers Go
 // allocates on amd64, so nothing spills; measured on the 2-core Xeon here, a
 // 4×4 tile spilled and ran a third slower than this one.
-func gemmKernel2x4[T gemmFloat](kc int, a, b, c []T, ldc int) {
+func gemmKernel2x4[T realT](kc int, a, b, c []T, ldc int) {
 	var c00, c01, c02, c03 T
 	var c10, c11, c12, c13 T
 	a = a[:2*kc]

@@ -15,88 +15,6 @@ import (
 // than the loop.
 const elemGrain = 1 << 15
 
-// readF32 converts elements [off, off+len(dst)) of b to float32 in dst.
-func (b *buffer) readF32(dst []float32, off int) {
-	switch b.dt {
-	case kernels.F32:
-		copy(dst, b.f32[off:off+len(dst)])
-	case kernels.BF16:
-		src := b.u16[off : off+len(dst)]
-		for i, h := range src {
-			dst[i] = math.Float32frombits(uint32(h) << 16)
-		}
-	case kernels.F16:
-		src := b.u16[off : off+len(dst)]
-		for i, h := range src {
-			dst[i] = kernels.F32FromF16(h)
-		}
-	case kernels.F64:
-		src := b.f64[off : off+len(dst)]
-		for i, v := range src {
-			dst[i] = float32(v)
-		}
-	case kernels.I32:
-		src := b.i32[off : off+len(dst)]
-		for i, v := range src {
-			dst[i] = float32(v)
-		}
-	}
-}
-
-// readF64 converts elements [off, off+len(dst)) of b to float64 in dst.
-func (b *buffer) readF64(dst []float64, off int) {
-	switch b.dt {
-	case kernels.F64:
-		copy(dst, b.f64[off:off+len(dst)])
-	case kernels.F32:
-		src := b.f32[off : off+len(dst)]
-		for i, v := range src {
-			dst[i] = float64(v)
-		}
-	default:
-		for i := range dst {
-			dst[i] = b.at(off + i)
-		}
-	}
-}
-
-// writeF32 stores src at elements [off, off+len(src)) of b, rounding once to
-// b's dtype. I32 destinations truncate toward zero (see toI32).
-func (b *buffer) writeF32(off int, src []float32) {
-	switch b.dt {
-	case kernels.I32:
-		dst := b.i32[off : off+len(src)]
-		for i, v := range src {
-			dst[i] = toI32(float64(v))
-		}
-	default:
-		b.storeF32(off, src)
-	}
-}
-
-// writeF64 stores src at elements [off, off+len(src)) of b. Half types
-// round through float32, as a device computing in float32 would.
-func (b *buffer) writeF64(off int, src []float64) {
-	switch b.dt {
-	case kernels.F64:
-		copy(b.f64[off:], src)
-	case kernels.F32:
-		dst := b.f32[off : off+len(src)]
-		for i, v := range src {
-			dst[i] = float32(v)
-		}
-	case kernels.I32:
-		dst := b.i32[off : off+len(src)]
-		for i, v := range src {
-			dst[i] = toI32(v)
-		}
-	default:
-		for i, v := range src {
-			b.set(off+i, v)
-		}
-	}
-}
-
 // toI32 truncates v toward zero, saturating at the int32 range and mapping
 // NaN to 0: Go leaves out-of-range float→int conversions unspecified, and a
 // cast must give the same answer on every machine.
@@ -187,16 +105,16 @@ func copyConvert(d *buffer, do int, s *buffer, so, n int) {
 		var tmp [chunk]float64
 		for i := 0; i < n; i += chunk {
 			m := min(chunk, n-i)
-			s.readF64(tmp[:m], so+i)
-			d.writeF64(do+i, tmp[:m])
+			readReal(tmp[:m], s, so+i)
+			writeReal(d, do+i, tmp[:m])
 		}
 		return
 	}
 	var tmp [chunk]float32
 	for i := 0; i < n; i += chunk {
 		m := min(chunk, n-i)
-		s.readF32(tmp[:m], so+i)
-		d.writeF32(do+i, tmp[:m])
+		readReal(tmp[:m], s, so+i)
+		writeReal(d, do+i, tmp[:m])
 	}
 }
 
@@ -368,7 +286,7 @@ func permuteRow(d *buffer, do int, s *buffer, base, st, n int, tmp []float64) {
 	for i := range tmp {
 		tmp[i] = s.at(base + i*st)
 	}
-	d.writeF64(do, tmp)
+	writeReal(d, do, tmp)
 }
 
 // gatherStrided copies src[base + i*st] to dst[i] for every i.

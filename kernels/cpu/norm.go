@@ -15,12 +15,6 @@ import (
 // Writing the kernels once over that type parameter keeps the two paths
 // identical in structure, so the F64 path really checks the F32 one.
 
-// realT is the compute type of a kernel: float32 for training dtypes,
-// float64 for F64 checks. No ~ in the constraint: the helpers below hand out
-// a buffer's own []float32 / []float64 by type assertion, which needs T to be
-// exactly one of the two.
-type realT interface{ float32 | float64 }
-
 // anyF64 reports whether any of the (non-nil) buffers is F64, which makes an
 // op compute in float64.
 func anyF64(bs ...*buffer) bool {
@@ -51,57 +45,6 @@ func viewReal[T realT](b *buffer) []T {
 	out := make([]T, b.n)
 	readReal(out, b, 0)
 	return out
-}
-
-// readReal converts elements [off, off+len(dst)) of b into dst. The dtype
-// switch sits outside the loops so each loop is a plain conversion.
-func readReal[T realT](dst []T, b *buffer, off int) {
-	switch b.dt {
-	case kernels.F32:
-		for i, v := range b.f32[off : off+len(dst)] {
-			dst[i] = T(v)
-		}
-	case kernels.F64:
-		for i, v := range b.f64[off : off+len(dst)] {
-			dst[i] = T(v)
-		}
-	case kernels.BF16:
-		for i, v := range b.u16[off : off+len(dst)] {
-			dst[i] = T(kernels.F32FromBF16(v))
-		}
-	case kernels.F16:
-		for i, v := range b.u16[off : off+len(dst)] {
-			dst[i] = T(kernels.F32FromF16(v))
-		}
-	}
-}
-
-// writeReal stores v into b from element off, rounding each value once to
-// the buffer's dtype (a float64 value headed for a half type goes through
-// float32, as a device computing in float32 would store it).
-func writeReal[T realT](b *buffer, off int, v []T) {
-	switch b.dt {
-	case kernels.F32:
-		dst := b.f32[off : off+len(v)]
-		for i, x := range v {
-			dst[i] = float32(x)
-		}
-	case kernels.F64:
-		dst := b.f64[off : off+len(v)]
-		for i, x := range v {
-			dst[i] = float64(x)
-		}
-	case kernels.BF16:
-		dst := b.u16[off : off+len(v)]
-		for i, x := range v {
-			dst[i] = kernels.BF16FromF32(float32(x))
-		}
-	case kernels.F16:
-		dst := b.u16[off : off+len(v)]
-		for i, x := range v {
-			dst[i] = kernels.F16FromF32(float32(x))
-		}
-	}
 }
 
 // floatArg returns operand b as a live float buffer of exactly n elements,

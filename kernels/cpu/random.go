@@ -33,7 +33,7 @@ func randFill(d *buffer, f func(uint64) float64) {
 			for k := range tmp[:m] {
 				tmp[k] = f(uint64(i + k))
 			}
-			d.writeF64(i, tmp[:m])
+			writeReal(d, i, tmp[:m])
 		}
 	})
 }

@@ -50,14 +50,14 @@ func (c *Backend) Reduce(op kernels.ReduceOp, dst, src kernels.Buffer, outer, ax
 		return
 	}
 	if wide(d) || wide(s) {
-		reduceRun[float64](op, d, s, outer, axis, inner, (*buffer).readF64, (*buffer).writeF64)
+		reduceRun[float64](op, d, s, outer, axis, inner)
 	} else {
-		reduceRun[float32](op, d, s, outer, axis, inner, (*buffer).readF32, (*buffer).writeF32)
+		reduceRun[float32](op, d, s, outer, axis, inner)
 	}
 }
 
 // reduceRun is Reduce computing in T.
-func reduceRun[T ewFloat](op kernels.ReduceOp, d, s *buffer, outer, axis, inner int, read func(*buffer, []T, int), write func(*buffer, int, []T)) {
+func reduceRun[T realT](op kernels.ReduceOp, d, s *buffer, outer, axis, inner int) {
 	init := T(0)
 	if op == kernels.Max {
 		init = T(math.Inf(-1))
@@ -90,9 +90,9 @@ func reduceRun[T ewFloat](op kernels.ReduceOp, d, s *buffer, outer, axis, inner 
 			for a := a0; a < a1; a += rowsPer {
 				r := min(rowsPer, a1-a)
 				if m == inner {
-					read(s, tmp[:r*inner], (o*axis+a)*inner)
+					readReal(tmp[:r*inner], s, (o*axis+a)*inner)
 				} else {
-					read(s, tmp[:m], (o*axis+a)*inner+j0)
+					readReal(tmp[:m], s, (o*axis+a)*inner+j0)
 				}
 				for rr := 0; rr < r; rr++ {
 					reduceInto(op, part, tmp[rr*m:rr*m+m])
@@ -124,13 +124,13 @@ func reduceRun[T ewFloat](op kernels.ReduceOp, d, s *buffer, outer, axis, inner 
 					acc[j] /= n
 				}
 			}
-			write(d, o*inner, acc)
+			writeReal(d, o*inner, acc)
 		}
 	})
 }
 
 // reduceInto folds one row x into the running partial acc.
-func reduceInto[T ewFloat](op kernels.ReduceOp, acc, x []T) {
+func reduceInto[T realT](op kernels.ReduceOp, acc, x []T) {
 	x = x[:len(acc)]
 	switch op {
 	case kernels.Sum, kernels.Mean:
@@ -240,7 +240,7 @@ func (c *Backend) SumSquares(dst kernels.Buffer, srcs []kernels.Buffer) {
 			} else {
 				for i := a; i < e; i += ewChunk {
 					m := min(ewChunk, e-i)
-					b.readF32(tmp[:m], i)
+					readReal(tmp[:m], b, i)
 					for _, v := range tmp[:m] {
 						w := float64(v)
 						sum += w * w

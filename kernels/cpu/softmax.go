@@ -26,18 +26,18 @@ func (c *Backend) Softmax(dst, src kernels.Buffer, rows, cols int) {
 	}
 	parallelFor(rows, max(1, elemGrain/cols), func(lo, hi int) {
 		if wide(d) {
-			softmaxRows(d, s, lo, hi, cols, (*buffer).readF64, (*buffer).writeF64)
+			softmaxRows[float64](d, s, lo, hi, cols)
 		} else {
-			softmaxRows(d, s, lo, hi, cols, (*buffer).readF32, (*buffer).writeF32)
+			softmaxRows[float32](d, s, lo, hi, cols)
 		}
 	})
 }
 
 // softmaxRows computes rows [lo, hi) of Softmax in T.
-func softmaxRows[T ewFloat](d, s *buffer, lo, hi, cols int, read func(*buffer, []T, int), write func(*buffer, int, []T)) {
+func softmaxRows[T realT](d, s *buffer, lo, hi, cols int) {
 	row := make([]T, cols)
 	for r := lo; r < hi; r++ {
-		read(s, row, r*cols)
+		readReal(row, s, r*cols)
 		m := T(math.Inf(-1))
 		for _, v := range row {
 			if v > m || v != v {
@@ -53,7 +53,7 @@ func softmaxRows[T ewFloat](d, s *buffer, lo, hi, cols int, read func(*buffer, [
 		for j := range row {
 			row[j] /= sum
 		}
-		write(d, r*cols, row)
+		writeReal(d, r*cols, row)
 	}
 }
 
@@ -79,20 +79,20 @@ func (c *Backend) SoftmaxGrad(dx, y, dy kernels.Buffer, rows, cols int) {
 	}
 	parallelFor(rows, max(1, elemGrain/cols), func(lo, hi int) {
 		if wide(d) {
-			softmaxGradRows(d, ys, g, lo, hi, cols, (*buffer).readF64, (*buffer).writeF64)
+			softmaxGradRows[float64](d, ys, g, lo, hi, cols)
 		} else {
-			softmaxGradRows(d, ys, g, lo, hi, cols, (*buffer).readF32, (*buffer).writeF32)
+			softmaxGradRows[float32](d, ys, g, lo, hi, cols)
 		}
 	})
 }
 
 // softmaxGradRows computes rows [lo, hi) of SoftmaxGrad in T.
-func softmaxGradRows[T ewFloat](d, ys, g *buffer, lo, hi, cols int, read func(*buffer, []T, int), write func(*buffer, int, []T)) {
+func softmaxGradRows[T realT](d, ys, g *buffer, lo, hi, cols int) {
 	yr := make([]T, cols)
 	gr := make([]T, cols)
 	for r := lo; r < hi; r++ {
-		read(ys, yr, r*cols)
-		read(g, gr, r*cols)
+		readReal(yr, ys, r*cols)
+		readReal(gr, g, r*cols)
 		var dot T
 		for j, v := range yr {
 			dot += v * gr[j]
@@ -100,6 +100,6 @@ func softmaxGradRows[T ewFloat](d, ys, g *buffer, lo, hi, cols int, read func(*b
 		for j, v := range yr {
 			gr[j] = v * (gr[j] - dot)
 		}
-		write(d, r*cols, gr)
+		writeReal(d, r*cols, gr)
 	}
 }
