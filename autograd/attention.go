@@ -2,6 +2,7 @@ package autograd
 
 import (
 	"math"
+	"slices"
 
 	"github.com/newbie-train/newbie-train/kernels"
 )
@@ -28,7 +29,7 @@ func Attention(q, k, v *Tensor, o AttentionOptions) *Tensor {
 	if !e.live("Attention", q, k, v) {
 		return e.failed(q.dtype, q.shape)
 	}
-	if len(q.shape) != 4 || len(k.shape) != 4 || !sameShape(k.shape, v.shape) ||
+	if len(q.shape) != 4 || len(k.shape) != 4 || !slices.Equal(k.shape, v.shape) ||
 		q.shape[0] != k.shape[0] || q.shape[3] != k.shape[3] || k.shape[2] == 0 || q.shape[2]%k.shape[2] != 0 {
 		e.failf("Attention", "q %v, k %v, v %v are not [B,S,H,D] with matching batch, head size and grouped heads", q.shape, k.shape, v.shape)
 		return e.failed(q.dtype, q.shape)
@@ -95,7 +96,7 @@ func Rope(x, cos, sin *Tensor, interleaved bool) *Tensor {
 	}
 	b, s, h, d := x.shape[0], x.shape[1], x.shape[2], x.shape[3]
 	want := []int{b, s, d / 2}
-	if !sameShape(cos.shape, want) || !sameShape(sin.shape, want) {
+	if !slices.Equal(cos.shape, want) || !slices.Equal(sin.shape, want) {
 		e.failf("Rope", "tables %v and %v must be %v for %v", cos.shape, sin.shape, want, x)
 		return e.failed(x.dtype, x.shape)
 	}

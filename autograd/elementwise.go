@@ -2,6 +2,7 @@ package autograd
 
 import (
 	"github.com/newbie-train/newbie-train/kernels"
+	"slices"
 )
 
 // unary applies an elementwise function in the policy's dtype; its gradient
@@ -285,7 +286,7 @@ func (e *Engine) rawBinary(op kernels.BinaryOp, a, b *Tensor) *Tensor {
 // dtype d.
 func sumTo(g *Tensor, shape []int, d kernels.DType) *Tensor {
 	e := g.e
-	if sameShape(g.shape, shape) {
+	if slices.Equal(g.shape, shape) {
 		if g.dtype == d {
 			return e.alias(g, shape)
 		}

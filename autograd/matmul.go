@@ -2,6 +2,7 @@ package autograd
 
 import (
 	"github.com/newbie-train/newbie-train/kernels"
+	"slices"
 )
 
 // matDims reads a tensor of rank ≥ 2 as a batch of [rows, cols] matrices.
@@ -49,7 +50,7 @@ func matMul(name string, a, b *Tensor, transA, transB bool, alpha float64) *Tens
 		bk, bn = bn, bk
 	}
 	shared := len(b.shape) == 2
-	if ak != bk || (!shared && (ab != bb || !sameShape(a.shape[:len(a.shape)-2], b.shape[:len(b.shape)-2]))) {
+	if ak != bk || (!shared && (ab != bb || !slices.Equal(a.shape[:len(a.shape)-2], b.shape[:len(b.shape)-2]))) {
 		e.failf(name, "shapes %v%s and %v%s do not multiply", a.shape, tflag(transA), b.shape, tflag(transB))
 		return e.failed(a.dtype, a.shape)
 	}

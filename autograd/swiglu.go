@@ -1,6 +1,10 @@
 package autograd
 
-import "github.com/newbie-train/newbie-train/kernels"
+import (
+	"slices"
+
+	"github.com/newbie-train/newbie-train/kernels"
+)
 
 // SwiGLU returns SiLU(a) ⊙ b (same shapes), the gate of a SwiGLU
 // feed-forward. It keeps only a and b for the backward and recomputes
@@ -12,7 +16,7 @@ func SwiGLU(a, b *Tensor) *Tensor {
 	if !e.live("SwiGLU", a, b) {
 		return e.failed(a.dtype, a.shape)
 	}
-	if !sameShape(a.shape, b.shape) {
+	if !slices.Equal(a.shape, b.shape) {
 		e.failf("SwiGLU", "gate %v and value %v differ in shape", a.shape, b.shape)
 		return e.failed(a.dtype, a.shape)
 	}

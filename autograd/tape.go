@@ -2,6 +2,7 @@ package autograd
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/newbie-train/newbie-train/kernels"
 )
@@ -147,7 +148,7 @@ func (e *Engine) backwardFrom(start int, seeds map[*Tensor]*Tensor, want map[*Te
 // accumulate adds gradient g of tensor in: into the leaf's persistent Grad,
 // or into the pending gradient of an intermediate tensor.
 func (e *Engine) accumulate(grads map[*Tensor]*Tensor, in, g *Tensor, want map[*Tensor]bool) {
-	if !sameShape(in.shape, g.shape) {
+	if !slices.Equal(in.shape, g.shape) {
 		e.failf("backward", "gradient %v does not match %v (a backward rule is wrong)", g.shape, in)
 		g.Release()
 		return

@@ -127,18 +127,6 @@ func numel(shape []int) int {
 	return n
 }
 
-func sameShape(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // newTensor allocates an uninitialised tensor in the current scope. On an
 // allocation failure it records the error and returns a failed tensor.
 func (e *Engine) newTensor(d kernels.DType, shape []int) *Tensor {

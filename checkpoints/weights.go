@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -106,24 +107,12 @@ func (w *Weights) recipeInfo(r Recipe) (safetensors.TensorInfo, error) {
 		if t.DType != out.DType {
 			return out, fmt.Errorf("%s: %q is %s but %q is %s; the pieces of one tensor must share a dtype", r.Name, r.Parts[0].Key, out.DType, p.Key, t.DType)
 		}
-		if len(t.Shape) != len(out.Shape) || len(t.Shape) == 0 || !equalInts(t.Shape[1:], out.Shape[1:]) {
+		if len(t.Shape) != len(out.Shape) || len(t.Shape) == 0 || !slices.Equal(t.Shape[1:], out.Shape[1:]) {
 			return out, fmt.Errorf("%s: cannot stack the rows of %q %v onto %q: trailing dimensions differ", r.Name, p.Key, t.Shape, r.Parts[0].Key)
 		}
 		out.Shape[0] += t.Shape[0]
 	}
 	return out, nil
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // Layout is the detected naming scheme.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 
@@ -184,7 +185,7 @@ func CheckKeys(f Source, cfg Config) error {
 		case !ok && p.Name == "norm_final.weight":
 		case !ok:
 			ke.Missing = append(ke.Missing, p)
-		case !sameInts(info.Shape, p.Shape):
+		case !slices.Equal(info.Shape, p.Shape):
 			ke.Misshaped = append(ke.Misshaped, Misshaped{Name: p.Name, Got: info.Shape, Want: p.Shape})
 		default:
 			if _, isFloat := floatKind(info.DType); !isFloat {
@@ -235,18 +236,6 @@ func MatchPreset(src Source, cfg *Config) string {
 func floatKind(d safetensors.DType) (kernels.DType, bool) {
 	k, ok := d.Kernel()
 	return k, ok && k.IsFloat()
-}
-
-func sameInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // IsKeyError reports whether err carries a *KeyError and returns it.

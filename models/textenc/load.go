@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -238,7 +239,7 @@ func (s *source) checkKeys(cfg Config, prefix string) error {
 		info, _ := f.Info(prefix + p.Name)
 		kd, isKernel := info.DType.Kernel()
 		switch {
-		case !sameInts(info.Shape, p.Shape):
+		case !slices.Equal(info.Shape, p.Shape):
 			ke.Misshaped = append(ke.Misshaped, Misshaped{Name: p.Name, Got: info.Shape, Want: p.Shape})
 		case !isKernel || !kd.IsFloat():
 			ke.Misshaped = append(ke.Misshaped, Misshaped{Name: p.Name + " (dtype " + string(info.DType) + ", not a float)", Got: info.Shape, Want: p.Shape})
@@ -253,18 +254,6 @@ func (s *source) checkKeys(cfg Config, prefix string) error {
 		return nil
 	}
 	return ke
-}
-
-func sameInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // Load opens Gemma 3 text weights — a .safetensors file, a sharded

@@ -2,6 +2,7 @@ package vae
 
 import (
 	"math/rand/v2"
+	"slices"
 	"testing"
 
 	ag "github.com/newbie-train/newbie-train/autograd"
@@ -45,10 +46,10 @@ func TestNewRandom(t *testing.T) {
 				t.Fatal(err)
 			}
 		})
-		if s := lat.Shape(); !sameInts(s, []int{1, 16, 1, 3}) {
+		if s := lat.Shape(); !slices.Equal(s, []int{1, 16, 1, 3}) {
 			t.Fatalf("latent shape %v", s)
 		}
-		if s := dec.Shape(); !sameInts(s, []int{1, 3, 8, 24}) {
+		if s := dec.Shape(); !slices.Equal(s, []int{1, 3, 8, 24}) {
 			t.Fatalf("decoded shape %v", s)
 		}
 		return values(t, lat), m.WeightsHash()

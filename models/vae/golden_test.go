@@ -3,6 +3,7 @@ package vae
 import (
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	ag "github.com/newbie-train/newbie-train/autograd"
@@ -133,7 +134,7 @@ func TestGolden(t *testing.T) {
 			})
 			for _, name := range []string{"out.mean", "out.logvar", "out.latent", "out.decoded"} {
 				want, shape := g.get(t, name)
-				if !sameInts(got[name].Shape(), shape) {
+				if !slices.Equal(got[name].Shape(), shape) {
 					t.Fatalf("%s: shape %v, golden %v", name, got[name].Shape(), shape)
 				}
 				err := kerneltest.RelErr(values(t, got[name]), want)

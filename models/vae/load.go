@@ -9,6 +9,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strings"
 
@@ -150,7 +151,7 @@ func CheckKeys(f Source, cfg Config, path string) error {
 			continue
 		}
 		k, known := info.DType.Kernel()
-		if !sameInts(info.Shape, p.Shape) || !known || !k.IsFloat() {
+		if !slices.Equal(info.Shape, p.Shape) || !known || !k.IsFloat() {
 			ke.Misshaped = append(ke.Misshaped, Misshape{Name: p.Name, Got: info.Shape, Want: p.Shape, DType: string(info.DType)})
 		}
 	}
@@ -262,18 +263,6 @@ func LoadSource(e *autograd.Engine, f Source, path string, cfg Config, opts Opti
 	}
 	m.hash = hex.EncodeToString(h.Sum(nil))
 	return m, nil
-}
-
-func sameInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }
 
 // NewRandom builds a VAE of architecture cfg with seeded random weights
