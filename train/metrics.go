@@ -65,9 +65,9 @@ func (m *metrics) observe(r logRecord) {
 	}
 	set := func(name string, v float64) { m.gauges[name].Set(v) }
 	set("step", float64(r.Step))
-	set("loss", r.Loss)
+	set("loss", float64(r.Loss))
 	set("learning_rate", r.LR)
-	set("grad_norm", r.GradNorm)
+	set("grad_norm", float64(r.GradNorm))
 	set("loss_scale", r.LossScale)
 	set("skipped_steps", float64(r.Skipped))
 	set("samples_per_second", r.SamplesPerSecond)

@@ -371,10 +371,7 @@ func BuildCache(ctx context.Context, cfg *configs.Config, mc nextdit.Config, log
 	if err != nil {
 		return nil, err
 	}
-	enc, err := encodersFor(mc, log)
-	if err != nil {
-		return nil, err
-	}
+	enc := standInEncoders(mc, log)
 	last := time.Time{}
 	builder := data.CacheBuilder{
 		VAE: enc.vae, Text: enc.text,
@@ -404,16 +401,13 @@ type encoders struct {
 	text data.TextEncoders
 }
 
-// encodersFor returns the encoders for a model. The real FLUX VAE, Gemma 3
-// and Jina CLIP are not built yet: only the tiny model trains, on the
-// deterministic stand-in encoders, and the program says so.
-func encodersFor(c nextdit.Config, log io.Writer) (encoders, error) {
-	if c.Dim > 512 {
-		return encoders{}, errNoRealEncoders
-	}
+// standInEncoders returns the deterministic stand-in encoders sized for a
+// model, and says so: the real FLUX VAE, Gemma 3 and Jina CLIP are not wired
+// in yet (errNoRealEncoders stops other presets before this).
+func standInEncoders(c nextdit.Config, log io.Writer) encoders {
 	fmt.Fprintln(log, "encoders: stand-ins (NOT the real FLUX VAE, Gemma 3 and Jina CLIP): deterministic random projections sized for this model")
 	text := data.NewStandInTextEncoder(c.CapFeatDim, c.ClipTextDim, 64)
-	return encoders{vae: &data.StandInVAE{}, text: data.TextEncoders{Features: text, Pooled: text}}, nil
+	return encoders{vae: &data.StandInVAE{}, text: data.TextEncoders{Features: text, Pooled: text}}
 }
 
 // uploadBatch puts a host batch on the device in fp32.
@@ -494,7 +488,7 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 		dt := time.Since(stepStart).Seconds()
 		mem := r.b.MemStats()
 		rec := logRecord{
-			Step: r.step, Loss: out.Loss, LR: out.LR, GradNorm: out.GradNorm, LossScale: out.LossScale,
+			Step: r.step, Loss: jsonFloat(out.Loss), LR: out.LR, GradNorm: jsonFloat(out.GradNorm), LossScale: out.LossScale,
 			Skipped: r.opt.Scaler().Skipped(), Applied: out.Applied, SecondsPerStep: dt,
 			SamplesPerSecond: float64(samples) / dt, MemAllocated: mem.Allocated, MemPeak: mem.Peak,
 		}
@@ -552,37 +546,41 @@ func (r *run) interrupt(res *Result) (*Result, error) {
 
 // logRecord is one line of the JSONL log.
 type logRecord struct {
-	Step             int     `json:"step"`
-	Loss             float64 `json:"loss"`
-	LR               float64 `json:"lr"`
-	GradNorm         float64 `json:"grad_norm"`
-	LossScale        float64 `json:"loss_scale"`
-	Skipped          int64   `json:"skipped_steps"`
-	Applied          bool    `json:"applied"`
-	SecondsPerStep   float64 `json:"s_per_step"`
-	SamplesPerSecond float64 `json:"samples_per_s"`
-	MemAllocated     int64   `json:"mem_allocated_bytes"`
-	MemPeak          int64   `json:"mem_peak_bytes"`
+	Step             int       `json:"step"`
+	Loss             jsonFloat `json:"loss"`
+	LR               float64   `json:"lr"`
+	GradNorm         jsonFloat `json:"grad_norm"`
+	LossScale        float64   `json:"loss_scale"`
+	Skipped          int64     `json:"skipped_steps"`
+	Applied          bool      `json:"applied"`
+	SecondsPerStep   float64   `json:"s_per_step"`
+	SamplesPerSecond float64   `json:"samples_per_s"`
+	MemAllocated     int64     `json:"mem_allocated_bytes"`
+	MemPeak          int64     `json:"mem_peak_bytes"`
 	// ValLoss is the held-out loss, on the steps that measure it.
 	ValLoss *float64 `json:"val_loss,omitempty"`
 }
 
 func (r *run) writeRecord(rec logRecord) error {
-	// JSON cannot hold Inf/NaN (a skipped step's grad norm): write null.
 	line, err := json.Marshal(rec)
 	if err != nil {
-		rec.GradNorm = math.NaN()
-		line = []byte(fmt.Sprintf(`{"step":%d,"loss":%v,"grad_norm":null,"applied":false}`, rec.Step, jsonNumber(rec.Loss)))
+		return fmt.Errorf("log record: %w", err)
 	}
 	_, err = r.jsonl.Write(append(line, '\n'))
 	return err
 }
 
-func jsonNumber(v float64) string {
+// jsonFloat is a float64 that JSON writes as null when it is not finite (a
+// skipped step's gradient norm is +Inf or NaN, which JSON cannot hold).
+type jsonFloat float64
+
+// MarshalJSON implements json.Marshaler.
+func (f jsonFloat) MarshalJSON() ([]byte, error) {
+	v := float64(f)
 	if math.IsNaN(v) || math.IsInf(v, 0) {
-		return "null"
+		return []byte("null"), nil
 	}
-	return strconv.FormatFloat(v, 'g', -1, 64)
+	return strconv.AppendFloat(nil, v, 'g', -1, 64), nil
 }
 
 func bytesText(n int64) string {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -438,5 +439,18 @@ func TestPreviews(t *testing.T) {
 		if b[step] != v {
 			t.Errorf("step %d: loss %v with previews, %v without", step, b[step], v)
 		}
+	}
+}
+
+// TestLogRecordNonFinite: a skipped step's infinite gradient norm is
+// written as null, so every JSONL line stays valid JSON.
+func TestLogRecordNonFinite(t *testing.T) {
+	line, err := json.Marshal(logRecord{Step: 3, Loss: 1.5, GradNorm: jsonFloat(math.Inf(1))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back map[string]any
+	if err := json.Unmarshal(line, &back); err != nil || back["grad_norm"] != nil || back["loss"] != 1.5 {
+		t.Errorf("record %s: %v, %v", line, back, err)
 	}
 }
