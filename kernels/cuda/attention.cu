@@ -89,6 +89,37 @@ __device__ void attn_dot_body(AttnShape a, const void* o, i64 odt, const void* d
 extern "C" __global__ void attn_dot_f(AttnShape a, const void* o, i64 odt, const void* dO, i64 gdt, float* dq) { attn_dot_body<float>(a, o, odt, dO, gdt, dq); }
 extern "C" __global__ void attn_dot_d(AttnShape a, const void* o, i64 odt, const void* dO, i64 gdt, double* dq) { attn_dot_body<double>(a, o, odt, dO, gdt, dq); }
 
+// attn_dot_bf16 is attn_dot for bf16 O and dO with D a multiple of 8: 16
+// lanes per row, 16-byte loads, fp32 sums (the tensor-core backward's case).
+extern "C" __global__ void attn_dot_bf16(AttnShape a, const u16* o, const u16* dO, float* dq) {
+  const int sub = threadIdx.x & 15;
+  const i64 rows = a.B * a.Sq * a.Hq, nv = a.D / 8;
+  const i64 warps = (i64)gridDim.x * (blockDim.x >> 5);
+  // Each warp takes two rows at a time; the loop bound is warp-uniform so
+  // every lane reaches the shuffles.
+  for (i64 w = (i64)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5); 2 * w < rows; w += warps) {
+    const i64 r = 2 * w + ((threadIdx.x >> 4) & 1);
+    float s = 0.f;
+    if (r < rows) {
+      const uint4* orow = (const uint4*)(o + r * a.D);
+      const uint4* grow = (const uint4*)(dO + r * a.D);
+      for (i64 c = sub; c < nv; c += 16) {
+        uint4 x = orow[c], y = grow[c];
+        const u16* xh = (const u16*)&x;
+        const u16* yh = (const u16*)&y;
+#pragma unroll
+        for (int e = 0; e < 8; e++) s += bf16_to_f32(xh[e]) * bf16_to_f32(yh[e]);
+      }
+    }
+#pragma unroll
+    for (int off = 8; off > 0; off >>= 1) s += __shfl_xor_sync(0xffffffffu, s, off);
+    if (r < rows && sub == 0) {
+      const i64 h = r % a.Hq, bi = r / a.Hq, i = bi % a.Sq, b = bi / a.Sq;
+      dq[(b * a.Hq + h) * a.Sq + i] = s;
+    }
+  }
+}
+
 // dQ: one warp per query row, P recomputed from LSE:
 //   dS = P ⊙ (dO·Vᵀ − Dq),  dQ = scale · dS · K.
 template <typename T>

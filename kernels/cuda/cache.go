@@ -35,7 +35,7 @@ func defaultCacheDir() string {
 // one NVRTC version (and one set of options).
 func cacheKey(name, src string, arch, rtcMajor, rtcMinor int, opts []string) string {
 	h := sha256.New()
-	fmt.Fprintf(h, "%s\x00%s\x00sm_%d\x00nvrtc %d.%d\x00", name, src, arch, rtcMajor, rtcMinor)
+	fmt.Fprintf(h, "%s\x00%s\x00%s\x00nvrtc %d.%d\x00", name, src, archTarget(arch), rtcMajor, rtcMinor)
 	for _, o := range opts {
 		fmt.Fprintf(h, "%s\x00", o)
 	}

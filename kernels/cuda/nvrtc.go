@@ -52,6 +52,17 @@ func (n *nvrtcAPI) Version() (int, int, error) {
 	return int(v[0]), int(v[1]), nil
 }
 
+// archTarget is the NVRTC target for an SM architecture: Hopper (90) is
+// built as sm_90a, whose cubins run only on sm_90 devices — the ones it is
+// compiled for here — and which enables the warpgroup MMA (wgmma) the
+// attention kernels use there.
+func archTarget(arch int) string {
+	if arch == 90 {
+		return "sm_90a"
+	}
+	return fmt.Sprintf("sm_%d", arch)
+}
+
 // compile builds src for the given SM architecture (e.g. 90) to a CUBIN.
 // The error carries NVRTC's log, which names the failing line.
 func (n *nvrtcAPI) compile(name, src string, arch int, opts []string) ([]byte, error) {
@@ -73,7 +84,7 @@ func (n *nvrtcAPI) compileLog(name, src string, arch int, opts []string) ([]byte
 		return nil, "", fmt.Errorf("nvrtcCreateProgram %s: %s", name, n.errText(r))
 	}
 	defer n.destroyProgram.call(uintptr(unsafe.Pointer(&prog)))
-	all := append([]string{fmt.Sprintf("--gpu-architecture=sm_%d", arch), "--std=c++17", "-default-device"}, opts...)
+	all := append([]string{"--gpu-architecture=" + archTarget(arch), "--std=c++17", "-default-device"}, opts...)
 	ptrs := make([]unsafe.Pointer, len(all))
 	for i, o := range all {
 		b := cBytes(o)
@@ -84,7 +95,7 @@ func (n *nvrtcAPI) compileLog(name, src string, arch int, opts []string) ([]byte
 	r := n.compileProgram.call(prog, uintptr(len(ptrs)), uintptr(unsafe.Pointer(&ptrs[0])))
 	log := n.log(prog, &pin)
 	if r != 0 {
-		return nil, log, fmt.Errorf("nvrtc compile %s (sm_%d): %s\n%s", name, arch, n.errText(r), log)
+		return nil, log, fmt.Errorf("nvrtc compile %s (%s): %s\n%s", name, archTarget(arch), n.errText(r), log)
 	}
 	var size uint64
 	pin.Pin(&size)
