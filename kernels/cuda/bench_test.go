@@ -160,8 +160,9 @@ func BenchmarkAttention(b *testing.B) {
 	})
 }
 
-// BenchmarkMemoryBound times the vectorised bf16 RMSNorm and RoPE at the
-// model's activation sizes (4352 tokens × 2304, and q/k with 32 heads × 96).
+// BenchmarkMemoryBound times the vectorised bf16 RMSNorm (forward and
+// input gradient) and RoPE at the model's activation sizes (4352 tokens ×
+// 2304, and q/k with 24 or 32 heads × 96).
 func BenchmarkMemoryBound(b *testing.B) {
 	c := openGPU(b)
 	const M, Dm = 4352, 2304
@@ -172,6 +173,42 @@ func BenchmarkMemoryBound(b *testing.B) {
 	b.Run("rmsnorm_4352x2304_bf16", func(b *testing.B) {
 		ms := median(eventTimes(b, c, 5, max(b.N, 100), func() { c.RMSNorm(y, r, x, w, M, Dm, 1e-6) }))
 		bytes := float64(2*2*M*Dm + 2*Dm + 4*M)
+		b.ReportMetric(ms, "ms/op")
+		b.ReportMetric(bytes/ms/1e9, "TB/s")
+		b.ReportMetric(bytes/4.3e12*1e3, "roofline-ms")
+	})
+	// RMSNormGrad as LoRA training runs it (frozen weight: dw nil) at the
+	// block norms' shape and at the q/k norms' (24 + 8 heads of 96 per
+	// token, 104,448 rows), plus the forward at the q/k shape. Bytes: x and
+	// dy read, dx written, w and rstd read once.
+	dy := randBuf(b, c, kernels.BF16, M*Dm, 13, 1)
+	dx, _ := c.Alloc(kernels.BF16, M*Dm)
+	c.RMSNorm(y, r, x, w, M, Dm, 1e-6)
+	b.Run("rmsnormgrad_4352x2304_bf16", func(b *testing.B) {
+		ms := median(eventTimes(b, c, 5, max(b.N, 100), func() { c.RMSNormGrad(dx, nil, dy, x, w, r, M, Dm) }))
+		bytes := float64(3*2*M*Dm + 2*Dm + 4*M)
+		b.ReportMetric(ms, "ms/op")
+		b.ReportMetric(bytes/ms/1e9, "TB/s")
+		b.ReportMetric(bytes/4.3e12*1e3, "roofline-ms")
+	})
+	const QK, Dh = M * 24, 96
+	qx := randBuf(b, c, kernels.BF16, QK*Dh, 14, 1)
+	qdy := randBuf(b, c, kernels.BF16, QK*Dh, 15, 1)
+	qw := randBuf(b, c, kernels.BF16, Dh, 16, 1)
+	qy, _ := c.Alloc(kernels.BF16, QK*Dh)
+	qdx, _ := c.Alloc(kernels.BF16, QK*Dh)
+	qr, _ := c.Alloc(kernels.F32, QK)
+	c.RMSNorm(qy, qr, qx, qw, QK, Dh, 1e-6)
+	b.Run("rmsnorm_104448x96_bf16", func(b *testing.B) {
+		ms := median(eventTimes(b, c, 5, max(b.N, 100), func() { c.RMSNorm(qy, qr, qx, qw, QK, Dh, 1e-6) }))
+		bytes := float64(2*2*QK*Dh + 2*Dh + 4*QK)
+		b.ReportMetric(ms, "ms/op")
+		b.ReportMetric(bytes/ms/1e9, "TB/s")
+		b.ReportMetric(bytes/4.3e12*1e3, "roofline-ms")
+	})
+	b.Run("rmsnormgrad_104448x96_bf16", func(b *testing.B) {
+		ms := median(eventTimes(b, c, 5, max(b.N, 100), func() { c.RMSNormGrad(qdx, nil, qdy, qx, qw, qr, QK, Dh) }))
+		bytes := float64(3*2*QK*Dh + 2*Dh + 4*QK)
 		b.ReportMetric(ms, "ms/op")
 		b.ReportMetric(bytes/ms/1e9, "TB/s")
 		b.ReportMetric(bytes/4.3e12*1e3, "roofline-ms")

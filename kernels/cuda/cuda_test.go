@@ -254,6 +254,36 @@ func crossCases() []xcase {
 				return [][]float64{e.get(y), e.get(r), e.get(dx), e.get(dw), e.get(y2)}
 			})
 		}
+		if d == bf16 {
+			// The lane-group bf16 kernels (rownorm_vec.cu) at widths that
+			// give 1, 8, 16 and 32 lanes, and each kind of kernel: _h1 (8,
+			// 40 and 96 columns), _h2 (264 = 33 chunks on 32 lanes: lanes
+			// own 2 or 1; 512: every lane owns 2) and the plain re-reading
+			// one (2312 = 289 chunks: lanes walk 10 or 9). Row counts leave
+			// row slots of a block, and groups of a warp, past the last row.
+			// Each case runs the weighted forward and three gradients: dw
+			// asked for, dw nil with a weight (the LoRA case: a frozen norm
+			// weight), and no weight at all.
+			for _, sh := range []struct{ rows, cols int }{{13, 8}, {37, 40}, {1, 96}, {300, 96}, {13, 264}, {37, 512},
+				{1, 2312}, {13, 2312}} {
+				add("RMSNormRows/"+itoa(sh.rows)+"x"+itoa(sh.cols), tol, func(e *env) [][]float64 {
+					rows, cols := sh.rows, sh.cols
+					n := rows * cols
+					x, w, g := e.randn(bf16, n), e.randn(bf16, cols), e.randn(bf16, n)
+					y, r := e.poison(bf16, n), e.poison(f32, rows)
+					e.b.RMSNorm(y, r, x, w, rows, cols, 1e-6)
+					dx, dw := e.poison(bf16, n), e.poison(f32, cols)
+					e.b.RMSNormGrad(dx, dw, g, x, w, r, rows, cols)
+					dxFrozen := e.poison(bf16, n)
+					e.b.RMSNormGrad(dxFrozen, nil, g, x, w, r, rows, cols)
+					y2, r2 := e.poison(bf16, n), e.poison(f32, rows)
+					e.b.RMSNorm(y2, r2, x, nil, rows, cols, 1e-6)
+					dx2, dw2 := e.poison(bf16, n), e.poison(f32, cols)
+					e.b.RMSNormGrad(dx2, dw2, g, x, nil, r2, rows, cols)
+					return [][]float64{e.get(y), e.get(r), e.get(dx), e.get(dw), e.get(dxFrozen), e.get(y2), e.get(r2), e.get(dx2), e.get(dw2)}
+				})
+			}
+		}
 		add("LayerNorm/"+dn, tol, func(e *env) [][]float64 {
 			rows, cols := 11, 37
 			x, w, bb, g := e.randn(d, rows*cols), e.randn(d, cols), e.randn(d, cols), e.randn(d, rows*cols)

@@ -617,17 +617,43 @@ func (c *Backend) rowNorm(op string, rms bool, y, mean, rstd, x, w, b kernels.Bu
 	if !ok1 || !ok2 || rows*cols == 0 {
 		return
 	}
-	grid := dims{min(rows, c.dev.sms*16), 1, 1}
 	if rms && yb.dt == kernels.BF16 && xb.dt == kernels.BF16 && rb.dt == kernels.F32 && cols%8 == 0 && (wb == nil || wb.dt == kernels.BF16) {
-		c.launch("rmsnorm_bf16_vec", grid, blockSize, 0, yb.ptr, rb.ptr, xb.ptr, ptr(wb), rows, cols, eps)
+		name, lanes, per := rowKernel("rmsnorm_bf16_rows", cols)
+		c.launch(name, c.grid1(rows, per), blockSize, 0, yb.ptr, rb.ptr, xb.ptr, ptr(wb), rows, cols, lanes, eps)
 		return
 	}
 	flag := 0
 	if rms {
 		flag = 1
 	}
-	c.launch("rownorm"+suffix(yb, rb), grid, blockSize, 0, flag, yb.ptr, dt(yb), ptr(mb), rb.ptr, dt(rb), xb.ptr, dt(xb),
+	c.launch("rownorm"+suffix(yb, rb), dims{min(rows, c.dev.sms*16), 1, 1}, blockSize, 0, flag, yb.ptr, dt(yb), ptr(mb), rb.ptr, dt(rb), xb.ptr, dt(xb),
 		ptr(wb), dt(wb), ptr(bb), dt(bb), rows, cols, eps)
+}
+
+// rowKernel picks the bf16 row kernel (rownorm_vec.cu) for rows of cols
+// elements (a multiple of 8), its lane-group width and the rows a block
+// takes per step. The width is the smallest power of two that gives each
+// 16-byte chunk of the row its own lane, at most a warp, so narrow rows
+// (the q/k norms' 96 columns: 16 lanes) share a warp instead of leaving
+// most of a 256-thread block idle. The suffix says how many chunks a lane
+// keeps in registers: "_h1" one (of each of 4 rows per step), "_h2" up to
+// two (of 2 rows); longer rows take the plain kernel, which reads them
+// twice, one row per group and step. rowsPerBlock only sizes the grid: the
+// kernels walk the rows grid-stride from their own constants.
+func rowKernel(base string, cols int) (name string, lanes, rowsPerBlock int) {
+	chunks := cols / 8
+	lanes = 1
+	for lanes < chunks && lanes < 32 {
+		lanes *= 2
+	}
+	groups := blockSize / lanes
+	switch perLane := (chunks + lanes - 1) / lanes; {
+	case perLane <= 1:
+		return base + "_h1", lanes, 4 * groups
+	case perLane <= 2:
+		return base + "_h2", lanes, 2 * groups
+	}
+	return base, lanes, groups
 }
 
 // RMSNormGrad computes dx and, when dw is not nil, dw.
@@ -672,12 +698,18 @@ func (c *Backend) rowNormGrad(op string, rms bool, dx, dw, db, dy, x, w, mean, r
 	if !ok1 || !ok2 || !ok3 || n == 0 {
 		return
 	}
-	flag := 0
-	if rms {
-		flag = 1
+	if rms && dxb.dt == kernels.BF16 && dyb.dt == kernels.BF16 && xb.dt == kernels.BF16 && rb.dt == kernels.F32 && cols%8 == 0 &&
+		(wb == nil || wb.dt == kernels.BF16) {
+		name, lanes, per := rowKernel("rmsnorm_grad_bf16_rows", cols)
+		c.launch(name, c.grid1(rows, per), blockSize, 0, dxb.ptr, dyb.ptr, xb.ptr, ptr(wb), rb.ptr, rows, cols, lanes)
+	} else {
+		flag := 0
+		if rms {
+			flag = 1
+		}
+		c.launch("rownorm_grad"+suffix(dxb, rb), dims{min(rows, c.dev.sms*16), 1, 1}, blockSize, 0, flag, dxb.ptr, dt(dxb), dyb.ptr, dt(dyb),
+			xb.ptr, dt(xb), ptr(wb), dt(wb), ptr(mb), rb.ptr, dt(rb), rows, cols)
 	}
-	c.launch("rownorm_grad"+suffix(dxb, rb), dims{min(rows, c.dev.sms*16), 1, 1}, blockSize, 0, flag, dxb.ptr, dt(dxb), dyb.ptr, dt(dyb),
-		xb.ptr, dt(xb), ptr(wb), dt(wb), ptr(mb), rb.ptr, dt(rb), rows, cols)
 	if dwb == nil && dbb == nil {
 		return
 	}

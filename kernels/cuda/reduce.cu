@@ -307,46 +307,6 @@ extern "C" __global__ void rownorm_d(i64 rms, void* y, i64 ydt, void* mean, void
   rownorm_body<double>(rms, y, ydt, mean, rstd, sdt, x, xdt, w, wdt, b, bdt, rows, cols, eps);
 }
 
-// rmsnorm_bf16_vec: the model's case (bf16 x and y, bf16 or absent weight,
-// F32 rstd, cols a multiple of 8): 16-byte loads and stores, x read twice
-// from L1/L2 rather than held, which keeps any row length legal.
-extern "C" __global__ void rmsnorm_bf16_vec(u16* y, float* rstd, const u16* x, const u16* w, i64 rows, i64 cols, double eps) {
-  __shared__ float scratch[32];
-  i64 nv = cols / 8;
-  for (i64 r = blockIdx.x; r < rows; r += gridDim.x) {
-    const uint4* xr = (const uint4*)(x + r * cols);
-    float ss = 0;
-    for (i64 j = threadIdx.x; j < nv; j += blockDim.x) {
-      uint4 v = xr[j];
-      const u16* h = (const u16*)&v;
-#pragma unroll
-      for (int k = 0; k < 8; k++) {
-        float f = bf16_to_f32(h[k]);
-        ss += f * f;
-      }
-    }
-    ss = block_sum(ss, scratch);
-    float rs = 1.0f / sqrtf(ss / (float)cols + (float)eps);
-    uint4* yr = (uint4*)(y + r * cols);
-    for (i64 j = threadIdx.x; j < nv; j += blockDim.x) {
-      uint4 v = xr[j];
-      uint4 wv = w ? ((const uint4*)w)[j] : make_uint4(0, 0, 0, 0);
-      const u16* h = (const u16*)&v;
-      const u16* wh = (const u16*)&wv;
-      u16 out[8];
-#pragma unroll
-      for (int k = 0; k < 8; k++) {
-        float f = bf16_to_f32(h[k]) * rs;
-        if (w) f *= bf16_to_f32(wh[k]);
-        out[k] = f32_to_bf16(f);
-      }
-      yr[j] = *(uint4*)out;
-    }
-    if (threadIdx.x == 0) rstd[r] = rs;
-    __syncthreads();
-  }
-}
-
 // rownorm_grad: dx per row. For RMSNorm (rms = 1) mean is absent:
 //   dx = rstd·g − x·rstd³·mean(g·x),               g = dy·w
 // and for LayerNorm, with x̂ = (x−mean)·rstd:

@@ -1,0 +1,287 @@
+// rownorm_vec.cu: the model's RMSNorm, forward and input gradient, for bf16
+// activations (x, y, dy, dx), a bf16 or absent weight and F32 rstd, with
+// rows a multiple of 8 elements so every access is one 16-byte chunk.
+//
+// A row is served by a group of L lanes (L a power of two, 1..32, picked on
+// the Go side as the smallest power of two covering the row's chunks, capped
+// at 32): the q/k norms' 96-wide rows (12 chunks) take 16 lanes, two rows
+// per warp, where a block per row would leave 7/8 of its threads idle; the
+// 2304-wide rows take a whole warp, each lane walking 9 chunks. A block of
+// 256 threads holds 256/L groups and walks the rows grid-stride. The row
+// sums are reduced by __shfl_xor_sync over the group's L lanes only (the
+// xor offsets stay below L), so no shared memory and no __syncthreads are
+// needed, and the order of each sum is fixed: results are reproducible.
+//
+// Where the row's chunks live between the two passes depends on how many a
+// lane owns (ceil(chunks / L)); the Go side picks the kernel:
+//   _h1   1 per lane (rows of up to 32 chunks, 256 columns: the q/k norms).
+//         Each group takes 4 rows per step, so a lane has 4 independent
+//         16-byte loads in flight; with one, too few bytes are in flight per
+//         SM to cover DRAM latency. On the H200 at [104448, 96]: 0.0196 ms
+//         forward and 0.0260 ms gradient with 4 rows per step, against
+//         0.0224 and 0.0288 with one row per step and a prefetch of the
+//         next, and 0.0225 and 0.0301 with 8 (half as many blocks).
+//   _h2   2 per lane (33..64 chunks, up to 512 columns), 2 rows per step.
+//   plain more: the second pass reads the row again (the warp has just
+//         read it, so mostly L1/L2 serve it), which keeps any length legal
+//         with few registers. Holding up to 12 chunks per lane in registers
+//         was measured slower on the 2304-wide rows (160 registers: one
+//         block per SM; 0.036 ms against 0.025 ms for the gradient).
+// All three visit a row's chunks in the same order (lane + k·L) and add
+// the same terms (absent chunks add exact zeros), so they round alike.
+//
+// Math is fp32 with one rounding to bf16 per stored element; the formulas
+// are rownorm_body's and rownorm_grad_body's for rms = 1:
+//   rs = 1/sqrt(mean(x²) + eps),  y = x·rs·w,
+//   dx = rs·(g − x̂·mean(g·x̂)),   g = dy·w, x̂ = x·rs.
+
+// rv_unpack widens 8 bf16 (one 16-byte chunk, lowest address first) to fp32.
+__device__ __forceinline__ void rv_unpack(uint4 v, float* f) {
+  const u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    f[2 * k] = __uint_as_float(w[k] << 16);
+    f[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+  }
+}
+
+// rv_pack rounds 8 fp32 to bf16 (round to nearest even, as f32_to_bf16).
+__device__ __forceinline__ uint4 rv_pack(const float* f) {
+  u32 w[4];
+#pragma unroll
+  for (int k = 0; k < 4; k++) w[k] = (u32)f32_to_bf16(f[2 * k]) | ((u32)f32_to_bf16(f[2 * k + 1]) << 16);
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// rv_group_sum adds v over the L lanes of this lane's group. Every lane of
+// the warp must call it (full mask); groups never mix, since xor by an
+// offset below L stays inside an aligned run of L lanes.
+__device__ __forceinline__ float rv_group_sum(float v, int L) {
+  for (int o = L >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// rv_load fills c[k] with chunk lane + k·L of row r of p (nv chunks a
+// row), or zeros where the row or the chunk does not exist.
+template <int H>
+__device__ __forceinline__ void rv_load(uint4* c, const u16* p, i64 r, i64 rows, i64 nv, int lane, int L) {
+  const uint4* row = (const uint4*)p + (r < rows ? r : 0) * nv;
+#pragma unroll
+  for (int k = 0; k < H; k++) {
+    const i64 j = lane + (i64)k * L;
+    c[k] = r < rows && j < nv ? row[j] : make_uint4(0, 0, 0, 0);
+  }
+}
+
+// rv_sumsq adds the squares of one chunk's 8 values to acc.
+__device__ __forceinline__ float rv_sumsq(uint4 xv, float acc) {
+  float f[8];
+  rv_unpack(xv, f);
+#pragma unroll
+  for (int k = 0; k < 8; k++) acc += f[k] * f[k];
+  return acc;
+}
+
+// rv_scale returns the chunk x·rs·w (w absent: x·rs), rounded to bf16.
+__device__ __forceinline__ uint4 rv_scale(uint4 xv, const uint4* w, i64 j, float rs) {
+  float f[8];
+  rv_unpack(xv, f);
+#pragma unroll
+  for (int k = 0; k < 8; k++) f[k] *= rs;
+  if (w) {
+    float g[8];
+    rv_unpack(w[j], g);
+#pragma unroll
+    for (int k = 0; k < 8; k++) f[k] *= g[k];
+  }
+  return rv_pack(f);
+}
+
+// rv_forward is the body of the forward kernels. H > 0: a lane holds up to
+// H chunks of each of R rows in registers (needs chunks ≤ H·L); H = 0: one
+// row per step, read again in the second pass. Launch with 256 threads per
+// block; L = lanes; a block takes R·256/L rows per step.
+template <int H, int R>
+__device__ __forceinline__ void rv_forward(u16* y, float* rstd, const u16* x, const u16* w, i64 rows, i64 cols, int L, double eps) {
+  static_assert(H > 0 || R == 1, "the re-reading kernel takes one row per step");
+  const int lane = (int)threadIdx.x & (L - 1);
+  const i64 groups = blockDim.x / L;  // groups per block
+  const i64 g = threadIdx.x / L;      // this lane's group in the block
+  const i64 nv = cols / 8;            // chunks per row
+  const i64 step = groups * R;        // rows per block per step
+  const uint4* wv = (const uint4*)w;
+  // base is the same for every lane of the block, so all lanes of a warp
+  // run the same iterations and reach the shuffles together; groups past
+  // the last row take part in them with zeros. Slot q of a step is row
+  // base + q·groups + g: consecutive groups read consecutive rows.
+  for (i64 base = (i64)blockIdx.x * step; base < rows; base += (i64)gridDim.x * step) {
+    if constexpr (H > 0) {
+      uint4 xc[R][H];
+      float ss[R];
+#pragma unroll
+      for (int q = 0; q < R; q++) rv_load<H>(xc[q], x, base + q * groups + g, rows, nv, lane, L);
+#pragma unroll
+      for (int q = 0; q < R; q++) {
+        ss[q] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < H; k++) ss[q] = rv_sumsq(xc[q][k], ss[q]);
+      }
+#pragma unroll
+      for (int q = 0; q < R; q++) ss[q] = rv_group_sum(ss[q], L);
+#pragma unroll
+      for (int q = 0; q < R; q++) {
+        const i64 r = base + q * groups + g;
+        if (r >= rows) continue;
+        const float rs = 1.0f / sqrtf(ss[q] / (float)cols + (float)eps);
+        uint4* yr = (uint4*)y + r * nv;
+#pragma unroll
+        for (int k = 0; k < H; k++) {
+          const i64 j = lane + (i64)k * L;
+          if (j < nv) yr[j] = rv_scale(xc[q][k], wv, j, rs);
+        }
+        if (lane == 0) rstd[r] = rs;
+      }
+    } else {
+      const i64 r = base + g;
+      const bool live = r < rows;
+      const uint4* xr = (const uint4*)x + (live ? r : 0) * nv;
+      float ss = 0.0f;
+      if (live)
+        for (i64 j = lane; j < nv; j += L) ss = rv_sumsq(xr[j], ss);
+      ss = rv_group_sum(ss, L);
+      if (live) {
+        const float rs = 1.0f / sqrtf(ss / (float)cols + (float)eps);
+        uint4* yr = (uint4*)y + r * nv;
+        for (i64 j = lane; j < nv; j += L) yr[j] = rv_scale(xr[j], wv, j, rs);
+        if (lane == 0) rstd[r] = rs;
+      }
+    }
+  }
+}
+
+// rmsnorm_bf16_rows*: y = x·rs·w and rstd = rs per row (w may be null);
+// lanes = L. The suffix says how many chunks a lane may own (see above).
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_h1(u16* y, float* rstd, const u16* x, const u16* w, i64 rows,
+                                                                      i64 cols, i64 lanes, double eps) {
+  rv_forward<1, 4>(y, rstd, x, w, rows, cols, (int)lanes, eps);
+}
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_h2(u16* y, float* rstd, const u16* x, const u16* w, i64 rows,
+                                                                      i64 cols, i64 lanes, double eps) {
+  rv_forward<2, 2>(y, rstd, x, w, rows, cols, (int)lanes, eps);
+}
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows(u16* y, float* rstd, const u16* x, const u16* w, i64 rows,
+                                                                   i64 cols, i64 lanes, double eps) {
+  rv_forward<0, 1>(y, rstd, x, w, rows, cols, (int)lanes, eps);
+}
+
+// rv_gdot adds Σ g·x̂ over one chunk to acc (g = dy·w, x̂ = x·rs).
+__device__ __forceinline__ float rv_gdot(uint4 xv, uint4 dv, const uint4* w, i64 j, float rs, float acc) {
+  float xf[8], gf[8];
+  rv_unpack(xv, xf);
+  rv_unpack(dv, gf);
+  if (w) {
+    float wf[8];
+    rv_unpack(w[j], wf);
+#pragma unroll
+    for (int k = 0; k < 8; k++) gf[k] *= wf[k];
+  }
+#pragma unroll
+  for (int k = 0; k < 8; k++) acc += gf[k] * (xf[k] * rs);
+  return acc;
+}
+
+// rv_dx returns one chunk of dx = rs·(g − x̂·m), m = mean(g·x̂), in bf16.
+__device__ __forceinline__ uint4 rv_dx(uint4 xv, uint4 dv, const uint4* w, i64 j, float rs, float m) {
+  float xf[8], gf[8];
+  rv_unpack(xv, xf);
+  rv_unpack(dv, gf);
+  if (w) {
+    float wf[8];
+    rv_unpack(w[j], wf);
+#pragma unroll
+    for (int k = 0; k < 8; k++) gf[k] *= wf[k];
+  }
+#pragma unroll
+  for (int k = 0; k < 8; k++) xf[k] = rs * (gf[k] - (xf[k] * rs) * m);
+  return rv_pack(xf);
+}
+
+// rv_backward is the body of the dx kernels, with rv_forward's H and R.
+template <int H, int R>
+__device__ __forceinline__ void rv_backward(u16* dx, const u16* dy, const u16* x, const u16* w, const float* rstd, i64 rows, i64 cols,
+                                            int L) {
+  static_assert(H > 0 || R == 1, "the re-reading kernel takes one row per step");
+  const int lane = (int)threadIdx.x & (L - 1);
+  const i64 groups = blockDim.x / L;
+  const i64 g = threadIdx.x / L;
+  const i64 nv = cols / 8;
+  const i64 step = groups * R;
+  const uint4* wv = (const uint4*)w;
+  // Same warp-uniform walk and row slots as rv_forward.
+  for (i64 base = (i64)blockIdx.x * step; base < rows; base += (i64)gridDim.x * step) {
+    if constexpr (H > 0) {
+      uint4 xc[R][H], dc[R][H];
+      float rs[R], m[R];
+#pragma unroll
+      for (int q = 0; q < R; q++) {
+        const i64 r = base + q * groups + g;
+        rv_load<H>(xc[q], x, r, rows, nv, lane, L);
+        rv_load<H>(dc[q], dy, r, rows, nv, lane, L);
+        rs[q] = r < rows ? rstd[r] : 0.0f;
+      }
+#pragma unroll
+      for (int q = 0; q < R; q++) {
+        m[q] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < H; k++) {
+          const i64 j = lane + (i64)k * L;
+          if (j < nv) m[q] = rv_gdot(xc[q][k], dc[q][k], wv, j, rs[q], m[q]);
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < R; q++) m[q] = rv_group_sum(m[q], L) / (float)cols;
+#pragma unroll
+      for (int q = 0; q < R; q++) {
+        const i64 r = base + q * groups + g;
+        if (r >= rows) continue;
+        uint4* out = (uint4*)dx + r * nv;
+#pragma unroll
+        for (int k = 0; k < H; k++) {
+          const i64 j = lane + (i64)k * L;
+          if (j < nv) out[j] = rv_dx(xc[q][k], dc[q][k], wv, j, rs[q], m[q]);
+        }
+      }
+    } else {
+      const i64 r = base + g;
+      const bool live = r < rows;
+      const i64 o = (live ? r : 0) * nv;
+      const uint4* xr = (const uint4*)x + o;
+      const uint4* dr = (const uint4*)dy + o;
+      const float rs = live ? rstd[r] : 0.0f;
+      float sgx = 0.0f;
+      if (live)
+        for (i64 j = lane; j < nv; j += L) sgx = rv_gdot(xr[j], dr[j], wv, j, rs, sgx);
+      const float m = rv_group_sum(sgx, L) / (float)cols;
+      if (live) {
+        uint4* out = (uint4*)dx + o;
+        for (i64 j = lane; j < nv; j += L) out[j] = rv_dx(xr[j], dr[j], wv, j, rs, m);
+      }
+    }
+  }
+}
+
+// rmsnorm_grad_bf16_rows*: dx of RMSNorm per row from the saved rstd (w may
+// be null); the weight gradient is the separate rownorm_wgrad pass. lanes =
+// L; the suffix as for the forward.
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_grad_bf16_rows_h1(u16* dx, const u16* dy, const u16* x, const u16* w,
+                                                                           const float* rstd, i64 rows, i64 cols, i64 lanes) {
+  rv_backward<1, 4>(dx, dy, x, w, rstd, rows, cols, (int)lanes);
+}
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_grad_bf16_rows_h2(u16* dx, const u16* dy, const u16* x, const u16* w,
+                                                                           const float* rstd, i64 rows, i64 cols, i64 lanes) {
+  rv_backward<2, 2>(dx, dy, x, w, rstd, rows, cols, (int)lanes);
+}
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_grad_bf16_rows(u16* dx, const u16* dy, const u16* x, const u16* w,
+                                                                        const float* rstd, i64 rows, i64 cols, i64 lanes) {
+  rv_backward<0, 1>(dx, dy, x, w, rstd, rows, cols, (int)lanes);
+}
