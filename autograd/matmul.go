@@ -22,8 +22,8 @@ func MatMul(a, b *Tensor, transA, transB bool) *Tensor {
 
 // ScaledLinear returns alpha·x·wᵀ for x [..., in] and w [out, in], with the
 // scale applied inside the matrix product (one rounding, no elementwise
-// pass over the output, nothing kept for a scaling's backward): the LoRA
-// update (alpha/rank)·B·(A·x).
+// pass over the output, nothing kept for a scaling's backward). The model's
+// adapted layers use LoRALinear, which also folds the add into the product.
 func ScaledLinear(x, w *Tensor, alpha float64) *Tensor {
 	orig := []*Tensor{x, w}
 	in := x.e.prepare(lowPrecision, x, w)

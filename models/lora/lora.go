@@ -206,24 +206,19 @@ func (s *Set) SetTraining(on bool) { s.train = on }
 // Merged reports whether the updates are folded into the base weights.
 func (s *Set) Merged() bool { return s.merged }
 
-// LinearDelta implements nextdit.LinearHook: scale·B·A·dropout(x) for an
-// adapted layer, nothing for others or while merged.
-func (s *Set) LinearDelta(name string, x *ag.Tensor) *ag.Tensor {
-	a := s.adapters[name]
-	if a == nil || s.merged {
-		return nil
+// LinearAdapter implements nextdit.LinearHook: the adapter's A, B and
+// alpha/rank for an adapted layer, with h = dropout(x) while training with
+// dropout (x itself otherwise); not ok for other layers or while merged.
+func (s *Set) LinearAdapter(name string, x *ag.Tensor) (h, a, b *ag.Tensor, scale float64, ok bool) {
+	ad := s.adapters[name]
+	if ad == nil || s.merged {
+		return nil, nil, nil, 0, false
 	}
-	h := x
+	h = x
 	if s.train && s.cfg.Dropout > 0 {
 		h = ag.Dropout(x, s.cfg.Dropout)
 	}
-	ax := ag.Linear(h, a.A, nil)
-	out := ag.ScaledLinear(ax, a.B, s.scale)
-	if h != x {
-		h.Release()
-	}
-	ax.Release()
-	return out
+	return h, ad.A, ad.B, s.scale, true
 }
 
 // Detach removes the set from the model's linears (the model then runs its

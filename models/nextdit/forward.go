@@ -374,48 +374,72 @@ func (m *Model) attention(prefix string, x, cos, sin *ag.Tensor, keyLens []int32
 func (m *Model) feedForward(prefix string, x *ag.Tensor) *ag.Tensor {
 	h1 := m.linear(prefix+".feed_forward.w1", x)
 	h3 := m.linear(prefix+".feed_forward.w3", x)
-	g := ag.SwiGLU(h1, h3)
 	name := prefix + ".feed_forward.w2"
-	y := ag.Linear(g, m.weights[name+".weight"], m.weights[name+".bias"])
+	w, bias := m.weights[name+".weight"], m.weights[name+".bias"]
+	defer release(h1, h3)
 	if m.hook == nil {
-		release(h1, h3, g)
-		return y
+		g := ag.SwiGLU(h1, h3)
+		defer release(g)
+		return ag.Linear(g, w, bias)
 	}
-	// w2's adapter reads g again in its backward. Rather than keep g (the
-	// feed-forward's widest activation) for it, the adapter's path computes
-	// its own g from h1 and h3 — which SwiGLU keeps anyway — under a
-	// checkpoint, so it is recomputed in the backward instead of kept; the
-	// frozen w2 product keeps nothing of g. One elementwise pass more in the
-	// forward and one in the backward; the gradients are the same bits with
-	// or without block checkpointing.
-	delta := ag.Checkpoint(func(in []*ag.Tensor) *ag.Tensor {
+	// w2's adapter reads g again in its backward (for A's gradient). Rather
+	// than keep g (the feed-forward's widest activation) for it, the
+	// adapter's low-rank factor u = dropout(g)·Aᵀ is made from h1 and h3 —
+	// which SwiGLU keeps anyway — under a checkpoint, so g is recomputed in
+	// the backward instead of kept; the frozen w2 product keeps nothing of
+	// g, and LowRankLinear accumulates scale·u·Bᵀ into it. One elementwise
+	// pass more in the forward and one in the backward; the gradients are
+	// the same bits with or without block checkpointing. g is made before
+	// the checkpoint so that the backward runs the recompute while only g's
+	// gradient is pending, not those of h1 and h3 (a lower peak). The
+	// adapter's b and scale are taken where the hook is asked, inside the
+	// checkpointed function (the recompute asks again and gets the same).
+	g := ag.SwiGLU(h1, h3)
+	defer release(g)
+	var b *ag.Tensor
+	var scale float64
+	u := ag.Checkpoint(func(in []*ag.Tensor) *ag.Tensor {
 		gi := ag.SwiGLU(in[0], in[1])
 		defer release(gi)
-		return m.hook.LinearDelta(name, gi)
+		h, a, up, s, ok := m.adapter(name, gi)
+		if !ok {
+			return nil
+		}
+		if h != gi {
+			defer release(h)
+		}
+		b, scale = up, s
+		return ag.Linear(h, a, nil)
 	}, h1, h3)
-	release(h1, h3, g)
-	if delta == nil {
-		return y
+	if u == nil {
+		return ag.Linear(g, w, bias)
 	}
-	out := ag.Add(y, delta)
-	release(y, delta)
-	return out
+	defer release(u)
+	return ag.LowRankLinear(g, w, bias, u, b, scale)
 }
 
-// linear applies the named linear layer (weight and, when present, bias)
-// and adds the hook's delta.
-func (m *Model) linear(name string, x *ag.Tensor) *ag.Tensor {
-	y := ag.Linear(x, m.weights[name+".weight"], m.weights[name+".bias"])
+// adapter asks the hook for the named layer's low-rank update.
+func (m *Model) adapter(name string, x *ag.Tensor) (h, a, b *ag.Tensor, scale float64, ok bool) {
 	if m.hook == nil {
-		return y
+		return nil, nil, nil, 0, false
 	}
-	delta := m.hook.LinearDelta(name, x)
-	if delta == nil {
-		return y
+	return m.hook.LinearAdapter(name, x)
+}
+
+// linear applies the named linear layer (weight and, when present, bias),
+// with the hook's low-rank update folded into the same op when the layer
+// has one.
+func (m *Model) linear(name string, x *ag.Tensor) *ag.Tensor {
+	w, bias := m.weights[name+".weight"], m.weights[name+".bias"]
+	h, a, b, scale, ok := m.adapter(name, x)
+	if !ok {
+		return ag.Linear(x, w, bias)
 	}
-	out := ag.Add(y, delta)
-	release(y, delta)
-	return out
+	y := ag.LoRALinear(x, h, w, bias, a, b, scale)
+	if h != x {
+		release(h)
+	}
+	return y
 }
 
 // release drops step handles the forward no longer needs, so activations

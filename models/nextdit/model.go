@@ -34,13 +34,24 @@ func (o Options) withDefaults() (Options, error) {
 	return o, nil
 }
 
-// LinearHook lets a caller change what the model's linear layers compute
-// without the model knowing how: LoRA adapters implement it.
+// LinearHook adds a low-rank update to the model's linear layers without
+// the model knowing where it comes from: LoRA adapters implement it.
+//
+// The hook hands over the update's parts instead of computing the update,
+// so that the model can fold it into the layer's own matrix product
+// (autograd.LoRALinear: no update-sized tensor, no add pass, and x's two
+// gradient contributions summed by the product), and so that for the
+// feed-forward's w2 it can recompute the update's input under a checkpoint
+// rather than keep the block's widest activation for it.
 type LinearHook interface {
-	// LinearDelta returns a tensor to add to the base output of the linear
-	// layer name (its weight's key prefix, e.g. "layers.0.attention.qkv")
-	// for input x, shaped like that output, or nil to leave the layer alone.
-	LinearDelta(name string, x *autograd.Tensor) *autograd.Tensor
+	// LinearAdapter returns the update scale·(h·aᵀ)·bᵀ of the linear layer
+	// name (its weight's key prefix, e.g. "layers.0.attention.qkv") for the
+	// input x: h is what the update reads, shaped like x — x itself, or a
+	// new tensor (dropout of x) that the caller releases when done with it
+	// —, a is [rank, in] and b [out, rank]. ok is false when the layer is
+	// to be left alone (not adapted, or the update is merged into the
+	// weight); nothing is created then.
+	LinearAdapter(name string, x *autograd.Tensor) (h, a, b *autograd.Tensor, scale float64, ok bool)
 }
 
 // Model is a Next-DiT network: a Config and its weights on one engine.
