@@ -174,9 +174,8 @@ extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows(u16* y, floa
   rv_forward<0, 1>(y, rstd, x, w, rows, cols, (int)lanes, eps);
 }
 
-// rv_gdot adds Σ g·x̂ over one chunk to acc (g = dy·w, x̂ = x·rs).
-__device__ __forceinline__ float rv_gdot(uint4 xv, uint4 dv, const uint4* w, i64 j, float rs, float acc) {
-  float xf[8], gf[8];
+// rv_g widens one chunk of x and of g = dy·w (w absent: dy) to fp32.
+__device__ __forceinline__ void rv_g(uint4 xv, uint4 dv, const uint4* w, i64 j, float* xf, float* gf) {
   rv_unpack(xv, xf);
   rv_unpack(dv, gf);
   if (w) {
@@ -185,6 +184,12 @@ __device__ __forceinline__ float rv_gdot(uint4 xv, uint4 dv, const uint4* w, i64
 #pragma unroll
     for (int k = 0; k < 8; k++) gf[k] *= wf[k];
   }
+}
+
+// rv_gdot adds Σ g·x̂ over one chunk to acc (x̂ = x·rs).
+__device__ __forceinline__ float rv_gdot(uint4 xv, uint4 dv, const uint4* w, i64 j, float rs, float acc) {
+  float xf[8], gf[8];
+  rv_g(xv, dv, w, j, xf, gf);
 #pragma unroll
   for (int k = 0; k < 8; k++) acc += gf[k] * (xf[k] * rs);
   return acc;
@@ -193,14 +198,7 @@ __device__ __forceinline__ float rv_gdot(uint4 xv, uint4 dv, const uint4* w, i64
 // rv_dx returns one chunk of dx = rs·(g − x̂·m), m = mean(g·x̂), in bf16.
 __device__ __forceinline__ uint4 rv_dx(uint4 xv, uint4 dv, const uint4* w, i64 j, float rs, float m) {
   float xf[8], gf[8];
-  rv_unpack(xv, xf);
-  rv_unpack(dv, gf);
-  if (w) {
-    float wf[8];
-    rv_unpack(w[j], wf);
-#pragma unroll
-    for (int k = 0; k < 8; k++) gf[k] *= wf[k];
-  }
+  rv_g(xv, dv, w, j, xf, gf);
 #pragma unroll
   for (int k = 0; k < 8; k++) xf[k] = rs * (gf[k] - (xf[k] * rs) * m);
   return rv_pack(xf);
