@@ -134,6 +134,13 @@ func (e *Engine) trace(op string, out *Tensor, in ...*Tensor) {
 
 // Cast returns x converted to dtype d (x itself when it already is d). The
 // gradient is cast back to x's dtype.
+//
+// A cast to a narrower dtype sums the gradients of its readers in x's
+// dtype: autocast shares one cast among the products that read the same
+// tensor (a weight, or an activation several products read), and summing
+// their low-precision gradients in low precision would round where
+// PyTorch's per-use casts do not — and would make the sum depend on whether
+// the readers ran under a checkpoint, where casts are not shared.
 func Cast(x *Tensor, d kernels.DType) *Tensor {
 	e := x.e
 	if x.dtype == d {
@@ -146,10 +153,14 @@ func Cast(x *Tensor, d kernels.DType) *Tensor {
 	e.trace("Cast", out, x)
 	if e.recording(x) {
 		src, leaf := x.dtype, x.leaf
+		if promote(src, d) == src {
+			out.gradDType = src
+		}
 		e.record("Cast", out, []*Tensor{x}, nil, func(g *Tensor) []*Tensor {
-			if leaf {
+			if leaf || g.dtype == src {
 				// A leaf's gradient is added into its float32 Grad, which
-				// reads any dtype exactly: the cast would be a copy for nothing.
+				// reads any dtype exactly, and a gradient already summed in
+				// x's dtype passes as it is: a cast would be a copy for nothing.
 				return []*Tensor{e.alias(g, g.shape)}
 			}
 			return []*Tensor{castTo(g, src)}

@@ -109,3 +109,53 @@ func TestAutocastGradientsCloseToFP32(t *testing.T) {
 		}
 	}
 }
+
+// TestSharedCastSumsInSourceDType: under autocast one bf16 cast of an fp32
+// activation serves every product that reads it; its readers' gradients
+// must be summed in fp32, as PyTorch's per-use casts are — so the result is
+// bit for bit what the same products give when each makes its own cast
+// (under a checkpoint nothing is shared), and it differs from summing in
+// bf16.
+func TestSharedCastSumsInSourceDType(t *testing.T) {
+	r := kerneltest.Rng(t)
+	pv, w1v, w2v, w3v := kerneltest.Randn(r, 3*40, 1), kerneltest.Randn(r, 40*40, 0.3), kerneltest.Randn(r, 40*40, 0.3), kerneltest.Randn(r, 40*40, 0.3)
+	grad := func(checkpoint bool) []float64 {
+		e := autograd.New(cpu.New())
+		p := e.Param("p", kernels.F32, []int{3, 40}, pv)
+		ws := []*autograd.Tensor{
+			e.Param("w1", kernels.F32, []int{40, 40}, w1v),
+			e.Param("w2", kernels.F32, []int{40, 40}, w2v),
+			e.Param("w3", kernels.F32, []int{40, 40}, w3v),
+		}
+		e.SetAutocast(kernels.BF16)
+		f := func(in []*autograd.Tensor) *autograd.Tensor {
+			x := autograd.Tanh(in[0]) // an fp32 activation read by three products
+			var sum *autograd.Tensor
+			for _, w := range ws {
+				y := autograd.SumAll(autograd.Square(autograd.Linear(x, w, nil)))
+				if sum == nil {
+					sum = y
+				} else {
+					sum = autograd.Add(sum, y)
+				}
+			}
+			return sum
+		}
+		var l *autograd.Tensor
+		if checkpoint {
+			l = autograd.Checkpoint(f, p)
+		} else {
+			l = f([]*autograd.Tensor{p})
+		}
+		if err := e.Backward(l); err != nil {
+			t.Fatal(err)
+		}
+		v, err := p.Grad().Values()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	shared, own := grad(false), grad(true)
+	kerneltest.Check(t, "p's gradient, shared cast vs one cast per product", shared, own, 0)
+}

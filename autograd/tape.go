@@ -172,6 +172,9 @@ func (e *Engine) accumulate(grads map[*Tensor]*Tensor, in, g *Tensor, want map[*
 		g.Release()
 		return
 	}
+	if in.gradDType != 0 && g.dtype != in.gradDType {
+		g = castOwned(g, in.gradDType)
+	}
 	if prev, ok := grads[in]; ok {
 		if prev.dtype != g.dtype {
 			// Uses of one tensor in different precisions: sum in the wider one.

@@ -43,6 +43,10 @@ type Tensor struct {
 	leaf         bool    // created by the user, not by an op
 	grad         *Tensor // accumulated gradient of a leaf that requires grad
 	node         *node   // the op that produced this tensor, when recorded
+	// gradDType, when set, is the dtype this tensor's gradient is summed in:
+	// a cast to a narrower dtype sums its readers' gradients in the source's
+	// dtype, as if each reader had made its own cast (see Cast).
+	gradDType kernels.DType
 
 	// Name labels parameters in errors and checkpoints.
 	Name string

@@ -431,3 +431,45 @@ func TestReadPEFTConfig(t *testing.T) {
 		})
 	}
 }
+
+// TestCheckpointingSameGradientsUnderAutocast: block checkpointing must not
+// change a bf16-autocast LoRA step's gradients by a single bit, with fp32
+// weights (every activation a norm hands to a product is cast, and one cast
+// feeds several products) and with bf16 weights (the training setting).
+func TestCheckpointingSameGradientsUnderAutocast(t *testing.T) {
+	g := needGolden(t)
+	for _, store := range []kernels.DType{kernels.F32, kernels.BF16} {
+		grads := map[bool][][]float64{}
+		for _, ck := range []bool{false, true} {
+			m := loadTiny(t, store)
+			m.SetCheckpoint(ck)
+			s, err := Attach(m, Config{Rank: 4, Alpha: 8, Seed: 5, Init: InitGaussian})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i, a := range s.Adapters() {
+				v := make([]float64, a.B.Len())
+				for j := range v {
+					v[j] = kernels.NormalAt(99, uint64(i*100000+j), 0, 0.05)
+				}
+				m.Engine().Backend().Upload(a.B.Buffer(), 0, kernels.EncodeF64(a.B.DType(), v))
+			}
+			run(t, m, g, store, kernels.BF16, true)
+			for _, a := range s.Adapters() {
+				grads[ck] = append(grads[ck], values(t, a.A.Grad()), values(t, a.B.Grad()))
+			}
+		}
+		differ, total := 0, 0
+		for i := range grads[false] {
+			for j := range grads[false][i] {
+				total++
+				if grads[false][i][j] != grads[true][i][j] {
+					differ++
+				}
+			}
+		}
+		if differ > 0 {
+			t.Errorf("%v weights: %d of %d adapter gradient elements differ with checkpointing", store, differ, total)
+		}
+	}
+}
