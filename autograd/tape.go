@@ -172,16 +172,16 @@ func (e *Engine) accumulate(grads map[*Tensor]*Tensor, in, g *Tensor, want map[*
 		g.Release()
 		return
 	}
-	if in.gradDType != 0 && g.dtype != in.gradDType {
-		g = castOwned(g, in.gradDType)
-	}
 	if prev, ok := grads[in]; ok {
-		if prev.dtype != g.dtype {
-			// Uses of one tensor in different precisions: sum in the wider one.
-			wide := promote(prev.dtype, g.dtype)
-			prev = castOwned(prev, wide)
-			g = castOwned(g, wide)
+		// Uses of one tensor in different precisions sum in the wider one,
+		// and a shared cast's readers in its source's dtype (gradDType). A
+		// single contribution stays as it came: the cast's backward widens it.
+		wide := promote(prev.dtype, g.dtype)
+		if in.gradDType != 0 {
+			wide = promote(wide, in.gradDType)
 		}
+		prev = castOwned(prev, wide)
+		g = castOwned(g, wide)
 		if shared(prev) {
 			// A backward rule handed this same storage to another input too
 			// (Add gives both operands g itself): add into a copy, never
