@@ -296,14 +296,7 @@ func TestDropoutCheckpointReplay(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		// Give B values so the adapter path carries gradient to A.
-		for i, a := range s.Adapters() {
-			v := make([]float64, a.B.Len())
-			for j := range v {
-				v[j] = kernels.NormalAt(99, uint64(i*100000+j), 0, 0.05)
-			}
-			m.Engine().Backend().Upload(a.B.Buffer(), 0, kernels.EncodeF64(a.B.DType(), v))
-		}
+		setB(m, s)
 		m.Engine().SeedRandom(123, 0)
 		run(t, m, g, kernels.F32, 0, true)
 		grads[ck] = values(t, s.Adapter("layers.1.attention.qkv").A.Grad())
@@ -315,6 +308,18 @@ func TestDropoutCheckpointReplay(t *testing.T) {
 	}
 	if norm == 0 {
 		t.Fatalf("adapter gradient is zero: dropout path not exercised")
+	}
+}
+
+// setB gives every adapter's B fixed nonzero values (a fresh B is zero), so
+// the update carries gradient to A.
+func setB(m *nextdit.Model, s *Set) {
+	for i, a := range s.Adapters() {
+		v := make([]float64, a.B.Len())
+		for j := range v {
+			v[j] = kernels.NormalAt(99, uint64(i*100000+j), 0, 0.05)
+		}
+		m.Engine().Backend().Upload(a.B.Buffer(), 0, kernels.EncodeF64(a.B.DType(), v))
 	}
 }
 
@@ -447,13 +452,7 @@ func TestCheckpointingSameGradientsUnderAutocast(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			for i, a := range s.Adapters() {
-				v := make([]float64, a.B.Len())
-				for j := range v {
-					v[j] = kernels.NormalAt(99, uint64(i*100000+j), 0, 0.05)
-				}
-				m.Engine().Backend().Upload(a.B.Buffer(), 0, kernels.EncodeF64(a.B.DType(), v))
-			}
+			setB(m, s)
 			run(t, m, g, store, kernels.BF16, true)
 			for _, a := range s.Adapters() {
 				grads[ck] = append(grads[ck], values(t, a.A.Grad()), values(t, a.B.Grad()))
