@@ -145,6 +145,14 @@ func (c *Backend) AttentionGrad(a kernels.AttentionArgs, o, lse, dO, dQ, dK, dV 
 		shape, q.ptr, k.ptr, v.ptr, dt(q), lb.ptr, dt(lb), gb.ptr, dt(gb), sp, dkb.ptr, dt(dkb), dvb.ptr, dt(dvb))
 }
 
+// hopperAttention reports whether the warpgroup-MMA (wgmma) attention
+// kernels run: on sm_90 devices, unless a test asks for the mma.sync kernels
+// that every other GPU runs, so that one H200 checks both.
+func (c *Backend) hopperAttention() bool { return c.dev.arch == 90 && !attentionWithoutWGMMA }
+
+// attentionWithoutWGMMA is set only by tests (see hopperAttention).
+var attentionWithoutWGMMA bool
+
 // tcHead reports whether the tensor-core kernels have an instantiation
 // for head size d.
 func tcHead(d int) bool { return d == 64 || d == 96 || d == 128 }
@@ -157,7 +165,7 @@ func (c *Backend) attnFastFwd(a *kernels.AttentionArgs, q, k, v, o, lse *buffer,
 	if q.dt != kernels.BF16 || o.dt != kernels.BF16 || lse.dt != kernels.F32 || !tcHead(a.D) || !(a.Scale > 0) {
 		return false
 	}
-	if c.dev.arch == 90 {
+	if c.hopperAttention() {
 		// Hopper: warpgroup MMA, 128 query rows a block, keys in tiles of
 		// 64 (two blocks an SM; 128-key tiles measured 0.64 ms against
 		// 0.50 at the model's shape); shared memory holds Q and two stages
@@ -187,7 +195,7 @@ func (c *Backend) attnFastBwd(a *kernels.AttentionArgs, q, k, v, lse, dO *buffer
 		return false
 	}
 	nq := a.B * a.Sq * a.Hq * a.D
-	hopper := c.dev.arch == 90
+	hopper := c.hopperAttention()
 	// The Hopper kernel's scratch holds whole 64-query tiles in its
 	// accumulator's fragment order.
 	nacc := nq

@@ -445,7 +445,7 @@ func crossCases() []xcase {
 		{"bf16/d96/cross", bf16, 2, 77, 150, 3, 3, 96, false, 0, []int32{150, 90}},
 		{"bf16/d96/causal-window", bf16, 1, 200, 200, 2, 1, 96, true, 50, nil},
 	} {
-		add("Attention/"+ac.name, kerneltest.Tol(ac.d, ac.d), func(e *env) [][]float64 {
+		run := func(e *env) [][]float64 {
 			nq, nk := ac.B*ac.Sq*ac.Hq*ac.D, ac.B*ac.Sk*ac.Hkv*ac.D
 			st := f32
 			if ac.d == f64 {
@@ -459,7 +459,16 @@ func crossCases() []xcase {
 			dq, dk, dv := e.poison(ac.d, nq), e.poison(ac.d, nk), e.poison(ac.d, nk)
 			e.b.AttentionGrad(a, o, lse, dO, dq, dk, dv)
 			return [][]float64{e.get(o), e.get(lse), e.get(dq), e.get(dk), e.get(dv)}
-		})
+		}
+		add("Attention/"+ac.name, kerneltest.Tol(ac.d, ac.d), run)
+		if ac.d == bf16 {
+			// The mma.sync kernels other GPUs run, checked on Hopper too.
+			add("Attention/mma.sync/"+ac.name, kerneltest.Tol(ac.d, ac.d), func(e *env) [][]float64 {
+				attentionWithoutWGMMA = true
+				defer func() { attentionWithoutWGMMA = false }()
+				return run(e)
+			})
+		}
 	}
 	return cs
 }
