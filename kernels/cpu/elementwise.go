@@ -53,23 +53,22 @@ func (c *Backend) Unary(op kernels.UnaryOp, dst, src kernels.Buffer, p kernels.U
 	}
 	parallelFor(d.n, elemGrain, func(lo, hi int) {
 		if wide(d) {
-			var in, out [ewChunk]float64
-			for i := lo; i < hi; i += ewChunk {
-				m := min(ewChunk, hi-i)
-				readReal(in[:m], s, i)
-				unaryApply(op, p, out[:m], in[:m])
-				writeReal(d, i, out[:m])
-			}
-			return
-		}
-		var in, out [ewChunk]float32
-		for i := lo; i < hi; i += ewChunk {
-			m := min(ewChunk, hi-i)
-			readReal(in[:m], s, i)
-			unaryApply(op, p, out[:m], in[:m])
-			writeReal(d, i, out[:m])
+			unaryRange[float64](op, p, d, s, lo, hi)
+		} else {
+			unaryRange[float32](op, p, d, s, lo, hi)
 		}
 	})
+}
+
+// unaryRange computes elements [lo, hi) of Unary in T, a chunk at a time.
+func unaryRange[T realT](op kernels.UnaryOp, p kernels.UnaryParams, d, s *buffer, lo, hi int) {
+	var in, out [ewChunk]T
+	for i := lo; i < hi; i += ewChunk {
+		m := min(ewChunk, hi-i)
+		readReal(in[:m], s, i)
+		unaryApply(op, p, out[:m], in[:m])
+		writeReal(d, i, out[:m])
+	}
 }
 
 // sigmoid is 1/(1+e⁻ˣ). In float64 the one formula is safe everywhere: for
@@ -184,25 +183,24 @@ func (c *Backend) UnaryGrad(op kernels.UnaryOp, dx, x, dy kernels.Buffer, p kern
 	}
 	parallelFor(d.n, elemGrain, func(lo, hi int) {
 		if wide(d) {
-			var xv, gv [ewChunk]float64
-			for i := lo; i < hi; i += ewChunk {
-				m := min(ewChunk, hi-i)
-				readReal(xv[:m], xs, i)
-				readReal(gv[:m], g, i)
-				unaryGradApply(op, p, gv[:m], xv[:m])
-				writeReal(d, i, gv[:m])
-			}
-			return
-		}
-		var xv, gv [ewChunk]float32
-		for i := lo; i < hi; i += ewChunk {
-			m := min(ewChunk, hi-i)
-			readReal(xv[:m], xs, i)
-			readReal(gv[:m], g, i)
-			unaryGradApply(op, p, gv[:m], xv[:m])
-			writeReal(d, i, gv[:m])
+			unaryGradRange[float64](op, p, d, xs, g, lo, hi)
+		} else {
+			unaryGradRange[float32](op, p, d, xs, g, lo, hi)
 		}
 	})
+}
+
+// unaryGradRange computes elements [lo, hi) of UnaryGrad in T, a chunk at
+// a time.
+func unaryGradRange[T realT](op kernels.UnaryOp, p kernels.UnaryParams, d, xs, g *buffer, lo, hi int) {
+	var xv, gv [ewChunk]T
+	for i := lo; i < hi; i += ewChunk {
+		m := min(ewChunk, hi-i)
+		readReal(xv[:m], xs, i)
+		readReal(gv[:m], g, i)
+		unaryGradApply(op, p, gv[:m], xv[:m])
+		writeReal(d, i, gv[:m])
+	}
 }
 
 // unaryGradApply replaces g[i] (holding dy) by dy·f'(x[i]).
