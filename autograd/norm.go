@@ -116,38 +116,48 @@ func LayerNorm(x, w, b *Tensor, eps float64) *Tensor {
 	e.b.LayerNorm(out.st.buf, mean.st.buf, rstd.st.buf, x.st.buf, bufOf(w), bufOf(b), rows, cols, eps)
 	e.trace("LayerNorm", out, x, w, b)
 	if e.recording(x, w, b) {
-		sx, sw, sm, sr := e.save(x), e.save(w), e.save(mean), e.save(rstd)
-		needX, needW, needB := x.requiresGrad, w != nil && w.requiresGrad, b != nil && b.requiresGrad
-		bShape := []int{cols}
-		var bDType kernels.DType
-		if b != nil {
-			bDType = b.dtype
-		}
-		e.record("LayerNorm", out, []*Tensor{x, w, b}, []*Tensor{sx, sw, sm, sr}, func(g *Tensor) []*Tensor {
-			dx := e.newTensor(sx.dtype, sx.shape)
-			var dw, db *Tensor
-			if needW {
-				dw = e.newTensor(statDType(sx.dtype), bShape)
-			}
-			if needB {
-				db = e.newTensor(statDType(sx.dtype), bShape)
-			}
-			if e.live("LayerNorm backward", g) && dx.st != nil {
-				e.b.LayerNormGrad(dx.st.buf, bufOf(dw), bufOf(db), g.st.buf, sx.st.buf, bufOf(sw), sm.st.buf, sr.st.buf, rows, cols)
-			}
-			if !needX {
-				dx.Release()
-				dx = nil
-			}
-			if db != nil {
-				db = castOwned(db, bDType)
-			}
-			return []*Tensor{dx, paramGrad(dw, sw), db}
+		e.recordAffineNorm("LayerNorm", out, x, w, b, mean, rstd, cols, func(dx, dw, db, g, sx, sw, sm, sr *Tensor) {
+			e.b.LayerNormGrad(dx.st.buf, bufOf(dw), bufOf(db), g.st.buf, sx.st.buf, bufOf(sw), sm.st.buf, sr.st.buf, rows, cols)
 		})
 	}
 	mean.Release()
 	rstd.Release()
 	return out
+}
+
+// recordAffineNorm records the backward of a norm that saved its mean and
+// rstd and applies optional per-channel w and b ([channels]): grad runs the
+// backend's gradient op into dx and, where asked for, dw and db (nil
+// otherwise), from the upstream gradient g and the saved x, w, mean, rstd.
+// dw and db are computed in the statistics' dtype; db is returned in b's.
+func (e *Engine) recordAffineNorm(name string, out, x, w, b, mean, rstd *Tensor, channels int, grad func(dx, dw, db, g, sx, sw, sm, sr *Tensor)) {
+	sx, sw, sm, sr := e.save(x), e.save(w), e.save(mean), e.save(rstd)
+	needX, needW, needB := x.requiresGrad, w != nil && w.requiresGrad, b != nil && b.requiresGrad
+	var bDType kernels.DType
+	if b != nil {
+		bDType = b.dtype
+	}
+	e.record(name, out, []*Tensor{x, w, b}, []*Tensor{sx, sw, sm, sr}, func(g *Tensor) []*Tensor {
+		dx := e.newTensor(sx.dtype, sx.shape)
+		var dw, db *Tensor
+		if needW {
+			dw = e.newTensor(statDType(sx.dtype), []int{channels})
+		}
+		if needB {
+			db = e.newTensor(statDType(sx.dtype), []int{channels})
+		}
+		if e.live(name+" backward", g) && dx.st != nil {
+			grad(dx, dw, db, g, sx, sw, sm, sr)
+		}
+		if !needX {
+			dx.Release()
+			dx = nil
+		}
+		if db != nil {
+			db = castOwned(db, bDType)
+		}
+		return []*Tensor{dx, paramGrad(dw, sw), db}
+	})
 }
 
 // GroupNorm normalises x [N, C, ...] over groups of C/groups channels and
@@ -183,32 +193,8 @@ func GroupNorm(x *Tensor, groups int, w, b *Tensor, eps float64) *Tensor {
 	e.b.GroupNorm(out.st.buf, mean.st.buf, rstd.st.buf, x.st.buf, bufOf(w), bufOf(b), n, c, hw, groups, eps)
 	e.trace("GroupNorm", out, x, w, b)
 	if e.recording(x, w, b) {
-		sx, sw, sm, sr := e.save(x), e.save(w), e.save(mean), e.save(rstd)
-		needX, needW, needB := x.requiresGrad, w != nil && w.requiresGrad, b != nil && b.requiresGrad
-		var bDType kernels.DType
-		if b != nil {
-			bDType = b.dtype
-		}
-		e.record("GroupNorm", out, []*Tensor{x, w, b}, []*Tensor{sx, sw, sm, sr}, func(g *Tensor) []*Tensor {
-			dx := e.newTensor(sx.dtype, sx.shape)
-			var dw, db *Tensor
-			if needW {
-				dw = e.newTensor(statDType(sx.dtype), []int{c})
-			}
-			if needB {
-				db = e.newTensor(statDType(sx.dtype), []int{c})
-			}
-			if e.live("GroupNorm backward", g) && dx.st != nil {
-				e.b.GroupNormGrad(dx.st.buf, bufOf(dw), bufOf(db), g.st.buf, sx.st.buf, bufOf(sw), sm.st.buf, sr.st.buf, n, c, hw, groups)
-			}
-			if !needX {
-				dx.Release()
-				dx = nil
-			}
-			if db != nil {
-				db = castOwned(db, bDType)
-			}
-			return []*Tensor{dx, paramGrad(dw, sw), db}
+		e.recordAffineNorm("GroupNorm", out, x, w, b, mean, rstd, c, func(dx, dw, db, g, sx, sw, sm, sr *Tensor) {
+			e.b.GroupNormGrad(dx.st.buf, bufOf(dw), bufOf(db), g.st.buf, sx.st.buf, bufOf(sw), sm.st.buf, sr.st.buf, n, c, hw, groups)
 		})
 	}
 	mean.Release()
