@@ -153,16 +153,20 @@ func (c *Backend) hopperAttention() bool { return c.dev.arch == 90 && !attention
 // attentionWithoutWGMMA is set only by tests (see hopperAttention).
 var attentionWithoutWGMMA bool
 
-// tcHead reports whether the tensor-core kernels have an instantiation
-// for head size d.
-func tcHead(d int) bool { return d == 64 || d == 96 || d == 128 }
+// tensorCoreAttention reports whether the tensor-core kernels
+// (attention_tc.cu) serve head size d here: they have instantiations for
+// 64, 96 and 128, and need sm_80 or later (bf16 mma.sync, cp.async); older
+// GPUs take the portable kernels.
+func (c *Backend) tensorCoreAttention(d int) bool {
+	return c.dev.arch >= 80 && (d == 64 || d == 96 || d == 128)
+}
 
 // attnFastFwd runs the tensor-core forward (bf16 Q/K/V/O, F32 LSE, head
 // size 64, 96 or 128) and reports false where the portable kernel must run.
 func (c *Backend) attnFastFwd(a *kernels.AttentionArgs, q, k, v, o, lse *buffer, shape []byte) bool {
 	// The kernel folds the scale into its exp2 after taking row maxima of
 	// the raw scores, which needs a positive scale.
-	if q.dt != kernels.BF16 || o.dt != kernels.BF16 || lse.dt != kernels.F32 || !tcHead(a.D) || !(a.Scale > 0) {
+	if q.dt != kernels.BF16 || o.dt != kernels.BF16 || lse.dt != kernels.F32 || !c.tensorCoreAttention(a.D) || !(a.Scale > 0) {
 		return false
 	}
 	if c.hopperAttention() {
@@ -191,7 +195,7 @@ func (c *Backend) attnFastFwd(a *kernels.AttentionArgs, q, k, v, o, lse *buffer,
 // accumulates in an fp32 scratch across key blocks and is rounded once.
 func (c *Backend) attnFastBwd(a *kernels.AttentionArgs, q, k, v, lse, dO *buffer, stat uint64, dq, dk, dv *buffer, shape []byte, sfx string) bool {
 	if q.dt != kernels.BF16 || dO.dt != kernels.BF16 || dq.dt != kernels.BF16 || dk.dt != kernels.BF16 || dv.dt != kernels.BF16 ||
-		lse.dt != kernels.F32 || sfx != "_f" || !tcHead(a.D) {
+		lse.dt != kernels.F32 || sfx != "_f" || !c.tensorCoreAttention(a.D) {
 		return false
 	}
 	nq := a.B * a.Sq * a.Hq * a.D

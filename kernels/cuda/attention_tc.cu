@@ -37,9 +37,12 @@ __device__ __forceinline__ void ldsm4t(u32 addr, u32& r0, u32& r1, u32& r2, u32&
 }
 
 // red2 adds two adjacent floats in global memory with one vector
-// reduction (sm_90), halving the atomic traffic of the dQ accumulation.
+// reduction where the GPU has it (sm_90: half the atomic traffic of the dQ
+// accumulation), two scalar atomics elsewhere. The test is on the target
+// architecture, not the compiler version: NVRTC 12 building for sm_80 or
+// sm_89 rejects the vector form.
 __device__ __forceinline__ void red2(float* p, float x, float y) {
-#if __CUDACC_VER_MAJOR__ >= 12
+#if __CUDA_ARCH__ >= 900
   asm volatile("red.global.add.v2.f32 [%0], {%1, %2};" ::"l"(p), "f"(x), "f"(y) : "memory");
 #else
   atomicAdd(p, x);
@@ -547,30 +550,21 @@ __device__ void attn_fwd_wg_body(AttnShape a, const u16* q, const u16* k, const 
     }
   }
 }
+#else
+// Other architectures never launch the Hopper kernels (the Go side checks
+// for sm_90); a launch by mistake traps rather than computing nothing.
+template <int D>
+__device__ void attn_fwd_wg_body(AttnShape, const u16*, const u16*, const u16*, u16*, float*) { __trap(); }
 #endif
 
-// Other architectures never launch these (the Go side checks for sm_90); a
-// launch by mistake traps rather than computing nothing.
 extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_wg64(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   attn_fwd_wg_body<64>(a, q, k, v, o, lse);
-#else
-  __trap();
-#endif
 }
 extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_wg96(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   attn_fwd_wg_body<96>(a, q, k, v, o, lse);
-#else
-  __trap();
-#endif
 }
 extern "C" __global__ void __launch_bounds__(256, 1) attn_fwd_wg128(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   attn_fwd_wg_body<128>(a, q, k, v, o, lse);
-#else
-  __trap();
-#endif
 }
 
 // ---------------------------------------------------------------------------
@@ -856,31 +850,25 @@ __device__ void attn_bwd_wg_body(AttnShape a, const u16* q, const u16* k, const 
     }
   }
 }
+#else
+template <int D>
+__device__ void attn_bwd_wg_body(AttnShape, const u16*, const u16*, const u16*, const float*, const u16*, const float*, float*, u16*, u16*, float*,
+                                 float*) {
+  __trap();
+}
 #endif
 
 extern "C" __global__ void __launch_bounds__(256, 1) attn_bwd_wg64(AttnShape a, const u16* q, const u16* k, const u16* v, const float* lse,
     const u16* dO, const float* dstat, float* dqacc, u16* dK, u16* dV, float* pK, float* pV) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   attn_bwd_wg_body<64>(a, q, k, v, lse, dO, dstat, dqacc, dK, dV, pK, pV);
-#else
-  __trap();
-#endif
 }
 extern "C" __global__ void __launch_bounds__(256, 1) attn_bwd_wg96(AttnShape a, const u16* q, const u16* k, const u16* v, const float* lse,
     const u16* dO, const float* dstat, float* dqacc, u16* dK, u16* dV, float* pK, float* pV) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   attn_bwd_wg_body<96>(a, q, k, v, lse, dO, dstat, dqacc, dK, dV, pK, pV);
-#else
-  __trap();
-#endif
 }
 extern "C" __global__ void __launch_bounds__(256, 1) attn_bwd_wg128(AttnShape a, const u16* q, const u16* k, const u16* v, const float* lse,
     const u16* dO, const float* dstat, float* dqacc, u16* dK, u16* dV, float* pK, float* pV) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   attn_bwd_wg_body<128>(a, q, k, v, lse, dO, dstat, dqacc, dK, dV, pK, pV);
-#else
-  __trap();
-#endif
 }
 
 template <int D, int NW>

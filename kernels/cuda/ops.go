@@ -716,13 +716,9 @@ func (c *Backend) rowNormGrad(op string, rms bool, dx, dw, db, dy, x, w, mean, r
 	colBlocks := (cols + 31) / 32
 	sfx := suffix(dwb, dbb, rb)
 	// Split the rows when the columns alone give too few blocks to fill the
-	// GPU; partials are folded in slice order, so results stay reproducible.
-	slices := min((c.dev.sms*8+colBlocks-1)/colBlocks, (rows+255)/256)
-	if slices <= 1 {
-		c.launch("rownorm_wgrad"+sfx, dims{colBlocks, 1, 1}, 256, 0, ptr(dwb), dt(dwb), ptr(dbb), dt(dbb),
-			dyb.ptr, dt(dyb), xb.ptr, dt(xb), ptr(mb), rb.ptr, dt(rb), rows, cols)
-		return
-	}
+	// GPU (one slice otherwise); partials are folded in slice order, so
+	// results stay reproducible.
+	slices := max(1, min((c.dev.sms*8+colBlocks-1)/colBlocks, (rows+255)/256))
 	per := (rows + slices - 1) / slices
 	size := int64(4)
 	if sfx == "_d" {

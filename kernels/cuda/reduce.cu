@@ -347,50 +347,12 @@ extern "C" __global__ void rownorm_grad_d(i64 rms, void* dx, i64 dxdt, const voi
   rownorm_grad_body<double>(rms, dx, dxdt, dy, dydt, x, xdt, w, wdt, mean, rstd, sdt, rows, cols);
 }
 
-// rownorm_wgrad: dw[j] = Σ_rows dy·x̂ and db[j] = Σ_rows dy, a block of 32
-// columns × 8 row lanes, combined in shared memory in a fixed order.
-template <typename T>
-__device__ void rownorm_wgrad_body(void* dw, i64 dwdt, void* db, i64 dbdt, const void* dy, i64 dydt, const void* x, i64 xdt,
-                                   const void* mean, const void* rstd, i64 sdt, i64 rows, i64 cols) {
-  __shared__ T sw[8][33], sb[8][33];
-  int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
-  i64 j = (i64)blockIdx.x * 32 + tx;
-  T aw = 0, ab = 0;
-  if (j < cols) {
-    for (i64 r = ty; r < rows; r += 8) {
-      T g = ld<T>(dy, (int)dydt, r * cols + j);
-      T mu = mean ? ld<T>(mean, (int)sdt, r) : (T)0;
-      T xh = (ld<T>(x, (int)xdt, r * cols + j) - mu) * ld<T>(rstd, (int)sdt, r);
-      aw += g * xh;
-      ab += g;
-    }
-  }
-  sw[ty][tx] = aw;
-  sb[ty][tx] = ab;
-  __syncthreads();
-  if (ty == 0 && j < cols) {
-    T tw = 0, tb = 0;
-    for (int k = 0; k < 8; k++) {
-      tw += sw[k][tx];
-      tb += sb[k][tx];
-    }
-    if (dw) st<T>(dw, (int)dwdt, j, tw);
-    if (db) st<T>(db, (int)dbdt, j, tb);
-  }
-}
-extern "C" __global__ void rownorm_wgrad_f(void* dw, i64 dwdt, void* db, i64 dbdt, const void* dy, i64 dydt, const void* x, i64 xdt,
-                                           const void* mean, const void* rstd, i64 sdt, i64 rows, i64 cols) {
-  rownorm_wgrad_body<float>(dw, dwdt, db, dbdt, dy, dydt, x, xdt, mean, rstd, sdt, rows, cols);
-}
-extern "C" __global__ void rownorm_wgrad_d(void* dw, i64 dwdt, void* db, i64 dbdt, const void* dy, i64 dydt, const void* x, i64 xdt,
-                                           const void* mean, const void* rstd, i64 sdt, i64 rows, i64 cols) {
-  rownorm_wgrad_body<double>(dw, dwdt, db, dbdt, dy, dydt, x, xdt, mean, rstd, sdt, rows, cols);
-}
-
-// rownorm_wgrad_part / rownorm_wgrad_fold: the same sums when there are
-// few columns and many rows (q/k norms: 96 columns over 100k rows; the
-// model's norms: 2304 over 4352): blockIdx.y takes a slice of the rows and
-// writes partials [slices, cols]; the fold adds the slices in order.
+// rownorm_wgrad_part / rownorm_wgrad_fold: dw[j] = Σ_rows dy·x̂ and
+// db[j] = Σ_rows dy. A block takes 32 columns × 8 row lanes of one slice of
+// the rows (blockIdx.y; several slices when the columns alone give too few
+// blocks — q/k norms: 96 columns over 100k rows) and combines its lanes in
+// shared memory in a fixed order into partials [slices, cols]; the fold
+// adds the slices in order, so results are reproducible.
 template <typename T>
 __device__ void rownorm_wgrad_part_body(T* pw, T* pb, const void* dy, i64 dydt, const void* x, i64 xdt,
                                         const void* mean, const void* rstd, i64 sdt, i64 rows, i64 cols, i64 per) {
