@@ -177,7 +177,7 @@ func (c *Backend) Copy2D(dst kernels.Buffer, dstOff, dstStride int, src kernels.
 }
 
 // maxPermuteRank is the highest rank Permute takes.
-const maxPermuteRank = 6
+const maxPermuteRank = kernels.MaxPermuteRank
 
 // Permute writes dst = src transposed by perm: dst's axis k is src's axis
 // perm[k]. Dtypes may differ (the copy converts).
@@ -187,25 +187,12 @@ func (c *Backend) Permute(dst, src kernels.Buffer, shape []int, perm []int) {
 	if d == nil || s == nil {
 		return
 	}
-	rank := len(shape)
-	if rank > maxPermuteRank || len(perm) != rank {
-		c.fail("Permute: shape %v and perm %v must have the same rank ≤ %d", shape, perm, maxPermuteRank)
+	n, err := kernels.PermuteLen(shape, perm)
+	if err != nil {
+		c.fail("Permute: %v", err)
 		return
 	}
-	n := 1
-	var seen [maxPermuteRank]bool
-	for k, p := range perm {
-		if p < 0 || p >= rank || seen[p] {
-			c.fail("Permute: perm %v is not a permutation of 0..%d", perm, rank-1)
-			return
-		}
-		seen[p] = true
-		if shape[k] < 0 {
-			c.fail("Permute: negative extent in shape %v", shape)
-			return
-		}
-		n *= shape[k]
-	}
+	rank := len(shape)
 	if s.n != n || d.n != n {
 		c.fail("Permute: shape %v has %d elements but src has %d and dst %d", shape, n, s.n, d.n)
 		return

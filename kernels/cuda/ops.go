@@ -174,25 +174,12 @@ func (c *Backend) Permute(dst, src kernels.Buffer, shape []int, perm []int) {
 	if d == nil || s == nil {
 		return
 	}
-	r := len(shape)
-	if r == 0 || r > 6 || len(perm) != r {
-		c.failf("Permute: shape %v with perm %v (rank 1..6, one entry per axis)", shape, perm)
+	n, err := kernels.PermuteLen(shape, perm)
+	if err != nil {
+		c.failf("Permute: %v", err)
 		return
 	}
-	seen := make([]bool, r)
-	n := 1
-	for i, p := range perm {
-		if p < 0 || p >= r || seen[p] {
-			c.failf("Permute: perm %v is not a permutation of 0..%d", perm, r-1)
-			return
-		}
-		seen[p] = true
-		if shape[i] < 0 {
-			c.failf("Permute: negative dimension in %v", shape)
-			return
-		}
-		n *= shape[i]
-	}
+	r := len(shape)
 	if d.n != n || s.n != n {
 		c.failf("Permute: shape %v has %d elements but src has %d and dst %d", shape, n, s.n, d.n)
 		return
