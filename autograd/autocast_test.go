@@ -99,7 +99,7 @@ func TestAutocastGradientsCloseToFP32(t *testing.T) {
 	for _, d := range []kernels.DType{kernels.BF16, kernels.F16} {
 		got := twoLayer(t, d)
 		for name, want := range ref {
-			err := kerneltest.RelErr(got[name], want)
+			err := kernels.RelErr(got[name], want)
 			if !(err < 2e-2) {
 				t.Errorf("%v: %s gradient differs from fp32 by %.3g", d, name, err)
 			}

@@ -1,8 +1,9 @@
 package autograd
 
 import (
-	"github.com/newbie-train/newbie-train/kernels"
 	"slices"
+
+	"github.com/newbie-train/newbie-train/kernels"
 )
 
 // unary applies an elementwise function in the policy's dtype; its gradient

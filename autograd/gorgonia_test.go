@@ -227,7 +227,7 @@ func TestAgainstGorgonia(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if d := kerneltest.RelErr(got, want[i]); !(d < 1e-9) {
+				if d := kernels.RelErr(got, want[i]); !(d < 1e-9) {
 					t.Errorf("input %d: gradient differs from gorgonia by %.3g", i, d)
 				}
 			}

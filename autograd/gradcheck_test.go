@@ -128,7 +128,7 @@ func checkGradients(t *testing.T, c gradCase) {
 			vals[i][j] = orig
 			fd[j] = (up - down) / (2 * h)
 		}
-		if e := kerneltest.RelErr(grads[i], fd); !(e < 1e-6) {
+		if e := kernels.RelErr(grads[i], fd); !(e < 1e-6) {
 			t.Errorf("input %d: gradient differs from finite differences by %.3g (got %v want %v)", i, e, grads[i][:min(4, len(fd))], fd[:min(4, len(fd))])
 		}
 	}

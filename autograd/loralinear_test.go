@@ -272,7 +272,7 @@ func compareToFP32(t *testing.T, s loraSetup, form loraForm, seed uint64) {
 	ref := runLoRALayer(t, cpu.New(), kernels.F32, 0, s, form, seed)
 	got := runLoRALayer(t, cpu.New(), kernels.F32, kernels.BF16, s, form, seed)
 	check := func(what string, g, w []float64) {
-		err := kerneltest.RelErr(g, w)
+		err := kernels.RelErr(g, w)
 		if !(err < 2e-2) {
 			t.Errorf("%s differs from fp32 by %.3g", what, err)
 		}

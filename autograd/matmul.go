@@ -1,8 +1,9 @@
 package autograd
 
 import (
-	"github.com/newbie-train/newbie-train/kernels"
 	"slices"
+
+	"github.com/newbie-train/newbie-train/kernels"
 )
 
 // matDims reads a tensor of rank ≥ 2 as a batch of [rows, cols] matrices.

@@ -8,15 +8,17 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/newbie-train/newbie-train/internal/golden/goldentest"
+
 	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
 )
 
 // goldenWeights opens the tiny upstream weights or skips.
 func goldenWeights(t *testing.T) *safetensors.File {
 	t.Helper()
-	f, err := safetensors.Open(filepath.Join(goldenDir, "tiny.weights.safetensors"))
+	f, err := safetensors.Open(goldentest.Path(t, "nextdit", "tiny.weights.safetensors"))
 	if err != nil {
-		t.Skipf("golden data not found beside the checkout: %v", err)
+		t.Fatal(err)
 	}
 	t.Cleanup(func() { f.Close() })
 	return f

@@ -10,13 +10,12 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/newbie-train/newbie-train/internal/golden/goldentest"
+
 	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/kernels/kerneltest"
 )
-
-// goldenDir is the shared reference data (../shared beside the checkout).
-const goldenDir = "../../shared/golden/nextdit"
 
 // testLoRA builds an adapter with awkward sizes and random (never zero)
 // values; one layer has its own rank and alpha so the per-layer paths of
@@ -155,7 +154,7 @@ func TestLoRAKeys(t *testing.T) {
 			for i, x := range want {
 				ref[i] = float64(x)
 			}
-			if e := kerneltest.RelErr(a, ref); e != 0 {
+			if e := kernels.RelErr(a, ref); e != 0 {
 				t.Errorf("stored A differs from the layer's A: rel err %g", e)
 			}
 		})
@@ -211,10 +210,7 @@ func TestLoRAHalfPrecision(t *testing.T) {
 // target kinds, every layer's values as the file holds them (F64 there,
 // rounded once to float32 here).
 func TestGoldenPEFT(t *testing.T) {
-	dir := filepath.Join(goldenDir, "tiny.peft_lora")
-	if _, err := os.Stat(dir); err != nil {
-		t.Skipf("golden data not found beside the checkout: %v", err)
-	}
+	dir := goldentest.Path(t, "nextdit", "tiny.peft_lora")
 	l, f, err := ReadLoRA(dir)
 	if err != nil {
 		t.Fatal(err)
@@ -264,10 +260,10 @@ func TestGoldenPEFT(t *testing.T) {
 // fields and values the reference PEFT wrote for the same adapter, so PEFT
 // loads it the same way.
 func TestGoldenPEFTConfigFields(t *testing.T) {
-	dir := filepath.Join(goldenDir, "tiny.peft_lora")
+	dir := goldentest.Path(t, "nextdit", "tiny.peft_lora")
 	raw, err := os.ReadFile(filepath.Join(dir, PEFTConfigFile))
 	if err != nil {
-		t.Skipf("golden data not found beside the checkout: %v", err)
+		t.Fatal(err)
 	}
 	var golden map[string]any
 	if err := json.Unmarshal(raw, &golden); err != nil {

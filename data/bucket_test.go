@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"testing"
 
+	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/kernels/kerneltest"
 )
 
@@ -156,7 +157,7 @@ func TestCropResize(t *testing.T) {
 			kerneltest.Check(t, c.name, rgbToF64(got), want, 1e-5)
 		})
 	}
-	if e := kerneltest.RelErr(rgbToF64(cropResize(src, 0, 0, 37, 29, 37, 29)), rgbToF64(src)); e > 1e-6 {
+	if e := kernels.RelErr(rgbToF64(cropResize(src, 0, 0, 37, 29, 37, 29)), rgbToF64(src)); e > 1e-6 {
 		t.Errorf("identity resize changes the image by %.3g", e)
 	}
 	flat := RGB{W: 31, H: 17, Pix: make([]float32, 3*31*17)}

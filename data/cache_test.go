@@ -209,10 +209,10 @@ func TestStandInEncoders(t *testing.T) {
 	if out[3].Tokens != 512 || out[0].Dim != 2560 || len(out[0].Pooled) != 1024 {
 		t.Errorf("shapes: %d tokens, dim %d, pooled %d", out[3].Tokens, out[0].Dim, len(out[0].Pooled))
 	}
-	if kerneltest.RelErr(f32to64(out[0].Features), f32to64(out[1].Features)) != 0 {
+	if kernels.RelErr(f32to64(out[0].Features), f32to64(out[1].Features)) != 0 {
 		t.Errorf("equal texts encode differently")
 	}
-	if kerneltest.RelErr(f32to64(out[0].Pooled), f32to64(out[2].Pooled)) < 0.1 {
+	if kernels.RelErr(f32to64(out[0].Pooled), f32to64(out[2].Pooled)) < 0.1 {
 		t.Errorf("different texts encode alike")
 	}
 	v := &StandInVAE{}

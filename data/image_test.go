@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/kernels/kerneltest"
 )
 
@@ -122,7 +123,7 @@ func TestJPEGOrientation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if e := kerneltest.RelErr(rgbToF64(wrong), upright); e < 0.15 {
+	if e := kernels.RelErr(rgbToF64(wrong), upright); e < 0.15 {
 		t.Errorf("rotating the wrong way is only %.3g off: the check cannot tell orientations apart", e)
 	}
 }

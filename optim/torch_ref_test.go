@@ -7,7 +7,6 @@ import (
 
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/kernels/cpu"
-	"github.com/newbie-train/newbie-train/kernels/kerneltest"
 )
 
 // torchRef is testdata/adamw_ref.json, written by testdata/torch_adamw.py
@@ -86,7 +85,7 @@ func TestAdamWMatchesTorch(t *testing.T) {
 					t.Fatalf("step %d skipped (grad norm %g)", s+1, res.GradNorm)
 				}
 				for i, p := range params {
-					e := kerneltest.RelErr(download(t, be, p.Master), ref.After[s][i])
+					e := kernels.RelErr(download(t, be, p.Master), ref.After[s][i])
 					worst = max(worst, e)
 					if !(e <= tc.tol) {
 						t.Fatalf("step %d, %s: relative error %.3g > %.3g against torch %s", s+1, p.Name, e, tc.tol, ref.TorchVersion)

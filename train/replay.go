@@ -175,7 +175,7 @@ func Replay(b kernels.Backend, weightsPath, trajectoryPath string, dt, autocast 
 			if err != nil {
 				return nil, err
 			}
-			rel := relErr(got, want)
+			rel := kernels.RelErr(got, want)
 			rep.FinalErr[name] = rel
 			rep.MaxFinalErr = max(rep.MaxFinalErr, rel)
 		}
@@ -194,21 +194,4 @@ func readTensor(f *safetensors.File, name string) ([]float64, []int, error) {
 		return nil, nil, err
 	}
 	return v, info.Shape, nil
-}
-
-// relErr is ‖got−want‖/‖want‖.
-func relErr(got, want []float64) float64 {
-	if len(got) != len(want) {
-		return math.Inf(1)
-	}
-	var num, den float64
-	for i := range got {
-		d := got[i] - want[i]
-		num += d * d
-		den += want[i] * want[i]
-	}
-	if den == 0 {
-		return math.Sqrt(num)
-	}
-	return math.Sqrt(num / den)
 }

@@ -1,23 +1,20 @@
 package train
 
 import (
-	"os"
 	"testing"
+
+	"github.com/newbie-train/newbie-train/internal/golden/goldentest"
 
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/kernels/cpu"
 )
 
-const goldenDir = "../../shared/golden/nextdit/"
-
 // TestReplayGoldenTrajectory replays the reference LoRA training run (eight
 // AdamW steps with clipping) through the trainer's step and compares every
 // loss and the final LoRA tensors.
 func TestReplayGoldenTrajectory(t *testing.T) {
-	traj := goldenDir + "tiny.train.golden.safetensors"
-	if _, err := os.Stat(traj); err != nil {
-		t.Skipf("golden trajectory not found beside the checkout (%v)", err)
-	}
+	traj := goldentest.Path(t, "nextdit", "tiny.train.golden.safetensors")
+	weights := goldentest.Path(t, "nextdit", "tiny.weights.safetensors")
 	for _, c := range []struct {
 		name              string
 		dt, autocast      kernels.DType
@@ -27,7 +24,7 @@ func TestReplayGoldenTrajectory(t *testing.T) {
 		{"float32", kernels.F32, 0, 1e-5, 1e-4},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			rep, err := Replay(cpu.New(), goldenDir+"tiny.weights.safetensors", traj, c.dt, c.autocast)
+			rep, err := Replay(cpu.New(), weights, traj, c.dt, c.autocast)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/newbie-train/newbie-train/internal/golden/goldentest"
+
 	"github.com/newbie-train/newbie-train/checkpoints"
 	"github.com/newbie-train/newbie-train/configs"
 	"github.com/newbie-train/newbie-train/data"
@@ -231,12 +233,9 @@ func TestResumeRefusesOtherConfig(t *testing.T) {
 // (the golden tiny weights) loads it, records its hash in the LoRA, and
 // trains.
 func TestTrainsFromWeightsFile(t *testing.T) {
-	weights, err := filepath.Abs(goldenDir + "tiny.weights.safetensors")
+	weights, err := filepath.Abs(goldentest.Path(t, "nextdit", "tiny.weights.safetensors"))
 	if err != nil {
 		t.Fatal(err)
-	}
-	if _, err := os.Stat(weights); err != nil {
-		t.Skipf("golden weights not beside the checkout: %v", err)
 	}
 	cfg := demoConfig(t, t.TempDir(), 3, 0)
 	cfg.Model.Weights = weights
@@ -356,12 +355,9 @@ func TestDeviceChoice(t *testing.T) {
 // TestResumeRefusesOtherBase: a state written on one base model is refused
 // on another, naming the base model.
 func TestResumeRefusesOtherBase(t *testing.T) {
-	weights, err := filepath.Abs(goldenDir + "tiny.weights.safetensors")
+	weights, err := filepath.Abs(goldentest.Path(t, "nextdit", "tiny.weights.safetensors"))
 	if err != nil {
 		t.Fatal(err)
-	}
-	if _, err := os.Stat(weights); err != nil {
-		t.Skipf("golden weights not beside the checkout: %v", err)
 	}
 	cfg := demoConfig(t, t.TempDir(), 4, 2)
 	if _, err := Run(context.Background(), cfg, Options{Log: io.Discard}); err != nil {

@@ -8,24 +8,19 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/newbie-train/newbie-train/internal/golden/goldentest"
+
 	"github.com/newbie-train/newbie-train/checkpoints"
 	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
 )
 
-// goldenFiles returns the folder of the tiny golden files, or skips: CI
-// keeps ../shared beside the checkout; NEWBIE_GOLDEN overrides it.
+// goldenFiles returns the folder of the tiny Next-DiT's golden files, or
+// skips when they are absent.
 func goldenFiles(t *testing.T) string {
 	t.Helper()
-	dir := os.Getenv("NEWBIE_GOLDEN")
-	if dir == "" {
-		dir = "../../../shared/golden/nextdit"
-	}
-	for _, f := range []string{"tiny.weights.safetensors", "tiny.golden.safetensors", "tiny.peft_lora/adapter_model.safetensors"} {
-		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
-			t.Skipf("golden file %s is absent (CI keeps ../shared/golden beside the checkout): %v", f, err)
-		}
-	}
-	return dir
+	goldentest.Path(t, "nextdit", "tiny.golden.safetensors")
+	goldentest.Path(t, "nextdit", "tiny.peft_lora", "adapter_model.safetensors")
+	return filepath.Dir(goldentest.Path(t, "nextdit", "tiny.weights.safetensors"))
 }
 
 // comfyWeights rewrites the golden weights as a ComfyUI single file

@@ -70,10 +70,10 @@ func TestMerge(t *testing.T) {
 	got := forwardGolden(t, g, merged, "")
 	kerneltest.Check(t, "merged model vs base + adapter", got, want, 1e-6)
 	plain := forwardGolden(t, g, base, "")
-	if kerneltest.RelErr(plain, want) < 1e-3 {
+	if kernels.RelErr(plain, want) < 1e-3 {
 		t.Fatalf("the adapter barely changes the output; the test would prove nothing")
 	}
-	t.Logf("merged vs adapter: rel err %.3g", kerneltest.RelErr(got, want))
+	t.Logf("merged vs adapter: rel err %.3g", kernels.RelErr(got, want))
 
 	code, out, _ = runCLI(t, "inspect", merged)
 	if code != 0 || !strings.Contains(out, "layout:      upstream") || !strings.Contains(out, "preset:      tiny") || !strings.Contains(out, "merged_lora: tiny.peft_lora") {

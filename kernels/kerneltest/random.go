@@ -46,7 +46,7 @@ func paRandCheck(t *testing.T, b kernels.Backend, draw paDraw, at func(seed, idx
 		Check(t, "split draw", append(Get(t, b, first), Get(t, b, second)...), Get(t, b, whole), 0)
 		other := Poisoned(t, b, kernels.F32, 100)
 		draw(other, seed+1, 0)
-		if RelErr(Get(t, b, other), Get(t, b, whole)) < 0.5 {
+		if kernels.RelErr(Get(t, b, other), Get(t, b, whole)) < 0.5 {
 			t.Errorf("seeds %d and %d give nearly the same draw", seed, seed+1)
 		}
 	})

@@ -139,37 +139,10 @@ func Get(t *testing.T, b kernels.Backend, buf kernels.Buffer) []float64 {
 	return kernels.DecodeF64(buf.DType(), raw)
 }
 
-// RelErr is ‖got−want‖/‖want‖ (‖got−want‖ when want is zero); NaN or a
-// length mismatch gives +Inf.
-func RelErr(got, want []float64) float64 {
-	if len(got) != len(want) {
-		return math.Inf(1)
-	}
-	var num, den float64
-	for i := range got {
-		if got[i] == want[i] { // also equal infinities, whose difference is NaN
-			continue
-		}
-		d := got[i] - want[i]
-		if math.IsNaN(d) {
-			if math.IsNaN(got[i]) && math.IsNaN(want[i]) {
-				continue
-			}
-			return math.Inf(1)
-		}
-		num += d * d
-		den += want[i] * want[i]
-	}
-	if den == 0 {
-		return math.Sqrt(num)
-	}
-	return math.Sqrt(num / den)
-}
-
 // Check fails the test when got is further than tol from want.
 func Check(t *testing.T, what string, got, want []float64, tol float64) {
 	t.Helper()
-	if e := RelErr(got, want); !(e <= tol) {
+	if e := kernels.RelErr(got, want); !(e <= tol) {
 		t.Errorf("%s: relative error %.3g > %.3g (first values got %v want %v)", what, e, tol, head(got), head(want))
 	}
 }

@@ -7,60 +7,46 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/newbie-train/newbie-train/internal/golden"
+	"github.com/newbie-train/newbie-train/internal/golden/goldentest"
+
 	ag "github.com/newbie-train/newbie-train/autograd"
-	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/kernels/cpu"
 	"github.com/newbie-train/newbie-train/kernels/kerneltest"
 	"github.com/newbie-train/newbie-train/models/nextdit"
 )
 
-// goldenDir is where CI keeps the reference numbers, beside the checkout;
-// NEWBIE_GOLDEN overrides it (the GPU machine gets a copy elsewhere).
-var goldenDir = func() string {
-	if d := os.Getenv("NEWBIE_GOLDEN"); d != "" {
-		return d
-	}
-	return "../../../shared/golden/nextdit"
-}()
-
+// The tiny Next-DiT's golden files; needGolden skips a test when they are
+// absent.
 var (
-	weightsPath = filepath.Join(goldenDir, "tiny.weights.safetensors")
-	goldenPath  = filepath.Join(goldenDir, "tiny.golden.safetensors")
-	peftDir     = filepath.Join(goldenDir, "tiny.peft_lora")
+	weightsPath = tinyGolden("tiny.weights.safetensors")
+	goldenPath  = tinyGolden("tiny.golden.safetensors")
+	peftDir     = tinyGolden("tiny.peft_lora")
 )
 
-func needGolden(t *testing.T) *safetensors.File {
-	t.Helper()
-	for _, p := range []string{weightsPath, goldenPath, filepath.Join(peftDir, PEFTWeightsFile)} {
-		if _, err := os.Stat(p); err != nil {
-			t.Skipf("golden file %s is absent (CI keeps ../shared/golden beside the checkout): %v", p, err)
-		}
-	}
-	f, err := safetensors.Open(goldenPath)
-	if err != nil {
-		t.Fatalf("open golden: %v", err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return f
+func tinyGolden(name string) string {
+	d, _ := golden.Dir()
+	return filepath.Join(d, "nextdit", name)
 }
 
-func get(t *testing.T, f *safetensors.File, name string) []float64 {
+// needGolden opens the tiny golden reference, or skips when the golden
+// weights, reference or PEFT adapter are absent.
+func needGolden(t *testing.T) *golden.File {
 	t.Helper()
-	v, err := f.Float64(name)
-	if err != nil {
-		t.Fatalf("golden %s: %v", name, err)
-	}
-	return v
+	goldentest.Path(t, "nextdit", "tiny.weights.safetensors")
+	goldentest.Path(t, "nextdit", "tiny.peft_lora", PEFTWeightsFile)
+	return goldentest.Open(t, "nextdit", "tiny.golden.safetensors")
 }
 
-func shape(t *testing.T, f *safetensors.File, name string) []int {
+func get(t *testing.T, f *golden.File, name string) []float64 {
 	t.Helper()
-	info, ok := f.Info(name)
-	if !ok {
-		t.Fatalf("golden has no %s", name)
-	}
-	return info.Shape
+	return goldentest.Tensor(t, f, name).Values
+}
+
+func shape(t *testing.T, f *golden.File, name string) []int {
+	t.Helper()
+	return goldentest.Tensor(t, f, name).Shape
 }
 
 func values(t *testing.T, x *ag.Tensor) []float64 {
@@ -74,7 +60,7 @@ func values(t *testing.T, x *ag.Tensor) []float64 {
 
 // run is one forward (and backward of sum(y ⊙ grad_out)) of the tiny model
 // on the golden inputs; it returns the output values and the input x.
-func run(t *testing.T, m *nextdit.Model, g *safetensors.File, d, autocast kernels.DType, backward bool) ([]float64, *ag.Tensor) {
+func run(t *testing.T, m *nextdit.Model, g *golden.File, d, autocast kernels.DType, backward bool) ([]float64, *ag.Tensor) {
 	t.Helper()
 	e := m.Engine()
 	x := e.FromFloat64(d, shape(t, g, "in.x"), get(t, g, "in.x")).Input()
@@ -140,7 +126,7 @@ func TestPEFTGoldenParity(t *testing.T) {
 }
 
 // checkPEFTParity runs one parity case on a backend.
-func checkPEFTParity(t *testing.T, g *safetensors.File, be kernels.Backend, tc parityCase) {
+func checkPEFTParity(t *testing.T, g *golden.File, be kernels.Backend, tc parityCase) {
 	m := loadTinyOn(t, be, tc.storage)
 	m.SetCheckpoint(tc.checkpoint)
 	s, err := LoadPEFT(m, peftDir, tc.master)
@@ -161,7 +147,7 @@ func checkPEFTParity(t *testing.T, g *safetensors.File, be kernels.Backend, tc p
 			key := "grad_lora." + PEFTPrefix + a.Name + ".lora_" + which + ".default.weight"
 			got, want := values(t, p.Grad()), get(t, g, key)
 			kerneltest.Check(t, key, got, want, tc.gradTol)
-			worst = max(worst, kerneltest.RelErr(got, want))
+			worst = max(worst, kernels.RelErr(got, want))
 			n++
 		}
 	}
@@ -175,7 +161,7 @@ func checkPEFTParity(t *testing.T, g *safetensors.File, be kernels.Backend, tc p
 		t.Errorf("compared %d adapter gradients; the golden file has %d", n, golden)
 	}
 	t.Logf("%s: out rel err %.3g, worst adapter gradient %.3g over %d tensors", be.Name(),
-		kerneltest.RelErr(y, get(t, g, "out.y_lora")), worst, n)
+		kernels.RelErr(y, get(t, g, "out.y_lora")), worst, n)
 }
 
 // TestMergeUnmerge checks that a merged model computes what the adapters

@@ -58,12 +58,12 @@ func TestGoldenParityCUDA(t *testing.T) {
 				}
 				got, want := gradValues(t, m.Weight(key)), g.get(t, name)
 				kerneltest.Check(t, name, got, want, tc.gradTol)
-				if e := kerneltest.RelErr(got, want); e > worst {
+				if e := kernels.RelErr(got, want); e > worst {
 					worst, worstName = e, name
 				}
 			}
 			t.Logf("%s: out rel err %.3g, grad x %.3g, worst parameter gradient %.3g (%s)", m.Engine().Backend().Name(),
-				kerneltest.RelErr(y, g.get(t, "out.y")), kerneltest.RelErr(gradValues(t, in.X), g.get(t, "grad.in.x")), worst, worstName)
+				kernels.RelErr(y, g.get(t, "out.y")), kernels.RelErr(gradValues(t, in.X), g.get(t, "grad.in.x")), worst, worstName)
 		})
 	}
 }

@@ -1,11 +1,13 @@
 package nextdit
 
 import (
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
+
+	"github.com/newbie-train/newbie-train/internal/golden"
+	"github.com/newbie-train/newbie-train/internal/golden/goldentest"
 
 	ag "github.com/newbie-train/newbie-train/autograd"
 	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
@@ -14,58 +16,35 @@ import (
 	"github.com/newbie-train/newbie-train/kernels/kerneltest"
 )
 
-// goldenDir is where CI keeps the reference numbers, beside the checkout;
-// NEWBIE_GOLDEN overrides it (the GPU machine gets a copy elsewhere).
-var goldenDir = func() string {
-	if d := os.Getenv("NEWBIE_GOLDEN"); d != "" {
-		return d
-	}
-	return "../../../shared/golden/nextdit"
-}()
-
-// golden is the opened tiny.* reference files: ref is the raw file, gold
+// goldenRun is the opened tiny.* reference files: ref is the raw file, gold
 // the same file read through the package's Golden (inputs, references).
-type golden struct {
+type goldenRun struct {
 	weights, path string
-	ref           *safetensors.File
+	ref           *golden.File
 	gold          *Golden
 }
 
-func openGolden(t *testing.T) golden {
+func openGolden(t *testing.T) goldenRun {
 	t.Helper()
-	w := filepath.Join(goldenDir, "tiny.weights.safetensors")
-	g := filepath.Join(goldenDir, "tiny.golden.safetensors")
-	for _, p := range []string{w, g} {
-		if _, err := os.Stat(p); err != nil {
-			t.Skipf("golden file %s is absent (CI keeps ../shared/golden beside the checkout): %v", p, err)
-		}
-	}
-	f, err := safetensors.Open(g)
-	if err != nil {
-		t.Fatalf("open golden: %v", err)
-	}
-	t.Cleanup(func() { f.Close() })
-	gold, err := OpenGolden(g)
+	w := goldentest.Path(t, "nextdit", "tiny.weights.safetensors")
+	ref := goldentest.Open(t, "nextdit", "tiny.golden.safetensors")
+	gold, err := OpenGolden(ref.Path())
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { gold.Close() })
-	return golden{weights: w, path: g, ref: f, gold: gold}
+	return goldenRun{weights: w, path: ref.Path(), ref: ref, gold: gold}
 }
 
 // get reads a reference tensor as float64.
-func (g golden) get(t *testing.T, name string) []float64 {
+func (g goldenRun) get(t *testing.T, name string) []float64 {
 	t.Helper()
-	v, err := g.gold.Ref(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return v
+	return goldentest.Tensor(t, g.ref, name).Values
 }
 
 // goldenInputs uploads the golden inputs in dtype d, marked as inputs so
 // their gradients are kept.
-func goldenInputs(t *testing.T, e *ag.Engine, g golden, d kernels.DType) (Inputs, *ag.Tensor) {
+func goldenInputs(t *testing.T, e *ag.Engine, g goldenRun, d kernels.DType) (Inputs, *ag.Tensor) {
 	t.Helper()
 	in, gradOut, err := g.gold.Inputs(e, d)
 	if err != nil {
@@ -77,13 +56,13 @@ func goldenInputs(t *testing.T, e *ag.Engine, g golden, d kernels.DType) (Inputs
 // runGolden loads the tiny weights in storage dtype d, makes every weight
 // trainable (masters in d for F64/F32), runs forward and the backward of
 // sum(y ⊙ grad_out), and returns the model, inputs and output values.
-func runGolden(t *testing.T, g golden, d kernels.DType, autocast kernels.DType, checkpoint bool) (*Model, Inputs, []float64) {
+func runGolden(t *testing.T, g goldenRun, d kernels.DType, autocast kernels.DType, checkpoint bool) (*Model, Inputs, []float64) {
 	t.Helper()
 	return runGoldenOn(t, cpu.New(), g, d, autocast, checkpoint)
 }
 
 // runGoldenOn is runGolden on a given backend.
-func runGoldenOn(t *testing.T, be kernels.Backend, g golden, d kernels.DType, autocast kernels.DType, checkpoint bool) (*Model, Inputs, []float64) {
+func runGoldenOn(t *testing.T, be kernels.Backend, g goldenRun, d kernels.DType, autocast kernels.DType, checkpoint bool) (*Model, Inputs, []float64) {
 	t.Helper()
 	e := ag.New(be)
 	m, err := Load(e, g.weights, Options{DType: d, Checkpoint: checkpoint})
@@ -241,7 +220,7 @@ func TestNoClipPath(t *testing.T) {
 		}
 	}
 	kerneltest.Check(t, "no-CLIP model vs full model without pooled input", outs["noclip"], outs["full"], 0)
-	if kerneltest.RelErr(outs["full"], g.get(t, "out.y")) < 1e-3 {
+	if kernels.RelErr(outs["full"], g.get(t, "out.y")) < 1e-3 {
 		t.Errorf("dropping the pooled CLIP input did not change the output")
 	}
 }

@@ -218,12 +218,12 @@ func (r *GoldenReport) Pass(p Precision) (ok bool, failures []string) {
 // every gradient the golden file holds. Reference tensors the run cannot
 // produce, and gradients the run has but the file lacks, are errors: a
 // partial comparison would pass silently.
-func RunGolden(be kernels.Backend, weights, golden string, opts GoldenOptions) (*GoldenReport, error) {
+func RunGolden(be kernels.Backend, weights, goldenPath string, opts GoldenOptions) (*GoldenReport, error) {
 	p := opts.Precision
 	if p.Name == "" {
 		return nil, errors.New("nextdit: RunGolden: no precision given")
 	}
-	g, err := OpenGolden(golden)
+	g, err := OpenGolden(goldenPath)
 	if err != nil {
 		return nil, err
 	}
@@ -295,7 +295,7 @@ func RunGolden(be kernels.Backend, weights, golden string, opts GoldenOptions) (
 		if len(v) != len(want) {
 			return fmt.Errorf("nextdit: golden %s has %d values, the run %d", ref, len(want), len(v))
 		}
-		into[ref] = relErr(v, want)
+		into[ref] = kernels.RelErr(v, want)
 		return nil
 	}
 	suffix := ""
@@ -309,7 +309,7 @@ func RunGolden(be kernels.Backend, weights, golden string, opts GoldenOptions) (
 	if len(want) != len(yv) {
 		return nil, fmt.Errorf("nextdit: golden out.y%s has %d values, the model gave %d", suffix, len(want), len(yv))
 	}
-	rep.Output = relErr(yv, want)
+	rep.Output = kernels.RelErr(yv, want)
 	for _, x := range []struct {
 		name string
 		t    *ag.Tensor
@@ -399,20 +399,4 @@ func compareLoRA(g *Golden, lora map[string]*ag.Tensor, compare func(*ag.Tensor,
 		return fmt.Errorf("nextdit: golden %s has no LoRA gradients (grad_lora.*) to compare with", g.Path())
 	}
 	return nil
-}
-
-// relErr is ‖got−want‖/‖want‖ in float64 (‖got‖ when want is zero, so an
-// all-zero reference still catches a non-zero result). NaN anywhere gives
-// NaN, which no tolerance accepts.
-func relErr(got, want []float64) float64 {
-	var num, den float64
-	for i := range want {
-		d := got[i] - want[i]
-		num += d * d
-		den += want[i] * want[i]
-	}
-	if den == 0 {
-		return math.Sqrt(num)
-	}
-	return math.Sqrt(num / den)
 }

@@ -125,7 +125,7 @@ func writeLayout(t *testing.T, weights, layout string, extra ...safetensors.Tens
 
 // forwardValues loads path (with cfg as the fallback architecture) in F32
 // and returns the output on the golden inputs.
-func forwardValues(t *testing.T, g golden, path string, cfg *Config) []float64 {
+func forwardValues(t *testing.T, g goldenRun, path string, cfg *Config) []float64 {
 	t.Helper()
 	e := ag.New(cpu.New())
 	m, err := LoadWithConfig(e, path, cfg, Options{DType: kernels.F32})

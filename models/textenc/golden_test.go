@@ -1,9 +1,9 @@
 package textenc
 
 import (
-	"os"
-	"path/filepath"
 	"testing"
+
+	"github.com/newbie-train/newbie-train/internal/golden/goldentest"
 
 	ag "github.com/newbie-train/newbie-train/autograd"
 	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
@@ -11,15 +11,6 @@ import (
 	"github.com/newbie-train/newbie-train/kernels/cpu"
 	"github.com/newbie-train/newbie-train/kernels/kerneltest"
 )
-
-// goldenDir is where CI keeps the reference numbers, beside the checkout;
-// NEWBIE_GOLDEN (the folder holding gemma3/) overrides it.
-var goldenDir = func() string {
-	if d := os.Getenv("NEWBIE_GOLDEN"); d != "" {
-		return filepath.Join(d, "gemma3")
-	}
-	return "../../../shared/golden/gemma3"
-}()
 
 // goldenCase is the reference batch: inputs and transformers' outputs.
 type goldenCase struct {
@@ -31,44 +22,17 @@ type goldenCase struct {
 
 func openGolden(t *testing.T) goldenCase {
 	t.Helper()
-	w := filepath.Join(goldenDir, "gemma_tiny.weights.safetensors")
-	p := filepath.Join(goldenDir, "gemma_tiny.golden.safetensors")
-	for _, f := range []string{w, p} {
-		if _, err := os.Stat(f); err != nil {
-			t.Skipf("golden file %s is absent (CI keeps ../shared/golden beside the checkout): %v", f, err)
-		}
+	w := goldentest.Path(t, "gemma3", "gemma_tiny.weights.safetensors")
+	f := goldentest.Open(t, "gemma3", "gemma_tiny.golden.safetensors")
+	m2 := goldentest.Tensor(t, f, "out.hidden_states_m2")
+	return goldenCase{
+		weights: w,
+		ids:     goldentest.Rows(t, f, "in.input_ids"),
+		mask:    goldentest.Rows(t, f, "in.attention_mask"),
+		b:       m2.Shape[0], l: m2.Shape[1], hidden: m2.Shape[2],
+		m2:   m2.Values,
+		last: goldentest.Tensor(t, f, "out.last_hidden_state").Values,
 	}
-	f, err := safetensors.Open(p)
-	if err != nil {
-		t.Fatalf("open golden: %v", err)
-	}
-	defer f.Close()
-	read := func(name string) ([]float64, []int) {
-		info, ok := f.Info(name)
-		if !ok {
-			t.Fatalf("golden has no %s", name)
-		}
-		v, err := f.Float64(name)
-		if err != nil {
-			t.Fatalf("golden %s: %v", name, err)
-		}
-		return v, info.Shape
-	}
-	rows := func(v []float64, shape []int) [][]int32 {
-		out := make([][]int32, shape[0])
-		for b := range out {
-			out[b] = make([]int32, shape[1])
-			for i := range out[b] {
-				out[b][i] = int32(v[b*shape[1]+i])
-			}
-		}
-		return out
-	}
-	ids, is := read("in.input_ids")
-	mask, ms := read("in.attention_mask")
-	m2, hs := read("out.hidden_states_m2")
-	last, _ := read("out.last_hidden_state")
-	return goldenCase{weights: w, ids: rows(ids, is), mask: rows(mask, ms), b: hs[0], l: hs[1], hidden: hs[2], m2: m2, last: last}
 }
 
 // masked keeps the rows of v [B, L, hidden] at positions where the mask is 1.
@@ -143,7 +107,7 @@ func TestGolden(t *testing.T) {
 			kerneltest.Check(t, "hidden_states[-2]", gc.masked(m2), gc.masked(gc.m2), tc.tolM2)
 			kerneltest.Check(t, "last_hidden_state", gc.masked(last), gc.masked(gc.last), tc.tolEnd)
 			t.Logf("%v: hidden_states[-2] rel err %.3g, last_hidden_state %.3g", tc.dtype,
-				kerneltest.RelErr(gc.masked(m2), gc.masked(gc.m2)), kerneltest.RelErr(gc.masked(last), gc.masked(gc.last)))
+				kernels.RelErr(gc.masked(m2), gc.masked(gc.m2)), kernels.RelErr(gc.masked(last), gc.masked(gc.last)))
 
 			p, err := g.PenultimateHidden(gc.ids, gc.mask)
 			if err != nil {
@@ -186,7 +150,7 @@ func TestGoldenHostReference(t *testing.T) {
 	ref := hostForward(cfg, w, gc.ids, lens)
 	hm2, hlast := flatten(ref[len(ref)-2], lens), flatten(ref[len(ref)-1], lens)
 	t.Logf("plain float64 forward vs golden: hidden_states[-2] %.3g, last_hidden_state %.3g",
-		kerneltest.RelErr(hm2, gc.masked(gc.m2)), kerneltest.RelErr(hlast, gc.masked(gc.last)))
+		kernels.RelErr(hm2, gc.masked(gc.m2)), kernels.RelErr(hlast, gc.masked(gc.last)))
 
 	e := ag.New(cpu.New())
 	g, err := Load(e, gc.weights, Options{DType: kernels.F64})

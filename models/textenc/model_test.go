@@ -100,7 +100,7 @@ func TestAgainstHostReference(t *testing.T) {
 					}
 				}
 				kerneltest.Check(t, fmt.Sprintf("hidden_states[%d]", i), rows, flatten(ref[i], lens), tc.tol)
-				t.Logf("hidden_states[%d]: relative error %.3g", i, kerneltest.RelErr(rows, flatten(ref[i], lens)))
+				t.Logf("hidden_states[%d]: relative error %.3g", i, kernels.RelErr(rows, flatten(ref[i], lens)))
 			}
 			if err := e.EndStep(); err != nil {
 				t.Fatal(err)
@@ -140,7 +140,7 @@ func TestSlidingWindowReach(t *testing.T) {
 	for s := range ha {
 		va, vb := values(t, ha[s]), values(t, hb[s])
 		for p := range l {
-			diff := kerneltest.RelErr(vb[p*h:(p+1)*h], va[p*h:(p+1)*h])
+			diff := kernels.RelErr(vb[p*h:(p+1)*h], va[p*h:(p+1)*h])
 			if p <= reach[s] && diff < 1e-6 {
 				t.Errorf("hidden_states[%d] position %d: unchanged (%.3g) by token 0 within the window", s, p, diff)
 			}
@@ -166,7 +166,7 @@ func TestGoldenNeedsWindow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := kerneltest.RelErr(gc.masked(values(t, m2)), gc.masked(gc.m2)); d < 1e-3 {
+	if d := kernels.RelErr(gc.masked(values(t, m2)), gc.masked(gc.m2)); d < 1e-3 {
 		t.Errorf("without the sliding window hidden_states[-2] is still within %.3g of the golden: the window is not exercised", d)
 	}
 }

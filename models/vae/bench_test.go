@@ -57,10 +57,10 @@ func TestNewRandom(t *testing.T) {
 	a, ha := run(7)
 	b, hb := run(7)
 	c, hc := run(8)
-	if kerneltest.RelErr(a, b) != 0 || ha != hb {
+	if kernels.RelErr(a, b) != 0 || ha != hb {
 		t.Error("the same seed gave different weights")
 	}
-	if kerneltest.RelErr(c, a) < 1e-3 || hc == ha {
+	if kernels.RelErr(c, a) < 1e-3 || hc == ha {
 		t.Error("different seeds gave the same weights")
 	}
 }

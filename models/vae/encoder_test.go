@@ -12,7 +12,7 @@ import (
 )
 
 // goldenRGB splits the golden image batch into host images.
-func goldenRGB(t *testing.T, g golden) []data.RGB {
+func goldenRGB(t *testing.T, g goldenRun) []data.RGB {
 	t.Helper()
 	img, shape := g.get(t, "in.image")
 	b, plane := shape[0], shape[1]*shape[2]*shape[3]

@@ -1,60 +1,36 @@
 package vae
 
 import (
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 
+	"github.com/newbie-train/newbie-train/internal/golden"
+	"github.com/newbie-train/newbie-train/internal/golden/goldentest"
+
 	ag "github.com/newbie-train/newbie-train/autograd"
-	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/kernels/cpu"
-	"github.com/newbie-train/newbie-train/kernels/kerneltest"
 )
 
-// goldenDir is where CI keeps the reference numbers, beside the checkout;
-// NEWBIE_GOLDEN_VAE overrides it (another machine may keep a copy
-// elsewhere).
-var goldenDir = func() string {
-	if d := os.Getenv("NEWBIE_GOLDEN_VAE"); d != "" {
-		return d
-	}
-	return "../../../shared/golden/vae"
-}()
-
-// golden is the opened reference files of the tiny VAE.
-type golden struct {
+// goldenRun is the opened reference files of the tiny VAE.
+type goldenRun struct {
 	weights string
-	ref     *safetensors.File
+	ref     *golden.File
 }
 
-func openGolden(t *testing.T) golden {
+func openGolden(t *testing.T) goldenRun {
 	t.Helper()
-	w := filepath.Join(goldenDir, "vae_tiny.weights.safetensors")
-	g := filepath.Join(goldenDir, "vae_tiny.golden.safetensors")
-	for _, p := range []string{w, g} {
-		if _, err := os.Stat(p); err != nil {
-			t.Skipf("golden file %s is absent (CI keeps ../shared/golden beside the checkout): %v", p, err)
-		}
+	return goldenRun{
+		weights: goldentest.Path(t, "vae", "vae_tiny.weights.safetensors"),
+		ref:     goldentest.Open(t, "vae", "vae_tiny.golden.safetensors"),
 	}
-	f, err := safetensors.Open(g)
-	if err != nil {
-		t.Fatalf("open golden: %v", err)
-	}
-	t.Cleanup(func() { f.Close() })
-	return golden{weights: w, ref: f}
 }
 
 // get reads a reference tensor as float64 with its shape.
-func (g golden) get(t *testing.T, name string) ([]float64, []int) {
+func (g goldenRun) get(t *testing.T, name string) ([]float64, []int) {
 	t.Helper()
-	v, err := g.ref.Float64(name)
-	if err != nil {
-		t.Fatalf("golden %s: %v", name, err)
-	}
-	info, _ := g.ref.Info(name)
-	return v, info.Shape
+	v := goldentest.Tensor(t, g.ref, name)
+	return v.Values, v.Shape
 }
 
 func newEngine() *ag.Engine { return ag.New(cpu.New()) }
@@ -137,7 +113,7 @@ func TestGolden(t *testing.T) {
 				if !slices.Equal(got[name].Shape(), shape) {
 					t.Fatalf("%s: shape %v, golden %v", name, got[name].Shape(), shape)
 				}
-				err := kerneltest.RelErr(values(t, got[name]), want)
+				err := kernels.RelErr(values(t, got[name]), want)
 				t.Logf("%s: rel err %.3g", name, err)
 				if err > c.tol {
 					t.Errorf("%s: rel err %.3g > %.g", name, err, c.tol)

@@ -78,7 +78,7 @@ func TestParseConfig(t *testing.T) {
 
 // rewrite copies the golden weights to dir/name with edit applied to the
 // tensor list, keeping the metadata unless meta is non-nil.
-func rewrite(t *testing.T, g golden, dir, name string, meta map[string]string, edit func([]safetensors.Tensor) []safetensors.Tensor) string {
+func rewrite(t *testing.T, g goldenRun, dir, name string, meta map[string]string, edit func([]safetensors.Tensor) []safetensors.Tensor) string {
 	t.Helper()
 	f, err := safetensors.Open(g.weights)
 	if err != nil {
