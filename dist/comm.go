@@ -273,9 +273,11 @@ func (g *group) Close() error {
 		return nil
 	}
 	g.closed = true
+	// The device work first, the watchdog still on guard: a rank lost
+	// while this one waits for its last sums aborts the wait.
+	err := g.nc.Close()
 	close(g.stop)
 	<-g.done
-	err := g.nc.Close()
 	if g.s != nil {
 		if serr := g.s.Close(); err == nil {
 			err = serr
