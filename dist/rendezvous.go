@@ -421,7 +421,13 @@ func (s *Session) Barrier() error {
 			return s.Err()
 		}
 	}
-	timer := time.NewTimer(s.timeout)
+	// Rank 0 knows who is missing and says so; the others wait longer, and
+	// give up on their own only when rank 0 itself is stuck.
+	wait := s.timeout
+	if s.rank != 0 {
+		wait *= 2
+	}
+	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	for {
 		s.mu.Lock()
@@ -455,7 +461,11 @@ func (s *Session) Barrier() error {
 		case <-s.changed:
 		case <-s.failed:
 		case <-timer.C:
-			s.fail(-1, fmt.Errorf("barrier %d: %s did not arrive within %v", n, rankList(waiting), s.timeout))
+			if s.rank != 0 {
+				s.fail(-1, fmt.Errorf("barrier %d: rank 0 did not release it within %v", n, wait))
+			} else {
+				s.fail(-1, fmt.Errorf("barrier %d: %s did not arrive within %v", n, rankList(waiting), wait))
+			}
 			return s.Err()
 		}
 	}
