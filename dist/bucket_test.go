@@ -9,6 +9,7 @@ import (
 
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/kernels/cpu"
+	"github.com/newbie-train/newbie-train/kernels/kerneltest"
 )
 
 func TestPlanBuckets(t *testing.T) {
@@ -124,7 +125,7 @@ func TestReducerInProcess(t *testing.T) {
 				v[k] = float64(r+1)*0.1 + float64(i*k%7)/3
 				want[i][k] += float32(v[k])
 			}
-			grads[r] = append(grads[r], upload(t, bs[r], kernels.F32, v))
+			grads[r] = append(grads[r], putBuf(t, bs[r], kernels.F32, v))
 		}
 	}
 	for step := range 2 {
@@ -146,7 +147,7 @@ func TestReducerInProcess(t *testing.T) {
 		}
 		for r := range world {
 			for i := range sizes {
-				got := download(t, bs[r], grads[r][i])
+				got := kerneltest.Get(t, bs[r], grads[r][i])
 				for k := range got {
 					if float32(got[k]) != want[i][k] {
 						t.Fatalf("rank %d gradient %d element %d is %v, want %v", r, i, k, got[k], want[i][k])

@@ -235,27 +235,28 @@ func (rd *inRound) combine() [][]byte {
 	return out
 }
 
-// sumInRankOrder adds buffer i of every rank, rank 0 first.
+// sumInRankOrder adds buffer i of every rank, rank 0 first, each addition
+// in float32 and stored (rounded) in the buffer's dtype.
 func sumInRankOrder(d kernels.DType, data [][][]byte, i int) []byte {
-	acc := make([]byte, len(data[0][i]))
-	copy(acc, data[0][i])
-	switch d {
-	case kernels.F32:
-		for _, rank := range data[1:] {
-			src := rank[i]
-			for k := 0; k < len(acc); k += 4 {
-				s := math.Float32frombits(binary.LittleEndian.Uint32(acc[k:])) + math.Float32frombits(binary.LittleEndian.Uint32(src[k:]))
-				binary.LittleEndian.PutUint32(acc[k:], math.Float32bits(s))
-			}
-		}
-	case kernels.BF16:
-		for _, rank := range data[1:] {
-			src := rank[i]
-			for k := 0; k < len(acc); k += 2 {
-				s := kernels.F32FromBF16(binary.LittleEndian.Uint16(acc[k:])) + kernels.F32FromBF16(binary.LittleEndian.Uint16(src[k:]))
-				binary.LittleEndian.PutUint16(acc[k:], kernels.BF16FromF32(s))
-			}
+	get, put := elementCodec(d)
+	size := d.Size()
+	acc := append([]byte(nil), data[0][i]...)
+	for _, rank := range data[1:] {
+		src := rank[i]
+		for k := 0; k < len(acc); k += size {
+			put(acc[k:], get(acc[k:])+get(src[k:]))
 		}
 	}
 	return acc
+}
+
+// elementCodec reads and writes one little-endian element of an F32 or
+// BF16 buffer as float32 (writing BF16 rounds to nearest even).
+func elementCodec(d kernels.DType) (get func([]byte) float32, put func([]byte, float32)) {
+	if d == kernels.BF16 {
+		return func(b []byte) float32 { return kernels.F32FromBF16(binary.LittleEndian.Uint16(b)) },
+			func(b []byte, v float32) { binary.LittleEndian.PutUint16(b, kernels.BF16FromF32(v)) }
+	}
+	return func(b []byte) float32 { return math.Float32frombits(binary.LittleEndian.Uint32(b)) },
+		func(b []byte, v float32) { binary.LittleEndian.PutUint32(b, math.Float32bits(v)) }
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/kernels/cpu"
+	"github.com/newbie-train/newbie-train/kernels/kerneltest"
 )
 
 func cpuBackends(n int) []kernels.Backend {
@@ -21,24 +22,10 @@ func cpuBackends(n int) []kernels.Backend {
 	return bs
 }
 
-// upload makes a buffer of dtype d holding vals (rounded to d).
-func upload(t *testing.T, b kernels.Backend, d kernels.DType, vals []float64) kernels.Buffer {
-	t.Helper()
-	buf, err := b.Alloc(d, len(vals))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.Upload(buf, 0, kernels.EncodeF64(d, vals))
+// putBuf makes a buffer of dtype d holding vals (rounded to d).
+func putBuf(t *testing.T, b kernels.Backend, d kernels.DType, vals []float64) kernels.Buffer {
+	buf, _ := kerneltest.Put(t, b, d, vals)
 	return buf
-}
-
-func download(t *testing.T, b kernels.Backend, buf kernels.Buffer) []float64 {
-	t.Helper()
-	raw := make([]byte, buf.Len()*buf.DType().Size())
-	if err := b.Download(raw, buf, 0); err != nil {
-		t.Fatal(err)
-	}
-	return kernels.DecodeF64(buf.DType(), raw)
 }
 
 // onRanks runs f on every rank in its own goroutine and returns their errors.
@@ -79,8 +66,8 @@ func TestInProcessAllReduce(t *testing.T) {
 				for k := range v {
 					v[k] = rng.NormFloat64() * math.Pow(2, float64(rng.IntN(8)-4))
 				}
-				bufs[r] = append(bufs[r], upload(t, bs[r], d, v))
-				in[d] = append(in[d], kernels.DecodeF64(d, kernels.EncodeF64(d, v))) // as stored
+				bufs[r] = append(bufs[r], putBuf(t, bs[r], d, v))
+				in[d] = append(in[d], kerneltest.Quantize(d, v)) // as stored
 			}
 		}
 		noErrors(t, onRanks(comms, func(c Communicator) error { return c.AllReduceSum(bufs[c.Rank()]...) }))
@@ -100,9 +87,9 @@ func TestInProcessAllReduce(t *testing.T) {
 				}
 				ordered[k] = float64(acc)
 			}
-			got0 := download(t, bs[0], bufs[0][i])
+			got0 := kerneltest.Get(t, bs[0], bufs[0][i])
 			for r := range world {
-				got := download(t, bs[r], bufs[r][i])
+				got := kerneltest.Get(t, bs[r], bufs[r][i])
 				for k := range got {
 					if math.Float64bits(got[k]) != math.Float64bits(got0[k]) {
 						t.Fatalf("world %d %v: rank %d element %d is %v, rank 0 has %v", world, d, r, k, got[k], got0[k])
@@ -138,11 +125,11 @@ func TestInProcessBroadcast(t *testing.T) {
 		if r == 2 {
 			want = v
 		}
-		bufs[r] = upload(t, bs[r], kernels.F32, v)
+		bufs[r] = putBuf(t, bs[r], kernels.F32, v)
 	}
 	noErrors(t, onRanks(comms, func(c Communicator) error { return c.Broadcast(bufs[c.Rank()], 2) }))
 	for r := range 3 {
-		got := download(t, bs[r], bufs[r])
+		got := kerneltest.Get(t, bs[r], bufs[r])
 		for k := range got {
 			if got[k] != want[k] {
 				t.Fatalf("rank %d element %d is %v, root has %v", r, k, got[k], want[k])
@@ -202,7 +189,7 @@ func TestInProcessFailures(t *testing.T) {
 				timeout = time.Minute
 			}
 			comms := NewInProcess(bs, timeout)
-			bufs := []kernels.Buffer{upload(t, bs[0], kernels.F32, make([]float64, 8)), upload(t, bs[1], kernels.F32, make([]float64, 8))}
+			bufs := []kernels.Buffer{putBuf(t, bs[0], kernels.F32, make([]float64, 8)), putBuf(t, bs[1], kernels.F32, make([]float64, 8))}
 			start := time.Now()
 			errs := onRanks(comms, func(c Communicator) error {
 				if c.Rank() == 0 {
@@ -221,7 +208,7 @@ func TestInProcessFailures(t *testing.T) {
 
 func TestAllReduceRefusesDTypes(t *testing.T) {
 	bs := cpuBackends(1)
-	f64 := upload(t, bs[0], kernels.F64, []float64{1})
+	f64 := putBuf(t, bs[0], kernels.F64, []float64{1})
 	for _, c := range []Communicator{NewInProcess(bs, time.Second)[0], single{}} {
 		wantErr(t, c.AllReduceSum(f64), "buffer 0 is F64; sums are of F32 or BF16 buffers")
 		wantErr(t, c.Broadcast(f64, 1), "root 1 is not a rank of a job of 1")
@@ -238,14 +225,14 @@ func TestOpen(t *testing.T) {
 		t.Fatal(err)
 	}
 	v := []float64{1.5, -2, 3}
-	buf := upload(t, b, kernels.F32, v)
+	buf := putBuf(t, b, kernels.F32, v)
 	if err := c.AllReduceSum(buf); err != nil {
 		t.Fatal(err)
 	}
 	if err := c.Broadcast(buf, 0); err != nil {
 		t.Fatal(err)
 	}
-	if got := download(t, b, buf); got[0] != v[0] || got[1] != v[1] || got[2] != v[2] {
+	if got := kerneltest.Get(t, b, buf); got[0] != v[0] || got[1] != v[1] || got[2] != v[2] {
 		t.Fatalf("one rank's collectives changed %v into %v", v, got)
 	}
 	if c.Rank() != 0 || c.WorldSize() != 1 || c.Barrier() != nil || c.Close() != nil {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/newbie-train/newbie-train/dist"
 	"github.com/newbie-train/newbie-train/kernels"
+	"github.com/newbie-train/newbie-train/kernels/kerneltest"
 )
 
 // The CUDA backend brings NCCL to dist without importing it.
@@ -118,30 +119,14 @@ func visibleGPUs() int {
 	return n
 }
 
+// randomValues draws n standard-normal values from a stream of seed.
 func randomValues(seed uint64, n int) []float64 {
-	rng := rand.New(rand.NewPCG(seed, 7))
-	v := make([]float64, n)
-	for i := range v {
-		v[i] = rng.NormFloat64()
-	}
-	return v
+	return kerneltest.Randn(rand.New(rand.NewPCG(seed, 7)), n, 1)
 }
 
-func putValues(t *testing.T, b kernels.Backend, d kernels.DType, v []float64) kernels.Buffer {
-	buf, err := b.Alloc(d, len(v))
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.Upload(buf, 0, kernels.EncodeF64(d, v))
+func putBuf(t *testing.T, b kernels.Backend, d kernels.DType, v []float64) kernels.Buffer {
+	buf, _ := kerneltest.Put(t, b, d, v)
 	return buf
-}
-
-func getValues(t *testing.T, b kernels.Backend, buf kernels.Buffer) []float64 {
-	raw := make([]byte, buf.Len()*buf.DType().Size())
-	if err := b.Download(raw, buf, 0); err != nil {
-		t.Fatal(err)
-	}
-	return kernels.DecodeF64(buf.DType(), raw)
 }
 
 // TestNCCLWorldOne: through real NCCL with one rank, a sum and a broadcast
@@ -166,9 +151,9 @@ func TestNCCLWorldOne(t *testing.T) {
 		t.Fatal(err)
 	}
 	f32 := randomValues(1, 1<<20+3)
-	bf16 := kernels.DecodeF64(kernels.BF16, kernels.EncodeF64(kernels.BF16, randomValues(2, 4097)))
-	bufs := []kernels.Buffer{putValues(t, b, kernels.F32, f32), putValues(t, b, kernels.BF16, bf16)}
-	want := [][]float64{kernels.DecodeF64(kernels.F32, kernels.EncodeF64(kernels.F32, f32)), bf16}
+	bf16 := kerneltest.Quantize(kernels.BF16, randomValues(2, 4097))
+	bufs := []kernels.Buffer{putBuf(t, b, kernels.F32, f32), putBuf(t, b, kernels.BF16, bf16)}
+	want := [][]float64{kerneltest.Quantize(kernels.F32, f32), bf16}
 	for name, sum := range map[string]func() error{
 		"NCCL":      func() error { return nc.AllReduceSum(bufs) },
 		"dist":      func() error { return comm.AllReduceSum(bufs...) },
@@ -178,7 +163,7 @@ func TestNCCLWorldOne(t *testing.T) {
 			t.Fatalf("%s: %v", name, err)
 		}
 		for i, buf := range bufs {
-			got := getValues(t, b, buf)
+			got := kerneltest.Get(t, b, buf)
 			for k := range got {
 				if math.Float64bits(got[k]) != math.Float64bits(want[i][k]) {
 					t.Fatalf("%s: buffer %d element %d became %v, was %v", name, i, k, got[k], want[i][k])
@@ -241,11 +226,11 @@ func TestNCCLTwoGPUs(t *testing.T) {
 		want := make([]float64, sizes[d])
 		bufs := make([]kernels.Buffer, 2)
 		for r := range 2 {
-			stored := kernels.DecodeF64(d, kernels.EncodeF64(d, vals[r]))
+			stored := kerneltest.Quantize(d, vals[r])
 			for k := range want {
 				want[k] += stored[k]
 			}
-			bufs[r] = putValues(t, bs[r], d, vals[r])
+			bufs[r] = putBuf(t, bs[r], d, vals[r])
 		}
 		for r := range 2 {
 			wg.Add(1)
@@ -260,7 +245,7 @@ func TestNCCLTwoGPUs(t *testing.T) {
 			if errs[r] != nil {
 				t.Fatalf("%v rank %d: %v", d, r, errs[r])
 			}
-			e := kernels.RelErr(getValues(t, bs[r], bufs[r]), want)
+			e := kernels.RelErr(kerneltest.Get(t, bs[r], bufs[r]), want)
 			t.Logf("%v sum of %d elements, rank %d: relative error %.3g", d, sizes[d], r, e)
 			if e > tol {
 				t.Fatalf("%v rank %d: relative error %.3g > %g", d, r, e, tol)
@@ -271,8 +256,8 @@ func TestNCCLTwoGPUs(t *testing.T) {
 			go func() { defer wg.Done(); errs[r] = ncs[r].Broadcast(bufs[r], 1) }()
 		}
 		wg.Wait()
-		root := getValues(t, bs[1], bufs[1])
-		got := getValues(t, bs[0], bufs[0])
+		root := kerneltest.Get(t, bs[1], bufs[1])
+		got := kerneltest.Get(t, bs[0], bufs[0])
 		for k := range got {
 			if errs[0] != nil || errs[1] != nil || got[k] != root[k] {
 				t.Fatalf("%v broadcast: %v %v; element %d is %v on rank 0, %v on rank 1", d, errs[0], errs[1], k, got[k], root[k])
@@ -281,7 +266,7 @@ func TestNCCLTwoGPUs(t *testing.T) {
 	}
 	ncs[1].Abort(errors.New("rank 1 stops"))
 	start := time.Now()
-	buf := putValues(t, bs[0], kernels.F32, randomValues(9, 1<<20))
+	buf := putBuf(t, bs[0], kernels.F32, randomValues(9, 1<<20))
 	if err := ncs[0].AllReduceSum([]kernels.Buffer{buf}); err != nil {
 		t.Logf("the sum failed when queued: %v", err)
 	}
