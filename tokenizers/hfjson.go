@@ -196,7 +196,7 @@ func buildModel(m *hfModel) (model, string, error) {
 	case "":
 		return nil, "", errors.New("no type, and neither BPE's merges nor Unigram's list vocab")
 	}
-	return nil, "", unsupported("model", fmt.Sprintf("type %q (only BPE and Unigram)", typ))
+	return nil, "", fmt.Errorf("type %q is not supported by this tokenizer implementation (only BPE and Unigram)", typ)
 }
 
 // hfPattern is a Replace or Split pattern: {"String": s} or {"Regex": r}.
@@ -213,6 +213,7 @@ func parseNormalizer(raw json.RawMessage, where string) (normalizer, error) {
 	if err := json.Unmarshal(raw, &c); err != nil {
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
+	base := where
 	where = fmt.Sprintf("%s (%s)", where, c.Type)
 	switch c.Type {
 	case "Sequence":
@@ -224,7 +225,7 @@ func parseNormalizer(raw json.RawMessage, where string) (normalizer, error) {
 		}
 		var seq normalizerSequence
 		for i, r := range s.Normalizers {
-			n, err := parseNormalizer(r, fmt.Sprintf("%s[%d]", where, i))
+			n, err := parseNormalizer(r, fmt.Sprintf("%s.normalizers[%d]", base, i))
 			if err != nil {
 				return nil, err
 			}
@@ -320,6 +321,7 @@ func parsePreTokenizer(raw json.RawMessage, where string) (preTokenizer, error) 
 	if err := json.Unmarshal(raw, &c); err != nil {
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
+	base := where
 	where = fmt.Sprintf("%s (%s)", where, c.Type)
 	switch c.Type {
 	case "Sequence":
@@ -331,7 +333,7 @@ func parsePreTokenizer(raw json.RawMessage, where string) (preTokenizer, error) 
 		}
 		var seq preTokenizerSequence
 		for i, r := range s.PreTokenizers {
-			p, err := parsePreTokenizer(r, fmt.Sprintf("%s[%d]", where, i))
+			p, err := parsePreTokenizer(r, fmt.Sprintf("%s.pretokenizers[%d]", base, i))
 			if err != nil {
 				return nil, err
 			}

@@ -93,13 +93,16 @@ func (t *Tokenizer) encodeContent(dst []int32, text string) []int32 {
 }
 
 // setAddedTokens installs the added tokens. A token whose content the
-// model's vocabulary holds takes the model's id, as in HF. Special tokens
-// are matched before the others where two have the same content.
+// model's vocabulary holds takes the model's id, as in HF. A content given
+// twice keeps its first entry (HF skips a token it already has); special
+// tokens are matched before the others.
 func (t *Tokenizer) setAddedTokens(tokens []AddedToken) {
 	ordered := make([]AddedToken, 0, len(tokens))
+	seen := make(map[string]bool, len(tokens))
 	for _, special := range []bool{true, false} {
 		for _, a := range tokens {
-			if a.Special == special && a.Content != "" {
+			if a.Special == special && a.Content != "" && !seen[a.Content] {
+				seen[a.Content] = true
 				if id, ok := t.model.tokenID(a.Content); ok {
 					a.ID = id
 				}
