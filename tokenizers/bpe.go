@@ -2,6 +2,7 @@ package tokenizers
 
 import (
 	"fmt"
+	"sync"
 	"unicode/utf8"
 )
 
@@ -24,8 +25,9 @@ type model interface {
 type bpe struct {
 	vocab        map[string]int32
 	vocabSize    int
-	merges       map[uint64]bpeMerge // key: left id << 32 | right id
-	unk          int32               // -1 without an unknown token
+	merges       mergeTable
+	asciiIDs     [128]int32 // the one-byte tokens, -1 where absent
+	unk          int32      // -1 without an unknown token
 	byteFallback bool
 	byteIDs      [256]int32 // <0x00>…<0xFF>, -1 where absent
 	fuseUnk      bool
@@ -39,7 +41,7 @@ func pairKey(a, b int32) uint64 { return uint64(uint32(a))<<32 | uint64(uint32(b
 // newBPE builds the model from its vocabulary and ranked merges (pairs of
 // token strings; a pair listed twice keeps its last rank, as in HF).
 func newBPE(vocab map[string]int32, merges [][2]string, unkToken string, byteFallback, fuseUnk, ignoreMerges bool) (*bpe, error) {
-	m := &bpe{vocab: vocab, merges: make(map[uint64]bpeMerge, len(merges)), unk: -1,
+	m := &bpe{vocab: vocab, merges: newMergeTable(len(merges)), unk: -1,
 		byteFallback: byteFallback, fuseUnk: fuseUnk, ignoreMerges: ignoreMerges}
 	for _, id := range vocab {
 		if id < 0 {
@@ -53,6 +55,13 @@ func newBPE(vocab map[string]int32, merges [][2]string, unkToken string, byteFal
 			return nil, fmt.Errorf("unk_token %q is not in the vocab", unkToken)
 		}
 		m.unk = id
+	}
+	for c := range m.asciiIDs {
+		id, ok := vocab[string(rune(c))]
+		if !ok {
+			id = -1
+		}
+		m.asciiIDs[c] = id
 	}
 	for b := range m.byteIDs {
 		id, ok := vocab[fmt.Sprintf("<0x%02X>", b)]
@@ -74,7 +83,7 @@ func newBPE(vocab map[string]int32, merges [][2]string, unkToken string, byteFal
 		if !ok {
 			return nil, fmt.Errorf("merge %d (%q %q): the merged token %q is not in the vocab", rank, mg[0], mg[1], mg[0]+mg[1])
 		}
-		m.merges[pairKey(a, b)] = bpeMerge{int32(rank), id}
+		m.merges.put(pairKey(a, b), bpeMerge{int32(rank), id})
 	}
 	return m, nil
 }
@@ -96,10 +105,27 @@ type bpeSymbol struct {
 	len        int32
 }
 
-// bpeCandidate is a queued merge of the symbol at pos with its next.
+// bpeCandidate is a queued merge of the symbol at pos with its next, into
+// id: key is rank << 32 | pos, the heap's order; span is the two symbols'
+// length in bytes when queued.
 type bpeCandidate struct {
-	rank, pos, id int32
+	key      uint64
+	id, span int32
 }
+
+func candidate(rank, pos, id, span int32) bpeCandidate {
+	return bpeCandidate{uint64(uint32(rank))<<32 | uint64(uint32(pos)), id, span}
+}
+
+func (c bpeCandidate) pos() int32 { return int32(uint32(c.key)) }
+
+// bpeScratch is the reusable memory of one tokenize call.
+type bpeScratch struct {
+	syms []bpeSymbol
+	heap candidateHeap
+}
+
+var bpeScratchPool = sync.Pool{New: func() any { return new(bpeScratch) }}
 
 func (m *bpe) tokenize(dst []int32, w string) []int32 {
 	if w == "" {
@@ -110,17 +136,28 @@ func (m *bpe) tokenize(dst []int32, w string) []int32 {
 			return append(dst, id)
 		}
 	}
-	syms := make([]bpeSymbol, 0, len(w))
+	sc := bpeScratchPool.Get().(*bpeScratch)
+	defer bpeScratchPool.Put(sc)
+	syms := sc.syms[:0]
 	add := func(id int32, n int) {
 		k := int32(len(syms))
 		syms = append(syms, bpeSymbol{id: id, prev: k - 1, next: k + 1, len: int32(n)})
 	}
 	unkLen := 0 // bytes of a pending unknown token
 	for i := 0; i < len(w); {
-		_, n := utf8.DecodeRuneInString(w[i:])
+		var id int32 = -1
+		n := 1
+		if c := w[i]; c < utf8.RuneSelf {
+			id = m.asciiIDs[c]
+		} else {
+			_, n = utf8.DecodeRuneInString(w[i:])
+			if v, ok := m.vocab[w[i:i+n]]; ok {
+				id = v
+			}
+		}
 		ch := w[i : i+n]
 		i += n
-		if id, ok := m.vocab[ch]; ok {
+		if id >= 0 {
 			if unkLen > 0 {
 				add(m.unk, unkLen)
 				unkLen = 0
@@ -146,11 +183,12 @@ func (m *bpe) tokenize(dst []int32, w string) []int32 {
 	if unkLen > 0 {
 		add(m.unk, unkLen)
 	}
+	sc.syms = syms
 	if len(syms) == 0 {
 		return dst
 	}
 	syms[len(syms)-1].next = -1
-	m.mergeAll(syms)
+	sc.heap = m.mergeAll(syms, sc.heap[:0])
 	for i := 0; i < len(syms); i++ {
 		if syms[i].len > 0 {
 			dst = append(dst, syms[i].id)
@@ -168,57 +206,58 @@ func (m *bpe) allBytes(ch string) bool {
 	return true
 }
 
-// mergeAll applies the merges with a min-heap of candidates ordered by
-// (rank, position), discarding candidates that went stale, exactly as HF's
-// Word::merge_all: O(n log n) in the word's length.
-func (m *bpe) mergeAll(syms []bpeSymbol) {
-	var h candidateHeap
+// mergeAll applies the merges as HF's Word::merge_all does: a min-heap of
+// candidates ordered by (rank, position), O(n log n) in the word's length,
+// so the lowest-ranked pair merges first and the leftmost among equals.
+// HF drops a popped candidate whose pair no longer maps to its merged id.
+// A pair changes only when one of its symbols absorbs a neighbour, which
+// makes the pair's text strictly longer, and a longer text is another
+// token: so a candidate is current exactly when its two symbols still span
+// the bytes they spanned when it was queued, which is checked here without
+// a lookup. It returns the heap's memory for reuse.
+func (m *bpe) mergeAll(syms []bpeSymbol, h candidateHeap) candidateHeap {
 	for i := 0; i+1 < len(syms); i++ {
-		if mg, ok := m.merges[pairKey(syms[i].id, syms[i+1].id)]; ok {
-			h = append(h, bpeCandidate{mg.rank, int32(i), mg.id})
+		if mg, ok := m.merges.get(pairKey(syms[i].id, syms[i+1].id)); ok {
+			h = append(h, candidate(mg.rank, int32(i), mg.id, syms[i].len+syms[i+1].len))
 		}
 	}
 	h.init()
 	for len(h) > 0 {
 		top := h.pop()
-		cur := &syms[top.pos]
-		if cur.len == 0 || cur.next < 0 {
-			continue
+		pos := top.pos()
+		cur := &syms[pos]
+		if cur.len == 0 || cur.next < 0 || cur.len+syms[cur.next].len != top.span {
+			continue // stale: a symbol of the pair went into another merge
 		}
 		nextPos := cur.next
 		right := syms[nextPos]
-		if mg, ok := m.merges[pairKey(cur.id, right.id)]; !ok || mg.id != top.id {
-			continue // stale: one side has been merged since
-		}
 		cur.id = top.id
 		cur.len += right.len
 		cur.next = right.next
 		syms[nextPos].len = 0
 		if right.next >= 0 {
-			syms[right.next].prev = top.pos
+			syms[right.next].prev = pos
 		}
 		if cur.prev >= 0 {
-			if mg, ok := m.merges[pairKey(syms[cur.prev].id, cur.id)]; ok {
-				h.push(bpeCandidate{mg.rank, cur.prev, mg.id})
+			left := &syms[cur.prev]
+			if mg, ok := m.merges.get(pairKey(left.id, cur.id)); ok {
+				h.push(candidate(mg.rank, cur.prev, mg.id, left.len+cur.len))
 			}
 		}
 		if cur.next >= 0 {
-			if mg, ok := m.merges[pairKey(cur.id, syms[cur.next].id)]; ok {
-				h.push(bpeCandidate{mg.rank, top.pos, mg.id})
+			next := &syms[cur.next]
+			if mg, ok := m.merges.get(pairKey(cur.id, next.id)); ok {
+				h.push(candidate(mg.rank, pos, mg.id, cur.len+next.len))
 			}
 		}
 	}
+	return h
 }
 
 // candidateHeap is a binary min-heap of merge candidates by (rank, pos).
 type candidateHeap []bpeCandidate
 
-func (h candidateHeap) less(i, j int) bool {
-	if h[i].rank != h[j].rank {
-		return h[i].rank < h[j].rank
-	}
-	return h[i].pos < h[j].pos
-}
+func (h candidateHeap) less(i, j int) bool { return h[i].key < h[j].key }
 
 func (h candidateHeap) init() {
 	for i := len(h)/2 - 1; i >= 0; i-- {
@@ -265,5 +304,65 @@ func (h candidateHeap) down(i int) {
 		}
 		h[i], h[j] = h[j], h[i]
 		i = j
+	}
+}
+
+// mergeTable maps a pair of ids (pairKey) to its merge: an open-addressing
+// hash table with linear probing, faster than a Go map for the half a
+// million merges a large vocabulary has, which is where BPE spends its time.
+// A key and its merge share a slot, so a lookup touches one cache line.
+type mergeTable struct {
+	slots []mergeSlot
+	shift uint
+	n     int // pairs held
+}
+
+type mergeSlot struct {
+	key   uint64 // emptyPair where free
+	merge bpeMerge
+}
+
+// emptyPair is no pair of valid ids (they are below 2³¹).
+const emptyPair = ^uint64(0)
+
+func newMergeTable(n int) mergeTable {
+	size, shift := 8, uint(61)
+	for size < 2*n {
+		size *= 2
+		shift--
+	}
+	t := mergeTable{slots: make([]mergeSlot, size), shift: shift}
+	for i := range t.slots {
+		t.slots[i].key = emptyPair
+	}
+	return t
+}
+
+func (t *mergeTable) slot(k uint64) uint64 { return (k * 0x9E3779B97F4A7C15) >> t.shift }
+
+// put sets k's merge, replacing an earlier one.
+func (t *mergeTable) put(k uint64, v bpeMerge) {
+	mask := uint64(len(t.slots) - 1)
+	for i := t.slot(k); ; i = (i + 1) & mask {
+		s := &t.slots[i]
+		if s.key == emptyPair {
+			t.n++
+		}
+		if s.key == k || s.key == emptyPair {
+			*s = mergeSlot{k, v}
+			return
+		}
+	}
+}
+
+func (t *mergeTable) get(k uint64) (bpeMerge, bool) {
+	mask := uint64(len(t.slots) - 1)
+	for i := t.slot(k); ; i = (i + 1) & mask {
+		switch s := &t.slots[i]; s.key {
+		case k:
+			return s.merge, true
+		case emptyPair:
+			return bpeMerge{}, false
+		}
 	}
 }
