@@ -29,7 +29,7 @@ type bpe struct {
 	asciiIDs     [128]int32 // the one-byte tokens, -1 where absent
 	unk          int32      // -1 without an unknown token
 	byteFallback bool
-	byteIDs      [256]int32 // <0x00>…<0xFF>, -1 where absent
+	byteIDs      byteTokens
 	fuseUnk      bool
 	ignoreMerges bool
 }
@@ -63,13 +63,7 @@ func newBPE(vocab map[string]int32, merges [][2]string, unkToken string, byteFal
 		}
 		m.asciiIDs[c] = id
 	}
-	for b := range m.byteIDs {
-		id, ok := vocab[fmt.Sprintf("<0x%02X>", b)]
-		if !ok {
-			id = -1
-		}
-		m.byteIDs[b] = id
-	}
+	m.byteIDs = newByteTokens(m.tokenID)
 	for rank, mg := range merges {
 		a, ok := vocab[mg[0]]
 		if !ok {
@@ -165,7 +159,7 @@ func (m *bpe) tokenize(dst []int32, w string) []int32 {
 			add(id, n)
 			continue
 		}
-		if m.byteFallback && m.allBytes(ch) {
+		if m.byteFallback && m.byteIDs.cover(ch) {
 			for k := 0; k < len(ch); k++ {
 				add(m.byteIDs[ch[k]], 1)
 			}
@@ -195,15 +189,6 @@ func (m *bpe) tokenize(dst []int32, w string) []int32 {
 		}
 	}
 	return dst
-}
-
-func (m *bpe) allBytes(ch string) bool {
-	for k := 0; k < len(ch); k++ {
-		if m.byteIDs[ch[k]] < 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // mergeAll applies the merges as HF's Word::merge_all does: a min-heap of

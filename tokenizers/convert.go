@@ -1,10 +1,12 @@
 package tokenizers
 
 import (
+	"cmp"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"unicode/utf8"
@@ -22,18 +24,9 @@ import (
 // tokenizerConfig is what is read of a tokenizer_config.json found beside
 // a .model: the added tokens it registers and whether BOS/EOS are added.
 type tokenizerConfig struct {
-	AddBOS      *bool                        `json:"add_bos_token"`
-	AddEOS      *bool                        `json:"add_eos_token"`
-	AddedTokens map[string]hfAddedTokenFlags `json:"added_tokens_decoder"`
-}
-
-type hfAddedTokenFlags struct {
-	Content    string `json:"content"`
-	SingleWord bool   `json:"single_word"`
-	LStrip     bool   `json:"lstrip"`
-	RStrip     bool   `json:"rstrip"`
-	Normalized bool   `json:"normalized"`
-	Special    bool   `json:"special"`
+	AddBOS      *bool                   `json:"add_bos_token"`
+	AddEOS      *bool                   `json:"add_eos_token"`
+	AddedTokens map[string]hfAddedToken `json:"added_tokens_decoder"` // key: the id
 }
 
 // readTokenizerConfig reads path if it exists; nil, nil when it does not.
@@ -166,6 +159,7 @@ func convertGemma(mp *modelProto, cfg *tokenizerConfig) (*Tokenizer, error) {
 	type merge struct {
 		left, right       string
 		score             float64
+		leftID, rightID   int32
 		leftLen, rightLen int
 	}
 	var merges []merge
@@ -178,31 +172,22 @@ func convertGemma(mp *modelProto, cfg *tokenizerConfig) (*Tokenizer, error) {
 				continue
 			}
 			l, r := w[:k], w[k:]
-			if _, ok := sp[l]; !ok {
+			lid, ok := sp[l]
+			if !ok {
 				continue
 			}
-			if _, ok := sp[r]; !ok {
+			rid, ok := sp[r]
+			if !ok {
 				continue
 			}
-			merges = append(merges, merge{l, r, score, utf8.RuneCountInString(l), utf8.RuneCountInString(r)})
+			merges = append(merges, merge{l, r, score, lid, rid, utf8.RuneCountInString(l), utf8.RuneCountInString(r)})
 		}
-		local := merges[first:]
-		sort.SliceStable(local, func(a, b int) bool {
-			if sp[local[a].left] != sp[local[b].left] {
-				return sp[local[a].left] < sp[local[b].left]
-			}
-			return sp[local[a].right] < sp[local[b].right]
+		slices.SortStableFunc(merges[first:], func(a, b merge) int {
+			return cmp.Or(cmp.Compare(a.leftID, b.leftID), cmp.Compare(a.rightID, b.rightID))
 		})
 	}
-	sort.SliceStable(merges, func(a, b int) bool {
-		x, y := merges[a], merges[b]
-		if x.score != y.score {
-			return x.score > y.score
-		}
-		if x.leftLen != y.leftLen {
-			return x.leftLen > y.leftLen
-		}
-		return x.rightLen > y.rightLen
+	slices.SortStableFunc(merges, func(a, b merge) int { // descending
+		return cmp.Or(cmp.Compare(b.score, a.score), cmp.Compare(b.leftLen, a.leftLen), cmp.Compare(b.rightLen, a.rightLen))
 	})
 	pairs := make([][2]string, len(merges))
 	for i, m := range merges {

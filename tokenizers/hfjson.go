@@ -69,9 +69,47 @@ func (v *hfVocab) UnmarshalJSON(b []byte) error {
 	return fmt.Errorf("vocab: want an object or a list, got %.20s", b)
 }
 
-// component is the {"type": ...} head every pipeline component has.
-type component struct {
-	Type string `json:"type"`
+// componentType returns the "type" every pipeline component has, or ""
+// when raw is absent or null.
+func componentType(raw json.RawMessage, where string) (string, error) {
+	if isNull(raw) {
+		return "", nil
+	}
+	var c struct {
+		Type string `json:"type"`
+	}
+	if err := json.Unmarshal(raw, &c); err != nil {
+		return "", fmt.Errorf("%s: %w", where, err)
+	}
+	if c.Type == "" {
+		return "", fmt.Errorf("%s: no type", where)
+	}
+	return c.Type, nil
+}
+
+// parseSequence parses the components a Sequence lists under key, each
+// with parse; base names the Sequence in errors about one of them.
+func parseSequence[T comparable](raw json.RawMessage, key, base, where string, parse func(json.RawMessage, string) (T, error)) ([]T, error) {
+	var fields map[string]json.RawMessage
+	var list []json.RawMessage
+	if err := json.Unmarshal(raw, &fields); err == nil {
+		err = json.Unmarshal(fields[key], &list)
+	}
+	if list == nil {
+		return nil, fmt.Errorf("%s: want a list %q", where, key)
+	}
+	var seq []T
+	var none T
+	for i, r := range list {
+		c, err := parse(r, fmt.Sprintf("%s.%s[%d]", base, key, i))
+		if err != nil {
+			return nil, err
+		}
+		if c != none {
+			seq = append(seq, c)
+		}
+	}
+	return seq, nil
 }
 
 // unsupported is the error for a component this package does not run.
@@ -121,7 +159,7 @@ func parseTokenizerJSON(data []byte) (*Tokenizer, error) {
 			RStrip: a.RStrip, Normalized: a.Normalized, Special: a.Special}
 	}
 	t.setAddedTokens(tokens)
-	if t.prefix, t.suffix, err = parsePostProcessor(f.PostProcessor, t); err != nil {
+	if t.prefix, t.suffix, err = parsePostProcessor(f.PostProcessor); err != nil {
 		return nil, err
 	}
 	t.finish()
@@ -206,34 +244,16 @@ type hfPattern struct {
 }
 
 func parseNormalizer(raw json.RawMessage, where string) (normalizer, error) {
-	if isNull(raw) {
-		return nil, nil
-	}
-	var c component
-	if err := json.Unmarshal(raw, &c); err != nil {
-		return nil, fmt.Errorf("%s: %w", where, err)
+	typ, err := componentType(raw, where)
+	if typ == "" || err != nil {
+		return nil, err
 	}
 	base := where
-	where = fmt.Sprintf("%s (%s)", where, c.Type)
-	switch c.Type {
+	where = fmt.Sprintf("%s (%s)", where, typ)
+	switch typ {
 	case "Sequence":
-		var s struct {
-			Normalizers []json.RawMessage `json:"normalizers"`
-		}
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
-		}
-		var seq normalizerSequence
-		for i, r := range s.Normalizers {
-			n, err := parseNormalizer(r, fmt.Sprintf("%s.normalizers[%d]", base, i))
-			if err != nil {
-				return nil, err
-			}
-			if n != nil {
-				seq = append(seq, n)
-			}
-		}
-		return seq, nil
+		seq, err := parseSequence(raw, "normalizers", base, where, parseNormalizer)
+		return normalizerSequence(seq), err
 	case "Precompiled":
 		var p struct {
 			Charsmap *string `json:"precompiled_charsmap"`
@@ -314,34 +334,16 @@ func compileSimpleRegex(p string) (*regexp.Regexp, error) {
 }
 
 func parsePreTokenizer(raw json.RawMessage, where string) (preTokenizer, error) {
-	if isNull(raw) {
-		return nil, nil
-	}
-	var c component
-	if err := json.Unmarshal(raw, &c); err != nil {
-		return nil, fmt.Errorf("%s: %w", where, err)
+	typ, err := componentType(raw, where)
+	if typ == "" || err != nil {
+		return nil, err
 	}
 	base := where
-	where = fmt.Sprintf("%s (%s)", where, c.Type)
-	switch c.Type {
+	where = fmt.Sprintf("%s (%s)", where, typ)
+	switch typ {
 	case "Sequence":
-		var s struct {
-			PreTokenizers []json.RawMessage `json:"pretokenizers"`
-		}
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return nil, fmt.Errorf("%s: %w", where, err)
-		}
-		var seq preTokenizerSequence
-		for i, r := range s.PreTokenizers {
-			p, err := parsePreTokenizer(r, fmt.Sprintf("%s.pretokenizers[%d]", base, i))
-			if err != nil {
-				return nil, err
-			}
-			if p != nil {
-				seq = append(seq, p)
-			}
-		}
-		return seq, nil
+		seq, err := parseSequence(raw, "pretokenizers", base, where, parsePreTokenizer)
+		return preTokenizerSequence(seq), err
 	case "Metaspace":
 		var m struct {
 			Replacement    string  `json:"replacement"`
@@ -402,16 +404,13 @@ func parsePreTokenizer(raw json.RawMessage, where string) (preTokenizer, error) 
 
 // parsePostProcessor returns the ids the post-processor puts before and
 // after a single sequence.
-func parsePostProcessor(raw json.RawMessage, t *Tokenizer) (prefix, suffix []int32, err error) {
-	if isNull(raw) {
-		return nil, nil, nil
+func parsePostProcessor(raw json.RawMessage) (prefix, suffix []int32, err error) {
+	typ, err := componentType(raw, "post_processor")
+	if typ == "" || err != nil {
+		return nil, nil, err
 	}
-	var c component
-	if err := json.Unmarshal(raw, &c); err != nil {
-		return nil, nil, fmt.Errorf("post_processor: %w", err)
-	}
-	where := fmt.Sprintf("post_processor (%s)", c.Type)
-	switch c.Type {
+	where := fmt.Sprintf("post_processor (%s)", typ)
+	switch typ {
 	case "TemplateProcessing":
 		var tp struct {
 			Single []struct {

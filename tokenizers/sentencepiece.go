@@ -41,10 +41,9 @@ type spPiece struct {
 type modelProto struct {
 	pieces []spPiece
 	// trainer_spec
-	modelType                    int
-	byteFallback                 bool
-	unkID, bosID, eosID, padID   int
-	unkPiece, bosPiece, eosPiece string
+	modelType                  int
+	unkID, bosID, eosID, padID int
+	unkPiece                   string
 	// normalizer_spec
 	charsmap       []byte
 	addDummyPrefix bool
@@ -122,54 +121,72 @@ func (r *protoReader) next() (f field, ok bool, err error) {
 	return f, err == nil, err
 }
 
-// want checks a field's wire type.
-func (f field) want(wire int, msg string) error {
-	if f.wire != wire {
-		return fmt.Errorf("%s: field %d has wire type %d, want %d", msg, f.number, f.wire, wire)
+// fieldSpec names a field a message reads and gives its wire type.
+type fieldSpec struct {
+	name string
+	wire int
+}
+
+// eachField calls fn on every field of message b (msg names it in errors)
+// that specs lists, after checking its wire type; other fields are skipped.
+func eachField(b []byte, msg string, specs map[int]fieldSpec, fn func(f field) error) error {
+	r := protoReader{b: b, msg: msg}
+	for {
+		f, ok, err := r.next()
+		if err != nil || !ok {
+			return err
+		}
+		spec, known := specs[f.number]
+		if !known {
+			continue
+		}
+		if f.wire != spec.wire {
+			return fmt.Errorf("%s.%s (field %d) has wire type %d, want %d", msg, spec.name, f.number, f.wire, spec.wire)
+		}
+		if err := fn(f); err != nil {
+			return err
+		}
 	}
-	return nil
 }
 
 // int32Value is a varint field as a (possibly negative) int32.
 func (f field) int32Value() int { return int(int32(f.num)) }
 
+var (
+	modelFields      = map[int]fieldSpec{1: {"pieces", 2}, 2: {"trainer_spec", 2}, 3: {"normalizer_spec", 2}}
+	pieceFields      = map[int]fieldSpec{1: {"piece", 2}, 2: {"score", 5}, 3: {"type", 0}}
+	normalizerFields = map[int]fieldSpec{2: {"precompiled_charsmap", 2}, 3: {"add_dummy_prefix", 0}}
+	trainerFields    = map[int]fieldSpec{3: {"model_type", 0}, 40: {"unk_id", 0},
+		41: {"bos_id", 0}, 42: {"eos_id", 0}, 43: {"pad_id", 0}, 45: {"unk_piece", 2}}
+)
+
 func parseModelProto(data []byte) (*modelProto, error) {
 	m := &modelProto{modelType: spmUnigram, unkID: 0, bosID: 1, eosID: 2, padID: -1,
-		unkPiece: "<unk>", bosPiece: "<s>", eosPiece: "</s>", addDummyPrefix: true}
-	r := protoReader{b: data, msg: "ModelProto"}
-	for {
-		f, ok, err := r.next()
-		if err != nil {
-			return nil, err
-		}
-		if !ok {
-			break
-		}
+		unkPiece: "<unk>", addDummyPrefix: true}
+	err := eachField(data, "ModelProto", modelFields, func(f field) error {
 		switch f.number {
 		case 1:
-			if err := f.want(2, "ModelProto.pieces"); err != nil {
-				return nil, err
-			}
 			p, err := parsePiece(f.data, len(m.pieces))
 			if err != nil {
-				return nil, err
+				return err
 			}
 			m.pieces = append(m.pieces, p)
 		case 2:
-			if err := f.want(2, "ModelProto.trainer_spec"); err != nil {
-				return nil, err
-			}
-			if err := m.parseTrainerSpec(f.data); err != nil {
-				return nil, err
-			}
+			return eachField(f.data, "ModelProto.trainer_spec", trainerFields, m.trainerField)
 		case 3:
-			if err := f.want(2, "ModelProto.normalizer_spec"); err != nil {
-				return nil, err
-			}
-			if err := m.parseNormalizerSpec(f.data); err != nil {
-				return nil, err
-			}
+			return eachField(f.data, "ModelProto.normalizer_spec", normalizerFields, func(f field) error {
+				if f.number == 2 {
+					m.charsmap = f.data
+				} else {
+					m.addDummyPrefix = f.num != 0
+				}
+				return nil
+			})
 		}
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	if len(m.pieces) == 0 {
 		return nil, errors.New("ModelProto: no pieces")
@@ -180,115 +197,43 @@ func parseModelProto(data []byte) (*modelProto, error) {
 func parsePiece(b []byte, index int) (spPiece, error) {
 	p := spPiece{typ: pieceNormal}
 	msg := fmt.Sprintf("ModelProto.pieces[%d]", index)
-	r := protoReader{b: b, msg: msg}
-	hasPiece := false
-	for {
-		f, ok, err := r.next()
-		if err != nil {
-			return p, err
-		}
-		if !ok {
-			break
-		}
+	err := eachField(b, msg, pieceFields, func(f field) error {
 		switch f.number {
 		case 1:
-			if err := f.want(2, msg+".piece"); err != nil {
-				return p, err
-			}
 			if !utf8.Valid(f.data) {
-				return p, fmt.Errorf("%s.piece is not UTF-8", msg)
+				return fmt.Errorf("%s.piece is not UTF-8", msg)
 			}
-			p.piece, hasPiece = string(f.data), true
+			p.piece = string(f.data)
 		case 2:
-			if err := f.want(5, msg+".score"); err != nil {
-				return p, err
-			}
 			p.score = math.Float32frombits(uint32(f.num))
 		case 3:
-			if err := f.want(0, msg+".type"); err != nil {
-				return p, err
-			}
 			p.typ = int(f.num)
 			if p.typ < pieceNormal || p.typ > pieceByte {
-				return p, fmt.Errorf("%s.type %d is not a piece type", msg, p.typ)
+				return fmt.Errorf("%s.type %d is not a piece type", msg, p.typ)
 			}
 		}
+		return nil
+	})
+	if err == nil && p.piece == "" {
+		err = fmt.Errorf("%s has no piece text", msg)
 	}
-	if !hasPiece || p.piece == "" {
-		return p, fmt.Errorf("%s has no piece text", msg)
-	}
-	return p, nil
+	return p, err
 }
 
-func (m *modelProto) parseTrainerSpec(b []byte) error {
-	const msg = "ModelProto.trainer_spec"
-	r := protoReader{b: b, msg: msg}
-	for {
-		f, ok, err := r.next()
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return nil
-		}
-		var werr error
-		switch f.number {
-		case 3:
-			werr = f.want(0, msg+".model_type")
-			m.modelType = int(f.num)
-		case 35:
-			werr = f.want(0, msg+".byte_fallback")
-			m.byteFallback = f.num != 0
-		case 40:
-			werr = f.want(0, msg+".unk_id")
-			m.unkID = f.int32Value()
-		case 41:
-			werr = f.want(0, msg+".bos_id")
-			m.bosID = f.int32Value()
-		case 42:
-			werr = f.want(0, msg+".eos_id")
-			m.eosID = f.int32Value()
-		case 43:
-			werr = f.want(0, msg+".pad_id")
-			m.padID = f.int32Value()
-		case 45:
-			werr = f.want(2, msg+".unk_piece")
-			m.unkPiece = string(f.data)
-		case 46:
-			werr = f.want(2, msg+".bos_piece")
-			m.bosPiece = string(f.data)
-		case 47:
-			werr = f.want(2, msg+".eos_piece")
-			m.eosPiece = string(f.data)
-		}
-		if werr != nil {
-			return werr
-		}
+func (m *modelProto) trainerField(f field) error {
+	switch f.number {
+	case 3:
+		m.modelType = int(f.num)
+	case 40:
+		m.unkID = f.int32Value()
+	case 41:
+		m.bosID = f.int32Value()
+	case 42:
+		m.eosID = f.int32Value()
+	case 43:
+		m.padID = f.int32Value()
+	case 45:
+		m.unkPiece = string(f.data)
 	}
-}
-
-func (m *modelProto) parseNormalizerSpec(b []byte) error {
-	const msg = "ModelProto.normalizer_spec"
-	r := protoReader{b: b, msg: msg}
-	for {
-		f, ok, err := r.next()
-		if err != nil {
-			return err
-		}
-		if !ok {
-			return nil
-		}
-		var werr error
-		switch f.number {
-		case 2:
-			werr = f.want(2, msg+".precompiled_charsmap")
-			m.charsmap = f.data
-		case 3:
-			werr = f.want(0, msg+".add_dummy_prefix")
-			m.addDummyPrefix = f.num != 0
-		}
-		if werr != nil {
-			return werr
-		}
-	}
+	return nil
 }

@@ -21,7 +21,7 @@ type unigram struct {
 	minScore     float64
 	unk          int32
 	byteFallback bool
-	byteIDs      [256]int32
+	byteIDs      byteTokens
 }
 
 // unigramPiece is one vocabulary entry; its id is its index.
@@ -51,13 +51,7 @@ func newUnigram(pieces []unigramPiece, unkID int, byteFallback bool) (*unigram, 
 		m.minScore = min(m.minScore, p.score)
 	}
 	m.trie = b.build(false)
-	for c := range m.byteIDs {
-		id, ok := m.ids[fmt.Sprintf("<0x%02X>", c)]
-		if !ok {
-			id = -1
-		}
-		m.byteIDs[c] = id
-	}
+	m.byteIDs = newByteTokens(m.tokenID)
 	return m, nil
 }
 
@@ -144,7 +138,7 @@ func (m *unigram) tokenize(dst []int32, w string) []int32 {
 		text := w[sp.start:sp.end]
 		if id, ok := m.ids[text]; ok {
 			dst = append(dst, id)
-		} else if m.byteFallback && m.allBytes(text) {
+		} else if m.byteFallback && m.byteIDs.cover(text) {
 			for c := 0; c < len(text); c++ {
 				dst = append(dst, m.byteIDs[text[c]])
 			}
@@ -159,13 +153,4 @@ func (m *unigram) tokenize(dst []int32, w string) []int32 {
 type unigramSpan struct {
 	start, end int
 	id         int32
-}
-
-func (m *unigram) allBytes(s string) bool {
-	for c := 0; c < len(s); c++ {
-		if m.byteIDs[s[c]] < 0 {
-			return false
-		}
-	}
-	return true
 }
