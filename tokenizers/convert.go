@@ -111,6 +111,10 @@ func convertXLMRoberta(mp *modelProto, cfg *tokenizerConfig) (*Tokenizer, error)
 // (with <0x09> read as "\t" when the vocabulary lacks "\t"), merges
 // derived from the pieces' scores, byte fallback, fused unknowns;
 // Replace(" " → ▁); Split(" ", merged with previous); <bos> $A.
+// transformers names ids 0–2 after the tokenizer class's pad/eos/bos
+// tokens rather than the pieces; here they keep the pieces' names, the
+// same for Gemma's files (a Gemma 3 -it config calls <end_of_turn> its eos
+// token, which would rename piece 1 there and lose <eos>).
 func convertGemma(mp *modelProto, cfg *tokenizerConfig) (*Tokenizer, error) {
 	if mp.padID != 0 || mp.eosID != 1 || mp.bosID != 2 || len(mp.pieces) < 4 {
 		return nil, fmt.Errorf("a BPE model with pad/eos/bos ids %d/%d/%d: only Gemma's layout (0/1/2: <pad> <eos> <bos> first) is converted", mp.padID, mp.eosID, mp.bosID)

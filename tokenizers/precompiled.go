@@ -94,30 +94,47 @@ func (p *precompiled) firstMatch(s string) (repl string, ok bool) {
 // prefix in the cluster is dropped); otherwise, and when nothing matches,
 // each code point is looked up on its own.
 func (p *precompiled) normalize(s string) string {
-	var b strings.Builder
-	changed := false
-	g := graphemeSplitter{s: s}
-	for c := g.next(); c != ""; c = g.next() {
+	var b []byte // nil until something changes
+	write := func(done int, repl string) {
+		if b == nil {
+			b = append(make([]byte, 0, len(s)+16), s[:done]...)
+		}
+		b = append(b, repl...)
+	}
+	for i := 0; i < len(s); {
+		// An ASCII character followed by another (CR LF aside) is a cluster
+		// of its own: the common case, without the segmenter.
+		if c := s[i]; c < utf8.RuneSelf && (i+1 == len(s) || s[i+1] < utf8.RuneSelf && !(c == '\r' && s[i+1] == '\n')) {
+			if r, ok := p.firstMatch(s[i : i+1]); ok {
+				write(i, r)
+			} else if b != nil {
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		g := graphemeSplitter{s: s, pos: i}
+		c := g.next()
 		if len(c) < 6 {
 			if r, ok := p.firstMatch(c); ok {
-				b.WriteString(r)
-				changed = true
+				write(i, r)
+				i += len(c)
 				continue
 			}
 		}
-		for i := 0; i < len(c); {
-			_, n := utf8.DecodeRuneInString(c[i:])
-			if r, ok := p.firstMatch(c[i : i+n]); ok {
-				b.WriteString(r)
-				changed = true
-			} else {
-				b.WriteString(c[i : i+n])
+		for k := 0; k < len(c); {
+			_, n := utf8.DecodeRuneInString(c[k:])
+			if r, ok := p.firstMatch(c[k : k+n]); ok {
+				write(i+k, r)
+			} else if b != nil {
+				b = append(b, c[k:k+n]...)
 			}
-			i += n
+			k += n
 		}
+		i += len(c)
 	}
-	if !changed {
+	if b == nil {
 		return s
 	}
-	return b.String()
+	return string(b)
 }

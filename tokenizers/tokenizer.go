@@ -50,7 +50,9 @@ func (t *Tokenizer) Special() SpecialIDs { return t.special }
 func (t *Tokenizer) NumSpecialTokens() int { return len(t.prefix) + len(t.suffix) }
 
 // Encode returns text's ids with the special tokens the post-processor
-// adds, without truncation or padding.
+// adds, without truncation or padding. Bytes of text that are not UTF-8
+// (Hugging Face takes only valid strings) go through one at a time: with
+// byte fallback each becomes its <0xXX> token.
 func (t *Tokenizer) Encode(text string) []int32 {
 	ids := append([]int32(nil), t.prefix...)
 	ids = t.encodeContent(ids, text)

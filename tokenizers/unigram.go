@@ -3,6 +3,8 @@ package tokenizers
 import (
 	"fmt"
 	"math"
+	"slices"
+	"sync"
 	"unicode/utf8"
 )
 
@@ -76,9 +78,12 @@ func (m *unigram) tokenize(dst []int32, w string) []int32 {
 		return dst
 	}
 	n := len(w)
-	best := make([]unigramNode, n+1)
+	sc := unigramScratchPool.Get().(*unigramScratch)
+	defer unigramScratchPool.Put(sc)
+	best := slices.Grow(sc.best[:0], n+1)[:n+1]
+	sc.best = best
 	for i := range best {
-		best[i].start = -1
+		best[i] = unigramNode{start: -1}
 	}
 	best[0].start = 0
 	unkScore := m.minScore - unkPenalty
@@ -118,7 +123,8 @@ func (m *unigram) tokenize(dst []int32, w string) []int32 {
 		i += charLen
 	}
 	// Back from the end, fusing runs of unknown tokens into one span.
-	var spans []unigramSpan
+	spans := sc.spans[:0]
+	defer func() { sc.spans = spans }()
 	for end := n; end > 0; {
 		nd := best[end]
 		if k := len(spans) - 1; nd.id == m.unk && k >= 0 && spans[k].id == m.unk {
@@ -148,6 +154,14 @@ func (m *unigram) tokenize(dst []int32, w string) []int32 {
 	}
 	return dst
 }
+
+// unigramScratch is the reusable memory of one tokenize call.
+type unigramScratch struct {
+	best  []unigramNode
+	spans []unigramSpan
+}
+
+var unigramScratchPool = sync.Pool{New: func() any { return new(unigramScratch) }}
 
 // unigramSpan is a token of the best path: w[start:end] with its id.
 type unigramSpan struct {
