@@ -74,6 +74,8 @@ func TestLoadBadFiles(t *testing.T) {
 		{"classregex.json", with("normalizer", `{"type": "Replace", "pattern": {"Regex": "\\s{2,}"}, "content": "x"}`), `the escape \s is not supported`},
 		{"nounk.json", with("model.unk_id", `null`), "Unigram: no unk_id"},
 		{"version.json", with("version", `"2.0"`), `version "2.0"`},
+		{"charsmap64.json", with("normalizer", `{"type": "Precompiled", "precompiled_charsmap": "not base64!"}`), "precompiled_charsmap is not base64"},
+		{"charsmapsize.json", with("normalizer", `{"type": "Precompiled", "precompiled_charsmap": "/////wAAAAA="}`), "trie size 4294967295 does not fit the 4 bytes that follow it"},
 		{"bytelevelpost.json", with("post_processor", `{"type": "ByteLevel", "trim_offsets": false}`), "post_processor (ByteLevel): this post-processor is not supported"},
 		{"nothing-here", nil, "holds none of tokenizer.json, tokenizer.model"},
 		{"missing.json", nil, "no such file"},
