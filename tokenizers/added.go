@@ -5,9 +5,9 @@ import (
 	"unicode/utf8"
 )
 
-// AddedToken is a token matched as whole text before the model runs, as
+// addedToken is a token matched as whole text before the model runs, as
 // tokenizer.json's added_tokens declare them.
-type AddedToken struct {
+type addedToken struct {
 	ID      int32
 	Content string
 	// SingleWord: only where no word character touches either side.
@@ -24,12 +24,12 @@ type AddedToken struct {
 // that starts first wins, among those the longest, and the search goes on
 // after it.
 type addedMatcher struct {
-	tokens []AddedToken
+	tokens []addedToken
 	trie   byteTrie // values index tokens
 	first  [256]bool
 }
 
-func newAddedMatcher(tokens []AddedToken, contents []string) *addedMatcher {
+func newAddedMatcher(tokens []addedToken, contents []string) *addedMatcher {
 	m := &addedMatcher{tokens: tokens}
 	var b trieBuilder
 	for i, c := range contents {

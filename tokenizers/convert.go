@@ -97,9 +97,9 @@ func convertXLMRoberta(mp *modelProto, cfg *tokenizerConfig) (*Tokenizer, error)
 	// tokenizer class's special tokens.
 	added := spmAddedTokens(mp, nil)
 	for _, c := range []string{"<s>", "<pad>", "</s>", "<unk>"} {
-		added = append(added, AddedToken{Content: c, Special: true})
+		added = append(added, addedToken{Content: c, Special: true})
 	}
-	added = append(added, AddedToken{Content: "<mask>", Special: true, LStrip: true})
+	added = append(added, addedToken{Content: "<mask>", Special: true, LStrip: true})
 	added = applyConfigTokens(added, cfg)
 	t.setAddedTokens(added)
 	t.prefix, t.suffix = []int32{0}, []int32{2}
@@ -206,7 +206,7 @@ func convertGemma(mp *modelProto, cfg *tokenizerConfig) (*Tokenizer, error) {
 	t.pre = splitPreTokenizer{pattern: " ", behavior: splitMergedWithPrevious}
 	added := spmAddedTokens(mp, map[string]bool{"<start_of_turn>": true, "<end_of_turn>": true})
 	for _, c := range []string{mp.pieces[0].piece, mp.pieces[1].piece, mp.pieces[2].piece, mp.unkPiece} {
-		added = append(added, AddedToken{Content: c, Special: true})
+		added = append(added, addedToken{Content: c, Special: true})
 	}
 	added = applyConfigTokens(added, cfg)
 	t.setAddedTokens(added)
@@ -217,11 +217,11 @@ func convertGemma(mp *modelProto, cfg *tokenizerConfig) (*Tokenizer, error) {
 
 // spmAddedTokens are the control (special) and user-defined pieces, in
 // piece order, as SpmConverter adds them; names in special are special too.
-func spmAddedTokens(mp *modelProto, special map[string]bool) []AddedToken {
-	var out []AddedToken
+func spmAddedTokens(mp *modelProto, special map[string]bool) []addedToken {
+	var out []addedToken
 	for _, p := range mp.pieces {
 		if p.typ == pieceControl || p.typ == pieceUserDefined {
-			out = append(out, AddedToken{Content: p.piece, Special: p.typ == pieceControl || special[p.piece]})
+			out = append(out, addedToken{Content: p.piece, Special: p.typ == pieceControl || special[p.piece]})
 		}
 	}
 	return out
@@ -231,7 +231,7 @@ func spmAddedTokens(mp *modelProto, special map[string]bool) []AddedToken {
 // an entry whose content is already an added token sets its flags, others
 // are added with the config's id (the vocabulary's id where it has the
 // content).
-func applyConfigTokens(added []AddedToken, cfg *tokenizerConfig) []AddedToken {
+func applyConfigTokens(added []addedToken, cfg *tokenizerConfig) []addedToken {
 	if cfg == nil {
 		return added
 	}
@@ -244,7 +244,7 @@ func applyConfigTokens(added []AddedToken, cfg *tokenizerConfig) []AddedToken {
 	sort.Ints(ids)
 	for _, id := range ids {
 		f := cfg.AddedTokens[strconv.Itoa(id)]
-		tok := AddedToken{ID: int32(id), Content: f.Content, SingleWord: f.SingleWord, LStrip: f.LStrip,
+		tok := addedToken{ID: int32(id), Content: f.Content, SingleWord: f.SingleWord, LStrip: f.LStrip,
 			RStrip: f.RStrip, Normalized: f.Normalized, Special: f.Special}
 		replaced := false
 		for i := range added {

@@ -153,9 +153,9 @@ func parseTokenizerJSON(data []byte) (*Tokenizer, error) {
 	if t.pre, err = parsePreTokenizer(f.PreTokenizer, "pre_tokenizer"); err != nil {
 		return nil, err
 	}
-	tokens := make([]AddedToken, len(f.AddedTokens))
+	tokens := make([]addedToken, len(f.AddedTokens))
 	for i, a := range f.AddedTokens {
-		tokens[i] = AddedToken{ID: a.ID, Content: a.Content, SingleWord: a.SingleWord, LStrip: a.LStrip,
+		tokens[i] = addedToken{ID: a.ID, Content: a.Content, SingleWord: a.SingleWord, LStrip: a.LStrip,
 			RStrip: a.RStrip, Normalized: a.Normalized, Special: a.Special}
 	}
 	t.setAddedTokens(tokens)

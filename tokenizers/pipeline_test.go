@@ -39,7 +39,7 @@ func TestGraphemeClusters(t *testing.T) {
 }
 
 func TestAddedTokenMatching(t *testing.T) {
-	tokens := []AddedToken{
+	tokens := []addedToken{
 		{ID: 10, Content: "<a>"}, {ID: 11, Content: "<ab>"}, {ID: 12, Content: "ab", SingleWord: true},
 		{ID: 13, Content: "<m>", LStrip: true}, {ID: 14, Content: "<r>", RStrip: true},
 	}

@@ -93,7 +93,7 @@ func gemmaModelFromJSON(t *testing.T, tok *Tokenizer) []byte {
 	for s, id := range b.vocab {
 		byID[id] = s
 	}
-	added := map[string]AddedToken{}
+	added := map[string]addedToken{}
 	for _, a := range tok.added {
 		added[a.Content] = a
 	}
@@ -248,9 +248,9 @@ func TestXLMRModelMatchesJSON(t *testing.T) {
 	if !reflect.DeepEqual(a.scores, b.scores) || !reflect.DeepEqual(a.ids, b.ids) || a.unk != b.unk || a.minScore != b.minScore {
 		t.Errorf("the .model's Unigram vocabulary differs from tokenizer.json's")
 	}
-	byID := func(a []AddedToken) []AddedToken {
+	byID := func(a []addedToken) []addedToken {
 		a = slices.Clone(a)
-		slices.SortFunc(a, func(x, y AddedToken) int { return int(x.ID - y.ID) })
+		slices.SortFunc(a, func(x, y addedToken) int { return int(x.ID - y.ID) })
 		return a
 	}
 	if !reflect.DeepEqual(byID(fromJSON.added), byID(fromModel.added)) {

@@ -14,7 +14,7 @@ type Tokenizer struct {
 	norm       normalizer    // nil: none
 	pre        preTokenizer  // nil: the piece is one word
 	model      model
-	added      []AddedToken // all of them, special first
+	added      []addedToken // all of them, special first
 
 	prefix, suffix []int32 // what the post-processor puts around the ids
 	vocabSize      int
@@ -98,8 +98,8 @@ func (t *Tokenizer) encodeContent(dst []int32, text string) []int32 {
 // model's vocabulary holds takes the model's id, as in HF. A content given
 // twice keeps its first entry (HF skips a token it already has); special
 // tokens are matched before the others.
-func (t *Tokenizer) setAddedTokens(tokens []AddedToken) {
-	ordered := make([]AddedToken, 0, len(tokens))
+func (t *Tokenizer) setAddedTokens(tokens []addedToken) {
+	ordered := make([]addedToken, 0, len(tokens))
 	seen := make(map[string]bool, len(tokens))
 	for _, special := range []bool{true, false} {
 		for _, a := range tokens {
@@ -112,7 +112,7 @@ func (t *Tokenizer) setAddedTokens(tokens []AddedToken) {
 			}
 		}
 	}
-	var raw, norm []AddedToken
+	var raw, norm []addedToken
 	var rawPatterns, normPatterns []string
 	for _, a := range ordered {
 		if a.Normalized {
