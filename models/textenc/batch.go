@@ -1,0 +1,50 @@
+package textenc
+
+import "fmt"
+
+// keyLens checks a batch of token ids (B rows of equal length L, each id
+// below vocab) and its attention mask (nil: no padding; else ones then
+// zeros per row: right padding, the only kind the attention's key lengths
+// express) and returns each row's number of real tokens and L.
+func keyLens(ids, mask [][]int32, vocab int) ([]int32, int, error) {
+	if len(ids) == 0 || len(ids[0]) == 0 {
+		return nil, 0, fmt.Errorf("textenc: forward: empty batch")
+	}
+	l := len(ids[0])
+	if mask != nil && len(mask) != len(ids) {
+		return nil, 0, fmt.Errorf("textenc: forward: %d mask rows for %d id rows", len(mask), len(ids))
+	}
+	lens := make([]int32, len(ids))
+	for b, row := range ids {
+		if len(row) != l {
+			return nil, 0, fmt.Errorf("textenc: forward: id row %d has %d tokens, row 0 has %d", b, len(row), l)
+		}
+		for i, id := range row {
+			if id < 0 || int(id) >= vocab {
+				return nil, 0, fmt.Errorf("textenc: forward: token id %d at [%d, %d] is outside the vocabulary of %d", id, b, i, vocab)
+			}
+		}
+		lens[b] = int32(l)
+		if mask == nil {
+			continue
+		}
+		if len(mask[b]) != l {
+			return nil, 0, fmt.Errorf("textenc: forward: mask row %d has %d entries for %d tokens", b, len(mask[b]), l)
+		}
+		n := 0
+		for n < l && mask[b][n] == 1 {
+			n++
+		}
+		for i := n; i < l; i++ {
+			if mask[b][i] != 0 {
+				return nil, 0, fmt.Errorf("textenc: forward: mask row %d is not ones then zeros (value %d at %d after padding began at %d); only right padding is supported", b, mask[b][i], i, n)
+			}
+		}
+		if n == 0 {
+			return nil, 0, fmt.Errorf("textenc: forward: mask row %d has no real token", b)
+		}
+		lens[b] = int32(n)
+	}
+	return lens, l, nil
+}
+
