@@ -47,4 +47,3 @@ func keyLens(ids, mask [][]int32, vocab int) ([]int32, int, error) {
 	}
 	return lens, l, nil
 }
-
