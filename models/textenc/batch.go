@@ -1,6 +1,11 @@
 package textenc
 
-import "fmt"
+import (
+	"fmt"
+
+	ag "github.com/newbie-train/newbie-train/autograd"
+	"github.com/newbie-train/newbie-train/kernels"
+)
 
 // keyLens checks a batch of token ids (B rows of equal length L, each id
 // below vocab) and its attention mask (nil: no padding; else ones then
@@ -46,4 +51,19 @@ func keyLens(ids, mask [][]int32, vocab int) ([]int32, int, error) {
 		lens[b] = int32(n)
 	}
 	return lens, l, nil
+}
+
+// ropeTensors builds the cos/sin tables [B, L, headDim/2] of a rotary
+// embedding in dtype d: Gemma and Jina both build the angles, cosines and
+// sines in float32 (ropeTable) and cast them to the activations' dtype.
+func ropeTensors(e *ag.Engine, d kernels.DType, r Rope, headDim, b, l int) (cos, sin *ag.Tensor) {
+	c1, s1 := ropeTable(r, headDim, l)
+	n := len(c1)
+	c, s := make([]float64, b*n), make([]float64, b*n)
+	for i := range b {
+		copy(c[i*n:], c1)
+		copy(s[i*n:], s1)
+	}
+	shape := []int{b, l, headDim / 2}
+	return e.FromFloat64(d, shape, c), e.FromFloat64(d, shape, s)
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/kernels/cpu"
 	"github.com/newbie-train/newbie-train/kernels/kerneltest"
+
+	"github.com/newbie-train/newbie-train/internal/golden/goldentest"
 )
 
 // f32Tensor is a float32 tensor to write.
@@ -179,4 +181,21 @@ func TestPenultimateSkipsLastLayer(t *testing.T) {
 		t.Errorf("Forward ran %d attentions and %d RMSNorms, want 3 and 19", counts["Attention"], counts["RMSNorm"])
 	}
 	kerneltest.Check(t, "PenultimateHidden vs Forward's hidden_states[-2]", values(t, p), values(t, hs[len(hs)-2]), 0)
+}
+
+// TestGemmaOtherModels gives Load other models' weights: the error names
+// the file and what it seems to hold.
+func TestGemmaOtherModels(t *testing.T) {
+	for _, tc := range []struct{ name, path, want string }{
+		{"Next-DiT", goldentest.Path(t, "nextdit", "tiny.weights.safetensors"), "(it is a Next-DiT checkpoint"},
+		{"Jina", goldentest.Path(t, "jina", "jina_tiny.weights.safetensors"), "it looks like a Jina XLM-RoBERTa text tower"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := Load(ag.New(cpu.New()), tc.path, Options{})
+			if err == nil || !strings.Contains(err.Error(), tc.path) || !strings.Contains(err.Error(), "not a Gemma 3 text model checkpoint") ||
+				!strings.Contains(err.Error(), tc.want) {
+				t.Errorf("error %v, want one naming %s and containing %q", err, tc.path, tc.want)
+			}
+		})
+	}
 }

@@ -83,11 +83,11 @@ func Load(e *autograd.Engine, path string, opts Options) (*Gemma, error) {
 		return nil, err
 	}
 	defer src.Close()
-	cfg, from, err := gemmaConfig(src, path, opts.Config)
+	prefix, err := src.findPrefix("Gemma 3 text model", "embed_tokens.weight", gemmaPrefixes)
 	if err != nil {
 		return nil, err
 	}
-	prefix, err := src.findPrefix("Gemma 3 text model", "embed_tokens.weight", gemmaPrefixes)
+	cfg, from, err := gemmaConfig(src, path, opts.Config)
 	if err != nil {
 		return nil, err
 	}

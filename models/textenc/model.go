@@ -75,20 +75,6 @@ func (g *Gemma) PenultimateHidden(ids, mask [][]int32) (*ag.Tensor, error) {
 	return out, nil
 }
 
-// ropeTensors builds the cos/sin tables [B, L, head/2] of one layer type in
-// the model's dtype (transformers casts them to the activations' dtype).
-func (g *Gemma) ropeTensors(r Rope, b, l int) (cos, sin *ag.Tensor) {
-	c1, s1 := ropeTable(r, g.cfg.HeadDim, l)
-	n := len(c1)
-	c, s := make([]float64, b*n), make([]float64, b*n)
-	for i := range b {
-		copy(c[i*n:], c1)
-		copy(s[i*n:], s1)
-	}
-	shape := []int{b, l, g.cfg.HeadDim / 2}
-	return g.e.FromFloat64(g.opts.DType, shape, c), g.e.FromFloat64(g.opts.DType, shape, s)
-}
-
 // roundTo rounds v to what dtype d stores.
 func roundTo(d kernels.DType, v float64) float64 {
 	switch d {
@@ -132,8 +118,8 @@ func (g *Gemma) run(ids, mask [][]int32, upto int, emit func(i int, t *ag.Tensor
 	x := ag.Scale(emb, roundTo(g.opts.DType, float64(float32(math.Sqrt(float64(c.HiddenSize))))))
 	emb.Release()
 
-	localCos, localSin := g.ropeTensors(c.LocalRope, b, l)
-	globalCos, globalSin := g.ropeTensors(c.GlobalRope, b, l)
+	localCos, localSin := ropeTensors(e, g.opts.DType, c.LocalRope, c.HeadDim, b, l)
+	globalCos, globalSin := ropeTensors(e, g.opts.DType, c.GlobalRope, c.HeadDim, b, l)
 	defer func() {
 		for _, t := range []*ag.Tensor{localCos, localSin, globalCos, globalSin} {
 			t.Release()

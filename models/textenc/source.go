@@ -266,7 +266,7 @@ func (s *source) checkKeys(want []ParamShape, prefix, model, config string) erro
 func (s *source) configJSON(path string) (js, from string, ok bool, err error) {
 	if len(s.files) > 0 {
 		if c, ok := s.files[0].Metadata()["config"]; ok {
-			return c, "from the file's metadata", true, nil
+			return c, "from the metadata of " + s.files[0].Path(), true, nil
 		}
 	}
 	dir := path
