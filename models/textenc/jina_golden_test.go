@@ -56,17 +56,11 @@ func (g jinaGolden) masked(v []float64) []float64 {
 // weights and activations, float32 norms and softmax).
 func TestJinaGolden(t *testing.T) {
 	g := openJinaGolden(t)
-	for _, tc := range []struct {
-		dtype kernels.DType
-		tol   float64
-	}{
-		{kernels.F64, 1e-6},
-		{kernels.F32, 1e-5},
-		{kernels.BF16, 2e-2},
-	} {
-		t.Run(tc.dtype.String(), func(t *testing.T) {
+	for _, dtype := range []kernels.DType{kernels.F64, kernels.F32, kernels.BF16} {
+		tol := JinaTolerance(dtype)
+		t.Run(dtype.String(), func(t *testing.T) {
 			e := ag.New(cpu.New())
-			j, err := LoadJina(e, g.weights, JinaOptions{DType: tc.dtype})
+			j, err := LoadJina(e, g.weights, JinaOptions{DType: dtype})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -78,15 +72,15 @@ func TestJinaGolden(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if last.DType() != tc.dtype {
-				t.Errorf("last hidden state is %v, want %v", last.DType(), tc.dtype)
+			if last.DType() != dtype {
+				t.Errorf("last hidden state is %v, want %v", last.DType(), dtype)
 			}
 			pooled, err := j.Pooled(g.ids, g.mask)
 			if err != nil {
 				t.Fatal(err)
 			}
-			goldentest.Check(t, "out.pooled", values(t, pooled), g.pooled, tc.tol)
-			goldentest.Check(t, "out.last_hidden_state (mask 1)", g.masked(values(t, last)), g.masked(g.last), tc.tol)
+			goldentest.Check(t, "out.pooled", values(t, pooled), g.pooled, tol)
+			goldentest.Check(t, "out.last_hidden_state (mask 1)", g.masked(values(t, last)), g.masked(g.last), tol)
 			if err := e.EndStep(); err != nil {
 				t.Fatal(err)
 			}
