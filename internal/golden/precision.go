@@ -19,3 +19,18 @@ func FrozenDType(precision string) (kernels.DType, error) {
 	}
 	return 0, fmt.Errorf("golden: precision %q: want fp64, fp32 or bf16", precision)
 }
+
+// Tolerances are a reference's bounds on the relative error, per precision.
+type Tolerances struct{ F64, F32, BF16 float64 }
+
+// For returns the bound for computing in dtype d (BF16's for anything
+// narrower than float32).
+func (t Tolerances) For(d kernels.DType) float64 {
+	switch d {
+	case kernels.F64:
+		return t.F64
+	case kernels.F32:
+		return t.F32
+	}
+	return t.BF16
+}

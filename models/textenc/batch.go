@@ -67,3 +67,31 @@ func ropeTensors(e *ag.Engine, d kernels.DType, r Rope, headDim, b, l int) (cos,
 	shape := []int{b, l, headDim / 2}
 	return e.FromFloat64(d, shape, c), e.FromFloat64(d, shape, s)
 }
+
+// lookup checks a batch (keyLens; at most maxLen tokens a row when maxLen >
+// 0) and the engine, and returns the rows of the embedding table the ids
+// select, [B, L, dim], with each row's number of real tokens. A nil table
+// is a released model's.
+func lookup(e *ag.Engine, table *ag.Tensor, ids, mask [][]int32, vocab, maxLen int) (*ag.Tensor, []int32, error) {
+	if table == nil {
+		return nil, nil, fmt.Errorf("textenc: forward on a released model")
+	}
+	lens, l, err := keyLens(ids, mask, vocab)
+	if err != nil {
+		return nil, nil, err
+	}
+	if maxLen > 0 && l > maxLen {
+		return nil, nil, fmt.Errorf("textenc: forward: %d tokens exceed the model's max_position_embeddings %d", l, maxLen)
+	}
+	if err := e.Err(); err != nil {
+		return nil, nil, fmt.Errorf("textenc: forward: engine already failed: %w", err)
+	}
+	flat := make([]int32, 0, len(ids)*l)
+	for _, row := range ids {
+		flat = append(flat, row...)
+	}
+	idt := e.FromInt32([]int{len(ids), l}, flat)
+	emb := ag.Embedding(table, idt)
+	idt.Release()
+	return emb, lens, nil
+}

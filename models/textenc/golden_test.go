@@ -36,17 +36,7 @@ func openGolden(t *testing.T) goldenCase {
 }
 
 // masked keeps the rows of v [B, L, hidden] at positions where the mask is 1.
-func (gc goldenCase) masked(v []float64) []float64 {
-	var out []float64
-	for b := range gc.b {
-		for i := range gc.l {
-			if gc.mask[b][i] == 1 {
-				out = append(out, v[(b*gc.l+i)*gc.hidden:(b*gc.l+i+1)*gc.hidden]...)
-			}
-		}
-	}
-	return out
-}
+func (gc goldenCase) masked(v []float64) []float64 { return maskedRows(v, gc.mask, gc.l, gc.hidden) }
 
 func values(t *testing.T, x *ag.Tensor) []float64 {
 	t.Helper()
@@ -59,12 +49,12 @@ func values(t *testing.T, x *ag.Tensor) []float64 {
 
 // TestGolden compares hidden_states[-2] and last_hidden_state with
 // transformers' run, at the real (unpadded) positions, held to
-// GemmaTolerance (which says why its float64 and bf16 bounds are what they
+// GemmaTolerances (which says why its float64 and bf16 bounds are what they
 // are).
 func TestGolden(t *testing.T) {
 	gc := openGolden(t)
 	for _, dtype := range []kernels.DType{kernels.F64, kernels.F32, kernels.BF16} {
-		tolM2, tolEnd := GemmaTolerance(dtype)
+		tolM2, tolEnd := GemmaTolerances.Penultimate.For(dtype), GemmaTolerances.Last.For(dtype)
 		t.Run(dtype.String(), func(t *testing.T) {
 			e := ag.New(cpu.New())
 			g, err := Load(e, gc.weights, Options{DType: dtype})

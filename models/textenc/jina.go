@@ -120,30 +120,13 @@ func meanPool(h *ag.Tensor, lens []int32) *ag.Tensor {
 // real tokens.
 func (j *Jina) run(ids, mask [][]int32) (*ag.Tensor, []int32, error) {
 	e, c := j.e, j.cfg
-	if len(j.w) == 0 {
-		return nil, nil, fmt.Errorf("textenc: forward on a released model")
-	}
-	lens, l, err := keyLens(ids, mask, c.VocabSize)
+	prev := e.SetGradEnabled(false)
+	defer e.SetGradEnabled(prev)
+	emb, lens, err := lookup(e, j.w["word_embeddings"], ids, mask, c.VocabSize, c.MaxPositions)
 	if err != nil {
 		return nil, nil, err
 	}
-	if l > c.MaxPositions {
-		return nil, nil, fmt.Errorf("textenc: forward: %d tokens exceed the model's max_position_embeddings %d", l, c.MaxPositions)
-	}
-	if err := e.Err(); err != nil {
-		return nil, nil, fmt.Errorf("textenc: forward: engine already failed: %w", err)
-	}
-	b := len(ids)
-	flat := make([]int32, 0, b*l)
-	for _, row := range ids {
-		flat = append(flat, row...)
-	}
-	prev := e.SetGradEnabled(false)
-	defer e.SetGradEnabled(prev)
-
-	idt := e.FromInt32([]int{b, l}, flat)
-	emb := ag.Embedding(j.w["word_embeddings"], idt)
-	idt.Release()
+	b, l := emb.Shape()[0], emb.Shape()[1]
 	withType := ag.Add(emb, j.w["token_type_0"])
 	emb.Release()
 	x := ag.LayerNorm(withType, j.w["emb_ln.weight"], j.w["emb_ln.bias"], c.LayerNormEps)

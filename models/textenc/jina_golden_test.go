@@ -37,17 +37,7 @@ func openJinaGolden(t *testing.T) jinaGolden {
 }
 
 // masked keeps the rows of v [B, L, hidden] where the mask is 1.
-func (g jinaGolden) masked(v []float64) []float64 {
-	var out []float64
-	for b := range g.b {
-		for i := range g.l {
-			if g.mask[b][i] == 1 {
-				out = append(out, v[(b*g.l+i)*g.hidden:(b*g.l+i+1)*g.hidden]...)
-			}
-		}
-	}
-	return out
-}
+func (g jinaGolden) masked(v []float64) []float64 { return maskedRows(v, g.mask, g.l, g.hidden) }
 
 // TestJinaGolden runs Jina's own PyTorch forward's inputs through the text
 // tower loaded from jina-clip-v2's key names, in every precision, and
@@ -57,7 +47,7 @@ func (g jinaGolden) masked(v []float64) []float64 {
 func TestJinaGolden(t *testing.T) {
 	g := openJinaGolden(t)
 	for _, dtype := range []kernels.DType{kernels.F64, kernels.F32, kernels.BF16} {
-		tol := JinaTolerance(dtype)
+		tol := JinaTolerances.For(dtype)
 		t.Run(dtype.String(), func(t *testing.T) {
 			e := ag.New(cpu.New())
 			j, err := LoadJina(e, g.weights, JinaOptions{DType: dtype})

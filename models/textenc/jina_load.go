@@ -219,21 +219,7 @@ func LoadJina(e *ag.Engine, path string, opts JinaOptions) (*Jina, error) {
 // jinaConfig resolves the architecture as LoadJina documents and says
 // where it came from.
 func jinaConfig(src *source, path string, given *JinaConfig) (JinaConfig, string, error) {
-	if given != nil {
-		return *given, "given by the caller", given.Validate()
-	}
-	js, from, ok, err := src.configJSON(path)
-	if err != nil {
-		return JinaConfig{}, "", err
-	}
-	if !ok {
-		return JinaCLIPv2Config(), "jina-clip-v2 defaults: no config in the file's metadata and no config.json beside it", nil
-	}
-	cfg, err := ParseJinaConfig(js)
-	if err != nil {
-		return JinaConfig{}, "", fmt.Errorf("%w (config %s)", err, from)
-	}
-	return cfg, from, nil
+	return resolveConfig(src, path, given, JinaConfig.Validate, ParseJinaConfig, JinaCLIPv2Config, "jina-clip-v2")
 }
 
 // jinaLoader reads base weights and folds adaptation k into them.

@@ -145,19 +145,5 @@ func Load(e *autograd.Engine, path string, opts Options) (*Gemma, error) {
 // gemmaConfig resolves the architecture as Load documents and says where it
 // came from.
 func gemmaConfig(src *source, path string, given *Config) (Config, string, error) {
-	if given != nil {
-		return *given, "given by the caller", given.Validate()
-	}
-	js, from, ok, err := src.configJSON(path)
-	if err != nil {
-		return Config{}, "", err
-	}
-	if !ok {
-		return Gemma4BConfig(), "Gemma 3 4B defaults: no config in the file's metadata and no config.json beside it", nil
-	}
-	cfg, err := ParseConfig(js)
-	if err != nil {
-		return Config{}, "", fmt.Errorf("%w (config %s)", err, from)
-	}
-	return cfg, from, nil
+	return resolveConfig(src, path, given, Config.Validate, ParseConfig, Gemma4BConfig, "Gemma 3 4B")
 }

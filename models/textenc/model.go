@@ -92,27 +92,13 @@ func roundTo(d kernels.DType, v float64) float64 {
 // upto in order and owns them.
 func (g *Gemma) run(ids, mask [][]int32, upto int, emit func(i int, t *ag.Tensor)) error {
 	e, c := g.e, g.cfg
-	if len(g.w) == 0 {
-		return fmt.Errorf("textenc: forward on a released model")
-	}
-	lens, l, err := keyLens(ids, mask, g.cfg.VocabSize)
+	prev := e.SetGradEnabled(false)
+	defer e.SetGradEnabled(prev)
+	emb, lens, err := lookup(e, g.w["embed_tokens.weight"], ids, mask, c.VocabSize, 0)
 	if err != nil {
 		return err
 	}
-	if err := e.Err(); err != nil {
-		return fmt.Errorf("textenc: forward: engine already failed: %w", err)
-	}
-	b := len(ids)
-	flat := make([]int32, 0, b*l)
-	for _, row := range ids {
-		flat = append(flat, row...)
-	}
-	prev := e.SetGradEnabled(false)
-	defer e.SetGradEnabled(prev)
-
-	idt := e.FromInt32([]int{b, l}, flat)
-	emb := ag.Embedding(g.w["embed_tokens.weight"], idt)
-	idt.Release()
+	b, l := emb.Shape()[0], emb.Shape()[1]
 	// √hidden is a float32 buffer in transformers, cast to the weights'
 	// dtype before the product (bf16 turns √2560 into 50.5).
 	x := ag.Scale(emb, roundTo(g.opts.DType, float64(float32(math.Sqrt(float64(c.HiddenSize))))))

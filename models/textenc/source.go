@@ -283,3 +283,25 @@ func (s *source) configJSON(path string) (js, from string, ok bool, err error) {
 	}
 	return string(raw), "from " + p, true, nil
 }
+
+// resolveConfig is how both loaders find their architecture: the caller's
+// (validated), else the JSON configJSON finds (parsed), else the real
+// model's defaults; the string says which, for error messages.
+func resolveConfig[C any](src *source, path string, given *C, validate func(C) error, parse func(string) (C, error), defaults func() C, model string) (C, string, error) {
+	var zero C
+	if given != nil {
+		return *given, "given by the caller", validate(*given)
+	}
+	js, from, ok, err := src.configJSON(path)
+	if err != nil {
+		return zero, "", err
+	}
+	if !ok {
+		return defaults(), model + " defaults: no config in the file's metadata and no config.json beside it", nil
+	}
+	cfg, err := parse(js)
+	if err != nil {
+		return zero, "", fmt.Errorf("%w (config %s)", err, from)
+	}
+	return cfg, from, nil
+}

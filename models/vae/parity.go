@@ -9,25 +9,16 @@ import (
 	"github.com/newbie-train/newbie-train/kernels"
 )
 
-// Tolerance is the golden README's bound for the VAE golden
-// (../shared/golden/vae) in a storage dtype: float64 1e-6, float32 1e-5,
-// bf16 (bf16 weights under bf16 autocast, as the trainer loads a frozen
-// VAE) 5e-2.
-func Tolerance(d kernels.DType) float64 {
-	switch d {
-	case kernels.F64:
-		return 1e-6
-	case kernels.F32:
-		return 1e-5
-	}
-	return 5e-2
-}
+// Tolerances are the golden README's bounds for the VAE golden
+// (../shared/golden/vae): bf16 is bf16 weights under bf16 autocast, as the
+// trainer loads a frozen VAE.
+var Tolerances = golden.Tolerances{F64: 1e-6, F32: 1e-5, BF16: 5e-2}
 
 // Parity loads VAE weights (any layout Load reads) on backend b in
 // precision (fp64, fp32, bf16), encodes the golden file's in.image and
 // decodes the mean (../shared/golden/vae/vae_tiny.golden.safetensors), and
 // compares out.mean, out.logvar, out.latent and out.decoded with the
-// reference, held to Tolerance.
+// reference, held to Tolerances.
 func Parity(b kernels.Backend, weights, goldenPath, precision string) (golden.Results, error) {
 	d, err := golden.FrozenDType(precision)
 	if err != nil {
@@ -84,7 +75,7 @@ func Parity(b kernels.Backend, weights, goldenPath, precision string) (golden.Re
 		if err != nil {
 			return nil, err
 		}
-		rs = append(rs, golden.Compare(name, v, ref.Values, Tolerance(d)))
+		rs = append(rs, golden.Compare(name, v, ref.Values, Tolerances.For(d)))
 	}
 	return rs, e.EndStep()
 }
