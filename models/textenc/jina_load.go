@@ -107,23 +107,16 @@ func (c JinaConfig) Params() []ParamShape {
 // missing, unexpected and mis-shaped keys come back together as a
 // *KeyError.
 func LoadJina(e *ag.Engine, path string, opts JinaOptions) (*Jina, error) {
-	if opts.DType == 0 {
-		opts.DType = kernels.BF16
+	d, err := storageDType(opts.DType)
+	if err != nil {
+		return nil, err
 	}
-	switch opts.DType {
-	case kernels.BF16, kernels.F32, kernels.F64:
-	default:
-		return nil, fmt.Errorf("textenc: storage dtype %v is not BF16, F32 or F64", opts.DType)
-	}
-	src, err := openSource(path)
+	opts.DType = d
+	src, prefix, err := openModel(path, "Jina CLIP v2 text tower", jinaWord+jinaOriginal, jinaPrefixes)
 	if err != nil {
 		return nil, err
 	}
 	defer src.Close()
-	prefix, err := src.findPrefix("Jina CLIP v2 text tower", jinaWord+jinaOriginal, jinaPrefixes)
-	if err != nil {
-		return nil, err
-	}
 	cfg, from, err := jinaConfig(src, path, opts.Config)
 	if err != nil {
 		return nil, err

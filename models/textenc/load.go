@@ -70,23 +70,16 @@ var gemmaPrefixes = []string{"", "model.", "language_model.model.", "model.langu
 // mis-shaped keys come back together as a *KeyError, which says where the
 // architecture came from.
 func Load(e *autograd.Engine, path string, opts Options) (*Gemma, error) {
-	if opts.DType == 0 {
-		opts.DType = kernels.BF16
+	d, err := storageDType(opts.DType)
+	if err != nil {
+		return nil, err
 	}
-	switch opts.DType {
-	case kernels.BF16, kernels.F32, kernels.F64:
-	default:
-		return nil, fmt.Errorf("textenc: storage dtype %v is not BF16, F32 or F64", opts.DType)
-	}
-	src, err := openSource(path)
+	opts.DType = d
+	src, prefix, err := openModel(path, "Gemma 3 text model", "embed_tokens.weight", gemmaPrefixes)
 	if err != nil {
 		return nil, err
 	}
 	defer src.Close()
-	prefix, err := src.findPrefix("Gemma 3 text model", "embed_tokens.weight", gemmaPrefixes)
-	if err != nil {
-		return nil, err
-	}
 	cfg, from, err := gemmaConfig(src, path, opts.Config)
 	if err != nil {
 		return nil, err

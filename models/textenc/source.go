@@ -12,6 +12,7 @@ import (
 
 	"github.com/newbie-train/newbie-train/checkpoints"
 	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
+	"github.com/newbie-train/newbie-train/kernels"
 )
 
 // This file holds what both encoders' loaders share: the set of
@@ -304,4 +305,31 @@ func resolveConfig[C any](src *source, path string, given *C, validate func(C) e
 		return zero, "", fmt.Errorf("%w (config %s)", err, from)
 	}
 	return cfg, from, nil
+}
+
+// openModel opens a checkpoint (openSource) and finds the prefix its
+// model's keys carry (findPrefix).
+func openModel(path, model, marker string, prefixes []string) (*source, string, error) {
+	src, err := openSource(path)
+	if err != nil {
+		return nil, "", err
+	}
+	prefix, err := src.findPrefix(model, marker, prefixes)
+	if err != nil {
+		src.Close()
+		return nil, "", err
+	}
+	return src, prefix, nil
+}
+
+// storageDType is a loader's storage dtype: BF16 when unset; BF16, F32 or
+// F64.
+func storageDType(d kernels.DType) (kernels.DType, error) {
+	switch d {
+	case 0:
+		return kernels.BF16, nil
+	case kernels.BF16, kernels.F32, kernels.F64:
+		return d, nil
+	}
+	return 0, fmt.Errorf("textenc: storage dtype %v is not BF16, F32 or F64", d)
 }
