@@ -26,12 +26,14 @@ import (
 // float64, 10 in float32, and 7 for bf16 and fp16 inputs, whose float32
 // result is then rounded to 8 or 11 bits. Against math.Erf, the error per
 // element is below 1e-15 (float64), 1e-7 (float32) and 2e-7 (before the
-// 16-bit rounding) times max(1, |x|) for every x (TestGELU). ½·(x + |x|) is exact, so negative inputs keep their small
-// values to full relative precision. The gradient follows the composition.
+// 16-bit rounding) times max(1, |x|) for every x (TestGELU). ½·(x + |x|)
+// is exact, so negative inputs keep their small values to full relative
+// precision. The gradient follows the composition.
 //
-// It costs about 27 elementwise passes (33 in float32, 50 in float64) where a fused kernel
-// would take one: fine for a frozen encoder on the CPU; on a GPU a backend
-// GELU op would replace the composition without changing any caller.
+// It costs about 27 elementwise passes (33 in float32, 50 in float64) where
+// a fused kernel would take one: fine for a frozen encoder on the CPU; on a
+// GPU a backend GELU op would replace the composition without changing any
+// caller.
 func GELU(x *Tensor) *Tensor {
 	e := x.e
 	if !e.live("GELU", x) {
