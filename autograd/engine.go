@@ -149,7 +149,9 @@ func (e *Engine) EndStep() error {
 		e.popScope(nil)
 	}
 	for _, t := range e.scopes[0] {
-		t.Release()
+		if !t.kept {
+			t.Release()
+		}
 	}
 	e.scopes[0] = nil
 	err := e.Err()
