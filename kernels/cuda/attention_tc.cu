@@ -304,6 +304,12 @@ extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc96(AttnShape a, con
 extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc128(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
   attn_fwd_tc_body<128, 1>(a, q, k, v, o, lse);
 }
+// Head size 256 (Gemma 3), forward only: 255 registers, no spills, and
+// 169 KB of shared memory, so it runs where the device allows that (Hopper);
+// see attention256.go.
+extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc256(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
+  attn_fwd_tc_body<256, 1>(a, q, k, v, o, lse);
+}
 
 // ---------------------------------------------------------------------------
 // Hopper forward: the two products on warpgroup MMA (wgmma, sm_90a).
