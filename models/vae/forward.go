@@ -22,12 +22,9 @@ func (m *VAE) conv(p string, x *ag.Tensor, stride, pad int) *ag.Tensor {
 	return ag.Conv2D(x, m.w(p+".weight"), m.w(p+".bias"), stride, pad)
 }
 
-// normAct is GroupNorm then SiLU.
+// normAct is GroupNorm then SiLU (one fused pass where the backend has it).
 func (m *VAE) normAct(p string, x *ag.Tensor) *ag.Tensor {
-	n := ag.GroupNorm(x, m.cfg.NormNumGroups, m.w(p+".weight"), m.w(p+".bias"), NormEps)
-	y := ag.SiLU(n)
-	n.Release()
-	return y
+	return ag.GroupNormSiLU(x, m.cfg.NormNumGroups, m.w(p+".weight"), m.w(p+".bias"), NormEps)
 }
 
 // resnet is diffusers' ResnetBlock2D without a time embedding:
