@@ -326,10 +326,14 @@ func (m *VAE) Denormalize(x *ag.Tensor) *ag.Tensor {
 // Decode runs the decoder on an unnormalised latent z [B, 16, h, w] (the
 // encoder's mean, or Denormalize of a DiT latent: the golden's
 // out.decoded is decode(mean)) and returns the image [B, 3, 8h, 8w],
-// nominally in [−1, 1] and not clipped.
+// nominally in [−1, 1] and not clipped. Latents wider or taller than
+// Options.DecodeTile are decoded in blended tiles (see DecodeTiled).
 func (m *VAE) Decode(z *ag.Tensor) (*ag.Tensor, error) {
 	if err := m.checkInput("Decode", z, m.cfg.LatentChannels, 1); err != nil {
 		return nil, err
+	}
+	if t := m.decodeTile(); t > 0 {
+		return m.decodeTiled(z, t, int(float64(t)*(1-tileOverlap))), nil
 	}
 	return m.decoder(z), nil
 }

@@ -31,11 +31,18 @@ type Options struct {
 	// Config, when set, is the architecture to use for a file without
 	// config metadata (instead of a config.json beside it or FLUX's).
 	Config *Config
+	// DecodeTile is the latent side above which Decode works in blended
+	// tiles of that side (0: DefaultDecodeTile, diffusers' for FLUX, so
+	// images up to 1024² decode whole; negative: never tile).
+	DecodeTile int
 }
 
 func (o Options) withDefaults() (Options, error) {
 	if o.DType == 0 {
 		o.DType = kernels.F32
+	}
+	if o.DecodeTile > 0 && o.DecodeTile < 2 {
+		return o, fmt.Errorf("vae: decode tile side %d is too small (at least 2 latent pixels)", o.DecodeTile)
 	}
 	switch o.DType {
 	case kernels.F32, kernels.BF16, kernels.F64, kernels.F16:
