@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# scripts/device/vae.sh: the VAE / encode-phase GPU checks and timings of
+# branch vae, for one call on an H200 device machine (about 3–4 minutes).
+#
+# Build here first, from the repository root (the device has no Go), and
+# carry .gpu with the call:
+#   go test -c -o .gpu/cuda.test ./kernels/cuda
+#   go test -c -o .gpu/vae.test ./models/vae
+#   go test -c -o .gpu/autograd.test ./autograd
+#   mkdir -p .gpu/golden/vae && cp ../shared/golden/vae/vae_tiny.*.safetensors .gpu/golden/vae/
+#
+# It runs, each logging under $OUT:
+#   1. the CUDA backend's suites: conformance, the CPU cross-checks (the new
+#      Conv2D/vae/*, GroupNorm/fast/*, Attention/bf16/d64/jina-keylens and
+#      Attention/bf16/d256/* cases among them), faults, NVRTC compile of every
+#      kernel file for sm_75/89/90 with ptxas's register report;
+#   2. the tiny golden VAE on the GPU (fp32, bf16, bf16 under autocast);
+#   3. the full-width FLUX VAE: GPU bf16 against CPU fp32 at 64², and fast
+#      paths on against off (NEWBIE_TRAIN_CUDA_OFF) at 256²;
+#   4. timings: our encode 1024² / decode 128² latent in bf16, then the
+#      PyTorch anchor (scripts/vae_anchor.py) in the same call, and the
+#      anchor's float64 reproduction of the golden VAE;
+# and prints a summary last. A fast path that fails can be set aside for a
+# rerun with NEWBIE_TRAIN_CUDA_OFF=conv,groupnorm,attn256 (any subset).
+set -u
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export NEWBIE_GOLDEN="$PWD/.gpu/golden"
+export NEWBIE_TRAIN_NVRTC_VERBOSE=1
+status=0
+step() { # name, log, command...
+  local name=$1 log=$2
+  shift 2
+  local t0=$SECONDS
+  "$@" >"$OUT/$log" 2>&1
+  local rc=$?
+  [ $rc -ne 0 ] && status=1
+  printf '%-34s rc=%d %4ds  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$log" | tee -a "$OUT/summary.txt"
+}
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
+step "cuda conformance+cross-checks" cuda-tests.log .gpu/cuda.test -test.v -test.count=1 -test.timeout=150s \
+  -test.run 'TestConformance|TestAgainstCPU|TestFaults|TestMemorySteady|TestKernelSourcesCompile'
+step "autograd GroupNormSiLU" autograd.log .gpu/autograd.test -test.v -test.count=1 -test.run 'TestGroupNormSiLU'
+step "vae golden on cuda" vae-golden.log .gpu/vae.test -test.v -test.count=1 -test.run 'TestGoldenCUDA'
+NEWBIE_VAE_FULL=1 step "flux vae fast paths" vae-full.log .gpu/vae.test -test.v -test.count=1 -test.timeout=120s \
+  -test.run 'TestFLUXFastPathsCUDA'
+NEWBIE_VAE_BENCH=1 step "flux vae timing (ours)" vae-speed.log .gpu/vae.test -test.v -test.count=1 -test.timeout=120s \
+  -test.run 'TestFLUXSpeedCUDA'
+step "flux vae timing (pytorch anchor)" anchor.log python3 scripts/vae_anchor.py --repeat 10 --json "$OUT/anchor.json"
+step "anchor = golden vae (fp64)" anchor-golden.log python3 scripts/vae_anchor.py --check-golden .gpu/golden/vae
+
+{
+  echo "== failures"
+  grep -hE -- '--- FAIL|^FAIL|panic:' "$OUT"/cuda-tests.log "$OUT"/autograd.log "$OUT"/vae-*.log | head -40
+  echo "== new kernels: registers / spills (sm_90a)"
+  tr -d '\000' <"$OUT/cuda-tests.log" | grep -aA3 -E "entry function '(conv_tc|gn_|attn_fwd_tc256)" |
+    grep -aE "entry function|spill|Used" | sed -n 1,60p
+  echo "== accuracy"
+  grep -hE 'rel err' "$OUT"/vae-full.log "$OUT"/anchor-golden.log
+  echo "== timings"
+  grep -hE '^\s+device_test.go:[0-9]+: (vae |cuda)' "$OUT/vae-speed.log"
+  grep -hE '^\| |^#' "$OUT/anchor.log"
+  cat "$OUT/summary.txt"
+} | tee "$OUT/report.txt"
+exit $status
