@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # scripts/device/vae.sh: the VAE / encode-phase GPU checks and timings of
-# branch vae, for one call on an H200 device machine (about 3–4 minutes).
+# branch vae, for one call on an H200 device machine (about 4–5 minutes).
 #
 # Build here first, from the repository root (the device has no Go), and
 # carry .gpu with the call:
@@ -13,7 +13,8 @@
 #   1. the CUDA backend's suites: conformance, the CPU cross-checks (the new
 #      Conv2D/vae/*, GroupNorm/fast/*, Attention/bf16/d64/jina-keylens and
 #      Attention/bf16/d256/* cases among them), faults, NVRTC compile of every
-#      kernel file for sm_75/89/90 with ptxas's register report;
+#      kernel file for sm_75/89/90 with ptxas's register report; then
+#      compute-sanitizer memcheck and racecheck over the new kernels' cases;
 #   2. the tiny golden VAE on the GPU (fp32, bf16, bf16 under autocast);
 #   3. the full-width FLUX VAE: GPU bf16 against CPU fp32 at 64², and fast
 #      paths on against off (NEWBIE_TRAIN_CUDA_OFF) at 256²;
@@ -27,6 +28,7 @@ OUT=${OUT:-out}
 mkdir -p "$OUT"
 export NEWBIE_GOLDEN="$PWD/.gpu/golden"
 export NEWBIE_TRAIN_NVRTC_VERBOSE=1
+export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/nt-cache} # the NVRTC kernel cache
 status=0
 step() { # name, log, command...
   local name=$1 log=$2
@@ -40,6 +42,13 @@ step() { # name, log, command...
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 step "cuda conformance+cross-checks" cuda-tests.log .gpu/cuda.test -test.v -test.count=1 -test.timeout=150s \
   -test.run 'TestConformance|TestAgainstCPU|TestFaults|TestMemorySteady|TestKernelSourcesCompile'
+# compute-sanitizer over the cross-check cases of the new kernels: memcheck
+# (out-of-bounds and misaligned accesses) on all of them, racecheck (shared
+# memory hazards) on one small case of each.
+step "memcheck new kernels" sanitizer-memcheck.log timeout 150 compute-sanitizer --tool memcheck --error-exitcode 9 \
+  .gpu/cuda.test -test.count=1 -test.run 'TestAgainstCPU/(Conv2D/vae|GroupNorm/fast|Attention/bf16/d256|Attention/bf16/d64/jina)'
+step "racecheck new kernels" sanitizer-racecheck.log timeout 120 compute-sanitizer --tool racecheck --error-exitcode 9 \
+  .gpu/cuda.test -test.count=1 -test.run 'TestAgainstCPU/(Conv2D/vae/odd-plane-cout64|GroupNorm/fast/bf16-f32/no-affine|Attention/bf16/d256/bidirectional)$'
 step "autograd GroupNormSiLU" autograd.log .gpu/autograd.test -test.v -test.count=1 -test.run 'TestGroupNormSiLU'
 step "vae golden on cuda" vae-golden.log .gpu/vae.test -test.v -test.count=1 -test.run 'TestGoldenCUDA'
 NEWBIE_VAE_FULL=1 step "flux vae fast paths" vae-full.log .gpu/vae.test -test.v -test.count=1 -test.timeout=120s \
@@ -52,6 +61,7 @@ step "anchor = golden vae (fp64)" anchor-golden.log python3 scripts/vae_anchor.p
 {
   echo "== failures"
   grep -hE -- '--- FAIL|^FAIL|panic:' "$OUT"/cuda-tests.log "$OUT"/autograd.log "$OUT"/vae-*.log | head -40
+  grep -hE 'ERROR SUMMARY|RACECHECK SUMMARY' "$OUT"/sanitizer-*.log
   echo "== new kernels: registers / spills (sm_90a)"
   tr -d '\000' <"$OUT/cuda-tests.log" | grep -aA3 -E "entry function '(conv_tc|gn_|attn_fwd_tc256)" |
     grep -aE "entry function|spill|Used" | sed -n 1,60p
