@@ -164,8 +164,14 @@ func (e *Engine) recordAffineNorm(name string, out, x, w, b, mean, rstd *Tensor,
 // all trailing positions, then applies per-channel w and b (nil allowed), in
 // float32 under autocast.
 func GroupNorm(x *Tensor, groups int, w, b *Tensor, eps float64) *Tensor {
+	return groupNorm("GroupNorm", x, groups, w, b, eps, nil)
+}
+
+// groupNorm is GroupNorm, or with fused set (callers never set it while
+// recording) the backend's GroupNorm followed by SiLU in one pass.
+func groupNorm(op string, x *Tensor, groups int, w, b *Tensor, eps float64, fused kernels.GroupNormSiLUBackend) *Tensor {
 	e := x.e
-	n, c, hw, ok := groupNormShape("GroupNorm", x, groups, w, b)
+	n, c, hw, ok := groupNormShape(op, x, groups, w, b)
 	if !ok {
 		return e.failed(x.dtype, x.shape)
 	}
@@ -179,9 +185,13 @@ func GroupNorm(x *Tensor, groups int, w, b *Tensor, eps float64) *Tensor {
 	if out.st == nil || mean.st == nil || rstd.st == nil {
 		return out
 	}
-	e.b.GroupNorm(out.st.buf, mean.st.buf, rstd.st.buf, x.st.buf, bufOf(w), bufOf(b), n, c, hw, groups, eps)
-	e.trace("GroupNorm", out, x, w, b)
-	if e.recording(x, w, b) {
+	if fused != nil {
+		fused.GroupNormSiLU(out.st.buf, mean.st.buf, rstd.st.buf, x.st.buf, bufOf(w), bufOf(b), n, c, hw, groups, eps)
+	} else {
+		e.b.GroupNorm(out.st.buf, mean.st.buf, rstd.st.buf, x.st.buf, bufOf(w), bufOf(b), n, c, hw, groups, eps)
+	}
+	e.trace(op, out, x, w, b)
+	if fused == nil && e.recording(x, w, b) {
 		e.recordAffineNorm("GroupNorm", out, x, w, b, mean, rstd, c, func(dx, dw, db, g, sx, sw, sm, sr *Tensor) {
 			e.b.GroupNormGrad(dx.st.buf, bufOf(dw), bufOf(db), g.st.buf, sx.st.buf, bufOf(sw), sm.st.buf, sr.st.buf, n, c, hw, groups)
 		})

@@ -10,11 +10,17 @@ var _ kernels.GroupNormSiLUBackend = (*Backend)(nil)
 // NEWBIE_TRAIN_CUDA_OFF names "groupnorm". It reports false where the
 // general kernel must run. Operands are checked and the tensor is not empty.
 func (c *Backend) groupNormFast(op string, silu bool, y, mean, rstd, x, w, b *buffer, n, ch, hw, groups int, eps float64) bool {
-	name := map[kernels.DType]string{kernels.BF16: "bf16", kernels.F32: "f32"}
-	xn, yn := name[x.dt], name[y.dt]
-	if !c.fast(fastGroupNorm) || xn == "" || yn == "" || mean.dt != kernels.F32 || rstd.dt != kernels.F32 || hw%8 != 0 {
+	vec := func(d kernels.DType) bool { return d == kernels.BF16 || d == kernels.F32 }
+	if !c.fast(fastGroupNorm) || !vec(x.dt) || !vec(y.dt) || mean.dt != kernels.F32 || rstd.dt != kernels.F32 || hw%8 != 0 {
 		return false
 	}
+	flag := func(b bool) int {
+		if b {
+			return 1
+		}
+		return 0
+	}
+	xbf, ybf := flag(x.dt == kernels.BF16), flag(y.dt == kernels.BF16)
 	rows := n * groups
 	if rows > 65535 { // the grid's y extent
 		return false
@@ -29,12 +35,8 @@ func (c *Backend) groupNormFast(op string, silu bool, y, mean, rstd, x, w, b *bu
 		return true
 	}
 	defer c.alloc.put(part, psize)
-	c.launch("gn_stats_"+xn, dims{slices, rows, 1}, 256, 0, part, x.ptr, ch/groups*hw, slices)
-	kernel := "gn_apply_"
-	if silu {
-		kernel += "silu_"
-	}
-	c.launch(kernel+xn+"_"+yn, dims{slices, rows, 1}, 256, 0, y.ptr, mean.ptr, rstd.ptr, x.ptr, ptr(w), dt(w), ptr(b), dt(b), part,
-		ch, hw, groups, slices, slices, eps)
+	c.launch("gn_stats_kernel", dims{slices, rows, 1}, 256, 0, part, x.ptr, xbf, ch/groups*hw, slices)
+	c.launch("gn_apply_kernel", dims{slices, rows, 1}, 256, 0, y.ptr, ybf, mean.ptr, rstd.ptr, x.ptr, xbf, ptr(w), dt(w), ptr(b), dt(b), part,
+		ch, hw, groups, slices, slices, flag(silu), eps)
 	return true
 }

@@ -112,14 +112,17 @@ __device__ void gn_stats_body(float* part, const X* x, i64 len, i64 S) {
     p[2] = tq;
   }
 }
-extern "C" __global__ void __launch_bounds__(256) gn_stats_bf16(float* part, const u16* x, i64 len, i64 S) { gn_stats_body(part, x, len, S); }
-extern "C" __global__ void __launch_bounds__(256) gn_stats_f32(float* part, const float* x, i64 len, i64 S) { gn_stats_body(part, x, len, S); }
+// gn_stats_kernel: x is bf16 when xbf, else fp32.
+extern "C" __global__ void __launch_bounds__(256) gn_stats_kernel(float* part, const void* x, i64 xbf, i64 len, i64 S) {
+  if (xbf) gn_stats_body(part, (const u16*)x, len, S);
+  else gn_stats_body(part, (const float*)x, len, S);
+}
 
 // gn_apply: grid (S2, n·groups), 256 threads. Slice 0 of each group also
 // stores the group's mean and rstd.
-template <typename X, typename Y, bool SILU>
+template <typename X, typename Y>
 __device__ void gn_apply_body(Y* y, float* mean, float* rstd, const X* x, const void* w, i64 wdt, const void* b, i64 bdt, const float* part, i64 C,
-                              i64 HW, i64 G, i64 S, i64 S2, double eps) {
+                              i64 HW, i64 G, i64 S, i64 S2, bool silu, double eps) {
   __shared__ float stat[2];
   const i64 ng = blockIdx.y, s = blockIdx.x;
   const i64 cpg = C / G, len = cpg * HW, g = ng % G;
@@ -151,7 +154,7 @@ __device__ void gn_apply_body(Y* y, float* mean, float* rstd, const X* x, const 
 #pragma unroll
     for (int i = 0; i < 8; i++) {
       float t = fmaf(v[i], sc, sf);
-      if (SILU) {
+      if (silu) {
         // x·sigmoid(x) as elementwise.cu's t_sigmoid computes it.
         const float e = expf(-fabsf(t));
         const float r = __fdividef(1.f, 1.f + e);
@@ -163,36 +166,13 @@ __device__ void gn_apply_body(Y* y, float* mean, float* rstd, const X* x, const 
   }
 }
 
-// The kernels, by input and output dtype, without and with the SiLU.
-extern "C" __global__ void __launch_bounds__(256) gn_apply_bf16_bf16(u16* y, float* mean, float* rstd, const u16* x, const void* w, i64 wdt,
-    const void* b, i64 bdt, const float* part, i64 C, i64 HW, i64 G, i64 S, i64 S2, double eps) {
-  gn_apply_body<u16, u16, false>(y, mean, rstd, x, w, wdt, b, bdt, part, C, HW, G, S, S2, eps);
-}
-extern "C" __global__ void __launch_bounds__(256) gn_apply_bf16_f32(float* y, float* mean, float* rstd, const u16* x, const void* w, i64 wdt,
-    const void* b, i64 bdt, const float* part, i64 C, i64 HW, i64 G, i64 S, i64 S2, double eps) {
-  gn_apply_body<u16, float, false>(y, mean, rstd, x, w, wdt, b, bdt, part, C, HW, G, S, S2, eps);
-}
-extern "C" __global__ void __launch_bounds__(256) gn_apply_f32_bf16(u16* y, float* mean, float* rstd, const float* x, const void* w, i64 wdt,
-    const void* b, i64 bdt, const float* part, i64 C, i64 HW, i64 G, i64 S, i64 S2, double eps) {
-  gn_apply_body<float, u16, false>(y, mean, rstd, x, w, wdt, b, bdt, part, C, HW, G, S, S2, eps);
-}
-extern "C" __global__ void __launch_bounds__(256) gn_apply_f32_f32(float* y, float* mean, float* rstd, const float* x, const void* w, i64 wdt,
-    const void* b, i64 bdt, const float* part, i64 C, i64 HW, i64 G, i64 S, i64 S2, double eps) {
-  gn_apply_body<float, float, false>(y, mean, rstd, x, w, wdt, b, bdt, part, C, HW, G, S, S2, eps);
-}
-extern "C" __global__ void __launch_bounds__(256) gn_apply_silu_bf16_bf16(u16* y, float* mean, float* rstd, const u16* x, const void* w, i64 wdt,
-    const void* b, i64 bdt, const float* part, i64 C, i64 HW, i64 G, i64 S, i64 S2, double eps) {
-  gn_apply_body<u16, u16, true>(y, mean, rstd, x, w, wdt, b, bdt, part, C, HW, G, S, S2, eps);
-}
-extern "C" __global__ void __launch_bounds__(256) gn_apply_silu_bf16_f32(float* y, float* mean, float* rstd, const u16* x, const void* w, i64 wdt,
-    const void* b, i64 bdt, const float* part, i64 C, i64 HW, i64 G, i64 S, i64 S2, double eps) {
-  gn_apply_body<u16, float, true>(y, mean, rstd, x, w, wdt, b, bdt, part, C, HW, G, S, S2, eps);
-}
-extern "C" __global__ void __launch_bounds__(256) gn_apply_silu_f32_bf16(u16* y, float* mean, float* rstd, const float* x, const void* w, i64 wdt,
-    const void* b, i64 bdt, const float* part, i64 C, i64 HW, i64 G, i64 S, i64 S2, double eps) {
-  gn_apply_body<float, u16, true>(y, mean, rstd, x, w, wdt, b, bdt, part, C, HW, G, S, S2, eps);
-}
-extern "C" __global__ void __launch_bounds__(256) gn_apply_silu_f32_f32(float* y, float* mean, float* rstd, const float* x, const void* w, i64 wdt,
-    const void* b, i64 bdt, const float* part, i64 C, i64 HW, i64 G, i64 S, i64 S2, double eps) {
-  gn_apply_body<float, float, true>(y, mean, rstd, x, w, wdt, b, bdt, part, C, HW, G, S, S2, eps);
+// gn_apply_kernel: x is bf16 when xbf, else fp32, and likewise y with ybf;
+// silu ≠ 0 applies SiLU. (The branches are uniform over the grid.)
+extern "C" __global__ void __launch_bounds__(256) gn_apply_kernel(void* y, i64 ybf, float* mean, float* rstd, const void* x, i64 xbf,
+    const void* w, i64 wdt, const void* b, i64 bdt, const float* part, i64 C, i64 HW, i64 G, i64 S, i64 S2, i64 silu, double eps) {
+  const bool sl = silu != 0;
+  if (xbf && ybf) gn_apply_body((u16*)y, mean, rstd, (const u16*)x, w, wdt, b, bdt, part, C, HW, G, S, S2, sl, eps);
+  else if (xbf) gn_apply_body((float*)y, mean, rstd, (const u16*)x, w, wdt, b, bdt, part, C, HW, G, S, S2, sl, eps);
+  else if (ybf) gn_apply_body((u16*)y, mean, rstd, (const float*)x, w, wdt, b, bdt, part, C, HW, G, S, S2, sl, eps);
+  else gn_apply_body((float*)y, mean, rstd, (const float*)x, w, wdt, b, bdt, part, C, HW, G, S, S2, sl, eps);
 }

@@ -16,30 +16,20 @@ import (
 	"github.com/newbie-train/newbie-train/kernels/kerneltest"
 )
 
-// openCUDA opens the GPU backend, or skips the test where there is none.
-func openCUDA(t *testing.T) kernels.Backend {
-	t.Helper()
-	b, err := kernels.Open("cuda", 0)
-	if err != nil {
-		t.Skipf("no CUDA device, GPU test skipped: %v", err)
-	}
-	return b
-}
-
 // TestGoldenCUDA is TestGolden on the GPU backend: fp32 (direct
 // convolutions, fp32 GroupNorm fast path) within 1e-5; bf16 (the
 // tensor-core convolutions and bf16 GroupNorm+SiLU) within the golden
 // README's bf16 5e-2, with bf16 storage alone and under autocast.
 func TestGoldenCUDA(t *testing.T) {
 	g := openGolden(t)
-	openCUDA(t)
+	kerneltest.OpenCUDA(t)
 	for _, c := range []goldenCase{
 		{name: "f32", store: kernels.F32, tol: 1e-5},
 		{name: "bf16-storage", store: kernels.BF16, input: kernels.BF16, tol: 5e-2},
 		{name: "bf16-storage-autocast", store: kernels.BF16, autocast: kernels.BF16, tol: 5e-2},
 		{name: "bf16-explicit-attention-chunked", store: kernels.BF16, input: kernels.BF16, chunk: 13, tol: 5e-2},
 	} {
-		t.Run(c.name, func(t *testing.T) { runGolden(t, ag.New(openCUDA(t)), g, c) })
+		t.Run(c.name, func(t *testing.T) { runGolden(t, ag.New(kerneltest.OpenCUDA(t)), g, c) })
 	}
 }
 
@@ -90,26 +80,20 @@ func TestFLUXFastPathsCUDA(t *testing.T) {
 	const small, big, tol = 64, 256, 5e-2
 	img, z := uniform(3*small*small), kerneltest.Randn(r, 16*small*small/64, 1)
 	wantLat, wantDec := fluxRun(t, cpu.New(), kernels.F32, img, z, small)
-	gotLat, gotDec := fluxRun(t, openCUDA(t), kernels.BF16, img, z, small)
-	for _, c := range []struct {
-		name      string
-		got, want []float64
-	}{{"latent (GPU bf16 vs CPU fp32)", gotLat, wantLat}, {"decoded (GPU bf16 vs CPU fp32)", gotDec, wantDec}} {
-		t.Logf("%s: rel err %.3g", c.name, kernels.RelErr(c.got, c.want))
-		kerneltest.Check(t, c.name, c.got, c.want, tol)
+	gotLat, gotDec := fluxRun(t, kerneltest.OpenCUDA(t), kernels.BF16, img, z, small)
+	compare := func(what string, got, want []float64) {
+		t.Logf("%s: rel err %.3g", what, kernels.RelErr(got, want))
+		kerneltest.Check(t, what, got, want, tol)
 	}
+	compare("latent (GPU bf16 vs CPU fp32)", gotLat, wantLat)
+	compare("decoded (GPU bf16 vs CPU fp32)", gotDec, wantDec)
 
 	img, z = uniform(3*big*big), kerneltest.Randn(r, 16*big*big/64, 1)
-	fastLat, fastDec := fluxRun(t, openCUDA(t), kernels.BF16, img, z, big)
+	fastLat, fastDec := fluxRun(t, kerneltest.OpenCUDA(t), kernels.BF16, img, z, big)
 	t.Setenv("NEWBIE_TRAIN_CUDA_OFF", "conv,groupnorm,attn256")
-	slowLat, slowDec := fluxRun(t, openCUDA(t), kernels.BF16, img, z, big)
-	for _, c := range []struct {
-		name      string
-		got, want []float64
-	}{{"latent (fast vs general kernels)", fastLat, slowLat}, {"decoded (fast vs general kernels)", fastDec, slowDec}} {
-		t.Logf("%s: rel err %.3g", c.name, kernels.RelErr(c.got, c.want))
-		kerneltest.Check(t, c.name, c.got, c.want, tol)
-	}
+	slowLat, slowDec := fluxRun(t, kerneltest.OpenCUDA(t), kernels.BF16, img, z, big)
+	compare("latent (fast vs general kernels)", fastLat, slowLat)
+	compare("decoded (fast vs general kernels)", fastDec, slowDec)
 }
 
 // TestFLUXSpeedCUDA times the full-size FLUX VAE with random bf16 weights on
@@ -131,7 +115,7 @@ func TestFLUXSpeedCUDA(t *testing.T) {
 		}
 		repeat = n
 	}
-	be := openCUDA(t)
+	be := kerneltest.OpenCUDA(t)
 	e := ag.New(be)
 	t0 := time.Now()
 	m, err := NewRandom(e, FLUX(), Options{DType: kernels.BF16}, 1)

@@ -333,7 +333,7 @@ func (m *VAE) Decode(z *ag.Tensor) (*ag.Tensor, error) {
 		return nil, err
 	}
 	if t := m.decodeTile(); t > 0 {
-		return m.decodeTiled(z, t, int(float64(t)*(1-tileOverlap))), nil
+		return m.decodeTiled(z, t), nil
 	}
 	return m.decoder(z), nil
 }

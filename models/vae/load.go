@@ -34,8 +34,8 @@ type Options struct {
 	// config metadata (instead of a config.json beside it or FLUX's).
 	Config *Config
 	// DecodeTile is the latent side above which Decode works in blended
-	// tiles of that side (0: DefaultDecodeTile, diffusers' for FLUX, so
-	// images up to 1024² decode whole; negative: never tile).
+	// tiles of that side, a multiple of 4 (0: DefaultDecodeTile, diffusers'
+	// for FLUX, so images up to 1024² decode whole; negative: never tile).
 	DecodeTile int
 }
 
@@ -43,8 +43,10 @@ func (o Options) withDefaults() (Options, error) {
 	if o.DType == 0 {
 		o.DType = kernels.F32
 	}
-	if o.DecodeTile > 0 && o.DecodeTile < 2 {
-		return o, fmt.Errorf("vae: decode tile side %d is too small (at least 2 latent pixels)", o.DecodeTile)
+	if o.DecodeTile > 0 {
+		if err := checkTile(o.DecodeTile); err != nil {
+			return o, fmt.Errorf("vae: Options.DecodeTile: %w", err)
+		}
 	}
 	switch o.DType {
 	case kernels.F32, kernels.BF16, kernels.F64, kernels.F16:

@@ -45,22 +45,34 @@ func (m *VAE) DecodeTiled(z *ag.Tensor, tile int) (*ag.Tensor, error) {
 	if err := m.checkInput("DecodeTiled", z, m.cfg.LatentChannels, 1); err != nil {
 		return nil, err
 	}
-	stride := int(float64(tile) * (1 - tileOverlap))
-	if tile < 2 || stride < 1 {
-		return nil, fmt.Errorf("vae.DecodeTiled: tile side %d is too small (at least 2 latent pixels)", tile)
+	if err := checkTile(tile); err != nil {
+		return nil, fmt.Errorf("vae.DecodeTiled: %w", err)
 	}
-	return m.decodeTiled(z, tile, stride), nil
+	return m.decodeTiled(z, tile), nil
 }
 
-func (m *VAE) decodeTiled(z *ag.Tensor, tile, stride int) *ag.Tensor {
+// checkTile refuses tile sides that are not positive multiples of 4: only
+// then do the tile stride (¾ of the side) and the blend (¼ of it, in image
+// pixels) add up to the image — diffusers' int() roundings of other sides
+// would drop or repeat rows.
+func checkTile(tile int) error {
+	if tile < 4 || tile%4 != 0 {
+		return fmt.Errorf("tile side %d is not a positive multiple of 4 latent pixels", tile)
+	}
+	return nil
+}
+
+// decodeTiled decodes z in tiles of tile (a multiple of 4) latent pixels.
+func (m *VAE) decodeTiled(z *ag.Tensor, tile int) *ag.Tensor {
 	s := z.Shape()
 	h, w := s[2], s[3]
 	if h <= tile && w <= tile {
 		return m.decoder(z)
 	}
 	f := m.cfg.Downsample()
+	stride := int(float64(tile) * (1 - tileOverlap))
 	blend := int(float64(tile*f) * tileOverlap)
-	keep := tile*f - blend
+	keep := tile*f - blend // = stride·f
 	var above, rowsOut []*ag.Tensor
 	for i := 0; i < h; i += stride {
 		var row, cropped []*ag.Tensor
@@ -70,10 +82,10 @@ func (m *VAE) decodeTiled(z *ag.Tensor, tile, stride int) *ag.Tensor {
 			zr.Release()
 			d := m.decoder(zt)
 			zt.Release()
-			if above != nil && blend > 0 {
+			if above != nil {
 				then(&d, func(t *ag.Tensor) *ag.Tensor { return blendEdge(above[len(row)], t, 2, blend) })
 			}
-			if len(row) > 0 && blend > 0 {
+			if len(row) > 0 {
 				then(&d, func(t *ag.Tensor) *ag.Tensor { return blendEdge(row[len(row)-1], t, 3, blend) })
 			}
 			row = append(row, d)

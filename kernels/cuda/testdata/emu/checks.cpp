@@ -93,7 +93,6 @@ int main() {
 #endif
 
 #ifdef EMU_GN
-typedef void (*gn_apply_fn)(void*, float*, float*, const void*, const void*, i64, const void*, i64, const float*, i64, i64, i64, i64, i64, double);
 
 static void gn_case(const char* name, i64 N, i64 C, i64 HW, i64 G, i64 S, bool xbf, bool ybf, bool silu, bool affine) {
   const i64 n = N * C * HW, cpg = C / G, len = cpg * HW;
@@ -119,14 +118,9 @@ static void gn_case(const char* name, i64 N, i64 C, i64 HW, i64 G, i64 S, bool x
   const float* b = affine ? emu_upload(bf) : nullptr;
   const double eps = 1e-6;
   const uint3e grid{(unsigned)S, (unsigned)(N * G), 1};
-  if (xbf) emu_launch(gn_stats_bf16, grid, 256, 0, part, (const u16*)x, len, S);
-  else emu_launch(gn_stats_f32, grid, 256, 0, part, (const float*)x, len, S);
-  gn_apply_fn fns[2][2][2] = {
-      {{(gn_apply_fn)gn_apply_f32_f32, (gn_apply_fn)gn_apply_f32_bf16}, {(gn_apply_fn)gn_apply_bf16_f32, (gn_apply_fn)gn_apply_bf16_bf16}},
-      {{(gn_apply_fn)gn_apply_silu_f32_f32, (gn_apply_fn)gn_apply_silu_f32_bf16},
-       {(gn_apply_fn)gn_apply_silu_bf16_f32, (gn_apply_fn)gn_apply_silu_bf16_bf16}}};
-  emu_launch(fns[silu][xbf][ybf], grid, 256, 0, y, mean, rstd, x, (const void*)w, (i64)DT_F32, (const void*)b, (i64)DT_F32,
-             (const float*)part, C, HW, G, S, S, eps);
+  emu_launch(gn_stats_kernel, grid, 256, 0, part, x, (i64)xbf, len, S);
+  emu_launch(gn_apply_kernel, grid, 256, 0, y, (i64)ybf, mean, rstd, x, (i64)xbf, (const void*)w, (i64)DT_F32, (const void*)b, (i64)DT_F32,
+             (const float*)part, C, HW, G, S, S, (i64)silu, eps);
 
   std::vector<double> gy(n), wy(n), gm(N * G), wm(N * G), gr(N * G), wr(N * G);
   for (i64 ng = 0; ng < N * G; ng++) {
