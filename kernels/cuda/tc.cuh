@@ -24,11 +24,18 @@ template <int N>
 __device__ __forceinline__ void cp_wait() {
   asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
 }
+__device__ __forceinline__ void cp_wait0() { cp_wait<0>(); }
 
 // ldsm4 loads four 8×8 b16 matrices from shared memory: lanes 8i..8i+7
 // give the row addresses of matrix i, which lands in register i.
 __device__ __forceinline__ void ldsm4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
+}
+
+// ldsm4t is ldsm4 transposed: lane l gets column l/4, rows 2(l%4) and
+// 2(l%4)+1 of each matrix.
+__device__ __forceinline__ void ldsm4t(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
 }
 
 // mma16816 is c += a·b for one m16n8k16 tile: bf16 operands (a row-major,
@@ -45,4 +52,12 @@ __device__ __forceinline__ u32 pack2(float lo, float hi) {
   u32 r;
   asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
   return r;
+}
+
+// ex2 is 2ˣ on the special-function unit (relative error ~2⁻²², far below
+// a bf16 rounding); ex2(−Inf) = 0.
+__device__ __forceinline__ float ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
 }
