@@ -69,6 +69,7 @@ func TestFLUXFastPathsCUDA(t *testing.T) {
 	if os.Getenv("NEWBIE_VAE_FULL") == "" {
 		t.Skip("set NEWBIE_VAE_FULL=1 to check the full-width FLUX VAE on the GPU")
 	}
+	gpu := kerneltest.OpenCUDA(t) // skip before the CPU reference where there is no GPU
 	r := rand.New(rand.NewPCG(11, 12))
 	uniform := func(n int) []float64 {
 		v := make([]float64, n)
@@ -80,7 +81,7 @@ func TestFLUXFastPathsCUDA(t *testing.T) {
 	const small, big, tol = 64, 256, 5e-2
 	img, z := uniform(3*small*small), kerneltest.Randn(r, 16*small*small/64, 1)
 	wantLat, wantDec := fluxRun(t, cpu.New(), kernels.F32, img, z, small)
-	gotLat, gotDec := fluxRun(t, kerneltest.OpenCUDA(t), kernels.BF16, img, z, small)
+	gotLat, gotDec := fluxRun(t, gpu, kernels.BF16, img, z, small)
 	compare := func(what string, got, want []float64) {
 		t.Logf("%s: rel err %.3g", what, kernels.RelErr(got, want))
 		kerneltest.Check(t, what, got, want, tol)
