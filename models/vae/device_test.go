@@ -99,8 +99,9 @@ func TestFLUXFastPathsCUDA(t *testing.T) {
 
 // TestFLUXSpeedCUDA times the full-size FLUX VAE with random bf16 weights on
 // the GPU, in bf16 throughout (as a PyTorch VAE cast to bf16 runs;
-// scripts/vae_anchor.py is that anchor): encode of a 1024² image to its
-// latent and decode of a 128² latent, each after two warm-up runs, the
+// scripts/vae_anchor.py is that anchor) and under bf16 autocast: encode of
+// a 1024² image to its latent and decode of a 128² latent, each after two
+// warm-up runs, the
 // median of NEWBIE_VAE_REPEAT runs (default 5) timed on the host around
 // the call and a Sync, input already on the device; peak device memory of
 // the timed runs. Set NEWBIE_VAE_BENCH=1.
@@ -130,18 +131,35 @@ func TestFLUXSpeedCUDA(t *testing.T) {
 	for i := range img {
 		img[i] = 2*r.Float64() - 1
 	}
-	x := e.FromFloat64(kernels.BF16, []int{1, 3, 1024, 1024}, img)
-	z := e.FromFloat64(kernels.BF16, []int{1, 16, 128, 128}, kerneltest.Randn(r, 16*128*128, 1))
-	defer x.Release()
-	defer z.Release()
-	for _, op := range []struct {
-		name string
-		run  func() (*ag.Tensor, error)
-		want []int
-	}{
-		{"encode 1024x1024", func() (*ag.Tensor, error) { return m.Latent(x) }, []int{1, 16, 128, 128}},
-		{"decode 128x128 latent", func() (*ag.Tensor, error) { return m.Decode(z) }, []int{1, 3, 1024, 1024}},
-	} {
+	zv := kerneltest.Randn(r, 16*128*128, 1)
+	type input struct{ x, z *ag.Tensor }
+	in := map[kernels.DType]input{}
+	for _, d := range []kernels.DType{kernels.BF16, kernels.F32} {
+		in[d] = input{e.FromFloat64(d, []int{1, 3, 1024, 1024}, img), e.FromFloat64(d, []int{1, 16, 128, 128}, zv)}
+		defer in[d].x.Release()
+		defer in[d].z.Release()
+	}
+	// Two ways to run bf16 weights: bf16 throughout (the anchor's way), and
+	// float32 inputs under bf16 autocast (norms and softmax in float32, as
+	// PyTorch's autocast runs them).
+	type op struct {
+		name     string
+		autocast kernels.DType
+		run      func() (*ag.Tensor, error)
+		want     []int
+	}
+	var ops []op
+	for _, mode := range []struct {
+		name     string
+		autocast kernels.DType
+		in       input
+	}{{"bf16", 0, in[kernels.BF16]}, {"bf16 autocast", kernels.BF16, in[kernels.F32]}} {
+		ops = append(ops,
+			op{"encode 1024x1024 (" + mode.name + ")", mode.autocast, func() (*ag.Tensor, error) { return m.Latent(mode.in.x) }, []int{1, 16, 128, 128}},
+			op{"decode 128x128 latent (" + mode.name + ")", mode.autocast, func() (*ag.Tensor, error) { return m.Decode(mode.in.z) }, []int{1, 3, 1024, 1024}})
+	}
+	for _, op := range ops {
+		e.SetAutocast(op.autocast)
 		var times []time.Duration
 		var peak int64
 		for i := range repeat + 2 {
@@ -172,7 +190,8 @@ func TestFLUXSpeedCUDA(t *testing.T) {
 			}
 		}
 		sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
-		t.Logf("vae %s (bf16): median %.4f s, min %.4f s over %d runs, peak %.2f GiB", op.name,
+		t.Logf("vae %s: median %.4f s, min %.4f s over %d runs, peak %.2f GiB", op.name,
 			times[len(times)/2].Seconds(), times[0].Seconds(), len(times), float64(peak)/(1<<30))
 	}
+	e.SetAutocast(0)
 }
