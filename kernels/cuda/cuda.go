@@ -51,6 +51,9 @@ type Backend struct {
 	err    error
 	recent []string // ops queued since the last good Sync
 	closed bool
+
+	// off holds the fast paths turned off (see fastpath.go).
+	off map[string]bool
 }
 
 var _ kernels.Backend = (*Backend)(nil)
@@ -98,6 +101,10 @@ var (
 
 // New opens the CUDA backend on device ordinal dev.
 func New(dev int) (*Backend, error) {
+	off, err := fastPathsOffFromEnv()
+	if err != nil {
+		return nil, fmt.Errorf("cuda: %w", err)
+	}
 	l, err := loadLibs()
 	if err != nil {
 		return nil, err
@@ -108,7 +115,7 @@ func New(dev int) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Backend{l: l, dev: ds}
+	c := &Backend{l: l, dev: ds, off: off}
 	c.name = fmt.Sprintf("cuda:%d (%s)", dev, ds.name)
 	d := l.drv
 	if r := d.ctxSetCurrent.call(ds.ctx); r != 0 {
