@@ -178,7 +178,7 @@ func crossCases() []xcase {
 			e.b.Permute(dst, src, []int{2, 3, 5, 7}, []int{2, 0, 3, 1})
 			return [][]float64{e.get(dst)}
 		})
-		for op := kernels.Identity; op <= kernels.DropoutMask; op++ {
+		for op := kernels.Identity; op <= kernels.LastUnary; op++ {
 			add("Unary/"+itoa(int(op))+"/"+dn, tol, func(e *env) [][]float64 {
 				var x kernels.Buffer
 				if op == kernels.DropoutMask {

@@ -225,7 +225,7 @@ func (c *Backend) Unary(op kernels.UnaryOp, dst, src kernels.Buffer, p kernels.U
 	if s == nil {
 		return
 	}
-	if op < kernels.Identity || op > kernels.DropoutMask {
+	if op < kernels.Identity || op > kernels.LastUnary {
 		c.failf("Unary: unknown op %d", op)
 		return
 	}
@@ -259,7 +259,7 @@ func (c *Backend) UnaryGrad(op kernels.UnaryOp, dx, x, dy kernels.Buffer, p kern
 	if xs == nil || g == nil {
 		return
 	}
-	if op < kernels.Identity || op > kernels.DropoutMask {
+	if op < kernels.Identity || op > kernels.LastUnary {
 		c.failf("UnaryGrad: unknown op %d", op)
 		return
 	}
