@@ -135,7 +135,8 @@ func TestFLUXSpeedCUDA(t *testing.T) {
 	type input struct{ x, z *ag.Tensor }
 	in := map[kernels.DType]input{}
 	for _, d := range []kernels.DType{kernels.BF16, kernels.F32} {
-		in[d] = input{e.FromFloat64(d, []int{1, 3, 1024, 1024}, img), e.FromFloat64(d, []int{1, 16, 128, 128}, zv)}
+		// Kept: every timed run ends its step, which frees the step's other tensors.
+		in[d] = input{e.FromFloat64(d, []int{1, 3, 1024, 1024}, img).Keep(), e.FromFloat64(d, []int{1, 16, 128, 128}, zv).Keep()}
 		defer in[d].x.Release()
 		defer in[d].z.Release()
 	}
@@ -170,8 +171,11 @@ func TestFLUXSpeedCUDA(t *testing.T) {
 			start := time.Now()
 			var out *ag.Tensor
 			e.NoGrad(func() { out, err = op.run() })
+			if err == nil {
+				err = e.Err()
+			}
 			if err != nil {
-				t.Fatal(err)
+				t.Fatalf("%s: %v", op.name, err)
 			}
 			if err := be.Sync(); err != nil {
 				t.Fatalf("%s: %v", op.name, err)
