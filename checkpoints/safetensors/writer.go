@@ -3,6 +3,8 @@ package safetensors
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -215,6 +217,34 @@ func Write(path string, tensors []Tensor, metadata map[string]string) (err error
 		d.Close()
 	}
 	return nil
+}
+
+// DataSHA256 is the hex SHA-256 of the data section Write would lay out
+// for tensors: every tensor's bytes in Order, without the header. It is the
+// hash kohya's sd-scripts records as sshs_model_hash (and AUTOMATIC1111's
+// additional-networks indexes LoRAs by), which metadata edits never change.
+func DataSHA256(tensors []Tensor) (string, error) {
+	if err := validate(tensors); err != nil {
+		return "", fmt.Errorf("safetensors: hashing: %w", err)
+	}
+	h := sha256.New()
+	for _, i := range Order(tensors) {
+		t := tensors[i]
+		cw := &countingWriter{w: h}
+		var err error
+		if t.Source != nil {
+			err = t.Source(cw)
+		} else {
+			_, err = cw.Write(t.Data)
+		}
+		if err != nil {
+			return "", fmt.Errorf("safetensors: hashing tensor %q: %w", t.Name, err)
+		}
+		if cw.n != t.size() {
+			return "", fmt.Errorf("safetensors: hashing tensor %q: source wrote %d bytes, want %d", t.Name, cw.n, t.size())
+		}
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // WriteFloats encodes v as dtype dt (F32, BF16 or F16, rounding to nearest
