@@ -112,7 +112,6 @@ const statePrefix = "state-"
 
 var stateName = regexp.MustCompile(`^state-(\d+)$`)
 
-
 // StateDirName is the folder name SaveState uses for a step.
 func StateDirName(step int64) string { return fmt.Sprintf("%s%08d", statePrefix, step) }
 
