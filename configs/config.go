@@ -1,6 +1,9 @@
 package configs
 
-import "github.com/newbie-train/newbie-train/optim"
+import (
+	"github.com/newbie-train/newbie-train/data"
+	"github.com/newbie-train/newbie-train/optim"
+)
 
 // Config is one training run: the whole lora.yaml. The yaml tags are the
 // keys of the file. Zero values of the fields documented as "0 = derived"
@@ -388,7 +391,7 @@ var DefaultTargets = []string{
 }
 
 // DefaultMaxPixels is data.max_pixels' default: 8192 × 8192.
-const DefaultMaxPixels = 8192 * 8192
+const DefaultMaxPixels = data.DefaultMaxPixels
 
 // Presets are the architecture names model.preset accepts, in the order
 // messages list them.
