@@ -50,10 +50,7 @@ func (r *run) kohyaMeta(base map[string]string) map[string]string {
 			mixed = "fp16"
 		}
 	}
-	warmup := t.WarmupSteps
-	if t.WarmupRatio > 0 {
-		warmup = int(t.WarmupRatio*float64(r.total) + 0.999999)
-	}
+	warmup := cfg.Schedule(r.total).Warmup()
 	betas := make([]string, len(t.Optimizer.Betas))
 	for i, b := range t.Optimizer.Betas {
 		betas[i] = f(b)

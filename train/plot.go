@@ -112,7 +112,7 @@ func writeLossCurve(path string, losses []float64) error {
 	hline(img, x0, x1, y1, plotAxis)
 	vline(img, x0, y0, y1, plotAxis)
 	drawText(img, (x0+x1)/2-2*plotCharW, plotH-6, "step", plotLabel)
-	drawText(img, 4, marginTop-10+plotAscent+4, "loss", plotLabel)
+	drawText(img, 4, marginTop-10, "loss", plotLabel)
 	return atomicfile.WriteFile(path, func(w io.Writer) error { return png.Encode(w, img) })
 }
 

@@ -126,6 +126,10 @@ func (r *run) planSplit() error {
 	if r.total <= 0 {
 		return configErr(fmt.Errorf("the run has no steps (max_steps %d, epochs %d, %d batches per epoch)", cfg.Train.MaxSteps, cfg.Train.Epochs, batches))
 	}
+	if err := cfg.Schedule(r.total).Validate(); err != nil {
+		// With train.epochs the length is known only now.
+		return configErr(fmt.Errorf("train: a run of %d steps: %w", r.total, err))
+	}
 	return nil
 }
 
