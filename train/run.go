@@ -284,7 +284,7 @@ func (r *run) setup(ctx context.Context) error {
 		return err
 	}
 
-	r.stageNow("encoding the dataset (the cache keeps what is encoded)")
+	r.stageNow("the image being encoded (the cache keeps what is encoded)")
 	encoded, err := encodeDataset(ctx, cfg, r.ds, r.mc, r.log)
 	if err != nil {
 		return err
