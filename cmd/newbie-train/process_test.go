@@ -16,7 +16,7 @@ import (
 )
 
 // binDir holds the newbie-train binary the process tests run, built once
-// per test run (see binary).
+// per test run (see builtBinary).
 var (
 	binOnce sync.Once
 	binPath string
@@ -32,8 +32,8 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// binary builds the command with `go build` (once) and returns its path.
-func binary(t *testing.T) string {
+// builtBinary builds the command with `go build` (once) and returns its path.
+func builtBinary(t *testing.T) string {
 	t.Helper()
 	binOnce.Do(func() {
 		binDir, binErr = os.MkdirTemp("", "newbie-train-bin-")
@@ -70,7 +70,7 @@ type proc struct {
 // start runs the binary with args; stderr lines are collected.
 func start(t *testing.T, args ...string) *proc {
 	t.Helper()
-	p := &proc{cmd: exec.Command(binary(t), args...), seen: make(chan struct{}, 1), done: make(chan struct{})}
+	p := &proc{cmd: exec.Command(builtBinary(t), args...), seen: make(chan struct{}, 1), done: make(chan struct{})}
 	stderr, err := p.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
