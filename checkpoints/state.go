@@ -484,13 +484,9 @@ func KeepLast(dir string, n int, runID string) ([]string, error) {
 			}
 			continue
 		}
-		doomed := filepath.Join(dir, atomicfile.TempName(filepath.Base(s.path))+"deleting")
-		if err := os.Rename(s.path, doomed); err != nil {
+		if err := atomicfile.Remove(s.path); err != nil {
 			errs = append(errs, err)
 			continue
-		}
-		if err := os.RemoveAll(doomed); err != nil {
-			errs = append(errs, err)
 		}
 		removed = append(removed, s.path)
 	}

@@ -39,29 +39,30 @@ func isUnhashed(path string) bool {
 // with the same Hash have the same HashedValues, and Diff compares them.
 func (c *Config) HashedValues() map[string]string {
 	out := map[string]string{}
-	flatten(reflect.ValueOf(*c), "", func(path, value string) {
+	walkLeaves(reflect.ValueOf(*c), "", func(path string, f reflect.Value) {
 		if !isUnhashed(path) {
-			out[path] = value
+			out[path] = formatValue(f)
 		}
 	})
 	return out
 }
 
-// flatten calls emit for every leaf key of v (a struct of the schema).
-func flatten(v reflect.Value, prefix string, emit func(path, value string)) {
+// walkLeaves calls visit with every leaf field of the schema struct v and
+// its key path ("train.learning_rate", "data.folders[0].repeats").
+func walkLeaves(v reflect.Value, prefix string, visit func(path string, f reflect.Value)) {
 	keys, index := structFields(v.Type())
 	for _, k := range keys {
 		f := v.Field(index[k])
 		p := join(prefix, k)
 		switch {
 		case f.Kind() == reflect.Struct:
-			flatten(f, p, emit)
+			walkLeaves(f, p, visit)
 		case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.Struct:
 			for i := range f.Len() {
-				flatten(f.Index(i), fmt.Sprintf("%s[%d]", p, i), emit)
+				walkLeaves(f.Index(i), fmt.Sprintf("%s[%d]", p, i), visit)
 			}
 		default:
-			emit(p, formatValue(f))
+			visit(p, f)
 		}
 	}
 }

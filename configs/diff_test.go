@@ -1,31 +1,10 @@
 package configs
 
 import (
-	"fmt"
 	"reflect"
 	"strings"
 	"testing"
 )
-
-// leaves calls visit with every leaf field of the schema under v and its
-// key path.
-func leaves(v reflect.Value, prefix string, visit func(path string, f reflect.Value)) {
-	keys, index := structFields(v.Type())
-	for _, k := range keys {
-		f := v.Field(index[k])
-		p := join(prefix, k)
-		switch {
-		case f.Kind() == reflect.Struct:
-			leaves(f, p, visit)
-		case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.Struct:
-			for i := range f.Len() {
-				leaves(f.Index(i), fmt.Sprintf("%s[%d]", p, i), visit)
-			}
-		default:
-			visit(p, f)
-		}
-	}
-}
 
 // perturb changes a leaf's value.
 func perturb(f reflect.Value) {
@@ -62,13 +41,13 @@ func TestHashedValuesMatchHash(t *testing.T) {
 	ref := load()
 	hashed := ref.HashedValues()
 	var paths []string
-	leaves(reflect.ValueOf(ref).Elem(), "", func(p string, _ reflect.Value) { paths = append(paths, p) })
+	walkLeaves(reflect.ValueOf(ref).Elem(), "", func(p string, _ reflect.Value) { paths = append(paths, p) })
 	if len(paths) < 90 {
 		t.Fatalf("only %d keys found", len(paths))
 	}
 	for _, p := range paths {
 		c := load()
-		leaves(reflect.ValueOf(c).Elem(), "", func(q string, f reflect.Value) {
+		walkLeaves(reflect.ValueOf(c).Elem(), "", func(q string, f reflect.Value) {
 			if q == p {
 				perturb(f)
 			}

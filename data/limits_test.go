@@ -1,11 +1,7 @@
 package data
 
 import (
-	"bytes"
-	"compress/zlib"
 	"context"
-	"encoding/binary"
-	"hash/crc32"
 	"math/rand/v2"
 	"path/filepath"
 	"runtime"
@@ -14,33 +10,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
-)
 
-// declaredPNG is a small PNG file whose header declares w×h RGBA pixels
-// but whose data is a few bytes: what a hostile or broken file looks like.
-func declaredPNG(t *testing.T, w, h uint32) []byte {
-	t.Helper()
-	var b bytes.Buffer
-	b.WriteString("\x89PNG\r\n\x1a\n")
-	chunk := func(typ string, data []byte) {
-		binary.Write(&b, binary.BigEndian, uint32(len(data)))
-		b.WriteString(typ)
-		b.Write(data)
-		binary.Write(&b, binary.BigEndian, crc32.ChecksumIEEE(append([]byte(typ), data...)))
-	}
-	ihdr := make([]byte, 13)
-	binary.BigEndian.PutUint32(ihdr, w)
-	binary.BigEndian.PutUint32(ihdr[4:], h)
-	ihdr[8], ihdr[9] = 8, 6 // 8 bits, RGBA
-	chunk("IHDR", ihdr)
-	var z bytes.Buffer
-	zw := zlib.NewWriter(&z)
-	zw.Write(make([]byte, 4096))
-	zw.Close()
-	chunk("IDAT", z.Bytes())
-	chunk("IEND", nil)
-	return b.Bytes()
-}
+	"github.com/newbie-train/newbie-train/internal/fixtures"
+)
 
 // TestDeclaredHugeImageRefusedFromHeader: a PNG that declares 30000×30000
 // (3.6 GB of pixels) in a few kilobytes is refused by name from its header,
@@ -49,7 +21,7 @@ func declaredPNG(t *testing.T, w, h uint32) []byte {
 func TestDeclaredHugeImageRefusedFromHeader(t *testing.T) {
 	dir := t.TempDir()
 	r := rand.New(rand.NewPCG(1, 2))
-	writeFile(t, filepath.Join(dir, "huge.png"), declaredPNG(t, 30000, 30000))
+	writeFile(t, filepath.Join(dir, "huge.png"), fixtures.DeclaredPNG(30000, 30000))
 	writeFile(t, filepath.Join(dir, "huge.txt"), []byte("1girl"))
 	writeFile(t, filepath.Join(dir, "ok.png"), pngBytes(t, smoothImage(r, 40, 40)))
 	writeFile(t, filepath.Join(dir, "ok.txt"), []byte("1girl"))

@@ -1,7 +1,6 @@
 package train
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -14,6 +13,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/newbie-train/newbie-train/internal/fixtures"
 	"github.com/newbie-train/newbie-train/internal/golden/goldentest"
 
 	"github.com/newbie-train/newbie-train/checkpoints"
@@ -58,27 +58,7 @@ func demoConfigN(t *testing.T, dir string, steps, saveEvery, n int) *configs.Con
 }
 
 // losses reads the JSONL log's per-step losses.
-func losses(t *testing.T, path string) map[int]float64 {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	out := map[int]float64{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		var rec struct {
-			Step int     `json:"step"`
-			Loss float64 `json:"loss"`
-		}
-		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
-			t.Fatalf("log line %q: %v", sc.Text(), err)
-		}
-		out[rec.Step] = rec.Loss
-	}
-	return out
-}
+func losses(t *testing.T, path string) map[int]float64 { return fixtures.LogLosses(t, path) }
 
 // TestDemoTrainsAndOutputsLoad runs the demo briefly: the loss falls, and
 // every LoRA file it writes reads back with the trained values.

@@ -1,7 +1,6 @@
 package train
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -15,32 +14,9 @@ import (
 
 	"github.com/newbie-train/newbie-train/checkpoints"
 	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
-	"github.com/newbie-train/newbie-train/models/nextdit"
+	"github.com/newbie-train/newbie-train/internal/fixtures"
 	"github.com/newbie-train/newbie-train/optim"
 )
-
-// nanWeights writes the tiny preset's weights with every data byte 0xFF:
-// every value NaN, as a damaged or badly converted file reads.
-func nanWeights(t *testing.T) string {
-	t.Helper()
-	mc, err := nextdit.Preset("tiny")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var ts []safetensors.Tensor
-	for _, p := range mc.Params() {
-		n := 4
-		for _, s := range p.Shape {
-			n *= s
-		}
-		ts = append(ts, safetensors.Tensor{Name: p.Name, DType: safetensors.F32, Shape: p.Shape, Data: bytes.Repeat([]byte{0xff}, n)})
-	}
-	path := filepath.Join(t.TempDir(), "nan.safetensors")
-	if err := safetensors.Write(path, ts, nil); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
 
 // TestNaNWeightsSaveAndStop (defect 2): on NaN base weights every loss is
 // NaN; the saves on the way still work (the loss curve in state.json holds
@@ -48,7 +24,7 @@ func nanWeights(t *testing.T) string {
 // steps the run stops with a clear error, keeping the last saved state.
 func TestNaNWeightsSaveAndStop(t *testing.T) {
 	cfg := demoConfigN(t, t.TempDir(), 50, 3, 4)
-	cfg.Model.Weights = nanWeights(t)
+	cfg.Model.Weights = fixtures.NaNWeights(t)
 	cfg.Train.NonFiniteLimit = 7
 	var log strings.Builder
 	_, err := Run(context.Background(), cfg, Options{Log: &log})

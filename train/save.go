@@ -174,13 +174,8 @@ func (r *run) pruneLoRAs(n int) error {
 			continue
 		}
 		for _, p := range bySteps[s] {
-			// Renamed first, so a kill mid-delete leaves a temporary that
-			// the next start removes, not half a PEFT folder.
-			doomed := filepath.Join(dir, atomicfile.TempName(filepath.Base(p))+"deleting")
-			if err := os.Rename(p, doomed); err != nil {
-				return fmt.Errorf("pruning LoRA files: %w", err)
-			}
-			if err := os.RemoveAll(doomed); err != nil {
+			// Never half a PEFT folder: see atomicfile.Remove.
+			if err := atomicfile.Remove(p); err != nil {
 				return fmt.Errorf("pruning LoRA files: %w", err)
 			}
 		}

@@ -3,8 +3,6 @@ package main
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
-	"hash/crc32"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -13,9 +11,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
+	"github.com/newbie-train/newbie-train/internal/fixtures"
 	"github.com/newbie-train/newbie-train/internal/runlock"
-	"github.com/newbie-train/newbie-train/models/nextdit"
 )
 
 // readmeExitCodes reads the exit codes README.md lists ("Exit codes: 0
@@ -41,25 +38,6 @@ func readmeExitCodes(t *testing.T) map[int]string {
 		codes[n] = m[2]
 	}
 	return codes
-}
-
-// nanWeightsFile writes the tiny preset's weights with every byte 0xFF.
-func nanWeightsFile(t *testing.T) string {
-	t.Helper()
-	mc, _ := nextdit.Preset("tiny")
-	var ts []safetensors.Tensor
-	for _, p := range mc.Params() {
-		n := 4
-		for _, s := range p.Shape {
-			n *= s
-		}
-		ts = append(ts, safetensors.Tensor{Name: p.Name, DType: safetensors.F32, Shape: p.Shape, Data: bytes.Repeat([]byte{0xff}, n)})
-	}
-	p := filepath.Join(t.TempDir(), "nan.safetensors")
-	if err := safetensors.Write(p, ts, nil); err != nil {
-		t.Fatal(err)
-	}
-	return p
 }
 
 // TestExitCodesMatchREADME runs one command line per situation and checks
@@ -93,9 +71,9 @@ func TestExitCodesMatchREADME(t *testing.T) {
 	os.MkdirAll(empty, 0o755)
 	huge := filepath.Join(root, "huge")
 	os.MkdirAll(huge, 0o755)
-	os.WriteFile(filepath.Join(huge, "a.png"), declaredHugePNG(), 0o644)
+	os.WriteFile(filepath.Join(huge, "a.png"), fixtures.DeclaredPNG(30000, 30000), 0o644)
 	os.WriteFile(filepath.Join(huge, "a.txt"), []byte("1girl"), 0o644)
-	nan := nanWeightsFile(t)
+	nan := fixtures.NaNWeights(t)
 	locked := filepath.Join(root, "locked")
 	os.MkdirAll(locked, 0o755)
 	l, _, err := runlock.Acquire(filepath.Join(locked, "run.lock"), "the test")
@@ -162,21 +140,4 @@ func TestExitCodesMatchREADME(t *testing.T) {
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
 	return strings.Join(lines[max(0, len(lines)-n):], "\n")
-}
-
-// declaredHugePNG is a few bytes of PNG whose header declares 30000×30000
-// pixels (IHDR and IEND only: it is refused from the header before any
-// decoding).
-func declaredHugePNG() []byte {
-	var b bytes.Buffer
-	b.WriteString("\x89PNG\r\n\x1a\n")
-	chunk := func(typ string, data []byte) {
-		binary.Write(&b, binary.BigEndian, uint32(len(data)))
-		b.WriteString(typ)
-		b.Write(data)
-		binary.Write(&b, binary.BigEndian, crc32.ChecksumIEEE(append([]byte(typ), data...)))
-	}
-	chunk("IHDR", []byte{0, 0, 0x75, 0x30, 0, 0, 0x75, 0x30, 8, 6, 0, 0, 0})
-	chunk("IEND", nil)
-	return b.Bytes()
 }

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"bufio"
-	"encoding/json"
 	"io/fs"
 	"math/rand/v2"
 	"os"
@@ -14,6 +12,7 @@ import (
 	"time"
 
 	"github.com/newbie-train/newbie-train/checkpoints"
+	"github.com/newbie-train/newbie-train/internal/fixtures"
 )
 
 // soakSteps and the flags below make a small demo (4 images of 32×32,
@@ -23,33 +22,6 @@ const soakSteps = 24
 func soakArgs(dir string) []string {
 	return []string{"demo", "--dir", dir, "--images", "4", "--steps", strconv.Itoa(soakSteps),
 		"--set", "data.resolution=32", "--set", "save.every=1", "--set", "logging.every=1"}
-}
-
-// jsonlLosses reads a run's JSONL log as step → loss, failing on a repeated
-// step or a line that does not parse.
-func jsonlLosses(t *testing.T, path string) map[int]float64 {
-	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	out := map[int]float64{}
-	sc := bufio.NewScanner(f)
-	for sc.Scan() {
-		var rec struct {
-			Step int     `json:"step"`
-			Loss float64 `json:"loss"`
-		}
-		if err := json.Unmarshal(sc.Bytes(), &rec); err != nil {
-			t.Fatalf("%s: line %q: %v", path, sc.Text(), err)
-		}
-		if _, dup := out[rec.Step]; dup {
-			t.Errorf("%s: step %d logged twice", path, rec.Step)
-		}
-		out[rec.Step] = rec.Loss
-	}
-	return out
 }
 
 // TestSoakKill9: 20 SIGKILLs at random moments of a demo that saves every
@@ -69,7 +41,7 @@ func TestSoakKill9(t *testing.T) {
 		t.Fatalf("uninterrupted run: exit %d\n%s", code, p.output())
 	}
 	perStep := (time.Since(began) - first) / soakSteps
-	want := jsonlLosses(t, filepath.Join(ref, "demo-out", "demo_lora.jsonl"))
+	want := fixtures.LogLosses(t, filepath.Join(ref, "demo-out", "demo_lora.jsonl"))
 
 	dir := t.TempDir()
 	states := filepath.Join(dir, "demo-out", "states")
@@ -122,7 +94,7 @@ func TestSoakKill9(t *testing.T) {
 		t.Errorf("only %d kills before the run finished", kills)
 	}
 
-	got := jsonlLosses(t, filepath.Join(dir, "demo-out", "demo_lora.jsonl"))
+	got := fixtures.LogLosses(t, filepath.Join(dir, "demo-out", "demo_lora.jsonl"))
 	if len(got) != soakSteps {
 		t.Errorf("%d steps logged, want %d", len(got), soakSteps)
 	}

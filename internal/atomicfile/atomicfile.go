@@ -154,6 +154,18 @@ func ReplaceDir(tmp, target string) error {
 	return nil
 }
 
+// Remove deletes a file or a whole folder so that a kill midway leaves a
+// temporary (which RemoveStale takes) rather than a folder with some files
+// missing that still looks like the real one: it is renamed first.
+func Remove(path string) error {
+	parent, base := filepath.Split(filepath.Clean(path))
+	doomed := filepath.Join(parent, TempName(base)+"deleting")
+	if err := os.Rename(path, doomed); err != nil {
+		return err
+	}
+	return os.RemoveAll(doomed)
+}
+
 // SyncDir persists a folder's entries (a rename inside it). Failures are
 // ignored: they cannot undo a complete rename.
 func SyncDir(dir string) {
@@ -163,14 +175,14 @@ func SyncDir(dir string) {
 	}
 }
 
-// pidTemp matches the temporary name safetensors.Write uses
-// ("<name>.tmp-<pid>").
+// pidTemp matches the temporary name older versions' safetensors.Write
+// used ("<name>.tmp-<pid>").
 var pidTemp = regexp.MustCompile(`\.tmp-\d+$`)
 
 // IsTemp reports whether a folder entry's name is a temporary of an
 // interrupted atomic write: ".<name>.tmp-<random>" (this package),
-// ".tmp-<name>" (older state folders), "<name>.tmp-<pid>" (safetensors
-// files), or an aside of any of them.
+// ".tmp-<name>" (older state folders), "<name>.tmp-<pid>" (older
+// safetensors files), or an aside of any of them.
 func IsTemp(name string) bool {
 	name = strings.TrimSuffix(name, asideSuffix)
 	return strings.HasPrefix(name, ".") && strings.Contains(name, tempMarker) || pidTemp.MatchString(name)
