@@ -282,14 +282,14 @@ func (o *output) claim(cfg *configs.Config, baseHash string, resume string, fres
 	isUsed := used(o.dir, cfg.Save.Name) || prev != nil && prev.Name != cfg.Save.Name && used(o.dir, prev.Name)
 	switch {
 	case resume != "":
+		// run.json is rewritten once the state's checks pass (see
+		// run.preflight): a refused resume must leave it as it was.
 		if prev != nil {
 			o.id, o.recorded = *prev, true
-			// The effective config may have changed where a resume allows
-			// it (a longer run): record what the run is now.
-			o.id.ConfigHash, o.id.Config, o.id.LogFile = cfg.Hash(), cfg.String(), cfg.Logging.LogFile
 		} else {
 			o.id = newIdentity(cfg, baseHash)
 		}
+		return nil
 	case isUsed && !fresh:
 		return &ConfigError{Err: fmt.Errorf("save.output %s already holds %s: %s; continue that run with --resume latest, or start over with --fresh (which moves it to %s/)",
 			o.dir, describeRun(prev), whatDiffers(prev, cfg, baseHash), filepath.Join(o.dir, oldRunsDir))}

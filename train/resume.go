@@ -60,9 +60,6 @@ func (r *run) findResume(which string) error {
 	}
 	if st.RunID != "" {
 		r.out.id.ID = st.RunID
-		if err := r.out.writeIdentity(); err != nil {
-			return err
-		}
 	}
 	r.resumed, r.resumeDir = st, path
 	return nil

@@ -382,7 +382,7 @@ func (r *run) preflight(ctx context.Context) error {
 			return err
 		}
 	}
-	r.stageNow("the dataset scan")
+	r.stageNow("the image being checked (the dataset scan stops there)")
 	if r.ds, err = scanDataset(ctx, cfg, r.log); err != nil {
 		return err
 	}
@@ -391,6 +391,12 @@ func (r *run) preflight(ctx context.Context) error {
 	}
 	if r.resumed != nil {
 		if err := r.checkResume(); err != nil {
+			return err
+		}
+		// The run may be longer now: record what it is.
+		id := &r.out.id
+		id.ConfigHash, id.Config, id.LogFile = cfg.Hash(), cfg.String(), cfg.Logging.LogFile
+		if err := r.out.writeIdentity(); err != nil {
 			return err
 		}
 	} else if cfg.LoRA.InitFrom != "" {
@@ -852,7 +858,7 @@ func Cache(ctx context.Context, cfg *configs.Config, log io.Writer, stage func(s
 	}
 	defer out.release()
 	if stage != nil {
-		stage("the dataset scan")
+		stage("the image being checked (the dataset scan stops there)")
 	}
 	ds, err := scanDataset(ctx, cfg, log)
 	if err != nil {

@@ -139,6 +139,9 @@ func TestResumeLonger(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "train.learning_rate: 0.001 → 0.0005") || !strings.Contains(err.Error(), "lora.dropout: 0 → 0.1") || strings.Contains(err.Error(), "train.max_steps:") {
 		t.Fatalf("resume with other settings: %v", err)
 	}
+	if id, err := readIdentity(cfg.Save.Output); err != nil || id.ConfigHash != cfg.Hash() {
+		t.Errorf("a refused resume changed run.json (%v)", err)
+	}
 	same := *cfg
 	if _, err := Run(context.Background(), &same, Options{Resume: "latest", Log: io.Discard}); err == nil || !strings.Contains(err.Error(), "--set train.max_steps=") {
 		t.Errorf("resume at the last step: %v", err)
