@@ -88,14 +88,14 @@ func replayRun(ctx context.Context, m *nextdit.Model, g *golden.File, run string
 		return nil, fmt.Errorf("%s: %s.in.z is %v for %d caption pairs and batch %d", g.Path(), run, z.Shape, c.B, st.Batch)
 	}
 	var traj golden.Tensor
-	hasTraj := has(g, run + ".out.trajectory")
+	hasTraj := has(g, run+".out.trajectory")
 	if hasTraj {
 		if traj, err = g.Tensor(run + ".out.trajectory"); err != nil {
 			return nil, err
 		}
 	}
 	var rs golden.Results
-	if has(g, run + ".out.grid") {
+	if has(g, run+".out.grid") {
 		ref, err := g.Tensor(run + ".out.grid")
 		if err != nil {
 			return nil, err
@@ -169,7 +169,7 @@ func goldenConditioning(g *golden.File, run string) (*Conditioning, error) {
 	if c.Lens, err = nextdit.CapLensFromMask(flat, len(mask), c.L); err != nil {
 		return nil, fmt.Errorf("%s: %s.in.cap_mask: %w", g.Path(), run, err)
 	}
-	if has(g, run + ".in.clip_text_pooled") {
+	if has(g, run+".in.clip_text_pooled") {
 		p, err := g.Tensor(run + ".in.clip_text_pooled")
 		if err != nil {
 			return nil, err
