@@ -81,6 +81,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newInspectCmd(stdout),
 		newExportCmd(stdout),
 		newMergeCmd(stdout, stderr),
+		newSampleCmd(stdout, stderr),
 		newBenchCmd(stdout, stderr),
 		newVersionCmd(stdout),
 	)

@@ -1,8 +1,6 @@
 package pipeline
 
 import (
-	"fmt"
-
 	"github.com/newbie-train/newbie-train/configs"
 	"github.com/newbie-train/newbie-train/data"
 	"github.com/newbie-train/newbie-train/sampler"
@@ -43,27 +41,18 @@ func ConfigSettings(c *configs.Config) Settings {
 	}
 }
 
-// ConfigImages are a training config's sample: prompts as images: each
-// prepared as training prepares captions (PreparePrompt with the config's
-// trigger word), the section's negative prompt and seed, square at its
-// resolution (the data resolution when unset).
+// ConfigImages are a training config's sample: prompts as images (see
+// Images): the section's negative prompt and seed, square at its
+// resolution (the data resolution when unset), the config's trigger word.
 func ConfigImages(c *configs.Config) ([]Image, error) {
 	s := c.Sample
 	res := s.Resolution
 	if res == 0 {
 		res = c.Data.Resolution
 	}
-	neg, err := PreparePrompt("sample.negative_prompt", s.NegativePrompt, "")
-	if err != nil {
-		return nil, err
-	}
-	imgs := make([]Image, len(s.Prompts))
+	specs := make([]PromptSpec, len(s.Prompts))
 	for i, p := range s.Prompts {
-		text, err := PreparePrompt(fmt.Sprintf("sample.prompts[%d]", i), p, c.Data.Caption.TriggerWord)
-		if err != nil {
-			return nil, err
-		}
-		imgs[i] = Image{Index: i, Prompt: text, Negative: neg, Seed: s.Seed, Width: res, Height: res}
+		specs[i].Prompt = p
 	}
-	return imgs, nil
+	return Images(specs, Defaults{Negative: s.NegativePrompt, Seeds: []uint64{s.Seed}, Width: res, Height: res, Trigger: c.Data.Caption.TriggerWord})
 }

@@ -104,9 +104,10 @@ func truncation(g sampler.Guidance) float64 {
 func fmtFloat(f float64) string { return strconv.FormatFloat(f, 'g', -1, 64) }
 
 // quote is A1111's infotext quoting: a value with a comma, colon or newline
-// becomes a JSON string (non-ASCII kept as it is).
+// becomes a JSON string (non-ASCII kept as it is); so does one that starts
+// with a quote or has spaces at either end, which readers would trim.
 func quote(s string) string {
-	if !strings.ContainsAny(s, ",:\n") {
+	if !strings.ContainsAny(s, ",:\n") && strings.TrimSpace(s) == s && !strings.HasPrefix(s, `"`) {
 		return s
 	}
 	var b bytes.Buffer
