@@ -273,3 +273,40 @@ func TestSampleInterrupt(t *testing.T) {
 		t.Errorf("message: %s", w.buf.String())
 	}
 }
+
+// TestSampleConfigMatchesPreviews: `sample --config` with the LoRA a run
+// saved makes the same image as that run's preview at the same step (the
+// same pipeline, settings, noise and prompt preparation).
+func TestSampleConfigMatchesPreviews(t *testing.T) {
+	dir := t.TempDir()
+	if code, _, stderr := runCLI(t, "demo", "--dir", dir, "--steps", "1", "--images", "4"); code != 0 {
+		t.Fatalf("demo: exit %d: %s", code, stderr)
+	}
+	raw, err := os.ReadFile(filepath.Join(dir, "demo.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	yml := strings.Replace(strings.Replace(strings.Replace(string(raw), "max_steps: 300", "max_steps: 6", 1), "  every: 100\n", "  every: 6\n", 1),
+		"  output: demo-out\n", "  output: previewed\n", 1) +
+		"sample:\n  prompts: [\"<character_1><n>demo</n></character_1>\"]\n  negative_prompt: blurry\n  steps: 4\n  cfg: 3\n  seed: 11\n"
+	cfgPath := filepath.Join(dir, "previews.yaml")
+	os.WriteFile(cfgPath, []byte(yml), 0o644)
+	if code, _, stderr := runCLI(t, "train", "--config", cfgPath); code != 0 {
+		t.Fatalf("train: exit %d: %s", code, stderr)
+	}
+	preview, ptext := readPNG(t, filepath.Join(dir, "previewed", "demo_lora-previews", "step00000006-01.png"))
+	out := filepath.Join(dir, "sampled")
+	code, stdout, stderr := runCLI(t, "sample", "--config", cfgPath, "--lora", filepath.Join(dir, "previewed", "demo_lora.safetensors"), "--out", out)
+	if code != 0 {
+		t.Fatalf("sample: exit %d\n%s%s", code, stdout, stderr)
+	}
+	sampled, stext := readPNG(t, filepath.Join(out, "000-11.png"))
+	if d := maxDiff(preview, sampled); d != 0 {
+		t.Errorf("the sample differs from the preview by %d levels", d)
+	}
+	for _, text := range []string{ptext["parameters"], stext["parameters"]} {
+		if !strings.Contains(text, "<n>demo</n>") || !strings.Contains(text, "Negative prompt: blurry\nSteps: 4, Sampler: Midpoint, CFG scale: 3, Seed: 11, Size: 64x64") {
+			t.Errorf("parameters: %s", text)
+		}
+	}
+}

@@ -84,7 +84,8 @@ func (d *VAEDecoder) DecodeLatents(ctx context.Context, ls []data.Latent) ([]dat
 	if err != nil {
 		return nil, fmt.Errorf("pipeline: VAE decode of %d latents %d×%d: %w", len(ls), h, w, err)
 	}
-	return splitImages(vals, len(ls), 8*h, 8*w), nil
+	f := d.vae.Config().Downsample()
+	return splitImages(vals, len(ls), f*h, f*w), nil
 }
 
 // splitImages cuts [B, 3, H, W] values into B images.

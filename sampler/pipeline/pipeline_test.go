@@ -18,6 +18,7 @@ import (
 	"github.com/newbie-train/newbie-train/kernels/cpu"
 	"github.com/newbie-train/newbie-train/models/lora"
 	"github.com/newbie-train/newbie-train/models/nextdit"
+	"github.com/newbie-train/newbie-train/models/vae"
 	"github.com/newbie-train/newbie-train/optim"
 	"github.com/newbie-train/newbie-train/sampler"
 )
@@ -314,4 +315,37 @@ func TestReadPrompts(t *testing.T) {
 			t.Errorf("%q: %v, want an error mentioning %q", body, err, want)
 		}
 	}
+}
+
+// TestVAEDecoder: the decoder maps the DiT latent of the golden tiny VAE
+// back through latent/scale + shift and the decoder to its out.decoded.
+func TestVAEDecoder(t *testing.T) {
+	g := goldentest.Open(t, "vae", "vae_tiny.golden.safetensors")
+	m, err := vae.Load(ag.New(cpu.New()), goldentest.Path(t, "vae", "vae_tiny.weights.safetensors"), vae.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Release()
+	lat := goldentest.Tensor(t, g, "out.latent")
+	want := goldentest.Tensor(t, g, "out.decoded")
+	b, c, h, w := lat.Shape[0], lat.Shape[1], lat.Shape[2], lat.Shape[3]
+	ls := make([]data.Latent, b)
+	for i := range ls {
+		ls[i] = data.Latent{C: c, H: h, W: w, Data: make([]float32, c*h*w)}
+		for j := range ls[i].Data {
+			ls[i].Data[j] = float32(lat.Values[i*c*h*w+j])
+		}
+	}
+	imgs, err := NewVAEDecoder(m, 0).DecodeLatents(context.Background(), ls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []float64
+	for _, im := range imgs {
+		if im.W != want.Shape[3] || im.H != want.Shape[2] {
+			t.Fatalf("decoded %dx%d, want %v", im.W, im.H, want.Shape)
+		}
+		got = append(got, widen(im.Pix)...)
+	}
+	goldentest.Check(t, "decoded", got, want.Values, 1e-5)
 }
