@@ -2,6 +2,7 @@ package train
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -61,6 +62,11 @@ func shortHash(h string) string { return h[:min(10, len(h))] }
 // renderPreviews renders the previews and logs where they went.
 func (r *run) renderPreviews() error {
 	paths, err := r.previews()
+	if errors.Is(err, pipeline.ErrOverflow) {
+		// An fp16 preview that overflows says so; it does not stop training.
+		r.logf("warning: previews at step %d: %v", r.step, err)
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("previews at step %d: %w", r.step, err)
 	}

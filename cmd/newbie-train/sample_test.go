@@ -14,7 +14,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
 	"github.com/newbie-train/newbie-train/internal/golden/goldentest"
+	"github.com/newbie-train/newbie-train/models/nextdit"
 )
 
 // tinyWeights is the golden tiny model's weights file.
@@ -308,5 +310,20 @@ func TestSampleConfigMatchesPreviews(t *testing.T) {
 		if !strings.Contains(text, "<n>demo</n>") || !strings.Contains(text, "Negative prompt: blurry\nSteps: 4, Sampler: Midpoint, CFG scale: 3, Seed: 11, Size: 64x64") {
 			t.Errorf("parameters: %s", text)
 		}
+	}
+}
+
+// TestSampleFullModelNeedsEncoders: a full-size model stops before loading
+// with the plain message that the real text encoders are not wired in.
+func TestSampleFullModelNeedsEncoders(t *testing.T) {
+	full, _ := nextdit.Preset("newbie-exp0.1")
+	w := filepath.Join(t.TempDir(), "full.safetensors")
+	one := safetensors.FloatTensor("x_embedder.bias", safetensors.F32, []int{full.Dim}, make([]float32, full.Dim))
+	if err := safetensors.Write(w, []safetensors.Tensor{one}, map[string]string{"config": full.JSON()}); err != nil {
+		t.Fatal(err)
+	}
+	code, _, stderr := runCLI(t, "sample", "--weights", w, "--prompt", "x", "--vae", "none.safetensors")
+	if code != exitFailure || !strings.Contains(stderr, "real text encoders (Gemma 3 4B with its tokenizer, Jina CLIP v2) are not wired in yet") {
+		t.Errorf("exit %d, stderr %q", code, stderr)
 	}
 }
