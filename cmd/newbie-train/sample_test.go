@@ -124,11 +124,11 @@ func TestSampleWritesParameters(t *testing.T) {
 	}
 }
 
-// TestSampleLoRAEqualsMerged: a LoRA the trainer exported, applied by
-// sample (ComfyUI file and PEFT folder alike), gives the images of the
-// model `merge` bakes it into; without it they differ.
-func TestSampleLoRAEqualsMerged(t *testing.T) {
-	dir := t.TempDir()
+// trainDemo writes the demo's dataset and config into dir, edits the config
+// (each key replaced once, then extra appended) and trains it for 6 steps
+// with one save, into dir/<output>. It returns the config's path.
+func trainDemo(t *testing.T, dir, output string, edits map[string]string, extra string) string {
+	t.Helper()
 	if code, _, stderr := runCLI(t, "demo", "--dir", dir, "--steps", "1", "--images", "4"); code != 0 {
 		t.Fatalf("demo: exit %d: %s", code, stderr)
 	}
@@ -137,23 +137,34 @@ func TestSampleLoRAEqualsMerged(t *testing.T) {
 		t.Fatal(err)
 	}
 	yml := string(raw)
-	for old, repl := range map[string]string{
-		"  preset: tiny\n":     "  preset: tiny\n  weights: " + tinyWeights(t) + "\n",
-		"max_steps: 300":       "max_steps: 6",
-		"learning_rate: 1e-3":  "learning_rate: 5e-2",
-		"  every: 100\n":       "  every: 6\n",
-		"  output: demo-out\n": "  output: trained\n",
-	} {
+	edits["max_steps: 300"] = "max_steps: 6"
+	edits["  every: 100\n"] = "  every: 6\n"
+	edits["  output: demo-out\n"] = "  output: " + output + "\n"
+	for old, repl := range edits {
 		if !strings.Contains(yml, old) {
 			t.Fatalf("demo.yaml has no %q:\n%s", old, yml)
 		}
 		yml = strings.Replace(yml, old, repl, 1)
 	}
-	cfgPath := filepath.Join(dir, "base.yaml")
-	os.WriteFile(cfgPath, []byte(yml), 0o644)
+	cfgPath := filepath.Join(dir, output+".yaml")
+	if err := os.WriteFile(cfgPath, []byte(yml+extra), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if code, _, stderr := runCLI(t, "train", "--config", cfgPath); code != 0 {
 		t.Fatalf("train: exit %d: %s", code, stderr)
 	}
+	return cfgPath
+}
+
+// TestSampleLoRAEqualsMerged: a LoRA the trainer exported, applied by
+// sample (ComfyUI file and PEFT folder alike), gives the images of the
+// model `merge` bakes it into; without it they differ.
+func TestSampleLoRAEqualsMerged(t *testing.T) {
+	dir := t.TempDir()
+	trainDemo(t, dir, "trained", map[string]string{
+		"  preset: tiny\n":    "  preset: tiny\n  weights: " + tinyWeights(t) + "\n",
+		"learning_rate: 1e-3": "learning_rate: 5e-2",
+	}, "")
 	comfy := filepath.Join(dir, "trained", "demo_lora.safetensors")
 	peft := filepath.Join(dir, "trained", "demo_lora_peft")
 	merged := filepath.Join(dir, "merged.safetensors")
@@ -281,21 +292,8 @@ func TestSampleInterrupt(t *testing.T) {
 // same pipeline, settings, noise and prompt preparation).
 func TestSampleConfigMatchesPreviews(t *testing.T) {
 	dir := t.TempDir()
-	if code, _, stderr := runCLI(t, "demo", "--dir", dir, "--steps", "1", "--images", "4"); code != 0 {
-		t.Fatalf("demo: exit %d: %s", code, stderr)
-	}
-	raw, err := os.ReadFile(filepath.Join(dir, "demo.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	yml := strings.Replace(strings.Replace(strings.Replace(string(raw), "max_steps: 300", "max_steps: 6", 1), "  every: 100\n", "  every: 6\n", 1),
-		"  output: demo-out\n", "  output: previewed\n", 1) +
-		"sample:\n  prompts: [\"<character_1><n>demo</n></character_1>\"]\n  negative_prompt: blurry\n  steps: 4\n  cfg: 3\n  seed: 11\n"
-	cfgPath := filepath.Join(dir, "previews.yaml")
-	os.WriteFile(cfgPath, []byte(yml), 0o644)
-	if code, _, stderr := runCLI(t, "train", "--config", cfgPath); code != 0 {
-		t.Fatalf("train: exit %d: %s", code, stderr)
-	}
+	cfgPath := trainDemo(t, dir, "previewed", map[string]string{},
+		"sample:\n  prompts: [\"<character_1><n>demo</n></character_1>\"]\n  negative_prompt: blurry\n  steps: 4\n  cfg: 3\n  seed: 11\n")
 	preview, ptext := readPNG(t, filepath.Join(dir, "previewed", "demo_lora-previews", "step00000006-01.png"))
 	out := filepath.Join(dir, "sampled")
 	code, stdout, stderr := runCLI(t, "sample", "--config", cfgPath, "--lora", filepath.Join(dir, "previewed", "demo_lora.safetensors"), "--out", out)

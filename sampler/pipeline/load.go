@@ -129,7 +129,7 @@ func loadBase(e *ag.Engine, spec ModelSpec, storage kernels.DType) (*nextdit.Mod
 		return nil, err
 	}
 	defer w.Close()
-	cfg, err := resolveConfig(w, spec.Preset)
+	cfg, err := nextdit.ConfigFor(w, spec.Preset)
 	if err != nil {
 		return nil, err
 	}
@@ -151,26 +151,7 @@ func ModelConfig(spec ModelSpec) (nextdit.Config, error) {
 		return nextdit.Config{}, err
 	}
 	defer w.Close()
-	return resolveConfig(w, spec.Preset)
-}
-
-// resolveConfig is the weights' architecture: their metadata, else the
-// preset asked for, else the preset every tensor fits.
-func resolveConfig(w *checkpoints.Weights, preset string) (nextdit.Config, error) {
-	var fallback *nextdit.Config
-	if preset != "" {
-		c, err := nextdit.Preset(preset)
-		if err != nil {
-			return nextdit.Config{}, err
-		}
-		fallback = &c
-	} else if _, ok := w.Metadata()["config"]; !ok {
-		if name := nextdit.MatchPreset(w, nil); name != "custom" {
-			c, _ := nextdit.Preset(name)
-			fallback = &c
-		}
-	}
-	return nextdit.ResolveConfig(w, fallback)
+	return nextdit.ConfigFor(w, spec.Preset)
 }
 
 // modelName is the base's name for the parameters text.
