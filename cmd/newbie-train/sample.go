@@ -101,7 +101,7 @@ tiny model samples today, on stand-in encoders and the stand-in decoder
 	f.StringArrayVar(&o.prompts, "prompt", nil, "a prompt; repeatable")
 	f.StringVar(&o.promptsFile, "prompts", "", "a file of prompts: one a line, or YAML (see above)")
 	f.StringVar(&o.negative, "negative", "", "the negative prompt (default empty)")
-	f.StringVar(&o.systemPrompt, "system-prompt", data.GemmaSystemPrompt, "text put before the prompts for Gemma (the default is the prefix NewBie's XML captions were trained behind)")
+	f.StringVar(&o.systemPrompt, "system-prompt", data.GemmaSystemPrompt, "text put before the prompts for Gemma (by default the prefix of NewBie's XML training captions)")
 	f.UintSliceVar(&o.seeds, "seed", []uint{42}, "noise seeds; every prompt is made once per seed")
 	f.IntVar(&o.width, "width", 1024, "image width, a multiple of 16")
 	f.IntVar(&o.height, "height", 1024, "image height, a multiple of 16")
