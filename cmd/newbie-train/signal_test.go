@@ -96,7 +96,7 @@ func TestSignalDuringEncoding(t *testing.T) {
 func TestSignalDuringPreview(t *testing.T) {
 	dir := t.TempDir()
 	p := start(t, "demo", "--dir", dir, "--images", "4", "--steps", "50",
-		"--set", "sample.prompts=[a girl with red hair]", "--set", "sample.every=1", "--set", "sample.steps=10")
+		"--set", "sample.prompts=[a girl with red hair]", "--set", "sample.every=1", "--set", "sample.steps=1000")
 	p.waitFor(t, "step 1/50", 60*time.Second) // the previews of step 1 begin now
 	sent := time.Now()
 	p.signal(syscall.SIGINT)

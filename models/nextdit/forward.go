@@ -231,22 +231,29 @@ func (m *Model) Forward(in Inputs) (*ag.Tensor, error) {
 }
 
 // runBlock runs one transformer block, checkpointed when the options say
-// so. adaln is nil for the unmodulated context refiner. Every tensor the
-// block reads other than weights (x, the conditioning and the RoPE tables)
-// is passed to Checkpoint as an input: the node then holds them for the
-// recompute, and gradients reach x and the conditioning.
+// so, and shows its output to the block observer. adaln is nil for the
+// unmodulated context refiner. Every tensor the block reads other than
+// weights (x, the conditioning and the RoPE tables) is passed to Checkpoint
+// as an input: the node then holds them for the recompute, and gradients
+// reach x and the conditioning.
 func (m *Model) runBlock(prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []int32) *ag.Tensor {
-	if !m.opts.Checkpoint {
-		return m.block(prefix, x, adaln, cos, sin, keyLens)
-	}
-	if adaln == nil {
-		return ag.Checkpoint(func(in []*ag.Tensor) *ag.Tensor {
+	var out *ag.Tensor
+	switch {
+	case !m.opts.Checkpoint:
+		out = m.block(prefix, x, adaln, cos, sin, keyLens)
+	case adaln == nil:
+		out = ag.Checkpoint(func(in []*ag.Tensor) *ag.Tensor {
 			return m.block(prefix, in[0], nil, in[1], in[2], keyLens)
 		}, x, cos, sin)
+	default:
+		out = ag.Checkpoint(func(in []*ag.Tensor) *ag.Tensor {
+			return m.block(prefix, in[0], in[3], in[1], in[2], keyLens)
+		}, x, cos, sin, adaln)
 	}
-	return ag.Checkpoint(func(in []*ag.Tensor) *ag.Tensor {
-		return m.block(prefix, in[0], in[3], in[1], in[2], keyLens)
-	}, x, cos, sin, adaln)
+	if m.observe != nil {
+		m.observe(prefix, out)
+	}
+	return out
 }
 
 // block is upstream JointTransformerBlock.forward: sandwich RMSNorms around

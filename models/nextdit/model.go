@@ -61,7 +61,17 @@ type Model struct {
 	opts    Options
 	weights map[string]*autograd.Tensor
 	hook    LinearHook
+	observe BlockObserver
 }
+
+// BlockObserver sees the output of every transformer block (context and
+// noise refiners, joint layers) as Forward makes it; block is the block's
+// key prefix ("layers.3"). Samplers use it to find where reduced-precision
+// activations overflow. It must not release out.
+type BlockObserver func(block string, out *autograd.Tensor)
+
+// SetBlockObserver installs f (nil removes it).
+func (m *Model) SetBlockObserver(f BlockObserver) { m.observe = f }
 
 // Config returns the model's architecture.
 func (m *Model) Config() Config { return m.cfg }
