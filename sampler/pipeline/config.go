@@ -36,7 +36,7 @@ func ConfigSettings(c *configs.Config) Settings {
 	}
 	return Settings{
 		Sampler:      sampler.Options{Method: sampler.Method(s.Sampler), Steps: s.Steps, Shift: s.TimeShift},
-		Guidance:     sampler.Guidance{Scale: s.CFG},
+		Guidance:     sampler.Guidance{Scale: s.CFG, Trunc: s.CFGTrunc, Renorm: s.Renorm},
 		SystemPrompt: sys,
 	}
 }
