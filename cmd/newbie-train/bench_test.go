@@ -10,7 +10,7 @@ import (
 // shrinks it to a 64² image and a 13-token caption.
 func TestBenchCPU(t *testing.T) {
 	code, out, stderr := runCLI(t, "bench", "--backend", "cpu", "--preset", "tiny", "--steps", "2",
-		"--warmup", "1", "--resolution", "64", "--caption", "13", "--profile")
+		"--warmup", "1", "--res", "64", "--caption", "13", "--profile")
 	if code != 0 {
 		t.Fatalf("bench: exit %d\n%s%s", code, out, stderr)
 	}
@@ -37,8 +37,10 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"bad checkpointing", []string{"bench", "--checkpointing", "sometimes"}, `--checkpointing "sometimes"`},
 		{"zero steps", []string{"bench", "--steps", "0"}, "--steps 0"},
 		{"negative warmup", []string{"bench", "--warmup", "-2"}, "--warmup -2"},
-		{"odd resolution", []string{"bench", "--backend", "cpu", "--preset", "tiny", "--resolution", "100"}, "multiple of 16"},
+		{"odd resolution", []string{"bench", "--backend", "cpu", "--preset", "tiny", "--res", "100"}, "multiple of 16"},
 		{"unknown preset", []string{"bench", "--preset", "giant"}, "unknown preset"},
+		{"old resolution flag still checked", []string{"bench", "--backend", "cpu", "--preset", "tiny", "--resolution", "100"}, "multiple of 16"},
+		{"negative layers", []string{"bench", "--layers", "-3"}, "layers -3"},
 		{"stray argument", []string{"bench", "now"}, "unknown command"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
