@@ -306,3 +306,23 @@ func (p *profiler) RandUniform(dst kernels.Buffer, seed, offset uint64, lo, hi f
 
 // AdamW forwards with profiling.
 func (p *profiler) AdamW(a kernels.AdamWArgs) { p.op("AdamW", func() { p.Backend.AdamW(a) }) }
+
+// NormScale forwards with profiling.
+func (p *profiler) NormScale(y, rstd, x, w kernels.Buffer, a kernels.NormScaleArgs) {
+	p.op("NormScale "+dtypeOf(x)+"→"+dtypeOf(y), func() { p.Backend.NormScale(y, rstd, x, w, a) })
+}
+
+// NormScaleGrad forwards with profiling.
+func (p *profiler) NormScaleGrad(dx, ds, dy, x, w, rstd kernels.Buffer, a kernels.NormScaleArgs) {
+	p.op("NormScaleGrad "+dtypeOf(dy)+"→"+dtypeOf(dx), func() { p.Backend.NormScaleGrad(dx, ds, dy, x, w, rstd, a) })
+}
+
+// QKVNormRope forwards with profiling.
+func (p *profiler) QKVNormRope(q, k, v, rstdQ, rstdK, qkv, wq, wk, cos, sin kernels.Buffer, a kernels.QKVArgs) {
+	p.op("QKVNormRope", func() { p.Backend.QKVNormRope(q, k, v, rstdQ, rstdK, qkv, wq, wk, cos, sin, a) })
+}
+
+// QKVNormRopeGrad forwards with profiling.
+func (p *profiler) QKVNormRopeGrad(dqkv, dq, dk, dv, qkv, wq, wk, rstdQ, rstdK, cos, sin kernels.Buffer, a kernels.QKVArgs) {
+	p.op("QKVNormRopeGrad", func() { p.Backend.QKVNormRopeGrad(dqkv, dq, dk, dv, qkv, wq, wk, rstdQ, rstdK, cos, sin, a) })
+}

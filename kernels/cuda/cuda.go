@@ -51,6 +51,9 @@ type Backend struct {
 	err    error
 	recent []string // ops queued since the last good Sync
 	closed bool
+
+	// fused is whether the fused ops run their one-pass kernels (FusedEnv).
+	fused bool
 }
 
 var _ kernels.Backend = (*Backend)(nil)
@@ -108,7 +111,7 @@ func New(dev int) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Backend{l: l, dev: ds}
+	c := &Backend{l: l, dev: ds, fused: fusedFromEnv()}
 	c.name = fmt.Sprintf("cuda:%d (%s)", dev, ds.name)
 	d := l.drv
 	if r := d.ctxSetCurrent.call(ds.ctx); r != 0 {

@@ -470,7 +470,7 @@ func crossCases() []xcase {
 			})
 		}
 	}
-	return cs
+	return append(cs, fusedCrossCases()...)
 }
 
 // TestFaults checks that bad arguments and device-detected faults surface

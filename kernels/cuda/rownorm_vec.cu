@@ -35,31 +35,8 @@
 //   rs = 1/sqrt(mean(x²) + eps),  y = x·rs·w,
 //   dx = rs·(g − x̂·mean(g·x̂)),   g = dy·w, x̂ = x·rs.
 
-// rv_unpack widens 8 bf16 (one 16-byte chunk, lowest address first) to fp32.
-__device__ __forceinline__ void rv_unpack(uint4 v, float* f) {
-  const u32 w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int k = 0; k < 4; k++) {
-    f[2 * k] = __uint_as_float(w[k] << 16);
-    f[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
-  }
-}
-
-// rv_pack rounds 8 fp32 to bf16 (round to nearest even, as f32_to_bf16).
-__device__ __forceinline__ uint4 rv_pack(const float* f) {
-  u32 w[4];
-#pragma unroll
-  for (int k = 0; k < 4; k++) w[k] = (u32)f32_to_bf16(f[2 * k]) | ((u32)f32_to_bf16(f[2 * k + 1]) << 16);
-  return make_uint4(w[0], w[1], w[2], w[3]);
-}
-
-// rv_group_sum adds v over the L lanes of this lane's group. Every lane of
-// the warp must call it (full mask); groups never mix, since xor by an
-// offset below L stays inside an aligned run of L lanes.
-__device__ __forceinline__ float rv_group_sum(float v, int L) {
-  for (int o = L >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
+// rv_unpack, rv_pack and rv_group_sum live in common.cuh (the fused
+// norms of fused_norm.cu use them too).
 
 // rv_load fills c[k] with chunk lane + k·L of row r of p (nv chunks a
 // row), or zeros where the row or the chunk does not exist.
