@@ -212,6 +212,9 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	be := &profiler{Backend: raw, rank: o.Rank}
 	res.Backend = raw.Name()
+	if st, ok := raw.(kernels.Settings); ok {
+		res.Switches = st.Settings()
+	}
 	e := ag.New(be)
 	fmt.Fprintf(o.Log, "bench: building %s (%d parameters) with random bf16 weights on %s\n", o.Preset, res.Params, res.Backend)
 
@@ -342,6 +345,7 @@ func (b *benchStep) measure(ctx context.Context, be *profiler, ckpt bool, res Re
 	}
 	base := be.MemStats().Allocated
 	be.ResetPeak()
+	graphs := be.GraphStats()
 	for i := range o.Steps {
 		dt, out, err := b.step()
 		if err != nil {
@@ -358,6 +362,7 @@ func (b *benchStep) measure(ctx context.Context, be *profiler, ckpt bool, res Re
 	}
 	ms := be.MemStats()
 	run.PeakBytes, run.ReservedBytes = ms.Peak, ms.Reserved
+	run.Graphs = be.GraphStats().Sub(graphs)
 	run.ActivationBytes = ms.Peak - base
 	sorted := append([]float64(nil), run.StepSeconds...)
 	sort.Float64s(sorted)

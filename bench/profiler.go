@@ -326,3 +326,18 @@ func (p *profiler) QKVNormRope(q, k, v, rstdQ, rstdK, qkv, wq, wk, cos, sin kern
 func (p *profiler) QKVNormRopeGrad(dqkv, dq, dk, dv, qkv, wq, wk, rstdQ, rstdK, cos, sin kernels.Buffer, a kernels.QKVArgs) {
 	p.op("QKVNormRopeGrad", func() { p.Backend.QKVNormRopeGrad(dqkv, dq, dk, dv, qkv, wq, wk, rstdQ, rstdK, cos, sin, a) })
 }
+
+// BeginGraph forwards to the backend when it replays graphs.
+func (p *profiler) BeginGraph(key string) { kernels.BeginGraph(p.Backend, key) }
+
+// EndGraph forwards to the backend when it replays graphs.
+func (p *profiler) EndGraph() { kernels.EndGraph(p.Backend) }
+
+// GraphStats forwards to the backend; a backend without graphs reports
+// them off.
+func (p *profiler) GraphStats() kernels.GraphStats {
+	if g, ok := p.Backend.(kernels.Graphs); ok {
+		return g.GraphStats()
+	}
+	return kernels.GraphStats{Off: "the " + p.Backend.Name() + " backend has none"}
+}

@@ -3,13 +3,18 @@ package bench
 import (
 	"fmt"
 	"strings"
+
+	"github.com/newbie-train/newbie-train/kernels"
 )
 
 // Result is the outcome of Bench: what was measured and one Mode
 // per checkpointing mode.
 type Result struct {
 	Backend string // the backend's Name, e.g. "cuda:0 (NVIDIA H200)"
-	Preset  string
+	// Switches are the backend's optional paths and how they are set
+	// (kernels.Settings), e.g. whether its fused kernels and graphs are on.
+	Switches string
+	Preset   string
 	// Layers is the model's count of main transformer layers (the
 	// preset's unless Options.Layers replaced it).
 	Layers int
@@ -58,6 +63,8 @@ type Mode struct {
 	PeakBytes, ActivationBytes, ReservedBytes int64
 	// Loss is the last timed step's loss, a sanity check (finite).
 	Loss float64
+	// Graphs is what graph replay did over the timed steps.
+	Graphs kernels.GraphStats
 	// Profile is filled when Options.Profile is set.
 	Profile *Profile
 	// Err is the failure of this mode (e.g. out of memory), empty on
@@ -97,6 +104,9 @@ func (r Result) Table() string {
 	var sb strings.Builder
 	gib := func(n int64) string { return fmt.Sprintf("%.2f", float64(n)/(1<<30)) }
 	fmt.Fprintf(&sb, "backend: %s\n", r.Backend)
+	if r.Switches != "" {
+		fmt.Fprintf(&sb, "switches: %s\n", r.Switches)
+	}
 	fmt.Fprintf(&sb, "model: %s (%d layers), %d frozen bf16 parameters; LoRA r%d α%g on %d layers (%d fp32 parameters); AdamW, clip 1.0, bf16 autocast\n",
 		r.Preset, r.Layers, r.Params, r.Rank, r.Alpha, r.LoRALayers, r.LoRAParams)
 	fmt.Fprintf(&sb, "input: batch %d, %d×%d image → latent %d×%d×%d (%d image tokens) + %d caption tokens\n",
@@ -113,6 +123,11 @@ func (r Result) Table() string {
 		fmt.Fprintf(&sb, "| %s | %.4f | %.4f | %.4f | %.3g | %.3g | %s | %s | %s | %.4f |\n",
 			onOff(run.Checkpointing), run.Median, run.Min, run.Max, run.SamplesPerSecond, run.TFLOPs,
 			gib(run.PeakBytes), gib(run.ActivationBytes), gib(run.ReservedBytes), run.Loss)
+	}
+	for _, run := range r.Modes {
+		if run.Graphs != (kernels.GraphStats{}) {
+			fmt.Fprintf(&sb, "\ncheckpointing %s, timed steps: %s\n", onOff(run.Checkpointing), run.Graphs)
+		}
 	}
 	for _, run := range r.Modes {
 		if run.Err != "" && run.Median != 0 {

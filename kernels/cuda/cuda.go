@@ -54,6 +54,11 @@ type Backend struct {
 
 	// fused is whether the fused ops run their one-pass kernels (FusedEnv).
 	fused bool
+	// plan decides how the ops of graph regions run (graph.go); staging and
+	// events are the pinned memory and events its regions hold.
+	plan    *graphPlanner
+	staging []unsafe.Pointer
+	events  []uintptr
 }
 
 var _ kernels.Backend = (*Backend)(nil)
@@ -111,7 +116,7 @@ func New(dev int) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Backend{l: l, dev: ds, fused: fusedFromEnv()}
+	c := &Backend{l: l, dev: ds, fused: fusedFromEnv(), plan: newGraphPlanner(graphsOff(l))}
 	c.name = fmt.Sprintf("cuda:%d (%s)", dev, ds.name)
 	d := l.drv
 	if r := d.ctxSetCurrent.call(ds.ctx); r != 0 {
@@ -392,6 +397,9 @@ func (c *Backend) Upload(dst kernels.Buffer, off int, src []byte) {
 
 // htod queues a host-to-device copy from Go memory. Callers hold c.mu.
 func (c *Backend) htod(dptr uint64, src []byte) bool {
+	if c.plan.active() {
+		return c.stageUpload(dptr, src)
+	}
 	var pin runtime.Pinner
 	pin.Pin(&src[0])
 	r := c.l.drv.memcpyHtoDAsync.call(uintptr(dptr), uintptr(unsafe.Pointer(&src[0])), uintptr(len(src)), c.stream)
@@ -406,6 +414,7 @@ func (c *Backend) Download(dst []byte, src kernels.Buffer, off int) error {
 		c.leave()
 		return c.Sync()
 	}
+	c.hostRead()
 	b := c.buf("Download", "src", src)
 	if b != nil {
 		sz := b.dt.Size()
@@ -435,6 +444,7 @@ func (c *Backend) Sync() error {
 		return err
 	}
 	defer c.leave()
+	c.hostRead()
 	if r := c.l.drv.streamSynchronize.call(c.stream); r != 0 {
 		c.failf("stream: %s", c.l.drv.errText(r))
 	} else {
@@ -501,6 +511,13 @@ func (c *Backend) Close() {
 	if c.stream != 0 {
 		d.streamSynchronize.call(c.stream)
 	}
+	if c.plan != nil {
+		c.plan.flushPlain(cudaGraphs{c})
+		if c.stream != 0 {
+			d.streamSynchronize.call(c.stream)
+		}
+		c.releaseGraphs()
+	}
 	if c.blas != 0 {
 		c.l.blas.destroy.call(c.blas)
 	}
@@ -539,6 +556,11 @@ func (m devMem) free(p uint64) {
 }
 
 func (m devMem) sync() error {
+	// Ops held for a graph segment may use the blocks about to go back to
+	// the device: queue them first.
+	if err := m.c.plan.flushPlain(cudaGraphs{m.c}); err != nil {
+		return err
+	}
 	if r := m.c.l.drv.streamSynchronize.call(m.c.stream); r != 0 {
 		return fmt.Errorf("cuStreamSynchronize: %s", m.c.l.drv.errText(r))
 	}

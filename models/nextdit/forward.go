@@ -113,6 +113,12 @@ func (m *Model) Forward(in Inputs) (*ag.Tensor, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A model evaluation repeats per shape (the sampler's steps): on a
+	// backend with graphs it is a region of its own (inside a training
+	// step's region it is part of that one).
+	kernels.BeginGraph(m.e.Backend(), fmt.Sprintf("nextdit.Forward %v/%v/%d clip=%v grad=%v autocast=%v checkpoint=%v",
+		in.X.Shape(), in.CapLens, l, in.ClipPooled != nil, m.e.GradEnabled(), m.e.Autocast(), m.opts.Checkpoint))
+	defer kernels.EndGraph(m.e.Backend())
 	e, act := m.e, m.actDType()
 	n, p, d, hd := ht*wt, c.PatchSize, c.Dim, c.HeadDim()
 	maxCap := 0
