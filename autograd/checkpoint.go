@@ -23,9 +23,11 @@ func Checkpoint(fn func(in []*Tensor) *Tensor, inputs ...*Tensor) *Tensor {
 
 	e.pushScope()
 	e.ckptDepth++
+	e.beginReads()
 	prev := e.SetGradEnabled(false)
 	out := fn(inputs)
 	e.SetGradEnabled(prev)
+	reads := e.endReads()
 	e.ckptDepth--
 	e.popScope([]*Tensor{out})
 	if !recording || out == nil || out.st == nil {
@@ -94,5 +96,8 @@ func Checkpoint(fn func(in []*Tensor) *Tensor, inputs ...*Tensor) *Tensor {
 		e.popScope(keep)
 		return out
 	})
+	if out.node != nil {
+		out.node.reads = reads
+	}
 	return out
 }

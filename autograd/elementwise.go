@@ -111,6 +111,13 @@ func Sigmoid(x *Tensor) *Tensor {
 // SiLU returns x·sigmoid(x).
 func SiLU(x *Tensor) *Tensor { return unary("SiLU", kernels.SiLU, 0, x, kernels.UnaryParams{}) }
 
+// GELU returns the exact GELU, x·Φ(x) = ½·x·(1 + erf(x/√2)): PyTorch's
+// gelu with approximate="none", the activation of BERT-style encoders
+// (XLM-RoBERTa, Jina's text tower). GELUTanh is a different function.
+func GELU(x *Tensor) *Tensor {
+	return unary("GELU", kernels.GELU, 0, x, kernels.UnaryParams{})
+}
+
 // GELUTanh returns the tanh approximation of GELU.
 func GELUTanh(x *Tensor) *Tensor {
 	return unary("GELUTanh", kernels.GELUTanh, 0, x, kernels.UnaryParams{})

@@ -41,6 +41,7 @@ type Engine struct {
 	ckptDepth   int // > 0 while a checkpointed function runs
 
 	tape      []*node
+	gradHook  *gradHook             // OnGradReady's callback, nil when unset
 	gradStack []map[*Tensor]*Tensor // pending gradients of each running backward pass
 	scopes    [][]*Tensor           // tensors created in each open scope; scopes[0] is the step
 
@@ -148,7 +149,9 @@ func (e *Engine) EndStep() error {
 		e.popScope(nil)
 	}
 	for _, t := range e.scopes[0] {
-		t.Release()
+		if !t.kept {
+			t.Release()
+		}
 	}
 	e.scopes[0] = nil
 	err := e.Err()

@@ -153,6 +153,7 @@ func TestGradients(t *testing.T) {
 		{"Sigmoid", autograd.Sigmoid, nil},
 		{"SiLU", autograd.SiLU, nil},
 		{"GELUTanh", autograd.GELUTanh, nil},
+		{"GELU", autograd.GELU, nil},
 		{"Affine", func(x *autograd.Tensor) *autograd.Tensor { return autograd.Affine(x, -1.5, 0.25) }, nil},
 	}
 	var cases []gradCase

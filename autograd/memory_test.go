@@ -165,3 +165,26 @@ func TestCastsDoNotOutliveTheirOp(t *testing.T) {
 		t.Errorf("%d bytes still held after the loop, want at most %d: casts outlived their ops", got, limit)
 	}
 }
+
+// TestKeepOutlivesEndStep: a kept step tensor survives EndStep (it had
+// been freed with the rest: Keep set a flag nothing read) and is freed by
+// its Release; an unkept one is freed by EndStep.
+func TestKeepOutlivesEndStep(t *testing.T) {
+	b := cpu.New()
+	e := autograd.New(b)
+	kept := autograd.Scale(e.Full(kernels.F32, []int{4}, 2), 3).Keep()
+	if err := e.EndStep(); err != nil {
+		t.Fatal(err)
+	}
+	v, err := kept.Values()
+	if err != nil || v[0] != 6 {
+		t.Fatalf("kept tensor after EndStep: %v, %v", v, err)
+	}
+	if got := b.MemStats().Allocated; got != 16 {
+		t.Errorf("%d bytes allocated after EndStep, want the kept tensor's 16", got)
+	}
+	kept.Release()
+	if got := b.MemStats().Allocated; got != 0 {
+		t.Errorf("%d bytes allocated after Release", got)
+	}
+}

@@ -164,21 +164,16 @@ func (e *Engine) recordAffineNorm(name string, out, x, w, b, mean, rstd *Tensor,
 // all trailing positions, then applies per-channel w and b (nil allowed), in
 // float32 under autocast.
 func GroupNorm(x *Tensor, groups int, w, b *Tensor, eps float64) *Tensor {
+	return groupNorm("GroupNorm", x, groups, w, b, eps, nil)
+}
+
+// groupNorm is GroupNorm, or with fused set (callers never set it while
+// recording) the backend's GroupNorm followed by SiLU in one pass.
+func groupNorm(op string, x *Tensor, groups int, w, b *Tensor, eps float64, fused kernels.GroupNormSiLUBackend) *Tensor {
 	e := x.e
-	if !e.live("GroupNorm", x, w, b) {
+	n, c, hw, ok := groupNormShape(op, x, groups, w, b)
+	if !ok {
 		return e.failed(x.dtype, x.shape)
-	}
-	if len(x.shape) < 2 || groups <= 0 || x.shape[1]%groups != 0 {
-		e.failf("GroupNorm", "%d groups do not divide the channels of %v", groups, x)
-		return e.failed(x.dtype, x.shape)
-	}
-	n, c := x.shape[0], x.shape[1]
-	hw := numel(x.shape[2:])
-	for _, p := range []*Tensor{w, b} {
-		if p != nil && (len(p.shape) != 1 || p.shape[0] != c) {
-			e.failf("GroupNorm", "parameter %v does not fit %v", p, x)
-			return e.failed(x.dtype, x.shape)
-		}
 	}
 	orig := []*Tensor{x, w, b}
 	in := e.prepare(fullPrecision, x, w, b)
@@ -190,9 +185,13 @@ func GroupNorm(x *Tensor, groups int, w, b *Tensor, eps float64) *Tensor {
 	if out.st == nil || mean.st == nil || rstd.st == nil {
 		return out
 	}
-	e.b.GroupNorm(out.st.buf, mean.st.buf, rstd.st.buf, x.st.buf, bufOf(w), bufOf(b), n, c, hw, groups, eps)
-	e.trace("GroupNorm", out, x, w, b)
-	if e.recording(x, w, b) {
+	if fused != nil {
+		fused.GroupNormSiLU(out.st.buf, mean.st.buf, rstd.st.buf, x.st.buf, bufOf(w), bufOf(b), n, c, hw, groups, eps)
+	} else {
+		e.b.GroupNorm(out.st.buf, mean.st.buf, rstd.st.buf, x.st.buf, bufOf(w), bufOf(b), n, c, hw, groups, eps)
+	}
+	e.trace(op, out, x, w, b)
+	if fused == nil && e.recording(x, w, b) {
 		e.recordAffineNorm("GroupNorm", out, x, w, b, mean, rstd, c, func(dx, dw, db, g, sx, sw, sm, sr *Tensor) {
 			e.b.GroupNormGrad(dx.st.buf, bufOf(dw), bufOf(db), g.st.buf, sx.st.buf, bufOf(sw), sm.st.buf, sr.st.buf, n, c, hw, groups)
 		})
@@ -200,6 +199,27 @@ func GroupNorm(x *Tensor, groups int, w, b *Tensor, eps float64) *Tensor {
 	mean.Release()
 	rstd.Release()
 	return out
+}
+
+// groupNormShape checks GroupNorm's operands and returns x's batch,
+// channels and pixels per channel.
+func groupNormShape(op string, x *Tensor, groups int, w, b *Tensor) (n, c, hw int, ok bool) {
+	e := x.e
+	if !e.live(op, x, w, b) {
+		return 0, 0, 0, false
+	}
+	if len(x.shape) < 2 || groups <= 0 || x.shape[1]%groups != 0 {
+		e.failf(op, "%d groups do not divide the channels of %v", groups, x)
+		return 0, 0, 0, false
+	}
+	n, c = x.shape[0], x.shape[1]
+	for _, p := range []*Tensor{w, b} {
+		if p != nil && (len(p.shape) != 1 || p.shape[0] != c) {
+			e.failf(op, "parameter %v does not fit %v", p, x)
+			return 0, 0, 0, false
+		}
+	}
+	return n, c, numel(x.shape[2:]), true
 }
 
 // Softmax returns the softmax over the last axis, in float32 under autocast.

@@ -23,10 +23,14 @@ type node struct {
 	// arrived) and runs when any of them has one.
 	extra     []*Tensor
 	backwardN func(gs []*Tensor) []*Tensor
+	// reads are the leaves a checkpointed function read without taking
+	// them as inputs (noted only while OnGradReady is set).
+	reads []*Tensor
 }
 
 // recording reports whether an op on these inputs must be put on the tape.
 func (e *Engine) recording(inputs ...*Tensor) bool {
+	e.noteReads(inputs)
 	if !e.gradEnabled || e.err != nil {
 		return false
 	}
@@ -146,7 +150,9 @@ func (e *Engine) backwardFrom(start int, seeds map[*Tensor]*Tensor, want map[*Te
 	grads := seeds
 	e.gradStack = append(e.gradStack, grads)
 	defer func() { e.gradStack = e.gradStack[:len(e.gradStack)-1] }()
+	ready := e.planReady(start)
 	for i := len(e.tape) - 1; i >= start && e.err == nil; i-- {
+		ready.reportAbove(i)
 		n := e.tape[i]
 		gs, ok := takeGrads(grads, n)
 		if !ok {
@@ -177,6 +183,7 @@ func (e *Engine) backwardFrom(start int, seeds map[*Tensor]*Tensor, want map[*Te
 		}
 		n.saved = nil
 	}
+	ready.reportAbove(start - 1)
 	result := map[*Tensor]*Tensor{}
 	for t, g := range grads {
 		switch {

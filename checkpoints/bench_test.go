@@ -30,7 +30,7 @@ func BenchmarkSaveState(b *testing.B) {
 		if _, err := SaveState(dir, st); err != nil {
 			b.Fatal(err)
 		}
-		if _, err := KeepLast(dir, 1); err != nil {
+		if _, err := KeepLast(dir, 1, ""); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -73,6 +73,12 @@ const (
 	MetaRank    = "lora_rank"
 	MetaAlpha   = "lora_alpha"
 	MetaTargets = "lora_targets"
+
+	// MetaKohyaHash is kohya's sshs_model_hash: the SHA-256 of the file's
+	// tensor data (safetensors.DataSHA256). The kohya writer computes it;
+	// importers consume it (and kohya's older sshs_legacy_hash, which
+	// depends on the header bytes and so goes stale on any rewrite).
+	MetaKohyaHash = "sshs_model_hash"
 )
 
 // derivedMeta lists the header entries that exporters compute from the
@@ -81,6 +87,7 @@ const (
 var derivedMeta = map[string]bool{
 	"format": true, MetaRank: true, MetaAlpha: true, MetaTargets: true,
 	"ss_network_dim": true, "ss_network_alpha": true, "ss_network_module": true,
+	MetaKohyaHash: true, "sshs_legacy_hash": true,
 }
 
 // Format names a LoRA file format.

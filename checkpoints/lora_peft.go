@@ -11,6 +11,7 @@ import (
 	"strings"
 
 	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
+	"github.com/newbie-train/newbie-train/internal/atomicfile"
 )
 
 // PEFT folder contents.
@@ -354,30 +355,16 @@ func writeFileSync(path string, b []byte) error {
 	return fh.Close()
 }
 
-// syncDir persists a folder's entries (a rename inside it); failures are
-// ignored because they cannot undo a complete rename.
-func syncDir(dir string) {
-	if d, err := os.Open(dir); err == nil {
-		d.Sync()
-		d.Close()
-	}
-}
-
 // writeFolderAtomic builds a folder through fill in a temporary sibling of
-// dir and renames it to dir. An existing dir is moved aside first and
-// removed once the new one is in place, so a crash leaves either the old
-// folder, the new one, or the old one under its aside name — never a
-// half-written dir.
+// dir and renames it to dir (atomicfile.ReplaceDir): a crash leaves the old
+// folder, the new one, or the old one under an aside name that the next
+// run's cleanup puts back — never a half-written dir.
 func writeFolderAtomic(dir string, fill func(tmp string) error) (err error) {
 	dir = filepath.Clean(dir)
-	parent, base := filepath.Split(dir)
-	if parent == "" {
-		parent = "."
-	}
-	if err := os.MkdirAll(parent, 0o755); err != nil {
+	if err := os.MkdirAll(filepath.Dir(dir), atomicfile.DirMode); err != nil {
 		return fmt.Errorf("checkpoints: writing %s: %w", dir, err)
 	}
-	tmp, err := os.MkdirTemp(parent, "."+base+".tmp-")
+	tmp, err := atomicfile.TempDir(dir)
 	if err != nil {
 		return fmt.Errorf("checkpoints: writing %s: %w", dir, err)
 	}
@@ -389,23 +376,8 @@ func writeFolderAtomic(dir string, fill func(tmp string) error) (err error) {
 	if err := fill(tmp); err != nil {
 		return fmt.Errorf("checkpoints: writing %s: %w", dir, err)
 	}
-	syncDir(tmp)
-	var aside string
-	if _, serr := os.Stat(dir); serr == nil {
-		aside = tmp + ".old"
-		if err := os.Rename(dir, aside); err != nil {
-			return fmt.Errorf("checkpoints: moving the old %s aside: %w", dir, err)
-		}
-	}
-	if err := os.Rename(tmp, dir); err != nil {
-		if aside != "" {
-			os.Rename(aside, dir)
-		}
-		return fmt.Errorf("checkpoints: renaming %s into place: %w", tmp, err)
-	}
-	syncDir(parent)
-	if aside != "" {
-		os.RemoveAll(aside)
+	if err := atomicfile.ReplaceDir(tmp, dir); err != nil {
+		return fmt.Errorf("checkpoints: %w", err)
 	}
 	return nil
 }

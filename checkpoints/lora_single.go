@@ -122,7 +122,8 @@ func WriteComfyUI(path string, l *LoRA, opt ExportOptions) error {
 
 // WriteKohya writes l as a kohya single file. Its header also carries
 // kohya's ss_network_dim / ss_network_alpha / ss_network_module so tools
-// that show kohya metadata see the rank and alpha.
+// that show kohya metadata see the rank and alpha, and sshs_model_hash (the
+// SHA-256 of the tensor data) by which LoRA browsers identify a file.
 func WriteKohya(path string, l *LoRA, opt ExportOptions) error {
 	return writeSingle(path, l, FormatKohya, opt)
 }
@@ -156,6 +157,11 @@ func writeSingle(path string, l *LoRA, format Format, opt ExportOptions) error {
 		meta["ss_network_dim"] = meta[MetaRank]
 		meta["ss_network_alpha"] = meta[MetaAlpha]
 		meta["ss_network_module"] = "networks.lora"
+		h, err := safetensors.DataSHA256(ts)
+		if err != nil {
+			return fmt.Errorf("checkpoints: writing %s LoRA %s: %w", format, path, err)
+		}
+		meta[MetaKohyaHash] = h
 	}
 	if err := safetensors.Write(path, ts, meta); err != nil {
 		return fmt.Errorf("checkpoints: writing %s LoRA: %w", format, err)

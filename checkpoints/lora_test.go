@@ -1,6 +1,9 @@
 package checkpoints
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"math"
 	"os"
@@ -147,6 +150,19 @@ func TestLoRAKeys(t *testing.T) {
 			}
 			if c.f == FormatKohya && (md["ss_network_dim"] != "3" || md["ss_network_alpha"] != "7") {
 				t.Errorf("kohya metadata ss_network_dim/alpha = %q/%q", md["ss_network_dim"], md["ss_network_alpha"])
+			}
+			if c.f == FormatKohya {
+				// sshs_model_hash is the SHA-256 of everything after the
+				// header, as kohya's addnet_hash_safetensors reads it.
+				raw, err := os.ReadFile(p)
+				if err != nil {
+					t.Fatal(err)
+				}
+				n := binary.LittleEndian.Uint64(raw[:8])
+				sum := sha256.Sum256(raw[8+n:])
+				if got := md[MetaKohyaHash]; got != hex.EncodeToString(sum[:]) {
+					t.Errorf("sshs_model_hash %q, the data section hashes to %x", got, sum)
+				}
 			}
 			a, _ := f.Float64(c.want[0])
 			want := l.Layers["layers.0.attention.qkv"].A

@@ -14,10 +14,10 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
+	"github.com/newbie-train/newbie-train/internal/atomicfile"
 )
 
 // StateFormat and StateVersion identify a training-state folder's manifest.
@@ -48,9 +48,12 @@ type State struct {
 	// Step is the number of optimizer steps taken.
 	Step int64
 	// ConfigHash and BaseModelHash let a resume refuse a state written for
-	// another configuration or other base weights (CheckCompatible).
+	// another configuration or other base weights.
 	ConfigHash    string
 	BaseModelHash string
+	// RunID names the run that wrote the state (see train's run identity):
+	// KeepLast prunes only the states of one run.
+	RunID string
 	// Seed and RNGOffset place the counter-based random stream (Philox
 	// seed and the next unused index).
 	Seed      uint64
@@ -74,6 +77,7 @@ type Manifest struct {
 	Step          int64          `json:"step"`
 	ConfigHash    string         `json:"config_hash"`
 	BaseModelHash string         `json:"base_model_hash"`
+	RunID         string         `json:"run_id,omitempty"`
 	WrittenAt     string         `json:"written_at"`
 	Files         []ManifestFile `json:"files"`
 }
@@ -108,9 +112,6 @@ const statePrefix = "state-"
 
 var stateName = regexp.MustCompile(`^state-(\d+)$`)
 
-// tempStatePrefix starts the name of a folder being written.
-const tempStatePrefix = ".tmp-state-"
-
 // StateDirName is the folder name SaveState uses for a step.
 func StateDirName(step int64) string { return fmt.Sprintf("%s%08d", statePrefix, step) }
 
@@ -126,13 +127,10 @@ func SaveState(dir string, st *State) (string, error) {
 		return "", fmt.Errorf("checkpoints: saving state: step %d is negative", st.Step)
 	}
 	final := filepath.Join(dir, StateDirName(st.Step))
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, atomicfile.DirMode); err != nil {
 		return "", fmt.Errorf("checkpoints: saving state: %w", err)
 	}
-	// The temporary name starts with tempStatePrefix (not the hidden
-	// sibling name writeFolderAtomic would pick) so LatestState can
-	// recognise and report it.
-	tmp, err := os.MkdirTemp(dir, fmt.Sprintf("%s%08d-", tempStatePrefix, st.Step))
+	tmp, err := atomicfile.TempDir(final)
 	if err != nil {
 		return "", fmt.Errorf("checkpoints: saving state: %w", err)
 	}
@@ -140,25 +138,9 @@ func SaveState(dir string, st *State) (string, error) {
 		os.RemoveAll(tmp)
 		return "", fmt.Errorf("checkpoints: saving state %s: %w", final, err)
 	}
-	syncDir(tmp)
-	var aside string
-	if _, err := os.Stat(final); err == nil {
-		aside = tmp + ".old"
-		if err := os.Rename(final, aside); err != nil {
-			os.RemoveAll(tmp)
-			return "", fmt.Errorf("checkpoints: saving state: moving the old %s aside: %w", final, err)
-		}
-	}
-	if err := os.Rename(tmp, final); err != nil {
-		if aside != "" {
-			os.Rename(aside, final)
-		}
+	if err := atomicfile.ReplaceDir(tmp, final); err != nil {
 		os.RemoveAll(tmp)
-		return "", fmt.Errorf("checkpoints: saving state: renaming %s into place: %w", tmp, err)
-	}
-	syncDir(dir)
-	if aside != "" {
-		os.RemoveAll(aside)
+		return "", fmt.Errorf("checkpoints: saving state: %w", err)
 	}
 	return final, nil
 }
@@ -203,7 +185,7 @@ func fillState(tmp string, st *State) error {
 		return err
 	}
 	man := Manifest{Format: StateFormat, Version: StateVersion, Step: st.Step, ConfigHash: st.ConfigHash,
-		BaseModelHash: st.BaseModelHash, WrittenAt: time.Now().UTC().Format(time.RFC3339)}
+		BaseModelHash: st.BaseModelHash, RunID: st.RunID, WrittenAt: time.Now().UTC().Format(time.RFC3339)}
 	for _, name := range []string{stateTensors, stateScalars} {
 		mf, err := describeFile(filepath.Join(tmp, name))
 		if err != nil {
@@ -347,7 +329,7 @@ func LoadState(path string) (*State, error) {
 	if sc.Step != m.Step {
 		return nil, fmt.Errorf("checkpoints: loading state %s: %s says step %d, the manifest %d", path, stateScalars, sc.Step, m.Step)
 	}
-	st := &State{Step: sc.Step, ConfigHash: m.ConfigHash, BaseModelHash: m.BaseModelHash, Seed: sc.Seed,
+	st := &State{Step: sc.Step, ConfigHash: m.ConfigHash, BaseModelHash: m.BaseModelHash, RunID: m.RunID, Seed: sc.Seed,
 		RNGOffset: off, Tensors: map[string]Tensor{}, Blobs: map[string][]byte{}, JSON: sc.JSON, Meta: sc.Meta}
 	if st.JSON == nil {
 		st.JSON = map[string]json.RawMessage{}
@@ -394,18 +376,6 @@ func LoadState(path string) (*State, error) {
 	return st, nil
 }
 
-// CheckCompatible refuses to resume from st under a different config or
-// base model, saying which differs.
-func CheckCompatible(st *State, configHash, baseModelHash string) error {
-	if st.ConfigHash != configHash {
-		return fmt.Errorf("checkpoints: the state at step %d was written for config %s, this run's config is %s", st.Step, st.ConfigHash, configHash)
-	}
-	if st.BaseModelHash != baseModelHash {
-		return fmt.Errorf("checkpoints: the state at step %d was written for base model %s, this run's base model is %s", st.Step, st.BaseModelHash, baseModelHash)
-	}
-	return nil
-}
-
 // Skipped is a folder LatestState passed over, with the reason.
 type Skipped struct {
 	Path   string
@@ -433,7 +403,7 @@ func listStates(dir string) (states []stateEntry, temps []string, err error) {
 		if !e.IsDir() {
 			continue
 		}
-		if strings.HasPrefix(e.Name(), tempStatePrefix) {
+		if atomicfile.IsTemp(e.Name()) {
 			temps = append(temps, filepath.Join(dir, e.Name()))
 			continue
 		}
@@ -477,14 +447,18 @@ func LatestState(dir string) (path string, skipped []Skipped, err error) {
 	return "", skipped, fmt.Errorf("checkpoints: %w in %s", ErrNoState, dir)
 }
 
-// KeepLast deletes the older states under dir so that the n newest
-// complete ones remain (complete: manifest readable and file sizes right —
-// the cheap check, since this runs after every save). Damaged states newer
-// than the kept ones are left in place for inspection; states older than
-// the n-th kept one are deleted whether or not they are damaged, as are
-// temporary folders of interrupted saves older than the newest kept state.
-// It returns the deleted paths.
-func KeepLast(dir string, n int) ([]string, error) {
+// KeepLast deletes the older states of one run under dir so that its n
+// newest complete ones remain (complete: manifest readable and file sizes
+// right — the cheap check, since this runs after every save). Only states
+// whose manifest names runID count or are deleted: another run's states,
+// and states whose manifest cannot be read, are never touched (runID ""
+// takes every readable state as the run's). Damaged states newer than the
+// kept ones are left in place for inspection. Temporary folders of
+// interrupted saves older than the newest kept state are deleted too. A
+// state is renamed to a temporary name before it is deleted, so a kill
+// while deleting leaves a temporary, not a state with files missing. It
+// returns the deleted paths.
+func KeepLast(dir string, n int, runID string) ([]string, error) {
 	if n < 1 {
 		return nil, fmt.Errorf("checkpoints: keep-last must be at least 1, got %d", n)
 	}
@@ -497,6 +471,10 @@ func KeepLast(dir string, n int) ([]string, error) {
 	var removed []string
 	var errs []error
 	for _, s := range states {
+		m, merr := ReadManifest(s.path)
+		if merr != nil || (runID != "" && m.RunID != runID) {
+			continue
+		}
 		if kept < n {
 			if _, err := verifyState(s.path, false); err == nil {
 				kept++
@@ -506,7 +484,7 @@ func KeepLast(dir string, n int) ([]string, error) {
 			}
 			continue
 		}
-		if err := os.RemoveAll(s.path); err != nil {
+		if err := atomicfile.Remove(s.path); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -531,13 +509,16 @@ func KeepLast(dir string, n int) ([]string, error) {
 	return removed, nil
 }
 
-// tempStep reads the step out of a temporary folder's name
-// (.tmp-state-<step>-<random>).
+// tempName reads the step out of a temporary folder's name: a save in
+// progress (.state-<step>.tmp-<random>), a state being deleted, or the
+// older spelling .tmp-state-<step>-<random>.
+var tempName = regexp.MustCompile(`^\.(?:tmp-state-(\d+)-|state-(\d+)\.tmp-)`)
+
 func tempStep(path string) (int64, bool) {
-	s := strings.TrimPrefix(filepath.Base(path), tempStatePrefix)
-	if i := strings.IndexByte(s, '-'); i > 0 {
-		s = s[:i]
+	m := tempName.FindStringSubmatch(filepath.Base(path))
+	if m == nil {
+		return 0, false
 	}
-	v, err := strconv.ParseInt(s, 10, 64)
+	v, err := strconv.ParseInt(m[1]+m[2], 10, 64)
 	return v, err == nil
 }

@@ -1,6 +1,9 @@
 package configs
 
-import "github.com/newbie-train/newbie-train/optim"
+import (
+	"github.com/newbie-train/newbie-train/data"
+	"github.com/newbie-train/newbie-train/optim"
+)
 
 // Config is one training run: the whole lora.yaml. The yaml tags are the
 // keys of the file. Zero values of the fields documented as "0 = derived"
@@ -93,6 +96,12 @@ type LoRA struct {
 	// Init is how A starts: "peft" (default: Kaiming-uniform, as PEFT and
 	// torch.nn.Linear) or "gaussian" (N(0, 1/rank)). B starts at zero.
 	Init string `yaml:"init"`
+	// InitFrom, when set, starts the adapters from an existing LoRA (a PEFT
+	// folder, a ComfyUI or a kohya file) instead of Init: its layers must be
+	// exactly the ones lora.targets adapts, at lora.rank; a different alpha
+	// is absorbed into B so the starting update is the file's. Left out of
+	// Hash like every path (a resumed run restores its own weights).
+	InitFrom string `yaml:"init_from" json:"-"`
 }
 
 // Folder is one dataset folder and how often its images repeat per epoch.
@@ -139,6 +148,19 @@ type Data struct {
 	// Transparency says what happens to images with transparent pixels:
 	// "white" (default: composite over white), "black" or "reject".
 	Transparency string `yaml:"transparency"`
+	// MaxPixels is the largest image (width × height, read from the file's
+	// header before anything is decoded) the scan accepts; larger images
+	// are skipped by name (an error when strict). It also bounds the memory
+	// of decoding: the images decoded at once never hold more pixels than
+	// this. Default 67108864 (8192 × 8192, 64 MiP).
+	MaxPixels int `yaml:"max_pixels"`
+	// Flip adds the mirror image of every image as an augmentation: each
+	// crop is also encoded flipped (a latent is not a flipped image's
+	// latent, so the flip is encoded, not applied to the latent), and the
+	// loader picks the flipped one for half the samples, from its seeded
+	// stream. Default false: a mirror breaks asymmetric characters
+	// (a scar on one cheek, a side ponytail, text).
+	Flip bool `yaml:"flip"`
 	// CMYK images are "convert"ed to RGB (default) or "reject"ed.
 	CMYK string `yaml:"cmyk"`
 	// HighBitDepth (16-bit) images are "convert"ed (default) or "reject"ed.
@@ -258,6 +280,10 @@ type Train struct {
 	Timesteps Timesteps `yaml:"timesteps"`
 	// Validation configures the held-out loss.
 	Validation Validation `yaml:"validation"`
+	// NonFiniteLimit stops the run when the loss has been NaN or infinite
+	// for this many consecutive steps (the weights stop learning: every such
+	// step is skipped), keeping the last saved state. Default 20.
+	NonFiniteLimit int `yaml:"nonfinite_limit" json:"-"`
 }
 
 // Optimizer holds AdamW's hyperparameters besides the learning rate.
@@ -302,9 +328,13 @@ type Save struct {
 	// Every is the number of optimizer steps between saves; 0 saves only at
 	// the end (and on Ctrl-C). Default 500.
 	Every int `yaml:"every"`
-	// KeepLast is how many of the newest training states are kept; 0 keeps
-	// all. Default 3.
+	// KeepLast is how many of the newest training states of this run are
+	// kept; 0 keeps all. Default 3.
 	KeepLast int `yaml:"keep_last"`
+	// KeepLastLoRAs is how many of this run's intermediate LoRA saves
+	// (<name>-step<N> in every format) are kept; 0 keeps all. The final
+	// LoRA is never pruned. Default 3.
+	KeepLastLoRAs int `yaml:"keep_last_loras"`
 	// Formats of the LoRA files: any of "comfyui" (single file,
 	// diffusion_model.<path>.lora_A/B), "peft" (adapter folder) and "kohya"
 	// (lora_unet_… keys). Default [comfyui, peft].
@@ -360,6 +390,9 @@ var DefaultTargets = []string{
 	"adaLN_modulation.1",
 }
 
+// DefaultMaxPixels is data.max_pixels' default: 8192 × 8192.
+const DefaultMaxPixels = data.DefaultMaxPixels
+
 // Presets are the architecture names model.preset accepts, in the order
 // messages list them.
 var Presets = []string{"newbie-exp0.1", "lumina2", "tiny"}
@@ -392,7 +425,8 @@ func Defaults() Config {
 				Extension: ".txt", Format: "auto", Variants: 4,
 				FixedElements: []string{"n", "gender"},
 			},
-			Prefetch: 2,
+			Prefetch:  2,
+			MaxPixels: DefaultMaxPixels,
 		},
 		Train: Train{
 			BatchSize:               1,
@@ -406,9 +440,10 @@ func Defaults() Config {
 			ActivationCheckpointing: true,
 			Timesteps:               Timesteps{Sampling: "lognorm_shift", Std: 1},
 			Validation:              Validation{Every: 100},
+			NonFiniteLimit:          20,
 		},
 		Save: Save{
-			Every: 500, KeepLast: 3, Formats: []string{"comfyui", "peft"},
+			Every: 500, KeepLast: 3, KeepLastLoRAs: 3, Formats: []string{"comfyui", "peft"},
 			Output: "output", Name: "newbie_lora",
 		},
 		Sample:  Sample{Steps: 28, CFG: 4.5, Seed: 42, Sampler: "midpoint", TimeShift: 6},

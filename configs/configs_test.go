@@ -243,7 +243,7 @@ func TestBadFiles(t *testing.T) {
 		{"misspelled key in a list item", withSection(minimal, "data: {folders: [{path: a, repeat: 2}]}"),
 			"f.yaml:5: data.folders[0].repeat: unknown key; did you mean repeats?"},
 		{"unknown key without a near one", minimal + "save:\n  zzz: 1\n",
-			"f.yaml:8: save.zzz: unknown key (known keys in save: every, keep_last, formats, output, name)"},
+			"f.yaml:8: save.zzz: unknown key (known keys in save: every, keep_last, keep_last_loras, formats, output, name)"},
 		{"not a number", "model: {weights: w}\ndata: {folders: [d]}\ntrain:\n  max_steps: 10\n  warmup_steps: 1\n  learning_rate: 1e-4x\n",
 			`f.yaml:6: train.learning_rate: "1e-4x" is not a number`},
 		{"not a whole number", withSection(minimal, "lora: {rank: 3.5}"),

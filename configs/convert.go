@@ -18,6 +18,7 @@ func (c *Config) DataOptions() data.Options {
 	return data.Options{
 		Folders:          folders,
 		MinSide:          d.MinSide,
+		MaxPixels:        d.MaxPixels,
 		CMYK:             data.Policy(d.CMYK),
 		HighBitDepth:     data.Policy(d.HighBitDepth),
 		Alpha:            data.Policy(d.Transparency),
@@ -55,6 +56,7 @@ func (c *Config) DataOptions() data.Options {
 		},
 		CacheDir:  d.Cache,
 		CacheBF16: d.CacheBF16,
+		Flip:      d.Flip,
 	}
 }
 

@@ -26,6 +26,9 @@ type Problem struct {
 	Path string
 	// Msg says what is wrong and, where it can, what would be right.
 	Msg string
+	// Set is the command line's --set override the problem is about ("" for
+	// the file's own keys); the message names it instead of a line.
+	Set string
 }
 
 // Error is every problem found in one config file. Its message has one line
@@ -43,7 +46,9 @@ func (e *Error) Error() string {
 			b.WriteByte('\n')
 		}
 		b.WriteString(e.File)
-		if p.Line > 0 {
+		if p.Set != "" {
+			fmt.Fprintf(&b, ": --set %s", p.Set)
+		} else if p.Line > 0 {
 			fmt.Fprintf(&b, ":%d", p.Line)
 		}
 		b.WriteString(": ")
@@ -67,10 +72,23 @@ type decoder struct {
 	// fromCode marks a config built in code (Finish): nothing is "set in
 	// the file", so messages do not call values defaults.
 	fromCode bool
+	// sets maps the key path of each --set override to its text.
+	sets map[string]string
 }
 
 func (d *decoder) problem(line int, path, format string, args ...any) {
-	d.problems = append(d.problems, Problem{Line: line, Path: path, Msg: fmt.Sprintf(format, args...)})
+	d.problems = append(d.problems, Problem{Line: line, Path: path, Msg: fmt.Sprintf(format, args...), Set: d.setFor(path)})
+}
+
+// setFor is the --set override that gave the value at path (or at a key
+// above it), or "".
+func (d *decoder) setFor(path string) string {
+	for p := path; p != ""; p = parentPath(p) {
+		if s, ok := d.sets[p]; ok {
+			return s
+		}
+	}
+	return ""
 }
 
 var syntaxLine = regexp.MustCompile(`^yaml: line (\d+): (.*)$`)

@@ -16,13 +16,16 @@
 //     paths are resolved against the file's folder, and every value is
 //     checked against its range and against the values it depends on.
 //
-// Parse and Load read a file; Finish does the same completion and checks
+// Parse and Load read a file, with the command line's --set key=value
+// overrides written into the parsed tree before step 2, so an override is
+// checked exactly as the file's own value is and its problems name it;
+// Finish does the same completion and checks
 // for a config built in code; CheckPaths, kept apart so that a config can be
 // parsed and printed on a machine without the data, checks that the inputs
 // exist. The effective config prints back as YAML (Config.YAML), which parses to
 // the same config, and Config.Hash fingerprints the fields that change the
 // numbers a run produces, so that a resumed run can refuse a state written
-// under different settings.
+// under different settings; Diff names the keys (HashedValues) that differ.
 //
 // The two example files, lora.yaml (a real run on a GPU) and demo.yaml (the
 // tiny model on the CPU backend), are embedded in the package: Example

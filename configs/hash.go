@@ -42,16 +42,20 @@ func (c *Config) String() string { return string(c.YAML()) }
 //   - lora: everything;
 //   - data: the number of folders and their repeats, resolution, bucket,
 //     no_upscale, crop, crop_variants, min_side, strict, transparency,
-//     cmyk, high_bit_depth, caption (everything), cache_bf16, drop_last;
-//   - train: everything except validation.every.
+//     cmyk, high_bit_depth, caption (everything), cache_bf16, drop_last,
+//     flip;
+//   - train: everything except validation.every and nonfinite_limit.
 //
 // Left out, because changing them does not change the numbers (or is
 // checked elsewhere): every path (model.weights and model.config: the base
 // model is checked by the hash of its contents; data folder paths: a moved
 // dataset is the same dataset; data.cache, save.output, logging.log_file),
-// device and gpu (a CPU state may resume on a GPU), data.workers,
-// data.prefetch, data.deep_validate, train.validation.every, and the
-// save, sample and logging sections (how often to save, render or log).
+// lora.init_from (a resumed run restores its own weights), device and gpu
+// (a CPU state may resume on a GPU), data.workers, data.prefetch,
+// data.deep_validate, data.max_pixels (what it changes, the set of images,
+// the loader's dataset fingerprint guards), train.validation.every,
+// train.nonfinite_limit, and the save, sample and logging sections (how
+// often to save, render or log). HashedValues lists the same keys.
 type hashed struct {
 	Version   string
 	Preset    string
@@ -79,6 +83,10 @@ type hashedData struct {
 	Caption      Caption
 	CacheBF16    bool
 	DropLast     bool
+	// Keys added after the first version are left out of the JSON at their
+	// zero value (omitempty), so configs that do not use them keep the
+	// hashes their saved states were written under.
+	Flip bool `json:",omitempty"`
 }
 
 // Hash is a stable fingerprint (hex SHA-256) of the training-relevant
@@ -99,6 +107,7 @@ func (c *Config) Hash() string {
 			Crop: d.Crop, CropVariants: d.CropVariants, MinSide: d.MinSide, Strict: d.Strict,
 			Transparency: d.Transparency, CMYK: d.CMYK, HighBitDepth: d.HighBitDepth,
 			Caption: d.Caption, CacheBF16: d.CacheBF16, DropLast: d.DropLast,
+			Flip: d.Flip,
 		},
 		Train: c.Train,
 	}

@@ -11,30 +11,33 @@ import (
 	"github.com/newbie-train/newbie-train/data"
 )
 
-// Load reads, completes and checks the config file at path. Relative paths
-// in it resolve against the file's folder. A file with problems returns a
-// nil config and an *Error listing all of them.
-func Load(path string) (*Config, error) {
+// Load reads, completes and checks the config file at path, with the
+// command line's --set overrides ("train.learning_rate=5e-4") applied on
+// top. Relative paths in it resolve against the file's folder. A file with
+// problems returns a nil config and an *Error listing all of them.
+func Load(path string, sets ...string) (*Config, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	return Parse(path, raw)
+	return Parse(path, raw, sets...)
 }
 
 // Parse reads a config from data. name is the file's path: it prefixes
 // messages, and relative paths in the config resolve against its folder (a
 // bare name like "lora.yaml" resolves them against the working directory).
-// A file with problems returns a nil config and an *Error listing all of
-// them, sorted by line.
-func Parse(name string, raw []byte) (*Config, error) {
+// sets are --set overrides, applied as if the file said them (see
+// applySets); their problems name them. A file with problems returns a nil
+// config and an *Error listing all of them, sorted by line.
+func Parse(name string, raw []byte, sets ...string) (*Config, error) {
 	c := Defaults()
 	c.file = name
-	d := &decoder{lines: map[string]int{}, bad: map[string]bool{}}
+	d := &decoder{lines: map[string]int{}, bad: map[string]bool{}, sets: map[string]string{}}
 	root, syntax := parseYAML(raw)
 	if len(syntax) > 0 {
 		return nil, &Error{File: name, Problems: syntax}
 	}
+	root = applySets(root, sets, d)
 	if root != nil {
 		d.decodeStruct(root, reflect.ValueOf(&c).Elem(), "")
 	}
@@ -55,7 +58,7 @@ func Finish(c Config, dir string) (*Config, error) {
 	if c.file == "" {
 		c.file = "config"
 	}
-	return finish(&c, &decoder{lines: c.lines, bad: map[string]bool{}, fromCode: true}, dir)
+	return finish(&c, &decoder{lines: c.lines, bad: map[string]bool{}, sets: map[string]string{}, fromCode: true}, dir)
 }
 
 // finish is the part of Parse after decoding: derived defaults, paths and
@@ -90,6 +93,7 @@ func (c *Config) complete(dir string) {
 	}
 	resolve(&c.Model.Weights)
 	resolve(&c.Model.Config)
+	resolve(&c.LoRA.InitFrom)
 	for i := range c.Data.Folders {
 		resolve(&c.Data.Folders[i].Path)
 	}
@@ -161,7 +165,8 @@ func resolvePath(dir, p string) string {
 }
 
 // CheckPaths checks that the files and folders the config reads exist: the
-// base weights, the architecture override and every dataset folder. It is
+// base weights, the architecture override, the LoRA to start from and
+// every dataset folder. It is
 // separate from Parse so that a config can be parsed, printed and hashed on
 // a machine without the data; the trainer calls it before starting. All
 // missing paths are reported together, with their lines.
@@ -181,6 +186,7 @@ func (c *Config) CheckPaths() error {
 	}
 	check("model.weights", c.Model.Weights, false)
 	check("model.config", c.Model.Config, false)
+	check("lora.init_from", c.LoRA.InitFrom, false)
 	for i, f := range c.Data.Folders {
 		check(fmt.Sprintf("data.folders[%d].path", i), f.Path, true)
 	}

@@ -139,6 +139,7 @@ func (k *checker) check() {
 	s := c.Save
 	k.atLeast("save.every", s.Every, 0)
 	k.atLeast("save.keep_last", s.KeepLast, 0)
+	k.atLeast("save.keep_last_loras", s.KeepLastLoRAs, 0)
 	k.names("save.formats", "format", s.Formats)
 	for i, f := range s.Formats {
 		k.oneOf(fmt.Sprintf("save.formats[%d]", i), "format", f, "comfyui", "peft", "kohya")
@@ -231,6 +232,9 @@ func (k *checker) checkData() {
 	k.oneOf("data.crop", "crop", d.Crop, "center", "random")
 	k.between("data.crop_variants", d.CropVariants, 1, 64)
 	k.atLeast("data.min_side", d.MinSide, 1)
+	if d.MaxPixels < d.MinSide*d.MinSide {
+		k.add("data.max_pixels", "%d must be at least data.min_side² (%d)", d.MaxPixels, d.MinSide*d.MinSide)
+	}
 	k.oneOf("data.transparency", "transparency policy", d.Transparency, "white", "black", "reject")
 	k.oneOf("data.cmyk", "cmyk policy", d.CMYK, "convert", "reject")
 	k.oneOf("data.high_bit_depth", "high bit depth policy", d.HighBitDepth, "convert", "reject")
@@ -323,6 +327,7 @@ func (k *checker) checkTrain() {
 			k.add("train.timesteps.std", "%s: only logit_normal sampling takes a std%s", fmtFloat(ts.Std), why)
 		}
 	}
+	k.atLeast("train.nonfinite_limit", t.NonFiniteLimit, 1)
 	k.fraction("train.validation.split", t.Validation.Split, false)
 	k.atLeast("train.validation.every", t.Validation.Every, 1)
 }

@@ -1,6 +1,7 @@
 package data
 
 import (
+	"context"
 	"fmt"
 	"image"
 	"math/rand/v2"
@@ -56,7 +57,7 @@ func BenchmarkScan2000(b *testing.B) {
 				o := testOptions(root)
 				o.SkipDeepValidate = shallow
 				for b.Loop() {
-					ds, rep, err := Scan(o)
+					ds, rep, err := Scan(context.Background(), o)
 					if err != nil {
 						b.Fatal(err)
 					}
@@ -88,7 +89,7 @@ func BenchmarkPrepareImage(b *testing.B) {
 	crop := cropWindow(2048, 1536, bk, false, 0, "", 0)
 	b.Logf("bucket %s", bk)
 	for b.Loop() {
-		if _, err := prepareImage(it, crop, o); err != nil {
+		if _, err := prepareImage(it, crop, false, o, nil); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -33,6 +33,9 @@ type EncodedItem struct {
 	Item *Item
 	// Latents holds one cache file per crop variant.
 	Latents []string
+	// Flipped holds the mirrored crops' files, parallel to Latents (empty
+	// without flip augmentation).
+	Flipped []string
 	// Texts holds one cache file per caption variant; Captions the texts.
 	Texts    []string
 	Captions []string
@@ -125,14 +128,19 @@ type latentJob struct {
 	key  string
 	item *Item
 	crop CropWindow
+	flip bool
 }
 
 type textJob struct {
 	key, caption string
 }
 
-func (b CacheBuilder) latentKey(o Options, it *Item, crop CropWindow) string {
-	return digest(cacheVersion, "latent", it.Hash, b.VAE.Identity(), it.Bucket.String(), crop.String(), resizeFilterID, string(o.Alpha), string(o.cacheDType()))
+func (b CacheBuilder) latentKey(o Options, it *Item, crop CropWindow, flip bool) string {
+	parts := []string{cacheVersion, "latent", it.Hash, b.VAE.Identity(), it.Bucket.String(), crop.String(), resizeFilterID, string(o.Alpha), string(o.cacheDType())}
+	if flip {
+		parts = append(parts, "mirrored")
+	}
+	return digest(parts...)
 }
 
 func (b CacheBuilder) textKey(o Options, caption string) string {
@@ -161,13 +169,23 @@ func (b CacheBuilder) plan(ds *Dataset) (*Encoded, []latentJob, []textJob, error
 		all = append(all, "repeats="+strconv.Itoa(it.Repeats))
 		for v := 0; v < o.Buckets.CropVariants; v++ {
 			crop := cropWindow(it.Width, it.Height, it.Bucket, o.Buckets.RandomCrop, o.Seed, it.Hash, v)
-			k := b.latentKey(o, it, crop)
-			ei.Latents = append(ei.Latents, filepath.Join(o.CacheDir, "latents", k+".safetensors"))
-			if !seenL[k] {
-				seenL[k] = true
-				lj = append(lj, latentJob{k, it, crop})
+			for _, flip := range []bool{false, true} {
+				if flip && !o.Flip {
+					continue
+				}
+				k := b.latentKey(o, it, crop, flip)
+				p := filepath.Join(o.CacheDir, "latents", k+".safetensors")
+				if flip {
+					ei.Flipped = append(ei.Flipped, p)
+				} else {
+					ei.Latents = append(ei.Latents, p)
+				}
+				if !seenL[k] {
+					seenL[k] = true
+					lj = append(lj, latentJob{k, it, crop, flip})
+				}
+				all = append(all, k)
 			}
-			all = append(all, k)
 		}
 		for _, c := range it.Caption.Variants(o.Caption, o.Seed, it.Hash) {
 			k := b.textKey(o, c)
@@ -252,6 +270,7 @@ func (b CacheBuilder) Build(ctx context.Context, ds *Dataset) (*Encoded, CacheSt
 		img RGB
 		err error
 	}
+	budget := newPixelBudget(o.MaxPixels)
 	var todo []latentJob
 	for _, j := range lj {
 		if check(latentPath(o, j.key), j.key, verifyLatent) {
@@ -269,7 +288,7 @@ func (b CacheBuilder) Build(ctx context.Context, ds *Dataset) (*Encoded, CacheSt
 		go func() {
 			defer wg.Done()
 			for j := range jobs {
-				img, err := prepareImage(j.item, j.crop, o)
+				img, err := prepareImage(j.item, j.crop, j.flip, o, budget)
 				results <- result{j, img, err}
 			}
 		}()
@@ -433,18 +452,40 @@ func textPath(o Options, key string) string {
 	return filepath.Join(o.CacheDir, "text", key+".safetensors")
 }
 
-// prepareImage decodes, crops and resizes one image to its bucket and maps
-// it to [−1, 1], the VAE's input range.
-func prepareImage(it *Item, crop CropWindow, o Options) (RGB, error) {
+// prepareImage decodes, crops and resizes one image to its bucket (mirrored
+// left to right when flip is set) and maps it to [−1, 1], the VAE's input
+// range. The full-size decode counts against budget until it is resized.
+func prepareImage(it *Item, crop CropWindow, flip bool, o Options, budget *pixelBudget) (RGB, error) {
+	held := budget.acquire(it.Width * it.Height)
 	src, err := LoadRGB(it, o)
 	if err != nil {
+		budget.release(held)
 		return RGB{}, err
 	}
 	img := cropResize(src, crop.X, crop.Y, crop.W, crop.H, it.Bucket.W, it.Bucket.H)
+	src = RGB{}
+	budget.release(held)
+	if flip {
+		img = mirror(img)
+	}
 	for i, v := range img.Pix {
 		img.Pix[i] = 2*v - 1
 	}
 	return img, nil
+}
+
+// mirror flips a planar image left to right.
+func mirror(img RGB) RGB {
+	out := RGB{Pix: make([]float32, len(img.Pix)), W: img.W, H: img.H}
+	for c := range 3 {
+		for y := range img.H {
+			row := (c*img.H + y) * img.W
+			for x := range img.W {
+				out.Pix[row+x] = img.Pix[row+img.W-1-x]
+			}
+		}
+	}
+	return out
 }
 
 // encodeFloats stores v as dt (F32 or BF16) little-endian.
@@ -487,7 +528,7 @@ func writeLatent(o Options, j latentJob, l Latent) error {
 	raw := encodeFloats(dt, l.Data)
 	meta := map[string]string{
 		"kind": "latent", "key": j.key, "image": j.item.Path, "bucket": j.item.Bucket.String(),
-		"crop": j.crop.String(), "crc32c": checksum(map[string][]byte{"latent": raw}),
+		"crop": j.crop.String(), "flipped": strconv.FormatBool(j.flip), "crc32c": checksum(map[string][]byte{"latent": raw}),
 	}
 	err := safetensors.Write(latentPath(o, j.key), []safetensors.Tensor{{Name: "latent", DType: dt, Shape: []int{l.C, l.H, l.W}, Data: raw}}, meta)
 	if err != nil {

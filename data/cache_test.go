@@ -46,7 +46,7 @@ func newEncoders() *encoders {
 
 func build(t *testing.T, o Options, e *encoders) (*Encoded, CacheStats) {
 	t.Helper()
-	ds, _, err := Scan(o)
+	ds, _, err := Scan(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +165,7 @@ func TestCachedValues(t *testing.T) {
 				t.Fatal(err)
 			}
 			crop := cropWindow(ei.Item.Width, ei.Item.Height, ei.Item.Bucket, false, o.Seed, ei.Item.Hash, 0)
-			img, err := prepareImage(ei.Item, crop, enc.Options)
+			img, err := prepareImage(ei.Item, crop, false, enc.Options, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -261,7 +261,7 @@ func TestShallowValidationThenEncodeFailure(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "d.jpg"), cut)
 	writeFile(t, filepath.Join(dir, "d.txt"), []byte("1girl"))
 	o.SkipDeepValidate = true
-	ds, rep, err := Scan(o)
+	ds, rep, err := Scan(context.Background(), o)
 	if err != nil || len(ds.Items) != 4 {
 		t.Fatalf("shallow scan: %v\n%s", err, rep.Table())
 	}
@@ -279,7 +279,7 @@ func TestShallowValidationThenEncodeFailure(t *testing.T) {
 	}
 	// The deep scan finds it up front.
 	o.SkipDeepValidate = false
-	_, rep, _ = Scan(o)
+	_, rep, _ = Scan(context.Background(), o)
 	if len(rep.Skipped) != 1 || !strings.Contains(rep.Skipped[0].Reason, "truncated or corrupt JPEG") {
 		t.Errorf("deep scan: %v", rep.Skipped)
 	}
@@ -310,7 +310,7 @@ func TestBatchedImageEncoding(t *testing.T) {
 		writeFile(t, name+".txt", []byte("1girl"))
 	}
 	o := testOptions(dir)
-	ds, _, err := Scan(o)
+	ds, _, err := Scan(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,7 +337,7 @@ func TestBatchedImageEncoding(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		img, _ := prepareImage(ei.Item, cropWindow(ei.Item.Width, ei.Item.Height, ei.Item.Bucket, false, o.Seed, ei.Item.Hash, 0), enc.Options)
+		img, _ := prepareImage(ei.Item, cropWindow(ei.Item.Width, ei.Item.Height, ei.Item.Bucket, false, o.Seed, ei.Item.Hash, 0), false, enc.Options, nil)
 		want, _ := (&StandInVAE{}).EncodeImages(context.Background(), []RGB{img})
 		kerneltest.Check(t, "batched latent", f32to64(got.Data), f32to64(want[0].Data), 0)
 	}

@@ -239,6 +239,23 @@ func leaves(els []*Element) []*Element {
 	return out
 }
 
+// AllTags lists the caption's tags as kohya's tag statistics count them:
+// every leaf's tags of an XML caption, the tag list of a tags caption, and
+// the comma-separated phrases of natural language.
+func (c *Caption) AllTags() []string {
+	switch c.Format {
+	case FormatXML:
+		var out []string
+		for _, e := range leaves(c.Elements) {
+			out = append(out, e.Tags...)
+		}
+		return out
+	case FormatTags:
+		return append([]string(nil), c.Tags...)
+	}
+	return splitTags(c.Text)
+}
+
 // WithTrigger returns a copy with the trigger word first (see
 // CaptionOptions.TriggerWord) and how many leading tags of the first leaf
 // (or tag list) it occupies, so augmentation keeps it. A caption already

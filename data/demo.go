@@ -1,12 +1,15 @@
 package data
 
 import (
+	"bytes"
 	"fmt"
 	"image"
 	"image/color"
 	"image/png"
 	"os"
 	"path/filepath"
+
+	"github.com/newbie-train/newbie-train/internal/atomicfile"
 )
 
 // demoColours are the named colours the demo dataset draws with.
@@ -25,9 +28,14 @@ var demoColours = []struct {
 // WriteDemoDataset writes n small images (side×side PNGs of a figure on a
 // coloured background) with NewBie XML captions into dir: the dataset of
 // the demo, generated deterministically so the demo needs no download. A
-// file that already exists with the same content is left alone.
+// file that already exists with the same content is left alone; others are
+// written atomically.
 func WriteDemoDataset(dir string, n, side int) error {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := os.MkdirAll(dir, atomicfile.DirMode); err != nil {
+		return fmt.Errorf("demo dataset: %w", err)
+	}
+	// The folder is the demo's own: what a killed demo was writing goes.
+	if _, _, err := atomicfile.RemoveStale(dir); err != nil {
 		return fmt.Errorf("demo dataset: %w", err)
 	}
 	for i := range n {
@@ -59,29 +67,24 @@ func WriteDemoDataset(dir string, n, side int) error {
 		if err := writeIfChanged(filepath.Join(dir, name+".txt"), []byte(caption)); err != nil {
 			return err
 		}
-		path := filepath.Join(dir, name+".png")
-		f, err := os.CreateTemp(dir, ".demo-*.png")
-		if err != nil {
-			return fmt.Errorf("demo dataset: %w", err)
+		var b bytes.Buffer
+		if err := png.Encode(&b, img); err != nil {
+			return fmt.Errorf("demo dataset %s: %w", name, err)
 		}
-		if err := png.Encode(f, img); err != nil {
-			f.Close()
-			os.Remove(f.Name())
-			return fmt.Errorf("demo dataset %s: %w", path, err)
-		}
-		f.Close()
-		if err := os.Rename(f.Name(), path); err != nil {
-			return fmt.Errorf("demo dataset: %w", err)
+		if err := writeIfChanged(filepath.Join(dir, name+".png"), b.Bytes()); err != nil {
+			return err
 		}
 	}
 	return nil
 }
 
+// writeIfChanged writes b to path atomically unless the file already
+// holds it: a rerun of the demo leaves its dataset untouched.
 func writeIfChanged(path string, b []byte) error {
-	if old, err := os.ReadFile(path); err == nil && string(old) == string(b) {
+	if old, err := os.ReadFile(path); err == nil && bytes.Equal(old, b) {
 		return nil
 	}
-	if err := os.WriteFile(path, b, 0o644); err != nil {
+	if err := atomicfile.WriteBytes(path, b); err != nil {
 		return fmt.Errorf("demo dataset: %w", err)
 	}
 	return nil

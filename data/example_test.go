@@ -44,7 +44,7 @@ func Example() {
 		Caption:  data.CaptionOptions{TriggerWord: "alice_(newbie)"},
 		Loader:   data.LoaderOptions{BatchSize: 2},
 	}
-	ds, report, err := data.Scan(opts)
+	ds, report, err := data.Scan(context.Background(), opts)
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -28,6 +28,7 @@ type Sample struct {
 	CaptionVariant int
 	CropVariant    int
 	Dropped        bool // caption dropout chose the empty caption
+	Flipped        bool // flip augmentation chose the mirrored crop
 }
 
 // Batch is one bucket-pure training batch in host memory.
@@ -98,6 +99,33 @@ func epochPlan(enc *Encoded, seed uint64, epoch int) []plannedBatch {
 		}
 	}
 	return out
+}
+
+// EpochBatches counts the batches an epoch of items makes under o, and how
+// many batches have each size: batches hold one bucket, so every bucket
+// ends in a partial batch unless its sample count (repeats included) is a
+// multiple of the batch size, or drop_last drops it. The order of an epoch
+// changes neither, so both are known right after the scan, before anything
+// is encoded.
+func EpochBatches(items []*Item, o LoaderOptions) (batches int, sizes map[int]int) {
+	perBucket := map[Bucket]int{}
+	for _, it := range items {
+		perBucket[it.Bucket] += it.Repeats
+	}
+	bs := max(o.BatchSize, 1)
+	sizes = map[int]int{}
+	for _, n := range perBucket {
+		if full := n / bs; full > 0 {
+			sizes[bs] += full
+		}
+		if rest := n % bs; rest > 0 && !o.DropLast {
+			sizes[rest]++
+		}
+	}
+	for _, c := range sizes {
+		batches += c
+	}
+	return batches, sizes
 }
 
 // Loader yields batches in a fixed order, prefetching on a goroutine.
@@ -218,20 +246,28 @@ func (l *Loader) assemble(pb plannedBatch, c Cursor) (*Batch, error) {
 		s.Dropped = o.Caption.CaptionDropout > 0 && r.float64() < o.Caption.CaptionDropout
 		s.CaptionVariant = r.intn(len(ei.Texts))
 		s.CropVariant = r.intn(len(ei.Latents))
+		latentFile := ei.Latents[s.CropVariant]
+		if len(ei.Flipped) > 0 {
+			// Drawn after the other choices, so turning flip on leaves
+			// every earlier choice of the stream as it was.
+			if s.Flipped = r.float64() < 0.5; s.Flipped {
+				latentFile = ei.Flipped[s.CropVariant]
+			}
+		}
 		textFile := ei.Texts[s.CaptionVariant]
 		if s.Dropped {
 			textFile = l.enc.EmptyText
 		} else {
 			s.Caption = ei.Captions[s.CaptionVariant]
 		}
-		lat, err := LoadLatent(ei.Latents[s.CropVariant])
+		lat, err := LoadLatent(latentFile)
 		if err != nil {
 			return nil, err
 		}
 		if len(b.Samples) == 0 {
 			b.C, b.LH, b.LW = lat.C, lat.H, lat.W
 		} else if lat.C != b.C || lat.H != b.LH || lat.W != b.LW {
-			return nil, fmt.Errorf("data: %s: latent %dx%dx%d differs from its batch's %dx%dx%d", ei.Latents[s.CropVariant], lat.C, lat.H, lat.W, b.C, b.LH, b.LW)
+			return nil, fmt.Errorf("data: %s: latent %dx%dx%d differs from its batch's %dx%dx%d", latentFile, lat.C, lat.H, lat.W, b.C, b.LH, b.LW)
 		}
 		b.Latents = append(b.Latents, lat.Data...)
 		te, err := LoadText(textFile)

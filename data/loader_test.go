@@ -241,3 +241,32 @@ func TestLoaderErrors(t *testing.T) {
 		t.Errorf("drop-last with no full batch: %v", err)
 	}
 }
+
+// TestEpochBatches: the count made from the scanned items alone is the
+// loader's, with and without drop_last, and the sizes add up to the epoch.
+func TestEpochBatches(t *testing.T) {
+	enc, _ := loaderFixture(t)
+	var items []*Item
+	samples := 0
+	for _, ei := range enc.Items {
+		items = append(items, ei.Item)
+		samples += ei.Item.Repeats
+	}
+	for _, dropLast := range []bool{false, true} {
+		o := enc.Options
+		o.Loader.DropLast = dropLast
+		e := *enc
+		e.Options = o
+		n, sizes := EpochBatches(items, o.Loader)
+		if got := len(epochPlan(&e, 7, 0)); got != n {
+			t.Errorf("drop_last %v: EpochBatches %d, the loader's plan %d", dropLast, n, got)
+		}
+		total := 0
+		for size, c := range sizes {
+			total += size * c
+		}
+		if !dropLast && total != samples {
+			t.Errorf("batch sizes %v hold %d samples, the epoch has %d", sizes, total, samples)
+		}
+	}
+}

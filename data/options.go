@@ -133,6 +133,11 @@ type Options struct {
 	// MinSide is the smallest accepted image side in pixels (after EXIF
 	// orientation). Default 256.
 	MinSide int
+	// MaxPixels is the largest accepted image, width × height as the
+	// file's header declares it, checked before any pixel is decoded; it
+	// also bounds how many pixels the workers decode at once. Default
+	// DefaultMaxPixels.
+	MaxPixels int
 	// CMYK is Convert (default) or Reject.
 	CMYK Policy
 	// HighBitDepth (16-bit samples) is Convert (default) or Reject.
@@ -160,12 +165,25 @@ type Options struct {
 	// CacheBF16 stores latents and text features as bf16 instead of f32,
 	// halving the cache (the real encoders compute in bf16 anyway).
 	CacheBF16 bool
+	// Flip adds horizontal-flip augmentation: every crop is also encoded
+	// mirrored (a VAE latent is not exactly flip-equivariant, so the
+	// mirrored image is encoded rather than the latent flipped), and the
+	// loader trains half the samples, chosen by its seeded stream, on the
+	// mirrored latent.
+	Flip bool
 }
+
+// DefaultMaxPixels is MaxPixels' default: 8192 × 8192 (64 MiP), larger
+// than nearly all real artwork, and about 1.3 GB to decode.
+const DefaultMaxPixels = 8192 * 8192
 
 // Defaults returns o with every zero field set to its documented default.
 func (o Options) Defaults() Options {
 	if o.MinSide == 0 {
 		o.MinSide = 256
+	}
+	if o.MaxPixels == 0 {
+		o.MaxPixels = DefaultMaxPixels
 	}
 	if o.CMYK == "" {
 		o.CMYK = Convert
@@ -233,6 +251,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("data: no dataset folders given")
 	case o.MinSide < 1:
 		return fmt.Errorf("data: min_side %d must be positive", o.MinSide)
+	case o.MaxPixels < 1:
+		return fmt.Errorf("data: max_pixels %d must be positive", o.MaxPixels)
 	case o.CMYK != Convert && o.CMYK != Reject:
 		return fmt.Errorf("data: cmyk policy %q: want convert or reject", o.CMYK)
 	case o.HighBitDepth != Convert && o.HighBitDepth != Reject:

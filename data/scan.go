@@ -1,6 +1,7 @@
 package data
 
 import (
+	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
@@ -101,43 +102,139 @@ type Dataset struct {
 
 var repeatsName = regexp.MustCompile(`^(\d+)_(.+)$`)
 
-// folderJob is one resolved folder with its repeat count.
+// folderJob is one resolved folder with its repeat count. entries is its
+// listing when resolveFolders already read it (a configured folder used as
+// is; its subfolders are reported there).
 type folderJob struct {
 	path    string
 	repeats int
+	entries []entry
+	listed  bool
 }
+
+// entry is a folder entry with symbolic links resolved.
+type entry struct {
+	name, path string
+	dir        bool
+}
+
+// readFolder lists a folder with every symbolic link followed: a link to a
+// folder counts as a folder, a link to a file as a file. A broken link, or
+// a link to a folder that contains the folder being read (a loop: kohya's
+// layout would read it forever), is returned as a problem.
+func readFolder(dir string) ([]entry, []Problem, error) {
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("data: dataset folder: %w", err)
+	}
+	var out []entry
+	var problems []Problem
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		isDir := e.IsDir()
+		if isDir && strings.HasPrefix(e.Name(), ".") {
+			continue // .git, .ipynb_checkpoints, …: not dataset material
+		}
+		if e.Type()&fs.ModeSymlink != 0 {
+			st, err := os.Stat(p)
+			if err != nil {
+				problems = append(problems, Problem{p, fmt.Sprintf("broken symbolic link: %v", unwrapPath(err))})
+				continue
+			}
+			isDir = st.IsDir()
+			if isDir {
+				if anc, ok := linksToAncestor(p, dir); ok {
+					problems = append(problems, Problem{p, fmt.Sprintf("symbolic link loop: it points to %s, which contains it; refused", anc)})
+					continue
+				}
+			}
+		}
+		out = append(out, entry{name: e.Name(), path: p, dir: isDir})
+	}
+	return out, problems, nil
+}
+
+// linksToAncestor reports whether the folder link resolves to parent or a
+// folder above it.
+func linksToAncestor(link, parent string) (string, bool) {
+	target, err1 := filepath.EvalSymlinks(link)
+	real, err2 := filepath.EvalSymlinks(parent)
+	if err1 != nil || err2 != nil {
+		return "", false
+	}
+	for p := real; ; p = filepath.Dir(p) {
+		if p == target {
+			return target, true
+		}
+		if filepath.Dir(p) == p {
+			return "", false
+		}
+	}
+}
+
+func unwrapPath(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
+// nestedReason is the skip reason of a folder inside a dataset folder.
+const nestedReason = "nested folder, not read (as in kohya); give it its own data.folders entry to train on it"
 
 // resolveFolders expands the configured folders: a folder with images is
 // used as is; a folder with none is read as a parent of "N_name" folders.
-func resolveFolders(fs []Folder) ([]folderJob, error) {
+// Folders that are not used that way (other subfolders, and "N_name"
+// folders beside images) are returned as problems, by name, as are links
+// that loop or are broken and a configured folder that is another one
+// again under a second path.
+func resolveFolders(folders []Folder) ([]folderJob, []Problem, error) {
 	var out []folderJob
-	for _, f := range fs {
-		entries, err := os.ReadDir(f.Path)
-		if err != nil {
-			return nil, fmt.Errorf("data: dataset folder: %w", err)
+	var problems []Problem
+	seen := map[string]string{}
+	for _, f := range folders {
+		if real, err := filepath.EvalSymlinks(f.Path); err == nil {
+			if first, dup := seen[real]; dup {
+				problems = append(problems, Problem{f.Path, "the same folder as " + first + "; read once"})
+				continue
+			}
+			seen[real] = f.Path
 		}
+		entries, ps, err := readFolder(f.Path)
+		if err != nil {
+			return nil, nil, err
+		}
+		problems = append(problems, ps...)
 		hasImages := false
-		var subs []string
+		var subs, others []string
 		for _, e := range entries {
-			if e.IsDir() {
-				if repeatsName.MatchString(e.Name()) {
-					subs = append(subs, filepath.Join(f.Path, e.Name()))
+			if e.dir {
+				if repeatsName.MatchString(e.name) {
+					subs = append(subs, e.path)
+				} else {
+					others = append(others, e.path)
 				}
 				continue
 			}
-			if _, ok := imageExts[strings.ToLower(filepath.Ext(e.Name()))]; ok {
+			if _, ok := imageExts[strings.ToLower(filepath.Ext(e.name))]; ok {
 				hasImages = true
 			}
 		}
 		if hasImages || len(subs) == 0 {
-			out = append(out, folderJob{f.Path, folderRepeats(f.Path, f.Repeats)})
-			continue
+			out = append(out, folderJob{path: f.Path, repeats: folderRepeats(f.Path, f.Repeats), entries: entries, listed: true})
+			others = append(others, subs...)
+		} else {
+			for _, s := range subs {
+				out = append(out, folderJob{path: s, repeats: folderRepeats(s, f.Repeats)})
+			}
 		}
-		for _, s := range subs {
-			out = append(out, folderJob{s, folderRepeats(s, f.Repeats)})
+		sort.Strings(others)
+		for _, o := range others {
+			problems = append(problems, Problem{o, nestedReason})
 		}
 	}
-	return out, nil
+	return out, problems, nil
 }
 
 // folderRepeats: a configured count wins; else the "N_name" prefix; else 1.
@@ -155,13 +252,14 @@ func folderRepeats(path string, configured int) int {
 
 // Scan finds, pairs and validates every image of the configured folders.
 // Files with problems are skipped and listed in the report; with Strict any
-// problem is an error. The error also comes when no image is left.
-func Scan(o Options) (*Dataset, *Report, error) {
+// problem is an error. The error also comes when no image is left, and
+// when ctx is cancelled (then it wraps ctx.Err()).
+func Scan(ctx context.Context, o Options) (*Dataset, *Report, error) {
 	o = o.Defaults()
 	if err := o.Validate(); err != nil {
 		return nil, nil, err
 	}
-	jobs, err := resolveFolders(o.Folders)
+	jobs, folderProblems, err := resolveFolders(o.Folders)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -171,20 +269,32 @@ func Scan(o Options) (*Dataset, *Report, error) {
 	}
 	var tasks []task
 	for _, j := range jobs {
-		entries, err := os.ReadDir(j.path)
-		if err != nil {
-			return nil, nil, fmt.Errorf("data: dataset folder: %w", err)
+		entries := j.entries
+		if !j.listed {
+			// An "N_name" folder of a parent: read it now, and report the
+			// folders inside it.
+			var ps []Problem
+			if entries, ps, err = readFolder(j.path); err != nil {
+				return nil, nil, err
+			}
+			folderProblems = append(folderProblems, ps...)
+			for _, e := range entries {
+				if e.dir {
+					folderProblems = append(folderProblems, Problem{e.path, nestedReason})
+				}
+			}
 		}
 		for _, e := range entries {
-			if e.IsDir() {
+			if e.dir {
 				continue
 			}
-			if _, ok := imageExts[strings.ToLower(filepath.Ext(e.Name()))]; ok {
-				tasks = append(tasks, task{filepath.Join(j.path, e.Name()), j.repeats})
+			if _, ok := imageExts[strings.ToLower(filepath.Ext(e.name))]; ok {
+				tasks = append(tasks, task{e.path, j.repeats})
 			}
 		}
 	}
 	buckets := Buckets(o.Buckets)
+	budget := newPixelBudget(o.MaxPixels)
 	items := make([]*Item, len(tasks))
 	problems := make([]*Problem, len(tasks))
 	converted := make([][]string, len(tasks))
@@ -195,7 +305,7 @@ func Scan(o Options) (*Dataset, *Report, error) {
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				it, err := validateFile(tasks[i].path, o, buckets)
+				it, err := validateFile(tasks[i].path, o, buckets, budget)
 				if err != nil {
 					problems[i] = &Problem{Path: tasks[i].path, Reason: err.Error()}
 					continue
@@ -206,13 +316,21 @@ func Scan(o Options) (*Dataset, *Report, error) {
 			}
 		}()
 	}
+feed:
 	for i := range tasks {
-		next <- i
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			break feed
+		}
 	}
 	close(next)
 	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, nil, fmt.Errorf("data: scan stopped: %w", err)
+	}
 
-	rep := &Report{Buckets: map[Bucket]int{}}
+	rep := &Report{Buckets: map[Bucket]int{}, Skipped: folderProblems}
 	ds := &Dataset{Options: o}
 	firstByHash := map[string]string{}
 	for i, it := range items {
@@ -249,7 +367,7 @@ func Scan(o Options) (*Dataset, *Report, error) {
 // validateFile runs every check on one image and its caption. The returned
 // error is the reason the file is skipped, phrased for the person who owns
 // the dataset.
-func validateFile(path string, o Options, buckets []Bucket) (*Item, error) {
+func validateFile(path string, o Options, buckets []Bucket, budget *pixelBudget) (*Item, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		if errors.Is(err, fs.ErrPermission) {
@@ -270,6 +388,9 @@ func validateFile(path string, o Options, buckets []Bucket) (*Item, error) {
 	}
 	if cfg.Width == 0 || cfg.Height == 0 {
 		return nil, fmt.Errorf("%s has zero size (%dx%d)", format, cfg.Width, cfg.Height)
+	}
+	if err := checkPixels(cfg.Width, cfg.Height, o.MaxPixels); err != nil {
+		return nil, err
 	}
 	it := &Item{Path: path, Format: format, Orientation: 1}
 	if format == JPEG {
@@ -293,11 +414,15 @@ func validateFile(path string, o Options, buckets []Bucket) (*Item, error) {
 		it.Notes = append(it.Notes, "16-bit samples used at full precision")
 	}
 	if !o.SkipDeepValidate {
+		held := budget.acquire(cfg.Width * cfg.Height)
 		img, err := decodeImage(format, b)
+		transparent := err == nil && cls.alphaModel && hasTransparency(img)
+		img = nil
+		budget.release(held)
 		if err != nil {
 			return nil, fmt.Errorf("truncated or corrupt %s: %v", format, err)
 		}
-		if cls.alphaModel && hasTransparency(img) {
+		if transparent {
 			if o.Alpha == Reject {
 				return nil, fmt.Errorf("has transparent pixels, rejected by the alpha rule")
 			}
@@ -346,9 +471,21 @@ func readCaption(it *Item, o CaptionOptions) error {
 	return nil
 }
 
+// checkPixels refuses an image whose header declares more than max
+// pixels, before anything is decoded (a 2 MB PNG may declare 30000×30000:
+// 3.6 GB of pixels).
+func checkPixels(w, h, maxPixels int) error {
+	if n := int64(w) * int64(h); n > int64(maxPixels) {
+		return fmt.Errorf("too large: %dx%d is %.1f megapixels, more than max_pixels %d (%.1f megapixels); not decoded", w, h, float64(n)/1e6, maxPixels, float64(maxPixels)/1e6)
+	}
+	return nil
+}
+
 // LoadRGB decodes an item's image to planar float RGB in [0, 1], with the
 // EXIF orientation applied and transparency composited by the alpha rule.
+// The size its header declares is checked against o.MaxPixels first.
 func LoadRGB(it *Item, o Options) (RGB, error) {
+	o = o.Defaults()
 	b, err := os.ReadFile(it.Path)
 	if err != nil {
 		return RGB{}, fmt.Errorf("data: %w", err)
@@ -357,6 +494,13 @@ func LoadRGB(it *Item, o Options) (RGB, error) {
 	// must not be encoded under its old identity.
 	if sum := sha256.Sum256(b); it.Hash != "" && hex.EncodeToString(sum[:]) != it.Hash {
 		return RGB{}, fmt.Errorf("data: %s changed since the dataset was scanned; scan again", it.Path)
+	}
+	cfg, err := decodeConfig(it.Format, b)
+	if err != nil {
+		return RGB{}, fmt.Errorf("data: %s: unreadable %s header: %w", it.Path, it.Format, err)
+	}
+	if err := checkPixels(cfg.Width, cfg.Height, o.MaxPixels); err != nil {
+		return RGB{}, fmt.Errorf("data: %s: %w", it.Path, err)
 	}
 	img, err := decodeImage(it.Format, b)
 	if err != nil {

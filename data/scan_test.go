@@ -1,6 +1,7 @@
 package data
 
 import (
+	"context"
 	"image"
 	"image/color"
 	"math/rand/v2"
@@ -66,7 +67,7 @@ func TestScanOutcomes(t *testing.T) {
 	}
 	o := testOptions(dir)
 	o.Alpha = Reject
-	ds, rep, err := Scan(o)
+	ds, rep, err := Scan(context.Background(), o)
 	if err != nil {
 		t.Fatalf("scan: %v", err)
 	}
@@ -136,14 +137,14 @@ func TestScanOutcomes(t *testing.T) {
 
 	// Strict mode makes the same folder fatal, listing every problem.
 	o.Strict = true
-	if _, _, err := Scan(o); err == nil || !strings.Contains(err.Error(), "strict mode: 8 problem(s)") || !strings.Contains(err.Error(), "trunc.jpg") {
+	if _, _, err := Scan(context.Background(), o); err == nil || !strings.Contains(err.Error(), "strict mode: 8 problem(s)") || !strings.Contains(err.Error(), "trunc.jpg") {
 		t.Errorf("strict scan error: %v", err)
 	}
 	// The default caption replaces a missing one when configured.
 	o.Strict = false
 	o.Caption.AllowMissing = true
 	o.Caption.Default = "1girl"
-	ds, _, err = Scan(o)
+	ds, _, err = Scan(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +190,7 @@ func TestScanPolicies(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			o := testOptions(dir)
 			o.HighBitDepth, o.Alpha = c.deep, c.alph
-			ds, rep, err := Scan(o)
+			ds, rep, err := Scan(context.Background(), o)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -216,7 +217,7 @@ func TestFolderLayout(t *testing.T) {
 	o := testOptions(root)
 	o.Folders = []Folder{{Path: root}, {Path: other, Repeats: 5}, {Path: filepath.Join(root, "3_bob"), Repeats: 2}}
 	o.Caption.Extension = "caption"
-	ds, rep, err := Scan(o)
+	ds, rep, err := Scan(context.Background(), o)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -238,14 +239,14 @@ func TestFolderLayout(t *testing.T) {
 	if len(rep.Skipped) != 2 {
 		t.Errorf("skipped %v, want the two duplicates", rep.Skipped)
 	}
-	if _, _, err := Scan(Options{Folders: []Folder{{Path: filepath.Join(root, "missing")}}}); err == nil || !strings.Contains(err.Error(), "missing") {
+	if _, _, err := Scan(context.Background(), Options{Folders: []Folder{{Path: filepath.Join(root, "missing")}}}); err == nil || !strings.Contains(err.Error(), "missing") {
 		t.Errorf("missing folder: %v", err)
 	}
 	if err := os.WriteFile(filepath.Join(other, "d.caption"), []byte("<a>unclosed"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	o.Folders = []Folder{{Path: other}}
-	if _, rep, err := Scan(o); err == nil || !strings.Contains(rep.Skipped[0].Reason, "d.caption:1: malformed XML caption") {
+	if _, rep, err := Scan(context.Background(), o); err == nil || !strings.Contains(rep.Skipped[0].Reason, "d.caption:1: malformed XML caption") {
 		t.Errorf("unclosed XML: %v %v", err, rep)
 	}
 }

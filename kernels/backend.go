@@ -203,6 +203,10 @@ const (
 	Affine                         // x·A + B
 	PowScalar                      // xᴬ
 	DropoutMask                    // x ≥ A ? B : 0 (x uniform in [0,1): keep-mask scaled by B)
+	GELU                           // x·Φ(x) = ½x(1+erf(x/√2)), the exact GELU (PyTorch's approximate="none")
+
+	// LastUnary is the highest UnaryOp, for range checks.
+	LastUnary = GELU
 )
 
 // UnaryParams are the scalar parameters of the unary ops that take them.

@@ -66,16 +66,16 @@ func (m *metrics) observe(r logRecord) {
 	set := func(name string, v float64) { m.gauges[name].Set(v) }
 	set("step", float64(r.Step))
 	set("loss", float64(r.Loss))
-	set("learning_rate", r.LR)
+	set("learning_rate", float64(r.LR))
 	set("grad_norm", float64(r.GradNorm))
-	set("loss_scale", r.LossScale)
+	set("loss_scale", float64(r.LossScale))
 	set("skipped_steps", float64(r.Skipped))
-	set("samples_per_second", r.SamplesPerSecond)
-	set("seconds_per_step", r.SecondsPerStep)
+	set("samples_per_second", float64(r.SamplesPerSecond))
+	set("seconds_per_step", float64(r.SecondsPerStep))
 	set("memory_allocated_bytes", float64(r.MemAllocated))
 	set("memory_peak_bytes", float64(r.MemPeak))
 	if r.ValLoss != nil {
-		set("validation_loss", *r.ValLoss)
+		set("validation_loss", float64(*r.ValLoss))
 	}
 }
 

@@ -91,7 +91,7 @@ func (r *run) previews() ([]string, error) {
 }
 
 // renderPreviews renders the previews and logs where they went.
-func (r *run) renderPreviews() error {
+func (r *run) renderPreviews(ctx context.Context) error {
 	paths, err := r.previews()
 	if err != nil {
 		return fmt.Errorf("previews at step %d: %w", r.step, err)

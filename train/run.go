@@ -27,21 +27,77 @@ import (
 )
 
 // Options are the choices of one invocation that are not part of the
-// config: whether to resume, and where messages go.
+// config: whether to resume or start over, and where messages go.
 type Options struct {
-	// Resume is "" (start fresh), "latest" (the newest complete state in
-	// the output folder) or the path of a state folder.
+	// Resume is "" (start a new run), "latest" (the newest complete state
+	// in the output folder) or the path of a state folder.
 	Resume string
+	// Fresh lets a new run start in an output folder that holds another
+	// run's results, by moving that run's files into old-runs/<its id>/
+	// first (never deleting them). Without it such a folder is refused.
+	Fresh bool
 	// Log receives the human-readable progress lines.
 	Log io.Writer
 	// Bar redraws a one-line progress bar with the ETA on Log after every
 	// step (for a terminal: the CLI sets it when stderr is one).
 	Bar bool
+	// Stage, when set, is told what an interrupt would do now, as the end
+	// of a sentence starting "stopping after" ("step 12, then saving a
+	// resumable state"), each time that changes: the CLI's signal handler
+	// prints the latest one the moment Ctrl-C arrives.
+	Stage func(string)
 }
 
-// ErrInterrupted is returned when the context was cancelled (Ctrl-C,
-// SIGTERM) and the run saved a resumable state before stopping.
-var ErrInterrupted = errors.New("training interrupted; a resumable state was saved")
+// ErrInterrupted is matched (errors.Is) by every *InterruptedError: the
+// context was cancelled (Ctrl-C, SIGTERM) and the run stopped.
+var ErrInterrupted = errors.New("interrupted")
+
+// InterruptedError says where a cancelled run stopped and what it kept.
+type InterruptedError struct {
+	// Stage is what the run was doing ("step 12", "encoding the dataset").
+	Stage string
+	// State is the resumable state saved on the way out (or the one the
+	// run had resumed from and not yet passed); "" when there is none.
+	State string
+	// Kept says what else survives ("the 12 cache entries encoded so far").
+	Kept string
+}
+
+func (e *InterruptedError) Error() string {
+	s := "interrupted during " + e.Stage
+	if e.State != "" {
+		s += "; a resumable state is saved in " + e.State
+	} else {
+		s += "; no training state was saved (training had not begun)"
+	}
+	if e.Kept != "" {
+		s += "; " + e.Kept
+	}
+	return s
+}
+
+// Is makes errors.Is(err, ErrInterrupted) hold.
+func (e *InterruptedError) Is(target error) bool { return target == ErrInterrupted }
+
+// ConfigError marks a failure found before anything ran that the config
+// (or the command line) must change to fix: an empty dataset, a validation
+// split or batch size the dataset cannot give, a resume whose state is
+// missing or does not fit, an output folder holding another run. The CLI
+// exits 2 on it.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the underlying error.
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// configErr wraps err as a ConfigError (nil stays nil).
+func configErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &ConfigError{Err: err}
+}
 
 // Result summarises a finished (or interrupted) run.
 type Result struct {
@@ -57,44 +113,88 @@ type Result struct {
 
 // run is one training run's live objects.
 type run struct {
-	cfg      *configs.Config
-	log      io.Writer
-	b        kernels.Backend
-	e        *ag.Engine
-	model    *nextdit.Model
-	set      *lora.Set
-	opt      *optim.Optimizer
-	loader   *data.Loader
-	encoded  *data.Encoded // the training part of the encoded dataset
-	held     *data.Encoded // the held-out part, nil without validation
-	stepper  *Stepper
-	sampler  TimestepSampler
-	autocast kernels.DType
-	baseHash string
-	total    int
-	step     int // optimizer steps done
-	micro    uint64
-	metrics  *metrics
-	jsonl    *os.File
-	bar      bool // a progress bar is drawn on log
-	stopping bool // an interrupted run is saving: no previews
-	barShown bool // the last thing written to log is the bar
-	curve    []float64
+	cfg       *configs.Config
+	opts      Options
+	log       io.Writer
+	out       *output
+	b         kernels.Backend
+	capab     optim.Capability
+	e         *ag.Engine
+	mc        nextdit.Config // the architecture, known before the weights load
+	model     *nextdit.Model
+	set       *lora.Set
+	opt       *optim.Optimizer
+	ds        *data.Dataset
+	heldOut   map[string]bool // content hashes of the held-out images
+	batches   int             // batches per epoch of the training part
+	loader    *data.Loader
+	encoded   *data.Encoded // the training part of the encoded dataset
+	held      *data.Encoded // the held-out part, nil without validation
+	stepper   *Stepper
+	sampler   TimestepSampler
+	autocast  kernels.DType
+	baseHash  string
+	total     int
+	step      int // optimizer steps done
+	micro     uint64
+	metrics   *metrics
+	jsonl     *os.File
+	bar       bool // a progress bar is drawn on log
+	stopping  bool // an interrupted run is saving: no previews
+	barShown  bool // the last thing written to log is the bar
+	curve     []float64
+	resumed   *checkpoints.State // the state a resume starts from
+	resumeDir string
+	initFrom  *checkpoints.LoRA // lora.init_from, checked
+	startStep int               // the step this invocation started at
+	savedStep int               // the step of the last save (−1: none)
+	savedDir  string            // its state folder
+	// nonFinite counts the consecutive steps whose loss was not finite.
+	nonFinite int
 }
 
 // Run trains the LoRA the config describes until its last step, or until
-// ctx is cancelled (then it saves a resumable state and returns
-// ErrInterrupted).
+// ctx is cancelled (then it saves a resumable state and returns an
+// *InterruptedError). Every check that needs no model — the output
+// folder's owner, the dataset, the validation split, the batch size, the
+// state to resume and its config — runs before anything is encoded; their
+// failures are *ConfigError.
 func Run(ctx context.Context, cfg *configs.Config, o Options) (*Result, error) {
 	if o.Log == nil {
 		o.Log = io.Discard
 	}
-	r := &run{cfg: cfg, log: o.Log, bar: o.Bar}
+	r := &run{cfg: cfg, opts: o, log: o.Log, bar: o.Bar, savedStep: -1}
 	defer r.close()
-	if err := r.setup(ctx, o.Resume); err != nil {
-		return nil, err
+	if err := r.setup(ctx); err != nil {
+		return nil, r.cancelled(ctx, err, "")
 	}
 	return r.loop(ctx)
+}
+
+// stageNow records what an interrupt would do now (see Options.Stage).
+func (r *run) stageNow(format string, args ...any) {
+	if r.opts.Stage != nil {
+		r.opts.Stage(fmt.Sprintf(format, args...))
+	}
+}
+
+// cancelled turns an error that a cancellation caused into an
+// *InterruptedError naming the stage; other errors pass unchanged.
+func (r *run) cancelled(ctx context.Context, err error, kept string) error {
+	if ctx.Err() == nil || errors.Is(err, ErrInterrupted) {
+		return err
+	}
+	stage := "setup"
+	switch {
+	case r.ds == nil:
+		stage = "the dataset scan"
+	case r.encoded == nil:
+		stage = "encoding the dataset"
+		kept = "the cache keeps every entry encoded so far; the next run reuses them"
+	case r.model == nil || r.opt == nil:
+		stage = "loading the model"
+	}
+	return &InterruptedError{Stage: stage, State: r.resumeDir, Kept: kept}
 }
 
 func (r *run) logf(format string, args ...any) {
@@ -109,12 +209,12 @@ func (r *run) logf(format string, args ...any) {
 func (r *run) drawBar(loss, secPerStep float64, eta time.Duration) {
 	const width = 30
 	done := width * r.step / r.total
-	fmt.Fprintf(r.log, "\r\033[K[%s%s] %d/%d  loss %.4f  %.2f s/step  ETA %s",
+	fmt.Fprintf(r.log, "\r\033[K[%s%s] %d/%d  step loss %.4f  %.2f s/step  ETA %s",
 		strings.Repeat("#", done), strings.Repeat("-", width-done), r.step, r.total, loss, secPerStep, eta.Round(time.Second))
 	r.barShown = true
 }
 
-// close releases what the run holds.
+// close releases what the run holds, the output folder's lock last.
 func (r *run) close() {
 	if r.loader != nil {
 		r.loader.Close()
@@ -134,6 +234,7 @@ func (r *run) close() {
 	if r.jsonl != nil {
 		r.jsonl.Close()
 	}
+	r.out.release()
 }
 
 // OpenBackend opens the backend a config's device asks for. "auto" falls
@@ -163,29 +264,47 @@ func OpenBackend(device string, gpu int, log io.Writer) (kernels.Backend, optim.
 	return nil, optim.Capability{}, fmt.Errorf("device %q: want auto, cuda or cpu", device)
 }
 
-func (r *run) setup(ctx context.Context, resume string) error {
+// setup runs everything before the first step, cheapest and most likely
+// to fail first: the checks that need no encoder or model (preflight),
+// then the encoding, then the model, optimizer and resumed state.
+func (r *run) setup(ctx context.Context) error {
 	cfg := r.cfg
-	b, capability, err := OpenBackend(cfg.Device, cfg.GPU, r.log)
-	if err != nil {
-		return err
-	}
-	r.b = b
-	r.e = ag.New(b)
-	r.logf("backend: %s", b.Name())
-
 	if cfg.Model.Preset != "tiny" {
 		// Checked before the weights load (tens of seconds for the full model).
 		return errNoRealEncoders
 	}
-	if err := r.loadModel(capability); err != nil {
+	b, capability, err := OpenBackend(cfg.Device, cfg.GPU, r.log)
+	if err != nil {
 		return err
 	}
-	if err := r.loadData(ctx); err != nil {
+	r.b, r.capab = b, capability
+	r.e = ag.New(b)
+	r.logf("backend: %s", b.Name())
+	if err := r.preflight(ctx); err != nil {
 		return err
 	}
-	r.total = cfg.TotalSteps(r.loader.BatchesPerEpoch())
-	if r.total <= 0 {
-		return fmt.Errorf("the run has no steps (max_steps %d, epochs %d, %d batches per epoch)", cfg.Train.MaxSteps, cfg.Train.Epochs, r.loader.BatchesPerEpoch())
+
+	r.stageNow("the image being encoded (the cache keeps what is encoded)")
+	encoded, err := encodeDataset(ctx, cfg, r.ds, r.mc, r.log)
+	if err != nil {
+		return err
+	}
+	if err := r.splitEncoded(encoded); err != nil {
+		return err
+	}
+	if r.loader, err = data.NewLoader(r.encoded, data.Cursor{}); err != nil {
+		return err
+	}
+	if n := r.loader.BatchesPerEpoch(); n != r.batches {
+		// Images that passed the scan but failed to decode (only without
+		// data.deep_validate) were left out.
+		r.batches, r.total = n, cfg.TotalSteps(n)
+		r.logf("after encoding: %d batches per epoch, %d steps", n, r.total)
+	}
+
+	r.stageNow("loading the model")
+	if err := r.loadModel(); err != nil {
+		return err
 	}
 	ocfg, err := cfg.OptimConfig(capability, r.total)
 	if err != nil {
@@ -202,25 +321,19 @@ func (r *run) setup(ctx context.Context, resume string) error {
 		r.autocast = kernels.F16
 	}
 	r.stepper = &Stepper{Model: r.model, LoRA: r.set, Opt: r.opt}
-	r.sampler = TimestepSampler{Kind: TimestepSampling(cfg.Train.Timesteps.Sampling), Mean: cfg.Train.Timesteps.Mean, Std: cfg.Train.Timesteps.Std}
-	if cfg.Train.Timesteps.Sampling == "lognorm_shift" && cfg.Train.Timesteps.Mean != 0 {
-		return fmt.Errorf("train.timesteps.mean applies to logit_normal; lognorm_shift draws N(0, 1) as upstream")
-	}
-	if err := r.sampler.Validate(); err != nil {
-		return err
-	}
 	r.e.SeedRandom(cfg.Train.Seed, 0)
-	if resume != "" {
-		if err := r.resume(resume); err != nil {
+	if r.resumed != nil {
+		if err := r.restore(); err != nil {
+			return err
+		}
+	} else if r.initFrom != nil {
+		if err := r.applyInitFrom(); err != nil {
 			return err
 		}
 	}
-	if err := os.MkdirAll(cfg.Save.Output, 0o755); err != nil {
-		return fmt.Errorf("output folder: %w", err)
-	}
-	r.jsonl, err = os.OpenFile(cfg.Logging.LogFile, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		return fmt.Errorf("log file: %w", err)
+	r.startStep = r.step
+	if err := r.openLog(); err != nil {
+		return err
 	}
 	if cfg.Logging.MetricsAddr != "" {
 		r.metrics, err = serveMetrics(cfg.Logging.MetricsAddr, r.logf)
@@ -238,6 +351,93 @@ func (r *run) setup(ctx context.Context, resume string) error {
 	return nil
 }
 
+// preflight runs every check that needs neither an encoder nor the model:
+// the architecture, the base model's identity, the output folder's owner
+// and lock, the dataset scan, the validation split, the batch size against
+// the dataset, the run's length, the state to resume and lora.init_from.
+func (r *run) preflight(ctx context.Context) error {
+	cfg := r.cfg
+	var err error
+	r.sampler = TimestepSampler{Kind: TimestepSampling(cfg.Train.Timesteps.Sampling), Mean: cfg.Train.Timesteps.Mean, Std: cfg.Train.Timesteps.Std}
+	if err := r.sampler.Validate(); err != nil {
+		return configErr(fmt.Errorf("train.timesteps: %w", err))
+	}
+	if r.mc, err = modelConfig(cfg); err != nil {
+		return err
+	}
+	if r.baseHash, err = baseModelHash(cfg); err != nil {
+		return err
+	}
+	r.stageNow("checking the output folder")
+	if r.out, err = lockOutput(cfg, "training "+cfg.Save.Name, r.logf); err != nil {
+		return err
+	}
+	if err := r.out.claim(cfg, r.baseHash, r.opts.Resume, r.opts.Fresh, r.logf); err != nil {
+		return err
+	}
+	if r.opts.Resume != "" {
+		// Found and verified before the scan: a missing state must not
+		// cost a scan.
+		if err := r.findResume(r.opts.Resume); err != nil {
+			return err
+		}
+	}
+	r.stageNow("the image being checked (the dataset scan stops there)")
+	if r.ds, err = scanDataset(ctx, cfg, r.log); err != nil {
+		return err
+	}
+	if err := r.planSplit(); err != nil {
+		return err
+	}
+	if r.resumed != nil {
+		if err := r.checkResume(); err != nil {
+			return err
+		}
+		// The run may be longer now: record what it is.
+		id := &r.out.id
+		id.ConfigHash, id.Config, id.LogFile = cfg.Hash(), cfg.String(), cfg.Logging.LogFile
+		if err := r.out.writeIdentity(); err != nil {
+			return err
+		}
+	} else if cfg.LoRA.InitFrom != "" {
+		if r.initFrom, err = checkInitFrom(cfg, r.mc, r.baseHash, r.logf); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// modelConfig is the architecture the run trains: the preset, or what the
+// weights file's metadata says (read without loading the weights).
+func modelConfig(cfg *configs.Config) (nextdit.Config, error) {
+	preset, err := nextdit.Preset(cfg.Model.Preset)
+	if err != nil {
+		return nextdit.Config{}, err
+	}
+	if cfg.Model.Weights == "" {
+		return preset, nil
+	}
+	w, err := checkpoints.OpenWeights(cfg.Model.Weights)
+	if err != nil {
+		return nextdit.Config{}, fmt.Errorf("model.weights: %w", err)
+	}
+	defer w.Close()
+	mc, err := nextdit.ResolveConfig(w, &preset)
+	if err != nil {
+		return nextdit.Config{}, fmt.Errorf("model.weights %s: %w", cfg.Model.Weights, err)
+	}
+	return mc, nil
+}
+
+// baseModelHash identifies the base model: its weights' content hash, or
+// for random demo weights the seed they come from.
+func baseModelHash(cfg *configs.Config) (string, error) {
+	if cfg.Model.Weights == "" {
+		return "random-tiny-seed-" + strconv.FormatUint(cfg.Train.Seed, 10), nil
+	}
+	return weightsHash(cfg.Model.Weights)
+}
+
 func (r *run) loraParams() int {
 	n := 0
 	for _, a := range r.set.Adapters() {
@@ -247,13 +447,13 @@ func (r *run) loraParams() int {
 }
 
 // loadModel builds the base model and attaches the adapters.
-func (r *run) loadModel(capability optim.Capability) error {
+func (r *run) loadModel() error {
 	cfg := r.cfg
 	st, err := kernels.ParseDType(map[string]string{"bf16": "BF16", "f16": "F16", "f32": "F32"}[cfg.Model.DType])
 	if err != nil {
 		return fmt.Errorf("model.dtype %q: %w", cfg.Model.DType, err)
 	}
-	if prec, err := cfg.Precision.Resolve(capability); err == nil && prec == optim.FP16 && st == kernels.BF16 {
+	if prec, err := cfg.Precision.Resolve(r.capab); err == nil && prec == optim.FP16 && st == kernels.BF16 {
 		// fp16 compute over bf16 storage would cast every weight to fp16
 		// each step and keep the casts: the weights' memory twice over.
 		if cfg.IsSet("model.dtype") {
@@ -265,18 +465,10 @@ func (r *run) loadModel(capability optim.Capability) error {
 	}
 	opts := nextdit.Options{DType: st, Checkpoint: cfg.Train.ActivationCheckpointing}
 	if cfg.Model.Weights == "" {
-		if cfg.Model.Preset != "tiny" {
-			return fmt.Errorf("model.weights is required for preset %s", cfg.Model.Preset)
-		}
-		mc, err := nextdit.Preset("tiny")
+		r.model, err = nextdit.NewRandom(r.e, r.mc, opts, cfg.Train.Seed)
 		if err != nil {
 			return err
 		}
-		r.model, err = nextdit.NewRandom(r.e, mc, opts, cfg.Train.Seed)
-		if err != nil {
-			return err
-		}
-		r.baseHash = "random-tiny-seed-" + strconv.FormatUint(cfg.Train.Seed, 10)
 		r.logf("model: tiny preset with random base weights (demo)")
 	} else {
 		preset, err := nextdit.Preset(cfg.Model.Preset)
@@ -285,10 +477,6 @@ func (r *run) loadModel(capability optim.Capability) error {
 		}
 		start := time.Now()
 		r.model, err = nextdit.LoadWithConfig(r.e, cfg.Model.Weights, &preset, opts)
-		if err != nil {
-			return err
-		}
-		r.baseHash, err = weightsHash(cfg.Model.Weights)
 		if err != nil {
 			return err
 		}
@@ -339,38 +527,26 @@ func weightsHash(p string) (string, error) {
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
-// loadData scans the dataset, fills the encode cache and opens the loader.
-func (r *run) loadData(ctx context.Context) error {
-	encoded, err := BuildCache(ctx, r.cfg, r.model.Config(), r.log)
-	if err != nil {
-		return err
-	}
-	if split := r.cfg.Train.Validation.Split; split > 0 {
-		if encoded, r.held, err = SplitHeldOut(encoded, split); err != nil {
-			return err
-		}
-		r.logf("validation: %d images held out, %d for training; loss at t = %v every %d steps", len(r.held.Items), len(encoded.Items), ValidationTimesteps, r.cfg.Train.Validation.Every)
-	}
-	r.loader, err = data.NewLoader(encoded, data.Cursor{})
-	if err != nil {
-		return err
-	}
-	r.encoded = encoded
-	return nil
-}
-
-// BuildCache scans and validates the config's dataset (printing the summary
-// table) and encodes whatever the cache lacks for a model of architecture
-// mc, with progress and an ETA: the whole of `newbie-train cache`, and the
-// first part of a training run.
-func BuildCache(ctx context.Context, cfg *configs.Config, mc nextdit.Config, log io.Writer) (*data.Encoded, error) {
-	ds, report, err := data.Scan(cfg.DataOptions())
+// scanDataset scans and validates the config's dataset and prints the
+// summary table. An empty dataset (or a strict-mode problem) is a
+// ConfigError: nothing ran, and the data must change.
+func scanDataset(ctx context.Context, cfg *configs.Config, log io.Writer) (*data.Dataset, error) {
+	ds, report, err := data.Scan(ctx, cfg.DataOptions())
 	if report != nil {
 		fmt.Fprint(log, report.Table())
 	}
 	if err != nil {
-		return nil, err
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		return nil, configErr(err)
 	}
+	return ds, nil
+}
+
+// encodeDataset encodes whatever the cache lacks for a model of
+// architecture mc, with progress and an ETA.
+func encodeDataset(ctx context.Context, cfg *configs.Config, ds *data.Dataset, mc nextdit.Config, log io.Writer) (*data.Encoded, error) {
 	enc := standInEncoders(mc, log)
 	last := time.Time{}
 	builder := data.CacheBuilder{
@@ -438,19 +614,25 @@ func (r *run) uploadBatch(b *data.Batch) FlowBatch {
 	return fb
 }
 
+// ErrNonFinite is returned (wrapped) when the loss stayed NaN or infinite
+// for train.nonfinite_limit consecutive steps.
+var ErrNonFinite = errors.New("the loss is not finite")
+
+func finite(v float64) bool { return !math.IsNaN(v) && !math.IsInf(v, 0) }
+
 // loop runs the optimizer steps.
 func (r *run) loop(ctx context.Context) (*Result, error) {
 	cfg := r.cfg
 	res := &Result{}
 	accum := max(cfg.Train.GradientAccumulation, 1)
 	start := time.Now()
-	firstStep := r.step
 	var intervalLoss float64
-	var intervalN int
+	var intervalN, intervalFinite int
 	for r.step < r.total {
 		if ctx.Err() != nil {
-			return r.interrupt(res)
+			return r.interrupt(ctx, res)
 		}
+		r.stageNow("step %d, then saving a resumable state", r.step+1)
 		stepStart := time.Now()
 		micro := make([]MicroBatch, 0, accum)
 		samples := 0
@@ -477,27 +659,34 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 			return nil, fmt.Errorf("step %d: %w", r.step+1, err)
 		}
 		r.step++
-		if r.step == firstStep+1 {
+		if r.step == r.startStep+1 {
 			res.FirstLoss = out.Loss
 		}
 		res.LastLoss = out.Loss
 		res.Steps = r.step
 		r.curve = append(r.curve, out.Loss)
-		intervalLoss += out.Loss
 		intervalN++
+		if finite(out.Loss) {
+			intervalLoss += out.Loss
+			intervalFinite++
+			r.nonFinite = 0
+		} else {
+			r.nonFinite++
+		}
 		dt := time.Since(stepStart).Seconds()
 		mem := r.b.MemStats()
 		rec := logRecord{
-			Step: r.step, Loss: jsonFloat(out.Loss), LR: out.LR, GradNorm: jsonFloat(out.GradNorm), LossScale: out.LossScale,
-			Skipped: r.opt.Scaler().Skipped(), Applied: out.Applied, SecondsPerStep: dt,
-			SamplesPerSecond: float64(samples) / dt, MemAllocated: mem.Allocated, MemPeak: mem.Peak,
+			Step: r.step, Loss: jsonFloat(out.Loss), LR: jsonFloat(out.LR), GradNorm: jsonFloat(out.GradNorm), LossScale: jsonFloat(out.LossScale),
+			Skipped: r.opt.Scaler().Skipped(), Applied: out.Applied, SecondsPerStep: jsonFloat(dt),
+			SamplesPerSecond: jsonFloat(float64(samples) / dt), MemAllocated: mem.Allocated, MemPeak: mem.Peak,
 		}
 		if r.held != nil && (r.step%max(cfg.Train.Validation.Every, 1) == 0 || r.step == r.total) {
 			v, err := r.validationLoss()
 			if err != nil {
 				return nil, fmt.Errorf("validation at step %d: %w", r.step, err)
 			}
-			rec.ValLoss = &v
+			jv := jsonFloat(v)
+			rec.ValLoss = &jv
 			res.ValLoss = v
 			r.logf("step %d/%d  validation loss %.5f (%d held-out images, %d timesteps)", r.step, r.total, v, len(r.held.Items), len(ValidationTimesteps))
 		}
@@ -505,60 +694,103 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 		r.metrics.observe(rec)
-		done := r.step - firstStep
+		done := r.step - r.startStep
 		eta := time.Duration(float64(time.Since(start)) / float64(done) * float64(r.total-r.step))
-		if r.step%max(cfg.Logging.Every, 1) == 0 || r.step == r.total || r.step == firstStep+1 {
-			r.logf("step %d/%d  loss %.5f  lr %.3g  grad norm %.3g  scale %g  skipped %d  %.2f samples/s  %.3f s/step  mem %s (peak %s)  ETA %s",
-				r.step, r.total, intervalLoss/float64(intervalN), out.LR, out.GradNorm, out.LossScale, rec.Skipped,
-				rec.SamplesPerSecond, dt, bytesText(mem.Allocated), bytesText(mem.Peak), eta.Round(time.Second))
-			intervalLoss, intervalN = 0, 0
+		if r.step%max(cfg.Logging.Every, 1) == 0 || r.step == r.total || r.step == r.startStep+1 {
+			r.logf("step %d/%d  loss %s  lr %.3g  grad norm %.3g  scale %g  skipped %d  %.2f samples/s  %.3f s/step  mem %s (peak %s)  ETA %s",
+				r.step, r.total, meanText(intervalLoss, intervalFinite, intervalN), out.LR, out.GradNorm, out.LossScale, rec.Skipped,
+				float64(rec.SamplesPerSecond), dt, bytesText(mem.Allocated), bytesText(mem.Peak), eta.Round(time.Second))
+			intervalLoss, intervalN, intervalFinite = 0, 0, 0
 		}
 		if r.bar {
 			r.drawBar(out.Loss, dt, eta)
 		}
+		if limit := cfg.Train.NonFiniteLimit; limit > 0 && r.nonFinite >= limit {
+			return nil, r.nonFiniteStop()
+		}
 		if cfg.Sample.Every > 0 && r.step%cfg.Sample.Every == 0 {
-			if err := r.renderPreviews(); err != nil {
+			r.stageNow("the previews of step %d, then saving a resumable state", r.step)
+			if err := r.renderPreviews(ctx); err != nil {
 				return nil, err
 			}
 		}
 		if cfg.Save.Every > 0 && r.step%cfg.Save.Every == 0 && r.step != r.total {
-			if err := r.save(res); err != nil {
+			if err := r.save(ctx, res); err != nil {
 				return nil, err
 			}
 		}
 	}
-	if err := r.save(res); err != nil {
-		return nil, err
+	if r.savedStep != r.step {
+		if err := r.save(ctx, res); err != nil {
+			return nil, err
+		}
 	}
 	r.logf("done: %d steps, loss %.5f → %.5f; LoRA: %v", res.Steps, res.FirstLoss, res.LastLoss, res.LoRAFiles)
 	return res, nil
 }
 
-// interrupt saves a resumable state after a cancellation.
-func (r *run) interrupt(res *Result) (*Result, error) {
-	r.logf("interrupted at step %d: saving a resumable state", r.step)
-	r.stopping = true
-	if err := r.save(res); err != nil {
-		return nil, fmt.Errorf("interrupted, and the save failed: %w", err)
+// meanText is the logged loss: the mean over the steps since the last log
+// line, saying over how many (and how many were not finite).
+func meanText(sum float64, nFinite, n int) string {
+	switch {
+	case nFinite == 0:
+		return fmt.Sprintf("NaN (all %d steps since the last line non-finite)", n)
+	case n == 1:
+		return fmt.Sprintf("%.5f (this step)", sum)
+	case nFinite < n:
+		return fmt.Sprintf("%.5f (mean of %d steps; %d more non-finite)", sum/float64(nFinite), nFinite, n-nFinite)
 	}
-	return res, ErrInterrupted
+	return fmt.Sprintf("%.5f (mean of %d steps)", sum/float64(n), n)
 }
 
-// logRecord is one line of the JSONL log.
+// nonFiniteStop ends a run whose loss stayed non-finite: every such step
+// was skipped, so the weights are those of the last finite step, and the
+// last saved state is kept as it is (no new one is written).
+func (r *run) nonFiniteStop() error {
+	kept := "no state had been saved yet"
+	if r.savedDir != "" {
+		kept = "the last saved state, " + r.savedDir + ", is kept"
+	} else if r.resumeDir != "" {
+		kept = "the state it resumed from, " + r.resumeDir + ", is kept"
+	}
+	return fmt.Errorf("%w: NaN or infinite for %d consecutive steps (%d–%d, train.nonfinite_limit %d); every one was skipped, so nothing was being learned. Training stopped; %s. Check the base weights (model.weights: a damaged file reads as NaN), the learning rate and the precision",
+		ErrNonFinite, r.nonFinite, r.step-r.nonFinite+1, r.step, r.cfg.Train.NonFiniteLimit, kept)
+}
+
+// interrupt saves a resumable state after a cancellation (unless the last
+// save or the resumed state is already at this step).
+func (r *run) interrupt(ctx context.Context, res *Result) (*Result, error) {
+	r.stopping = true
+	if r.step == r.startStep {
+		r.logf("interrupted at step %d, before any step of this run: nothing new to save", r.step)
+		return res, &InterruptedError{Stage: fmt.Sprintf("step %d", r.step+1), State: r.resumeDir}
+	}
+	if r.savedStep != r.step {
+		r.logf("interrupted at step %d: saving a resumable state", r.step)
+		if err := r.save(ctx, res); err != nil {
+			return nil, fmt.Errorf("interrupted, and the save failed: %w", err)
+		}
+	}
+	return res, &InterruptedError{Stage: fmt.Sprintf("step %d", r.step+1), State: r.savedDir}
+}
+
+// logRecord is one line of the JSONL log. Every float goes through
+// jsonFloat: a value that is not finite is written as null, never as a
+// line JSON cannot read.
 type logRecord struct {
 	Step             int       `json:"step"`
 	Loss             jsonFloat `json:"loss"`
-	LR               float64   `json:"lr"`
+	LR               jsonFloat `json:"lr"`
 	GradNorm         jsonFloat `json:"grad_norm"`
-	LossScale        float64   `json:"loss_scale"`
+	LossScale        jsonFloat `json:"loss_scale"`
 	Skipped          int64     `json:"skipped_steps"`
 	Applied          bool      `json:"applied"`
-	SecondsPerStep   float64   `json:"s_per_step"`
-	SamplesPerSecond float64   `json:"samples_per_s"`
+	SecondsPerStep   jsonFloat `json:"s_per_step"`
+	SamplesPerSecond jsonFloat `json:"samples_per_s"`
 	MemAllocated     int64     `json:"mem_allocated_bytes"`
 	MemPeak          int64     `json:"mem_peak_bytes"`
 	// ValLoss is the held-out loss, on the steps that measure it.
-	ValLoss *float64 `json:"val_loss,omitempty"`
+	ValLoss *jsonFloat `json:"val_loss,omitempty"`
 }
 
 func (r *run) writeRecord(rec logRecord) error {
@@ -571,16 +803,31 @@ func (r *run) writeRecord(rec logRecord) error {
 }
 
 // jsonFloat is a float64 that JSON writes as null when it is not finite (a
-// skipped step's gradient norm is +Inf or NaN, which JSON cannot hold).
+// skipped step's gradient norm is +Inf or NaN, which JSON cannot hold), and
+// reads null back as NaN.
 type jsonFloat float64
 
 // MarshalJSON implements json.Marshaler.
 func (f jsonFloat) MarshalJSON() ([]byte, error) {
 	v := float64(f)
-	if math.IsNaN(v) || math.IsInf(v, 0) {
+	if !finite(v) {
 		return []byte("null"), nil
 	}
 	return strconv.AppendFloat(nil, v, 'g', -1, 64), nil
+}
+
+// UnmarshalJSON implements json.Unmarshaler.
+func (f *jsonFloat) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*f = jsonFloat(math.NaN())
+		return nil
+	}
+	v, err := strconv.ParseFloat(string(b), 64)
+	if err != nil {
+		return fmt.Errorf("not a number: %s", b)
+	}
+	*f = jsonFloat(v)
+	return nil
 }
 
 func bytesText(n int64) string {
@@ -594,15 +841,40 @@ func bytesText(n int64) string {
 }
 
 // Cache runs only the dataset scan and the encode cache of a config (the
-// `newbie-train cache` command), without loading the model's weights.
-func Cache(ctx context.Context, cfg *configs.Config, log io.Writer) error {
-	mc, err := nextdit.Preset(cfg.Model.Preset)
-	if err != nil {
-		return err
-	}
+// `newbie-train cache` command), without loading the model's weights. It
+// holds the output folder's lock while it writes, as a run does.
+func Cache(ctx context.Context, cfg *configs.Config, log io.Writer, stage func(string)) error {
 	if cfg.Model.Preset != "tiny" {
 		return errNoRealEncoders
 	}
-	_, err = BuildCache(ctx, cfg, mc, log)
-	return err
+	mc, err := modelConfig(cfg)
+	if err != nil {
+		return err
+	}
+	logf := func(format string, args ...any) { fmt.Fprintf(log, format+"\n", args...) }
+	out, err := lockOutput(cfg, "filling the encode cache", logf)
+	if err != nil {
+		return err
+	}
+	defer out.release()
+	if stage != nil {
+		stage("the image being checked (the dataset scan stops there)")
+	}
+	ds, err := scanDataset(ctx, cfg, log)
+	if err != nil {
+		if ctx.Err() != nil {
+			return &InterruptedError{Stage: "the dataset scan"}
+		}
+		return err
+	}
+	if stage != nil {
+		stage("the image being encoded (the cache keeps what is encoded)")
+	}
+	if _, err := encodeDataset(ctx, cfg, ds, mc, log); err != nil {
+		if ctx.Err() != nil {
+			return &InterruptedError{Stage: "encoding the dataset", Kept: "the cache keeps every entry encoded so far"}
+		}
+		return err
+	}
+	return nil
 }

@@ -1,17 +1,18 @@
 package train
 
 import (
+	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"regexp"
+	"sort"
 	"strconv"
 
 	ag "github.com/newbie-train/newbie-train/autograd"
 	"github.com/newbie-train/newbie-train/checkpoints"
-	"github.com/newbie-train/newbie-train/data"
-	"github.com/newbie-train/newbie-train/kernels"
-	"github.com/newbie-train/newbie-train/optim"
+	"github.com/newbie-train/newbie-train/internal/atomicfile"
 )
 
 // statesDir is where a run's training states live.
@@ -24,13 +25,18 @@ func (r *run) loraPath(f checkpoints.Format, final bool) string {
 	if !final {
 		stem += fmt.Sprintf("-step%08d", r.step)
 	}
+	return loraFile(r.cfg.Save.Output, stem, f)
+}
+
+// loraFile is the file (or PEFT folder) of a LoRA in format f.
+func loraFile(dir, stem string, f checkpoints.Format) string {
 	switch f {
 	case checkpoints.FormatPEFT:
-		return filepath.Join(r.cfg.Save.Output, stem+"_peft")
+		return filepath.Join(dir, stem+"_peft")
 	case checkpoints.FormatKohya:
-		return filepath.Join(r.cfg.Save.Output, stem+"_kohya.safetensors")
+		return filepath.Join(dir, stem+"_kohya.safetensors")
 	}
-	return filepath.Join(r.cfg.Save.Output, stem+".safetensors")
+	return filepath.Join(dir, stem+".safetensors")
 }
 
 // exportLoRA downloads the adapters into the canonical file form.
@@ -44,6 +50,7 @@ func (r *run) exportLoRA() (*checkpoints.LoRA, error) {
 			checkpoints.MetaSteps:         strconv.Itoa(r.step),
 			checkpoints.MetaConfig:        r.cfg.String(),
 			"preset":                      r.cfg.Model.Preset,
+			"run_id":                      r.out.id.ID,
 		},
 	}
 	for _, a := range r.set.Adapters() {
@@ -72,17 +79,12 @@ func float32s(t *ag.Tensor) ([]float32, error) {
 	return out, nil
 }
 
-// resumeInfo is the trainer's own part of a saved state.
-type resumeInfo struct {
-	Micro  uint64      `json:"micro_batches"`
-	Cursor data.Cursor `json:"loader_cursor"`
-	Curve  []float64   `json:"loss_curve"`
-}
-
-// save writes the LoRA in every configured format, the training state and
-// the loss curve, and prunes old states.
-func (r *run) save(res *Result) error {
+// save writes the LoRA in every configured format (the kohya file with
+// kohya's ss_* training metadata), the training state and the loss curve,
+// and prunes this run's older states and intermediate LoRA files.
+func (r *run) save(ctx context.Context, res *Result) error {
 	final := r.step >= r.total
+	r.stageNow("the save of step %d", r.step)
 	l, err := r.exportLoRA()
 	if err != nil {
 		return err
@@ -93,8 +95,14 @@ func (r *run) save(res *Result) error {
 		if err != nil {
 			return err
 		}
+		out := l
+		if f == checkpoints.FormatKohya {
+			k := *l
+			k.Meta = r.kohyaMeta(l.Meta)
+			out = &k
+		}
 		p := r.loraPath(f, final)
-		if err := checkpoints.WriteLoRA(p, l, f, checkpoints.ExportOptions{}); err != nil {
+		if err := checkpoints.WriteLoRA(p, out, f, checkpoints.ExportOptions{}); err != nil {
 			return fmt.Errorf("save LoRA: %w", err)
 		}
 		res.LoRAFiles = append(res.LoRAFiles, p)
@@ -108,16 +116,23 @@ func (r *run) save(res *Result) error {
 		return fmt.Errorf("save state: %w", err)
 	}
 	res.StateDir = dir
+	r.savedStep, r.savedDir = r.step, dir
 	if r.cfg.Save.KeepLast > 0 {
-		if _, err := checkpoints.KeepLast(r.statesDir(), r.cfg.Save.KeepLast); err != nil {
+		if _, err := checkpoints.KeepLast(r.statesDir(), r.cfg.Save.KeepLast, r.out.id.ID); err != nil {
+			return err
+		}
+	}
+	if r.cfg.Save.KeepLastLoRAs > 0 {
+		if err := r.pruneLoRAs(r.cfg.Save.KeepLastLoRAs); err != nil {
 			return err
 		}
 	}
 	if err := writeLossCurve(filepath.Join(r.cfg.Save.Output, r.cfg.Save.Name+"-loss.png"), r.curve); err != nil {
 		return err
 	}
-	if r.cfg.Sample.Every == 0 && !r.stopping {
-		if err := r.renderPreviews(); err != nil {
+	if r.cfg.Sample.Every == 0 && !r.stopping && ctx.Err() == nil {
+		r.stageNow("the previews of step %d (the state is saved)", r.step)
+		if err := r.renderPreviews(ctx); err != nil {
 			return err
 		}
 	}
@@ -125,14 +140,58 @@ func (r *run) save(res *Result) error {
 	return nil
 }
 
+// stepLoRA matches an intermediate LoRA save of the run's name:
+// <name>-step<N>.safetensors, <name>-step<N>_peft, <name>-step<N>_kohya.safetensors.
+func stepLoRA(name string) *regexp.Regexp {
+	return regexp.MustCompile(`^` + regexp.QuoteMeta(name) + `-step(\d{8})(?:\.safetensors|_peft|_kohya\.safetensors)$`)
+}
+
+// pruneLoRAs keeps the intermediate LoRA files of the n newest saved steps
+// (every format of a step counts once) and deletes the older ones. The
+// output folder is this run's (its lock and run.json say so), and only
+// names of its save.name are touched; the final LoRA never is.
+func (r *run) pruneLoRAs(n int) error {
+	dir := r.cfg.Save.Output
+	re := stepLoRA(r.cfg.Save.Name)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return fmt.Errorf("pruning LoRA files: %w", err)
+	}
+	bySteps := map[int][]string{}
+	for _, e := range ents {
+		if m := re.FindStringSubmatch(e.Name()); m != nil {
+			step, _ := strconv.Atoi(m[1])
+			bySteps[step] = append(bySteps[step], filepath.Join(dir, e.Name()))
+		}
+	}
+	steps := make([]int, 0, len(bySteps))
+	for s := range bySteps {
+		steps = append(steps, s)
+	}
+	sort.Sort(sort.Reverse(sort.IntSlice(steps)))
+	for i, s := range steps {
+		if i < n {
+			continue
+		}
+		for _, p := range bySteps[s] {
+			// Never half a PEFT folder: see atomicfile.Remove.
+			if err := atomicfile.Remove(p); err != nil {
+				return fmt.Errorf("pruning LoRA files: %w", err)
+			}
+		}
+	}
+	return nil
+}
+
 // state gathers everything a resumed run needs.
 func (r *run) state(l *checkpoints.LoRA) (*checkpoints.State, error) {
 	seed, off := r.e.RandomState()
 	st := &checkpoints.State{
-		Step: int64(r.step), ConfigHash: r.cfg.Hash(), BaseModelHash: r.baseHash,
+		Step: int64(r.step), ConfigHash: r.cfg.Hash(), BaseModelHash: r.baseHash, RunID: r.out.id.ID,
 		Seed: seed, RNGOffset: off,
 		Tensors: map[string]checkpoints.Tensor{},
 		JSON:    map[string]json.RawMessage{},
+		Meta:    map[string]string{metaConfig: r.cfg.String()},
 	}
 	for name, layer := range l.Layers {
 		st.Tensors[name+".lora_A"] = checkpoints.Tensor{Shape: []int{layer.Rank, layer.In}, Data: layer.A}
@@ -143,69 +202,14 @@ func (r *run) state(l *checkpoints.LoRA) (*checkpoints.State, error) {
 		return nil, err
 	}
 	if st.JSON["optimizer"], err = json.Marshal(ostate); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("optimizer state: %w", err)
 	}
-	info := resumeInfo{Micro: r.micro, Cursor: r.loader.Cursor(), Curve: r.curve}
+	info := resumeInfo{Micro: r.micro, Cursor: r.loader.Cursor(), Curve: make([]jsonFloat, len(r.curve))}
+	for i, v := range r.curve {
+		info.Curve[i] = jsonFloat(v)
+	}
 	if st.JSON["trainer"], err = json.Marshal(info); err != nil {
-		return nil, err
+		return nil, fmt.Errorf("trainer state: %w", err)
 	}
 	return st, nil
-}
-
-// resume restores a saved state: "latest" or a state folder.
-func (r *run) resume(which string) error {
-	path := which
-	if which == "latest" {
-		p, skipped, err := checkpoints.LatestState(r.statesDir())
-		for _, s := range skipped {
-			r.logf("warning: skipping %s: %v", s.Path, s.Reason)
-		}
-		if err != nil {
-			return fmt.Errorf("resume: %w", err)
-		}
-		path = p
-	}
-	st, err := checkpoints.LoadState(path)
-	if err != nil {
-		return fmt.Errorf("resume: %w", err)
-	}
-	if err := checkpoints.CheckCompatible(st, r.cfg.Hash(), r.baseHash); err != nil {
-		return fmt.Errorf("resume from %s refused: %w", path, err)
-	}
-	for _, a := range r.set.Adapters() {
-		for suffix, t := range map[string]*ag.Tensor{".lora_A": a.A, ".lora_B": a.B} {
-			saved, ok := st.Tensors[a.Name+suffix]
-			if !ok || len(saved.Data) != t.Len() {
-				return fmt.Errorf("resume from %s: the state has no %s of %d values", path, a.Name+suffix, t.Len())
-			}
-			v := make([]float64, len(saved.Data))
-			for i, x := range saved.Data {
-				v[i] = float64(x)
-			}
-			r.b.Upload(t.Buffer(), 0, kernels.EncodeF64(kernels.F32, v))
-		}
-	}
-	var ostate optim.State
-	if err := json.Unmarshal(st.JSON["optimizer"], &ostate); err != nil {
-		return fmt.Errorf("resume from %s: optimizer state: %w", path, err)
-	}
-	if err := r.opt.SetState(ostate); err != nil {
-		return fmt.Errorf("resume from %s: %w", path, err)
-	}
-	var info resumeInfo
-	if err := json.Unmarshal(st.JSON["trainer"], &info); err != nil {
-		return fmt.Errorf("resume from %s: trainer state: %w", path, err)
-	}
-	r.loader.Close()
-	r.loader, err = data.NewLoader(r.encoded, info.Cursor)
-	if err != nil {
-		return fmt.Errorf("resume from %s: %w", path, err)
-	}
-	r.e.SeedRandom(st.Seed, st.RNGOffset)
-	r.step, r.micro, r.curve = int(st.Step), info.Micro, info.Curve
-	if r.step >= r.total {
-		return errors.New("resume: the saved state is already at the run's last step")
-	}
-	r.logf("resumed from %s at step %d", path, r.step)
-	return nil
 }

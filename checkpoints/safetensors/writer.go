@@ -3,16 +3,17 @@ package safetensors
 import (
 	"bufio"
 	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
 	"math"
-	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 
+	"github.com/newbie-train/newbie-train/internal/atomicfile"
 	"github.com/newbie-train/newbie-train/kernels"
 )
 
@@ -146,10 +147,11 @@ func validate(ts []Tensor) error {
 	return nil
 }
 
-// Write writes tensors and metadata to path atomically: the bytes go to
-// "<path>.tmp-<pid>", which is fsynced and then renamed over path. On any
-// error the temporary file is removed and path is left as it was.
-func Write(path string, tensors []Tensor, metadata map[string]string) (err error) {
+// Write writes tensors and metadata to path atomically
+// (internal/atomicfile): the bytes go to a hidden temporary sibling, which
+// is fsynced and then renamed over path. On any error the temporary file is
+// removed and path is left as it was.
+func Write(path string, tensors []Tensor, metadata map[string]string) error {
 	if err := validate(tensors); err != nil {
 		return fmt.Errorf("safetensors: writing %s: %w", path, err)
 	}
@@ -158,63 +160,62 @@ func Write(path string, tensors []Tensor, metadata map[string]string) (err error
 	if err != nil {
 		return fmt.Errorf("safetensors: writing %s: header: %w", path, err)
 	}
-	tmp := fmt.Sprintf("%s.tmp-%d", path, os.Getpid())
-	fh, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o644)
-	if err != nil {
-		return fmt.Errorf("safetensors: writing %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			fh.Close()
-			os.Remove(tmp)
+	err = atomicfile.WriteFile(path, func(f io.Writer) error {
+		bw := bufio.NewWriterSize(f, 1<<20)
+		var lenBuf [8]byte
+		binary.LittleEndian.PutUint64(lenBuf[:], uint64(len(hdr)))
+		if _, err := bw.Write(lenBuf[:]); err != nil {
+			return err
 		}
-	}()
-	bw := bufio.NewWriterSize(fh, 1<<20)
-	var lenBuf [8]byte
-	for i := range 8 {
-		lenBuf[i] = byte(uint64(len(hdr)) >> (8 * i))
+		if _, err := bw.Write(hdr); err != nil {
+			return err
+		}
+		if err := writeData(bw, tensors, order); err != nil {
+			return err
+		}
+		return bw.Flush()
+	})
+	if err != nil {
+		return fmt.Errorf("safetensors: %w", err)
 	}
-	if _, err = bw.Write(lenBuf[:]); err != nil {
-		return fmt.Errorf("safetensors: writing %s: %w", path, err)
-	}
-	if _, err = bw.Write(hdr); err != nil {
-		return fmt.Errorf("safetensors: writing %s: %w", path, err)
-	}
+	return nil
+}
+
+// writeData writes the tensors' bytes to w in order, checking that every
+// Source writes exactly its tensor's size.
+func writeData(w io.Writer, tensors []Tensor, order []int) error {
 	for _, i := range order {
 		t := tensors[i]
-		cw := &countingWriter{w: bw}
+		cw := &countingWriter{w: w}
+		var err error
 		if t.Source != nil {
 			err = t.Source(cw)
 		} else {
 			_, err = cw.Write(t.Data)
 		}
 		if err != nil {
-			return fmt.Errorf("safetensors: writing %s: tensor %q: %w", path, t.Name, err)
+			return fmt.Errorf("tensor %q: %w", t.Name, err)
 		}
 		if cw.n != t.size() {
-			err = fmt.Errorf("safetensors: writing %s: tensor %q: source wrote %d bytes, want %d", path, t.Name, cw.n, t.size())
-			return err
+			return fmt.Errorf("tensor %q: source wrote %d bytes, want %d", t.Name, cw.n, t.size())
 		}
 	}
-	if err = bw.Flush(); err != nil {
-		return fmt.Errorf("safetensors: writing %s: %w", path, err)
-	}
-	if err = fh.Sync(); err != nil {
-		return fmt.Errorf("safetensors: syncing %s: %w", tmp, err)
-	}
-	if err = fh.Close(); err != nil {
-		return fmt.Errorf("safetensors: closing %s: %w", tmp, err)
-	}
-	if err = os.Rename(tmp, path); err != nil {
-		return fmt.Errorf("safetensors: renaming %s into place: %w", tmp, err)
-	}
-	// Persist the rename itself; a failure here does not undo a complete
-	// file, so it is not reported.
-	if d, derr := os.Open(filepath.Dir(path)); derr == nil {
-		d.Sync()
-		d.Close()
-	}
 	return nil
+}
+
+// DataSHA256 is the hex SHA-256 of the data section Write would lay out
+// for tensors: every tensor's bytes in Order, without the header. It is the
+// hash kohya's sd-scripts records as sshs_model_hash (and AUTOMATIC1111's
+// additional-networks indexes LoRAs by), which metadata edits never change.
+func DataSHA256(tensors []Tensor) (string, error) {
+	if err := validate(tensors); err != nil {
+		return "", fmt.Errorf("safetensors: hashing: %w", err)
+	}
+	h := sha256.New()
+	if err := writeData(h, tensors, Order(tensors)); err != nil {
+		return "", fmt.Errorf("safetensors: hashing: %w", err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // WriteFloats encodes v as dtype dt (F32, BF16 or F16, rounding to nearest

@@ -6,6 +6,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strconv"
 
 	"github.com/spf13/cobra"
 
@@ -19,6 +20,8 @@ type demoOptions struct {
 	dir    string
 	steps  int
 	images int
+	sets   []string
+	resume string
 }
 
 func newDemoCmd(stderr io.Writer) *cobra.Command {
@@ -26,17 +29,26 @@ func newDemoCmd(stderr io.Writer) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Train the tiny model on a generated dataset, on the CPU (about a minute)",
-		Long: `demo writes configs/demo.yaml and a small generated dataset (PNG images with
-NewBie XML captions) into --dir, then trains the tiny Next-DiT on the CPU
-backend with stand-in encoders (not the real FLUX VAE, Gemma 3 and Jina CLIP).
-The loss falls and LoRA files appear in <dir>/demo-out.`,
+		Long: `demo writes the demo config (demo.yaml, the one built into the program as
+configs/demo.yaml) and a small generated dataset (PNG images with NewBie XML
+captions) into --dir, then trains the tiny Next-DiT on the CPU backend with
+stand-in encoders (not the real FLUX VAE, Gemma 3 and Jina CLIP). The loss
+falls and LoRA files appear in <dir>/demo-out. An existing <dir>/demo.yaml is
+used as it is.
+
+Each demo starts a new run: a previous demo run in <dir>/demo-out is moved
+to <dir>/demo-out/old-runs/ (as --fresh does for train). --resume latest
+continues an interrupted demo instead; give it the same --steps, --images
+and --set flags.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runDemo(cmd.Context(), o, stderr) },
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.dir, "dir", "newbie-demo", "folder for the demo's config, data and outputs")
-	f.IntVar(&o.steps, "steps", 0, "override train.max_steps (0 keeps the demo's)")
+	f.IntVar(&o.steps, "steps", 0, "override train.max_steps (0 keeps the demo's; the warmup shrinks to a fifth of a shorter run)")
 	f.IntVar(&o.images, "images", 24, "number of generated images")
+	f.StringVar(&o.resume, "resume", "", `continue an interrupted demo: "latest" or a state folder`)
+	addSetFlag(cmd, &o.sets)
 	return cmd
 }
 
@@ -50,25 +62,32 @@ func runDemo(ctx context.Context, o *demoOptions, stderr io.Writer) error {
 			return err
 		}
 	}
-	cfg, err := configs.Load(cfgPath)
+	sets := o.sets
+	if o.steps > 0 {
+		// --steps is shorthand for overrides, so the run's config is the
+		// file plus --set flags (what a resume compares against).
+		base, err := configs.Load(cfgPath)
+		if err != nil {
+			return usageError{err}
+		}
+		sets = append([]string{"train.max_steps=" + strconv.Itoa(o.steps),
+			"train.warmup_steps=" + strconv.Itoa(min(base.Train.WarmupSteps, o.steps/5))}, sets...)
+	}
+	cfg, err := configs.Load(cfgPath, sets...)
 	if err != nil {
 		return usageError{err}
 	}
 	if len(cfg.Data.Folders) != 1 {
-		return fmt.Errorf("%s: the demo expects one data folder", cfgPath)
+		return usageError{fmt.Errorf("%s: the demo expects one data folder", cfgPath)}
 	}
 	if err := data.WriteDemoDataset(cfg.Data.Folders[0].Path, o.images, cfg.Data.Resolution); err != nil {
 		return err
 	}
-	if o.steps > 0 {
-		cfg.Train.MaxSteps = o.steps
-		// A shortened demo keeps its warmup shorter than the run.
-		cfg.Train.WarmupSteps = min(cfg.Train.WarmupSteps, o.steps/5)
-	}
 	fmt.Fprintf(stderr, "demo: config %s, %d generated images in %s\n", cfgPath, o.images, cfg.Data.Folders[0].Path)
-	_, err = train.Run(ctx, cfg, train.Options{Log: stderr, Bar: isTerminal(stderr)})
-	if err == train.ErrInterrupted {
-		return fmt.Errorf("%w: continue with newbie-train --config %s --resume latest", errInterrupted, cfgPath)
+	_, err = train.Run(ctx, cfg, train.Options{Resume: o.resume, Fresh: o.resume == "", Log: stderr, Bar: isTerminal(stderr), Stage: stageFrom(ctx)})
+	again := fmt.Sprintf("newbie-train demo --dir %s --images %d", o.dir, o.images)
+	if o.steps > 0 {
+		again += fmt.Sprintf(" --steps %d", o.steps)
 	}
-	return err
+	return resumeHint(err, again+setArgs(o.sets)+" --resume latest")
 }

@@ -15,10 +15,17 @@ func main() {
 	os.Exit(runWithSignals(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-// runWithSignals runs the command line with Ctrl-C and SIGTERM turned into a
-// cancellation, which a training run answers by saving a resumable state.
+// runWithSignals runs the command line with Ctrl-C and SIGTERM handled as
+// a user expects: the first is acknowledged at once, saying what the
+// program stops after, and cancels the command (a training run then saves
+// a resumable state); a second one exits at once with code 130. Every file
+// is written atomically, so quitting mid-write leaves the last complete
+// version, and the next start removes what the write left behind.
 func runWithSignals(args []string, stdout, stderr io.Writer) int {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	ctx, stop := interruptible(context.Background(), sigs, stderr, func() { os.Exit(exitInterrupted) })
 	defer stop()
 	return run(ctx, args, stdout, stderr)
 }

@@ -9,20 +9,35 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/newbie-train/newbie-train/internal/golden"
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/models/lora"
 	"github.com/newbie-train/newbie-train/models/nextdit"
+	"github.com/newbie-train/newbie-train/models/textenc"
+	"github.com/newbie-train/newbie-train/models/vae"
 	"github.com/newbie-train/newbie-train/train"
 )
 
 // parityOptions are the flags of `newbie-train parity`.
 type parityOptions struct {
+	encoder    string
 	weights    string
 	trajectory string
 	golden     string
 	lora       string
 	backend    string
 	precision  string
+}
+
+// encoderParity runs an encoder's golden inputs and compares its outputs
+// (see textenc.GemmaParity, textenc.JinaParity, vae.Parity).
+var encoderParity = map[string]struct {
+	what string
+	run  func(b kernels.Backend, weights, goldenPath, precision string) (golden.Results, error)
+}{
+	"gemma": {"Gemma 3 text model", textenc.GemmaParity},
+	"jina":  {"Jina CLIP v2 text tower", textenc.JinaParity},
+	"vae":   {"FLUX.1 autoencoder", vae.Parity},
 }
 
 // parityTolerances are the golden README's limits per precision for a
@@ -37,8 +52,8 @@ var parityTolerances = map[string][2]float64{
 func newParityCmd(stdout io.Writer) *cobra.Command {
 	o := &parityOptions{}
 	cmd := &cobra.Command{
-		Use:   "parity --weights W (--golden G [--lora L] | --trajectory T)",
-		Short: "Check our model and training step against reference numbers",
+		Use:   "parity --weights W (--golden G [--lora L] | --trajectory T | --encoder gemma|jina|vae --golden G)",
+		Short: "Check our models and training step against reference numbers",
 		Long: `parity checks this program's numbers against the reference PyTorch code's.
 
 With --golden (e.g. ../shared/golden/nextdit/tiny.golden.safetensors) it runs
@@ -53,15 +68,29 @@ it replays a recorded LoRA training run through the trainer's own step —
 model, LoRA, loss, clipping, AdamW — and prints the relative error of every
 step's loss and of the final LoRA tensors.
 
+With --encoder gemma, jina or vae it runs an encoder's golden inputs
+(../shared/golden/gemma3/gemma_tiny.golden.safetensors, jina/…, vae/…)
+through the encoder loaded from --weights (for Gemma and Jina any layout
+their loaders read: Hugging Face, sharded, ComfyUI, text-only) and prints a
+table of every golden tensor's relative error and tolerance: Gemma's
+hidden_states[-2] and last_hidden_state, Jina's pooled vector and last
+hidden state (real tokens only), the VAE's mean, logvar, latent and decoded
+image. Encoders are frozen: fp64, fp32 and bf16 are the dtype the weights
+are stored and computed in (bf16 norms and softmax in float32).
+
 The architecture comes from the files' metadata. Precisions: fp64 (float64
 weights and inputs), fp32, bf16 (fp32 masters under bf16 autocast). parity
 exits 1 when an error is beyond the golden README's tolerance for the
 precision: --golden fp64 1e-6, fp32 1e-5, bf16 2e-2 (output) / 5e-2
-(gradients).`,
+(gradients); --encoder jina fp64 1e-6, fp32 1e-5, bf16 2e-2; vae 1e-6,
+1e-5, 5e-2; gemma 1e-6 (1.5e-6 on last_hidden_state), 1e-5, 6e-2 (the
+reference's own float32 norms and bf16 weight rounding; see
+textenc.GemmaTolerance).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runParity(o, stdout) },
 	}
 	f := cmd.Flags()
+	f.StringVar(&o.encoder, "encoder", "", "with --golden: check an encoder instead of the Next-DiT: gemma, jina or vae")
 	f.StringVar(&o.weights, "weights", "", "model weights (a safetensors file, sharded index or diffusers folder)")
 	f.StringVar(&o.golden, "golden", "", "reference inputs, output and gradients to compare with")
 	f.StringVar(&o.lora, "lora", "", "with --golden: a LoRA to attach (PEFT folder, ComfyUI or kohya file)")
@@ -82,9 +111,33 @@ func runParity(o *parityOptions, stdout io.Writer) error {
 	if !ok {
 		return usageError{fmt.Errorf("--precision %q: want fp64, fp32 or bf16", o.precision)}
 	}
+	enc, isEncoder := encoderParity[o.encoder]
+	switch {
+	case o.encoder != "" && !isEncoder:
+		return usageError{fmt.Errorf("--encoder %q: want gemma, jina or vae", o.encoder)}
+	case isEncoder && o.golden == "":
+		return usageError{errors.New("--encoder goes with --golden (an encoder's golden file), not --trajectory")}
+	case isEncoder && o.lora != "":
+		return usageError{errors.New("--lora goes with the Next-DiT's --golden, not with --encoder")}
+	}
 	b, err := kernels.Open(o.backend, 0)
 	if err != nil {
 		return err
+	}
+	if isEncoder {
+		rs, err := enc.run(b, o.weights, o.golden, o.precision)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(stdout, "encoder parity: %s (%s) on %s in %s\n", o.encoder, enc.what, b.Name(), o.precision)
+		if err := rs.Write(stdout); err != nil {
+			return err
+		}
+		if err := rs.Err(); err != nil {
+			return fmt.Errorf("encoder parity failed for %s in %s: %w", o.encoder, o.precision, err)
+		}
+		fmt.Fprintln(stdout, "PASS")
+		return nil
 	}
 	if o.golden != "" {
 		return runGoldenParity(o, b, stdout)

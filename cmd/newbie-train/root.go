@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"runtime/debug"
 
 	"github.com/spf13/cobra"
+
+	"github.com/newbie-train/newbie-train/train"
 
 	// The CPU backend is always built in; the CUDA backend registers
 	// itself too and is chosen by the config's device.
@@ -14,8 +17,11 @@ import (
 	_ "github.com/newbie-train/newbie-train/kernels/cuda"
 )
 
-// Exit codes: 0 success, 1 a failure while running, 2 a usage or config
-// error (nothing was run), 130 interrupted (a resumable state was saved).
+// Exit codes (README.md lists the same): 0 success, 1 a failure while
+// running (a crash included: a panic is reported as one), 2 a usage or
+// config error (nothing was run), 130 a signal (Ctrl-C, SIGTERM) ended the
+// command (a training run saves a resumable state first, once training has
+// begun).
 const (
 	exitFailure     = 1
 	exitUsage       = 2
@@ -32,23 +38,36 @@ func (e usageError) Unwrap() error { return e.error }
 var errInterrupted = errors.New("interrupted")
 
 // run executes the command line args and returns the exit code.
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int) {
+	defer func() {
+		// A bug must not exit with Go's panic status 2, which reads as
+		// "usage error, nothing ran".
+		if p := recover(); p != nil {
+			fmt.Fprintf(stderr, "newbie-train: internal error (a bug: please report it with this trace): %v\n%s", p, debug.Stack())
+			code = exitFailure
+		}
+	}()
 	root := newRootCmd(stdout, stderr)
 	root.SetArgs(args)
 	err := root.ExecuteContext(ctx)
-	switch {
-	case err == nil:
+	if err == nil {
 		return 0
-	case errors.Is(err, errInterrupted):
-		fmt.Fprintln(stderr, "newbie-train:", err)
-		return exitInterrupted
-	case errors.As(err, new(usageError)):
-		fmt.Fprintln(stderr, "newbie-train:", err)
-		return exitUsage
-	default:
-		fmt.Fprintln(stderr, "newbie-train:", err)
-		return exitFailure
 	}
+	fmt.Fprintln(stderr, "newbie-train:", err)
+	return exitCode(ctx, err)
+}
+
+// exitCode maps a command's error to the exit code: 130 whenever a signal
+// ended it (whatever error the cancellation surfaced as), 2 for usage and
+// config errors found before anything ran, else 1.
+func exitCode(ctx context.Context, err error) int {
+	switch {
+	case errors.Is(err, errInterrupted) || errors.Is(err, train.ErrInterrupted) || ctx.Err() != nil:
+		return exitInterrupted
+	case errors.As(err, new(usageError)) || errors.As(err, new(*train.ConfigError)):
+		return exitUsage
+	}
+	return exitFailure
 }
 
 // newRootCmd builds the command tree. The root command with --config is
@@ -81,6 +100,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newInspectCmd(stdout),
 		newExportCmd(stdout),
 		newMergeCmd(stdout, stderr),
+		newTokenizeCmd(stdout),
 		newBenchCmd(stdout, stderr),
 		newVersionCmd(stdout),
 	)

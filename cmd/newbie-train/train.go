@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -18,6 +19,8 @@ import (
 type trainOptions struct {
 	config      string
 	resume      string
+	fresh       bool
+	sets        []string
 	printConfig bool
 }
 
@@ -25,7 +28,14 @@ func (o *trainOptions) addFlags(cmd *cobra.Command) {
 	f := cmd.Flags()
 	f.StringVarP(&o.config, "config", "c", "", "the run's lora.yaml")
 	f.StringVar(&o.resume, "resume", "", `continue a run: "latest" (the newest complete state in save.output) or a state folder`)
-	f.BoolVar(&o.printConfig, "print-config", false, "print the effective config (defaults filled in) and exit")
+	f.BoolVar(&o.fresh, "fresh", false, "start a new run in a save.output that holds another run, moving that run's files to save.output/old-runs/ (never deleting them)")
+	addSetFlag(cmd, &o.sets)
+	f.BoolVar(&o.printConfig, "print-config", false, "print the effective config (defaults and --set filled in) and exit")
+}
+
+// addSetFlag adds the repeatable --set key=value flag.
+func addSetFlag(cmd *cobra.Command, sets *[]string) {
+	cmd.Flags().StringArrayVar(sets, "set", nil, "override a config key, checked like the file's own (repeatable): --set train.learning_rate=5e-4 --set data.folders[0].repeats=4")
 }
 
 func newTrainCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -36,7 +46,10 @@ func newTrainCmd(stdout, stderr io.Writer) *cobra.Command {
 		Long: `train reads the config, scans and validates the dataset, fills the encode
 cache, and trains, logging progress and saving the LoRA and a resumable state
 every save.every steps and at the end. Ctrl-C (or SIGTERM) saves a resumable
-state and exits with code 130; --resume latest continues it.`,
+state and exits with code 130; --resume latest continues it. The output
+folder belongs to one run: a second process on it is refused, and so is a
+new run on a folder that holds another run's results (--fresh moves that
+run aside).`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return runTrain(cmd.Context(), o, stdout, stderr) },
 	}
@@ -44,12 +57,13 @@ state and exits with code 130; --resume latest continues it.`,
 	return cmd
 }
 
-// loadConfig reads and checks a config; its problems are usage errors.
-func loadConfig(path string) (*configs.Config, error) {
+// loadConfig reads and checks a config with its --set overrides; its
+// problems are usage errors.
+func loadConfig(path string, sets []string) (*configs.Config, error) {
 	if path == "" {
 		return nil, usageError{errors.New("no --config given")}
 	}
-	cfg, err := configs.Load(path)
+	cfg, err := configs.Load(path, sets...)
 	if err != nil {
 		return nil, usageError{err}
 	}
@@ -57,7 +71,10 @@ func loadConfig(path string) (*configs.Config, error) {
 }
 
 func runTrain(ctx context.Context, o *trainOptions, stdout, stderr io.Writer) error {
-	cfg, err := loadConfig(o.config)
+	if o.fresh && o.resume != "" {
+		return usageError{errors.New("--fresh starts a new run and --resume continues one: give one of them")}
+	}
+	cfg, err := loadConfig(o.config, o.sets)
 	if err != nil {
 		return err
 	}
@@ -68,9 +85,25 @@ func runTrain(ctx context.Context, o *trainOptions, stdout, stderr io.Writer) er
 	if err := cfg.CheckPaths(); err != nil {
 		return usageError{err}
 	}
-	_, err = train.Run(ctx, cfg, train.Options{Resume: o.resume, Log: stderr, Bar: isTerminal(stderr)})
-	if errors.Is(err, train.ErrInterrupted) {
-		return fmt.Errorf("%w: continue with --resume latest", errInterrupted)
+	_, err = train.Run(ctx, cfg, train.Options{Resume: o.resume, Fresh: o.fresh, Log: stderr, Bar: isTerminal(stderr), Stage: stageFrom(ctx)})
+	return resumeHint(err, "newbie-train --config "+o.config+setArgs(o.sets)+" --resume latest")
+}
+
+// setArgs renders --set flags back for a command line to copy.
+func setArgs(sets []string) string {
+	var b strings.Builder
+	for _, s := range sets {
+		fmt.Fprintf(&b, " --set %q", s)
+	}
+	return b.String()
+}
+
+// resumeHint adds to an interruption that saved a state the command that
+// continues it.
+func resumeHint(err error, command string) error {
+	var ie *train.InterruptedError
+	if errors.As(err, &ie) && ie.State != "" {
+		return fmt.Errorf("%w; continue with: %s", err, command)
 	}
 	return err
 }

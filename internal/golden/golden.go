@@ -136,7 +136,7 @@ func (r Result) String() string {
 	if !r.OK() {
 		verdict = "BEYOND TOLERANCE"
 	}
-	return fmt.Sprintf("%s: rel err %.3g (tolerance %.g) %s", r.Name, r.Err, r.Tol, verdict)
+	return fmt.Sprintf("%s: rel err %.3g (tolerance %.3g) %s", r.Name, r.Err, r.Tol, verdict)
 }
 
 // Compare measures got against want by kernels.RelErr.
@@ -174,7 +174,7 @@ func (rs Results) Err() error {
 			worst = r
 		}
 	}
-	return fmt.Errorf("%d of %d comparisons %w, worst %s: %.3g > %.g", len(bad), len(rs), ErrBeyondTolerance, worst.Name, worst.Err, worst.Tol)
+	return fmt.Errorf("%d of %d comparisons %w, worst %s: %.3g > %.3g", len(bad), len(rs), ErrBeyondTolerance, worst.Name, worst.Err, worst.Tol)
 }
 
 // Write prints the results as an aligned table.
@@ -186,7 +186,7 @@ func (rs Results) Write(w io.Writer) error {
 		if !r.OK() {
 			verdict = "BEYOND"
 		}
-		fmt.Fprintf(tw, "%s\t%.3g\t%.g\t%s\n", r.Name, r.Err, r.Tol, verdict)
+		fmt.Fprintf(tw, "%s\t%.3g\t%.3g\t%s\n", r.Name, r.Err, r.Tol, verdict)
 	}
 	return tw.Flush()
 }

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/newbie-train/newbie-train/kernels"
 )
 
 func TestResults(t *testing.T) {
@@ -86,4 +88,15 @@ func mustDir(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return d
+}
+
+func TestFrozenDType(t *testing.T) {
+	for name, want := range map[string]kernels.DType{"fp64": kernels.F64, "fp32": kernels.F32, "bf16": kernels.BF16} {
+		if d, err := FrozenDType(name); err != nil || d != want {
+			t.Errorf("FrozenDType(%q) = %v, %v; want %v", name, d, err, want)
+		}
+	}
+	if _, err := FrozenDType("fp8"); err == nil || !strings.Contains(err.Error(), "fp8") {
+		t.Errorf("FrozenDType(fp8): %v", err)
+	}
 }

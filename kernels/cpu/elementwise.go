@@ -34,7 +34,7 @@ func (c *Backend) floatOperand(op, name string, b kernels.Buffer, n int) *buffer
 }
 
 // unaryKnown reports whether op is one of the defined unary functions.
-func unaryKnown(op kernels.UnaryOp) bool { return op >= kernels.Identity && op <= kernels.DropoutMask }
+func unaryKnown(op kernels.UnaryOp) bool { return op >= kernels.Identity && op <= kernels.LastUnary }
 
 // Unary computes dst[i] = f(src[i]) for every element; src and dst may have
 // different float dtypes and may be the same buffer.
@@ -136,6 +136,11 @@ func unaryApply[T realT](op kernels.UnaryOp, p kernels.UnaryParams, out, in []T)
 		for i, x := range in {
 			v := float64(x)
 			out[i] = T(0.5 * v * (1 + math.Tanh(geluK*(v+0.044715*v*v*v))))
+		}
+	case kernels.GELU:
+		for i, x := range in {
+			v := float64(x)
+			out[i] = T(0.5 * v * (1 + math.Erf(v/math.Sqrt2)))
 		}
 	case kernels.Affine:
 		a, b := T(p.A), T(p.B)
@@ -268,6 +273,12 @@ func unaryGradApply[T realT](op kernels.UnaryOp, p kernels.UnaryParams, g, x []T
 			w := float64(v)
 			t := math.Tanh(geluK * (w + 0.044715*w*w*w))
 			d := 0.5*(1+t) + 0.5*w*(1-t*t)*geluK*(1+3*0.044715*w*w)
+			g[i] = T(float64(g[i]) * d)
+		}
+	case kernels.GELU:
+		for i, v := range x {
+			w := float64(v)
+			d := 0.5*(1+math.Erf(w/math.Sqrt2)) + w*math.Exp(-0.5*w*w)/math.Sqrt(2*math.Pi)
 			g[i] = T(float64(g[i]) * d)
 		}
 	case kernels.Affine:

@@ -164,6 +164,9 @@ func (c *Backend) tensorCoreAttention(d int) bool {
 // attnFastFwd runs the tensor-core forward (bf16 Q/K/V/O, F32 LSE, head
 // size 64, 96 or 128) and reports false where the portable kernel must run.
 func (c *Backend) attnFastFwd(a *kernels.AttentionArgs, q, k, v, o, lse *buffer, shape []byte) bool {
+	if a.D == 256 {
+		return c.attnFwd256(a, q, k, v, o, lse, shape)
+	}
 	// The kernel folds the scale into its exp2 after taking row maxima of
 	// the raw scores, which needs a positive scale.
 	if q.dt != kernels.BF16 || o.dt != kernels.BF16 || lse.dt != kernels.F32 || !c.tensorCoreAttention(a.D) || !(a.Scale > 0) {

@@ -15,26 +15,7 @@
 
 #define TC_LOG2E 1.4426950408889634f
 
-__device__ __forceinline__ u32 smem_u32(const void* p) {
-  u32 r;
-  asm("{ .reg .u64 a; cvta.to.shared.u64 a, %1; cvt.u32.u64 %0, a; }" : "=r"(r) : "l"(p));
-  return r;
-}
-
-// cp16 copies 16 bytes global → shared, or writes zeros when !ok.
-__device__ __forceinline__ void cp16(u32 dst, const void* src, bool ok) {
-  int n = ok ? 16 : 0;
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;"); }
-__device__ __forceinline__ void cp_wait0() { asm volatile("cp.async.wait_group 0;" ::: "memory"); }
-
-__device__ __forceinline__ void ldsm4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
-}
-__device__ __forceinline__ void ldsm4t(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3) : "r"(addr));
-}
+// The mma.sync, ldmatrix and cp.async primitives are tc.cuh's.
 
 // red2 adds two adjacent floats in global memory with one vector
 // reduction where the GPU has it (sm_90: half the atomic traffic of the dQ
@@ -48,28 +29,6 @@ __device__ __forceinline__ void red2(float* p, float x, float y) {
   atomicAdd(p, x);
   atomicAdd(p + 1, y);
 #endif
-}
-
-__device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// ex2 is 2ˣ on the special-function unit (relative error ~2⁻²², far below
-// the bf16 rounding P gets next); ex2(−Inf) = 0.
-__device__ __forceinline__ float ex2(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-  return y;
-}
-
-// pack2 rounds two floats to bf16 (round to nearest even), lo in the low half.
-__device__ __forceinline__ u32 pack2(float lo, float hi) {
-  u32 r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
 }
 
 // tile_load queues a ROWS × D tile (rows row0.. of a strided bf16 matrix)
@@ -303,6 +262,12 @@ extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc96(AttnShape a, con
 }
 extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc128(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
   attn_fwd_tc_body<128, 1>(a, q, k, v, o, lse);
+}
+// Head size 256 (Gemma 3), forward only: 255 registers, no spills, and
+// 169 KB of shared memory, so it runs where the device allows that (Hopper);
+// see attention256.go.
+extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc256(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
+  attn_fwd_tc_body<256, 1>(a, q, k, v, o, lse);
 }
 
 // ---------------------------------------------------------------------------

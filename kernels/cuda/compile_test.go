@@ -2,6 +2,7 @@ package cuda
 
 import (
 	"os"
+	"slices"
 	"sort"
 	"testing"
 )
@@ -47,11 +48,12 @@ func TestKernelSourcesCompile(t *testing.T) {
 	sort.Strings(names)
 	// The GPUs people train on: Turing (sm_75, 16 GB cards, fp16), Ada
 	// (sm_89, Ampere's features and more) and Hopper (sm_90a). The
-	// tensor-core attention file needs sm_80 (bf16 mma.sync, cp.async); the
-	// backend never launches it below that (tensorCoreAttention).
+	// tensor-core files (those compiled with tc.cuh) need
+	// sm_80 (bf16 mma.sync, cp.async); the backend never launches them below
+	// that (tensorCoreAttention, convTC).
 	for _, arch := range []int{75, 89, 90} {
 		for _, f := range names {
-			if arch < 80 && f == "attention_tc.cu" {
+			if arch < 80 && slices.Contains(fileHeaders[f], "tc.cuh") {
 				continue
 			}
 			t.Run(archTarget(arch)+"/"+f, func(t *testing.T) { compileOne(t, rtc, f, files[f], arch) })

@@ -29,7 +29,58 @@ func (c *Backend) Conv2D(y, x, w, bias kernels.Buffer, a kernels.ConvArgs) {
 	if yb == nil || xb == nil || wb == nil || !okb || yb.n == 0 {
 		return
 	}
+	if c.convTC(a, yb, xb, wb, bb) {
+		return
+	}
 	c.launch("conv"+suffix(yb), c.grid1(yb.n, blockSize), blockSize, 0, yb.ptr, dt(yb), xb.ptr, dt(xb), wb.ptr, dt(wb), ptr(bb), dt(bb), sh)
+}
+
+// convTC runs the tensor-core implicit GEMM (conv_tc.cu) where it serves the
+// call — bf16 x, w and y on sm_80 or later, unless NEWBIE_TRAIN_CUDA_OFF
+// names "conv" — and reports false where the direct kernel must run. It
+// needs two workspaces for the call: the input in NHWC layout with the
+// channels padded to a multiple of 32, and the weights as [Cout][KH·KW][Cp].
+func (c *Backend) convTC(a kernels.ConvArgs, y, x, w, bias *buffer) bool {
+	if !c.fast(fastConv) || c.dev.arch < 80 || x.dt != kernels.BF16 || w.dt != kernels.BF16 || y.dt != kernels.BF16 {
+		return false
+	}
+	const op = "Conv2D"
+	cp := (a.Cin + 31) / 32 * 32
+	taps := a.KH * a.KW
+	xt, xs, err := c.alloc.get(int64(a.N*a.H*a.W*cp) * 2)
+	if err != nil {
+		c.failf("%s: NHWC input workspace (%d MiB) for the tensor-core convolution: %v (%s=%s runs the direct kernel, which needs none)",
+			op, a.N*a.H*a.W*cp*2>>20, err, fastPathEnv, fastConv)
+		return true
+	}
+	defer c.alloc.put(xt, xs)
+	wp, ws, err := c.alloc.get(int64(a.Cout*taps*cp) * 2)
+	if err != nil {
+		c.failf("%s: weight workspace for the tensor-core convolution: %v", op, err)
+		return true
+	}
+	defer c.alloc.put(wp, ws)
+	sh := structBytes(a.N, a.Cin, a.H, a.W, a.Cout, a.KH, a.KW, a.Stride, a.Pad, a.OutH(), a.OutW(), cp)
+	c.launch("conv_tc_weights", c.grid1(a.Cout*taps*cp, blockSize), blockSize, 0, wp, w.ptr, sh)
+	hw := a.H * a.W
+	c.launch("conv_tc_nhwc", dims{(hw + 63) / 64, cp / 32, a.N}, 256, 0, xt, x.ptr, a.N, a.Cin, hw, cp)
+	// The channel tile: 128 for wide layers; narrower ones (the VAE's
+	// 3- and 32-channel output convolutions) waste less of it.
+	bm := 128
+	switch {
+	case a.Cout <= 16:
+		bm = 16
+	case a.Cout <= 32:
+		bm = 32
+	case a.Cout <= 64:
+		bm = 64
+	}
+	pixels := a.N * a.OutH() * a.OutW()
+	blocks := (a.Cout + bm - 1) / bm * ((pixels + 127) / 128)
+	// 4 stages of a bm × 40 and a 128 × 40 bf16 tile (conv_tc_body).
+	smem := 4 * (bm + 128) * 40 * 2
+	c.launch("conv_tc"+itoa(bm), dims{blocks, 1, 1}, 256, smem, y.ptr, xt, wp, ptr(bias), dt(bias), sh)
+	return true
 }
 
 // Conv2DGrad computes dx, dw and dbias (each may be nil).

@@ -52,8 +52,8 @@ type Backend struct {
 	recent []string // ops queued since the last good Sync
 	closed bool
 
-	// fused is whether the fused ops run their one-pass kernels (FusedEnv).
-	fused bool
+	// off holds the fast paths turned off (see fastpath.go).
+	off map[string]bool
 	// plan decides how the ops of graph regions run (graph.go); staging and
 	// events are the pinned memory and events its regions hold.
 	plan    *graphPlanner
@@ -106,6 +106,10 @@ var (
 
 // New opens the CUDA backend on device ordinal dev.
 func New(dev int) (*Backend, error) {
+	off, err := fastPathsOffFromEnv()
+	if err != nil {
+		return nil, fmt.Errorf("cuda: %w", err)
+	}
 	l, err := loadLibs()
 	if err != nil {
 		return nil, err
@@ -116,7 +120,7 @@ func New(dev int) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Backend{l: l, dev: ds, fused: fusedFromEnv(), plan: newGraphPlanner(graphsOff(l))}
+	c := &Backend{l: l, dev: ds, off: off, plan: newGraphPlanner(graphsOff(l, off))}
 	c.name = fmt.Sprintf("cuda:%d (%s)", dev, ds.name)
 	d := l.drv
 	if r := d.ctxSetCurrent.call(ds.ctx); r != 0 {

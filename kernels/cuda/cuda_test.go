@@ -178,7 +178,7 @@ func crossCases() []xcase {
 			e.b.Permute(dst, src, []int{2, 3, 5, 7}, []int{2, 0, 3, 1})
 			return [][]float64{e.get(dst)}
 		})
-		for op := kernels.Identity; op <= kernels.DropoutMask; op++ {
+		for op := kernels.Identity; op <= kernels.LastUnary; op++ {
 			add("Unary/"+itoa(int(op))+"/"+dn, tol, func(e *env) [][]float64 {
 				var x kernels.Buffer
 				if op == kernels.DropoutMask {
@@ -355,6 +355,77 @@ func crossCases() []xcase {
 			return [][]float64{e.get(s), e.get(nf), e.get(nf2)}
 		})
 	}
+	// The FLUX VAE's convolutions on the bf16 implicit GEMM (conv_tc.cu),
+	// each channel tile, odd planes, two images in a pixel tile; the last
+	// rerun with the fast path off checks the direct kernel at bf16.
+	for _, cc := range []struct {
+		name string
+		a    kernels.ConvArgs
+		off  bool
+	}{
+		{"resnet-3x3", kernels.ConvArgs{N: 1, Cin: 128, H: 32, W: 32, Cout: 128, KH: 3, KW: 3, Stride: 1, Pad: 1}, false},
+		{"resnet-3x3-widen", kernels.ConvArgs{N: 1, Cin: 128, H: 16, W: 16, Cout: 256, KH: 3, KW: 3, Stride: 1, Pad: 1}, false},
+		{"downsample", kernels.ConvArgs{N: 1, Cin: 128, H: 33, W: 33, Cout: 128, KH: 3, KW: 3, Stride: 2, Pad: 0}, false},
+		{"shortcut-1x1", kernels.ConvArgs{N: 2, Cin: 128, H: 16, W: 16, Cout: 256, KH: 1, KW: 1, Stride: 1, Pad: 0}, false},
+		{"conv_in", kernels.ConvArgs{N: 1, Cin: 3, H: 64, W: 64, Cout: 128, KH: 3, KW: 3, Stride: 1, Pad: 1}, false},
+		{"encoder-conv_out", kernels.ConvArgs{N: 1, Cin: 512, H: 8, W: 8, Cout: 32, KH: 3, KW: 3, Stride: 1, Pad: 1}, false},
+		{"decoder-conv_out", kernels.ConvArgs{N: 1, Cin: 128, H: 32, W: 32, Cout: 3, KH: 3, KW: 3, Stride: 1, Pad: 1}, false},
+		{"odd-plane-cout64", kernels.ConvArgs{N: 2, Cin: 40, H: 9, W: 11, Cout: 64, KH: 3, KW: 3, Stride: 1, Pad: 1}, false},
+		{"odd-plane-direct", kernels.ConvArgs{N: 2, Cin: 40, H: 9, W: 11, Cout: 70, KH: 3, KW: 3, Stride: 1, Pad: 1}, true},
+	} {
+		add("Conv2D/vae/"+cc.name, kerneltest.Tol(bf16, bf16), func(e *env) [][]float64 {
+			if cc.off {
+				defer fastPathOff(e, fastConv)()
+			}
+			a := cc.a
+			x := e.randn(bf16, a.N*a.Cin*a.H*a.W)
+			w := e.put(bf16, kerneltest.Randn(e.rng, a.Cout*a.Cin*a.KH*a.KW, 1/math.Sqrt(float64(a.Cin*a.KH*a.KW))))
+			bias := e.randn(bf16, a.Cout)
+			y := e.poison(bf16, a.N*a.Cout*a.OutH()*a.OutW())
+			e.b.Conv2D(y, x, w, bias, a)
+			y2 := e.poison(bf16, a.N*a.Cout*a.OutH()*a.OutW())
+			e.b.Conv2D(y2, x, w, nil, a)
+			return [][]float64{e.get(y), e.get(y2)}
+		})
+	}
+	// GroupNorm on the multi-block kernels (groupnorm_fast.cu), bf16 and
+	// fp32, and GroupNormSiLU against the CPU's GroupNorm then SiLU; groups
+	// of 65536 elements are split over 8 blocks.
+	for _, gc := range []struct {
+		name        string
+		x, y        kernels.DType
+		n, ch, hw   int
+		groups      int
+		off, affine bool
+	}{
+		{"bf16/vae-128ch", bf16, bf16, 1, 128, 32 * 32, 32, false, true},
+		{"bf16/split", bf16, bf16, 1, 128, 128 * 128, 32, false, true},
+		{"f32/split", f32, f32, 2, 64, 64 * 64, 8, false, true},
+		{"bf16-f32/no-affine", bf16, f32, 2, 64, 256, 32, false, false},
+		{"bf16/general", bf16, bf16, 1, 128, 32 * 32, 32, true, true},
+	} {
+		add("GroupNorm/fast/"+gc.name, kerneltest.Tol(gc.x, gc.y), func(e *env) [][]float64 {
+			if gc.off {
+				defer fastPathOff(e, fastGroupNorm)()
+			}
+			n := gc.n * gc.ch * gc.hw
+			x := e.put(gc.x, kerneltest.Randn(e.rng, n, 2))
+			var w, bb kernels.Buffer
+			if gc.affine {
+				w, bb = e.randn(f32, gc.ch), e.randn(bf16, gc.ch)
+			}
+			y, m, r := e.poison(gc.y, n), e.poison(f32, gc.n*gc.groups), e.poison(f32, gc.n*gc.groups)
+			e.b.GroupNorm(y, m, r, x, w, bb, gc.n, gc.ch, gc.hw, gc.groups, 1e-6)
+			ys, ms, rs := e.poison(gc.y, n), e.poison(f32, gc.n*gc.groups), e.poison(f32, gc.n*gc.groups)
+			if fb, ok := e.b.(kernels.GroupNormSiLUBackend); ok {
+				fb.GroupNormSiLU(ys, ms, rs, x, w, bb, gc.n, gc.ch, gc.hw, gc.groups, 1e-6)
+			} else {
+				e.b.GroupNorm(ys, ms, rs, x, w, bb, gc.n, gc.ch, gc.hw, gc.groups, 1e-6)
+				e.b.Unary(kernels.SiLU, ys, ys, kernels.UnaryParams{})
+			}
+			return [][]float64{e.get(y), e.get(m), e.get(r), e.get(ys), e.get(ms), e.get(rs)}
+		})
+	}
 	add("Cast", 0, func(e *env) [][]float64 {
 		x := e.put(f32, []float64{1.5, -2.7, 3.999, 3e4, -0.4, 65504, 1e-3})
 		b, h, i, back := e.poison(bf16, 7), e.poison(kernels.F16, 7), e.poison(kernels.I32, 7), e.poison(f64, 7)
@@ -444,6 +515,14 @@ func crossCases() []xcase {
 		{"bf16/d96/long", bf16, 1, 300, 300, 6, 2, 96, false, 0, []int32{250}},
 		{"bf16/d96/cross", bf16, 2, 77, 150, 3, 3, 96, false, 0, []int32{150, 90}},
 		{"bf16/d96/causal-window", bf16, 1, 200, 200, 2, 1, 96, true, 50, nil},
+		// The encoders' heads: Jina CLIP (64, bidirectional, right padding)
+		// and Gemma 3 (256, 8 query / 4 kv heads, causal, a sliding window
+		// on most layers, right padding); 256 runs attn_fwd_tc256 forward
+		// and the portable backward.
+		{"bf16/d64/jina-keylens", bf16, 2, 100, 100, 4, 4, 64, false, 0, []int32{100, 57}},
+		{"bf16/d256/gemma-sliding", bf16, 2, 150, 150, 4, 2, 256, true, 40, []int32{150, 97}},
+		{"bf16/d256/gemma-global", bf16, 2, 130, 130, 8, 4, 256, true, 0, []int32{130, 70}},
+		{"bf16/d256/bidirectional", bf16, 1, 70, 90, 2, 1, 256, false, 0, []int32{85}},
 	} {
 		run := func(e *env) [][]float64 {
 			nq, nk := ac.B*ac.Sq*ac.Hq*ac.D, ac.B*ac.Sk*ac.Hkv*ac.D
@@ -471,6 +550,21 @@ func crossCases() []xcase {
 		}
 	}
 	return append(cs, fusedCrossCases()...)
+}
+
+// fastPathOff turns fast path name off on e's backend when it is this
+// package's (the CPU backend has none) and returns what turns it back on.
+func fastPathOff(e *env, name string) func() {
+	g, ok := e.b.(*Backend)
+	if !ok {
+		return func() {}
+	}
+	was := g.off
+	g.off = map[string]bool{name: true}
+	for k, v := range was {
+		g.off[k] = g.off[k] || v
+	}
+	return func() { g.off = was }
 }
 
 // TestFaults checks that bad arguments and device-detected faults surface

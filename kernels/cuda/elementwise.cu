@@ -85,6 +85,7 @@ extern "C" __global__ void permute_d(void* d, i64 ddt, const void* s, i64 sdt, i
 #define U_AFFINE 14
 #define U_POW 15
 #define U_DROPOUT 16
+#define U_GELU_ERF 17
 
 #define GELU_K 0.7978845608028654
 
@@ -99,6 +100,8 @@ __device__ __forceinline__ float t_sqrt(float x) { return sqrtf(x); }
 __device__ __forceinline__ double t_sqrt(double x) { return sqrt(x); }
 __device__ __forceinline__ float t_tanh(float x) { return tanhf(x); }
 __device__ __forceinline__ double t_tanh(double x) { return tanh(x); }
+__device__ __forceinline__ float t_erf(float x) { return erff(x); }
+__device__ __forceinline__ double t_erf(double x) { return erf(x); }
 __device__ __forceinline__ float t_pow(float x, double a) { return powf(x, (float)a); }
 __device__ __forceinline__ double t_pow(double x, double a) { return pow(x, a); }
 
@@ -135,6 +138,7 @@ __device__ __forceinline__ T unary_apply(int op, T x, double A, double B) {
     case U_AFFINE: return x * (T)A + (T)B;
     case U_POW: return t_pow(x, A);
     case U_DROPOUT: return x >= (T)A ? (T)B : (T)0;
+    case U_GELU_ERF: return (T)0.5 * x * ((T)1 + t_erf(x * (T)0.70710678118654752));
   }
   return x;
 }
@@ -172,6 +176,11 @@ __device__ __forceinline__ T unary_grad_apply(int op, T x, T g, double A) {
     case U_AFFINE: return g * (T)A;
     case U_POW: return g * (T)A * t_pow(x, A - 1.0);
     case U_DROPOUT: return (T)0;
+    case U_GELU_ERF: {
+      // Φ(x) + x·φ(x), φ the standard normal density.
+      T phi = t_exp((T)-0.5 * x * x) * (T)0.39894228040143268;
+      return g * ((T)0.5 * ((T)1 + t_erf(x * (T)0.70710678118654752)) + x * phi);
+    }
   }
   return g;
 }
@@ -480,6 +489,7 @@ __device__ void unary_grad_vec_loop(u16* dx, const u16* x, const u16* dy, i64 n8
     case U_AFFINE: F<U_AFFINE>(__VA_ARGS__); break; \
     case U_POW: F<U_POW>(__VA_ARGS__); break;     \
     case U_DROPOUT: F<U_DROPOUT>(__VA_ARGS__); break; \
+    case U_GELU_ERF: F<U_GELU_ERF>(__VA_ARGS__); break; \
   }
 
 extern "C" __global__ void unary_bf16_vec(i64 op, u16* d, const u16* s, i64 n8, double A, double B) {

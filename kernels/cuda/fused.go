@@ -1,20 +1,13 @@
 package cuda
 
 import (
-	"os"
-
 	"github.com/newbie-train/newbie-train/kernels"
 )
 
-// FusedEnv is the environment variable that turns the fused kernels of
-// fused_norm.cu off: with NEWBIE_TRAIN_CUDA_FUSED=0 the fused ops run as
-// their compositions of this backend's primitive kernels (kernels.Compose*),
-// the op sequence of the engine before they existed. It is read when a
-// backend is opened.
-const FusedEnv = "NEWBIE_TRAIN_CUDA_FUSED"
-
-// fusedFromEnv reports whether the fused kernels are on (the default).
-func fusedFromEnv() bool { return os.Getenv(FusedEnv) != "0" }
+// The fused ops' one-pass kernels are a fast path (fastFused): with
+// NEWBIE_TRAIN_CUDA_OFF naming "fused" they run as their compositions of
+// this backend's primitive kernels (kernels.Compose*), the op sequence of
+// the engine before they existed.
 
 // composed runs a fused op as its composition (fused kernels off),
 // recording an allocation failure as the op's.
@@ -60,7 +53,7 @@ func nsVecOK(a kernels.NormScaleArgs, sb, rb *buffer) bool {
 // NormScale computes res + RMSNorm(x)·w ⊙ f(s) in one pass.
 func (c *Backend) NormScale(y, rstd, x, w kernels.Buffer, a kernels.NormScaleArgs) {
 	const op = "NormScale"
-	if !c.fused {
+	if !c.fast(fastFused) {
 		c.composed(op, func() error { return kernels.ComposeNormScale(c, y, rstd, x, w, a) })
 		return
 	}
@@ -92,7 +85,7 @@ func (c *Backend) NormScale(y, rstd, x, w kernels.Buffer, a kernels.NormScaleArg
 // sample's rows and a fold that writes every element of ds).
 func (c *Backend) NormScaleGrad(dx, ds, dy, x, w, rstd kernels.Buffer, a kernels.NormScaleArgs) {
 	const op = "NormScaleGrad"
-	if !c.fused {
+	if !c.fast(fastFused) {
 		c.composed(op, func() error { return kernels.ComposeNormScaleGrad(c, dx, ds, dy, x, w, rstd, a) })
 		return
 	}
@@ -180,7 +173,7 @@ func qkvLanes(d int) int {
 // applied, in one pass.
 func (c *Backend) QKVNormRope(q, k, v, rstdQ, rstdK, qkv, wq, wk, cos, sin kernels.Buffer, a kernels.QKVArgs) {
 	const op = "QKVNormRope"
-	if !c.fused {
+	if !c.fast(fastFused) {
 		c.composed(op, func() error { return kernels.ComposeQKVNormRope(c, q, k, v, rstdQ, rstdK, qkv, wq, wk, cos, sin, a) })
 		return
 	}
@@ -225,7 +218,7 @@ func (c *Backend) QKVNormRope(q, k, v, rstdQ, rstdK, qkv, wq, wk, cos, sin kerne
 // pass.
 func (c *Backend) QKVNormRopeGrad(dqkv, dq, dk, dv, qkv, wq, wk, rstdQ, rstdK, cos, sin kernels.Buffer, a kernels.QKVArgs) {
 	const op = "QKVNormRopeGrad"
-	if !c.fused {
+	if !c.fast(fastFused) {
 		c.composed(op, func() error {
 			return kernels.ComposeQKVNormRopeGrad(c, dqkv, dq, dk, dv, qkv, wq, wk, rstdQ, rstdK, cos, sin, a)
 		})

@@ -12,15 +12,16 @@ import (
 // fused_norm.cu: each shape that picks a different kernel (the generic
 // ones, the bf16 row kernels with one, two or re-read chunks a lane, the
 // bf16 QKV kernels) in each dtype, and each once more with the fused
-// kernels off (FusedEnv), which runs the compositions of primitives.
+// kernels off (NEWBIE_TRAIN_CUDA_OFF=fused), which runs the compositions of primitives.
 func fusedCrossCases() []xcase {
 	var cs []xcase
 	add := func(name string, tol float64, run func(e *env) [][]float64) {
 		cs = append(cs, xcase{name, tol, run})
 		cs = append(cs, xcase{name + "/composed", tol, func(e *env) [][]float64 {
 			if g, ok := e.b.(*Backend); ok {
-				g.fused = false
-				defer func() { g.fused = true }()
+				prev := g.off
+				g.off = map[string]bool{fastFused: true}
+				defer func() { g.off = prev }()
 			}
 			return run(e)
 		}})

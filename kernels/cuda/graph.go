@@ -3,17 +3,12 @@ package cuda
 import (
 	"encoding/binary"
 	"fmt"
-	"os"
 	"runtime"
+	"strings"
 	"unsafe"
 
 	"github.com/newbie-train/newbie-train/kernels"
 )
-
-// GraphsEnv is the environment variable that turns graph replay off:
-// with NEWBIE_TRAIN_CUDA_GRAPHS=0 every graph region runs as plain
-// launches. It is read when a backend is opened.
-const GraphsEnv = "NEWBIE_TRAIN_CUDA_GRAPHS"
 
 // graphAPI holds the driver's graph entry points, resolved apart from the
 // others: a driver without them still runs everything, without graphs.
@@ -40,11 +35,11 @@ const (
 )
 
 // graphsOff says why a new backend runs without graphs ("" when it uses
-// them).
-func graphsOff(l *libs) string {
+// them): NEWBIE_TRAIN_CUDA_OFF names "graphs", or the driver lacks them.
+func graphsOff(l *libs, off map[string]bool) string {
 	switch {
-	case os.Getenv(GraphsEnv) == "0":
-		return GraphsEnv + "=0"
+	case off[fastGraphs]:
+		return fastPathEnv + " names " + fastGraphs
 	case l.graphErr != nil:
 		return l.graphErr.Error()
 	}
@@ -75,18 +70,22 @@ func (c *Backend) EndGraph() {
 	}
 }
 
-// Settings reports the backend's switchable paths: the fused kernels
-// (FusedEnv) and graph replay (GraphsEnv).
+// Settings reports the backend's fast paths (fastpath.go), each on or off,
+// and why graph replay is off when it is.
 func (c *Backend) Settings() string {
-	fused := "on"
-	if !c.fused {
-		fused = "off (" + FusedEnv + "=0)"
+	var parts []string
+	for _, f := range fastPaths {
+		state := "on"
+		if !c.fast(f) {
+			state = "off"
+		}
+		parts = append(parts, f+" "+state)
 	}
-	graphs := "on"
-	if c.plan.off != "" {
-		graphs = "off (" + c.plan.off + ")"
+	s := fastPathEnv + ": " + strings.Join(parts, ", ")
+	if c.plan.off != "" && c.fast(fastGraphs) {
+		s += " (graphs unavailable: " + c.plan.off + ")"
 	}
-	return fmt.Sprintf("fused kernels %s, graph replay %s", fused, graphs)
+	return s
 }
 
 // GraphStats reports what the graph regions did since the backend opened.

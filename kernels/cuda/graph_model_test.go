@@ -77,7 +77,7 @@ func trainTiny(t *testing.T, steps int, checkpoint bool) ([]float64, [][]float64
 }
 
 // TestGraphsTrainSameBits trains the tiny model for a few steps with graph
-// replay and without (NEWBIE_TRAIN_CUDA_GRAPHS=0), with and without
+// replay and without (NEWBIE_TRAIN_CUDA_OFF=graphs), with and without
 // checkpointing, and requires the same losses and LoRA weights bit for bit,
 // and that the run with graphs really replayed most of its ops.
 func TestGraphsTrainSameBits(t *testing.T) {
@@ -88,7 +88,7 @@ func TestGraphsTrainSameBits(t *testing.T) {
 		t.Run(map[bool]string{false: "checkpointing off", true: "checkpointing on"}[ckpt], func(t *testing.T) {
 			const steps = 6
 			lossOn, wOn, stOn := trainTiny(t, steps, ckpt)
-			t.Setenv(cuda.GraphsEnv, "0")
+			t.Setenv("NEWBIE_TRAIN_CUDA_OFF", "graphs")
 			lossOff, wOff, stOff := trainTiny(t, steps, ckpt)
 			t.Logf("with graphs: %v", stOn)
 			t.Logf("without: %v", stOff)

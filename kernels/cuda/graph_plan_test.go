@@ -324,7 +324,7 @@ func TestGraphPlannerFallbacks(t *testing.T) {
 		t.Errorf("nested regions: %+v; want one segment a run", q.stats)
 	}
 
-	off := newGraphPlanner(GraphsEnv + "=0")
+	off := newGraphPlanner(fastPathEnv + " names graphs")
 	off.begin(g, "k")
 	if off.active() || off.stats.Off == "" {
 		t.Errorf("graphs off: active %v, stats %+v", off.active(), off.stats)

@@ -13,12 +13,18 @@ import (
 	"unsafe"
 )
 
-// sources holds the kernel files. common.cuh is prepended to every .cu
-// (NVRTC sees one self-contained translation unit; no CUDA headers are
-// needed, so only libnvrtc is required at run time, not the toolkit).
+// sources holds the kernel files. common.cuh is prepended to every .cu,
+// and the headers fileHeaders names to the files that use them (NVRTC sees
+// one self-contained translation unit; no CUDA headers are needed, so only
+// libnvrtc is required at run time, not the toolkit).
 //
-//go:embed *.cu common.cuh
+//go:embed *.cu *.cuh
 var sources embed.FS
+
+// fileHeaders lists, per kernel file, the shared headers it is compiled
+// with after common.cuh: tc.cuh holds the tensor-core and cp.async
+// primitives, which only files for sm_80 and later may use.
+var fileHeaders = map[string][]string{"attention_tc.cu": {"tc.cuh"}, "conv_tc.cu": {"tc.cuh"}}
 
 var kernelDecl = regexp.MustCompile(`extern "C"\s+__global__\s+(?:__launch_bounds__\([^)]*\)\s+)?void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(`)
 
@@ -59,7 +65,16 @@ func kernelIndex() (map[string]string, map[string]string, error) {
 				indexErr = err
 				return
 			}
-			full := string(common) + "\n#line 1 \"" + e.Name() + "\"\n" + string(src)
+			full := string(common)
+			for _, h := range fileHeaders[e.Name()] {
+				hs, err := sources.ReadFile(h)
+				if err != nil {
+					indexErr = fmt.Errorf("embedded %s (a header of %s): %w", h, e.Name(), err)
+					return
+				}
+				full += "\n#line 1 \"" + h + "\"\n" + string(hs)
+			}
+			full += "\n#line 1 \"" + e.Name() + "\"\n" + string(src)
 			fileSource[e.Name()] = full
 			for _, m := range kernelDecl.FindAllStringSubmatch(string(src), -1) {
 				if prev, dup := kernelFile[m[1]]; dup {

@@ -225,13 +225,18 @@ func (c *Backend) Unary(op kernels.UnaryOp, dst, src kernels.Buffer, p kernels.U
 	if s == nil {
 		return
 	}
-	if op < kernels.Identity || op > kernels.DropoutMask {
+	if op < kernels.Identity || op > kernels.LastUnary {
 		c.failf("Unary: unknown op %d", op)
 		return
 	}
 	if d.n == 0 {
 		return
 	}
+	c.unary(op, d, s, p)
+}
+
+// unary launches dst = f(src) over checked, equally long, non-empty buffers.
+func (c *Backend) unary(op kernels.UnaryOp, d, s *buffer, p kernels.UnaryParams) {
 	if d.dt == kernels.BF16 && s.dt == kernels.BF16 && d.n%8 == 0 {
 		c.launch("unary_bf16_vec", c.grid1(d.n/8, blockSize), blockSize, 0, int(op), d.ptr, s.ptr, d.n/8, p.A, p.B)
 		return
@@ -254,7 +259,7 @@ func (c *Backend) UnaryGrad(op kernels.UnaryOp, dx, x, dy kernels.Buffer, p kern
 	if xs == nil || g == nil {
 		return
 	}
-	if op < kernels.Identity || op > kernels.DropoutMask {
+	if op < kernels.Identity || op > kernels.LastUnary {
 		c.failf("UnaryGrad: unknown op %d", op)
 		return
 	}
@@ -725,12 +730,21 @@ func (c *Backend) rowNormGrad(op string, rms bool, dx, dw, db, dy, x, w, mean, r
 
 // GroupNorm normalises x [n, c, hw] over groups of channels.
 func (c *Backend) GroupNorm(y, mean, rstd, x, w, b kernels.Buffer, n, ch, hw, groups int, eps float64) {
-	if !c.enter("GroupNorm") {
+	c.groupNormOp("GroupNorm", false, y, mean, rstd, x, w, b, n, ch, hw, groups, eps)
+}
+
+// GroupNormSiLU writes y = SiLU(GroupNorm(x)) (kernels.GroupNormSiLUBackend):
+// one pass where the fast kernels serve, else GroupNorm then SiLU in place.
+func (c *Backend) GroupNormSiLU(y, mean, rstd, x, w, b kernels.Buffer, n, ch, hw, groups int, eps float64) {
+	c.groupNormOp("GroupNormSiLU", true, y, mean, rstd, x, w, b, n, ch, hw, groups, eps)
+}
+
+func (c *Backend) groupNormOp(op string, silu bool, y, mean, rstd, x, w, b kernels.Buffer, n, ch, hw, groups int, eps float64) {
+	if !c.enter(op) {
 		c.leave()
 		return
 	}
 	defer c.leave()
-	const op = "GroupNorm"
 	if !c.groupShape(op, n, ch, hw, groups) {
 		return
 	}
@@ -744,8 +758,14 @@ func (c *Backend) GroupNorm(y, mean, rstd, x, w, b kernels.Buffer, n, ch, hw, gr
 	if !ok1 || !ok2 || n*ch*hw == 0 {
 		return
 	}
+	if c.groupNormFast(op, silu, yb, mb, rb, xb, wb, bb, n, ch, hw, groups, eps) {
+		return
+	}
 	c.launch("groupnorm"+suffix(yb, rb), dims{min(n*groups, c.dev.sms*16), 1, 1}, blockSize, 0, yb.ptr, dt(yb), mb.ptr, rb.ptr, dt(rb),
 		xb.ptr, dt(xb), ptr(wb), dt(wb), ptr(bb), dt(bb), n, ch, hw, groups, eps)
+	if silu {
+		c.unary(kernels.SiLU, yb, yb, kernels.UnaryParams{})
+	}
 }
 
 func (c *Backend) groupShape(op string, n, ch, hw, groups int) bool {

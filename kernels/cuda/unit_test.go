@@ -251,3 +251,35 @@ func TestVecBroadcast(t *testing.T) {
 		}
 	}
 }
+
+// TestParseFastPathsOff: NEWBIE_TRAIN_CUDA_OFF takes the known names in any
+// order with spaces and empty items, and refuses an unknown one by name.
+func TestParseFastPathsOff(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want []string
+		bad  string
+	}{
+		{"", nil, ""},
+		{"conv", []string{"conv"}, ""},
+		{" groupnorm , attn256,", []string{"groupnorm", "attn256"}, ""},
+		{"conv,gropunorm", nil, "gropunorm"},
+	} {
+		off, err := parseFastPathsOff(tc.in)
+		if tc.bad != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.bad) {
+				t.Errorf("%q: error %v, want one naming %q", tc.in, err, tc.bad)
+			}
+			continue
+		}
+		if err != nil || len(off) != len(tc.want) {
+			t.Errorf("%q: %v, %v; want %v", tc.in, off, err, tc.want)
+			continue
+		}
+		for _, w := range tc.want {
+			if !off[w] {
+				t.Errorf("%q: %s not turned off", tc.in, w)
+			}
+		}
+	}
+}

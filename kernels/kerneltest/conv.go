@@ -99,6 +99,13 @@ var convCases = []struct {
 	{kernels.ConvArgs{N: 2, Cin: 3, H: 5, W: 6, Cout: 2, KH: 2, KW: 3, Stride: 2, Pad: 2}, true, true, true, true},
 	{kernels.ConvArgs{N: 1, Cin: 3, H: 7, W: 7, Cout: 2, KH: 3, KW: 3, Stride: 1, Pad: 0}, false, true, true, false},
 	{kernels.ConvArgs{N: 1, Cin: 64, H: 13, W: 11, Cout: 37, KH: 3, KW: 3, Stride: 1, Pad: 1}, true, true, true, true},
+	// The FLUX VAE's layer kinds at small sides (the CUDA backend's bf16
+	// implicit GEMM serves them, with its 128-wide channel tile): a 3×3
+	// resnet convolution, the stride-2 downsampler on its zero-extended odd
+	// side, and a 1×1 shortcut that widens the channels.
+	{kernels.ConvArgs{N: 1, Cin: 64, H: 12, W: 12, Cout: 128, KH: 3, KW: 3, Stride: 1, Pad: 1}, true, false, false, false},
+	{kernels.ConvArgs{N: 1, Cin: 32, H: 17, W: 17, Cout: 32, KH: 3, KW: 3, Stride: 2, Pad: 0}, true, false, true, false},
+	{kernels.ConvArgs{N: 2, Cin: 32, H: 8, W: 8, Cout: 96, KH: 1, KW: 1, Stride: 1, Pad: 0}, true, true, false, false},
 }
 
 func testConv2D(t *testing.T, b kernels.Backend) {

@@ -115,6 +115,11 @@ var paUnaryOps = []paUnaryOp{
 			th := math.Tanh(u)
 			return 0.5*(1+th) + 0.5*x*(1-th*th)*du
 		}, paNormal},
+	{kernels.GELU, "GELU", kernels.UnaryParams{},
+		func(x float64, _ kernels.UnaryParams) float64 { return 0.5 * x * (1 + math.Erf(x/math.Sqrt2)) },
+		func(x float64, _ kernels.UnaryParams) float64 {
+			return 0.5*(1+math.Erf(x/math.Sqrt2)) + x*math.Exp(-x*x/2)/math.Sqrt(2*math.Pi)
+		}, paNormal},
 	{kernels.Affine, "Affine", kernels.UnaryParams{A: -1.75, B: 0.625},
 		func(x float64, p kernels.UnaryParams) float64 { return x*p.A + p.B },
 		func(_ float64, p kernels.UnaryParams) float64 { return p.A }, paNormal},

@@ -336,6 +336,11 @@ func testGroupNorm(t *testing.T, b kernels.Backend) {
 		{3, 10, 7, 10, true, false},
 		{2, 9, 1, 3, true, true},
 		{4, 8, 1100, 2, true, true},
+		// The VAE's 32 groups on sides that are multiples of 8 (the CUDA
+		// backend's multi-block kernels), the second with groups long
+		// enough to be split over several blocks.
+		{1, 64, 1024, 32, true, true},
+		{1, 32, 16384, 8, true, false},
 	} {
 		for _, d := range pbDTypesFor(ci) {
 			name := fmt.Sprintf("%v/n%d_c%d_hw%d_g%d/affine=%v", d, sz.n, sz.ch, sz.hw, sz.groups, sz.affine)

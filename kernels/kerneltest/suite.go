@@ -153,3 +153,14 @@ func head(v []float64) string {
 	}
 	return fmt.Sprintf("%.6g", v)
 }
+
+// OpenCUDA opens the GPU backend, or skips the test where there is none.
+// The caller's package registers "cuda" (a blank import of kernels/cuda).
+func OpenCUDA(t testing.TB) kernels.Backend {
+	t.Helper()
+	b, err := kernels.Open("cuda", 0)
+	if err != nil {
+		t.Skipf("no CUDA device, GPU test skipped: %v", err)
+	}
+	return b
+}

@@ -18,21 +18,11 @@ import (
 	"github.com/newbie-train/newbie-train/kernels/kerneltest"
 )
 
-// openCUDA opens the GPU backend, or skips the test where there is none.
-func openCUDA(t *testing.T) kernels.Backend {
-	t.Helper()
-	b, err := kernels.Open("cuda", 0)
-	if err != nil {
-		t.Skipf("no CUDA device, GPU test skipped: %v", err)
-	}
-	return b
-}
-
 // TestGoldenParityCUDA is TestGoldenParity on the GPU backend: fp32 within
 // 1e-5, bf16 autocast within the README's bf16 tolerances.
 func TestGoldenParityCUDA(t *testing.T) {
 	g := openGolden(t)
-	openCUDA(t) // skip early where there is no GPU
+	kerneltest.OpenCUDA(t) // skip early where there is no GPU
 	cases := []struct {
 		name            string
 		autocast        kernels.DType
@@ -45,7 +35,7 @@ func TestGoldenParityCUDA(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			m, in, y := runGoldenOn(t, openCUDA(t), g, kernels.F32, tc.autocast, tc.checkpoint)
+			m, in, y := runGoldenOn(t, kerneltest.OpenCUDA(t), g, kernels.F32, tc.autocast, tc.checkpoint)
 			kerneltest.Check(t, "out.y", y, g.get(t, "out.y"), tc.outTol)
 			kerneltest.Check(t, "grad.in.x", gradValues(t, in.X), g.get(t, "grad.in.x"), tc.gradTol)
 			kerneltest.Check(t, "grad.in.cap_feats", gradValues(t, in.CapFeats), g.get(t, "grad.in.cap_feats"), tc.gradTol)
@@ -123,7 +113,7 @@ func TestFullSizeStepCUDA(t *testing.T) {
 	if os.Getenv("NEWBIE_FULLSIZE") == "" {
 		t.Skip("set NEWBIE_FULLSIZE=1 to run the full-size step (writes a 7 GB file)")
 	}
-	be := openCUDA(t)
+	be := kerneltest.OpenCUDA(t)
 	cfg, _ := Preset("newbie-exp0.1")
 	dir := os.Getenv("NEWBIE_FULLSIZE_DIR")
 	if dir == "" {

@@ -83,6 +83,31 @@ func (c Config) Validate() error {
 // Sliding reports whether layer i uses sliding-window attention.
 func (c Config) Sliding(i int) bool { return c.LayerTypes[i] == SlidingAttention }
 
+// Gemma4BConfig is Gemma 3 4B's text model, the one NewBie conditions on,
+// and what Load uses for a checkpoint that carries no config (ComfyUI's
+// gemma_3_4b files). google/gemma-3-4b-it's config.json sets hidden 2560,
+// MLP 10240, 34 layers, a 1024 sliding window and linear RoPE scaling ×8 in
+// its text_config; transformers' Gemma3TextConfig defaults give the rest
+// (8 heads, 4 kv heads, head_dim 256, vocab 262208, query_pre_attn_scalar
+// 256, RMSNorm eps 1e-6, global base 1e6, local base 1e4, every sixth layer
+// global). ComfyUI's Gemma3_4B_Config (comfy/text_encoders/llama.py) spells
+// out the same values. TestParseConfig parses that config.json to this.
+func Gemma4BConfig() Config {
+	c := Config{
+		VocabSize: 262208, HiddenSize: 2560, IntermediateSize: 10240, NumLayers: 34,
+		NumHeads: 8, NumKVHeads: 4, HeadDim: 256, RMSNormEps: 1e-6, QueryPreAttnScalar: 256,
+		SlidingWindow: 1024, LocalRope: Rope{Theta: 1e4, Factor: 1}, GlobalRope: Rope{Theta: 1e6, Factor: 8},
+	}
+	c.LayerTypes = make([]string, c.NumLayers)
+	for i := range c.LayerTypes {
+		c.LayerTypes[i] = SlidingAttention
+		if (i+1)%6 == 0 {
+			c.LayerTypes[i] = FullAttention
+		}
+	}
+	return c
+}
+
 // rawConfig holds the JSON fields of either a Gemma3TextConfig or a
 // multimodal Gemma3Config (whose text_config holds the text fields), in
 // both the transformers 5 spelling (rope_parameters per layer type) and the

@@ -27,6 +27,10 @@ func TestParseConfig(t *testing.T) {
 	if c.LocalRope != (Rope{Theta: 1e4, Factor: 1}) || c.GlobalRope != (Rope{Theta: 1e6, Factor: 8}) {
 		t.Errorf("legacy RoPE: local %+v global %+v", c.LocalRope, c.GlobalRope)
 	}
+	// This is google/gemma-3-4b-it's text_config: the built-in default must be it.
+	if !reflect.DeepEqual(c, Gemma4BConfig()) {
+		t.Errorf("Gemma4BConfig %+v\nis not gemma-3-4b-it's config.json %+v", Gemma4BConfig(), c)
+	}
 	var full []int
 	for i := range c.NumLayers {
 		if !c.Sliding(i) {

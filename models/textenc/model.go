@@ -44,7 +44,7 @@ func (g *Gemma) Release() {
 // conditions on. Values at padded positions are not meaningful. The tensors
 // are step tensors: release them (or let EndStep) when done.
 func (g *Gemma) Forward(ids, mask [][]int32) (hiddenStates []*ag.Tensor, err error) {
-	err = g.run(ids, mask, func(i int, t *ag.Tensor) { hiddenStates = append(hiddenStates, t) })
+	err = g.run(ids, mask, g.cfg.NumLayers, func(i int, t *ag.Tensor) { hiddenStates = append(hiddenStates, t) })
 	if err != nil {
 		for _, t := range hiddenStates {
 			t.Release()
@@ -55,12 +55,13 @@ func (g *Gemma) Forward(ids, mask [][]int32) (hiddenStates []*ag.Tensor, err err
 }
 
 // PenultimateHidden returns only hidden_states[-2] [B, L, hidden], NewBie's
-// caption feature, releasing every other hidden state as soon as it has
-// been used.
+// caption feature: the output of the second-to-last layer. The last layer
+// and the final norm are never run (for Gemma 3 4B: 33 of 34 layers), and
+// every earlier hidden state is released as soon as it has been used.
 func (g *Gemma) PenultimateHidden(ids, mask [][]int32) (*ag.Tensor, error) {
 	var out *ag.Tensor
 	want := g.cfg.NumLayers - 1
-	err := g.run(ids, mask, func(i int, t *ag.Tensor) {
+	err := g.run(ids, mask, want, func(i int, t *ag.Tensor) {
 		if i == want {
 			out = t
 		} else {
@@ -74,63 +75,6 @@ func (g *Gemma) PenultimateHidden(ids, mask [][]int32) (*ag.Tensor, error) {
 	return out, nil
 }
 
-// keyLens checks ids and mask and returns each row's number of real tokens.
-func (g *Gemma) keyLens(ids, mask [][]int32) ([]int32, int, error) {
-	if len(ids) == 0 || len(ids[0]) == 0 {
-		return nil, 0, fmt.Errorf("textenc: forward: empty batch")
-	}
-	l := len(ids[0])
-	if mask != nil && len(mask) != len(ids) {
-		return nil, 0, fmt.Errorf("textenc: forward: %d mask rows for %d id rows", len(mask), len(ids))
-	}
-	lens := make([]int32, len(ids))
-	for b, row := range ids {
-		if len(row) != l {
-			return nil, 0, fmt.Errorf("textenc: forward: id row %d has %d tokens, row 0 has %d", b, len(row), l)
-		}
-		for i, id := range row {
-			if id < 0 || int(id) >= g.cfg.VocabSize {
-				return nil, 0, fmt.Errorf("textenc: forward: token id %d at [%d, %d] is outside the vocabulary of %d", id, b, i, g.cfg.VocabSize)
-			}
-		}
-		lens[b] = int32(l)
-		if mask == nil {
-			continue
-		}
-		if len(mask[b]) != l {
-			return nil, 0, fmt.Errorf("textenc: forward: mask row %d has %d entries for %d tokens", b, len(mask[b]), l)
-		}
-		n := 0
-		for n < l && mask[b][n] == 1 {
-			n++
-		}
-		for i := n; i < l; i++ {
-			if mask[b][i] != 0 {
-				return nil, 0, fmt.Errorf("textenc: forward: mask row %d is not ones then zeros (value %d at %d after padding began at %d); only right padding is supported", b, mask[b][i], i, n)
-			}
-		}
-		if n == 0 {
-			return nil, 0, fmt.Errorf("textenc: forward: mask row %d has no real token", b)
-		}
-		lens[b] = int32(n)
-	}
-	return lens, l, nil
-}
-
-// ropeTensors builds the cos/sin tables [B, L, head/2] of one layer type in
-// the model's dtype (transformers casts them to the activations' dtype).
-func (g *Gemma) ropeTensors(r Rope, b, l int) (cos, sin *ag.Tensor) {
-	c1, s1 := ropeTable(r, g.cfg.HeadDim, l)
-	n := len(c1)
-	c, s := make([]float64, b*n), make([]float64, b*n)
-	for i := range b {
-		copy(c[i*n:], c1)
-		copy(s[i*n:], s1)
-	}
-	shape := []int{b, l, g.cfg.HeadDim / 2}
-	return g.e.FromFloat64(g.opts.DType, shape, c), g.e.FromFloat64(g.opts.DType, shape, s)
-}
-
 // roundTo rounds v to what dtype d stores.
 func roundTo(d kernels.DType, v float64) float64 {
 	switch d {
@@ -142,45 +86,33 @@ func roundTo(d kernels.DType, v float64) float64 {
 	return float64(float32(v))
 }
 
-// run is the forward; emit receives hidden state i (0: embeddings, then
-// each layer's output; NumLayers: the final norm) and owns it.
-func (g *Gemma) run(ids, mask [][]int32, emit func(i int, t *ag.Tensor)) error {
+// run is the forward up to hidden state upto (0: the embeddings, i: the
+// output of layer i−1, NumLayers: the final norm of the last layer's
+// output); nothing past it is computed. emit receives hidden states 0 to
+// upto in order and owns them.
+func (g *Gemma) run(ids, mask [][]int32, upto int, emit func(i int, t *ag.Tensor)) error {
 	e, c := g.e, g.cfg
-	if len(g.w) == 0 {
-		return fmt.Errorf("textenc: forward on a released model")
-	}
-	lens, l, err := g.keyLens(ids, mask)
+	prev := e.SetGradEnabled(false)
+	defer e.SetGradEnabled(prev)
+	emb, lens, err := lookup(e, g.w["embed_tokens.weight"], ids, mask, c.VocabSize, 0)
 	if err != nil {
 		return err
 	}
-	if err := e.Err(); err != nil {
-		return fmt.Errorf("textenc: forward: engine already failed: %w", err)
-	}
-	b := len(ids)
-	flat := make([]int32, 0, b*l)
-	for _, row := range ids {
-		flat = append(flat, row...)
-	}
-	prev := e.SetGradEnabled(false)
-	defer e.SetGradEnabled(prev)
-
-	idt := e.FromInt32([]int{b, l}, flat)
-	emb := ag.Embedding(g.w["embed_tokens.weight"], idt)
-	idt.Release()
+	b, l := emb.Shape()[0], emb.Shape()[1]
 	// √hidden is a float32 buffer in transformers, cast to the weights'
 	// dtype before the product (bf16 turns √2560 into 50.5).
 	x := ag.Scale(emb, roundTo(g.opts.DType, float64(float32(math.Sqrt(float64(c.HiddenSize))))))
 	emb.Release()
 
-	localCos, localSin := g.ropeTensors(c.LocalRope, b, l)
-	globalCos, globalSin := g.ropeTensors(c.GlobalRope, b, l)
+	localCos, localSin := ropeTensors(e, g.opts.DType, c.LocalRope, c.HeadDim, b, l)
+	globalCos, globalSin := ropeTensors(e, g.opts.DType, c.GlobalRope, c.HeadDim, b, l)
 	defer func() {
 		for _, t := range []*ag.Tensor{localCos, localSin, globalCos, globalSin} {
 			t.Release()
 		}
 	}()
 
-	for i := range c.NumLayers {
+	for i := range min(upto, c.NumLayers) {
 		cos, sin := globalCos, globalSin
 		window := 0
 		if c.Sliding(i) {
@@ -194,6 +126,14 @@ func (g *Gemma) run(ids, mask [][]int32, emit func(i int, t *ag.Tensor)) error {
 		// state releases the others in emit, and the layer still read x.
 		emit(i, x)
 		x = next
+	}
+	if upto < c.NumLayers {
+		if err := e.Err(); err != nil {
+			x.Release()
+			return fmt.Errorf("textenc: forward: %w", err)
+		}
+		emit(upto, x)
+		return nil
 	}
 	out := g.norm(x, g.w["norm.weight"])
 	x.Release()

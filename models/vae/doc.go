@@ -20,6 +20,10 @@
 // fused op's 256 (FLUX's mid-block head is 512 wide): explicit products
 // and a softmax over chunks of query rows.
 //
+// Decode works in overlapping, linearly blended latent tiles above
+// Options.DecodeTile (128 by default: images above 1024² on a side), as
+// diffusers' tiled_decode does, so the decoder's memory stays bounded.
+//
 // Encoder wraps a loaded VAE as a data.ImageEncoder, so the encode cache
 // and the loader use the real model where tests and the demo use
 // data.StandInVAE.

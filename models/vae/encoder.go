@@ -110,12 +110,18 @@ func (c *Encoder) encode(imgs []data.RGB) ([]data.Latent, error) {
 			host[i*plane+j] = float64(v)
 		}
 	}
-	// Inputs are uploaded in float32 (float64 for an F64 VAE): bf16/fp16
-	// storage still reads float32 images, and autocast lowers the operands
-	// of each product itself, as PyTorch would.
+	// Inputs are uploaded in float32 (float64 for an F64 VAE): under
+	// autocast bf16/fp16 storage still reads float32 images, and autocast
+	// lowers the operands of each product itself, as PyTorch would. Without
+	// autocast a bf16/fp16 VAE reads images in its own dtype, so that it
+	// runs in that dtype throughout like a PyTorch VAE cast to it (a float32
+	// image would promote every op to float32).
 	in := kernels.F32
-	if m.opts.DType == kernels.F64 {
+	switch {
+	case m.opts.DType == kernels.F64:
 		in = kernels.F64
+	case c.autocast == 0 && (m.opts.DType == kernels.BF16 || m.opts.DType == kernels.F16):
+		in = m.opts.DType
 	}
 	var vals []float64
 	var err error

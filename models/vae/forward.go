@@ -22,12 +22,9 @@ func (m *VAE) conv(p string, x *ag.Tensor, stride, pad int) *ag.Tensor {
 	return ag.Conv2D(x, m.w(p+".weight"), m.w(p+".bias"), stride, pad)
 }
 
-// normAct is GroupNorm then SiLU.
+// normAct is GroupNorm then SiLU (one fused pass where the backend has it).
 func (m *VAE) normAct(p string, x *ag.Tensor) *ag.Tensor {
-	n := ag.GroupNorm(x, m.cfg.NormNumGroups, m.w(p+".weight"), m.w(p+".bias"), NormEps)
-	y := ag.SiLU(n)
-	n.Release()
-	return y
+	return ag.GroupNormSiLU(x, m.cfg.NormNumGroups, m.w(p+".weight"), m.w(p+".bias"), NormEps)
 }
 
 // resnet is diffusers' ResnetBlock2D without a time embedding:
@@ -329,10 +326,14 @@ func (m *VAE) Denormalize(x *ag.Tensor) *ag.Tensor {
 // Decode runs the decoder on an unnormalised latent z [B, 16, h, w] (the
 // encoder's mean, or Denormalize of a DiT latent: the golden's
 // out.decoded is decode(mean)) and returns the image [B, 3, 8h, 8w],
-// nominally in [−1, 1] and not clipped.
+// nominally in [−1, 1] and not clipped. Latents wider or taller than
+// Options.DecodeTile are decoded in blended tiles (see DecodeTiled).
 func (m *VAE) Decode(z *ag.Tensor) (*ag.Tensor, error) {
 	if err := m.checkInput("Decode", z, m.cfg.LatentChannels, 1); err != nil {
 		return nil, err
+	}
+	if t := m.decodeTile(); t > 0 {
+		return m.decodeTiled(z, t), nil
 	}
 	return m.decoder(z), nil
 }

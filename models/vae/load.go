@@ -9,9 +9,11 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/newbie-train/newbie-train/autograd"
 	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
@@ -31,11 +33,20 @@ type Options struct {
 	// Config, when set, is the architecture to use for a file without
 	// config metadata (instead of a config.json beside it or FLUX's).
 	Config *Config
+	// DecodeTile is the latent side above which Decode works in blended
+	// tiles of that side, a multiple of 4 (0: DefaultDecodeTile, diffusers'
+	// for FLUX, so images up to 1024² decode whole; negative: never tile).
+	DecodeTile int
 }
 
 func (o Options) withDefaults() (Options, error) {
 	if o.DType == 0 {
 		o.DType = kernels.F32
+	}
+	if o.DecodeTile > 0 {
+		if err := checkTile(o.DecodeTile); err != nil {
+			return o, fmt.Errorf("vae: Options.DecodeTile: %w", err)
+		}
 	}
 	switch o.DType {
 	case kernels.F32, kernels.BF16, kernels.F64, kernels.F16:
@@ -289,17 +300,28 @@ func NewRandom(e *autograd.Engine, cfg Config, opts Options, seed uint64) (*VAE,
 		}
 		v := make([]float64, n)
 		stream := seed ^ uint64(k+1)*0x9e3779b97f4a7c15
-		for i := range v {
-			z := kernels.NormalAt(stream, uint64(i), 0, 1)
-			switch {
-			case len(p.Shape) > 1:
-				v[i] = z / math.Sqrt(float64(fanIn))
-			case strings.HasSuffix(p.Name, ".bias"):
-				v[i] = 0.02 * z
-			default:
-				v[i] = 1 + 0.1*z
-			}
+		// Each value depends on its index only, so the draw splits over
+		// the cores (the full FLUX VAE has 84 M of them).
+		parts := max(1, min(runtime.GOMAXPROCS(0), n>>16))
+		var wg sync.WaitGroup
+		for part := range parts {
+			wg.Add(1)
+			go func(lo, hi int) {
+				defer wg.Done()
+				for i := lo; i < hi; i++ {
+					z := kernels.NormalAt(stream, uint64(i), 0, 1)
+					switch {
+					case len(p.Shape) > 1:
+						v[i] = z / math.Sqrt(float64(fanIn))
+					case strings.HasSuffix(p.Name, ".bias"):
+						v[i] = 0.02 * z
+					default:
+						v[i] = 1 + 0.1*z
+					}
+				}
+			}(part*n/parts, (part+1)*n/parts)
 		}
+		wg.Wait()
 		m.weights[p.Name] = e.Constant(p.Name, opts.DType, p.Shape, v)
 	}
 	if err := e.Err(); err != nil {

@@ -1,0 +1,255 @@
+// checks.cpp: the emulated runs of TestKernelsEmulated. It is compiled after
+// emu.h, common.cuh and one kernel file, with EMU_CONV, EMU_GN or EMU_ATTN
+// naming which. Each case draws random inputs, runs the kernels with the
+// grids the Go side launches, compares with a float64 reference from the
+// same (rounded) inputs and prints PASS/FAIL lines; the exit code counts
+// failures.
+
+static u16 emu_bf16_of(double v) { return emu_rne_bf16((float)v); }
+
+template <class T>
+static T* emu_upload(const std::vector<T>& h) {
+  T* d = emu_dev<T>(h.size());
+  memcpy(d, h.data(), h.size() * sizeof(T));
+  return d;
+}
+
+#ifdef EMU_CONV
+struct ConvCase {
+  const char* name;
+  i64 N, Cin, H, W, Cout, KH, KW, s, p;
+  bool bias;
+};
+
+// conv_tile is convTC's channel tile (conv.go).
+static int conv_tile(i64 cout) { return cout <= 16 ? 16 : cout <= 32 ? 32 : cout <= 64 ? 64 : 128; }
+
+static void conv_case(const ConvCase& k) {
+  const i64 HO = (k.H + 2 * k.p - k.KH) / k.s + 1, WO = (k.W + 2 * k.p - k.KW) / k.s + 1;
+  const i64 Cp = (k.Cin + 31) / 32 * 32, taps = k.KH * k.KW;
+  std::vector<u16> hx(k.N * k.Cin * k.H * k.W), hw(k.Cout * k.Cin * taps), hb(k.Cout);
+  for (auto& v : hx) v = emu_bf16_of(emu_randn());
+  for (auto& v : hw) v = emu_bf16_of(emu_randn() / std::sqrt((double)(k.Cin * taps)));
+  for (auto& v : hb) v = emu_bf16_of(emu_randn());
+  u16 *x = emu_upload(hx), *w = emu_upload(hw), *b = emu_upload(hb);
+  const i64 ny = k.N * k.Cout * HO * WO;
+  u16* y = emu_upload(std::vector<u16>(ny, 0xffff));  // NaN: an unwritten element fails
+  u16* xt = emu_upload(std::vector<u16>(k.N * k.H * k.W * Cp, 0xffff));
+  u16* wp = emu_upload(std::vector<u16>(k.Cout * taps * Cp, 0xffff));
+  ConvTC c{k.N, k.Cin, k.H, k.W, k.Cout, k.KH, k.KW, k.s, k.p, HO, WO, Cp};
+  // A grid-stride launch with fewer blocks than elements, as grid1 caps it.
+  emu_launch(conv_tc_weights, uint3e{3, 1, 1}, 256, 0, wp, (const u16*)w, c);
+  const i64 hw_ = k.H * k.W;
+  emu_launch(conv_tc_nhwc, uint3e{(unsigned)((hw_ + 63) / 64), (unsigned)(Cp / 32), (unsigned)k.N}, 256, 0, xt, (const u16*)x, k.N, k.Cin, hw_, Cp);
+  const int bm = conv_tile(k.Cout);
+  const i64 pixels = k.N * HO * WO;
+  const unsigned blocks = (unsigned)((k.Cout + bm - 1) / bm * ((pixels + 127) / 128));
+  const size_t smem = 4 * (bm + 128) * 40 * 2;
+  const void* bias = k.bias ? (const void*)b : nullptr;
+  auto kern = bm == 128 ? conv_tc128 : bm == 64 ? conv_tc64 : bm == 32 ? conv_tc32 : conv_tc16;
+  emu_launch(kern, uint3e{blocks, 1, 1}, 256, smem, y, (const u16*)xt, (const u16*)wp, bias, (i64)DT_BF16, c);
+
+  std::vector<double> got(ny), want(ny);
+  for (i64 n = 0; n < k.N; n++)
+    for (i64 co = 0; co < k.Cout; co++)
+      for (i64 oy = 0; oy < HO; oy++)
+        for (i64 ox = 0; ox < WO; ox++) {
+          double s = k.bias ? emu_bf16_value(hb[co]) : 0;
+          for (i64 ci = 0; ci < k.Cin; ci++)
+            for (i64 ky = 0; ky < k.KH; ky++)
+              for (i64 kx = 0; kx < k.KW; kx++) {
+                const i64 iy = oy * k.s - k.p + ky, ix = ox * k.s - k.p + kx;
+                if (iy < 0 || iy >= k.H || ix < 0 || ix >= k.W) continue;
+                s += (double)emu_bf16_value(hw[((co * k.Cin + ci) * k.KH + ky) * k.KW + kx]) *
+                     emu_bf16_value(hx[((n * k.Cin + ci) * k.H + iy) * k.W + ix]);
+              }
+          const i64 i = ((n * k.Cout + co) * HO + oy) * WO + ox;
+          want[i] = s;
+          got[i] = emu_bf16_value(y[i]);
+        }
+  // One bf16 rounding of the output: about 2⁻⁹/√3 relative.
+  emu_report(k.name, emu_relerr(got, want), 4e-3);
+}
+
+int main() {
+  const ConvCase cases[] = {
+      // 3×3 same padding, channels padded 40 → 64, an odd plane (scalar
+      // stores), a partial channel tile (70 of 128), two images in a tile.
+      {"conv/3x3/odd-plane/cin40-cout70", 2, 40, 9, 11, 70, 3, 3, 1, 1, true},
+      // The VAE's input convolution: 3 channels padded to 32.
+      {"conv/3x3/cin3-cout32", 1, 3, 16, 16, 32, 3, 3, 1, 1, true},
+      // The downsampler: stride 2, no padding, on the zero-extended 17×17.
+      {"conv/3x3/stride2-pad0/cin64-cout64", 1, 64, 17, 17, 64, 3, 3, 2, 0, true},
+      // A 1×1 shortcut, no bias, a 16-channel tile.
+      {"conv/1x1/cin32-cout16", 2, 32, 8, 8, 16, 1, 1, 1, 0, false},
+      // The decoder's output convolution: 3 channels out.
+      {"conv/3x3/cin32-cout3", 1, 32, 12, 12, 3, 3, 3, 1, 1, true},
+      // Wide channels: several k tiles per tap and two channel tiles.
+      {"conv/3x3/cin96-cout160", 1, 96, 6, 7, 160, 3, 3, 1, 1, true},
+  };
+  for (const auto& k : cases) conv_case(k);
+  return emu_failures;
+}
+#endif
+
+#ifdef EMU_GN
+
+static void gn_case(const char* name, i64 N, i64 C, i64 HW, i64 G, i64 S, bool xbf, bool ybf, bool silu, bool affine) {
+  const i64 n = N * C * HW, cpg = C / G, len = cpg * HW;
+  std::vector<double> hx(n), hw(C), hb(C);
+  for (auto& v : hx) v = 2 * emu_randn() - 1.5;
+  for (auto& v : hw) v = 1 + 0.3 * emu_randn();
+  for (auto& v : hb) v = 0.5 * emu_randn();
+  std::vector<u16> xb(n);
+  std::vector<float> xf(n);
+  for (i64 i = 0; i < n; i++) {
+    xb[i] = emu_bf16_of(hx[i]);
+    hx[i] = xbf ? emu_bf16_value(xb[i]) : (float)hx[i];
+    xf[i] = (float)hx[i];
+  }
+  std::vector<float> wf(C), bf(C);
+  for (i64 c = 0; c < C; c++) wf[c] = (float)hw[c], bf[c] = (float)hb[c], hw[c] = wf[c], hb[c] = bf[c];
+  const void* x = xbf ? (const void*)emu_upload(xb) : (const void*)emu_upload(xf);
+  void* y = ybf ? (void*)emu_upload(std::vector<u16>(n, 0xffff)) : (void*)emu_upload(std::vector<float>(n, NAN));
+  float* part = emu_upload(std::vector<float>(N * G * S * 3, NAN));
+  float* mean = emu_upload(std::vector<float>(N * G, NAN));
+  float* rstd = emu_upload(std::vector<float>(N * G, NAN));
+  const float* w = affine ? emu_upload(wf) : nullptr;
+  const float* b = affine ? emu_upload(bf) : nullptr;
+  const double eps = 1e-6;
+  const uint3e grid{(unsigned)S, (unsigned)(N * G), 1};
+  emu_launch(gn_stats_kernel, grid, 256, 0, part, x, (i64)xbf, len, S);
+  emu_launch(gn_apply_kernel, grid, 256, 0, y, (i64)ybf, mean, rstd, x, (i64)xbf, (const void*)w, (i64)DT_F32, (const void*)b, (i64)DT_F32,
+             (const float*)part, C, HW, G, S, S, (i64)silu, eps);
+
+  std::vector<double> gy(n), wy(n), gm(N * G), wm(N * G), gr(N * G), wr(N * G);
+  for (i64 ng = 0; ng < N * G; ng++) {
+    double m = 0, q = 0;
+    for (i64 j = 0; j < len; j++) m += hx[ng * len + j];
+    m /= len;
+    for (i64 j = 0; j < len; j++) q += (hx[ng * len + j] - m) * (hx[ng * len + j] - m);
+    const double rs = 1 / std::sqrt(q / len + eps);
+    wm[ng] = m, wr[ng] = rs, gm[ng] = mean[ng], gr[ng] = rstd[ng];
+    for (i64 j = 0; j < len; j++) {
+      const i64 c = (ng % G) * cpg + j / HW, i = ng * len + j;
+      double v = (hx[i] - m) * rs;
+      if (affine) v = v * hw[c] + hb[c];
+      if (silu) v = v / (1 + std::exp(-v));
+      wy[i] = v;
+      gy[i] = ybf ? emu_bf16_value(((u16*)y)[i]) : ((float*)y)[i];
+    }
+  }
+  char buf[256];
+  snprintf(buf, sizeof buf, "%s/y", name);
+  emu_report(buf, emu_relerr(gy, wy), ybf ? 4e-3 : 1e-5);
+  snprintf(buf, sizeof buf, "%s/mean", name);
+  emu_report(buf, emu_relerr(gm, wm), 1e-5);
+  snprintf(buf, sizeof buf, "%s/rstd", name);
+  emu_report(buf, emu_relerr(gr, wr), 1e-5);
+}
+
+int main() {
+  // 50 chunks per group split 1, 3 and 7 ways (uneven slices, and with 7 an
+  // empty tail slice); every dtype pair; SiLU on and off.
+  gn_case("gn/bf16-bf16/silu/S3", 2, 8, 200, 4, 3, true, true, true, true);
+  gn_case("gn/bf16-bf16/S1", 1, 8, 200, 4, 1, true, true, false, true);
+  gn_case("gn/f32-f32/S7", 2, 8, 200, 4, 7, false, false, false, true);
+  gn_case("gn/f32-f32/silu/noaffine/S3", 1, 8, 200, 4, 3, false, false, true, false);
+  gn_case("gn/bf16-f32/silu/S2", 1, 16, 64, 8, 2, true, false, true, true);
+  gn_case("gn/f32-bf16/S4", 1, 16, 64, 2, 4, false, true, false, true);
+  // Many chunks per thread (the 4-deep unrolled loop with a ragged end).
+  gn_case("gn/bf16-bf16/silu/long", 1, 4, 4096 + 8, 2, 2, true, true, true, true);
+  return emu_failures;
+}
+#endif
+
+#ifdef EMU_ATTN
+struct AttnCase {
+  const char* name;
+  i64 B, Sq, Sk, Hq, Hkv, D;
+  bool causal;
+  i64 window;
+  std::vector<int> keylens;
+};
+
+static void attn_case(const AttnCase& k) {
+  const i64 nq = k.B * k.Sq * k.Hq * k.D, nk = k.B * k.Sk * k.Hkv * k.D;
+  std::vector<u16> hq(nq), hk(nk), hv(nk);
+  for (auto& v : hq) v = emu_bf16_of(emu_randn());
+  for (auto& v : hk) v = emu_bf16_of(emu_randn());
+  for (auto& v : hv) v = emu_bf16_of(emu_randn());
+  u16 *q = emu_upload(hq), *kk = emu_upload(hk), *vv = emu_upload(hv);
+  u16* o = emu_upload(std::vector<u16>(nq, 0xffff));
+  float* lse = emu_upload(std::vector<float>(k.B * k.Hq * k.Sq, NAN));
+  int* kl = k.keylens.empty() ? nullptr : emu_upload(k.keylens);
+  const double scale = 1 / std::sqrt((double)k.D);
+  AttnShape a{k.B, k.Sq, k.Sk, k.Hq, k.Hkv, k.D, scale, k.causal ? 1 : 0, k.window, (u64)(uintptr_t)kl};
+  if (k.D == 64) {
+    // attnFastFwd's mma.sync launch: two m-tiles a warp, 128 rows a block.
+    emu_launch(attn_fwd_tc64, uint3e{(unsigned)((k.Sq + 127) / 128), (unsigned)k.Hq, (unsigned)k.B}, 128, (128 + 4 * 64) * (64 + 8) * 2, a,
+               (const u16*)q, (const u16*)kk, (const u16*)vv, o, lse);
+  } else if (k.D == 256) {
+    // attnFwd256's launch.
+    emu_launch(attn_fwd_tc256, uint3e{(unsigned)((k.Sq + 63) / 64), (unsigned)k.Hq, (unsigned)k.B}, 128, (64 + 4 * 64) * (256 + 8) * 2, a,
+               (const u16*)q, (const u16*)kk, (const u16*)vv, o, lse);
+  } else {
+    emu_fail("no launch for this head size");
+  }
+  std::vector<double> go(nq), wo(nq, 0), gl, wl;
+  const i64 grp = k.Hq / k.Hkv;
+  for (i64 b = 0; b < k.B; b++)
+    for (i64 h = 0; h < k.Hq; h++)
+      for (i64 i = 0; i < k.Sq; i++) {
+        std::vector<double> s(k.Sk, -INFINITY);
+        double mx = -INFINITY;
+        for (i64 j = 0; j < k.Sk; j++) {
+          if (!k.keylens.empty() && j >= k.keylens[b]) continue;
+          if (k.causal && j > i) continue;
+          if (k.window > 0 && j <= i - k.window) continue;
+          double d = 0;
+          for (i64 e = 0; e < k.D; e++)
+            d += (double)emu_bf16_value(hq[((b * k.Sq + i) * k.Hq + h) * k.D + e]) * emu_bf16_value(hk[((b * k.Sk + j) * k.Hkv + h / grp) * k.D + e]);
+          s[j] = d * scale;
+          mx = std::max(mx, s[j]);
+        }
+        const float gotl = lse[(b * k.Hq + h) * k.Sq + i];
+        if (mx == -INFINITY) {
+          // A row that sees no key: O = 0, LSE = −Inf exactly.
+          if (!(gotl == -INFINITY)) gl.push_back(NAN), wl.push_back(0);
+          for (i64 e = 0; e < k.D; e++) go[((b * k.Sq + i) * k.Hq + h) * k.D + e] = emu_bf16_value(o[((b * k.Sq + i) * k.Hq + h) * k.D + e]);
+          continue;
+        }
+        double sum = 0;
+        for (auto& v : s) sum += (v = std::exp(v - mx));
+        gl.push_back(gotl), wl.push_back(mx + std::log(sum));
+        for (i64 e = 0; e < k.D; e++) {
+          double acc = 0;
+          for (i64 j = 0; j < k.Sk; j++) acc += s[j] / sum * emu_bf16_value(hv[((b * k.Sk + j) * k.Hkv + h / grp) * k.D + e]);
+          const i64 idx = ((b * k.Sq + i) * k.Hq + h) * k.D + e;
+          wo[idx] = acc;
+          go[idx] = emu_bf16_value(o[idx]);
+        }
+      }
+  char buf[256];
+  snprintf(buf, sizeof buf, "%s/O", k.name);
+  // P is rounded to bf16 before P·V, as in every flash kernel.
+  emu_report(buf, emu_relerr(go, wo), 1e-2);
+  snprintf(buf, sizeof buf, "%s/LSE", k.name);
+  emu_report(buf, emu_relerr(gl, wl), 1e-4);
+}
+
+int main() {
+  const AttnCase cases[] = {
+      // The device-verified kernel first: it checks the emulator itself.
+      {"attn/d64/keylens", 2, 77, 77, 4, 4, 64, false, 0, {77, 40}},
+      {"attn/d64/gqa-causal-window", 1, 150, 150, 4, 2, 64, true, 33, {}},
+      // Gemma 3: GQA 2:1, causal, a sliding window, right padding; a
+      // global layer; a sample that sees no key.
+      {"attn/d256/gqa-causal-window-keylens", 2, 90, 90, 4, 2, 256, true, 40, {90, 61}},
+      {"attn/d256/causal", 1, 130, 130, 2, 1, 256, true, 0, {}},
+      {"attn/d256/cross-empty", 2, 20, 70, 2, 2, 256, false, 0, {70, 0}},
+  };
+  for (const auto& k : cases) attn_case(k);
+  return emu_failures;
+}
+#endif

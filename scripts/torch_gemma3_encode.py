@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""PyTorch anchor for the Gemma 3 caption encoder's throughput.
+
+transformers' Gemma3TextModel at Gemma 3 4B's size (34 layers, hidden 2560,
+8/4 heads of 256, MLP 10240, vocab 262208, window 1024 on five of every six
+layers, global RoPE 1e6 with linear x8, local 1e4), random weights, bf16 on
+CUDA, SDPA attention, run the way NewBie conditions on it:
+output_hidden_states=True and hidden_states[-2] kept. It prints, per batch
+shape, tokens/s (median of 5 timed batches after 2 warm-ups) and the peak
+CUDA memory (torch.cuda.max_memory_allocated, weights included), in the
+format of models/textenc's TestEncodeThroughputCUDA, so the two sit side
+by side in one log (scripts/device/enc.sh).
+
+    python3 scripts/torch_gemma3_encode.py [--shapes 8x512,8x64]
+"""
+import argparse
+import statistics
+import time
+
+import torch
+import transformers
+from transformers import Gemma3TextConfig, Gemma3TextModel
+
+
+def config():
+    kw = dict(vocab_size=262208, hidden_size=2560, intermediate_size=10240, num_hidden_layers=34,
+              num_attention_heads=8, num_key_value_heads=4, head_dim=256, query_pre_attn_scalar=256,
+              sliding_window=1024, rms_norm_eps=1e-6, hidden_activation="gelu_pytorch_tanh")
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        kw["rope_parameters"] = {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+        }
+    else:
+        kw.update(rope_theta=1000000.0, rope_local_base_freq=10000.0,
+                  rope_scaling={"rope_type": "linear", "factor": 8.0})
+    cfg = Gemma3TextConfig(**kw)
+    cfg.use_cache = False
+    try:
+        cfg._attn_implementation = "sdpa"
+    except Exception:  # older configs: set at model construction instead
+        pass
+    return cfg
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="8x512,8x64")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = Gemma3TextModel(config()).eval()
+    torch.set_default_dtype(torch.float32)
+    weights = torch.cuda.memory_allocated()
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"torch {torch.__version__}, transformers {transformers.__version__}, {torch.cuda.get_device_name()}, "
+          f"{n_params} parameters, attention {getattr(model.config, '_attn_implementation', '?')}, "
+          f"layer types {model.config.layer_types[:6]}...", flush=True)
+    for shape in args.shapes.split(","):
+        b, l = (int(x) for x in shape.split("x"))
+        g = torch.Generator(device="cuda").manual_seed(b * 1000 + l)
+        ids = torch.randint(0, 262208, (b, l), device="cuda", generator=g)
+        mask = torch.ones(b, l, dtype=torch.long, device="cuda")
+        times = []
+        torch.cuda.reset_peak_memory_stats()
+        with torch.inference_mode():
+            for it in range(7):
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                out = model(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+                h = out.hidden_states[-2]
+                torch.cuda.synchronize()
+                if it >= 2:
+                    times.append(time.perf_counter() - t0)
+                assert torch.isfinite(h).all(), "non-finite hidden state"
+                del out, h
+        med = statistics.median(times)
+        peak = torch.cuda.max_memory_allocated()
+        print(f"torch gemma3-4b hidden_states[-2] bf16 cuda batch {b} x {l}: {b * l / med:.0f} tokens/s "
+              f"({med * 1000:.2f} ms/batch), peak {peak / 2**30:.2f} GiB (weights {weights / 2**30:.2f} GiB)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
