@@ -28,11 +28,9 @@ func (g *graphAPI) all() []*sym {
 	return []*sym{&g.beginCapture, &g.endCapture, &g.instantiate, &g.launch, &g.execDestroy, &g.destroy}
 }
 
-// Driver constants of stream capture and events.
-const (
-	captureModeRelaxed = 2 // CU_STREAM_CAPTURE_MODE_RELAXED: allocation stays legal during capture
-	eventDisableTiming = 2 // CU_EVENT_DISABLE_TIMING
-)
+// captureModeRelaxed is CU_STREAM_CAPTURE_MODE_RELAXED: allocation stays
+// legal during a capture.
+const captureModeRelaxed = 2
 
 // graphsOff says why a new backend runs without graphs ("" when it uses
 // them): NEWBIE_TRAIN_CUDA_OFF names "graphs", or the driver lacks them.
@@ -216,7 +214,7 @@ func (g cudaGraphs) fence(rg *graphRegion) error {
 		var ev uintptr
 		var pin runtime.Pinner
 		pin.Pin(&ev)
-		r := d.eventCreate.call(uintptr(unsafe.Pointer(&ev)), eventDisableTiming)
+		r := d.eventCreate.call(uintptr(unsafe.Pointer(&ev)), cuEventDisableTiming)
 		pin.Unpin()
 		if r != 0 {
 			return fmt.Errorf("cuEventCreate: %s", d.errText(r))
