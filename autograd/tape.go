@@ -49,7 +49,7 @@ func (e *Engine) save(t *Tensor) *Tensor {
 		return t
 	}
 	t.st.retain()
-	return &Tensor{e: e, shape: t.shape, dtype: t.dtype, st: t.st, Name: t.Name}
+	return &Tensor{e: e, shape: t.shape, dtype: t.dtype, st: t.st, Name: t.Name, scale: t.scale}
 }
 
 // record puts a node on the tape and marks out as requiring grad. saved are

@@ -49,6 +49,8 @@ type Options struct {
 	Resolution int
 	// CaptionTokens is the caption length, every token real (default 256).
 	CaptionTokens int
+	// FP8Base stores the frozen linear weights in fp8 (nextdit.Options).
+	FP8Base bool
 	// Rank and Alpha of the LoRA (default 32 and 32), on lora.DefaultTargets.
 	Rank  int
 	Alpha float64
@@ -197,7 +199,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	latent := o.Resolution / vaeFactor
 	tokens := (latent / cfg.PatchSize) * (latent / cfg.PatchSize)
 	res := Result{
-		Preset: o.Preset, Layers: cfg.NLayers, Params: cfg.NumParams(), Rank: o.Rank, Alpha: o.Alpha,
+		Preset: o.Preset, Layers: cfg.NLayers, FP8Base: o.FP8Base, Params: cfg.NumParams(), Rank: o.Rank, Alpha: o.Alpha,
 		Batch: o.Batch, Resolution: o.Resolution, Latent: [3]int{cfg.InChannels, latent, latent},
 		ImageTokens: tokens, CaptionTokens: o.CaptionTokens,
 		FLOPs: StepFLOPs(cfg, o.Batch, o.CaptionTokens, tokens),
@@ -219,7 +221,7 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	fmt.Fprintf(o.Log, "bench: building %s (%d parameters) with random bf16 weights on %s\n", o.Preset, res.Params, res.Backend)
 
 	start := time.Now()
-	model, err := nextdit.NewRandom(e, cfg, nextdit.Options{DType: kernels.BF16}, o.Seed)
+	model, err := nextdit.NewRandom(e, cfg, nextdit.Options{DType: kernels.BF16, FP8Base: o.FP8Base}, o.Seed)
 	if err != nil {
 		return res, fmt.Errorf("bench: model: %w", err)
 	}

@@ -18,6 +18,8 @@ type Result struct {
 	// Layers is the model's count of main transformer layers (the
 	// preset's unless Options.Layers replaced it).
 	Layers int
+	// FP8Base is whether the frozen linear weights were stored in fp8.
+	FP8Base bool
 	// Params is the frozen base model's size; LoRAParams the trainable
 	// adapters' and LoRALayers how many linear layers carry one.
 	Params     int64
@@ -107,8 +109,12 @@ func (r Result) Table() string {
 	if r.Switches != "" {
 		fmt.Fprintf(&sb, "switches: %s\n", r.Switches)
 	}
-	fmt.Fprintf(&sb, "model: %s (%d layers), %d frozen bf16 parameters; LoRA r%d α%g on %d layers (%d fp32 parameters); AdamW, clip 1.0, bf16 autocast\n",
-		r.Preset, r.Layers, r.Params, r.Rank, r.Alpha, r.LoRALayers, r.LoRAParams)
+	base := "bf16"
+	if r.FP8Base {
+		base = "fp8 (E4M3, per-row scales; norms and biases bf16)"
+	}
+	fmt.Fprintf(&sb, "model: %s (%d layers), %d frozen %s parameters; LoRA r%d α%g on %d layers (%d fp32 parameters); AdamW, clip 1.0, bf16 autocast\n",
+		r.Preset, r.Layers, r.Params, base, r.Rank, r.Alpha, r.LoRALayers, r.LoRAParams)
 	fmt.Fprintf(&sb, "input: batch %d, %d×%d image → latent %d×%d×%d (%d image tokens) + %d caption tokens\n",
 		r.Batch, r.Resolution, r.Resolution, r.Latent[0], r.Latent[1], r.Latent[2], r.ImageTokens, r.CaptionTokens)
 	fmt.Fprintf(&sb, "work: %.4g TFLOP per step (the PyTorch anchor's count); model built in %.1f s; %s GiB held before the first step\n\n",

@@ -23,6 +23,7 @@ type benchOptions struct {
 	resolution    int
 	caption       int
 	profile       bool
+	fp8Base       bool
 }
 
 func newBenchCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -58,6 +59,7 @@ step there.`,
 	_ = f.MarkDeprecated("resolution", "use --res, as the PyTorch anchor spells it")
 	f.IntVar(&o.caption, "caption", 256, "caption tokens per sample (all real)")
 	f.BoolVar(&o.profile, "profile", false, "add a per-op profile of one extra step per mode")
+	f.BoolVar(&o.fp8Base, "fp8-base", false, "store the frozen linear weights in fp8 E4M3 with per-row scales (kohya's --fp8_base)")
 	return cmd
 }
 
@@ -86,7 +88,7 @@ func runBench(ctx context.Context, o *benchOptions, stdout, stderr io.Writer) er
 	opts := bench.Options{
 		Preset: o.preset, Layers: o.layers, Backend: o.backend, GPU: o.gpu, Batch: o.batch,
 		Steps: o.steps, Warmup: warmup, Checkpointing: modes,
-		Resolution: o.resolution, CaptionTokens: o.caption, Profile: o.profile, Log: stderr,
+		Resolution: o.resolution, CaptionTokens: o.caption, Profile: o.profile, FP8Base: o.fp8Base, Log: stderr,
 	}
 	if err := opts.Validate(); err != nil {
 		return usageError{err}

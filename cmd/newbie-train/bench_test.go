@@ -27,6 +27,15 @@ func TestBenchCPU(t *testing.T) {
 	}
 }
 
+// TestBenchFP8Base: --fp8-base runs and says so in the table.
+func TestBenchFP8Base(t *testing.T) {
+	code, out, stderr := runCLI(t, "bench", "--backend", "cpu", "--preset", "tiny", "--steps", "1",
+		"--warmup", "1", "--res", "32", "--caption", "5", "--checkpointing", "off", "--fp8-base")
+	if code != 0 || !strings.Contains(out, "frozen fp8 (E4M3") {
+		t.Fatalf("bench --fp8-base: exit %d\n%s%s", code, out, stderr)
+	}
+}
+
 func TestBenchUsageErrors(t *testing.T) {
 	for _, c := range []struct {
 		name string

@@ -17,6 +17,7 @@ typedef unsigned short u16;
 #define DT_F16 3
 #define DT_F64 4
 #define DT_I32 5
+#define DT_F8E4M3 6
 
 #define NT_INF __int_as_float(0x7f800000)
 
@@ -41,6 +42,31 @@ __device__ __forceinline__ u16 f32_to_f16(float f) {
   return h;
 }
 
+// e4m3_to_f32 widens an FP8 E4M3 pattern exactly; f32_to_e4m3 rounds to
+// nearest even and saturates at ±448, NaN to the NaN code of its sign —
+// the bit operations of kernels.F8E4M3FromF32, so both backends store the
+// same codes.
+__device__ __forceinline__ float e4m3_to_f32(unsigned char h) {
+  const u32 e = (h >> 3) & 15u, m = h & 7u;
+  float v;
+  if (e == 15u && m == 7u) v = __int_as_float(0x7fc00000);
+  else if (e == 0u) v = (float)m * (1.0f / 512.0f);
+  else v = __uint_as_float(((e + 120u) << 23) | (m << 20));
+  return (h & 0x80) ? -v : v;
+}
+
+__device__ __forceinline__ unsigned char f32_to_e4m3(float f) {
+  const u32 b = __float_as_uint(f);
+  const unsigned char sign = (unsigned char)((b >> 24) & 0x80u);
+  const u32 a = b & 0x7fffffffu;
+  if (a > 0x7f800000u) return sign | 0x7f;
+  if (a >= 0x43e00000u) return sign | 0x7e;
+  if (a < 0x3c800000u) return sign | (unsigned char)rintf(__uint_as_float(a) * 512.0f);
+  u32 v = a - (120u << 23);
+  v += 0x7ffffu + ((v >> 20) & 1u);
+  return sign | (unsigned char)(v >> 20);
+}
+
 // ld reads element i of a buffer of dtype dt as the compute type T.
 template <typename T>
 __device__ __forceinline__ T ld(const void* p, int dt, i64 i) {
@@ -49,6 +75,7 @@ __device__ __forceinline__ T ld(const void* p, int dt, i64 i) {
     case DT_BF16: return (T)bf16_to_f32(((const u16*)p)[i]);
     case DT_F16: return (T)f16_to_f32(((const u16*)p)[i]);
     case DT_F64: return (T)((const double*)p)[i];
+    case DT_F8E4M3: return (T)e4m3_to_f32(((const unsigned char*)p)[i]);
     default: return (T)((const int*)p)[i];
   }
 }
@@ -62,6 +89,7 @@ __device__ __forceinline__ void st(void* p, int dt, i64 i, T v) {
     case DT_BF16: ((u16*)p)[i] = f32_to_bf16((float)v); break;
     case DT_F16: ((u16*)p)[i] = f32_to_f16((float)v); break;
     case DT_F64: ((double*)p)[i] = (double)v; break;
+    case DT_F8E4M3: ((unsigned char*)p)[i] = f32_to_e4m3((float)v); break;
     default: {
       // Truncation toward zero; NaN and out-of-range values saturate
       // instead of being undefined.

@@ -49,6 +49,9 @@ func (c *Backend) Gemm(g kernels.GemmArgs) {
 			c.failf("%s: F64 operands need an F64 C, got %v", op, cc.dt)
 			return
 		}
+	default:
+		c.failf("%s: operand dtype %v is not F32, BF16, F16 or F64", op, a.dt)
+		return
 	}
 	outType := map[kernels.DType]int{kernels.F32: cudaR32F, kernels.BF16: cudaR16BF, kernels.F16: cudaR16F, kernels.F64: cudaR64F}[cc.dt]
 	ar, ac := g.M, g.K

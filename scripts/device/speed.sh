@@ -20,6 +20,7 @@
 #      ways: everything on (with --profile), graphs off, fused kernels and
 #      graphs off (NEWBIE_TRAIN_CUDA_OFF; the latter is the op sequence of
 #      before this branch, the fused ops then running as compositions);
+#      then a short run with fp8 base weights (--fp8-base, checkpointing on);
 #   3. the PyTorch anchor, eager and --ckpt, in the same call;
 #   4. compute-sanitizer memcheck over the fused kernels' cross-check cases;
 # and prints a short table last. A path that fails can be set aside for a
@@ -55,6 +56,8 @@ bench() { # label, NEWBIE_TRAIN_CUDA_OFF value, extra flags...
 bench all-on "" --profile
 bench graphs-off graphs
 bench fused+graphs-off fused,graphs
+NEWBIE_TRAIN_CUDA_OFF= step "bench fp8-base (ckpt on)" bench-fp8.log \
+  timeout 100 .gpu/newbie-train bench --res 1024 --batch 1 --checkpointing on --steps 4 --warmup 2 --fp8-base
 step "anchor eager" anchor-eager.log timeout 120 python3 .gpu/torch_nextdit_lora.py --res 1024 --batch 1
 step "anchor --ckpt" anchor-ckpt.log timeout 120 python3 .gpu/torch_nextdit_lora.py --res 1024 --batch 1 --ckpt
 
@@ -67,7 +70,8 @@ fi
 
 {
   echo "== failures"
-  grep -hE -- '--- FAIL|^FAIL|panic:' "$OUT"/cuda-tests.log "$OUT"/bench-*.log | head -40
+  grep -hE -- '--- FAIL|^FAIL|panic:|failed:' "$OUT"/cuda-tests.log "$OUT"/bench-*.log | head -40
+  grep -hE -- '--- (PASS|FAIL): TestConformance/(FP8|NormScale|QKVNormRope)$' "$OUT/cuda-tests.log"
   grep -hE 'ERROR SUMMARY' "$OUT"/sanitizer-*.log 2>/dev/null
   echo "== graph tests"
   grep -hE 'graph_test.go|graph_model_test.go|--- (PASS|FAIL): TestGraphs' "$OUT/cuda-tests.log" | head -12
@@ -77,7 +81,7 @@ fi
   grep -hE '^profile, ' "$OUT/bench-all-on.log"
   echo "== 1024², batch 1: s/step and peak GiB"
   printf '| run | checkpointing | s/step | peak GiB |\n| --- | --- | --- | --- |\n'
-  for label in all-on graphs-off fused+graphs-off; do
+  for label in all-on graphs-off fused+graphs-off fp8; do
     awk -F'|' -v l="$label" '$2 ~ /^ (off|on) $/ && $3 ~ /[0-9]/ {gsub(/ /, "", $2); printf "| ours, %s | %s |%s|%s|\n", l, $2, $3, $8}' "$OUT/bench-$label.log"
   done
   for f in eager ckpt; do
