@@ -50,21 +50,9 @@ func NormScale(x, w *Tensor, eps float64, o NormScaleOptions) *Tensor {
 		e.failf(name, "unknown scale mode %d", o.Mode)
 		return e.failed(x.dtype, x.shape)
 	}
-	// The norm's dtype and inputs, as RMSNorm picks them.
-	var nD kernels.DType
-	xin, win := x, w
-	if e.readsLowPrecision(x) {
-		nD = x.dtype
-		if w != nil {
-			nD = promote(x.dtype, w.dtype)
-		}
-	} else {
-		orig := []*Tensor{x, w}
-		in := e.prepare(fullPrecision, x, w)
-		defer releaseCasts(orig, in)
-		xin, win = in[0], in[1]
-		nD = xin.dtype
-	}
+	// The norm's inputs and dtype, as RMSNorm picks them.
+	xin, win, nD, done := e.rmsNormOperands(x, w)
+	defer done()
 	if (o.S != nil && promote(nD, o.S.dtype) != nD) || (o.Res != nil && promote(nD, o.Res.dtype) != nD) ||
 		(w != nil && e.recording(w)) || !o.S.floatOrNil() || !o.Res.floatOrNil() || x.Len() == 0 {
 		return composeNormScale(x, w, eps, o)

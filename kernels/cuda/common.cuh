@@ -172,6 +172,65 @@ __device__ __forceinline__ float rv_group_sum(float v, int L) {
   return v;
 }
 
+// rv_sumsq adds the squares of one chunk's 8 values to acc.
+__device__ __forceinline__ float rv_sumsq(uint4 xv, float acc) {
+  float f[8];
+  rv_unpack(xv, f);
+#pragma unroll
+  for (int k = 0; k < 8; k++) acc += f[k] * f[k];
+  return acc;
+}
+
+// rv_scale returns the chunk x·rs·w (w absent: x·rs), rounded to bf16.
+__device__ __forceinline__ uint4 rv_scale(uint4 xv, const uint4* w, i64 j, float rs) {
+  float f[8];
+  rv_unpack(xv, f);
+#pragma unroll
+  for (int k = 0; k < 8; k++) f[k] *= rs;
+  if (w) {
+    float g[8];
+    rv_unpack(w[j], g);
+#pragma unroll
+    for (int k = 0; k < 8; k++) f[k] *= g[k];
+  }
+  return rv_pack(f);
+}
+
+// rv_g widens one chunk of x and of g = dy·w (w absent: dy) to fp32.
+__device__ __forceinline__ void rv_g(uint4 xv, uint4 dv, const uint4* w, i64 j, float* xf, float* gf) {
+  rv_unpack(xv, xf);
+  rv_unpack(dv, gf);
+  if (w) {
+    float wf[8];
+    rv_unpack(w[j], wf);
+#pragma unroll
+    for (int k = 0; k < 8; k++) gf[k] *= wf[k];
+  }
+}
+
+// rv_gdot adds Σ g·x̂ over one chunk to acc (x̂ = x·rs).
+__device__ __forceinline__ float rv_gdot(uint4 xv, uint4 dv, const uint4* w, i64 j, float rs, float acc) {
+  float xf[8], gf[8];
+  rv_g(xv, dv, w, j, xf, gf);
+#pragma unroll
+  for (int k = 0; k < 8; k++) acc += gf[k] * (xf[k] * rs);
+  return acc;
+}
+
+// rv_dx returns one chunk of dx = rs·(g − x̂·m), m = mean(g·x̂), in bf16.
+__device__ __forceinline__ uint4 rv_dx(uint4 xv, uint4 dv, const uint4* w, i64 j, float rs, float m) {
+  float xf[8], gf[8];
+  rv_g(xv, dv, w, j, xf, gf);
+#pragma unroll
+  for (int k = 0; k < 8; k++) xf[k] = rs * (gf[k] - (xf[k] * rs) * m);
+  return rv_pack(xf);
+}
+
+// NormScale's scale modes (kernels.ScaleMode).
+#define NS_ASIS 0
+#define NS_ONEPLUS 1
+#define NS_TANH 2
+
 #define GRID_STRIDE(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 
 // Kernel-detected faults, reported by the Go side at Sync.

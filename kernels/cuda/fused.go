@@ -169,6 +169,17 @@ func qkvLanes(d int) int {
 	return l
 }
 
+// qkvPairs checks that the three heads' tensors (q, k, v or their
+// gradients), the two rstd, the two tables and the two weights each share
+// a dtype, the weights both given or both nil, as the kernels read them.
+func (c *Backend) qkvPairs(op string, q, k, v, rq, rk, cs, sn, wq, wk *buffer) bool {
+	if q.dt != k.dt || q.dt != v.dt || rq.dt != rk.dt || cs.dt != sn.dt || (wq == nil) != (wk == nil) || (wq != nil && wq.dt != wk.dt) {
+		c.failf("%s: the q, k and v tensors, the two rstd, the two tables and the two weights must each share a dtype (weights both given or both nil)", op)
+		return false
+	}
+	return true
+}
+
 // QKVNormRope splits qkv into q, k, v with the q/k norms and the rotation
 // applied, in one pass.
 func (c *Backend) QKVNormRope(q, k, v, rstdQ, rstdK, qkv, wq, wk, cos, sin kernels.Buffer, a kernels.QKVArgs) {
@@ -196,8 +207,7 @@ func (c *Backend) QKVNormRope(q, k, v, rstdQ, rstdK, qkv, wq, wk, cos, sin kerne
 	if qb == nil || kb == nil || vb == nil || rq == nil || rk == nil || xb == nil || cb == nil || sb == nil || !ok1 || !ok2 {
 		return
 	}
-	if qb.dt != kb.dt || qb.dt != vb.dt || rq.dt != rk.dt || cb.dt != sb.dt || (wqb != nil && wkb != nil && wqb.dt != wkb.dt) || (wqb == nil) != (wkb == nil) {
-		c.failf("%s: q, k and v, the two rstd, the two tables and the two weights must each share a dtype (weights both given or both nil)", op)
+	if !c.qkvPairs(op, qb, kb, vb, rq, rk, cb, sb, wqb, wkb) {
 		return
 	}
 	units := rows * (a.Hq + 2*a.Hkv)
@@ -243,8 +253,7 @@ func (c *Backend) QKVNormRopeGrad(dqkv, dq, dk, dv, qkv, wq, wk, rstdQ, rstdK, c
 	if db == nil || xb == nil || gq == nil || gk == nil || gv == nil || rq == nil || rk == nil || cb == nil || sb == nil || !ok1 || !ok2 {
 		return
 	}
-	if gq.dt != gk.dt || gq.dt != gv.dt || rq.dt != rk.dt || cb.dt != sb.dt || (wqb != nil && wkb != nil && wqb.dt != wkb.dt) || (wqb == nil) != (wkb == nil) {
-		c.failf("%s: dq, dk and dv, the two rstd, the two tables and the two weights must each share a dtype (weights both given or both nil)", op)
+	if !c.qkvPairs(op, gq, gk, gv, rq, rk, cb, sb, wqb, wkb) {
 		return
 	}
 	units := rows * (a.Hq + 2*a.Hkv)

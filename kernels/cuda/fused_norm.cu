@@ -14,7 +14,9 @@
 //
 // Each op has a generic kernel (any dtypes, compute in T = float or
 // double, block or warp per row) and a 16-byte bf16 kernel for the
-// training path, with the lane groups of rownorm_vec.cu. Every stage
+// training path on lane groups: NormScale's are rownorm_vec.cu's RMSNorm
+// kernels with the factor and residual applied (normscale_bf16_rows*), the
+// QKV ones are below. Every stage
 // rounds to the dtype the separate ops would have stored it in (nt_round),
 // so the fused ops compute the same function as the composition.
 
@@ -28,11 +30,6 @@ __device__ __forceinline__ T nt_round(T v, int dt) {
     default: return v;
   }
 }
-
-// Scale modes (kernels.ScaleMode).
-#define NS_ASIS 0
-#define NS_ONEPLUS 1
-#define NS_TANH 2
 
 __device__ __forceinline__ float ns_tanh(float v) { return tanhf(v); }
 __device__ __forceinline__ double ns_tanh(double v) { return tanh(v); }
@@ -195,289 +192,6 @@ extern "C" __global__ void normscale_sgrad_fold_f(void* ds, i64 n, const float* 
 }
 extern "C" __global__ void normscale_sgrad_fold_d(void* ds, i64 n, const double* part, NSArgs a, i64 samples, i64 slices, i64 cols) {
   normscale_sgrad_fold_body<double>(ds, n, part, a, samples, slices, cols);
-}
-
-// --- bf16 row kernels (x, y, dy, dx, w, s, res bf16; rstd F32; cols, the
-// factor's offset and stride multiples of 8) ---------------------------
-
-// ns_chunk_factor returns f(s) for one chunk of the factor, each value
-// rounded to bf16 as the separate Affine or Tanh op stored it.
-__device__ __forceinline__ void ns_chunk_factor(uint4 sv, int mode, float* f) {
-  rv_unpack(sv, f);
-  if (mode == NS_ASIS) return;
-#pragma unroll
-  for (int k = 0; k < 8; k++) f[k] = bf16_to_f32(f32_to_bf16(mode == NS_ONEPLUS ? f[k] + 1.0f : tanhf(f[k])));
-}
-
-// ns_finish turns one chunk of n (already rounded to bf16) into the
-// output chunk: times the factor (rounded), plus the residual.
-__device__ __forceinline__ uint4 ns_finish(uint4 nv, const uint4* srow, const uint4* rrow, i64 j, int mode) {
-  if (!srow && !rrow) return nv;
-  float n[8];
-  rv_unpack(nv, n);
-  if (srow) {
-    float f[8];
-    ns_chunk_factor(srow[j], mode, f);
-#pragma unroll
-    for (int k = 0; k < 8; k++) n[k] = bf16_to_f32(f32_to_bf16(n[k] * f[k]));
-  }
-  if (rrow) {
-    float r[8];
-    rv_unpack(rrow[j], r);
-#pragma unroll
-    for (int k = 0; k < 8; k++) n[k] = r[k] + n[k];
-  }
-  return rv_pack(n);
-}
-
-// ns_scale returns the chunk x·rs·w (w absent: x·rs), rounded to bf16.
-__device__ __forceinline__ uint4 ns_scale(uint4 xv, const uint4* w, i64 j, float rs) {
-  float f[8];
-  rv_unpack(xv, f);
-#pragma unroll
-  for (int k = 0; k < 8; k++) f[k] *= rs;
-  if (w) {
-    float g[8];
-    rv_unpack(w[j], g);
-#pragma unroll
-    for (int k = 0; k < 8; k++) f[k] *= g[k];
-  }
-  return rv_pack(f);
-}
-
-// ns_load fills c[k] with chunk lane + k·L of row r of p (nv chunks a
-// row), or zeros where the row or the chunk does not exist.
-template <int H>
-__device__ __forceinline__ void ns_load(uint4* c, const u16* p, i64 r, i64 rows, i64 nv, int lane, int L) {
-  const uint4* row = (const uint4*)p + (r < rows ? r : 0) * nv;
-#pragma unroll
-  for (int k = 0; k < H; k++) {
-    const i64 j = lane + (i64)k * L;
-    c[k] = r < rows && j < nv ? row[j] : make_uint4(0, 0, 0, 0);
-  }
-}
-
-// ns_sumsq adds the squares of one chunk to acc.
-__device__ __forceinline__ float ns_sumsq(uint4 xv, float acc) {
-  float f[8];
-  rv_unpack(xv, f);
-#pragma unroll
-  for (int k = 0; k < 8; k++) acc += f[k] * f[k];
-  return acc;
-}
-
-// NSVec is NSArgs for the bf16 kernels: offsets in elements.
-struct NSVec {
-  u64 s;
-  i64 soff, sstride, seq, mode;
-  u64 res;
-};
-
-// ns_rows returns the factor's and the residual's chunk rows for row r.
-__device__ __forceinline__ void ns_rows(const NSVec& a, i64 r, i64 nv, const uint4*& srow, const uint4*& rrow) {
-  srow = a.s ? (const uint4*)((const u16*)a.s + a.soff + (r / a.seq) * a.sstride) : nullptr;
-  rrow = a.res ? (const uint4*)a.res + r * nv : nullptr;
-}
-
-// ns_forward: as rv_forward (lane groups of L, H chunks a lane held for R
-// rows a step, or H = 0: re-read), with ns_finish on each stored chunk.
-template <int H, int R>
-__device__ __forceinline__ void ns_forward(u16* y, float* rstd, const u16* x, const u16* w, NSVec a, i64 rows, i64 cols, int L,
-                                           double eps) {
-  static_assert(H > 0 || R == 1, "the re-reading kernel takes one row per step");
-  const int lane = (int)threadIdx.x & (L - 1);
-  const i64 groups = blockDim.x / L;
-  const i64 g = threadIdx.x / L;
-  const i64 nv = cols / 8;
-  const i64 step = groups * R;
-  const uint4* wv = (const uint4*)w;
-  for (i64 base = (i64)blockIdx.x * step; base < rows; base += (i64)gridDim.x * step) {
-    if constexpr (H > 0) {
-      uint4 xc[R][H];
-      float ss[R];
-#pragma unroll
-      for (int q = 0; q < R; q++) ns_load<H>(xc[q], x, base + q * groups + g, rows, nv, lane, L);
-#pragma unroll
-      for (int q = 0; q < R; q++) {
-        ss[q] = 0.0f;
-#pragma unroll
-        for (int k = 0; k < H; k++) ss[q] = ns_sumsq(xc[q][k], ss[q]);
-      }
-#pragma unroll
-      for (int q = 0; q < R; q++) ss[q] = rv_group_sum(ss[q], L);
-#pragma unroll
-      for (int q = 0; q < R; q++) {
-        const i64 r = base + q * groups + g;
-        if (r >= rows) continue;
-        const float rs = 1.0f / sqrtf(ss[q] / (float)cols + (float)eps);
-        const uint4 *srow, *rrow;
-        ns_rows(a, r, nv, srow, rrow);
-        uint4* yr = (uint4*)y + r * nv;
-#pragma unroll
-        for (int k = 0; k < H; k++) {
-          const i64 j = lane + (i64)k * L;
-          if (j < nv) yr[j] = ns_finish(ns_scale(xc[q][k], wv, j, rs), srow, rrow, j, (int)a.mode);
-        }
-        if (lane == 0) rstd[r] = rs;
-      }
-    } else {
-      const i64 r = base + g;
-      const bool live = r < rows;
-      const uint4* xr = (const uint4*)x + (live ? r : 0) * nv;
-      float ss = 0.0f;
-      if (live)
-        for (i64 j = lane; j < nv; j += L) ss = ns_sumsq(xr[j], ss);
-      ss = rv_group_sum(ss, L);
-      if (live) {
-        const float rs = 1.0f / sqrtf(ss / (float)cols + (float)eps);
-        const uint4 *srow, *rrow;
-        ns_rows(a, r, nv, srow, rrow);
-        uint4* yr = (uint4*)y + r * nv;
-        for (i64 j = lane; j < nv; j += L) yr[j] = ns_finish(ns_scale(xr[j], wv, j, rs), srow, rrow, j, (int)a.mode);
-        if (lane == 0) rstd[r] = rs;
-      }
-    }
-  }
-}
-extern "C" __global__ void __launch_bounds__(256) normscale_bf16_rows_h1(u16* y, float* rstd, const u16* x, const u16* w, NSVec a,
-                                                                        i64 rows, i64 cols, i64 lanes, double eps) {
-  ns_forward<1, 4>(y, rstd, x, w, a, rows, cols, (int)lanes, eps);
-}
-extern "C" __global__ void __launch_bounds__(256) normscale_bf16_rows_h2(u16* y, float* rstd, const u16* x, const u16* w, NSVec a,
-                                                                        i64 rows, i64 cols, i64 lanes, double eps) {
-  ns_forward<2, 2>(y, rstd, x, w, a, rows, cols, (int)lanes, eps);
-}
-extern "C" __global__ void __launch_bounds__(256) normscale_bf16_rows(u16* y, float* rstd, const u16* x, const u16* w, NSVec a,
-                                                                     i64 rows, i64 cols, i64 lanes, double eps) {
-  ns_forward<0, 1>(y, rstd, x, w, a, rows, cols, (int)lanes, eps);
-}
-
-// ns_dnchunk returns dn = dy·f(s) for one chunk, rounded to bf16.
-__device__ __forceinline__ uint4 ns_dnchunk(uint4 dv, const uint4* srow, i64 j, int mode) {
-  if (!srow) return dv;
-  float d[8], f[8];
-  rv_unpack(dv, d);
-  ns_chunk_factor(srow[j], mode, f);
-#pragma unroll
-  for (int k = 0; k < 8; k++) d[k] *= f[k];
-  return rv_pack(d);
-}
-
-// ns_g widens one chunk of x and of g = dn·w (w absent: dn) to fp32.
-__device__ __forceinline__ void ns_g(uint4 xv, uint4 dv, const uint4* w, i64 j, float* xf, float* gf) {
-  rv_unpack(xv, xf);
-  rv_unpack(dv, gf);
-  if (w) {
-    float wf[8];
-    rv_unpack(w[j], wf);
-#pragma unroll
-    for (int k = 0; k < 8; k++) gf[k] *= wf[k];
-  }
-}
-
-// ns_gdot adds Σ g·x̂ over one chunk to acc (x̂ = x·rs).
-__device__ __forceinline__ float ns_gdot(uint4 xv, uint4 dv, const uint4* w, i64 j, float rs, float acc) {
-  float xf[8], gf[8];
-  ns_g(xv, dv, w, j, xf, gf);
-#pragma unroll
-  for (int k = 0; k < 8; k++) acc += gf[k] * (xf[k] * rs);
-  return acc;
-}
-
-// ns_dx returns one chunk of dx = rs·(g − x̂·m) in bf16.
-__device__ __forceinline__ uint4 ns_dx(uint4 xv, uint4 dv, const uint4* w, i64 j, float rs, float m) {
-  float xf[8], gf[8];
-  ns_g(xv, dv, w, j, xf, gf);
-#pragma unroll
-  for (int k = 0; k < 8; k++) xf[k] = rs * (gf[k] - (xf[k] * rs) * m);
-  return rv_pack(xf);
-}
-
-// ns_backward: dx of NormScale per row, the walk of ns_forward; dy's chunks
-// become dn's as they are loaded.
-template <int H, int R>
-__device__ __forceinline__ void ns_backward(u16* dx, const u16* dy, const u16* x, const u16* w, const float* rstd, NSVec a, i64 rows,
-                                            i64 cols, int L) {
-  static_assert(H > 0 || R == 1, "the re-reading kernel takes one row per step");
-  const int lane = (int)threadIdx.x & (L - 1);
-  const i64 groups = blockDim.x / L;
-  const i64 g = threadIdx.x / L;
-  const i64 nv = cols / 8;
-  const i64 step = groups * R;
-  const uint4* wv = (const uint4*)w;
-  for (i64 base = (i64)blockIdx.x * step; base < rows; base += (i64)gridDim.x * step) {
-    if constexpr (H > 0) {
-      uint4 xc[R][H], dc[R][H];
-      float rs[R], m[R];
-#pragma unroll
-      for (int q = 0; q < R; q++) {
-        const i64 r = base + q * groups + g;
-        ns_load<H>(xc[q], x, r, rows, nv, lane, L);
-        ns_load<H>(dc[q], dy, r, rows, nv, lane, L);
-        rs[q] = r < rows ? rstd[r] : 0.0f;
-        if (r < rows) {
-          const uint4 *srow, *rrow;
-          ns_rows(a, r, nv, srow, rrow);
-#pragma unroll
-          for (int k = 0; k < H; k++) {
-            const i64 j = lane + (i64)k * L;
-            if (j < nv) dc[q][k] = ns_dnchunk(dc[q][k], srow, j, (int)a.mode);
-          }
-        }
-      }
-#pragma unroll
-      for (int q = 0; q < R; q++) {
-        m[q] = 0.0f;
-#pragma unroll
-        for (int k = 0; k < H; k++) {
-          const i64 j = lane + (i64)k * L;
-          if (j < nv) m[q] = ns_gdot(xc[q][k], dc[q][k], wv, j, rs[q], m[q]);
-        }
-      }
-#pragma unroll
-      for (int q = 0; q < R; q++) m[q] = rv_group_sum(m[q], L) / (float)cols;
-#pragma unroll
-      for (int q = 0; q < R; q++) {
-        const i64 r = base + q * groups + g;
-        if (r >= rows) continue;
-        uint4* out = (uint4*)dx + r * nv;
-#pragma unroll
-        for (int k = 0; k < H; k++) {
-          const i64 j = lane + (i64)k * L;
-          if (j < nv) out[j] = ns_dx(xc[q][k], dc[q][k], wv, j, rs[q], m[q]);
-        }
-      }
-    } else {
-      const i64 r = base + g;
-      const bool live = r < rows;
-      const i64 o = (live ? r : 0) * nv;
-      const uint4* xr = (const uint4*)x + o;
-      const uint4* dr = (const uint4*)dy + o;
-      const float rs = live ? rstd[r] : 0.0f;
-      const uint4 *srow = nullptr, *rrow = nullptr;
-      if (live) ns_rows(a, r, nv, srow, rrow);
-      float sgx = 0.0f;
-      if (live)
-        for (i64 j = lane; j < nv; j += L) sgx = ns_gdot(xr[j], ns_dnchunk(dr[j], srow, j, (int)a.mode), wv, j, rs, sgx);
-      const float m = rv_group_sum(sgx, L) / (float)cols;
-      if (live) {
-        uint4* out = (uint4*)dx + o;
-        for (i64 j = lane; j < nv; j += L) out[j] = ns_dx(xr[j], ns_dnchunk(dr[j], srow, j, (int)a.mode), wv, j, rs, m);
-      }
-    }
-  }
-}
-extern "C" __global__ void __launch_bounds__(256) normscale_grad_bf16_rows_h1(u16* dx, const u16* dy, const u16* x, const u16* w,
-                                                                             const float* rstd, NSVec a, i64 rows, i64 cols, i64 lanes) {
-  ns_backward<1, 4>(dx, dy, x, w, rstd, a, rows, cols, (int)lanes);
-}
-extern "C" __global__ void __launch_bounds__(256) normscale_grad_bf16_rows_h2(u16* dx, const u16* dy, const u16* x, const u16* w,
-                                                                             const float* rstd, NSVec a, i64 rows, i64 cols, i64 lanes) {
-  ns_backward<2, 2>(dx, dy, x, w, rstd, a, rows, cols, (int)lanes);
-}
-extern "C" __global__ void __launch_bounds__(256) normscale_grad_bf16_rows(u16* dx, const u16* dy, const u16* x, const u16* w,
-                                                                          const float* rstd, NSVec a, i64 rows, i64 cols, i64 lanes) {
-  ns_backward<0, 1>(dx, dy, x, w, rstd, a, rows, cols, (int)lanes);
 }
 
 // --- QKVNormRope ------------------------------------------------------
@@ -656,7 +370,7 @@ __device__ __forceinline__ void qkv_vec_fwd(u16* q, u16* k, u16* v, float* rq, f
       const i64 u = base + t * groups + g;
       const bool live = u < units && lane < nv;
       xc[t] = live ? ((const uint4*)qkv)[(u / H) * W + (u % H) * nv + lane] : make_uint4(0, 0, 0, 0);
-      ss[t] = ns_sumsq(xc[t], 0.0f);
+      ss[t] = rv_sumsq(xc[t], 0.0f);
     }
 #pragma unroll
     for (int t = 0; t < R; t++) ss[t] = rv_group_sum(ss[t], L);
@@ -674,7 +388,7 @@ __device__ __forceinline__ void qkv_vec_fwd(u16* q, u16* k, u16* v, float* rq, f
       const float rs = 1.0f / sqrtf(ss[t] / (float)a.D + (float)a.eps);
       if (lane < nv) {
         float f[8];
-        rv_unpack(ns_scale(xc[t], (const uint4*)(isq ? wq : wk), lane, rs), f);
+        rv_unpack(rv_scale(xc[t], (const uint4*)(isq ? wq : wk), lane, rs), f);
         qkv_rot(f, cs + p * half, sn + p * half, 4 * lane, 1.0f);
         ((uint4*)(isq ? q : k))[head * nv + lane] = rv_pack(f);
       }
@@ -716,7 +430,7 @@ __device__ __forceinline__ void qkv_vec_bwd(u16* dqkv, const u16* dq, const u16*
         gc[t] = rv_pack(f);
       }
       const uint4* w = (const uint4*)(isq ? wq : wk);
-      m[t] = live && !isv ? ns_gdot(xc[t], gc[t], w, lane, rs[t], 0.0f) : 0.0f;
+      m[t] = live && !isv ? rv_gdot(xc[t], gc[t], w, lane, rs[t], 0.0f) : 0.0f;
     }
 #pragma unroll
     for (int t = 0; t < R; t++) m[t] = rv_group_sum(m[t], L) / (float)a.D;
@@ -730,7 +444,7 @@ __device__ __forceinline__ void qkv_vec_bwd(u16* dqkv, const u16* dq, const u16*
         *out = gc[t];
         continue;
       }
-      *out = ns_dx(xc[t], gc[t], (const uint4*)(h < a.Hq ? wq : wk), lane, rs[t], m[t]);
+      *out = rv_dx(xc[t], gc[t], (const uint4*)(h < a.Hq ? wq : wk), lane, rs[t], m[t]);
     }
   }
 }
