@@ -319,3 +319,29 @@ int main() {
   return emu_failures;
 }
 #endif
+
+#ifdef EMU_FP8
+// common.cuh's FP8 E4M3 conversions, printed for the Go side to compare
+// with kernels.F8E4M3FromF32 and F32FromF8E4M3 (TestFusedKernelsEmulated):
+// every code decoded, and the encoding of every code's value, of the
+// midpoints between neighbours, of values near them and of random floats
+// over the whole range.
+int main() {
+  for (int c = 0; c < 256; c++) printf("DEC %02x %08x\n", c, __float_as_uint(e4m3_to_f32((unsigned char)c)));
+  std::vector<float> vals;
+  for (int c = 0; c < 256; c++) {
+    const float v = e4m3_to_f32((unsigned char)c), w = e4m3_to_f32((unsigned char)((c & 0x80) | ((c & 0x7f) + 1)));
+    vals.push_back(v);
+    if ((c & 0x7f) < 0x7e) {
+      const float m = (v + w) / 2;
+      vals.push_back(m);
+      vals.push_back(std::nextafter(m, 0.0f));
+      vals.push_back(std::nextafter(m, m * 2));
+    }
+  }
+  for (int i = 0; i < 4000; i++) vals.push_back((float)(emu_randn() * std::ldexp(1.0, (int)(emu_randn() * 6))));
+  for (float v : {INFINITY, -INFINITY, NAN, -NAN, 448.0f, 464.0f, 1e30f, -1e-30f, 0.0f, -0.0f}) vals.push_back(v);
+  for (float v : vals) printf("ENC %08x %02x\n", __float_as_uint(v), f32_to_e4m3(v));
+  return 0;
+}
+#endif
