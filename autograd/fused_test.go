@@ -166,6 +166,17 @@ func TestFusedMatchesComposition(t *testing.T) {
 				})
 			}
 		}
+		t.Run(fmt.Sprintf("SwiGLU/%v", s), func(t *testing.T) {
+			run := func(gate func(a, b *autograd.Tensor) *autograd.Tensor) fusedRun {
+				return runFused(t, s, uint64(si+21), [][]int{{3, 40}, {3, 40}}, []kernels.DType{s.model, s.model},
+					func(e *autograd.Engine, in []*autograd.Tensor) *autograd.Tensor { return gate(in[0], in[1]) })
+			}
+			want := run(func(a, b *autograd.Tensor) *autograd.Tensor { return autograd.Mul(autograd.SiLU(a), b) })
+			got := run(autograd.SwiGLU)
+			sameValues(t, "output", got.out, want.out)
+			sameValues(t, "da", got.grads[0], want.grads[0])
+			sameValues(t, "db", got.grads[1], want.grads[1])
+		})
 		t.Run(fmt.Sprintf("QKVNormRope/%v", s), func(t *testing.T) {
 			const b, sq, hq, hkv, d = 2, 5, 3, 1, 8
 			run := func(split func(qkv, wq, wk, cos, sin *autograd.Tensor, hq, hkv int, eps float64, interleaved bool) (q, k, v *autograd.Tensor)) fusedRun {

@@ -341,3 +341,13 @@ func (p *profiler) GraphStats() kernels.GraphStats {
 	}
 	return kernels.GraphStats{Off: "the " + p.Backend.Name() + " backend has none"}
 }
+
+// SwiGLU forwards with profiling.
+func (p *profiler) SwiGLU(y, a, b kernels.Buffer) {
+	p.op("SwiGLU "+dtypeOf(a), func() { p.Backend.SwiGLU(y, a, b) })
+}
+
+// SwiGLUGrad forwards with profiling.
+func (p *profiler) SwiGLUGrad(da, db, dy, a, b kernels.Buffer) {
+	p.op("SwiGLUGrad "+dtypeOf(a), func() { p.Backend.SwiGLUGrad(da, db, dy, a, b) })
+}

@@ -131,6 +131,15 @@ type Backend interface {
 	// q, k (in their dtypes) and v; the norm weights are taken as frozen.
 	QKVNormRopeGrad(dqkv, dq, dk, dv, qkv, wq, wk, rstdQ, rstdK, cos, sin Buffer, a QKVArgs)
 
+	// SwiGLU computes y = SiLU(a) ⊙ b for a, b and y of one dtype, SiLU(a)
+	// rounded to it before the product, as Unary then Binary would store
+	// them.
+	SwiGLU(y, a, b Buffer)
+	// SwiGLUGrad computes, for operands all of one dtype, da = SiLU'(a) ·
+	// (dy⊙b) and db = dy ⊙ SiLU(a), each product rounded as the separate
+	// ops round it (dy⊙b and SiLU(a) stored first); da or db may be nil.
+	SwiGLUGrad(da, db, dy, a, b Buffer)
+
 	// Conv2D computes y [n, cout, ho, wo] = conv(x [n, cin, h, w], w [cout,
 	// cin, kh, kw]) + bias[cout] (bias may be nil), cross-correlation as in
 	// PyTorch.

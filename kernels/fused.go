@@ -117,6 +117,45 @@ func (a QKVArgs) Check() error {
 	return nil
 }
 
+// ComposeSwiGLU runs SwiGLU on b as Unary(SiLU) then Binary(Mul).
+func ComposeSwiGLU(b Backend, y, a, v Buffer) error {
+	s := &scratch{b: b}
+	defer s.free()
+	t := s.get(a.DType(), a.Len())
+	if s.err != nil {
+		return s.err
+	}
+	n := []int{a.Len()}
+	b.Unary(SiLU, t, a, UnaryParams{})
+	b.Binary(Mul, y, n, t, n, v, n)
+	return nil
+}
+
+// ComposeSwiGLUGrad runs SwiGLUGrad on b as the separate ops: dy⊙v, then
+// UnaryGrad(SiLU) for da; SiLU(a), then dy⊙SiLU(a) for db.
+func ComposeSwiGLUGrad(b Backend, da, db, dy, a, v Buffer) error {
+	s := &scratch{b: b}
+	defer s.free()
+	n := []int{a.Len()}
+	if da != nil {
+		t := s.get(dy.DType(), a.Len())
+		if s.err != nil {
+			return s.err
+		}
+		b.Binary(Mul, t, n, dy, n, v, n)
+		b.UnaryGrad(SiLU, da, a, t, UnaryParams{})
+	}
+	if db != nil {
+		t := s.get(a.DType(), a.Len())
+		if s.err != nil {
+			return s.err
+		}
+		b.Unary(SiLU, t, a, UnaryParams{})
+		b.Binary(Mul, db, n, dy, n, t, n)
+	}
+	return nil
+}
+
 // scratch allocates temporaries for the compositions and frees them all.
 type scratch struct {
 	b    Backend

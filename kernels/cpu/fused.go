@@ -135,3 +135,55 @@ func (c *Backend) QKVNormRopeGrad(dqkv, dq, dk, dv, qkv, wq, wk, rstdQ, rstdK, c
 		c.fail("%s: %v", op, err)
 	}
 }
+
+// swigluOperands checks that the SwiGLU operands are float buffers of one
+// dtype and length (nil ones skipped).
+func (c *Backend) swigluOperands(op string, n int, bufs map[string]kernels.Buffer, order ...string) bool {
+	var dt kernels.DType
+	for _, name := range order {
+		b := bufs[name]
+		if b == nil {
+			continue
+		}
+		cb := c.floatArg(op, name, b, n)
+		if cb == nil {
+			return false
+		}
+		if dt != 0 && cb.dt != dt {
+			c.fail("%s: operand %s is %v, the others %v (SwiGLU takes one dtype)", op, name, cb.dt, dt)
+			return false
+		}
+		dt = cb.dt
+	}
+	return true
+}
+
+// SwiGLU computes y = SiLU(a) ⊙ b.
+func (c *Backend) SwiGLU(y, a, b kernels.Buffer) {
+	const op = "SwiGLU"
+	if a == nil || b == nil || y == nil {
+		c.fail("%s: y, a and b are required", op)
+		return
+	}
+	if !c.swigluOperands(op, a.Len(), map[string]kernels.Buffer{"y": y, "a": a, "b": b}, "y", "a", "b") {
+		return
+	}
+	if err := kernels.ComposeSwiGLU(c, y, a, b); err != nil {
+		c.fail("%s: %v", op, err)
+	}
+}
+
+// SwiGLUGrad computes da and db of SwiGLU.
+func (c *Backend) SwiGLUGrad(da, db, dy, a, b kernels.Buffer) {
+	const op = "SwiGLUGrad"
+	if dy == nil || a == nil || b == nil {
+		c.fail("%s: dy, a and b are required", op)
+		return
+	}
+	if !c.swigluOperands(op, a.Len(), map[string]kernels.Buffer{"da": da, "db": db, "dy": dy, "a": a, "b": b}, "da", "db", "dy", "a", "b") {
+		return
+	}
+	if err := kernels.ComposeSwiGLUGrad(c, da, db, dy, a, b); err != nil {
+		c.fail("%s: %v", op, err)
+	}
+}

@@ -226,6 +226,18 @@ __device__ __forceinline__ uint4 rv_dx(uint4 xv, uint4 dv, const uint4* w, i64 j
   return rv_pack(xf);
 }
 
+// nt_round rounds v to dtype dt and back (what storing it would keep).
+template <typename T>
+__device__ __forceinline__ T nt_round(T v, int dt) {
+  switch (dt) {
+    case DT_F32: return (T)(float)v;
+    case DT_BF16: return (T)bf16_to_f32(f32_to_bf16((float)v));
+    case DT_F16: return (T)f16_to_f32(f32_to_f16((float)v));
+    case DT_F8E4M3: return (T)e4m3_to_f32(f32_to_e4m3((float)v));
+    default: return v;
+  }
+}
+
 // NormScale's scale modes (kernels.ScaleMode).
 #define NS_ASIS 0
 #define NS_ONEPLUS 1

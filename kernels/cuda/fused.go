@@ -269,3 +269,81 @@ func (c *Backend) QKVNormRopeGrad(dqkv, dq, dk, dv, qkv, wq, wk, rstdQ, rstdK, c
 	c.launch("qkv_norm_rope_grad"+suffix(db, gq, rq), c.grid1(units, blockSize/32), blockSize, 0, db.ptr, dt(db), gq.ptr, gk.ptr, gv.ptr, dt(gq),
 		xb.ptr, dt(xb), ptr(wqb), ptr(wkb), dt(wqb), rq.ptr, rk.ptr, dt(rq), cb.ptr, sb.ptr, dt(cb), qkvShape(a))
 }
+
+// swigluOperands checks SwiGLU's operands: live float buffers of one dtype
+// and length n (nil ones skipped; the first must be given).
+func (c *Backend) swigluOperands(op string, n int, names []string, bufs ...kernels.Buffer) ([]*buffer, bool) {
+	out := make([]*buffer, len(bufs))
+	var dt kernels.DType
+	for i, b := range bufs {
+		cb, ok := c.optFbuf(op, names[i], b, n)
+		if !ok {
+			return nil, false
+		}
+		if cb == nil {
+			continue
+		}
+		if dt != 0 && cb.dt != dt {
+			c.failf("%s: operand %s is %v, the others %v (SwiGLU takes one dtype)", op, names[i], cb.dt, dt)
+			return nil, false
+		}
+		dt, out[i] = cb.dt, cb
+	}
+	return out, true
+}
+
+// SwiGLU computes y = SiLU(a) ⊙ b in one pass.
+func (c *Backend) SwiGLU(y, a, b kernels.Buffer) {
+	const op = "SwiGLU"
+	if !c.fast(fastFused) {
+		c.composed(op, func() error { return kernels.ComposeSwiGLU(c, y, a, b) })
+		return
+	}
+	if !c.enter(op) {
+		c.leave()
+		return
+	}
+	defer c.leave()
+	if a == nil || b == nil || y == nil {
+		c.failf("%s: y, a and b are required", op)
+		return
+	}
+	bs, ok := c.swigluOperands(op, a.Len(), []string{"y", "a", "b"}, y, a, b)
+	if !ok || bs[0].n == 0 {
+		return
+	}
+	yb, ab, vb := bs[0], bs[1], bs[2]
+	if yb.dt == kernels.BF16 && yb.n%8 == 0 {
+		c.launch("swiglu_bf16_vec", c.grid1(yb.n/8, blockSize), blockSize, 0, yb.ptr, ab.ptr, vb.ptr, yb.n/8)
+		return
+	}
+	c.launch("swiglu"+suffix(yb), c.grid1(yb.n, blockSize), blockSize, 0, yb.ptr, ab.ptr, vb.ptr, dt(yb), yb.n)
+}
+
+// SwiGLUGrad computes da and db of SwiGLU in one pass.
+func (c *Backend) SwiGLUGrad(da, db, dy, a, b kernels.Buffer) {
+	const op = "SwiGLUGrad"
+	if !c.fast(fastFused) {
+		c.composed(op, func() error { return kernels.ComposeSwiGLUGrad(c, da, db, dy, a, b) })
+		return
+	}
+	if !c.enter(op) {
+		c.leave()
+		return
+	}
+	defer c.leave()
+	if dy == nil || a == nil || b == nil {
+		c.failf("%s: dy, a and b are required", op)
+		return
+	}
+	bs, ok := c.swigluOperands(op, a.Len(), []string{"dy", "a", "b", "da", "db"}, dy, a, b, da, db)
+	if !ok || bs[0].n == 0 || (bs[3] == nil && bs[4] == nil) {
+		return
+	}
+	gb, ab, vb, dab, dbb := bs[0], bs[1], bs[2], bs[3], bs[4]
+	if gb.dt == kernels.BF16 && gb.n%8 == 0 {
+		c.launch("swiglu_grad_bf16_vec", c.grid1(gb.n/8, blockSize), blockSize, 0, ptr(dab), ptr(dbb), gb.ptr, ab.ptr, vb.ptr, gb.n/8)
+		return
+	}
+	c.launch("swiglu_grad"+suffix(gb), c.grid1(gb.n, blockSize), blockSize, 0, ptr(dab), ptr(dbb), gb.ptr, ab.ptr, vb.ptr, dt(gb), gb.n)
+}

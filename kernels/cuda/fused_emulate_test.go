@@ -44,10 +44,14 @@ func TestFusedKernelsEmulated(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	shim, err := os.ReadFile("testdata/emu/fused_shim.h")
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := t.TempDir()
-	for _, prog := range []struct{ name, file string }{{"EMU_NS", "rownorm_vec.cu"}, {"EMU_FUSED", "fused_norm.cu"}, {"EMU_FP8", "fused_norm.cu"}} {
+	for _, prog := range []struct{ name, file string }{{"EMU_NS", "rownorm_vec.cu"}, {"EMU_FUSED", "fused_norm.cu"}, {"EMU_FP8", "fused_norm.cu"}, {"EMU_SWIGLU", "elementwise.cu"}} {
 		t.Run(prog.name, func(t *testing.T) {
-			src := string(emu) + "\n" + emulatedSource(files[prog.file]) + "\n#line 1 \"fused_checks.cpp\"\n" + string(checks)
+			src := string(emu) + "\n" + string(shim) + "\n" + emulatedSource(files[prog.file]) + "\n#line 1 \"fused_checks.cpp\"\n" + string(checks)
 			cpp := filepath.Join(dir, prog.name+".cpp")
 			if err := os.WriteFile(cpp, []byte(src), 0o644); err != nil {
 				t.Fatal(err)

@@ -20,17 +20,6 @@
 // rounds to the dtype the separate ops would have stored it in (nt_round),
 // so the fused ops compute the same function as the composition.
 
-// nt_round rounds v to dtype dt and back (what storing it would keep).
-template <typename T>
-__device__ __forceinline__ T nt_round(T v, int dt) {
-  switch (dt) {
-    case DT_F32: return (T)(float)v;
-    case DT_BF16: return (T)bf16_to_f32(f32_to_bf16((float)v));
-    case DT_F16: return (T)f16_to_f32(f32_to_f16((float)v));
-    default: return v;
-  }
-}
-
 __device__ __forceinline__ float ns_tanh(float v) { return tanhf(v); }
 __device__ __forceinline__ double ns_tanh(double v) { return tanh(v); }
 

@@ -82,6 +82,18 @@ func fusedCrossCases() []xcase {
 			})
 		}
 	}
+	for _, d := range []kernels.DType{f32, bf16, f64} {
+		for _, n := range []int{37, 4096 + 8} {
+			add("SwiGLU/"+d.String()+"/n"+itoa(n), kerneltest.Tol(d, d), func(e *env) [][]float64 {
+				a, b, g := e.randn(d, n), e.randn(d, n), e.randn(d, n)
+				y, da, db, da2 := e.poison(d, n), e.poison(d, n), e.poison(d, n), e.poison(d, n)
+				e.b.SwiGLU(y, a, b)
+				e.b.SwiGLUGrad(da, db, g, a, b)
+				e.b.SwiGLUGrad(da2, nil, g, a, b)
+				return [][]float64{e.get(y), e.get(da), e.get(db), e.get(da2)}
+			})
+		}
+	}
 	return cs
 }
 

@@ -303,3 +303,43 @@ func testFusedReferenceGradients(t *testing.T, _ kernels.Backend) {
 		})
 	}
 }
+
+func init() { register("SwiGLU", testSwiGLU) }
+
+// silu and its derivative in float64.
+func siluRef(x float64) (y, dy float64) {
+	s := 1 / (1 + math.Exp(-x))
+	return x * s, s * (1 + x*(1-s))
+}
+
+// testSwiGLU checks y = SiLU(a)·b, da = SiLU'(a)·dy·b and db = dy·SiLU(a)
+// against float64, with each gradient asked for alone as well.
+func testSwiGLU(t *testing.T, b kernels.Backend) {
+	for ci, n := range []int{37, 8 * 13, 4096 + 8} {
+		for _, d := range pbDTypesFor(ci) {
+			t.Run(fmt.Sprintf("%v/n%d", d, n), func(t *testing.T) {
+				r := Rng(t)
+				ab, a := Put(t, b, d, Randn(r, n, 2))
+				vb, v := Put(t, b, d, Randn(r, n, 1))
+				gb, g := Put(t, b, d, Randn(r, n, 1))
+				y, da, db := make([]float64, n), make([]float64, n), make([]float64, n)
+				for i := range y {
+					s, ds := siluRef(a[i])
+					y[i], da[i], db[i] = s*v[i], ds*g[i]*v[i], g[i]*s
+				}
+				yb := Poisoned(t, b, d, n)
+				b.SwiGLU(yb, ab, vb)
+				Check(t, "y", Get(t, b, yb), y, Tol(d, d))
+				dab, dbb := Poisoned(t, b, d, n), Poisoned(t, b, d, n)
+				b.SwiGLUGrad(dab, dbb, gb, ab, vb)
+				Check(t, "da", Get(t, b, dab), da, Tol(d, d))
+				Check(t, "db", Get(t, b, dbb), db, Tol(d, d))
+				only := Poisoned(t, b, d, n)
+				b.SwiGLUGrad(only, nil, gb, ab, vb)
+				Check(t, "da alone", Get(t, b, only), da, Tol(d, d))
+				b.SwiGLUGrad(nil, only, gb, ab, vb)
+				Check(t, "db alone", Get(t, b, only), db, Tol(d, d))
+			})
+		}
+	}
+}

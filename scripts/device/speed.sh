@@ -64,7 +64,7 @@ step "anchor --ckpt" anchor-ckpt.log timeout 120 python3 .gpu/torch_nextdit_lora
 if command -v compute-sanitizer >/dev/null; then
   cd kernels/cuda
   step "memcheck fused kernels" sanitizer-memcheck.log timeout 120 compute-sanitizer --tool memcheck --error-exitcode 9 \
-    "$ROOT/.gpu/cuda.test" -test.count=1 -test.run 'TestAgainstCPU/(NormScale|QKVNormRope)'
+    "$ROOT/.gpu/cuda.test" -test.count=1 -test.run 'TestAgainstCPU/(NormScale|QKVNormRope|SwiGLU)'
   cd "$ROOT"
 fi
 
