@@ -9,6 +9,12 @@
 // the first failure (a bad argument, a CUDA error, a kernel-detected fault
 // such as an id out of range) is kept and reported by Sync or Download,
 // together with the ops queued since the last good Sync.
+//
+// Inside a graph region (kernels.Graphs: a training step, a model
+// evaluation) the ops are recorded as well; a region that repeats its ops
+// at the same addresses is captured as CUDA graphs and replayed (graph.go,
+// graph_plan.go). The fused block ops (fused.go) and the other fast paths
+// can be turned off by name with NEWBIE_TRAIN_CUDA_OFF (fastpath.go).
 package cuda
 
 import (
