@@ -1,13 +1,9 @@
 package cuda
 
 import (
-	"bufio"
-	"bytes"
 	"fmt"
 	"math"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -25,21 +21,7 @@ import (
 // speed or the device's own rounding; it needs g++ and
 // NEWBIE_TRAIN_EMULATE=1.
 func TestFusedKernelsEmulated(t *testing.T) {
-	if os.Getenv("NEWBIE_TRAIN_EMULATE") == "" {
-		t.Skip("set NEWBIE_TRAIN_EMULATE=1 to emulate the fused kernels on the CPU (needs g++)")
-	}
-	cxx, err := exec.LookPath("g++")
-	if err != nil {
-		t.Skip("no g++ to build the emulator")
-	}
-	_, files, err := kernelIndex()
-	if err != nil {
-		t.Fatal(err)
-	}
-	emu, err := os.ReadFile("testdata/emu/emu.h")
-	if err != nil {
-		t.Fatal(err)
-	}
+	cxx, files, emu := emulatorSetup(t)
 	checks, err := os.ReadFile("testdata/emu/fused_checks.cpp")
 	if err != nil {
 		t.Fatal(err)
@@ -49,30 +31,17 @@ func TestFusedKernelsEmulated(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	for _, prog := range []struct{ name, file string }{{"EMU_NS", "rownorm_vec.cu"}, {"EMU_FUSED", "fused_norm.cu"}, {"EMU_FP8", "fused_norm.cu"}, {"EMU_SWIGLU", "elementwise.cu"}} {
+	for _, prog := range []struct{ name, file string }{
+		{"EMU_NS", "rownorm_vec.cu"}, {"EMU_FUSED", "fused_norm.cu"}, {"EMU_FP8", "fused_norm.cu"}, {"EMU_SWIGLU", "elementwise.cu"},
+	} {
 		t.Run(prog.name, func(t *testing.T) {
 			src := string(emu) + "\n" + string(shim) + "\n" + emulatedSource(files[prog.file]) + "\n#line 1 \"fused_checks.cpp\"\n" + string(checks)
-			cpp := filepath.Join(dir, prog.name+".cpp")
-			if err := os.WriteFile(cpp, []byte(src), 0o644); err != nil {
-				t.Fatal(err)
-			}
-			bin := filepath.Join(dir, prog.name)
-			if out, err := exec.Command(cxx, "-std=c++17", "-O2", "-w", "-D"+prog.name, "-o", bin, cpp).CombinedOutput(); err != nil {
-				t.Fatalf("g++: %v\n%s", err, out)
-			}
-			var out bytes.Buffer
-			run := exec.Command(bin)
-			run.Stdout, run.Stderr = &out, &out
-			runErr := run.Run()
-			sc := bufio.NewScanner(&out)
-			checked := 0
-			for sc.Scan() {
-				line := sc.Text()
+			lines, runErr := runEmulated(t, cxx, dir, prog.name, src, "-D"+prog.name)
+			for _, line := range lines {
 				if prog.name == "EMU_FP8" {
 					if err := checkFP8Line(line); err != nil {
 						t.Error(err)
 					}
-					checked++
 					continue
 				}
 				t.Log(line)
@@ -81,7 +50,7 @@ func TestFusedKernelsEmulated(t *testing.T) {
 				}
 			}
 			if prog.name == "EMU_FP8" {
-				t.Logf("%d FP8 conversions agree with kernels'", checked)
+				t.Logf("%d FP8 conversions agree with kernels'", len(lines))
 			}
 			if runErr != nil {
 				t.Errorf("emulated run: %v", runErr)
