@@ -207,3 +207,18 @@ func TestProfilerKeepsFailures(t *testing.T) {
 		t.Errorf("counted outside a window: %v", p.count)
 	}
 }
+
+// TestInferCPU times guided evaluations of the tiny model and checks the
+// figures agree with each other.
+func TestInferCPU(t *testing.T) {
+	res, err := Infer(context.Background(), Options{Preset: "tiny", Backend: "cpu", Steps: 3, Warmup: 1, Resolution: 48, CaptionTokens: 7, Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Evals != 3 || !(res.Seconds > 0) || math.Abs(res.PerEval-res.Seconds/3) > 1e-12 || res.PeakBytes < res.BaseBytes || res.ImageTokens != 9 {
+		t.Errorf("result %+v", res)
+	}
+	if table := res.Table(); !strings.Contains(table, "| 3 |") || !strings.Contains(table, "backend: cpu") {
+		t.Errorf("table:\n%s", table)
+	}
+}

@@ -24,6 +24,7 @@ type benchOptions struct {
 	caption       int
 	profile       bool
 	fp8Base       bool
+	infer         int
 }
 
 func newBenchCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -59,6 +60,7 @@ step there.`,
 	_ = f.MarkDeprecated("resolution", "use --res, as the PyTorch anchor spells it")
 	f.IntVar(&o.caption, "caption", 256, "caption tokens per sample (all real)")
 	f.BoolVar(&o.profile, "profile", false, "add a per-op profile of one extra step per mode")
+	f.IntVar(&o.infer, "infer", 0, "instead of training steps, time this many guided model evaluations (batch 2, no LoRA, no gradients), as the anchor's --infer")
 	f.BoolVar(&o.fp8Base, "fp8-base", false, "store the frozen linear weights in fp8 E4M3 with per-row scales (kohya's --fp8_base)")
 	return cmd
 }
@@ -92,6 +94,17 @@ func runBench(ctx context.Context, o *benchOptions, stdout, stderr io.Writer) er
 	}
 	if err := opts.Validate(); err != nil {
 		return usageError{err}
+	}
+	switch {
+	case o.infer < 0:
+		return usageError{fmt.Errorf("--infer %d: want ≥ 1 evaluations (or 0 to time training steps)", o.infer)}
+	case o.infer > 0:
+		opts.Steps = o.infer
+		res, err := bench.Infer(ctx, opts)
+		if res.PerEval > 0 {
+			fmt.Fprint(stdout, res.Table())
+		}
+		return err
 	}
 	res, err := bench.Run(ctx, opts)
 	if len(res.Modes) > 0 {

@@ -21,6 +21,8 @@
 #      graphs off (NEWBIE_TRAIN_CUDA_OFF; the latter is the op sequence of
 #      before this branch, the fused ops then running as compositions);
 #      then a short run with fp8 base weights (--fp8-base, checkpointing on);
+#      one guided model evaluation (batch 2, bf16, no gradients: bench
+#      --infer) with graphs on and off beside the anchor's --infer;
 #   3. the PyTorch anchor, eager and --ckpt, in the same call;
 #   4. compute-sanitizer memcheck over the fused kernels' cross-check cases;
 # and prints a short table last. A path that fails can be set aside for a
@@ -58,6 +60,9 @@ bench graphs-off graphs
 bench fused+graphs-off fused,graphs
 NEWBIE_TRAIN_CUDA_OFF= step "bench fp8-base (ckpt on)" bench-fp8.log \
   timeout 100 .gpu/newbie-train bench --res 1024 --batch 1 --checkpointing on --steps 4 --warmup 2 --fp8-base
+NEWBIE_TRAIN_CUDA_OFF= step "bench infer (all on)" bench-infer-on.log timeout 90 .gpu/newbie-train bench --res 1024 --infer 10 --warmup 3
+NEWBIE_TRAIN_CUDA_OFF=graphs step "bench infer (graphs off)" bench-infer-off.log timeout 90 .gpu/newbie-train bench --res 1024 --infer 10 --warmup 3
+step "anchor --infer" anchor-infer.log timeout 90 python3 .gpu/torch_nextdit_lora.py --res 1024 --infer 10
 step "anchor eager" anchor-eager.log timeout 120 python3 .gpu/torch_nextdit_lora.py --res 1024 --batch 1
 step "anchor --ckpt" anchor-ckpt.log timeout 120 python3 .gpu/torch_nextdit_lora.py --res 1024 --batch 1 --ckpt
 
@@ -94,6 +99,11 @@ for line in open(sys.argv[1]):
         print("| pytorch %s | %s | %s | %s |" % (sys.argv[2], "on" if r["cfg"]["ckpt"] else "off", r["s_per_step"], r["peak_gib"]))
 EOF
   done
+  echo "== one guided evaluation at 1024² (batch 2, bf16): s/eval"
+  grep -hE '^\| 10 \|' "$OUT"/bench-infer-on.log | sed 's/^/ours, all on /'
+  grep -hE '^\| 10 \|' "$OUT"/bench-infer-off.log | sed 's/^/ours, graphs off /'
+  grep -hE 'graphs:' "$OUT"/bench-infer-on.log
+  grep -h 's_per_eval' "$OUT/anchor-infer.log"
   cat "$OUT/summary.txt"
 } | tee "$OUT/report.txt"
 exit $status
