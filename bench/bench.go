@@ -51,6 +51,11 @@ type Options struct {
 	CaptionTokens int
 	// FP8Base stores the frozen linear weights in fp8 (nextdit.Options).
 	FP8Base bool
+	// CompareOff, when set, measures every checkpointing mode once per
+	// entry, each a list of the backend's optional paths to turn off
+	// (kernels.Switchable.SetOff: "" all on, "graphs", "fused,graphs", …),
+	// on the one model: the paths' effect side by side in one process.
+	CompareOff []string
 	// Rank and Alpha of the LoRA (default 32 and 32), on lora.DefaultTargets.
 	Rank  int
 	Alpha float64
@@ -137,6 +142,9 @@ func (o Options) Validate() error {
 	switch o.Backend {
 	case "cuda":
 	case "cpu":
+		if len(o.CompareOff) > 0 {
+			return fmt.Errorf("bench: --compare-off: the cpu backend has no optional paths to switch")
+		}
 		if o.Preset != "tiny" {
 			return fmt.Errorf("bench: the CPU backend would take hours per step of the %s preset (%d parameters); use --preset tiny on the CPU, or --backend cuda", o.Preset, cfg.NumParams())
 		}
@@ -214,8 +222,8 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	}
 	be := &profiler{Backend: raw, rank: o.Rank}
 	res.Backend = raw.Name()
-	if st, ok := raw.(kernels.Settings); ok {
-		res.Switches = st.Settings()
+	if st, ok := raw.(kernels.Switchable); ok {
+		res.Switches = st.Switches()
 	}
 	e := ag.New(be)
 	fmt.Fprintf(o.Log, "bench: building %s (%d parameters) with random bf16 weights on %s\n", o.Preset, res.Params, res.Backend)
@@ -256,15 +264,34 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	e.SeedRandom(o.Seed, 0)
 	b := &benchStep{o: o, cfg: cfg, e: e, st: st, sampler: sampler, latent: latent, tokens: tokens}
 	ok := false
-	for _, ckpt := range o.Checkpointing {
-		if err := ctx.Err(); err != nil {
-			return res, fmt.Errorf("bench: %w", err)
+	configs := o.CompareOff
+	if len(configs) == 0 {
+		configs = []string{""}
+	} else {
+		res.Compared = true
+	}
+	for _, paths := range configs {
+		if res.Compared {
+			sw, isSw := raw.(kernels.Switchable)
+			if !isSw {
+				return res, fmt.Errorf("bench: --compare-off: the %s backend has no optional paths to switch", raw.Name())
+			}
+			if err := sw.SetOff(paths); err != nil {
+				return res, fmt.Errorf("bench: --compare-off: %w", err)
+			}
+			fmt.Fprintf(o.Log, "bench: %s\n", pathsLabel(paths))
 		}
-		run := b.measure(ctx, be, ckpt, res)
-		if run.Err == "" {
-			ok = true
+		for _, ckpt := range o.Checkpointing {
+			if err := ctx.Err(); err != nil {
+				return res, fmt.Errorf("bench: %w", err)
+			}
+			run := b.measure(ctx, be, ckpt, res)
+			run.Paths = paths
+			if run.Err == "" {
+				ok = true
+			}
+			res.Modes = append(res.Modes, run)
 		}
-		res.Modes = append(res.Modes, run)
 	}
 	if !ok {
 		return res, fmt.Errorf("bench: every mode failed; first: %s", res.Modes[0].Err)
@@ -424,6 +451,14 @@ func (b *benchStep) profile(be *profiler) (*Profile, error) {
 		return p.Kinds[i].Kind < p.Kinds[j].Kind
 	})
 	return p, nil
+}
+
+// pathsLabel names a CompareOff entry.
+func pathsLabel(off string) string {
+	if off == "" {
+		return "all on"
+	}
+	return "off: " + off
 }
 
 func onOff(on bool) string {

@@ -23,6 +23,7 @@ func TestBenchValidate(t *testing.T) {
 		{"unknown preset", Options{Preset: "huge"}, "unknown preset"},
 		{"tiny at full depth on cpu", Options{Backend: "cpu", Preset: "tiny", Layers: 36}, ""},
 		{"negative layers", Options{Layers: -1}, "layers -1"},
+		{"compare on the cpu", Options{Backend: "cpu", Preset: "tiny", CompareOff: []string{"", "graphs"}}, "no optional paths"},
 		{"unknown backend", Options{Backend: "tpu"}, `backend "tpu"`},
 		{"full model on cpu", Options{Backend: "cpu"}, "use --preset tiny"},
 		{"lumina2 on cpu", Options{Backend: "cpu", Preset: "lumina2"}, "use --preset tiny"},
@@ -215,10 +216,13 @@ func TestInferCPU(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if res.Evals != 3 || !(res.Seconds > 0) || math.Abs(res.PerEval-res.Seconds/3) > 1e-12 || res.PeakBytes < res.BaseBytes || res.ImageTokens != 9 {
-		t.Errorf("result %+v", res)
+	if len(res.Rows) != 1 || res.Evals != 3 || res.ImageTokens != 9 {
+		t.Fatalf("result %+v", res)
 	}
-	if table := res.Table(); !strings.Contains(table, "| 3 |") || !strings.Contains(table, "backend: cpu") {
+	if row := res.Rows[0]; !(row.Seconds > 0) || math.Abs(row.PerEval-row.Seconds/3) > 1e-12 || row.PeakBytes < res.BaseBytes {
+		t.Errorf("row %+v (base %d)", row, res.BaseBytes)
+	}
+	if table := res.Table(); !strings.Contains(table, "| as opened | 3 |") || !strings.Contains(table, "backend: cpu") {
 		t.Errorf("table:\n%s", table)
 	}
 }

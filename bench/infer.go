@@ -24,15 +24,26 @@ type InferResult struct {
 	Resolution, ImageTokens   int
 	CaptionTokens             int
 	BuildSeconds              float64
-	// Evals is the number of timed evaluations; Seconds their total (one
-	// wait for the device at the end, as the anchor times them), PerEval
-	// Seconds/Evals.
-	Evals            int
+	// Evals is the number of timed evaluations of each row.
+	Evals int
+	// BaseBytes is what the weights held before the evaluations.
+	BaseBytes int64
+	// Rows are the measurements, one per Options.CompareOff entry (one
+	// for the backend as opened without it).
+	Rows     []InferRow
+	Compared bool
+}
+
+// InferRow is one timed run of evaluations.
+type InferRow struct {
+	// Paths lists the optional paths that were off (see Options.CompareOff).
+	Paths string
+	// Seconds is the time of the Evals evaluations (one wait for the device
+	// at the end, as the anchor times them); PerEval Seconds/Evals.
 	Seconds, PerEval float64
-	// PeakBytes is the backend's peak allocation over the timed
-	// evaluations; BaseBytes what the weights held before.
-	PeakBytes, BaseBytes int64
-	// Graphs is what graph replay did over the timed evaluations.
+	// PeakBytes is the backend's peak allocation over them.
+	PeakBytes int64
+	// Graphs is what graph replay did over them.
 	Graphs kernels.GraphStats
 }
 
@@ -63,8 +74,8 @@ func Infer(ctx context.Context, o Options) (InferResult, error) {
 		defer c.Close()
 	}
 	res.Backend = be.Name()
-	if st, ok := be.(kernels.Settings); ok {
-		res.Switches = st.Settings()
+	if st, ok := be.(kernels.Switchable); ok {
+		res.Switches = st.Switches()
 	}
 	e := ag.New(be)
 	start := time.Now()
@@ -113,30 +124,59 @@ func Infer(ctx context.Context, o Options) (InferResult, error) {
 	if err := e.Err(); err != nil {
 		return res, fmt.Errorf("bench: warm-up: %w", err)
 	}
-	be.ResetPeak()
-	var graphs kernels.GraphStats
-	if g, ok := be.(kernels.Graphs); ok {
-		graphs = g.GraphStats()
+	configs := o.CompareOff
+	if len(configs) == 0 {
+		configs = []string{""}
+	} else {
+		res.Compared = true
 	}
-	start = time.Now()
-	for i := range o.Steps {
-		if err := ctx.Err(); err != nil {
-			return res, fmt.Errorf("bench: %w", err)
+	for _, paths := range configs {
+		row := InferRow{Paths: paths}
+		if res.Compared {
+			sw, isSw := be.(kernels.Switchable)
+			if !isSw {
+				return res, fmt.Errorf("bench: --compare-off: the %s backend has no optional paths to switch", be.Name())
+			}
+			if err := sw.SetOff(paths); err != nil {
+				return res, fmt.Errorf("bench: --compare-off: %w", err)
+			}
+			// A warm-up under the new setting (graphs capture on their
+			// second run, the first records).
+			for range 2 {
+				if err := eval(); err != nil {
+					return res, fmt.Errorf("bench: warm-up evaluation (%s): %w", pathsLabel(paths), err)
+				}
+			}
+			if err := e.Err(); err != nil {
+				return res, fmt.Errorf("bench: warm-up: %w", err)
+			}
 		}
-		if err := eval(); err != nil {
-			return res, fmt.Errorf("bench: evaluation %d: %w", i+1, err)
+		be.ResetPeak()
+		var graphs kernels.GraphStats
+		if g, ok := be.(kernels.Graphs); ok {
+			graphs = g.GraphStats()
 		}
+		start = time.Now()
+		for i := range o.Steps {
+			if err := ctx.Err(); err != nil {
+				return res, fmt.Errorf("bench: %w", err)
+			}
+			if err := eval(); err != nil {
+				return res, fmt.Errorf("bench: evaluation %d: %w", i+1, err)
+			}
+		}
+		if err := e.Err(); err != nil {
+			return res, fmt.Errorf("bench: evaluations: %w", err)
+		}
+		row.Seconds = time.Since(start).Seconds()
+		row.PerEval = row.Seconds / float64(o.Steps)
+		row.PeakBytes = be.MemStats().Peak
+		if g, ok := be.(kernels.Graphs); ok {
+			row.Graphs = g.GraphStats().Sub(graphs)
+		}
+		fmt.Fprintf(o.Log, "bench: %d evaluations in %.3f s (%.4f s each)\n", o.Steps, row.Seconds, row.PerEval)
+		res.Rows = append(res.Rows, row)
 	}
-	if err := e.Err(); err != nil {
-		return res, fmt.Errorf("bench: evaluations: %w", err)
-	}
-	res.Seconds = time.Since(start).Seconds()
-	res.PerEval = res.Seconds / float64(o.Steps)
-	res.PeakBytes = be.MemStats().Peak
-	if g, ok := be.(kernels.Graphs); ok {
-		res.Graphs = g.GraphStats().Sub(graphs)
-	}
-	fmt.Fprintf(o.Log, "bench: %d evaluations in %.3f s (%.4f s each)\n", o.Steps, res.Seconds, res.PerEval)
 	return res, e.EndStep()
 }
 
@@ -155,10 +195,20 @@ func (r InferResult) Table() string {
 	fmt.Fprintf(&sb, "model: %s (%d layers), %d parameters, %s weights, no LoRA, no gradients, bf16 autocast\n", r.Preset, r.Layers, r.Params, weights)
 	fmt.Fprintf(&sb, "input: batch %d (guided: conditional + unconditional), %d×%d image (%d image tokens) + %d caption tokens; built in %.1f s\n\n",
 		inferBatch, r.Resolution, r.Resolution, r.ImageTokens, r.CaptionTokens, r.BuildSeconds)
-	sb.WriteString("| evaluations | s total | s/eval | peak GiB |\n| --- | --- | --- | --- |\n")
-	fmt.Fprintf(&sb, "| %d | %.4f | %.4f | %s |\n", r.Evals, r.Seconds, r.PerEval, gib(r.PeakBytes))
-	if r.Graphs != (kernels.GraphStats{}) {
-		fmt.Fprintf(&sb, "\n%s\n", r.Graphs)
+	sb.WriteString("| paths | evaluations | s total | s/eval | peak GiB |\n| --- | --- | --- | --- | --- |\n")
+	label := func(row InferRow) string {
+		if !r.Compared {
+			return "as opened"
+		}
+		return pathsLabel(row.Paths)
+	}
+	for _, row := range r.Rows {
+		fmt.Fprintf(&sb, "| %s | %d | %.4f | %.4f | %s |\n", label(row), r.Evals, row.Seconds, row.PerEval, gib(row.PeakBytes))
+	}
+	for _, row := range r.Rows {
+		if row.Graphs != (kernels.GraphStats{}) {
+			fmt.Fprintf(&sb, "\n%s: %s\n", label(row), row.Graphs)
+		}
 	}
 	return sb.String()
 }

@@ -12,7 +12,7 @@ import (
 type Result struct {
 	Backend string // the backend's Name, e.g. "cuda:0 (NVIDIA H200)"
 	// Switches are the backend's optional paths and how they are set
-	// (kernels.Settings), e.g. whether its fused kernels and graphs are on.
+	// (kernels.Switchable), e.g. whether its fused kernels and graphs are on.
 	Switches string
 	Preset   string
 	// Layers is the model's count of main transformer layers (the
@@ -43,11 +43,16 @@ type Result struct {
 	// adapters with their gradients and the optimizer's moments.
 	BaseBytes int64
 	Modes     []Mode
+	// Compared is whether the modes ran under Options.CompareOff.
+	Compared bool
 }
 
 // Mode is the measurement of one checkpointing mode.
 type Mode struct {
 	Checkpointing bool
+	// Paths is the list of optional paths that were off (CompareOff's
+	// entry; "" for all on or for the backend as opened).
+	Paths string
 	// StepSeconds are the host-clock durations of the timed steps (each
 	// Stepper.Step synchronises with the device once it has the loss).
 	StepSeconds []float64
@@ -119,25 +124,37 @@ func (r Result) Table() string {
 		r.Batch, r.Resolution, r.Resolution, r.Latent[0], r.Latent[1], r.Latent[2], r.ImageTokens, r.CaptionTokens)
 	fmt.Fprintf(&sb, "work: %.4g TFLOP per step (the PyTorch anchor's count); model built in %.1f s; %s GiB held before the first step\n\n",
 		r.FLOPs/1e12, r.BuildSeconds, gib(r.BaseBytes))
+	paths := func(run Mode) string {
+		if !r.Compared {
+			return ""
+		}
+		return "| " + pathsLabel(run.Paths) + " "
+	}
+	if r.Compared {
+		sb.WriteString("| paths ")
+	}
 	sb.WriteString("| checkpointing | s/step (median) | min | max | samples/s | TFLOP/s | peak GiB | step's own GiB | reserved GiB | loss |\n")
+	if r.Compared {
+		sb.WriteString("| --- ")
+	}
 	sb.WriteString("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n")
 	for _, run := range r.Modes {
 		if run.Err != "" && run.Median == 0 {
-			fmt.Fprintf(&sb, "| %s | failed: %s | | | | | | | | |\n", onOff(run.Checkpointing), run.Err)
+			fmt.Fprintf(&sb, "%s| %s | failed: %s | | | | | | | | |\n", paths(run), onOff(run.Checkpointing), run.Err)
 			continue
 		}
-		fmt.Fprintf(&sb, "| %s | %.4f | %.4f | %.4f | %.3g | %.3g | %s | %s | %s | %.4f |\n",
-			onOff(run.Checkpointing), run.Median, run.Min, run.Max, run.SamplesPerSecond, run.TFLOPs,
+		fmt.Fprintf(&sb, "%s| %s | %.4f | %.4f | %.4f | %.3g | %.3g | %s | %s | %s | %.4f |\n",
+			paths(run), onOff(run.Checkpointing), run.Median, run.Min, run.Max, run.SamplesPerSecond, run.TFLOPs,
 			gib(run.PeakBytes), gib(run.ActivationBytes), gib(run.ReservedBytes), run.Loss)
 	}
 	for _, run := range r.Modes {
 		if run.Graphs != (kernels.GraphStats{}) {
-			fmt.Fprintf(&sb, "\ncheckpointing %s, timed steps: %s\n", onOff(run.Checkpointing), run.Graphs)
+			fmt.Fprintf(&sb, "\n%s, timed steps: %s\n", r.modeLabel(run), run.Graphs)
 		}
 	}
 	for _, run := range r.Modes {
 		if run.Err != "" && run.Median != 0 {
-			fmt.Fprintf(&sb, "\ncheckpointing %s: %s\n", onOff(run.Checkpointing), run.Err)
+			fmt.Fprintf(&sb, "\n%s: %s\n", r.modeLabel(run), run.Err)
 		}
 		p := run.Profile
 		if p == nil {
@@ -147,8 +164,8 @@ func (r Result) Table() string {
 		for _, k := range p.Kinds {
 			total += k.Seconds
 		}
-		fmt.Fprintf(&sb, "\nprofile, checkpointing %s: %d backend ops per step; host queues the forward and backward in %.3f s (step median %.3f s); waiting after every op the step takes %.3f s\n\n",
-			onOff(run.Checkpointing), p.Ops, p.QueueSeconds, run.Median, p.SyncedSeconds)
+		fmt.Fprintf(&sb, "\nprofile, %s: %d backend ops per step; host queues the forward and backward in %.3f s (step median %.3f s); waiting after every op the step takes %.3f s\n\n",
+			r.modeLabel(run), p.Ops, p.QueueSeconds, run.Median, p.SyncedSeconds)
 		sb.WriteString("| op kind | count | time (s, op + wait) | share |\n| --- | --- | --- | --- |\n")
 		for _, k := range p.Kinds {
 			share := 0.0
@@ -159,4 +176,14 @@ func (r Result) Table() string {
 		}
 	}
 	return sb.String()
+}
+
+// modeLabel names a mode in the lines after the table: "checkpointing
+// on", with the paths that were off when the run compared them.
+func (r Result) modeLabel(run Mode) string {
+	l := "checkpointing " + onOff(run.Checkpointing)
+	if r.Compared {
+		l = pathsLabel(run.Paths) + ", " + l
+	}
+	return l
 }

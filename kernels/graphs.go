@@ -82,9 +82,14 @@ func EndGraph(b Backend) {
 	}
 }
 
-// Settings is implemented by backends with optional paths that can be
-// switched off (by environment variables read when the backend opens):
-// Settings says how each is set, for benchmarks and logs to report.
-type Settings interface {
-	Settings() string
+// Switchable is implemented by backends with optional paths (fast
+// kernels, graph replay) that can be switched off: by an environment
+// variable read when the backend opens, or later by SetOff between steps.
+type Switchable interface {
+	// Switches says how each path is set, for benchmarks and logs.
+	Switches() string
+	// SetOff turns off exactly the named paths (a comma-separated list;
+	// empty turns every path on). It fails on an unknown name and inside
+	// a graph region.
+	SetOff(names string) error
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/spf13/cobra"
 
@@ -25,6 +26,7 @@ type benchOptions struct {
 	profile       bool
 	fp8Base       bool
 	infer         int
+	compareOff    string
 }
 
 func newBenchCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -60,6 +62,7 @@ step there.`,
 	_ = f.MarkDeprecated("resolution", "use --res, as the PyTorch anchor spells it")
 	f.IntVar(&o.caption, "caption", 256, "caption tokens per sample (all real)")
 	f.BoolVar(&o.profile, "profile", false, "add a per-op profile of one extra step per mode")
+	f.StringVar(&o.compareOff, "compare-off", "", "measure every mode once per ';'-separated entry, each a NEWBIE_TRAIN_CUDA_OFF list of paths to turn off (an empty entry: all on), e.g. ';graphs;fused,graphs'")
 	f.IntVar(&o.infer, "infer", 0, "instead of training steps, time this many guided model evaluations (batch 2, no LoRA, no gradients), as the anchor's --infer")
 	f.BoolVar(&o.fp8Base, "fp8-base", false, "store the frozen linear weights in fp8 E4M3 with per-row scales (kohya's --fp8_base)")
 	return cmd
@@ -92,6 +95,9 @@ func runBench(ctx context.Context, o *benchOptions, stdout, stderr io.Writer) er
 		Steps: o.steps, Warmup: warmup, Checkpointing: modes,
 		Resolution: o.resolution, CaptionTokens: o.caption, Profile: o.profile, FP8Base: o.fp8Base, Log: stderr,
 	}
+	if o.compareOff != "" {
+		opts.CompareOff = strings.Split(o.compareOff, ";")
+	}
 	if err := opts.Validate(); err != nil {
 		return usageError{err}
 	}
@@ -101,7 +107,7 @@ func runBench(ctx context.Context, o *benchOptions, stdout, stderr io.Writer) er
 	case o.infer > 0:
 		opts.Steps = o.infer
 		res, err := bench.Infer(ctx, opts)
-		if res.PerEval > 0 {
+		if len(res.Rows) > 0 {
 			fmt.Fprint(stdout, res.Table())
 		}
 		return err

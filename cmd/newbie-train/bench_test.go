@@ -39,7 +39,7 @@ func TestBenchFP8Base(t *testing.T) {
 // TestBenchInfer: --infer times guided evaluations instead of steps.
 func TestBenchInfer(t *testing.T) {
 	code, out, stderr := runCLI(t, "bench", "--backend", "cpu", "--preset", "tiny", "--infer", "2", "--warmup", "1", "--res", "32", "--caption", "5")
-	if code != 0 || !strings.Contains(out, "| 2 |") || !strings.Contains(out, "batch 2 (guided") {
+	if code != 0 || !strings.Contains(out, "| as opened | 2 |") || !strings.Contains(out, "batch 2 (guided") {
 		t.Fatalf("bench --infer: exit %d\n%s%s", code, out, stderr)
 	}
 }
@@ -58,6 +58,7 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"unknown preset", []string{"bench", "--preset", "giant"}, "unknown preset"},
 		{"old resolution flag still checked", []string{"bench", "--backend", "cpu", "--preset", "tiny", "--resolution", "100"}, "multiple of 16"},
 		{"negative layers", []string{"bench", "--layers", "-3"}, "layers -3"},
+		{"compare on the cpu", []string{"bench", "--backend", "cpu", "--preset", "tiny", "--res", "32", "--steps", "1", "--warmup", "1", "--compare-off", ";graphs"}, "no optional paths"},
 		{"negative infer", []string{"bench", "--backend", "cpu", "--preset", "tiny", "--infer", "-1"}, "--infer -1"},
 		{"stray argument", []string{"bench", "now"}, "unknown command"},
 	} {

@@ -68,9 +68,27 @@ func (c *Backend) EndGraph() {
 	}
 }
 
-// Settings reports the backend's fast paths (fastpath.go), each on or off,
+// SetOff turns off exactly the named fast paths (fastpath.go's names, as
+// NEWBIE_TRAIN_CUDA_OFF lists them), between graph regions.
+func (c *Backend) SetOff(names string) error {
+	off, err := parseFastPathsOff(names)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.plan.active() {
+		return fmt.Errorf("cuda: SetOff(%q) inside a graph region", names)
+	}
+	c.off = off
+	c.plan.off = graphsOff(c.l, off)
+	c.plan.stats.Off = c.plan.off
+	return nil
+}
+
+// Switches reports the backend's fast paths (fastpath.go), each on or off,
 // and why graph replay is off when it is.
-func (c *Backend) Settings() string {
+func (c *Backend) Switches() string {
 	var parts []string
 	for _, f := range fastPaths {
 		state := "on"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # scripts/device/speed.sh: the checks and timings of branch speed (issue 16:
-# fused block ops, graph replay) for one call on an H200 device machine
-# (about 4–5 minutes).
+# fused block ops, CUDA-graph replay, fp8 base weights) for one call on an
+# H200 device machine (about 4–5 minutes).
 #
 # Build here first, from the repository root (the device has no Go), and
 # carry .gpu with the call:
@@ -10,20 +10,20 @@
 #   cp ../shared/anchors/torch_nextdit_lora.py .gpu/
 #
 # It runs, each logging under $OUT:
-#   1. the CUDA backend's suites: conformance (NormScale, QKVNormRope and the
-#      fused reference gradients among them), the CPU cross-checks (the new
-#      NormScale/* and QKVNormRope/* cases, each also /composed: the fused
-#      kernels off), faults, steady memory, the NVRTC compile of every kernel
-#      file, and the graph tests: a training-like loop and tiny-model LoRA
-#      training with graph replay against plain launches, bit for bit;
-#   2. newbie-train bench at 1024², batch 1, checkpointing off and on, three
-#      ways: everything on (with --profile), graphs off, fused kernels and
-#      graphs off (NEWBIE_TRAIN_CUDA_OFF; the latter is the op sequence of
-#      before this branch, the fused ops then running as compositions);
-#      then a short run with fp8 base weights (--fp8-base, checkpointing on);
-#      one guided model evaluation (batch 2, bf16, no gradients: bench
-#      --infer) with graphs on and off beside the anchor's --infer;
-#   3. the PyTorch anchor, eager and --ckpt, in the same call;
+#   1. the CUDA backend's suites: conformance (NormScale, QKVNormRope,
+#      SwiGLU, FP8 and the fused reference gradients among them), the CPU
+#      cross-checks (the new NormScale/*, QKVNormRope/* and SwiGLU/* cases,
+#      each also /composed: the fused kernels off), faults, steady memory,
+#      the NVRTC compile of every kernel file, and the graph tests: a
+#      training-like loop and tiny-model LoRA training with graph replay
+#      against plain launches, bit for bit;
+#   2. newbie-train bench at 1024², batch 1, checkpointing off and on, on one
+#      model three ways (--compare-off): everything on, graphs off, fused
+#      kernels and graphs off (the op sequence before this branch: the fused
+#      ops then run as their compositions), with a per-op profile of each;
+#      one guided model evaluation (batch 2, bf16, no gradients: --infer)
+#      with graphs on and off; a short run with fp8 base weights;
+#   3. the PyTorch anchor in the same call: eager, --ckpt and --infer;
 #   4. compute-sanitizer memcheck over the fused kernels' cross-check cases;
 # and prints a short table last. A path that fails can be set aside for a
 # rerun with NEWBIE_TRAIN_CUDA_OFF=fused or =graphs (or both).
@@ -49,22 +49,16 @@ step "cuda suites + graph tests" cuda-tests.log "$ROOT/.gpu/cuda.test" -test.v -
   -test.run 'TestConformance|TestAgainstCPU|TestFaults|TestMemorySteady|TestKernelSourcesCompile|TestGraphsMatchPlain|TestGraphsTrainSameBits'
 cd "$ROOT"
 
-bench() { # label, NEWBIE_TRAIN_CUDA_OFF value, extra flags...
-  local label=$1 off=$2
-  shift 2
-  NEWBIE_TRAIN_CUDA_OFF=$off step "bench $label" "bench-$label.log" \
-    timeout 150 .gpu/newbie-train bench --res 1024 --batch 1 --checkpointing both --steps 8 --warmup 3 "$@"
-}
-bench all-on "" --profile
-bench graphs-off graphs
-bench fused+graphs-off fused,graphs
-NEWBIE_TRAIN_CUDA_OFF= step "bench fp8-base (ckpt on)" bench-fp8.log \
-  timeout 100 .gpu/newbie-train bench --res 1024 --batch 1 --checkpointing on --steps 4 --warmup 2 --fp8-base
-NEWBIE_TRAIN_CUDA_OFF= step "bench infer (all on)" bench-infer-on.log timeout 90 .gpu/newbie-train bench --res 1024 --infer 10 --warmup 3
-NEWBIE_TRAIN_CUDA_OFF=graphs step "bench infer (graphs off)" bench-infer-off.log timeout 90 .gpu/newbie-train bench --res 1024 --infer 10 --warmup 3
-step "anchor --infer" anchor-infer.log timeout 90 python3 .gpu/torch_nextdit_lora.py --res 1024 --infer 10
+unset NEWBIE_TRAIN_CUDA_OFF
+step "bench 1024² (3 ways)" bench-train.log timeout 200 .gpu/newbie-train bench --res 1024 --batch 1 --checkpointing both \
+  --steps 6 --warmup 3 --profile --compare-off ';graphs;fused,graphs'
+step "bench --infer (graphs on, off)" bench-infer.log timeout 120 .gpu/newbie-train bench --res 1024 --infer 10 --warmup 3 \
+  --compare-off ';graphs'
+step "bench --fp8-base (ckpt on)" bench-fp8.log timeout 100 .gpu/newbie-train bench --res 1024 --batch 1 --checkpointing on \
+  --steps 4 --warmup 2 --fp8-base
 step "anchor eager" anchor-eager.log timeout 120 python3 .gpu/torch_nextdit_lora.py --res 1024 --batch 1
 step "anchor --ckpt" anchor-ckpt.log timeout 120 python3 .gpu/torch_nextdit_lora.py --res 1024 --batch 1 --ckpt
+step "anchor --infer" anchor-infer.log timeout 90 python3 .gpu/torch_nextdit_lora.py --res 1024 --infer 10
 
 if command -v compute-sanitizer >/dev/null; then
   cd kernels/cuda
@@ -76,19 +70,16 @@ fi
 {
   echo "== failures"
   grep -hE -- '--- FAIL|^FAIL|panic:|failed:' "$OUT"/cuda-tests.log "$OUT"/bench-*.log | head -40
-  grep -hE -- '--- (PASS|FAIL): TestConformance/(FP8|NormScale|QKVNormRope)$' "$OUT/cuda-tests.log"
+  grep -hE -- '--- (PASS|FAIL): TestConformance/(FP8|NormScale|QKVNormRope|SwiGLU)$' "$OUT/cuda-tests.log"
   grep -hE 'ERROR SUMMARY' "$OUT"/sanitizer-*.log 2>/dev/null
   echo "== graph tests"
   grep -hE 'graph_test.go|graph_model_test.go|--- (PASS|FAIL): TestGraphs' "$OUT/cuda-tests.log" | head -12
-  echo "== switches and graph counters (timed steps)"
-  grep -hE '^switches:|timed steps: graphs' "$OUT"/bench-*.log
-  echo "== profile, everything on (first rows)"
-  grep -hE '^profile, ' "$OUT/bench-all-on.log"
+  echo "== switches, graph counters (timed steps), profiles"
+  grep -hE '^switches:|timed steps: graphs|^(all on|off: [a-z,]+): graphs|^profile, ' "$OUT"/bench-*.log
   echo "== 1024², batch 1: s/step and peak GiB"
   printf '| run | checkpointing | s/step | peak GiB |\n| --- | --- | --- | --- |\n'
-  for label in all-on graphs-off fused+graphs-off fp8; do
-    awk -F'|' -v l="$label" '$2 ~ /^ (off|on) $/ && $3 ~ /[0-9]/ {gsub(/ /, "", $2); printf "| ours, %s | %s |%s|%s|\n", l, $2, $3, $8}' "$OUT/bench-$label.log"
-  done
+  awk -F'|' '$3 ~ /^ (off|on) $/ && $4 ~ /[0-9]/ {printf "| ours, %s | %s |%s|%s|\n", $2, $3, $4, $9}' "$OUT/bench-train.log"
+  awk -F'|' '$2 ~ /^ (off|on) $/ && $3 ~ /[0-9]/ {printf "| ours, fp8 base | %s |%s|%s|\n", $2, $3, $8}' "$OUT/bench-fp8.log"
   for f in eager ckpt; do
     python3 - "$OUT/anchor-$f.log" "$f" <<'EOF'
 import json, sys
@@ -100,9 +91,7 @@ for line in open(sys.argv[1]):
 EOF
   done
   echo "== one guided evaluation at 1024² (batch 2, bf16): s/eval"
-  grep -hE '^\| 10 \|' "$OUT"/bench-infer-on.log | sed 's/^/ours, all on /'
-  grep -hE '^\| 10 \|' "$OUT"/bench-infer-off.log | sed 's/^/ours, graphs off /'
-  grep -hE 'graphs:' "$OUT"/bench-infer-on.log
+  grep -hE '^\| (all on|off: graphs|as opened) \|' "$OUT/bench-infer.log"
   grep -h 's_per_eval' "$OUT/anchor-infer.log"
   cat "$OUT/summary.txt"
 } | tee "$OUT/report.txt"
