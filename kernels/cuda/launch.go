@@ -222,6 +222,8 @@ func (c *Backend) launch(name string, g dims, block, smem int, args ...any) {
 				return
 			}
 			copy(area[off:], v)
+			// Zero the padding: a graph region compares the packed bytes.
+			clear(area[off+len(v) : off+(len(v)+7)&^7])
 			off += (len(v) + 7) &^ 7
 		default:
 			c.failf("%s: kernel argument %d has unsupported type %T", name, i, a)
