@@ -223,7 +223,7 @@ func (c *Backend) launch(name string, g dims, block, smem int, args ...any) {
 			}
 			copy(area[off:], v)
 			// Zero the padding: a graph region compares the packed bytes.
-			clear(area[off+len(v) : off+(len(v)+7)&^7])
+			clear(area[off+len(v) : min(off+(len(v)+7)&^7, argAreaBytes)])
 			off += (len(v) + 7) &^ 7
 		default:
 			c.failf("%s: kernel argument %d has unsupported type %T", name, i, a)
