@@ -183,7 +183,10 @@ func LoadFile(e *autograd.Engine, f Source, cfg Config, opts Options) (*Model, e
 			m.Release()
 			return nil, fmt.Errorf("nextdit: reading %s: %w", p.Name, err)
 		}
-		m.weights[p.Name] = e.ConstantBytes(p.Name, m.opts.DType, p.Shape, raw)
+		if err := m.store(p.Name, e.ConstantBytes(p.Name, m.opts.DType, p.Shape, raw)); err != nil {
+			m.Release()
+			return nil, err
+		}
 		if err := e.Err(); err != nil {
 			m.Release()
 			return nil, fmt.Errorf("nextdit: uploading %s: %w", p.Name, err)
