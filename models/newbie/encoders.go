@@ -26,6 +26,11 @@ type TextOptions struct {
 	Weights string
 	// Source is the weights' path, for error messages.
 	Source string
+	// Guard, when set, is called with each batch's size and padded length
+	// after tokenizing and before the forward; an error stops the call
+	// (the pipeline checks a batch longer than its plan against the
+	// device's memory).
+	Guard func(texts, tokens int) error
 }
 
 func (o TextOptions) withDefaults() (TextOptions, error) {
@@ -173,6 +178,11 @@ func (e *GemmaEncoder) EncodeTexts(ctx context.Context, texts []string) ([]data.
 		if err != nil {
 			return nil, fmt.Errorf("newbie: Gemma 3 tokenizer %s: %w", e.tok.Path(), err)
 		}
+		if e.o.Guard != nil {
+			if err := e.o.Guard(len(chunk), b.Length); err != nil {
+				return nil, err
+			}
+		}
 		vals, err := runFrozen(e.g.Engine(), func() (*ag.Tensor, error) { return e.g.PenultimateHidden(b.IDs, b.Mask) })
 		if err != nil {
 			return nil, fmt.Errorf("newbie: Gemma 3 encoding texts %d–%d: %w", start, start+len(chunk)-1, err)
@@ -265,6 +275,11 @@ func (e *JinaEncoder) EncodeTexts(ctx context.Context, texts []string) ([]data.T
 		b, err := e.tok.EncodeBatch(chunk, tokenizers.JinaBatch)
 		if err != nil {
 			return nil, fmt.Errorf("newbie: Jina CLIP v2 tokenizer %s: %w", e.tok.Path(), err)
+		}
+		if e.o.Guard != nil {
+			if err := e.o.Guard(len(chunk), b.Length); err != nil {
+				return nil, err
+			}
 		}
 		vals, err := runFrozen(e.j.Engine(), func() (*ag.Tensor, error) { return e.j.Pooled(b.IDs, b.Mask) })
 		if err != nil {

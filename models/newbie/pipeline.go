@@ -29,9 +29,11 @@ type Options struct {
 	// the most images (default 1): they bound the activations.
 	TextBatch, ImageBatch int
 	// MaxImagePixels is the largest image (width × height) the VAE phase
-	// will be given, which its memory estimate assumes (default 1024²); a
-	// larger batch is checked again before it runs.
-	MaxImagePixels int
+	// will be given, which its memory estimate assumes (default 1024²);
+	// MaxTextTokens the longest padded text batch the text phases' do
+	// (default 512, Gemma's limit; Jina's is 2048). A larger batch is
+	// checked again before it runs.
+	MaxImagePixels, MaxTextTokens int
 	// Budget, when positive, is the most device memory the phases may hold
 	// (what was allocated before a phase counts against it); otherwise a
 	// phase must fit the memory the device reports free, when it reports
@@ -60,6 +62,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.MaxImagePixels <= 0 {
 		o.MaxImagePixels = 1024 * 1024
+	}
+	if o.MaxTextTokens <= 0 {
+		o.MaxTextTokens = tokenizers.GemmaBatch.MaxLength
 	}
 	return o
 }
@@ -213,10 +218,32 @@ func (p *Pipeline) Plan(part Part) Estimate {
 			side++
 		}
 		return EstimateVAEEncode(p.m.VAE.Arch, p.o.VAEDType, p.o.vaeAutocast(), p.o.ImageBatch, side, side, r)
-	case PartGemma:
-		return EstimateGemma(p.m.Gemma.Arch, p.o.TextDType, p.o.TextBatch, tokenizers.GemmaBatch.MaxLength, r)
 	}
-	return EstimateJina(p.m.Jina.Arch, p.o.TextDType, p.o.TextBatch, tokenizers.JinaBatch.MaxLength, r)
+	return p.planText(part, p.o.TextBatch, p.o.MaxTextTokens)
+}
+
+// planText estimates a text phase for batches of texts × tokens (at most
+// the encoder's own limit).
+func (p *Pipeline) planText(part Part, texts, tokens int) Estimate {
+	r := RounderOf(p.e.Backend())
+	if part == PartGemma {
+		return EstimateGemma(p.m.Gemma.Arch, p.o.TextDType, texts, min(tokens, tokenizers.GemmaBatch.MaxLength), r)
+	}
+	return EstimateJina(p.m.Jina.Arch, p.o.TextDType, texts, min(tokens, tokenizers.JinaBatch.MaxLength), r)
+}
+
+// textGuard re-checks a text batch longer than the plan assumed before it
+// runs: its activations (the weights are resident) against what is free.
+func (p *Pipeline) textGuard(part Part) func(texts, tokens int) error {
+	return func(texts, tokens int) error {
+		if tokens <= p.o.MaxTextTokens && texts <= p.o.TextBatch {
+			return nil
+		}
+		est := p.planText(part, texts, tokens)
+		est.Total -= est.Weights
+		est.Weights = 0
+		return Check(p.e.Backend(), p.o.Budget, est)
+	}
 }
 
 // Available is the device memory a phase may use now, and what limits it;
@@ -301,7 +328,7 @@ func (p *Pipeline) load(part Part) error {
 		if err != nil {
 			return err
 		}
-		enc, err := NewGemmaEncoder(g, p.m.GemmaTokenizer.Tokenizer, TextOptions{Batch: o.TextBatch, Weights: p.digests[PartGemma], Source: p.m.Gemma.Path})
+		enc, err := NewGemmaEncoder(g, p.m.GemmaTokenizer.Tokenizer, TextOptions{Batch: o.TextBatch, Weights: p.digests[PartGemma], Source: p.m.Gemma.Path, Guard: p.textGuard(PartGemma)})
 		if err != nil {
 			g.Release()
 			return err
@@ -312,7 +339,7 @@ func (p *Pipeline) load(part Part) error {
 		if err != nil {
 			return err
 		}
-		enc, err := NewJinaEncoder(j, p.m.JinaTokenizer.Tokenizer, TextOptions{Batch: o.TextBatch, Weights: p.digests[PartJina], Source: p.m.Jina.Path})
+		enc, err := NewJinaEncoder(j, p.m.JinaTokenizer.Tokenizer, TextOptions{Batch: o.TextBatch, Weights: p.digests[PartJina], Source: p.m.Jina.Path, Guard: p.textGuard(PartJina)})
 		if err != nil {
 			j.Release()
 			return err

@@ -6,7 +6,6 @@ import (
 	"math"
 	"regexp"
 	"sort"
-	"strings"
 
 	"github.com/newbie-train/newbie-train/data"
 )
@@ -19,42 +18,6 @@ import (
 // the tokenizers package loads them like the real files (same JSON
 // structure, same pipeline components) and they give a few ids per word
 // of a caption rather than one per character.
-
-// captionWords are the tags and words the corpus and SampleCaption draw
-// from: danbooru-style tags as NewBie's XML captions hold them.
-var captionWords = []string{
-	"1girl", "1boy", "2girls", "solo", "long hair", "short hair", "twintails", "ponytail", "blue eyes", "red eyes",
-	"green eyes", "blonde hair", "black hair", "silver hair", "pink hair", "smile", "open mouth", "blush",
-	"looking at viewer", "upper body", "full body", "standing", "sitting", "school uniform", "serafuku", "dress",
-	"hat", "ribbon", "hair ornament", "gloves", "thighhighs", "skirt", "jacket", "outdoors", "indoors", "sky",
-	"cloud", "cherry blossoms", "night", "city", "simple background", "white background", "masterpiece",
-	"best quality", "high resolution", "detailed", "anime style", "holding sword", "hands on hips", "wind",
-}
-
-// xmlTags are the elements of a NewBie XML caption.
-var xmlTags = []string{"character_1", "character_2", "n", "gender", "appearance", "clothing", "expression", "action", "position", "general_tags", "style", "background"}
-
-// SampleCaption is the i-th of a deterministic family of NewBie XML
-// captions (one or two characters, a few tags each, general tags), for
-// generated datasets and benchmarks.
-func SampleCaption(i int) string {
-	pick := func(k, n int) []string {
-		out := make([]string, 0, n)
-		for j := range n {
-			out = append(out, captionWords[(i*7+k*13+j*31+j*j)%len(captionWords)])
-		}
-		return out
-	}
-	var b strings.Builder
-	chars := 1 + i%2
-	for c := range chars {
-		tag := fmt.Sprintf("character_%d", c+1)
-		fmt.Fprintf(&b, "<%s><n>girl_%d</n><gender>%s</gender><appearance>%s</appearance><expression>%s</expression></%s>",
-			tag, (i+c)%17, []string{"1girl", "1boy"}[(i+c)%3/2], strings.Join(pick(c, 3+i%4), ", "), pick(c+5, 1)[0], tag)
-	}
-	fmt.Fprintf(&b, "<general_tags>%s</general_tags>", strings.Join(pick(9, 2+i%5), ", "))
-	return b.String()
-}
 
 // tokenizerCorpus is the text the tokenizers are learned from.
 func tokenizerCorpus() []string {
