@@ -84,6 +84,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newTokenizeCmd(stdout),
 		newBenchCmd(stdout, stderr),
 		newVersionCmd(stdout),
+		newDevCmd(stdout, stderr),
 	)
 	return root
 }

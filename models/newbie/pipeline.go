@@ -85,8 +85,11 @@ type PhaseStats struct {
 	Items, Batches int
 	// Load is the time to load the weights, Run the time encoding.
 	Load, Run time.Duration
-	// Estimate is the plan's prediction, made before the phase started.
-	Estimate Estimate
+	// Estimate is the plan's prediction, made before the phase started
+	// for the largest batch the options allow; Largest is the same
+	// estimate for the largest batch that actually ran, the one to compare
+	// with Peak.
+	Estimate, Largest Estimate
 	// Base is what the device held when the phase started; Peak the
 	// allocator's peak during the phase (Base included); Reserved what the
 	// backend held from the device at its end, its cache included.
@@ -236,13 +239,22 @@ func (p *Pipeline) planText(part Part, texts, tokens int) Estimate {
 // runs: its activations (the weights are resident) against what is free.
 func (p *Pipeline) textGuard(part Part) func(texts, tokens int) error {
 	return func(texts, tokens int) error {
+		est := p.planText(part, texts, tokens)
+		p.seen(est) // called inside run, which holds p.mu
 		if tokens <= p.o.MaxTextTokens && texts <= p.o.TextBatch {
 			return nil
 		}
-		est := p.planText(part, texts, tokens)
 		est.Total -= est.Weights
 		est.Weights = 0
 		return Check(p.e.Backend(), p.o.Budget, est)
+	}
+}
+
+// seen keeps the largest batch's estimate of the current phase. Callers
+// hold p.mu.
+func (p *Pipeline) seen(est Estimate) {
+	if p.cur != nil && est.Total > p.cur.Largest.Total {
+		p.cur.Largest = est
 	}
 }
 
@@ -487,6 +499,8 @@ func (l lazyImage) EncodeImages(ctx context.Context, imgs []data.RGB) ([]data.La
 	}
 	var out []data.Latent
 	err := l.p.run(PartVAE, len(imgs), func() error {
+		o := l.p.o
+		l.p.seen(EstimateVAEEncode(l.p.m.VAE.Arch, o.VAEDType, o.vaeAutocast(), min(len(imgs), o.ImageBatch), imgs[0].H, imgs[0].W, RounderOf(l.p.e.Backend())))
 		var err error
 		out, err = l.p.vaeEnc.EncodeImages(ctx, imgs)
 		return err

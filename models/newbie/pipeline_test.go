@@ -94,7 +94,10 @@ func TestPipelinePhases(t *testing.T) {
 		used := ph.Peak - ph.Base
 		t.Logf("%s: %d items, %d batches, load %v, run %v, peak %d above %d, estimate %s", ph.Estimate.Phase, ph.Items, ph.Batches, ph.Load, ph.Run, used, ph.Base, ph.Estimate)
 		if ph.Base != 0 || used <= 0 || used > ph.Estimate.Total {
-			t.Errorf("%s: peak %d above %d, estimate %d", ph.Estimate.Phase, used, ph.Base, ph.Estimate.Total)
+			t.Errorf("%s: peak %d above %d, planned %d", ph.Estimate.Phase, used, ph.Base, ph.Estimate.Total)
+		}
+		if l := ph.Largest.Total; l < used || float64(l) > (1+estimateTolerance)*float64(used) {
+			t.Errorf("%s: peak %d, the estimate for the largest batch run %d", ph.Estimate.Phase, used, l)
 		}
 	}
 	if phases[0].Items != 3 || phases[0].Batches != 1 || phases[1].Items != len(texts) {
