@@ -57,10 +57,19 @@ func idRows(b, l, vocab int) [][]int32 {
 	return out
 }
 
-func TestEstimatesScratch(t *testing.T) {
+// TestEstimates runs the text encoders and the VAE's encoder on the CPU
+// backend (whose counters are exact bytes) over architectures chosen so
+// that each of the estimates' terms is the peak somewhere — Gemma's MLP,
+// its post-MLP norm (hidden as wide as the MLP) and its q norm (more query
+// heads than the MLP is wide); Jina's GELU in both dtypes; the VAE's
+// resnets at stage 0 with and without autocast, other widths at the lower
+// stages, one and two resnets a stage — and requires every estimate to
+// equal the weights held, and the activations' to be at or within 10 %
+// above the measured peak.
+func TestEstimates(t *testing.T) {
 	base, _ := RandomArchs(SizeTiny)
 	type variant struct{ h, in, heads, kv, hd int }
-	for _, v := range []variant{{64, 128, 2, 1, 32}, {128, 128, 2, 1, 32}, {64, 256, 2, 1, 32}, {64, 128, 4, 2, 16}, {64, 128, 4, 1, 32}, {64, 64, 2, 1, 32}} {
+	for _, v := range []variant{{64, 128, 2, 1, 32}, {128, 128, 2, 1, 32}, {64, 128, 4, 1, 32}} {
 		a := base
 		a.Gemma.HiddenSize, a.Gemma.IntermediateSize, a.Gemma.NumHeads, a.Gemma.NumKVHeads, a.Gemma.HeadDim = v.h, v.in, v.heads, v.kv, v.hd
 		a.Jina.HiddenSize, a.Jina.IntermediateSize, a.Jina.NumHeads = v.h/2, v.in/2, v.heads
@@ -99,7 +108,7 @@ func TestEstimatesScratch(t *testing.T) {
 			j.Release()
 		}
 	}
-	for _, boc := range [][]int{{32, 32, 32, 32}, {32, 64, 64, 64}, {32, 32, 64, 96}, {32, 32, 32, 288}} {
+	for _, boc := range [][]int{{32, 32, 32, 32}, {32, 32, 64, 96}} {
 		for _, layers := range []int{1, 2} {
 			a := base
 			a.VAE.BlockOutChannels, a.VAE.LayersPerBlock = boc, layers
@@ -129,7 +138,7 @@ func TestEstimatesScratch(t *testing.T) {
 				if est := EstimateVAEEncode(a.VAE, kernels.F32, ac, 1, 8, 8, nil); est.Weights != be.MemStats().Allocated {
 					t.Errorf("vae %v %v: weights estimated %d, held %d", boc, ac, est.Weights, be.MemStats().Allocated)
 				}
-				for _, s := range [][3]int{{1, 64, 64}, {2, 32, 48}} {
+				for _, s := range [][3]int{{1, 48, 48}, {2, 32, 24}} {
 					est := EstimateVAEEncode(a.VAE, kernels.F32, ac, s[0], s[1], s[2], nil)
 					var x *ag.Tensor
 					act := measure(t, be, e, func() (*ag.Tensor, error) {
@@ -146,6 +155,9 @@ func TestEstimatesScratch(t *testing.T) {
 	}
 }
 
+// TestEstimateVAEChunked: a mid-block wider than the fused attention's
+// heads (as FLUX's 512) takes the explicit chunked path; on a VAE narrow
+// everywhere else that attention is the peak, and the estimate holds it.
 func TestEstimateVAEChunked(t *testing.T) {
 	base, _ := RandomArchs(SizeTiny)
 	a := base
@@ -168,7 +180,11 @@ func TestEstimateVAEChunked(t *testing.T) {
 			l.Release()
 			x.Release()
 		})
-		for _, s := range [][3]int{{1, 128, 128}, {2, 64, 96}} {
+		shapes := [][3]int{{1, 96, 96}, {2, 48, 64}}
+		if ac == 0 {
+			shapes = shapes[:1]
+		}
+		for _, s := range shapes {
 			est := EstimateVAEEncode(a.VAE, kernels.F32, ac, s[0], s[1], s[2], nil)
 			var x *ag.Tensor
 			act := measure(t, be, e, func() (*ag.Tensor, error) {
