@@ -23,8 +23,15 @@
 // the caller can warn once per dataset. Pipeline loads one component at a
 // time for the cache step and frees it before the next (so the step's peak
 // memory is its largest phase, not the sum), checks each phase's estimated
-// peak (memory.go) against the device before starting it, and records each
+// peak against the device before starting it (Check), and records each
 // phase's time and measured peak.
+//
+// The memory plan estimates every phase of a run before it starts —
+// EstimateVAEEncode, EstimateGemma, EstimateJina for the cache step,
+// EstimateTrain for the LoRA training step, EstimateVAEDecode for
+// previews — from the architectures and the run's shapes, batch, rank,
+// checkpointing and dtypes; the tests hold each against the peak measured
+// on the CPU backend.
 //
 // WriteRandom writes a complete model folder in either layout with random
 // weights, tiny or full size, with small real-format tokenizers generated

@@ -220,101 +220,170 @@ func EstimateJina(c textenc.JinaConfig, dt kernels.DType, batch, tokens int, r R
 // chunk, its softmax and their cast) — always beside the float32 image
 // being encoded.
 func EstimateVAEEncode(c vae.Config, storage, autocast kernels.DType, batch, h, w int, r Rounder) Estimate {
-	act := storage
-	if autocast != 0 {
-		act = autocast
-	}
-	e := Estimate{Phase: "encode-vae", Basis: fmt.Sprintf("%d images of %d×%d, %v weights, %v activations", batch, w, h, storage, act)}
-	for _, p := range c.Params() {
-		n := shapeElems(p.Shape)
-		e.Weights += r.bytes(n, storage.Size())
-		if autocast != 0 && autocast != storage && strings.HasPrefix(p.Name, "encoder.") && !strings.Contains(p.Name, "norm") {
-			e.Weights += r.bytes(n, autocast.Size())
-		}
-	}
-	ds := int64(act.Size())
-	nd := ds // GroupNorm and SiLU keep their input's dtype…
-	cast := int64(0)
-	if autocast != 0 {
-		nd, cast = 4, int64(autocast.Size()) // …but run in float32 under autocast, and convolutions cast their input
-	}
-	if storage == kernels.F64 {
-		nd = 8
-	}
+	v := newVAEPlan(c, storage, autocast, "encoder.", r)
+	e := Estimate{Phase: "encode-vae", Weights: v.weights, Basis: fmt.Sprintf("%d images of %d×%d, %v weights, %v activations", batch, w, h, storage, v.act)}
 	px := int64(batch) * int64(h) * int64(w)
-	in := int64(4)
-	if storage == kernels.F64 {
-		in = 8
-	}
-	image := px * int64(c.InChannels) * in
-	resnet := func(ci, co int64) int64 {
-		sc := int64(0) // the shortcut conv's output, when the width changes
-		if ci != co {
-			sc = co * ds
-		}
-		return max(
-			ci*(ds+2*nd),          // norm1: x, GroupNorm out, SiLU out
-			ci*(ds+nd+cast)+co*ds, // conv1: x, its SiLU'd input and that input's cast, the output
-			ci*ds+co*(ds+2*nd),    // norm2: x, conv1 out, GroupNorm out, SiLU out
-			ci*ds+co*(nd+cast+ds), // conv2: x, its SiLU'd input and its cast, the output
-			ci*(ds+cast)+co*ds+sc, // shortcut: x and its cast, conv2 out, the shortcut's out
-			ci*ds+2*co*ds+sc,      // the sum: x, conv2 out, the shortcut's, the sum
-		)
-	}
+	image := px * int64(c.InChannels) * v.in
 	boc := c.BlockOutChannels
-	peak := px * (int64(c.InChannels)*cast + int64(boc[0])*ds) // conv_in: the image's cast, the output
+	peak := px * (int64(c.InChannels)*v.cast + int64(boc[0])*v.ds) // conv_in: the image's cast, the output
 	ci := int64(boc[0])
 	p := px
 	for i, out := range boc {
 		co := int64(out)
 		for range c.LayersPerBlock {
-			peak = max(peak, p*resnet(ci, co))
+			peak = max(peak, p*v.resnet(ci, co))
 			ci = co
 		}
 		if i < len(boc)-1 {
 			// the input, its padded copies, then the stride-2 conv's cast and output
-			peak = max(peak, p*3*co*ds, p*(2*co*ds+co*cast)+p/4*co*ds)
+			peak = max(peak, p*3*co*v.ds, p*(2*co*v.ds+co*v.cast)+p/4*co*v.ds)
 			p /= 4
 		}
 	}
-	cm := ci
-	peak = max(peak, p*resnet(cm, cm))
-	if c.MidBlockAddAttention == nil || *c.MidBlockAddAttention {
-		// Beside the mid-block's input and the attention's input (the
-		// first resnet's output): the GroupNorm output and its permuted
-		// rows; the rows, their cast, q, k and v's product before its bias
-		// is added (a linear's bias makes a new tensor); then
-		attn := p * max(cm*(2*ds+2*nd), cm*(2*ds+nd+cast+4*ds))
-		if cm <= vae.FusedHeadLimit {
-			attn = max(attn, p*(cm*6*ds+4)) // q, k, v, the output, its log-sum-exp
-		} else {
-			// The explicit path: q, k, v and the scaled q; per chunk of
-			// query rows (vae.ScoreBudget scores at most) its copy, its
-			// scores (and their float32 copy under autocast) and softmax,
-			// then the softmax's cast and the chunk's output; the chunks'
-			// outputs gathered and concatenated at the end.
-			b := int64(batch)
-			seq := p / b
-			rows := min(seq, max(1, vae.ScoreBudget/(b*seq)))
-			scores := b * rows * seq
-			f32 := int64(0)
-			if cast != 0 {
-				f32 = 4
-			}
-			base, chunk := p*cm*6*ds, int64(0)
-			if rows < seq {
-				chunk = b*rows*cm*ds + p*cm*ds // the chunk's copy, the outputs so far
-			}
-			attn = max(attn,
-				base+chunk+scores*(ds+f32+4),
-				base+chunk+scores*(4+cast)+b*rows*cm*ds,
-				p*cm*7*ds,
-			)
-		}
-		peak = max(peak, attn)
-	}
+	peak = max(peak, v.midBlock(ci, p, int64(batch)))
 	// every GroupNorm's per-group mean and rstd (float32), beside the peak
 	stats := int64(batch) * int64(c.NormNumGroups) * 2 * 4
 	e.Activations = image + peak + stats
 	return e.finish(r)
+}
+
+// EstimateVAEDecode predicts the peak of decoding batch latents to
+// images of h×w pixels (vae.VAE.Decode, as previews run it), with the same
+// counting as EstimateVAEEncode: the decoder's resnets at each stage (a
+// quarter of the pixels per stage below the top), each upsampler's
+// nearest-neighbour copy at four times its input's pixels with the conv
+// that reads it, the mid-block, and the output norm at full resolution,
+// beside the latent being decoded. Under autocast the per-step casts are
+// the decoder's weights.
+func EstimateVAEDecode(c vae.Config, storage, autocast kernels.DType, batch, h, w int, r Rounder) Estimate {
+	v := newVAEPlan(c, storage, autocast, "decoder.", r)
+	e := Estimate{Phase: "decode-vae", Weights: v.weights, Basis: fmt.Sprintf("%d images of %d×%d, %v weights, %v activations", batch, w, h, storage, v.act)}
+	boc := c.BlockOutChannels
+	n := len(boc)
+	px := int64(batch) * int64(h) * int64(w)
+	p := px >> (2 * (n - 1)) // the latent's pixels
+	lc := int64(c.LatentChannels)
+	latent := p * lc * v.in
+	cm := int64(boc[n-1])
+	peak := p * (lc*v.cast + cm*v.ds) // conv_in
+	peak = max(peak, v.midBlock(cm, p, int64(batch)))
+	ci := cm
+	for i := range n {
+		co := int64(boc[n-1-i])
+		for range c.LayersPerBlock + 1 {
+			peak = max(peak, p*v.resnet(ci, co))
+			ci = co
+		}
+		if i < n-1 {
+			// the input, its 2× copy, that copy's cast, the conv's output
+			peak = max(peak, p*co*v.ds+4*p*co*(2*v.ds+v.cast))
+			p *= 4
+		}
+	}
+	c0 := int64(boc[0])
+	peak = max(peak,
+		p*c0*(v.ds+2*v.nd),                             // the output norm: x, GroupNorm out, SiLU out
+		p*(c0*(v.nd+v.cast)+int64(c.OutChannels)*v.ds), // conv_out: its SiLU'd input and the cast, the image
+	)
+	stats := int64(batch) * int64(c.NormNumGroups) * 2 * 4
+	e.Activations = latent + peak + stats
+	return e.finish(r)
+}
+
+// vaePlan holds what both VAE estimates count with.
+type vaePlan struct {
+	c       vae.Config
+	act     kernels.DType
+	weights int64
+	// ds is the activations' element size, nd the norms' outputs', cast
+	// the size of a convolution's autocast copy of its input (0 without
+	// autocast), in that of the input image or latent.
+	ds, nd, cast, in int64
+}
+
+// newVAEPlan counts the weights (all parameters in storage, and under
+// autocast the per-step casts the engine keeps of the weights under
+// castPrefix that a convolution or linear reads: GroupNorm's run in
+// float32) and the element sizes.
+func newVAEPlan(c vae.Config, storage, autocast kernels.DType, castPrefix string, r Rounder) vaePlan {
+	v := vaePlan{c: c, act: storage}
+	if autocast != 0 {
+		v.act = autocast
+	}
+	for _, p := range c.Params() {
+		n := shapeElems(p.Shape)
+		v.weights += r.bytes(n, storage.Size())
+		if autocast != 0 && autocast != storage && strings.HasPrefix(p.Name, castPrefix) && !strings.Contains(p.Name, "norm") {
+			v.weights += r.bytes(n, autocast.Size())
+		}
+	}
+	v.ds = int64(v.act.Size())
+	v.nd = v.ds // GroupNorm and SiLU keep their input's dtype…
+	if autocast != 0 {
+		v.nd, v.cast = 4, int64(autocast.Size()) // …but run in float32 under autocast, and convolutions cast their input
+	}
+	v.in = 4
+	if storage == kernels.F64 {
+		v.nd, v.in = 8, 8
+	}
+	return v
+}
+
+// resnet is a resnet block's most bytes alive per pixel, from ci to co
+// channels.
+func (v vaePlan) resnet(ci, co int64) int64 {
+	ds, nd, cast := v.ds, v.nd, v.cast
+	sc := int64(0) // the shortcut conv's output, when the width changes
+	if ci != co {
+		sc = co * ds
+	}
+	return max(
+		ci*(ds+2*nd),          // norm1: x, GroupNorm out, SiLU out
+		ci*(ds+nd+cast)+co*ds, // conv1: x, its SiLU'd input and that input's cast, the output
+		ci*ds+co*(ds+2*nd),    // norm2: x, conv1 out, GroupNorm out, SiLU out
+		ci*ds+co*(nd+cast+ds), // conv2: x, its SiLU'd input and its cast, the output
+		ci*(ds+cast)+co*ds+sc, // shortcut: x and its cast, conv2 out, the shortcut's out
+		ci*ds+2*co*ds+sc,      // the sum: x, conv2 out, the shortcut's, the sum
+	)
+}
+
+// midBlock is the mid-block's most bytes alive, at cm channels over p
+// pixels (all images) of which each image has p/batch.
+func (v vaePlan) midBlock(cm, p, batch int64) int64 {
+	ds, nd, cast := v.ds, v.nd, v.cast
+	peak := p * v.resnet(cm, cm)
+	if v.c.MidBlockAddAttention != nil && !*v.c.MidBlockAddAttention {
+		return peak
+	}
+	// Beside the mid-block's input and the attention's input (the first
+	// resnet's output): the GroupNorm output and its permuted rows; the
+	// rows, their cast, q, k and v's product before its bias is added (a
+	// linear's bias makes a new tensor); then
+	attn := p * max(cm*(2*ds+2*nd), cm*(2*ds+nd+cast+4*ds))
+	if cm <= vae.FusedHeadLimit {
+		attn = max(attn, p*(cm*6*ds+4)) // q, k, v, the output, its log-sum-exp
+	} else {
+		// The explicit path: q, k, v and the scaled q; per chunk of query
+		// rows (vae.ScoreBudget scores at most) its copy, its scores (and
+		// their float32 copy under autocast) and softmax, then the
+		// softmax's cast and the chunk's output; the chunks' outputs
+		// gathered and concatenated at the end.
+		seq := p / batch
+		rows := min(seq, max(1, vae.ScoreBudget/(batch*seq)))
+		scores := batch * rows * seq
+		f32 := int64(0)
+		if cast != 0 {
+			f32 = 4
+		}
+		base, chunk := p*cm*6*ds, int64(0)
+		if rows < seq {
+			chunk = batch*rows*cm*ds + p*cm*ds // the chunk's copy, the outputs so far
+		}
+		attn = max(attn,
+			base+chunk+scores*(ds+f32+4),
+			base+chunk+scores*(4+cast)+batch*rows*cm*ds,
+			p*cm*7*ds,
+		)
+	}
+	return max(peak, attn)
 }
