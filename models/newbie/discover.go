@@ -216,7 +216,7 @@ func classifyFlat(root string) (map[Part][]string, error) {
 	idx, _ := filepath.Glob(filepath.Join(root, "*.safetensors.index.json"))
 	sharded := map[string]bool{}
 	for _, ix := range idx {
-		shards, err := indexFiles(ix)
+		_, shards, err := indexShards(ix)
 		if err != nil {
 			return nil, fmt.Errorf("newbie: %w", err)
 		}
@@ -296,13 +296,18 @@ func fileWeights(path string) (Weights, error) {
 	defer f.Close()
 	w := Weights{Path: path, Files: []string{path}, DTypes: map[string]int{}, FileBytes: filesSize([]string{path})}
 	for _, t := range f.Tensors() {
-		n := int64(t.NumElements())
-		w.Tensors++
-		w.Params += n
-		w.Bytes += n * int64(t.DType.Size())
-		w.DTypes[string(t.DType)]++
+		w.count(t)
 	}
 	return w, nil
+}
+
+// count adds a tensor to the component's counts.
+func (w *Weights) count(t safetensors.TensorInfo) {
+	n := int64(t.NumElements())
+	w.Tensors++
+	w.Params += n
+	w.Bytes += n * int64(t.DType.Size())
+	w.DTypes[string(t.DType)]++
 }
 
 // filesSize sums the files' sizes on disk.
@@ -362,11 +367,7 @@ func describeDiT(path string) (*DiTPart, error) {
 		Config: from, DTypes: map[string]int{}, Other: len(w.Map.Ignored)}}
 	for _, n := range w.Names() {
 		info, _ := w.Info(n)
-		k := int64(info.NumElements())
-		out.Tensors++
-		out.Params += k
-		out.Bytes += k * int64(info.DType.Size())
-		out.DTypes[string(info.DType)]++
+		out.count(info)
 	}
 	return out, nil
 }
@@ -380,7 +381,8 @@ func ditFiles(path string) ([]string, error) {
 	}
 	switch {
 	case strings.HasSuffix(path, ".json"):
-		return indexFiles(path)
+		_, files, err := indexShards(path)
+		return files, err
 	case !st.IsDir():
 		return []string{path}, nil
 	}
@@ -388,7 +390,8 @@ func ditFiles(path string) ([]string, error) {
 		path = sub
 	}
 	if idx, _ := filepath.Glob(filepath.Join(path, "*.safetensors.index.json")); len(idx) == 1 {
-		return indexFiles(idx[0])
+		_, files, err := indexShards(idx[0])
+		return files, err
 	}
 	files, _ := filepath.Glob(filepath.Join(path, "*.safetensors"))
 	return files, nil

@@ -112,13 +112,31 @@ func jinaIdentity(c textenc.JinaConfig, task string, dt kernels.DType, weights, 
 // autocast is turned off while it runs (the model computes in its own
 // dtype) and restored.
 type GemmaEncoder struct {
-	g        *textenc.Gemma
+	g *textenc.Gemma
+	textAdapter
+}
+
+// textAdapter is what both adapters hold beside their model: the
+// tokenizer, the options, the identity, and the truncation count (under
+// the lock that serialises calls).
+type textAdapter struct {
 	tok      *tokenizers.Tokenizer
 	o        TextOptions
 	identity string
 
 	mu    sync.Mutex
 	trunc Truncations
+}
+
+// Identity implements data.TextEncoder: the architecture, the weights, the
+// tokenizer, the dtype and the batching (limit and padding).
+func (a *textAdapter) Identity() string { return a.identity }
+
+// Truncations reports the texts cut so far.
+func (a *textAdapter) Truncations() Truncations {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.trunc
 }
 
 // NewGemmaEncoder wraps a loaded Gemma 3 and its tokenizer. A tokenizer of
@@ -132,8 +150,8 @@ func NewGemmaEncoder(g *textenc.Gemma, tok *tokenizers.Tokenizer, o TextOptions)
 	if err := checkPair(PartGemmaTokenizer, tok, g.Config().VocabSize, o.Source); err != nil {
 		return nil, err
 	}
-	return &GemmaEncoder{g: g, tok: tok, o: o, identity: gemmaIdentity(g.Config(), g.DType(), o.Weights, tok.Identity()),
-		trunc: Truncations{Encoder: "Gemma 3", Limit: tokenizers.GemmaBatch.MaxLength}}, nil
+	return &GemmaEncoder{g: g, textAdapter: textAdapter{tok: tok, o: o, identity: gemmaIdentity(g.Config(), g.DType(), o.Weights, tok.Identity()),
+		trunc: Truncations{Encoder: "Gemma 3", Limit: tokenizers.GemmaBatch.MaxLength}}}, nil
 }
 
 // checkPair checks a tokenizer against its encoder: its kind and special
@@ -152,51 +170,55 @@ func checkPair(p Part, tok *tokenizers.Tokenizer, rows int, weights string) erro
 	return nil
 }
 
-// Identity implements data.TextEncoder: the architecture, the weights, the
-// tokenizer, the dtype and the batching (limit and padding).
-func (e *GemmaEncoder) Identity() string { return e.identity }
-
-// Truncations reports the texts cut so far.
-func (e *GemmaEncoder) Truncations() Truncations {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.trunc
-}
-
 // EncodeTexts implements data.TextEncoder, Batch texts per forward pass;
 // ctx is checked between batches.
 func (e *GemmaEncoder) EncodeTexts(ctx context.Context, texts []string) ([]data.TextEncoding, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	out := make([]data.TextEncoding, 0, len(texts))
-	for start := 0; start < len(texts); start += e.o.Batch {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		chunk := texts[start:min(start+e.o.Batch, len(texts))]
-		b, err := e.tok.EncodeBatch(chunk, tokenizers.GemmaBatch)
-		if err != nil {
-			return nil, fmt.Errorf("newbie: Gemma 3 tokenizer %s: %w", e.tok.Path(), err)
-		}
-		if e.o.Guard != nil {
-			if err := e.o.Guard(len(chunk), b.Length); err != nil {
-				return nil, err
-			}
-		}
-		vals, err := runFrozen(e.g.Engine(), func() (*ag.Tensor, error) { return e.g.PenultimateHidden(b.IDs, b.Mask) })
-		if err != nil {
-			return nil, fmt.Errorf("newbie: Gemma 3 encoding texts %d–%d: %w", start, start+len(chunk)-1, err)
-		}
-		e.trunc.add(b)
-		d, l := e.g.Config().HiddenSize, b.Length
-		mult := tokenizers.GemmaBatch.PadToMultipleOf
-		for i := range chunk {
+	d := e.g.Config().HiddenSize
+	mult := tokenizers.GemmaBatch.PadToMultipleOf
+	return encodeInBatches(ctx, texts, "Gemma 3", e.g.Engine(), e.tok, tokenizers.GemmaBatch, e.o, &e.trunc,
+		func(b tokenizers.Batch) (*ag.Tensor, error) { return e.g.PenultimateHidden(b.IDs, b.Mask) },
+		func(b tokenizers.Batch, i int, vals []float64) data.TextEncoding {
+			l := b.Length
 			rows := min(l, (b.Lengths[i]+mult-1)/mult*mult)
 			f := make([]float32, rows*d)
 			for k, v := range vals[i*l*d : i*l*d+rows*d] {
 				f[k] = float32(v)
 			}
-			out = append(out, data.TextEncoding{Features: f, Tokens: rows, Dim: d, Mask: append([]int32(nil), b.Mask[i][:rows]...)})
+			return data.TextEncoding{Features: f, Tokens: rows, Dim: d, Mask: append([]int32(nil), b.Mask[i][:rows]...)}
+		})
+}
+
+// encodeInBatches is both adapters' loop: o.Batch texts at a time (ctx
+// checked between batches), tokenized and padded as batch says, checked by
+// o.Guard, run through forward on eng with autocast and the tape off,
+// counted for truncation, and each text's encoding taken from the batch's
+// values by each.
+func encodeInBatches(ctx context.Context, texts []string, name string, eng *ag.Engine, tok *tokenizers.Tokenizer, batch tokenizers.BatchOptions, o TextOptions,
+	trunc *Truncations, forward func(tokenizers.Batch) (*ag.Tensor, error), each func(b tokenizers.Batch, i int, vals []float64) data.TextEncoding) ([]data.TextEncoding, error) {
+	out := make([]data.TextEncoding, 0, len(texts))
+	for start := 0; start < len(texts); start += o.Batch {
+		if err := ctx.Err(); err != nil {
+			return nil, err
+		}
+		chunk := texts[start:min(start+o.Batch, len(texts))]
+		b, err := tok.EncodeBatch(chunk, batch)
+		if err != nil {
+			return nil, fmt.Errorf("newbie: %s tokenizer %s: %w", name, tok.Path(), err)
+		}
+		if o.Guard != nil {
+			if err := o.Guard(len(chunk), b.Length); err != nil {
+				return nil, err
+			}
+		}
+		vals, err := runFrozen(eng, func() (*ag.Tensor, error) { return forward(b) })
+		if err != nil {
+			return nil, fmt.Errorf("newbie: %s encoding texts %d–%d: %w", name, start, start+len(chunk)-1, err)
+		}
+		trunc.add(b)
+		for i := range chunk {
+			out = append(out, each(b, i, vals))
 		}
 	}
 	return out, nil
@@ -226,13 +248,8 @@ func runFrozen(e *ag.Engine, f func() (*ag.Tensor, error)) ([]float64, error) {
 // fills Pooled only. The caller supplies the raw caption (no system
 // prompt). Calls are serialised; autocast is off while it runs.
 type JinaEncoder struct {
-	j        *textenc.Jina
-	tok      *tokenizers.Tokenizer
-	o        TextOptions
-	identity string
-
-	mu    sync.Mutex
-	trunc Truncations
+	j *textenc.Jina
+	textAdapter
 }
 
 // NewJinaEncoder wraps a loaded Jina text tower and its tokenizer; a
@@ -246,18 +263,8 @@ func NewJinaEncoder(j *textenc.Jina, tok *tokenizers.Tokenizer, o TextOptions) (
 	if err := checkPair(PartJinaTokenizer, tok, j.Config().VocabSize, o.Source); err != nil {
 		return nil, err
 	}
-	return &JinaEncoder{j: j, tok: tok, o: o, identity: jinaIdentity(j.Config(), j.Task(), j.DType(), o.Weights, tok.Identity()),
-		trunc: Truncations{Encoder: "Jina CLIP v2", Limit: tokenizers.JinaBatch.MaxLength}}, nil
-}
-
-// Identity implements data.TextEncoder.
-func (e *JinaEncoder) Identity() string { return e.identity }
-
-// Truncations reports the texts cut so far.
-func (e *JinaEncoder) Truncations() Truncations {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return e.trunc
+	return &JinaEncoder{j: j, textAdapter: textAdapter{tok: tok, o: o, identity: jinaIdentity(j.Config(), j.Task(), j.DType(), o.Weights, tok.Identity()),
+		trunc: Truncations{Encoder: "Jina CLIP v2", Limit: tokenizers.JinaBatch.MaxLength}}}, nil
 }
 
 // EncodeTexts implements data.TextEncoder, Batch texts per forward pass;
@@ -265,36 +272,16 @@ func (e *JinaEncoder) Truncations() Truncations {
 func (e *JinaEncoder) EncodeTexts(ctx context.Context, texts []string) ([]data.TextEncoding, error) {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	out := make([]data.TextEncoding, 0, len(texts))
 	d := e.j.Config().HiddenSize
-	for start := 0; start < len(texts); start += e.o.Batch {
-		if err := ctx.Err(); err != nil {
-			return nil, err
-		}
-		chunk := texts[start:min(start+e.o.Batch, len(texts))]
-		b, err := e.tok.EncodeBatch(chunk, tokenizers.JinaBatch)
-		if err != nil {
-			return nil, fmt.Errorf("newbie: Jina CLIP v2 tokenizer %s: %w", e.tok.Path(), err)
-		}
-		if e.o.Guard != nil {
-			if err := e.o.Guard(len(chunk), b.Length); err != nil {
-				return nil, err
-			}
-		}
-		vals, err := runFrozen(e.j.Engine(), func() (*ag.Tensor, error) { return e.j.Pooled(b.IDs, b.Mask) })
-		if err != nil {
-			return nil, fmt.Errorf("newbie: Jina CLIP v2 encoding texts %d–%d: %w", start, start+len(chunk)-1, err)
-		}
-		e.trunc.add(b)
-		for i := range chunk {
+	return encodeInBatches(ctx, texts, "Jina CLIP v2", e.j.Engine(), e.tok, tokenizers.JinaBatch, e.o, &e.trunc,
+		func(b tokenizers.Batch) (*ag.Tensor, error) { return e.j.Pooled(b.IDs, b.Mask) },
+		func(_ tokenizers.Batch, i int, vals []float64) data.TextEncoding {
 			p := make([]float32, d)
 			for k, v := range vals[i*d : (i+1)*d] {
 				p[k] = float32(v)
 			}
-			out = append(out, data.TextEncoding{Pooled: p})
-		}
-	}
-	return out, nil
+			return data.TextEncoding{Pooled: p}
+		})
 }
 
 // The adapters are what the trainer's encode cache takes.

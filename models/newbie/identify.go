@@ -1,7 +1,6 @@
 package newbie
 
 import (
-	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -97,7 +96,8 @@ func tensorNames(path string) ([]string, error) {
 			return nil, fmt.Errorf("%s holds no .safetensors file", path)
 		}
 	case strings.HasSuffix(path, ".json"):
-		return indexNames(path)
+		names, _, err := indexShards(path)
+		return names, err
 	default:
 		files = []string{path}
 	}
@@ -113,48 +113,21 @@ func tensorNames(path string) ([]string, error) {
 	return names, nil
 }
 
-// indexNames reads the tensor names of a Hugging Face shard index.
-func indexNames(path string) ([]string, error) {
-	raw, err := os.ReadFile(path)
+// indexShards reads a shard index: its tensor names, and the shard files
+// it names (beside it, sorted).
+func indexShards(path string) (names, files []string, err error) {
+	weightMap, err := checkpoints.ReadIndex(path)
 	if err != nil {
-		return nil, err
-	}
-	var idx struct {
-		WeightMap map[string]string `json:"weight_map"`
-	}
-	if err := json.Unmarshal(raw, &idx); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	if len(idx.WeightMap) == 0 {
-		return nil, fmt.Errorf("%s has no weight_map: not a sharded safetensors index", path)
-	}
-	names := make([]string, 0, len(idx.WeightMap))
-	for n := range idx.WeightMap {
-		names = append(names, n)
-	}
-	return names, nil
-}
-
-// indexFiles lists the shard files an index names, beside it.
-func indexFiles(path string) ([]string, error) {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return nil, err
-	}
-	var idx struct {
-		WeightMap map[string]string `json:"weight_map"`
-	}
-	if err := json.Unmarshal(raw, &idx); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, nil, err
 	}
 	seen := map[string]bool{}
-	var files []string
-	for _, f := range idx.WeightMap {
+	for n, f := range weightMap {
+		names = append(names, n)
 		if !seen[f] {
 			seen[f] = true
 			files = append(files, filepath.Join(filepath.Dir(path), f))
 		}
 	}
 	sort.Strings(files)
-	return files, nil
+	return names, files, nil
 }

@@ -66,7 +66,7 @@ func TestWriteRandomDeterministic(t *testing.T) {
 		}
 	}
 	gemmaHF := tensorBytes(t, filepath.Join(hf, "text_encoder", "gemma3-4b-it.safetensors"), "language_model.model.layers.2.mlp.up_proj.weight")
-	idx, err := indexFiles(filepath.Join(tinyModel(t, LayoutDiffusers), "text_encoder", "model.safetensors.index.json"))
+	_, idx, err := indexShards(filepath.Join(tinyModel(t, LayoutDiffusers), "text_encoder", "model.safetensors.index.json"))
 	if err != nil || len(idx) != 2 {
 		t.Fatalf("Gemma shards %v, %v", idx, err)
 	}

@@ -3,8 +3,10 @@ package newbie
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math"
 	"regexp"
+	"slices"
 	"sort"
 
 	"github.com/newbie-train/newbie-train/data"
@@ -93,7 +95,7 @@ func gemmaTokenizerJSON(merges int) ([]byte, int) {
 			chars[string(r)] = true
 		}
 	}
-	for _, c := range sortedKeys(chars) {
+	for _, c := range slices.Sorted(maps.Keys(chars)) {
 		add(c)
 	}
 	pairs := learnBPE(words, merges)
@@ -135,7 +137,7 @@ func learnBPE(words map[string]int, n int) [][2]string {
 		count int
 	}
 	var ws []word
-	for _, w := range sortedKeys(words) {
+	for _, w := range slices.Sorted(maps.Keys(words)) {
 		var syms []string
 		for _, r := range w {
 			syms = append(syms, string(r))
@@ -202,7 +204,7 @@ func jinaTokenizerJSON() ([]byte, int) {
 		score float64
 	}
 	var pieces []piece
-	for _, t := range sortedKeys(freq) {
+	for _, t := range slices.Sorted(maps.Keys(freq)) {
 		pieces = append(pieces, piece{t, math.Log(float64(freq[t]) / float64(total))})
 	}
 	sort.SliceStable(pieces, func(i, j int) bool { return pieces[i].score > pieces[j].score })
@@ -235,14 +237,4 @@ func jinaTokenizerJSON() ([]byte, int) {
 	}
 	js, _ := json.Marshal(doc)
 	return js, len(vocab)
-}
-
-// sortedKeys returns a map's keys in order.
-func sortedKeys[V any](m map[string]V) []string {
-	out := make([]string, 0, len(m))
-	for k := range m {
-		out = append(out, k)
-	}
-	sort.Strings(out)
-	return out
 }
