@@ -16,15 +16,16 @@ import (
 // the files: a content digest of the weights (not their names or dates),
 // of the tokenizer (its own Identity), the architecture and the dtypes.
 // The digest reads every byte of the weights — 8 GB for Gemma 3 4B — so it
-// is spread over the cores: each file is cut into 64 MiB chunks hashed in
-// parallel, and the digest is the SHA-256 of the chunks' SHA-256s. Results
-// are remembered for the process by path, size and modification time.
+// is spread over the cores: each file is cut into 16 MiB chunks hashed in
+// parallel (a worker holds one chunk), and the digest is the SHA-256 of the
+// chunks' SHA-256s. Results are remembered for the process by path, size
+// and modification time.
 
 // digestChunk is the piece of a file each worker hashes.
-const digestChunk = 64 << 20
+const digestChunk = 16 << 20
 
 // digestPrefix marks the digest scheme in identities.
-const digestPrefix = "sha256x64M:"
+const digestPrefix = "sha256x16M:"
 
 var digestMemo sync.Map // fileKey → string
 
