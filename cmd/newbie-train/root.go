@@ -104,6 +104,7 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newSampleCmd(stdout, stderr),
 		newBenchCmd(stdout, stderr),
 		newVersionCmd(stdout),
+		newDevCmd(stdout, stderr),
 	)
 	return root
 }
