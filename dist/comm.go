@@ -30,8 +30,12 @@ type Communicator interface {
 	AllReduceSum(bufs ...kernels.Buffer) error
 	// Broadcast replaces buf on every rank with root's buf.
 	Broadcast(buf kernels.Buffer, root int) error
-	// Barrier returns once every rank has entered it.
-	Barrier() error
+	// Barrier returns once every rank has entered it, or fails the job
+	// when one has not within timeout: the communicator's own timeout
+	// (Options.Timeout) when timeout is 0, no limit when it is negative
+	// (then only a rank's failure or exit ends the wait, as when the other
+	// ranks wait for rank 0 to fill the encode cache).
+	Barrier(timeout time.Duration) error
 	// Err is the failure that ended the communicator, nil while it works.
 	Err() error
 	// Abort ends the job now: queued collectives are cancelled, the other
@@ -141,10 +145,10 @@ func (single) AllReduceSum(bufs ...kernels.Buffer) error { return checkReduceDTy
 func (single) Broadcast(buf kernels.Buffer, root int) error {
 	return checkRoot(root, 1)
 }
-func (single) Barrier() error     { return nil }
-func (single) Err() error         { return nil }
-func (single) Abort(reason error) {}
-func (single) Close() error       { return nil }
+func (single) Barrier(time.Duration) error { return nil }
+func (single) Err() error                  { return nil }
+func (single) Abort(reason error)          {}
+func (single) Close() error                { return nil }
 
 // checkReduceDTypes refuses buffers AllReduceSum does not sum.
 func checkReduceDTypes(bufs []kernels.Buffer) error {
@@ -238,14 +242,14 @@ func (g *group) Broadcast(buf kernels.Buffer, root int) error {
 	return g.nc.Broadcast(buf, root)
 }
 
-func (g *group) Barrier() error {
+func (g *group) Barrier(timeout time.Duration) error {
 	if err := g.Err(); err != nil {
 		return err
 	}
 	if g.s == nil {
 		return nil
 	}
-	return g.s.Barrier()
+	return g.s.Barrier(timeout)
 }
 
 func (g *group) Err() error {

@@ -43,7 +43,7 @@ func rankMain(mode string) int {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		if err := s.Barrier(); err != nil {
+		if err := s.Barrier(0); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}

@@ -404,9 +404,10 @@ func (s *Session) Abort(reason error) {
 }
 
 // Barrier returns once every rank has entered it. A rank that does not
-// enter within the session's timeout fails the session (the job is broken:
-// the ranks no longer run the same program).
-func (s *Session) Barrier() error {
+// enter within timeout — the session's own when 0, no limit when negative —
+// fails the session (the job is broken: the ranks no longer run the same
+// program).
+func (s *Session) Barrier(timeout time.Duration) error {
 	s.mu.Lock()
 	if err := s.usable(); err != nil {
 		s.mu.Unlock()
@@ -423,12 +424,19 @@ func (s *Session) Barrier() error {
 	}
 	// Rank 0 knows who is missing and says so; the others wait longer, and
 	// give up on their own only when rank 0 itself is stuck.
-	wait := s.timeout
-	if s.rank != 0 {
-		wait *= 2
+	wait := timeout
+	if wait == 0 {
+		wait = s.timeout
 	}
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
+	var expired <-chan time.Time
+	if wait > 0 {
+		if s.rank != 0 {
+			wait *= 2
+		}
+		timer := time.NewTimer(wait)
+		defer timer.Stop()
+		expired = timer.C
+	}
 	for {
 		s.mu.Lock()
 		if err := s.usable(); err != nil {
@@ -460,7 +468,7 @@ func (s *Session) Barrier() error {
 		select {
 		case <-s.changed:
 		case <-s.failed:
-		case <-timer.C:
+		case <-expired:
 			if s.rank != 0 {
 				s.fail(-1, fmt.Errorf("barrier %d: rank 0 did not release it within %v", n, wait))
 			} else {
