@@ -219,7 +219,7 @@ func TestBarrierTimeouts(t *testing.T) {
 		})
 	}
 	wantErr(t, late(0)[0], "rank 0 waited 100ms in Barrier for rank 1")
-	wantErr(t, late(50*time.Millisecond)[0], "rank 0 waited 50ms in Barrier for rank 1")
+	wantErr(t, late(50 * time.Millisecond)[0], "rank 0 waited 50ms in Barrier for rank 1")
 	noErrors(t, late(time.Second))
 	noErrors(t, late(-1))
 }
