@@ -4,6 +4,8 @@ import (
 	"fmt"
 
 	ag "github.com/newbie-train/newbie-train/autograd"
+	"github.com/newbie-train/newbie-train/dist"
+	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/models/lora"
 	"github.com/newbie-train/newbie-train/models/nextdit"
 	"github.com/newbie-train/newbie-train/optim"
@@ -16,6 +18,15 @@ type Stepper struct {
 	Model *nextdit.Model
 	LoRA  *lora.Set
 	Opt   *optim.Optimizer
+	// Comm, when set, makes the step one rank's part of a data-parallel
+	// step: during the last micro-batch's backward the gradients are summed
+	// over the ranks in buckets, each as soon as the backward has finished
+	// it, and the optimizer averages over every rank's micro-batches. Every
+	// rank then holds the same gradients and takes the same step.
+	Comm dist.Communicator
+
+	reducer *dist.Reducer
+	index   map[*ag.Tensor]int // a LoRA tensor's place in OptimParams
 }
 
 // MicroBatch is one micro-batch with the noise and timesteps drawn for it.
@@ -23,30 +34,51 @@ type MicroBatch struct {
 	FlowBatch
 	X0 *ag.Tensor
 	T  []float64
+	// dropout, when set, is where the micro-batch's adapter dropout draws
+	// from (the engine's stream is left as it is otherwise).
+	dropout *randomStart
 }
+
+// randomStart is a seed and offset of the engine's counter-based stream.
+type randomStart struct{ seed, offset uint64 }
 
 // StepOutcome is what one step did.
 type StepOutcome struct {
-	// Loss is the mean of the micro-batches' unscaled losses.
-	Loss float64
+	// Loss is the mean of the micro-batches' unscaled losses; Losses are
+	// those losses, in order.
+	Loss   float64
+	Losses []float64
 	optim.StepResult
 }
+
+// bucketBytes is the size gradients are grouped to for summing: PyTorch
+// DDP's default bucket_cap_mb of 25.
+const bucketBytes = 25 << 20
 
 // OptimParams lists a LoRA set's A and B matrices as optimizer parameters,
 // named as PEFT names them in memory-free form (<layer>.lora_A / .lora_B).
 func OptimParams(s *lora.Set) []optim.Param {
 	var ps []optim.Param
-	for _, a := range s.Adapters() {
-		for _, t := range []*ag.Tensor{a.A, a.B} {
-			ps = append(ps, optim.Param{Name: t.Name, Master: t.Buffer(), Grad: t.Grad().Buffer()})
-		}
+	for _, t := range loraTensors(s) {
+		ps = append(ps, optim.Param{Name: t.Name, Master: t.Buffer(), Grad: t.Grad().Buffer()})
 	}
 	return ps
 }
 
+// loraTensors are a set's A and B matrices in OptimParams order.
+func loraTensors(s *lora.Set) []*ag.Tensor {
+	var ts []*ag.Tensor
+	for _, a := range s.Adapters() {
+		ts = append(ts, a.A, a.B)
+	}
+	return ts
+}
+
 // Step runs one optimizer step over the micro-batches and ends the engine's
 // step (freeing every activation). The caller owns the micro-batches'
-// tensors only until Step returns.
+// tensors only until Step returns. After an error of a data-parallel step
+// the Stepper is not to be used again (the ranks no longer agree on where
+// their sums are); a training run stops and aborts the job.
 func (s *Stepper) Step(micro []MicroBatch) (StepOutcome, error) {
 	e := s.Model.Engine()
 	var out StepOutcome
@@ -56,34 +88,99 @@ func (s *Stepper) Step(micro []MicroBatch) (StepOutcome, error) {
 			l.Release()
 		}
 	}()
+	fail := func(err error) (StepOutcome, error) {
+		e.OnGradReady(nil)
+		e.EndStep()
+		return out, err
+	}
 	for i, mb := range micro {
+		var readyErr error
+		if s.Comm != nil && i == len(micro)-1 {
+			// Set before the forward: a checkpointed block notes the
+			// adapters it reads as it runs.
+			if err := s.hookReducer(&readyErr); err != nil {
+				return fail(err)
+			}
+		}
+		if mb.dropout != nil {
+			e.SeedRandom(mb.dropout.seed, mb.dropout.offset)
+		}
 		loss, err := FlowLoss(s.Model, mb.FlowBatch, mb.X0, mb.T)
 		if err != nil {
-			e.EndStep()
-			return out, fmt.Errorf("micro-batch %d: %w", i, err)
+			return fail(fmt.Errorf("micro-batch %d: %w", i, err))
 		}
 		losses = append(losses, loss.Keep())
 		scaled := ag.Scale(loss, s.Opt.LossScale())
 		if err := e.Backward(scaled); err != nil {
-			e.EndStep()
-			return out, fmt.Errorf("micro-batch %d backward: %w", i, err)
+			return fail(fmt.Errorf("micro-batch %d backward: %w", i, err))
 		}
 		s.Opt.AddMicroBatch()
+		if s.Comm != nil && i == len(micro)-1 {
+			e.OnGradReady(nil)
+			err := s.reducer.Finish()
+			if readyErr != nil {
+				err = readyErr
+			}
+			if err != nil {
+				return fail(fmt.Errorf("summing the gradients over the ranks: %w", err))
+			}
+			// The sums brought every other rank's micro-batches into the
+			// gradients: the optimizer averages over all of them.
+			for range (s.Comm.WorldSize() - 1) * len(micro) {
+				s.Opt.AddMicroBatch()
+			}
+		}
 	}
 	res, err := s.Opt.Step()
 	out.StepResult = res
 	if err != nil {
-		e.EndStep()
-		return out, err
+		return fail(err)
 	}
 	for _, l := range losses {
 		v, err := l.Item()
 		if err != nil {
-			e.EndStep()
-			return out, err
+			return fail(err)
 		}
-		out.Loss += v / float64(len(losses))
+		out.Losses = append(out.Losses, v)
 	}
+	out.Loss = meanLoss(out.Losses)
 	s.Opt.ZeroGrad()
 	return out, e.EndStep()
+}
+
+// meanLoss is a step's loss: the mean of its micro-batches' losses, added
+// in order (so N ranks' losses, put in the order of the batches they took,
+// give the number one process accumulating them gives).
+func meanLoss(losses []float64) float64 {
+	var m float64
+	for _, v := range losses {
+		m += v / float64(len(losses))
+	}
+	return m
+}
+
+// hookReducer makes the engine report each LoRA gradient that its
+// backward has finished to the Reducer, which sums the buckets that are
+// complete; the first error lands in *readyErr.
+func (s *Stepper) hookReducer(readyErr *error) error {
+	ts := loraTensors(s.LoRA)
+	if s.reducer == nil {
+		grads := make([]kernels.Buffer, len(ts))
+		s.index = make(map[*ag.Tensor]int, len(ts))
+		for i, t := range ts {
+			grads[i] = t.Grad().Buffer()
+			s.index[t] = i
+		}
+		r, err := dist.NewReducer(s.Comm, grads, bucketBytes)
+		if err != nil {
+			return err
+		}
+		s.reducer = r
+	}
+	s.Model.Engine().OnGradReady(func(leaf *ag.Tensor) {
+		if i, ok := s.index[leaf]; ok && *readyErr == nil {
+			*readyErr = s.reducer.Ready(i)
+		}
+	})
+	return nil
 }

@@ -1,0 +1,224 @@
+package train
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"math"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/newbie-train/newbie-train/checkpoints"
+	"github.com/newbie-train/newbie-train/configs"
+	"github.com/newbie-train/newbie-train/dist"
+	"github.com/newbie-train/newbie-train/kernels"
+	"github.com/newbie-train/newbie-train/kernels/cpu"
+)
+
+// dpConfig is the demo config for the data-parallel tests: 7 images in
+// batches of 3, so buckets end in partial batches and the ranks' batches
+// differ in size (their noise offsets must still be the one-process
+// run's), with activation checkpointing on (the adapters' gradients are
+// reported ready from inside checkpointed blocks).
+func dpConfig(t *testing.T, steps, saveEvery, accum int) *configs.Config {
+	t.Helper()
+	cfg := demoConfigN(t, t.TempDir(), steps, saveEvery, 7)
+	cfg.Train.BatchSize = 3
+	cfg.Train.GradientAccumulation = accum
+	cfg.Train.ActivationCheckpointing = true
+	return cfg
+}
+
+// runRanks runs a job of len(cfgs) ranks as goroutines over the in-process
+// communicator, rank r training cfgs[r] on a CPU backend of its own, and
+// returns each rank's result and error. log, when set, is rank 0's log.
+func runRanks(ctx context.Context, cfgs []*configs.Config, resume string, log io.Writer) ([]*Result, []error) {
+	world := len(cfgs)
+	bs := make([]kernels.Backend, world)
+	for r := range bs {
+		bs[r] = cpu.New()
+	}
+	comms := dist.NewInProcess(bs, time.Minute)
+	res := make([]*Result, world)
+	errs := make([]error, world)
+	var wg sync.WaitGroup
+	for r := range world {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer comms[r].Close()
+			o := Options{Resume: resume, Comm: comms[r], Backend: bs[r], Log: io.Discard}
+			if r == 0 && log != nil {
+				o.Log = log
+			}
+			res[r], errs[r] = Run(ctx, cfgs[r], o)
+		}()
+	}
+	wg.Wait()
+	return res, errs
+}
+
+// sameRanks is a job's configs: cfg on every rank.
+func sameRanks(cfg *configs.Config, world int) []*configs.Config {
+	out := make([]*configs.Config, world)
+	for r := range out {
+		out[r] = cfg
+	}
+	return out
+}
+
+func noRankErrors(t *testing.T, errs []error) {
+	t.Helper()
+	for r, err := range errs {
+		if err != nil {
+			t.Fatalf("rank %d: %v", r, err)
+		}
+	}
+}
+
+// sameLosses compares two runs' JSONL losses step by step, bit for bit.
+func sameLosses(t *testing.T, what string, got, want *configs.Config, from, to int) {
+	t.Helper()
+	g, w := losses(t, got.Logging.LogFile), losses(t, want.Logging.LogFile)
+	for step := from; step <= to; step++ {
+		if _, ok := w[step]; !ok {
+			t.Fatalf("%s: the reference logged no step %d", what, step)
+		}
+		if math.Float64bits(g[step]) != math.Float64bits(w[step]) {
+			t.Errorf("%s: step %d loss %v, the one-process run's %v", what, step, g[step], w[step])
+		}
+	}
+}
+
+// sameLoRA compares two runs' final LoRA files bit for bit.
+func sameLoRA(t *testing.T, what string, got, want *configs.Config) {
+	t.Helper()
+	read := func(cfg *configs.Config) *checkpoints.LoRA {
+		l, _, err := checkpoints.ReadLoRA(filepath.Join(cfg.Save.Output, "demo_lora.safetensors"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	a, b := read(want), read(got)
+	for name, layer := range a.Layers {
+		for i := range layer.A {
+			if math.Float32bits(b.Layers[name].A[i]) != math.Float32bits(layer.A[i]) {
+				t.Fatalf("%s: final %s.A[%d] %v, the one-process run's %v", what, name, i, b.Layers[name].A[i], layer.A[i])
+			}
+		}
+		for i := range layer.B {
+			if math.Float32bits(b.Layers[name].B[i]) != math.Float32bits(layer.B[i]) {
+				t.Fatalf("%s: final %s.B[%d] %v, the one-process run's %v", what, name, i, b.Layers[name].B[i], layer.B[i])
+			}
+		}
+	}
+}
+
+// TestDataParallelEqualsAccumulation: two ranks of the CPU backend, one
+// micro-batch each per step, train the same LoRA as one process
+// accumulating two micro-batches — every step's loss and every final
+// weight equal bit for bit — and so does a resume across world sizes that
+// keeps the batches per step: two ranks stopped by a cancellation (agreed
+// at a step boundary, rank 0 saving) resumed on one process with
+// gradient_accumulation 2, and one process resumed on two ranks.
+func TestDataParallelEqualsAccumulation(t *testing.T) {
+	const steps = 6
+	ref := dpConfig(t, steps, 0, 2)
+	if _, err := Run(context.Background(), ref, Options{Log: io.Discard}); err != nil {
+		t.Fatal(err)
+	}
+
+	two := dpConfig(t, steps, 0, 1)
+	res, errs := runRanks(context.Background(), sameRanks(two, 2), "", nil)
+	noRankErrors(t, errs)
+	if res[0].LastLoss != res[1].LastLoss || res[1].Steps != steps {
+		t.Errorf("the ranks disagree: rank 0 %+v, rank 1 %+v", res[0], res[1])
+	}
+	sameLosses(t, "2 ranks", two, ref, 1, steps)
+	sameLoRA(t, "2 ranks", two, ref)
+
+	// 2 ranks → 1 process.
+	half := dpConfig(t, steps, 0, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	_, errs = runRanks(ctx, sameRanks(half, 2), "", &stopAfter{steps: 3, cancel: cancel})
+	for r, err := range errs {
+		var ie *InterruptedError
+		if !errors.As(err, &ie) || ie.Stage != "step 4" {
+			t.Fatalf("rank %d of the interrupted job: %v, want an interruption before step 4", r, err)
+		}
+	}
+	one := *half
+	one.Train.GradientAccumulation = 2
+	if _, err := Run(context.Background(), &one, Options{Resume: "latest", Log: io.Discard}); err != nil {
+		t.Fatal(err)
+	}
+	sameLosses(t, "2 ranks resumed on 1", half, ref, 1, steps)
+	sameLoRA(t, "2 ranks resumed on 1", half, ref)
+
+	// 1 process → 2 ranks.
+	other := dpConfig(t, steps, 0, 2)
+	ctx, cancel = context.WithCancel(context.Background())
+	if _, err := Run(ctx, other, Options{Log: &stopAfter{steps: 3, cancel: cancel}}); !errors.Is(err, ErrInterrupted) {
+		t.Fatalf("interrupted run: %v", err)
+	}
+	onTwo := *other
+	onTwo.Train.GradientAccumulation = 1
+	_, errs = runRanks(context.Background(), sameRanks(&onTwo, 2), "latest", nil)
+	noRankErrors(t, errs)
+	sameLosses(t, "1 process resumed on 2 ranks", other, ref, 1, steps)
+	sameLoRA(t, "1 process resumed on 2 ranks", other, ref)
+}
+
+// TestResumeOnOtherBatchesPerStep: a state of two ranks resumes on one
+// process with the same config — each step then takes half the batches —
+// continuing the batch sequence where the ranks left it, and says so.
+func TestResumeOnOtherBatchesPerStep(t *testing.T) {
+	cfg := dpConfig(t, 4, 2, 1)
+	ctx, cancel := context.WithCancel(context.Background())
+	runRanks(ctx, sameRanks(cfg, 2), "", &stopAfter{steps: 2, cancel: cancel})
+	var log strings.Builder
+	res, err := Run(context.Background(), cfg, Options{Resume: "latest", Log: &log})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Steps != 4 || !strings.Contains(log.String(), "the state was trained on 2 rank(s) with 2 batches per step; this run takes 1 per step from step 3 on; --set train.gradient_accumulation=2 keeps 2") {
+		t.Fatalf("resumed %d steps; log:\n%s", res.Steps, log.String())
+	}
+	st, err := checkpoints.LoadState(res.StateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info resumeInfo
+	if err := json.Unmarshal(st.JSON["trainer"], &info); err != nil {
+		t.Fatal(err)
+	}
+	// Steps 1–2 took 2 batches each, steps 3–4 one each.
+	if info.Micro != 6 || info.WorldSize != 1 || info.Cursor.Epoch*3+info.Cursor.Batch != 6 {
+		t.Errorf("final state: %+v, want 6 batches taken, one rank", info)
+	}
+}
+
+// TestRanksMustAgree: a rank set up differently from rank 0 (here another
+// learning rate) fails the job before the first step, naming what
+// differs, and rank 0 fails too instead of waiting for it.
+func TestRanksMustAgree(t *testing.T) {
+	cfg := dpConfig(t, 3, 0, 1)
+	other := *cfg
+	other.Train.LearningRate *= 2
+	start := time.Now()
+	_, errs := runRanks(context.Background(), []*configs.Config{cfg, &other}, "", nil)
+	if errs[1] == nil || !strings.Contains(errs[1].Error(), "rank 1 differs from rank 0 in [the config]") {
+		t.Errorf("rank 1: %v", errs[1])
+	}
+	if errs[0] == nil || !strings.Contains(errs[0].Error(), "rank 1 aborted") {
+		t.Errorf("rank 0: %v", errs[0])
+	}
+	if d := time.Since(start); d > 30*time.Second {
+		t.Errorf("the job took %v to fail", d)
+	}
+}
