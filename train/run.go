@@ -127,43 +127,42 @@ type Result struct {
 
 // run is one training run's live objects.
 type run struct {
-	cfg         *configs.Config
-	opts        Options
-	log         io.Writer
-	out         *output
-	b           kernels.Backend
-	capab       optim.Capability
-	e           *ag.Engine
-	mc          nextdit.Config // the architecture, known before the weights load
-	model       *nextdit.Model
-	set         *lora.Set
-	opt         *optim.Optimizer
-	ds          *data.Dataset
-	heldOut     map[string]bool // content hashes of the held-out images
-	batches     int             // batches per epoch of the training part
-	loader      *data.Loader
-	encoded     *data.Encoded // the training part of the encoded dataset
-	held        *data.Encoded // the held-out part, nil without validation
-	stepper     *Stepper
-	sampler     TimestepSampler
-	autocast    kernels.DType
-	baseHash    string
-	total       int
-	step        int // optimizer steps done
-	micro       uint64
-	metrics     *metrics
-	jsonl       *os.File
-	bar         bool // a progress bar is drawn on log
-	stopping    bool // an interrupted run is saving: no previews
-	barShown    bool // the last thing written to log is the bar
-	curve       []float64
-	resumed     *checkpoints.State // the state a resume starts from
-	resumedInfo resumeInfo         // its trainer part
-	resumeDir   string
-	initFrom    *checkpoints.LoRA // lora.init_from, checked
-	startStep   int               // the step this invocation started at
-	savedStep   int               // the step of the last save (−1: none)
-	savedDir    string            // its state folder
+	cfg       *configs.Config
+	opts      Options
+	log       io.Writer
+	out       *output
+	b         kernels.Backend
+	capab     optim.Capability
+	e         *ag.Engine
+	mc        nextdit.Config // the architecture, known before the weights load
+	model     *nextdit.Model
+	set       *lora.Set
+	opt       *optim.Optimizer
+	ds        *data.Dataset
+	heldOut   map[string]bool // content hashes of the held-out images
+	batches   int             // batches per epoch of the training part
+	loader    *data.Loader
+	encoded   *data.Encoded // the training part of the encoded dataset
+	held      *data.Encoded // the held-out part, nil without validation
+	stepper   *Stepper
+	sampler   TimestepSampler
+	autocast  kernels.DType
+	baseHash  string
+	total     int
+	step      int // optimizer steps done
+	micro     uint64
+	metrics   *metrics
+	jsonl     *os.File
+	bar       bool // a progress bar is drawn on log
+	stopping  bool // an interrupted run is saving: no previews
+	barShown  bool // the last thing written to log is the bar
+	curve     []float64
+	resumed   *checkpoints.State // the state a resume starts from
+	resumeDir string
+	initFrom  *checkpoints.LoRA // lora.init_from, checked
+	startStep int               // the step this invocation started at
+	savedStep int               // the step of the last save (−1: none)
+	savedDir  string            // its state folder
 	// nonFinite counts the consecutive steps whose loss was not finite.
 	nonFinite int
 
@@ -177,6 +176,8 @@ type run struct {
 	stopAgreed bool
 	// loaderStart is the batch position (r.micro) the loader started at.
 	loaderStart uint64
+	// resumedInfo is the trainer's part of the state a resume starts from.
+	resumedInfo resumeInfo
 	// exchange holds the device buffers of the per-step agreements.
 	exchange map[int]kernels.Buffer
 }
