@@ -99,18 +99,29 @@ func (o Options) timeout() time.Duration {
 
 // Open joins the job env describes, with collectives on backend b. A plain
 // run (env not Distributed) gets a communicator of one rank whose
-// collectives change nothing. A job needs a backend with a collective
-// library (NativeBackend); a job of one process on a backend without one
-// also gets the one-rank communicator.
+// collectives change nothing. A job's collectives run in the backend's
+// collective library (NativeBackend: NCCL on the cuda backend); on a
+// backend without one (the CPU backend) they travel over the rendezvous
+// connections, rank 0 summing, and a job of one process gets the one-rank
+// communicator. Every rank must run the same kind of backend.
 func Open(ctx context.Context, b kernels.Backend, env Env, o Options) (Communicator, error) {
 	nb, native := b.(NativeBackend)
 	if !env.Distributed() || (env.WorldSize == 1 && !native) {
 		return single{}, nil
 	}
-	if !native {
-		return nil, fmt.Errorf("dist: backend %s has no collective library, so it cannot run %v: a job of several processes needs the cuda backend", b.Name(), env)
-	}
 	timeout := o.timeout()
+	if !native {
+		s, id, err := Rendezvous(ctx, env, timeout, func() ([]byte, error) { return hostToken, nil })
+		if err != nil {
+			return nil, err
+		}
+		if string(id) != string(hostToken) {
+			err := fmt.Errorf("dist: rank %d runs on backend %s, which has no collective library, but rank 0 sums through one (NCCL): every rank must run the same device", env.Rank, b.Name())
+			s.Abort(err)
+			return nil, err
+		}
+		return newGroup(env, s, &hostCollective{s: s, b: b, timeout: timeout}), nil
+	}
 	if env.WorldSize == 1 {
 		id, err := nb.CollectiveID()
 		if err != nil {
@@ -124,6 +135,11 @@ func Open(ctx context.Context, b kernels.Backend, env Env, o Options) (Communica
 	}
 	s, id, err := Rendezvous(ctx, env, timeout, nb.CollectiveID)
 	if err != nil {
+		return nil, err
+	}
+	if string(id) == string(hostToken) {
+		err := fmt.Errorf("dist: rank %d runs on backend %s, but rank 0 runs on a backend without a collective library (cpu): every rank must run the same device", env.Rank, b.Name())
+		s.Abort(err)
 		return nil, err
 	}
 	nc, err := nb.OpenCollective(id, env.Rank, env.WorldSize, timeout)

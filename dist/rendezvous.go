@@ -46,7 +46,13 @@ type link struct {
 	rank int // the rank at the other end
 	conn net.Conn
 	wmu  sync.Mutex
-	gone bool // the other end said goodbye (guarded by Session.mu)
+	// Guarded by Session.mu: the other end said goodbye; the collective
+	// messages received and not yet taken (hostCollective), and the one
+	// being received, want bytes long.
+	gone    bool
+	inbox   [][]byte
+	partial []byte
+	want    uint64
 }
 
 // Message kinds on a session's connections. Each message is the kind byte,
@@ -58,6 +64,7 @@ const (
 	msgRelease = 'R' // rank 0 → rank: every rank entered the barrier
 	msgAbort   = 'A' // either way: the sender aborts the job, and why
 	msgBye     = 'X' // either way: the sender leaves in good order
+	msgData    = 'D' // either way: a chunk of a collective's data (hostCollective)
 )
 
 // helloMagic opens a rank's first message to rank 0; a connection that
@@ -324,6 +331,15 @@ func (s *Session) readFrom(l *link) {
 			s.mu.Lock()
 			l.gone = true
 			s.mu.Unlock()
+			s.notify()
+		case msgData:
+			s.mu.Lock()
+			err := l.takeData(body)
+			s.mu.Unlock()
+			if err != nil {
+				s.fail(l.rank, fmt.Errorf("rank %d: %w", l.rank, err))
+				return
+			}
 			s.notify()
 		case msgAbort:
 			var err error

@@ -90,9 +90,6 @@ func (r *run) openDevice(ctx context.Context) error {
 	case o.Comm != nil:
 		r.comm, r.parallel = o.Comm, true
 	case o.Dist.Distributed():
-		if _, native := r.b.(dist.NativeBackend); !native && o.Dist.WorldSize > 1 {
-			return configErr(fmt.Errorf("%v: the backend is %s, and a job of several processes sums its gradients through NCCL, which needs the cuda backend (device: cuda, and a GPU for every rank)", o.Dist, r.b.Name()))
-		}
 		r.stageNow("joining the other ranks")
 		c, err := dist.Open(ctx, r.b, o.Dist, dist.Options{Timeout: time.Duration(cfg.Dist.Timeout) * time.Second})
 		if err != nil {

@@ -127,7 +127,7 @@ func sameLoRA(t *testing.T, what string, got, want *configs.Config) {
 // at a step boundary, rank 0 saving) resumed on one process with
 // gradient_accumulation 2, and one process resumed on two ranks.
 func TestDataParallelEqualsAccumulation(t *testing.T) {
-	const steps = 6
+	const steps = 4
 	ref := dpConfig(t, steps, 0, 2)
 	if _, err := Run(context.Background(), ref, Options{Log: io.Discard}); err != nil {
 		t.Fatal(err)
@@ -145,11 +145,11 @@ func TestDataParallelEqualsAccumulation(t *testing.T) {
 	// 2 ranks → 1 process.
 	half := dpConfig(t, steps, 0, 1)
 	ctx, cancel := context.WithCancel(context.Background())
-	_, errs = runRanks(ctx, sameRanks(half, 2), "", &stopAfter{steps: 3, cancel: cancel})
+	_, errs = runRanks(ctx, sameRanks(half, 2), "", &stopAfter{steps: 2, cancel: cancel})
 	for r, err := range errs {
 		var ie *InterruptedError
-		if !errors.As(err, &ie) || ie.Stage != "step 4" {
-			t.Fatalf("rank %d of the interrupted job: %v, want an interruption before step 4", r, err)
+		if !errors.As(err, &ie) || ie.Stage != "step 3" || !strings.HasSuffix(ie.State, "state-00000002") {
+			t.Fatalf("rank %d of the interrupted job: %v, want an interruption before step 3 naming rank 0's state", r, err)
 		}
 	}
 	one := *half
@@ -163,7 +163,7 @@ func TestDataParallelEqualsAccumulation(t *testing.T) {
 	// 1 process → 2 ranks.
 	other := dpConfig(t, steps, 0, 2)
 	ctx, cancel = context.WithCancel(context.Background())
-	if _, err := Run(ctx, other, Options{Log: &stopAfter{steps: 3, cancel: cancel}}); !errors.Is(err, ErrInterrupted) {
+	if _, err := Run(ctx, other, Options{Log: &stopAfter{steps: 2, cancel: cancel}}); !errors.Is(err, ErrInterrupted) {
 		t.Fatalf("interrupted run: %v", err)
 	}
 	onTwo := *other
@@ -221,4 +221,51 @@ func TestRanksMustAgree(t *testing.T) {
 	if d := time.Since(start); d > 30*time.Second {
 		t.Errorf("the job took %v to fail", d)
 	}
+}
+
+// TestOneRankJobEqualsPlainRun: a job of one process (`torchrun
+// --nproc-per-node 1`), which runs the data-parallel path through its
+// communicator, trains exactly as a plain run — with adapter dropout and
+// two micro-batches per step, whose draws continue one stream as a plain
+// run's do.
+func TestOneRankJobEqualsPlainRun(t *testing.T) {
+	env, err := dist.ParseEnv(func(k string) string { return map[string]string{"RANK": "0", "WORLD_SIZE": "1"}[k] })
+	if err != nil || !env.Distributed() {
+		t.Fatalf("env %v: %v", env, err)
+	}
+	plain := dpConfig(t, 3, 0, 2)
+	plain.LoRA.Dropout = 0.1
+	job := dpConfig(t, 3, 0, 2)
+	job.LoRA.Dropout = 0.1
+	if _, err := Run(context.Background(), plain, Options{Log: io.Discard}); err != nil {
+		t.Fatal(err)
+	}
+	var log strings.Builder
+	if _, err := Run(context.Background(), job, Options{Log: &log, Dist: env}); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(log.String(), "data parallel: 1 ranks") {
+		t.Errorf("the job of one did not take the data-parallel path:\n%s", log.String())
+	}
+	sameLosses(t, "a job of one", job, plain, 1, 3)
+	sameLoRA(t, "a job of one", job, plain)
+}
+
+// TestDropoutOnRanks: with adapter dropout, two ranks draw each batch's
+// masks from a stream keyed by its position: a rerun gives the same
+// losses, and a resume continues them.
+func TestDropoutOnRanks(t *testing.T) {
+	var cfgs []*configs.Config
+	for range 2 {
+		cfg := dpConfig(t, 3, 1, 1)
+		cfg.LoRA.Dropout = 0.2
+		cfgs = append(cfgs, cfg)
+	}
+	_, errs := runRanks(context.Background(), sameRanks(cfgs[0], 2), "", nil)
+	noRankErrors(t, errs)
+	ctx, cancel := context.WithCancel(context.Background())
+	runRanks(ctx, sameRanks(cfgs[1], 2), "", &stopAfter{steps: 1, cancel: cancel})
+	_, errs = runRanks(context.Background(), sameRanks(cfgs[1], 2), "latest", nil)
+	noRankErrors(t, errs)
+	sameLosses(t, "2 ranks with dropout, rerun and resumed", cfgs[1], cfgs[0], 1, 3)
 }

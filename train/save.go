@@ -85,6 +85,9 @@ func float32s(t *ag.Tensor) ([]float32, error) {
 // data-parallel job rank 0 writes, and the other ranks wait for it.
 func (r *run) save(ctx context.Context, res *Result) error {
 	err := r.rank0Only(fmt.Sprintf("rank 0's save of step %d", r.step), 0, func() error { return r.writeSave(ctx, res) })
+	if err == nil && !r.rank0() {
+		r.savedDir = filepath.Join(r.statesDir(), checkpoints.StateDirName(int64(r.step)))
+	}
 	r.savedStep = r.step
 	return err
 }
