@@ -11,6 +11,7 @@ import (
 	"time"
 
 	ag "github.com/newbie-train/newbie-train/autograd"
+	"github.com/newbie-train/newbie-train/dist"
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/models/lora"
 	"github.com/newbie-train/newbie-train/models/nextdit"
@@ -29,8 +30,16 @@ type BenchOptions struct {
 	Backend string
 	// GPU is the device index for the CUDA backend.
 	GPU int
-	// Batch is the number of samples per step (default 1).
-	Batch int
+	// Batch is the number of samples per micro-batch (default 1); Accum
+	// the micro-batches per step on each rank (default 1).
+	Batch, Accum int
+	// Dist is the data-parallel job this process is a rank of (the zero
+	// value: one process). Each rank then drives the GPU of its local rank
+	// and takes its share of every step's micro-batches, the gradients
+	// summed over the ranks; rank 0 reports. Micro-batch k of the run gets
+	// the same random inputs whatever the number of ranks, so N ranks × 1
+	// micro-batch compare with one GPU × N.
+	Dist dist.Env
 	// Steps are the timed steps per mode (default 10); Warmup the untimed
 	// steps before them (default 3; negative means none), which absorb
 	// kernel compilation and the allocator's first requests.
@@ -72,6 +81,9 @@ func (o BenchOptions) withDefaults() BenchOptions {
 	}
 	if o.Batch == 0 {
 		o.Batch = 1
+	}
+	if o.Accum == 0 {
+		o.Accum = 1
 	}
 	if o.Steps == 0 {
 		o.Steps = 10
@@ -125,6 +137,8 @@ func (o BenchOptions) Validate() error {
 	switch {
 	case o.Batch < 1:
 		return fmt.Errorf("bench: batch %d: want ≥ 1", o.Batch)
+	case o.Accum < 1:
+		return fmt.Errorf("bench: accumulation %d: want ≥ 1", o.Accum)
 	case o.Steps < 1:
 		return fmt.Errorf("bench: steps %d: want ≥ 1", o.Steps)
 	case o.Resolution < side || o.Resolution%side != 0:
@@ -152,6 +166,8 @@ type BenchResult struct {
 	Rank       int
 	Alpha      float64
 	Batch      int
+	// Accum is the micro-batches per step on each of Ranks ranks.
+	Accum, Ranks int
 	Resolution int
 	// Latent is the latent's [C, H, W]; ImageTokens the image tokens per
 	// sample; CaptionTokens the caption tokens per sample.
@@ -187,8 +203,10 @@ type BenchRun struct {
 	// timed steps (its cache included; cumulative across modes, since the
 	// allocator keeps blocks for reuse).
 	PeakBytes, ActivationBytes, ReservedBytes int64
-	// Loss is the last timed step's loss, a sanity check (finite).
-	Loss float64
+	// Loss is the last timed step's loss, a sanity check (finite); Losses
+	// are every timed step's.
+	Loss   float64
+	Losses []float64
 	// Profile is filled when BenchOptions.Profile is set.
 	Profile *StepProfile
 	// Err is the failure of this mode (e.g. out of memory), empty on
@@ -251,7 +269,7 @@ func StepFLOPs(cfg nextdit.Config, batch, captionTokens, imageTokens int) float6
 // AdamW) on random inputs, for each checkpointing mode. A mode that fails
 // (out of memory, say) records its error and the next mode still runs;
 // Bench returns an error only when nothing could be measured at all.
-func Bench(ctx context.Context, o BenchOptions) (BenchResult, error) {
+func Bench(ctx context.Context, o BenchOptions) (res BenchResult, err error) {
 	if err := o.Validate(); err != nil {
 		return BenchResult{}, err
 	}
@@ -259,20 +277,32 @@ func Bench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	cfg, _ := nextdit.Preset(o.Preset) // Validate checked the name
 	latent := o.Resolution / vaeFactor
 	tokens := (latent / cfg.PatchSize) * (latent / cfg.PatchSize)
-	res := BenchResult{
+	res = BenchResult{
 		Preset: o.Preset, Params: cfg.NumParams(), Rank: o.Rank, Alpha: o.Alpha,
-		Batch: o.Batch, Resolution: o.Resolution, Latent: [3]int{cfg.InChannels, latent, latent},
+		Batch: o.Batch, Accum: o.Accum, Ranks: 1, Resolution: o.Resolution, Latent: [3]int{cfg.InChannels, latent, latent},
 		ImageTokens: tokens, CaptionTokens: o.CaptionTokens,
 		FLOPs: StepFLOPs(cfg, o.Batch, o.CaptionTokens, tokens),
 	}
 
-	raw, capability, err := OpenBackend(o.Backend, o.GPU, o.Log)
+	gpu := o.GPU
+	if o.Dist.Distributed() {
+		gpu = o.Dist.LocalRank
+		if o.Dist.Rank != 0 {
+			o.Log = io.Discard // rank 0 reports
+		}
+	}
+	raw, capability, err := OpenBackend(o.Backend, gpu, o.Log)
 	if err != nil {
 		return res, fmt.Errorf("bench: %w", err)
 	}
 	if c, ok := raw.(interface{ Close() }); ok {
 		defer c.Close()
 	}
+	comm, err := dist.Open(ctx, raw, o.Dist, dist.Options{})
+	if err != nil {
+		return res, fmt.Errorf("bench: %w", err)
+	}
+	res.Ranks = comm.WorldSize()
 	be := &profiler{Backend: raw, rank: o.Rank}
 	res.Backend = raw.Name()
 	e := ag.New(be)
@@ -310,9 +340,20 @@ func Bench(ctx context.Context, o BenchOptions) (BenchResult, error) {
 	fmt.Fprintf(o.Log, "bench: built in %.1f s; %s held by weights, adapters and optimizer state\n", res.BuildSeconds, BytesText(res.BaseBytes))
 
 	st := &Stepper{Model: model, LoRA: set, Opt: opt}
-	sampler := TimestepSampler{Kind: LognormShift}
-	e.SeedRandom(o.Seed, 0)
-	b := &benchStep{o: o, cfg: cfg, e: e, st: st, sampler: sampler, latent: latent, tokens: tokens}
+	b := &benchStep{o: o, cfg: cfg, e: e, st: st, sampler: TimestepSampler{Kind: LognormShift}, latent: latent, tokens: tokens}
+	if o.Dist.Distributed() {
+		st.Comm = comm
+		b.exchange = &exchange{b: raw, comm: comm}
+		defer b.exchange.free()
+	}
+	// A rank that fails stops the others at once; the ranks' last sums
+	// are done before any of them leaves.
+	defer func() {
+		if err != nil {
+			comm.Abort(err)
+		}
+		comm.Close()
+	}()
 	ok := false
 	for _, ckpt := range o.Checkpointing {
 		if err := ctx.Err(); err != nil {
@@ -339,14 +380,23 @@ type benchStep struct {
 	sampler TimestepSampler
 	latent  int
 	tokens  int
-	n       int // steps run so far, for the timestep draw
+	n       int // steps run so far
+	// exchange agrees on the steps' losses in a data-parallel job.
+	exchange *exchange
 }
 
-// batch draws a fresh random micro-batch on the device. The tensors are
-// step tensors: Step's EndStep frees them.
-func (b *benchStep) batch() MicroBatch {
+// batch draws micro-batch k of the run on the device: random inputs from
+// the engine's stream at k × the draws of one micro-batch, so micro-batch
+// k is the same whichever rank and step take it. The tensors are step
+// tensors: Step's EndStep frees them.
+func (b *benchStep) batch(k int) MicroBatch {
 	o, c, e := b.o, b.cfg, b.e
 	xshape := []int{o.Batch, c.InChannels, b.latent, b.latent}
+	draws := 2*o.Batch*c.InChannels*b.latent*b.latent + o.Batch*o.CaptionTokens*c.CapFeatDim
+	if c.ClipTextDim > 0 {
+		draws += o.Batch * c.ClipTextDim
+	}
+	e.SeedRandom(o.Seed, uint64(k)*uint64(draws))
 	fb := FlowBatch{
 		X1:       e.Normal(kernels.F32, xshape),
 		CapFeats: e.Normal(kernels.F32, []int{o.Batch, o.CaptionTokens, c.CapFeatDim}),
@@ -358,18 +408,28 @@ func (b *benchStep) batch() MicroBatch {
 	if c.ClipTextDim > 0 {
 		fb.ClipPooled = e.Normal(kernels.F32, []int{o.Batch, c.ClipTextDim})
 	}
-	mb := MicroBatch{FlowBatch: fb, X0: e.Normal(kernels.F32, xshape), T: b.sampler.Sample(o.Seed, b.n, o.Batch, b.tokens)}
-	b.n++
-	return mb
+	return MicroBatch{FlowBatch: fb, X0: e.Normal(kernels.F32, xshape), T: b.sampler.Sample(o.Seed, k, o.Batch, b.tokens)}
 }
 
-// step runs one trainer step under bf16 autocast and returns its host-clock
-// duration.
+// step runs one trainer step under bf16 autocast — this rank's Accum
+// micro-batches of it — and returns its host-clock duration.
 func (b *benchStep) step() (float64, StepOutcome, error) {
-	mb := b.batch()
+	world, rank := 1, 0
+	if b.exchange != nil {
+		world, rank = b.exchange.comm.WorldSize(), b.exchange.comm.Rank()
+	}
+	first := (b.n*world + rank) * b.o.Accum
+	b.n++
+	micro := make([]MicroBatch, b.o.Accum)
+	for i := range micro {
+		micro[i] = b.batch(first + i)
+	}
 	prev := b.e.SetAutocast(kernels.BF16)
 	start := time.Now()
-	out, err := b.st.Step([]MicroBatch{mb})
+	out, err := b.st.Step(micro)
+	if err == nil && b.exchange != nil {
+		out.Loss, err = b.exchange.agreeLoss(out.Losses)
+	}
 	dt := time.Since(start).Seconds()
 	b.e.SetAutocast(prev)
 	return dt, out, err
@@ -412,6 +472,7 @@ func (b *benchStep) measure(ctx context.Context, be *profiler, ckpt bool, res Be
 		}
 		run.StepSeconds = append(run.StepSeconds, dt)
 		run.Loss = out.Loss
+		run.Losses = append(run.Losses, out.Loss)
 		if ctx.Err() != nil {
 			return fail("timed", i, ctx.Err())
 		}
@@ -430,7 +491,7 @@ func (b *benchStep) measure(ctx context.Context, be *profiler, ckpt bool, res Be
 	} else {
 		run.Median = (sorted[n/2-1] + sorted[n/2]) / 2
 	}
-	run.SamplesPerSecond = float64(o.Batch) / run.Median
+	run.SamplesPerSecond = float64(o.Batch*o.Accum*res.Ranks) / run.Median
 	run.TFLOPs = res.FLOPs / run.Median / 1e12
 	fmt.Fprintf(o.Log, "bench: checkpointing %s: median %.3f s/step over %d steps, peak %s\n", onOff(ckpt), run.Median, o.Steps, BytesText(run.PeakBytes))
 	if math.IsNaN(run.Loss) || math.IsInf(run.Loss, 0) {
@@ -502,6 +563,9 @@ func (r BenchResult) Table() string {
 		r.Preset, r.Params, r.Rank, r.Alpha, r.LoRALayers, r.LoRAParams)
 	fmt.Fprintf(&sb, "input: batch %d, %d×%d image → latent %d×%d×%d (%d image tokens) + %d caption tokens\n",
 		r.Batch, r.Resolution, r.Resolution, r.Latent[0], r.Latent[1], r.Latent[2], r.ImageTokens, r.CaptionTokens)
+	if r.Accum > 1 || r.Ranks > 1 {
+		fmt.Fprintf(&sb, "step: %d micro-batch(es) on each of %d rank(s); samples/s counts all %d samples of a step\n", r.Accum, r.Ranks, r.Batch*r.Accum*r.Ranks)
+	}
 	fmt.Fprintf(&sb, "work: %.4g TFLOP per step (the PyTorch anchor's count); model built in %.1f s; %s GiB held before the first step\n\n",
 		r.FLOPs/1e12, r.BuildSeconds, gib(r.BaseBytes))
 	sb.WriteString("| checkpointing | s/step (median) | min | max | samples/s | TFLOP/s | peak GiB | step's own GiB | reserved GiB | loss |\n")
@@ -514,6 +578,15 @@ func (r BenchResult) Table() string {
 		fmt.Fprintf(&sb, "| %s | %.4f | %.4f | %.4f | %.3g | %.3g | %s | %s | %s | %.4f |\n",
 			onOff(run.Checkpointing), run.Median, run.Min, run.Max, run.SamplesPerSecond, run.TFLOPs,
 			gib(run.PeakBytes), gib(run.ActivationBytes), gib(run.ReservedBytes), run.Loss)
+	}
+	for _, run := range r.Runs {
+		if len(run.Losses) > 0 {
+			fmt.Fprintf(&sb, "\nlosses, checkpointing %s:", onOff(run.Checkpointing))
+			for _, l := range run.Losses {
+				fmt.Fprintf(&sb, " %.9g", l)
+			}
+			sb.WriteString("\n")
+		}
 	}
 	for _, run := range r.Runs {
 		if run.Err != "" && run.Median != 0 {

@@ -89,6 +89,7 @@ func (r *run) openDevice(ctx context.Context) error {
 	switch {
 	case o.Comm != nil:
 		r.comm, r.parallel = o.Comm, true
+		r.exchange = &exchange{b: r.b, comm: r.comm}
 	case o.Dist.Distributed():
 		r.stageNow("joining the other ranks")
 		c, err := dist.Open(ctx, r.b, o.Dist, dist.Options{Timeout: time.Duration(cfg.Dist.Timeout) * time.Second})
@@ -96,6 +97,7 @@ func (r *run) openDevice(ctx context.Context) error {
 			return err
 		}
 		r.comm, r.parallel = c, true
+		r.exchange = &exchange{b: r.b, comm: r.comm}
 	default:
 		c, err := dist.Open(ctx, r.b, dist.Single(), dist.Options{})
 		if err != nil {
@@ -117,9 +119,7 @@ func (r *run) leaveJob(err error) {
 	if err != nil && !(r.stopAgreed && errors.Is(err, ErrInterrupted)) {
 		r.comm.Abort(err)
 	}
-	for _, b := range r.exchange {
-		r.b.Free(b)
-	}
+	r.exchange.free()
 	if r.opts.Comm == nil {
 		r.comm.Close()
 	}
@@ -274,16 +274,28 @@ func (r *run) stepStart(stop bool, samples int, sizes []int) (anyStop bool, allS
 	return v[0] > 0, int(v[1]), all, nil
 }
 
+func (r *run) agreeLoss(own []float64) (float64, error) { return r.exchange.agreeLoss(own) }
+
+func (r *run) allReduce(v []float32) error { return r.exchange.allReduce(v) }
+
+// exchange carries the small agreements of a data-parallel step between
+// the ranks, through device buffers it keeps (one per length).
+type exchange struct {
+	b    kernels.Backend
+	comm dist.Communicator
+	bufs map[int]kernels.Buffer
+}
+
 // agreeLoss makes every rank's micro-batch losses known to all and returns
-// the step's loss: their mean in batch order, the number the one-process
-// run computes.
-func (r *run) agreeLoss(own []float64) (float64, error) {
-	world, accum := r.comm.WorldSize(), len(own)
+// the step's loss: their mean in batch order (rank 0's micro-batches, then
+// rank 1's, …), the number the one-process run computes.
+func (x *exchange) agreeLoss(own []float64) (float64, error) {
+	world, accum := x.comm.WorldSize(), len(own)
 	v := make([]float32, world*accum)
 	for i, l := range own {
-		v[r.comm.Rank()*accum+i] = float32(l)
+		v[x.comm.Rank()*accum+i] = float32(l)
 	}
-	if err := r.allReduce(v); err != nil {
+	if err := x.allReduce(v); err != nil {
 		return 0, fmt.Errorf("agreeing on the step's loss with the other ranks: %w", err)
 	}
 	all := make([]float64, len(v))
@@ -293,38 +305,48 @@ func (r *run) agreeLoss(own []float64) (float64, error) {
 	return meanLoss(all), nil
 }
 
-// allReduce sums v over the ranks, in place, through a device buffer kept
-// for its length.
-func (r *run) allReduce(v []float32) error {
-	if r.exchange == nil {
-		r.exchange = map[int]kernels.Buffer{}
+// allReduce sums v over the ranks, in place.
+func (x *exchange) allReduce(v []float32) error {
+	if x.bufs == nil {
+		x.bufs = map[int]kernels.Buffer{}
 	}
-	buf := r.exchange[len(v)]
+	buf := x.bufs[len(v)]
 	if buf == nil {
 		var err error
-		if buf, err = r.b.Alloc(kernels.F32, len(v)); err != nil {
+		if buf, err = x.b.Alloc(kernels.F32, len(v)); err != nil {
 			return err
 		}
-		r.exchange[len(v)] = buf
+		x.bufs[len(v)] = buf
 	}
 	raw := make([]byte, 4*len(v))
-	for i, x := range v {
-		binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(x))
+	for i, f := range v {
+		binary.LittleEndian.PutUint32(raw[4*i:], math.Float32bits(f))
 	}
-	r.b.Upload(buf, 0, raw)
-	if err := r.comm.AllReduceSum(buf); err != nil {
+	x.b.Upload(buf, 0, raw)
+	if err := x.comm.AllReduceSum(buf); err != nil {
 		return err
 	}
-	if err := r.b.Download(raw, buf, 0); err != nil {
-		return errors.Join(err, r.comm.Err())
+	if err := x.b.Download(raw, buf, 0); err != nil {
+		return errors.Join(err, x.comm.Err())
 	}
-	if err := r.comm.Err(); err != nil {
+	if err := x.comm.Err(); err != nil {
 		return err
 	}
 	for i := range v {
 		v[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
 	}
 	return nil
+}
+
+// free gives the buffers back.
+func (x *exchange) free() {
+	if x == nil {
+		return
+	}
+	for _, b := range x.bufs {
+		x.b.Free(b)
+	}
+	x.bufs = nil
 }
 
 // checkAgreement makes sure, once the run is set up, that every rank holds

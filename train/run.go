@@ -178,8 +178,8 @@ type run struct {
 	loaderStart uint64
 	// resumedInfo is the trainer's part of the state a resume starts from.
 	resumedInfo resumeInfo
-	// exchange holds the device buffers of the per-step agreements.
-	exchange map[int]kernels.Buffer
+	// exchange carries the per-step agreements (nil in a plain run).
+	exchange *exchange
 }
 
 // Run trains the LoRA the config describes until its last step, or until

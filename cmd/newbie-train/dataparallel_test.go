@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -161,4 +162,31 @@ func TestKilledRankFailsTheOther(t *testing.T) {
 func lastLine(s string) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
 	return lines[len(lines)-1]
+}
+
+// TestBenchOnRanks: `bench --gpus 2` (on the CPU: two processes summing
+// over the rendezvous) gives micro-batch k the inputs `bench --accum 2`
+// gives it on one process, so both print the same losses.
+func TestBenchOnRanks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts three processes")
+	}
+	base := []string{"bench", "--backend", "cpu", "--preset", "tiny", "--steps", "3", "--warmup", "1", "--checkpointing", "off", "--resolution", "64", "--caption", "8"}
+	losses := func(args ...string) string {
+		out, err := exec.Command(builtBinary(t), append(base, args...)...).Output()
+		if err != nil {
+			t.Fatalf("bench %v: %v\n%s", args, err, out)
+		}
+		for _, l := range strings.Split(string(out), "\n") {
+			if strings.HasPrefix(l, "losses,") {
+				return l
+			}
+		}
+		t.Fatalf("bench %v printed no losses:\n%s", args, out)
+		return ""
+	}
+	one, two := losses("--accum", "2"), losses("--gpus", "2")
+	if one != two {
+		t.Errorf("one process, 2 micro-batches: %s\ntwo processes: %s", one, two)
+	}
 }
