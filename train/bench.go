@@ -168,7 +168,7 @@ type BenchResult struct {
 	Batch      int
 	// Accum is the micro-batches per step on each of Ranks ranks.
 	Accum, Ranks int
-	Resolution int
+	Resolution   int
 	// Latent is the latent's [C, H, W]; ImageTokens the image tokens per
 	// sample; CaptionTokens the caption tokens per sample.
 	Latent        [3]int
