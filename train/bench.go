@@ -167,8 +167,9 @@ type BenchResult struct {
 	Alpha      float64
 	Batch      int
 	// Accum is the micro-batches per step on each of Ranks ranks.
-	Accum, Ranks int
-	Resolution   int
+	Accum      int
+	Ranks      int
+	Resolution int
 	// Latent is the latent's [C, H, W]; ImageTokens the image tokens per
 	// sample; CaptionTokens the caption tokens per sample.
 	Latent        [3]int
@@ -303,6 +304,14 @@ func Bench(ctx context.Context, o BenchOptions) (res BenchResult, err error) {
 		return res, fmt.Errorf("bench: %w", err)
 	}
 	res.Ranks = comm.WorldSize()
+	// A rank that fails stops the others at once; the ranks' last sums
+	// are done before any of them leaves.
+	defer func() {
+		if err != nil {
+			comm.Abort(err)
+		}
+		comm.Close()
+	}()
 	be := &profiler{Backend: raw, rank: o.Rank}
 	res.Backend = raw.Name()
 	e := ag.New(be)
@@ -346,14 +355,6 @@ func Bench(ctx context.Context, o BenchOptions) (res BenchResult, err error) {
 		b.exchange = &exchange{b: raw, comm: comm}
 		defer b.exchange.free()
 	}
-	// A rank that fails stops the others at once; the ranks' last sums
-	// are done before any of them leaves.
-	defer func() {
-		if err != nil {
-			comm.Abort(err)
-		}
-		comm.Close()
-	}()
 	ok := false
 	for _, ckpt := range o.Checkpointing {
 		if err := ctx.Err(); err != nil {
