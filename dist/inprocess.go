@@ -214,7 +214,11 @@ func (r *inRank) collective(desc string, root int, bufs []kernels.Buffer, timeou
 	select {
 	case <-rd.done:
 	case <-j.failed:
-		return j.failure()
+		select {
+		case <-rd.done: // completed before the failure: the result stands
+		default:
+			return j.failure()
+		}
 	case <-expired:
 		j.mu.Lock()
 		j.failLocked(fmt.Errorf("rank %d waited %v in %s for %s", r.rank, timeout, desc, rankList(rd.waiting(false))))

@@ -109,14 +109,15 @@ func (r *run) openDevice(ctx context.Context) error {
 }
 
 // leaveJob ends this rank's part of the job: in good order after a run
-// that finished or stopped where every rank agreed to, with an abort that
-// tells the others why after a failure. A test's communicator is the
-// test's to close.
+// that finished or stopped where every rank decided to on the same agreed
+// numbers (an interrupt, a loss that stayed non-finite), with an abort that
+// tells the others why after a failure of its own. A test's communicator
+// is the test's to close.
 func (r *run) leaveJob(err error) {
 	if r.comm == nil {
 		return
 	}
-	if err != nil && !(r.stopAgreed && errors.Is(err, ErrInterrupted)) {
+	if err != nil && !r.stopAgreed {
 		r.comm.Abort(err)
 	}
 	r.exchange.free()

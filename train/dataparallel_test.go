@@ -15,19 +15,20 @@ import (
 	"github.com/newbie-train/newbie-train/checkpoints"
 	"github.com/newbie-train/newbie-train/configs"
 	"github.com/newbie-train/newbie-train/dist"
+	"github.com/newbie-train/newbie-train/internal/fixtures"
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/kernels/cpu"
 )
 
-// dpConfig is the demo config for the data-parallel tests: 7 images in
-// batches of 3, so buckets end in partial batches and the ranks' batches
+// dpConfig is the demo config for the data-parallel tests: 5 images in
+// batches of 2, so an epoch ends in a partial batch and the ranks' batches
 // differ in size (their noise offsets must still be the one-process
 // run's), with activation checkpointing on (the adapters' gradients are
 // reported ready from inside checkpointed blocks).
 func dpConfig(t *testing.T, steps, saveEvery, accum int) *configs.Config {
 	t.Helper()
-	cfg := demoConfigN(t, t.TempDir(), steps, saveEvery, 7)
-	cfg.Train.BatchSize = 3
+	cfg := demoConfigN(t, t.TempDir(), steps, saveEvery, 5)
+	cfg.Train.BatchSize = 2
 	cfg.Train.GradientAccumulation = accum
 	cfg.Train.ActivationCheckpointing = true
 	return cfg
@@ -197,7 +198,7 @@ func TestResumeOnOtherBatchesPerStep(t *testing.T) {
 	if err := json.Unmarshal(st.JSON["trainer"], &info); err != nil {
 		t.Fatal(err)
 	}
-	// Steps 1–2 took 2 batches each, steps 3–4 one each.
+	// Steps 1–2 took 2 batches each, steps 3–4 one each (3 per epoch).
 	if info.Micro != 6 || info.WorldSize != 1 || info.Cursor.Epoch*3+info.Cursor.Batch != 6 {
 		t.Errorf("final state: %+v, want 6 batches taken, one rank", info)
 	}
@@ -268,4 +269,42 @@ func TestDropoutOnRanks(t *testing.T) {
 	_, errs = runRanks(context.Background(), sameRanks(cfgs[1], 2), "latest", nil)
 	noRankErrors(t, errs)
 	sameLosses(t, "2 ranks with dropout, rerun and resumed", cfgs[1], cfgs[0], 1, 3)
+}
+
+// TestRank0Work: in a job rank 0 validates, renders previews and saves
+// while the other rank waits for it, and that changes nothing of the
+// training: the losses equal one process accumulating two micro-batches.
+// On NaN base weights both ranks count the same non-finite steps and stop
+// together, keeping rank 0's last save.
+func TestRank0Work(t *testing.T) {
+	ref := dpConfig(t, 3, 0, 2)
+	cfg := dpConfig(t, 3, 1, 1)
+	for _, c := range []*configs.Config{ref, cfg} {
+		c.Train.Validation.Split, c.Train.Validation.Every = 0.2, 2
+	}
+	cfg.Sample.Prompts, cfg.Sample.Every, cfg.Sample.Steps = []string{"blue background"}, 2, 2
+	if _, err := Run(context.Background(), ref, Options{Log: io.Discard}); err != nil {
+		t.Fatal(err)
+	}
+	res, errs := runRanks(context.Background(), sameRanks(cfg, 2), "", nil)
+	noRankErrors(t, errs)
+	sameLosses(t, "2 ranks with validation, previews and saves", cfg, ref, 1, 3)
+	if res[0].ValLoss == 0 || len(res[0].LoRAFiles) == 0 {
+		t.Errorf("rank 0's result %+v: no validation loss or LoRA files", res[0])
+	}
+	previews, _ := filepath.Glob(filepath.Join(cfg.Save.Output, "demo_lora-previews", "*.png"))
+	states, _ := filepath.Glob(filepath.Join(cfg.Save.Output, "states", "state-*"))
+	if len(previews) != 1 || len(states) != 2 {
+		t.Errorf("previews %v, states %v: want one preview (step 2) and save.keep_last 2 states", previews, states)
+	}
+
+	nan := dpConfig(t, 50, 3, 1)
+	nan.Model.Weights = fixtures.NaNWeights(t)
+	nan.Train.NonFiniteLimit = 4
+	_, errs = runRanks(context.Background(), sameRanks(nan, 2), "", nil)
+	for r, err := range errs {
+		if !errors.Is(err, ErrNonFinite) || !strings.Contains(err.Error(), "4 consecutive steps (1–4") {
+			t.Errorf("rank %d on NaN weights: %v", r, err)
+		}
+	}
 }

@@ -169,8 +169,8 @@ type run struct {
 	// comm joins the ranks of a data-parallel job (the one-rank
 	// communicator of a plain run); parallel is set in a job, of any size,
 	// and for a test's communicator: the steps then run the data-parallel
-	// path. stopAgreed: the ranks agreed to stop, so they leave the job in
-	// good order rather than aborting it.
+	// path. stopAgreed: every rank stops here on the same agreed numbers,
+	// so they leave the job in good order rather than aborting it.
 	comm       dist.Communicator
 	parallel   bool
 	stopAgreed bool
@@ -789,6 +789,7 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 			r.drawBar(out.Loss, dt, eta)
 		}
 		if limit := cfg.Train.NonFiniteLimit; limit > 0 && r.nonFinite >= limit {
+			r.stopAgreed = true // every rank counts the same agreed losses
 			return nil, r.nonFiniteStop()
 		}
 		if cfg.Sample.Every > 0 && r.step%cfg.Sample.Every == 0 {

@@ -81,7 +81,7 @@ func TestGPUsLaunchesAJob(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts four training processes")
 	}
-	const steps = 16
+	const steps = 10
 	dir := t.TempDir()
 	_, args := jobConfig(t, dir, steps)
 	ref := start(t, args("one", "train.gradient_accumulation=2")...)
