@@ -85,14 +85,20 @@ func runLoader(t *testing.T, enc *Encoded, from Cursor, n int) ([]string, []*Bat
 	return ds, bs
 }
 
-func TestLoaderDeterministicAndResumable(t *testing.T) {
-	enc, _ := loaderFixture(t)
+// batchesPerEpoch is the loader's epoch length over enc.
+func batchesPerEpoch(t *testing.T, enc *Encoded) int {
+	t.Helper()
 	l, err := NewLoader(enc, Cursor{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	perEp := l.BatchesPerEpoch()
-	l.Close()
+	defer l.Close()
+	return l.BatchesPerEpoch()
+}
+
+func TestLoaderDeterministicAndResumable(t *testing.T) {
+	enc, _ := loaderFixture(t)
+	perEp := batchesPerEpoch(t, enc)
 	n := 3*perEp + 1
 	ref, batches := runLoader(t, enc, Cursor{}, n)
 
@@ -278,12 +284,7 @@ func TestEpochBatches(t *testing.T) {
 // rank never reads the files of the batches it skips.
 func TestShardLoaderSplitsTheSequence(t *testing.T) {
 	enc, _ := loaderFixture(t)
-	l, err := NewLoader(enc, Cursor{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	perEp := l.BatchesPerEpoch()
-	l.Close()
+	perEp := batchesPerEpoch(t, enc)
 	n := 2*perEp + 3
 	ref, refBatches := runLoader(t, enc, Cursor{}, n+perEp)
 	for _, c := range []struct{ world, accum, start int }{{2, 1, 0}, {3, 2, 0}, {2, 2, perEp + 1}} {

@@ -90,6 +90,16 @@ type Options struct {
 	Timeout time.Duration
 }
 
+// expiry returns a channel that receives once d has passed — never when d
+// is zero or negative (no limit) — and the function that stops its timer.
+func expiry(d time.Duration) (<-chan time.Time, func() bool) {
+	if d <= 0 {
+		return nil, func() bool { return false }
+	}
+	t := time.NewTimer(d)
+	return t.C, t.Stop
+}
+
 func (o Options) timeout() time.Duration {
 	if o.Timeout > 0 {
 		return o.Timeout

@@ -184,12 +184,8 @@ func (s *Session) recvData(from int, timeout time.Duration, desc string) ([]byte
 	if s.rank == 0 {
 		l = s.peers[from]
 	}
-	var expired <-chan time.Time
-	if timeout > 0 {
-		timer := time.NewTimer(timeout)
-		defer timer.Stop()
-		expired = timer.C
-	}
+	expired, stop := expiry(timeout)
+	defer stop()
 	for {
 		s.mu.Lock()
 		if err := s.usable(); err != nil {

@@ -205,12 +205,8 @@ func (r *inRank) collective(desc string, root int, bufs []kernels.Buffer, timeou
 	if timeout == 0 {
 		timeout = j.timeout
 	}
-	var expired <-chan time.Time
-	if timeout > 0 {
-		timer := time.NewTimer(timeout)
-		defer timer.Stop()
-		expired = timer.C
-	}
+	expired, stop := expiry(timeout)
+	defer stop()
 	select {
 	case <-rd.done:
 	case <-j.failed:

@@ -444,15 +444,11 @@ func (s *Session) Barrier(timeout time.Duration) error {
 	if wait == 0 {
 		wait = s.timeout
 	}
-	var expired <-chan time.Time
-	if wait > 0 {
-		if s.rank != 0 {
-			wait *= 2
-		}
-		timer := time.NewTimer(wait)
-		defer timer.Stop()
-		expired = timer.C
+	if s.rank != 0 {
+		wait *= 2
 	}
+	expired, stop := expiry(wait)
+	defer stop()
 	for {
 		s.mu.Lock()
 		if err := s.usable(); err != nil {
