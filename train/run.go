@@ -777,6 +777,12 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 			return nil, err
 		}
 		r.metrics.observe(rec)
+		previews := cfg.Sample.Every > 0 && r.step%cfg.Sample.Every == 0
+		if previews {
+			// Said before the step's log line, which a reader of the log
+			// may answer with Ctrl-C at once.
+			r.stageNow("the previews of step %d, then saving a resumable state", r.step)
+		}
 		done := r.step - r.startStep
 		eta := time.Duration(float64(time.Since(start)) / float64(done) * float64(r.total-r.step))
 		if r.step%max(cfg.Logging.Every, 1) == 0 || r.step == r.total || r.step == r.startStep+1 {
@@ -792,8 +798,7 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 			r.stopAgreed = true // every rank counts the same agreed losses
 			return nil, r.nonFiniteStop()
 		}
-		if cfg.Sample.Every > 0 && r.step%cfg.Sample.Every == 0 {
-			r.stageNow("the previews of step %d, then saving a resumable state", r.step)
+		if previews {
 			err := r.rank0Only(fmt.Sprintf("rank 0's previews of step %d", r.step), 0, func() error { return r.renderPreviews(ctx) })
 			if err != nil {
 				return nil, err
