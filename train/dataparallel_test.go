@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"math"
 	"path/filepath"
@@ -12,12 +13,16 @@ import (
 	"testing"
 	"time"
 
+	ag "github.com/newbie-train/newbie-train/autograd"
 	"github.com/newbie-train/newbie-train/checkpoints"
 	"github.com/newbie-train/newbie-train/configs"
 	"github.com/newbie-train/newbie-train/dist"
 	"github.com/newbie-train/newbie-train/internal/fixtures"
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/kernels/cpu"
+	"github.com/newbie-train/newbie-train/models/lora"
+	"github.com/newbie-train/newbie-train/models/nextdit"
+	"github.com/newbie-train/newbie-train/optim"
 )
 
 // dpConfig is the demo config for the data-parallel tests: 5 images in
@@ -306,5 +311,143 @@ func TestRank0Work(t *testing.T) {
 		if !errors.Is(err, ErrNonFinite) || !strings.Contains(err.Error(), "4 consecutive steps (1–4") {
 			t.Errorf("rank %d on NaN weights: %v", r, err)
 		}
+	}
+}
+
+// sumWatcher counts the gradient sums that reach the communicator while
+// the gradient the backward finishes last is still all zero: those sums
+// run during the backward.
+type sumWatcher struct {
+	dist.Communicator
+	last        *ag.Tensor
+	sums, early int
+}
+
+func (w *sumWatcher) AllReduceSum(bufs ...kernels.Buffer) error {
+	w.sums++
+	if w.last == nil {
+		return w.Communicator.AllReduceSum(bufs...)
+	}
+	v, err := w.last.Grad().Values()
+	if err != nil {
+		return err
+	}
+	zero := true
+	for _, x := range v {
+		zero = zero && x == 0
+	}
+	if zero {
+		w.early++
+	}
+	return w.Communicator.AllReduceSum(bufs...)
+}
+
+// TestStepperSumsDuringTheBackward: with buckets smaller than the LoRA,
+// once the first step has shown the backward's order the buckets are
+// summed while the backward still runs — all but those of the block the
+// backward finishes last, whose gradients a checkpointed block's recompute
+// completes together — and the ranks take identical steps.
+func TestStepperSumsDuringTheBackward(t *testing.T) {
+	const world = 2
+	bs := []kernels.Backend{cpu.New(), cpu.New()}
+	comms := dist.NewInProcess(bs, time.Minute)
+	watchers := make([]*sumWatcher, world)
+	norms := make([][]float64, world)
+	var wg sync.WaitGroup
+	errs := make([]error, world)
+	for r := range world {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			st, err := tinyStepper(bs[r])
+			if err != nil {
+				errs[r] = err
+				return
+			}
+			watchers[r] = &sumWatcher{Communicator: comms[r]}
+			st.Comm, st.bucketBytes = watchers[r], 4<<10
+			for step := range 2 {
+				if step > 0 {
+					order := st.reducer.Order()
+					*watchers[r] = sumWatcher{Communicator: comms[r], last: loraTensors(st.LoRA)[order[len(order)-1]]}
+				}
+				out, err := st.Step([]MicroBatch{tinyBatch(st, r, step)})
+				if err != nil {
+					errs[r] = err
+					return
+				}
+				norms[r] = append(norms[r], out.GradNorm)
+			}
+		}()
+	}
+	wg.Wait()
+	noRankErrors(t, errs)
+	for r, w := range watchers {
+		if w.sums < 4 || 4*w.early < 3*w.sums {
+			t.Errorf("rank %d, second step: %d gradient sums, %d of them during the backward; want three quarters or more", r, w.sums, w.early)
+		}
+	}
+	if fmt.Sprint(norms[0]) != fmt.Sprint(norms[1]) {
+		t.Errorf("the ranks' gradient norms differ: %v", norms)
+	}
+	t.Logf("second step: %d buckets, %d summed during the backward", watchers[0].sums, watchers[0].early)
+}
+
+// tinyStepper builds the tiny model with random weights, checkpointed, a
+// LoRA and its optimizer on b.
+func tinyStepper(b kernels.Backend) (*Stepper, error) {
+	e := ag.New(b)
+	mc, err := nextdit.Preset("tiny")
+	if err != nil {
+		return nil, err
+	}
+	m, err := nextdit.NewRandom(e, mc, nextdit.Options{DType: kernels.F32, Checkpoint: true}, 3)
+	if err != nil {
+		return nil, err
+	}
+	set, err := lora.Attach(m, lora.Config{Rank: 4, Alpha: 4, Seed: 3, Master: kernels.F32})
+	if err != nil {
+		return nil, err
+	}
+	opt, err := optim.New(b, []optim.Group{{Name: "lora", Params: OptimParams(set), Hyper: optim.DefaultHyper()}}, optim.Config{Precision: optim.FP32, MaxGradNorm: 1})
+	if err != nil {
+		return nil, err
+	}
+	return &Stepper{Model: m, LoRA: set, Opt: opt}, nil
+}
+
+// tinyBatch is a micro-batch of random inputs for the tiny model, one per
+// (rank, step).
+func tinyBatch(st *Stepper, rank, step int) MicroBatch {
+	e, mc := st.Model.Engine(), st.Model.Config()
+	e.SeedRandom(11, uint64(2*step+rank)<<20)
+	x := []int{2, mc.InChannels, 8, 8}
+	fb := FlowBatch{X1: e.Normal(kernels.F32, x), CapFeats: e.Normal(kernels.F32, []int{2, 5, mc.CapFeatDim}), CapLens: []int{5, 3}}
+	if mc.ClipTextDim > 0 {
+		fb.ClipPooled = e.Normal(kernels.F32, []int{2, mc.ClipTextDim})
+	}
+	return MicroBatch{FlowBatch: fb, X0: e.Normal(kernels.F32, x), T: []float64{0.3, 0.8}}
+}
+
+// TestGPUOfTheLocalRank: in a job each rank drives the GPU of its
+// LOCAL_RANK; a config that names another gpu explicitly is refused before
+// anything runs.
+func TestGPUOfTheLocalRank(t *testing.T) {
+	env, err := dist.ParseEnv(func(k string) string {
+		return map[string]string{"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}[k]
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	demoConfigN(t, dir, 2, 0, 2)
+	cfg, err := configs.Load(filepath.Join(dir, "demo.yaml"), "device=auto", "gpu=0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = Run(context.Background(), cfg, Options{Log: io.Discard, Dist: env})
+	var ce *ConfigError
+	if !errors.As(err, &ce) || !strings.Contains(err.Error(), "gpu: 0, but this process is local rank 1 of a job, which drives GPU 1") {
+		t.Fatalf("gpu 0 on local rank 1: %v", err)
 	}
 }

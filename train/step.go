@@ -27,6 +27,12 @@ type Stepper struct {
 
 	reducer *dist.Reducer
 	index   map[*ag.Tensor]int // a LoRA tensor's place in OptimParams
+	// bucketBytes overrides bucketBytes (tests: buckets small enough that
+	// the tiny model has several).
+	bucketBytes int64
+	// replanned: the buckets follow the backward's order (after the first
+	// step).
+	replanned bool
 }
 
 // MicroBatch is one micro-batch with the noise and timesteps drawn for it.
@@ -121,6 +127,9 @@ func (s *Stepper) Step(micro []MicroBatch) (StepOutcome, error) {
 			if readyErr != nil {
 				err = readyErr
 			}
+			if err == nil && !s.replanned {
+				err = s.replan()
+			}
 			if err != nil {
 				return fail(fmt.Errorf("summing the gradients over the ranks: %w", err))
 			}
@@ -159,6 +168,39 @@ func meanLoss(losses []float64) float64 {
 	return m
 }
 
+// replan regroups the buckets in the order the first step's backward
+// finished the gradients (see dist.Reducer.Replan), rank 0's order for
+// every rank, so that the plans agree.
+func (s *Stepper) replan() error {
+	s.replanned = true
+	b := s.Model.Engine().Backend()
+	n := len(s.index)
+	v := make([]float64, n) // 1 + gradient index, in order; 0 past the end
+	for k, i := range s.reducer.Order() {
+		v[k] = float64(i + 1)
+	}
+	buf, err := b.Alloc(kernels.F32, n)
+	if err != nil {
+		return err
+	}
+	defer b.Free(buf)
+	b.Upload(buf, 0, kernels.EncodeF64(kernels.F32, v))
+	if err := s.Comm.Broadcast(buf, 0); err != nil {
+		return fmt.Errorf("rank 0's gradient order: %w", err)
+	}
+	raw := make([]byte, 4*n)
+	if err := b.Download(raw, buf, 0); err != nil {
+		return err
+	}
+	var order []int
+	for _, x := range kernels.DecodeF64(kernels.F32, raw) {
+		if x > 0 {
+			order = append(order, int(x)-1)
+		}
+	}
+	return s.reducer.Replan(order)
+}
+
 // hookReducer makes the engine report each LoRA gradient that its
 // backward has finished to the Reducer, which sums the buckets that are
 // complete; the first error lands in *readyErr.
@@ -171,7 +213,11 @@ func (s *Stepper) hookReducer(readyErr *error) error {
 			grads[i] = t.Grad().Buffer()
 			s.index[t] = i
 		}
-		r, err := dist.NewReducer(s.Comm, grads, bucketBytes)
+		size := s.bucketBytes
+		if size == 0 {
+			size = bucketBytes
+		}
+		r, err := dist.NewReducer(s.Comm, grads, size)
 		if err != nil {
 			return err
 		}
