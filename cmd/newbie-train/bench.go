@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -110,7 +109,7 @@ func runBench(ctx context.Context, o *benchOptions, stdout, stderr io.Writer) er
 			return usageError{fmt.Errorf("--gpus %d inside a job (%s): leave --gpus out", o.gpus, env)}
 		}
 		err := dist.Launch{Ranks: o.gpus, Args: o.args(), Stdout: stdout, Stderr: stderr}.Run(ctx)
-		if failed := (*dist.RankExitError)(nil); errors.As(err, &failed) && failed.Code == exitUsage {
+		if usageFailure(err) {
 			return usageError{err}
 		}
 		return err

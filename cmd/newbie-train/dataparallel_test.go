@@ -190,3 +190,15 @@ func TestBenchOnRanks(t *testing.T) {
 		t.Errorf("one process, 2 micro-batches: %s\ntwo processes: %s", one, two)
 	}
 }
+
+// TestLaunchedUsageError: a job whose ranks find a config error before
+// anything ran (here --resume latest with no state) exits 2, as one
+// process would.
+func TestLaunchedUsageError(t *testing.T) {
+	dir := t.TempDir()
+	_, args := jobConfig(t, dir, 4)
+	p := start(t, append([]string{"--gpus", "2", "--resume", "latest"}, args("none")...)...)
+	if code := p.wait(t, time.Minute); code != exitUsage || !strings.Contains(p.output(), "nothing to resume") {
+		t.Fatalf("exit %d, want %d saying there is nothing to resume:\n%s", code, exitUsage, p.output())
+	}
+}

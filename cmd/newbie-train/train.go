@@ -36,6 +36,13 @@ func (o *trainOptions) addFlags(cmd *cobra.Command) {
 	f.IntVar(&o.gpus, "gpus", 1, "train data-parallel on this many GPUs of this machine: one process per GPU, rank 0 logging and saving (several machines: start it with torchrun, see README; with device: cpu, that many CPU processes)")
 }
 
+// usageFailure reports whether a launched job failed on a usage or config
+// error of its first failed rank or of rank 0.
+func usageFailure(err error) bool {
+	var failed *dist.RankExitError
+	return errors.As(err, &failed) && (failed.Code == exitUsage || len(failed.Codes) > 0 && failed.Codes[0] == exitUsage)
+}
+
 // args is the command line of one rank of a --gpus job: these options
 // less --gpus.
 func (o *trainOptions) args() []string {
@@ -131,12 +138,14 @@ func runTrain(ctx context.Context, o *trainOptions, stdout, stderr io.Writer) er
 
 // launchRanks runs a --gpus job: one process of this program per GPU, each
 // training its rank of the job (dist.Launch). A rank that fails stops the
-// others; the job's exit code is then 2 when that rank's error was a usage
-// or config error (nothing ran), else 1. Ctrl-C reaches every rank: rank 0
-// saves a resumable state and says so, and the job exits 130.
+// others; the job's exit code is then 2 when that rank's error or rank 0's
+// was a usage or config error (nothing ran: rank 0 checks the output folder
+// and the state, and the others fail when it aborts), else 1. Ctrl-C
+// reaches every rank: rank 0 saves a resumable state and says so, and the
+// job exits 130.
 func launchRanks(ctx context.Context, o *trainOptions, stdout, stderr io.Writer) error {
 	err := dist.Launch{Ranks: o.gpus, Args: o.args(), Stdout: stdout, Stderr: stderr}.Run(ctx)
-	if failed := (*dist.RankExitError)(nil); errors.As(err, &failed) && failed.Code == exitUsage {
+	if usageFailure(err) {
 		return usageError{err}
 	}
 	if err != nil && ctx.Err() != nil {
