@@ -312,8 +312,8 @@ func (r *run) setup(ctx context.Context) error {
 	r.e = ag.New(b)
 	r.logf("backend: %s", b.Name())
 	if r.parallel {
-		r.logf("data parallel: %d ranks; each step takes %d × %d batches of %d (this rank: %s)",
-			r.comm.WorldSize(), r.comm.WorldSize(), max(cfg.Train.GradientAccumulation, 1), cfg.Train.BatchSize, r.opts.Dist)
+		r.logf("data parallel: %d ranks; each step takes %d ranks × %d micro-batches of %d samples",
+			r.comm.WorldSize(), r.comm.WorldSize(), max(cfg.Train.GradientAccumulation, 1), cfg.Train.BatchSize)
 	}
 	if err := r.preflight(ctx); err != nil {
 		return err
