@@ -76,15 +76,13 @@ func (r *run) openDevice(ctx context.Context) error {
 		}
 		gpu = o.Dist.LocalRank
 	}
-	r.b = o.Backend
+	r.b, r.capab = o.Backend, capabilityOf(o.Backend)
 	if r.b == nil {
 		b, capability, err := OpenBackend(cfg.Device, gpu, r.log)
 		if err != nil {
 			return err
 		}
 		r.b, r.capab = b, capability
-	} else if a, ok := r.b.(interface{ Arch() int }); ok {
-		r.capab.Major, r.capab.Minor = a.Arch()/10, a.Arch()%10
 	}
 	switch {
 	case o.Comm != nil:

@@ -280,11 +280,7 @@ func OpenBackend(device string, gpu int, log io.Writer) (kernels.Backend, optim.
 	case "cuda", "auto", "":
 		b, err := kernels.Open("cuda", gpu)
 		if err == nil {
-			var c optim.Capability
-			if a, ok := b.(interface{ Arch() int }); ok {
-				c = optim.Capability{Major: a.Arch() / 10, Minor: a.Arch() % 10}
-			}
-			return b, c, nil
+			return b, capabilityOf(b), nil
 		}
 		if device == "cuda" {
 			return nil, optim.Capability{}, fmt.Errorf("device: cuda: %w", err)
@@ -294,6 +290,14 @@ func OpenBackend(device string, gpu int, log io.Writer) (kernels.Backend, optim.
 		return b, optim.Capability{}, err
 	}
 	return nil, optim.Capability{}, fmt.Errorf("device %q: want auto, cuda or cpu", device)
+}
+
+// capabilityOf is a GPU backend's compute capability (zero for the CPU).
+func capabilityOf(b kernels.Backend) optim.Capability {
+	if a, ok := b.(interface{ Arch() int }); ok {
+		return optim.Capability{Major: a.Arch() / 10, Minor: a.Arch() % 10}
+	}
+	return optim.Capability{}
 }
 
 // setup runs everything before the first step, cheapest and most likely
