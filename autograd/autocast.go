@@ -50,6 +50,12 @@ func (e *Engine) prepare(p precision, ts ...*Tensor) []*Tensor {
 		if t == nil || !t.dtype.IsFloat() {
 			continue
 		}
+		if t.scale != nil {
+			// A cast would drop the scales: fp8 weights are read only by
+			// the linear ops, which dequantise them.
+			e.failf("autocast", "%v is an fp8 weight, which only Linear, LoRALinear and LowRankLinear read", t)
+			return out
+		}
 		want := target
 		if e.autocast != 0 && t.dtype != kernels.F64 {
 			switch p {

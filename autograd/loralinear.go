@@ -116,6 +116,12 @@ func lowRankLinear(name string, x, h, u, w, bias, a, b *Tensor, scale float64) *
 		// same dx as the base product's.
 		orig[1] = nil
 	}
+	// An fp8 weight is dequantised into x's prepared dtype for the
+	// product, and again in the backward: the tape keeps the codes.
+	var wq *Tensor
+	if w.scale != nil {
+		wq, orig[3] = w, nil
+	}
 	in := e.prepare(lowPrecision, orig...)
 	defer releaseCasts(orig, in)
 	inF, outF, r := w.shape[1], w.shape[0], b.shape[1]
@@ -127,6 +133,13 @@ func lowRankLinear(name string, x, h, u, w, bias, a, b *Tensor, scale float64) *
 	x, h, u, w, bias, a, b = in[0], in[1], in[2], in[3], in[4], in[5], in[6]
 	if same {
 		h = x
+	}
+	if wq != nil {
+		w = e.dequantised(wq, x.dtype)
+		defer w.Release()
+		if !e.live(name, w) {
+			return e.failed(x.dtype, shape)
+		}
 	}
 
 	y := e.newTensor(x.dtype, shape)
@@ -176,6 +189,10 @@ func lowRankLinear(name string, x, h, u, w, bias, a, b *Tensor, scale float64) *
 	}
 	if needX {
 		sw = e.save(w)
+		if wq != nil {
+			sw.Release()
+			sw = e.save(wq)
+		}
 	}
 	if needH || (same && needX) {
 		sa = e.save(a)
@@ -237,7 +254,12 @@ func lowRankLinear(name string, x, h, u, w, bias, a, b *Tensor, scale float64) *
 		}
 		if needX { // dx = g·w (+ du·a when h is x)
 			gx = e.newTensor(xd, xs)
-			e.gemm(gf, false, sw, false, gx, 1, rows, inF, outF, false, false, 1, 0)
+			wb := sw
+			if sw.scale != nil {
+				wb = e.dequantised(sw, xd)
+				defer wb.Release()
+			}
+			e.gemm(gf, false, wb, false, gx, 1, rows, inF, outF, false, false, 1, 0)
 			if same {
 				e.gemm(gu, false, sa, false, gx, 1, rows, inF, r, false, false, 1, 1)
 			}

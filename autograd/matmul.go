@@ -175,6 +175,9 @@ func (e *Engine) gemmAt(a *Tensor, ta bool, offA, strideA int, b *Tensor, tb boo
 // (nil for none), as torch.nn.functional.linear: under autocast all three
 // run in the autocast dtype.
 func Linear(x, w, bias *Tensor) *Tensor {
+	if w != nil && w.scale != nil {
+		return quantLinear(x, w, bias)
+	}
 	e := x.e
 	orig := []*Tensor{x, w, bias}
 	in := e.prepare(lowPrecision, x, w, bias)

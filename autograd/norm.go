@@ -35,22 +35,8 @@ func RMSNorm(x, w *Tensor, eps float64) *Tensor {
 		e.failf("RMSNorm", "weight %v does not fit %v", w, x)
 		return e.failed(x.dtype, x.shape)
 	}
-	var outDType kernels.DType
-	if e.readsLowPrecision(x) {
-		// As upstream's RMSNorm module: normalise in float32, return
-		// type_as(x) times the weight, i.e. the promotion of x's and w's
-		// dtypes (bf16 for a bf16 model: the residual stream stays bf16).
-		outDType = x.dtype
-		if w != nil {
-			outDType = promote(x.dtype, w.dtype)
-		}
-	} else {
-		orig := []*Tensor{x, w}
-		in := e.prepare(fullPrecision, x, w)
-		defer releaseCasts(orig, in)
-		x, w = in[0], in[1]
-		outDType = x.dtype
-	}
+	x, w, outDType, done := e.rmsNormOperands(x, w)
+	defer done()
 	rows := x.Len() / cols
 	out := e.newTensor(outDType, x.shape)
 	rstd := e.newTensor(statDType(x.dtype), []int{rows})
@@ -80,6 +66,26 @@ func RMSNorm(x, w *Tensor, eps float64) *Tensor {
 	}
 	rstd.Release()
 	return out
+}
+
+// rmsNormOperands applies RMSNorm's precision policy: under autocast a
+// bf16/fp16 x is read as it is and the result has the promotion of x's and
+// w's dtypes, as upstream's RMSNorm module (normalise in float32, return
+// type_as(x) times the weight: bf16 for a bf16 model, so the residual
+// stream stays bf16); otherwise x and w are prepared for a float32-policy
+// op. It returns the operands to read, the result's dtype and what to call
+// once the op has run (releasing the casts it made).
+func (e *Engine) rmsNormOperands(x, w *Tensor) (xin, win *Tensor, out kernels.DType, done func()) {
+	if e.readsLowPrecision(x) {
+		out = x.dtype
+		if w != nil {
+			out = promote(x.dtype, w.dtype)
+		}
+		return x, w, out, func() {}
+	}
+	orig := []*Tensor{x, w}
+	in := e.prepare(fullPrecision, x, w)
+	return in[0], in[1], in[0].dtype, func() { releaseCasts(orig, in) }
 }
 
 // LayerNorm returns (x−mean)/√(var+eps)·w + b over the last axis (w and b

@@ -10,7 +10,9 @@ import (
 // feed-forward. It keeps only a and b for the backward and recomputes
 // SiLU(a) there, instead of also holding SiLU(a) as separate SiLU and Mul
 // ops would: one activation of the feed-forward's hidden width less per
-// block, for one elementwise pass more.
+// block. Forward and backward are one backend pass each (kernels'
+// SwiGLU, SwiGLUGrad), computing what the SiLU and Mul ops would; a
+// gradient arriving in another dtype than a's takes those separate ops.
 func SwiGLU(a, b *Tensor) *Tensor {
 	e := a.e
 	if !e.live("SwiGLU", a, b) {
@@ -24,18 +26,30 @@ func SwiGLU(a, b *Tensor) *Tensor {
 	in := e.prepare(promoted, a, b)
 	defer releaseCasts(orig, in)
 	a, b = in[0], in[1]
-	s := e.rawUnary(kernels.SiLU, a, kernels.UnaryParams{})
 	out := e.newTensor(a.dtype, a.shape)
-	if out.st != nil && e.live("SwiGLU", s) {
-		e.b.Binary(kernels.Mul, out.st.buf, a.shape, s.st.buf, a.shape, b.st.buf, b.shape)
+	if out.st != nil {
+		e.b.SwiGLU(out.st.buf, a.st.buf, b.st.buf) // one pass: SiLU(a) rounded, times b
 	}
-	s.Release()
 	e.trace("SwiGLU", out, a, b)
 	if e.recording(a, b) {
 		sa, sb := e.save(a), e.save(b)
 		needA, needB := a.requiresGrad, b.requiresGrad
 		e.record("SwiGLU", out, []*Tensor{a, b}, []*Tensor{sa, sb}, func(g *Tensor) []*Tensor {
 			var ga, gb *Tensor
+			if g.dtype == sa.dtype {
+				// Both gradients in one pass (the backend's SwiGLUGrad: the
+				// very roundings of the separate ops below).
+				if needA {
+					ga = e.newTensor(sa.dtype, sa.shape)
+				}
+				if needB {
+					gb = e.newTensor(sb.dtype, sb.shape)
+				}
+				if e.live("SwiGLU backward", g) && (ga == nil || ga.st != nil) && (gb == nil || gb.st != nil) {
+					e.b.SwiGLUGrad(bufOf(ga), bufOf(gb), g.st.buf, sa.st.buf, sb.st.buf)
+				}
+				return []*Tensor{ga, gb}
+			}
 			if needA { // d/da = g·b·SiLU'(a)
 				gbv := e.rawBinary(kernels.Mul, g, sb)
 				ga = e.newTensor(sa.dtype, sa.shape)

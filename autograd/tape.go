@@ -17,6 +17,12 @@ type node struct {
 	// backward maps the gradient of out to one gradient per input (nil where
 	// the input needs none). It runs with recording off.
 	backward func(g *Tensor) []*Tensor
+	// extra are the further outputs of an op that makes several (q, k and v
+	// of QKVNormRope); such a node has backwardN instead of backward, which
+	// gets the gradients of out and of each extra output (nil where none
+	// arrived) and runs when any of them has one.
+	extra     []*Tensor
+	backwardN func(gs []*Tensor) []*Tensor
 	// reads are the leaves a checkpointed function read without taking
 	// them as inputs (noted only while OnGradReady is set).
 	reads []*Tensor
@@ -43,7 +49,7 @@ func (e *Engine) save(t *Tensor) *Tensor {
 		return t
 	}
 	t.st.retain()
-	return &Tensor{e: e, shape: t.shape, dtype: t.dtype, st: t.st, Name: t.Name}
+	return &Tensor{e: e, shape: t.shape, dtype: t.dtype, st: t.st, Name: t.Name, scale: t.scale}
 }
 
 // record puts a node on the tape and marks out as requiring grad. saved are
@@ -61,6 +67,40 @@ func (e *Engine) record(op string, out *Tensor, inputs []*Tensor, saved []*Tenso
 	e.tape = append(e.tape, n)
 }
 
+// recordN is record for an op with several outputs (outs[0] is the node's
+// out): each output requires grad and points at the one node.
+func (e *Engine) recordN(op string, outs []*Tensor, inputs []*Tensor, saved []*Tensor, backward func(gs []*Tensor) []*Tensor) {
+	for _, o := range outs {
+		if o.st == nil {
+			for _, s := range saved {
+				s.Release()
+			}
+			return
+		}
+	}
+	n := &node{op: op, out: outs[0], extra: outs[1:], inputs: inputs, saved: saved, backwardN: backward}
+	for _, o := range outs {
+		o.requiresGrad = true
+		o.node = n
+	}
+	e.tape = append(e.tape, n)
+}
+
+// takeGrads removes the pending gradients of a node's outputs from grads:
+// for a single-output node the one gradient, for a multi-output node one
+// per output (nil where none arrived). ok is false when none arrived.
+func takeGrads(grads map[*Tensor]*Tensor, n *node) (gs []*Tensor, ok bool) {
+	for _, o := range append([]*Tensor{n.out}, n.extra...) {
+		g, has := grads[o]
+		if has {
+			delete(grads, o)
+			ok = true
+		}
+		gs = append(gs, g)
+	}
+	return gs, ok
+}
+
 // dropTape releases what the nodes from index start on saved and removes
 // them from the tape.
 func (e *Engine) dropTape(start int) {
@@ -69,8 +109,10 @@ func (e *Engine) dropTape(start int) {
 			s.Release()
 		}
 		n.saved = nil
-		if n.out.node == n {
-			n.out.node = nil
+		for _, o := range append([]*Tensor{n.out}, n.extra...) {
+			if o.node == n {
+				o.node = nil
+			}
 		}
 	}
 	e.tape = e.tape[:start]
@@ -112,13 +154,21 @@ func (e *Engine) backwardFrom(start int, seeds map[*Tensor]*Tensor, want map[*Te
 	for i := len(e.tape) - 1; i >= start && e.err == nil; i-- {
 		ready.reportAbove(i)
 		n := e.tape[i]
-		g, ok := grads[n.out]
+		gs, ok := takeGrads(grads, n)
 		if !ok {
 			continue
 		}
-		delete(grads, n.out)
-		ins := n.backward(g)
-		g.Release()
+		var ins []*Tensor
+		if n.backwardN != nil {
+			ins = n.backwardN(gs)
+		} else {
+			ins = n.backward(gs[0])
+		}
+		for _, g := range gs {
+			if g != nil {
+				g.Release()
+			}
+		}
 		for j, in := range n.inputs {
 			if in == nil || j >= len(ins) || ins[j] == nil || !in.requiresGrad {
 				if j < len(ins) && ins[j] != nil {

@@ -43,6 +43,9 @@ type Tensor struct {
 	leaf         bool    // created by the user, not by an op
 	grad         *Tensor // accumulated gradient of a leaf that requires grad
 	node         *node   // the op that produced this tensor, when recorded
+	// scale, for an fp8 weight (dtype F8E4M3), is its per-row float32
+	// scale: the weight is q·scale[row] (see QuantizeFP8).
+	scale *Tensor
 	// gradDType, when set, is the dtype this tensor's gradient is summed in:
 	// a cast to a narrower dtype sums its readers' gradients in the source's
 	// dtype, as if each reader had made its own cast (see Cast).
@@ -111,6 +114,9 @@ func (t *Tensor) Release() {
 	if t.grad != nil {
 		t.grad.Release()
 		t.grad = nil
+	}
+	if t.scale != nil && t.leaf {
+		t.scale.Release() // the weight's own scales go with it
 	}
 }
 
@@ -270,7 +276,18 @@ func (t *Tensor) Values() ([]float64, error) {
 	if err := t.e.b.Download(raw, t.st.buf, 0); err != nil {
 		return nil, fmt.Errorf("read %v: %w", t, err)
 	}
-	return kernels.DecodeF64(t.dtype, raw), nil
+	v := kernels.DecodeF64(t.dtype, raw)
+	if t.scale != nil { // an fp8 weight: its values are q·scale[row]
+		s, err := t.scale.Values()
+		if err != nil {
+			return nil, err
+		}
+		cols := t.shape[len(t.shape)-1]
+		for i := range v {
+			v[i] = float64(float32(v[i]) * float32(s[i/cols]))
+		}
+	}
+	return v, nil
 }
 
 // Item returns the single value of a one-element tensor.

@@ -125,15 +125,56 @@ var diffusersBlock = []struct{ from, to string }{
 }
 
 // diffusersTop renames diffusers' top-level modules; names not listed
-// (x_embedder, and NewBie's clip_text_pooled_proj / time_text_embed, which
-// Lumina2Transformer2DModel does not have) are the same in both.
+// (x_embedder) are the same in both. NewBie's clip_text_pooled_proj and
+// time_text_embed sit under time_caption_embed. in diffusers' NewBie port
+// (huggingface/diffusers pull 12803 adds both to convert_lumina2_to_diffusers;
+// Disty0/NewBie-image-Exp0.1-Diffusers is saved that way).
 var diffusersTop = []struct{ from, to string }{
 	{"time_caption_embed.caption_embedder.", "cap_embedder."},
 	{"time_caption_embed.timestep_embedder.linear_1.", "t_embedder.mlp.0."},
 	{"time_caption_embed.timestep_embedder.linear_2.", "t_embedder.mlp.2."},
+	{"time_caption_embed.clip_text_pooled_proj.", "clip_text_pooled_proj."},
+	{"time_caption_embed.time_text_embed.", "time_text_embed."},
 	{"norm_out.linear_1.", "final_layer.adaLN_modulation.1."},
 	{"norm_out.linear_2.", "final_layer.linear."},
 }
+
+// DiffusersKeys returns the diffusers key(s) an upstream weight name is
+// stored under — the inverse of the mapping MapWeightKeys applies: one key
+// for a rename, the to_q, to_k, to_v keys (in row order: a fused qkv is
+// their rows stacked) for a fused qkv, none for norm_final.weight, which
+// diffusers drops.
+func DiffusersKeys(name string) []string {
+	if name == "norm_final.weight" {
+		return nil
+	}
+	if m := blockHead.FindStringSubmatch(name); m != nil {
+		head, rest := m[1], m[2]
+		if q := upstreamQKV.FindStringSubmatch(rest); q != nil {
+			return []string{head + "attn.to_q." + q[1], head + "attn.to_k." + q[1], head + "attn.to_v." + q[1]}
+		}
+		unmodulated := strings.HasPrefix(head, "context_refiner.")
+		for _, r := range diffusersBlock {
+			// attention_norm1 is norm1.norm in modulated blocks, plain
+			// norm1 in the context refiner.
+			if r.to == "attention_norm1." && (r.from == "norm1.") != unmodulated {
+				continue
+			}
+			if strings.HasPrefix(rest, r.to) {
+				return []string{head + r.from + rest[len(r.to):]}
+			}
+		}
+		return []string{name}
+	}
+	for _, r := range diffusersTop {
+		if strings.HasPrefix(name, r.to) {
+			return []string{r.from + name[len(r.to):]}
+		}
+	}
+	return []string{name}
+}
+
+var upstreamQKV = regexp.MustCompile(`^attention\.qkv\.(weight|bias)$`)
 
 var blockHead = regexp.MustCompile(`^((?:layers|noise_refiner|context_refiner)\.\d+\.)(.*)$`)
 var qkvPart = regexp.MustCompile(`^attn\.to_([qkv])\.(weight|bias)$`)

@@ -51,6 +51,8 @@ func toDiffusers(k string) string {
 			{"cap_embedder", "time_caption_embed.caption_embedder"},
 			{"t_embedder.mlp.0", "time_caption_embed.timestep_embedder.linear_1"},
 			{"t_embedder.mlp.2", "time_caption_embed.timestep_embedder.linear_2"},
+			{"clip_text_pooled_proj", "time_caption_embed.clip_text_pooled_proj"}, // diffusers pull 12803 (NewBie)
+			{"time_text_embed", "time_caption_embed.time_text_embed"},
 			{"attention", "attn"},
 			{".out.", ".to_out.0."},
 			{"k_norm", "norm_k"},
@@ -273,6 +275,8 @@ func TestDiffusersNames(t *testing.T) {
 		"norm_out.linear_2.weight":                           "final_layer.linear.weight",
 		"norm_out.linear_1.bias":                             "final_layer.adaLN_modulation.1.bias",
 		"clip_text_pooled_proj.1.weight":                     "clip_text_pooled_proj.1.weight",
+		"time_caption_embed.clip_text_pooled_proj.0.weight":  "clip_text_pooled_proj.0.weight",
+		"time_caption_embed.time_text_embed.1.bias":          "time_text_embed.1.bias",
 		"x_embedder.bias":                                    "x_embedder.bias",
 	}
 	for from, want := range cases {
@@ -283,6 +287,48 @@ func TestDiffusersNames(t *testing.T) {
 	}
 	if got, part, ok := diffusersToUpstream("layers.0.attn.to_v.weight"); !ok || part != 2 || got != "layers.0.attention.qkv.weight" {
 		t.Errorf("to_v → %s part %d ok %v", got, part, ok)
+	}
+}
+
+// TestDiffusersKeys: DiffusersKeys is the forward conversion (toDiffusers,
+// written from diffusers' source) for every tensor of the golden model,
+// splits qkv into to_q, to_k, to_v, drops norm_final, and MapWeightKeys
+// takes its keys back to exactly the upstream names.
+func TestDiffusersKeys(t *testing.T) {
+	g := goldenWeights(t)
+	var keys []string
+	want := map[string]bool{}
+	for _, n := range g.Names() {
+		got := DiffusersKeys(n)
+		keys = append(keys, got...)
+		d := toDiffusers(n)
+		switch {
+		case d == "":
+			if len(got) != 0 {
+				t.Errorf("DiffusersKeys(%s) = %v, want none", n, got)
+			}
+			continue
+		case strings.Contains(d, "qkv"):
+			parts := []string{strings.Replace(d, "qkv", "to_q", 1), strings.Replace(d, "qkv", "to_k", 1), strings.Replace(d, "qkv", "to_v", 1)}
+			if !reflect.DeepEqual(got, parts) {
+				t.Errorf("DiffusersKeys(%s) = %v, want %v", n, got, parts)
+			}
+		case len(got) != 1 || got[0] != d:
+			t.Errorf("DiffusersKeys(%s) = %v, want [%s]", n, got, d)
+		}
+		want[n] = true
+	}
+	m, err := MapWeightKeys(keys)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m.Layout != LayoutDiffusers || len(m.Unmapped) != 0 || len(m.Recipes) != len(want) {
+		t.Fatalf("mapped back: layout %s, %d recipes for %d names, unmapped %v", m.Layout, len(m.Recipes), len(want), m.Unmapped)
+	}
+	for n := range want {
+		if _, ok := m.Recipes[n]; !ok {
+			t.Errorf("%s did not map back", n)
+		}
 	}
 }
 

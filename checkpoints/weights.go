@@ -244,10 +244,11 @@ func isDir(p string) bool {
 	return err == nil && st.IsDir()
 }
 
-// readIndex reads a Hugging Face shard index: {"metadata": {...},
-// "weight_map": {tensor: shard file name}}; shard names are relative to the
-// index's folder.
-func readIndex(path string) ([]shard, error) {
+// ReadIndex reads a Hugging Face shard index — {"metadata": {...},
+// "weight_map": {tensor: shard file name}}, shard names relative to the
+// index's folder — and returns its weight map; an index without one is an
+// error.
+func ReadIndex(path string) (map[string]string, error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return nil, err
@@ -261,8 +262,18 @@ func readIndex(path string) ([]shard, error) {
 	if len(idx.WeightMap) == 0 {
 		return nil, fmt.Errorf("%s: weight_map is missing or empty", path)
 	}
+	return idx.WeightMap, nil
+}
+
+// readIndex reads a shard index into the shards it names, each with the
+// keys it must hold.
+func readIndex(path string) ([]shard, error) {
+	weightMap, err := ReadIndex(path)
+	if err != nil {
+		return nil, err
+	}
 	by := map[string][]string{}
-	for k, f := range idx.WeightMap {
+	for k, f := range weightMap {
 		if f == "" || filepath.IsAbs(f) || strings.Contains(filepath.ToSlash(f), "../") {
 			return nil, fmt.Errorf("%s: tensor %q is mapped to %q, which is not a file beside the index", path, k, f)
 		}

@@ -357,15 +357,23 @@ type Sample struct {
 	// Every is the number of optimizer steps between previews; 0 (default)
 	// renders them with every save.
 	Every int `yaml:"every"`
-	// Steps of the sampler. Default 28.
+	// Steps is upstream's num_sampling_steps: the grid points of the
+	// midpoint and Euler methods (steps−1 integration steps, so at least 2)
+	// or DPM-Solver++'s steps. Default 28.
 	Steps int `yaml:"steps"`
 	// CFG is the classifier-free guidance scale; 1 turns guidance off.
 	// Default 4.5.
 	CFG float64 `yaml:"cfg"`
+	// CFGTrunc stops guidance once t (1 = data) reaches it; 1 (default)
+	// guides every evaluation (upstream's cfg_trunc).
+	CFGTrunc float64 `yaml:"cfg_trunc"`
+	// Renorm, when > 0, caps the guided velocity's norm at Renorm times the
+	// conditional one's (upstream's renorm_cfg). Default 0: off.
+	Renorm float64 `yaml:"renorm"`
 	// Seed of the preview noise, the same for every preview so that they
 	// compare. Default 42.
 	Seed uint64 `yaml:"seed"`
-	// Sampler is "midpoint" (default) or "euler".
+	// Sampler is "midpoint" (default), "euler" or "dpm" (DPM-Solver++).
 	Sampler string `yaml:"sampler"`
 	// TimeShift is the sampling time shift. Default 6 (upstream's).
 	TimeShift float64 `yaml:"time_shift"`
@@ -461,7 +469,7 @@ func Defaults() Config {
 			Every: 500, KeepLast: 3, KeepLastLoRAs: 3, Formats: []string{"comfyui", "peft"},
 			Output: "output", Name: "newbie_lora",
 		},
-		Sample:  Sample{Steps: 28, CFG: 4.5, Seed: 42, Sampler: "midpoint", TimeShift: 6},
+		Sample:  Sample{Steps: 28, CFG: 4.5, CFGTrunc: 1, Seed: 42, Sampler: "midpoint", TimeShift: 6},
 		Logging: Logging{Every: 10},
 		Dist:    Dist{Timeout: 600},
 	}

@@ -160,10 +160,19 @@ func (k *checker) check() {
 		k.add("sample.every", "%d, but sample.prompts is empty: nothing to render", sm.Every)
 	}
 	k.between("sample.steps", sm.Steps, 1, 1000)
+	if sm.Steps == 1 && sm.Sampler != "dpm" {
+		k.add("sample.steps", "1 grid point gives %s no step to take: steps counts grid points (upstream's num_sampling_steps), so at least 2", sm.Sampler)
+	}
+	if !(sm.CFGTrunc > 0 && sm.CFGTrunc <= 1) {
+		k.add("sample.cfg_trunc", "%s must be in (0, 1] (1 guides every step)", fmtFloat(sm.CFGTrunc))
+	}
+	if !(sm.Renorm >= 0) {
+		k.add("sample.renorm", "%s must not be negative (0 turns it off)", fmtFloat(sm.Renorm))
+	}
 	if sm.CFG < 0 {
 		k.add("sample.cfg", "%s must not be negative (1 turns guidance off)", fmtFloat(sm.CFG))
 	}
-	k.oneOf("sample.sampler", "sampler", sm.Sampler, "midpoint", "euler")
+	k.oneOf("sample.sampler", "sampler", sm.Sampler, "midpoint", "euler", "dpm")
 	if !(sm.TimeShift > 0) {
 		k.add("sample.time_shift", "%s must be positive", fmtFloat(sm.TimeShift))
 	}

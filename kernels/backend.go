@@ -113,6 +113,33 @@ type Backend interface {
 	// the backward of the forward rotation.
 	Rope(dst, x, cos, sin Buffer, b, s, h, d int, interleaved, inverse bool)
 
+	// NormScale is the sandwich norm of a Next-DiT block with its adaLN
+	// scale or tanh gate and the residual add, in one op: see
+	// NormScaleArgs. rstd ([Rows], F32 or F64) is saved for the backward.
+	NormScale(y, rstd, x, w Buffer, a NormScaleArgs)
+	// NormScaleGrad computes dx of NormScale from dy (y's dtype) and, when
+	// ds is not nil, the factor's gradient ds, shaped like a.S: the sums over
+	// each sample's rows of dy⊙n through the mode's derivative, in S's
+	// dtype, in the chunk a.SOff/a.SStride address and zeros elsewhere.
+	// The residual's gradient is dy itself; w is taken as frozen (no dw).
+	NormScaleGrad(dx, ds, dy, x, w, rstd Buffer, a NormScaleArgs)
+	// QKVNormRope splits the fused q/k/v projection into the attention's
+	// q, k and v with the per-head q/k RMSNorm and the rotation applied on
+	// the way: see QKVArgs.
+	QKVNormRope(q, k, v, rstdQ, rstdK, qkv, wq, wk, cos, sin Buffer, a QKVArgs)
+	// QKVNormRopeGrad computes dqkv (every element) from the gradients of
+	// q, k (in their dtypes) and v; the norm weights are taken as frozen.
+	QKVNormRopeGrad(dqkv, dq, dk, dv, qkv, wq, wk, rstdQ, rstdK, cos, sin Buffer, a QKVArgs)
+
+	// SwiGLU computes y = SiLU(a) ⊙ b for a, b and y of one dtype, SiLU(a)
+	// rounded to it before the product, as Unary then Binary would store
+	// them.
+	SwiGLU(y, a, b Buffer)
+	// SwiGLUGrad computes, for operands all of one dtype, da = SiLU'(a) ·
+	// (dy⊙b) and db = dy ⊙ SiLU(a), each product rounded as the separate
+	// ops round it (dy⊙b and SiLU(a) stored first); da or db may be nil.
+	SwiGLUGrad(da, db, dy, a, b Buffer)
+
 	// Conv2D computes y [n, cout, ho, wo] = conv(x [n, cin, h, w], w [cout,
 	// cin, kh, kw]) + bias[cout] (bias may be nil), cross-correlation as in
 	// PyTorch.

@@ -36,6 +36,58 @@ func RoundBF16(f float32) float32 { return F32FromBF16(BF16FromF32(f)) }
 // RoundF16 returns f rounded to the nearest half-precision value, as float32.
 func RoundF16(f float32) float32 { return F32FromF16(F16FromF32(f)) }
 
+// F8E4M3Max is the largest finite F8E4M3 value, 1.75·2⁸.
+const F8E4M3Max = 448
+
+// F8E4M3FromF32 rounds f to FP8 E4M3 (1 sign, 4 exponent bits of bias 7, 3
+// mantissa bits, subnormals down to 2⁻⁹) with round-to-nearest-even,
+// saturating: anything of magnitude 448 or more, infinities included,
+// becomes ±448 (the format has no infinity); NaN becomes the NaN code of
+// its sign (0x7f, 0xff). This is the conversion CUDA's cvt.rn.satfinite
+// performs; PyTorch's float8_e4m3fn cast differs only past ±448 (NaN).
+func F8E4M3FromF32(f float32) uint8 {
+	b := math.Float32bits(f)
+	sign := uint8(b>>24) & 0x80
+	a := b & 0x7fffffff
+	switch {
+	case a > 0x7f800000: // NaN
+		return sign | 0x7f
+	case a >= 0x43e00000: // |f| ≥ 448, ±Inf included
+		return sign | 0x7e
+	case a < 0x3c800000: // |f| < 2⁻⁶: a multiple of 2⁻⁹ (0 to 8, 8 being 2⁻⁶)
+		q := math.RoundToEven(float64(math.Float32frombits(a)) * 512)
+		return sign | uint8(q)
+	}
+	// Normal: rebias the exponent (127 → 7) and round the 23-bit mantissa
+	// to 3 bits at bit 20, ties to even; a carry moves into the exponent,
+	// which stays within range because |f| < 448.
+	v := a - (127-7)<<23
+	v += 0x7ffff + (v>>20)&1
+	return sign | uint8(v>>20)
+}
+
+// F32FromF8E4M3 widens an FP8 E4M3 bit pattern to float32 exactly.
+func F32FromF8E4M3(h uint8) float32 {
+	e, m := int(h>>3)&0xf, int(h&7)
+	var v float32
+	switch {
+	case e == 15 && m == 7:
+		v = float32(math.NaN())
+	case e == 0:
+		v = float32(m) / 512
+	default:
+		v = float32(math.Ldexp(1+float64(m)/8, e-7))
+	}
+	if h&0x80 != 0 {
+		v = -v
+	}
+	return v
+}
+
+// RoundF8E4M3 returns f rounded to the nearest FP8 E4M3 value (saturating),
+// as float32.
+func RoundF8E4M3(f float32) float32 { return F32FromF8E4M3(F8E4M3FromF32(f)) }
+
 // EncodeF64 converts host float64 values to the little-endian bytes of a
 // buffer of dtype d (rounding once, from float64 for F32 and through float32
 // for BF16/F16, as the device would store a float32 result).
@@ -53,6 +105,8 @@ func EncodeF64(d DType, v []float64) []byte {
 			binary.LittleEndian.PutUint16(out[2*i:], F16FromF32(float32(x)))
 		case I32:
 			binary.LittleEndian.PutUint32(out[4*i:], uint32(int32(x)))
+		case F8E4M3:
+			out[i] = F8E4M3FromF32(float32(x))
 		}
 	}
 	return out
@@ -75,6 +129,8 @@ func DecodeF64(d DType, b []byte) []float64 {
 			out[i] = float64(F32FromF16(binary.LittleEndian.Uint16(b[2*i:])))
 		case I32:
 			out[i] = float64(int32(binary.LittleEndian.Uint32(b[4*i:])))
+		case F8E4M3:
+			out[i] = float64(F32FromF8E4M3(b[i]))
 		}
 	}
 	return out

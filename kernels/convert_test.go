@@ -142,3 +142,98 @@ func TestRoundHelpers(t *testing.T) {
 		}
 	}
 }
+
+// TestF8E4M3 checks FP8 E4M3 against a table of values whose codes are
+// worked out by hand from the format (bias 7, 3 mantissa bits, no
+// infinities, NaN = S.1111.111, largest finite 448 = S.1111.110): exact
+// values, ties to even in the normal and the subnormal range, the
+// subnormal/normal boundary, saturation and NaN.
+func TestF8E4M3(t *testing.T) {
+	cases := []struct {
+		name string
+		in   float32
+		want uint8
+	}{
+		{"+0", 0, 0x00},
+		{"-0", float32(math.Copysign(0, -1)), 0x80},
+		{"one", 1, 0x38},
+		{"minus one", -1, 0xb8},
+		{"1.125", 1.125, 0x39},
+		{"tie 1.0625 to even 1", 1.0625, 0x38},
+		{"tie 1.1875 to even 1.25", 1.1875, 0x3a},
+		{"above the tie", 1.0626, 0x39},
+		{"240", 240, 0x77},
+		{"416", 416, 0x7d},
+		{"tie 432 to even 448", 432, 0x7e},
+		{"max 448", 448, 0x7e},
+		{"449 saturates", 449, 0x7e},
+		{"464 saturates", 464, 0x7e},
+		{"1e9 saturates", 1e9, 0x7e},
+		{"+inf saturates", float32(math.Inf(1)), 0x7e},
+		{"-inf saturates", float32(math.Inf(-1)), 0xfe},
+		{"-500 saturates", -500, 0xfe},
+		{"min normal 2^-6", 1.0 / 64, 0x08},
+		{"max subnormal 7·2^-9", 7.0 / 512, 0x07},
+		{"tie 7.5·2^-9 to even 2^-6", 7.5 / 512, 0x08},
+		{"tie 6.5·2^-9 to even 6·2^-9", 6.5 / 512, 0x06},
+		{"min subnormal 2^-9", 1.0 / 512, 0x01},
+		{"tie 2^-10 to even 0", 1.0 / 1024, 0x00},
+		{"above the tie 1.5·2^-10", 1.5 / 1024, 0x01},
+		{"tiny negative to -0", -1e-6, 0x80},
+		{"float32 subnormal", math.Float32frombits(1), 0x00},
+		{"0.1", 0.1, 0x1d},   // 0.1 = 1.6·2^-4: mantissa 0.6·8 = 4.8 → 5
+		{"-3.3", -3.3, 0xc5}, // 3.3 = 1.65·2^1: 5.2 → 5; exponent 8
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			if got := F8E4M3FromF32(c.in); got != c.want {
+				t.Errorf("F8E4M3FromF32(%v) = %#02x, want %#02x", c.in, got, c.want)
+			}
+		})
+	}
+	for _, nan := range []uint32{0x7fc00000, 0xffc00000, 0x7f800001, 0xff800001} {
+		if got := F8E4M3FromF32(math.Float32frombits(nan)); got != uint8(nan>>24)&0x80|0x7f {
+			t.Errorf("F8E4M3FromF32(NaN %#08x) = %#02x, want the NaN code of its sign", nan, got)
+		}
+	}
+	// Every code decodes to its value by the format's definition and, but
+	// for the NaNs, encodes back to itself.
+	for c := 0; c < 256; c++ {
+		h := uint8(c)
+		e, m := int(h>>3)&15, float64(h&7)
+		want := math.Ldexp(1+m/8, e-7)
+		if e == 0 {
+			want = math.Ldexp(m/8, -6)
+		}
+		if h&0x80 != 0 {
+			want = -want
+		}
+		got := F32FromF8E4M3(h)
+		if e == 15 && h&7 == 7 {
+			if !math.IsNaN(float64(got)) {
+				t.Errorf("code %#02x decodes to %v, want NaN", h, got)
+			}
+			continue
+		}
+		if float64(got) != want {
+			t.Errorf("code %#02x decodes to %v, want %v", h, got, want)
+		}
+		if back := F8E4M3FromF32(got); back != h && !(got == 0 && back == h&0x80) {
+			t.Errorf("code %#02x (%v) encodes back to %#02x", h, got, back)
+		}
+	}
+	// Midpoints between neighbouring codes round to the even one.
+	for c := 0; c < 0x7e; c++ {
+		lo, hi := F32FromF8E4M3(uint8(c)), F32FromF8E4M3(uint8(c+1))
+		even := uint8(c)
+		if c&1 == 1 {
+			even = uint8(c + 1)
+		}
+		if got := F8E4M3FromF32((lo + hi) / 2); got != even {
+			t.Errorf("midpoint of %#02x and %#02x (%v) → %#02x, want %#02x", c, c+1, (lo+hi)/2, got, even)
+		}
+	}
+	if got := DecodeF64(F8E4M3, EncodeF64(F8E4M3, []float64{0.3, -1000, 2})); got[0] != float64(RoundF8E4M3(0.3)) || got[1] != -448 || got[2] != 2 {
+		t.Errorf("EncodeF64/DecodeF64 through F8E4M3: %v", got)
+	}
+}

@@ -160,6 +160,9 @@ func TestGemma3Cases(t *testing.T) {
 	if got := tok.Identity(); got != gemmaJSONSHA256 {
 		t.Errorf("Identity %s, want the published hash %s", got, gemmaJSONSHA256)
 	}
+	if got := tok.ModelType(); got != ModelBPE {
+		t.Errorf("ModelType %q, want %q", got, ModelBPE)
+	}
 	checkCases(t, tok, readCases(t, "tokenizers", "gemma3", "cases.jsonl"))
 }
 
@@ -167,6 +170,9 @@ func TestXLMRCasesJSON(t *testing.T) {
 	tok, err := Load(goldentest.Path(t, "tokenizers", "xlmr_tiny", "tokenizer.json"))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if got := tok.ModelType(); got != ModelUnigram {
+		t.Errorf("ModelType %q, want %q", got, ModelUnigram)
 	}
 	checkCases(t, tok, readCases(t, "tokenizers", "xlmr_tiny", "cases.jsonl"))
 }

@@ -38,6 +38,22 @@ func (t *Tokenizer) Kind() string { return t.kind }
 // tokenizers with the same identity give the same ids.
 func (t *Tokenizer) Identity() string { return t.identity }
 
+// Model types, as ModelType reports them.
+const (
+	ModelBPE     = "BPE"     // Gemma 3's tokenizer
+	ModelUnigram = "Unigram" // XLM-RoBERTa's (Jina CLIP v2's)
+)
+
+// ModelType is the tokenization model the file declares: ModelBPE or
+// ModelUnigram. A caller pairing a tokenizer with an encoder checks it,
+// since each encoder was trained on one.
+func (t *Tokenizer) ModelType() string {
+	if _, ok := t.model.(*bpe); ok {
+		return ModelBPE
+	}
+	return ModelUnigram
+}
+
 // VocabSize is one more than the highest id the tokenizer can produce
 // (model vocabulary and added tokens): the embedding rows a model needs.
 func (t *Tokenizer) VocabSize() int { return t.vocabSize }

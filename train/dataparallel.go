@@ -87,7 +87,7 @@ func (r *run) openDevice(ctx context.Context) error {
 	switch {
 	case o.Comm != nil:
 		r.comm, r.parallel = o.Comm, true
-		r.exchange = &exchange{b: r.b, comm: r.comm}
+		r.exchange = NewExchange(r.b, r.comm)
 	case o.Dist.Distributed():
 		r.stageNow("joining the other ranks")
 		c, err := dist.Open(ctx, r.b, o.Dist, dist.Options{Timeout: time.Duration(cfg.Dist.Timeout) * time.Second})
@@ -95,7 +95,7 @@ func (r *run) openDevice(ctx context.Context) error {
 			return err
 		}
 		r.comm, r.parallel = c, true
-		r.exchange = &exchange{b: r.b, comm: r.comm}
+		r.exchange = NewExchange(r.b, r.comm)
 	default:
 		c, err := dist.Open(ctx, r.b, dist.Single(), dist.Options{})
 		if err != nil {
@@ -118,7 +118,7 @@ func (r *run) leaveJob(err error) {
 	if err != nil && !r.stopAgreed {
 		r.comm.Abort(err)
 	}
-	r.exchange.free()
+	r.exchange.Free()
 	if r.opts.Comm == nil {
 		r.comm.Close()
 	}
@@ -273,22 +273,28 @@ func (r *run) stepStart(stop bool, samples int, sizes []int) (anyStop bool, allS
 	return v[0] > 0, int(v[1]), all, nil
 }
 
-func (r *run) agreeLoss(own []float64) (float64, error) { return r.exchange.agreeLoss(own) }
+func (r *run) agreeLoss(own []float64) (float64, error) { return r.exchange.AgreeLoss(own) }
 
 func (r *run) allReduce(v []float32) error { return r.exchange.allReduce(v) }
 
-// exchange carries the small agreements of a data-parallel step between
-// the ranks, through device buffers it keeps (one per length).
-type exchange struct {
+// Exchange carries the small agreements of a data-parallel step between
+// the ranks, through device buffers it keeps (one per length). The
+// trainer's steps use it, and so does the benchmark of a job.
+type Exchange struct {
 	b    kernels.Backend
 	comm dist.Communicator
 	bufs map[int]kernels.Buffer
 }
 
-// agreeLoss makes every rank's micro-batch losses known to all and returns
+// NewExchange returns the exchange of one rank, on its backend b.
+func NewExchange(b kernels.Backend, comm dist.Communicator) *Exchange {
+	return &Exchange{b: b, comm: comm}
+}
+
+// AgreeLoss makes every rank's micro-batch losses known to all and returns
 // the step's loss: their mean in batch order (rank 0's micro-batches, then
 // rank 1's, …), the number the one-process run computes.
-func (x *exchange) agreeLoss(own []float64) (float64, error) {
+func (x *Exchange) AgreeLoss(own []float64) (float64, error) {
 	world, accum := x.comm.WorldSize(), len(own)
 	v := make([]float32, world*accum)
 	for i, l := range own {
@@ -305,7 +311,7 @@ func (x *exchange) agreeLoss(own []float64) (float64, error) {
 }
 
 // allReduce sums v over the ranks, in place.
-func (x *exchange) allReduce(v []float32) error {
+func (x *Exchange) allReduce(v []float32) error {
 	if x.bufs == nil {
 		x.bufs = map[int]kernels.Buffer{}
 	}
@@ -337,8 +343,8 @@ func (x *exchange) allReduce(v []float32) error {
 	return nil
 }
 
-// free gives the buffers back.
-func (x *exchange) free() {
+// Free gives the buffers back.
+func (x *Exchange) Free() {
 	if x == nil {
 		return
 	}

@@ -84,3 +84,7 @@ func (m *metrics) close() {
 	defer cancel()
 	m.srv.Shutdown(ctx)
 }
+
+// BytesText formats a byte count in GiB, MiB or KiB, as the trainer's
+// progress lines print memory.
+func BytesText(n int64) string { return bytesText(n) }

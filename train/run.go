@@ -179,7 +179,7 @@ type run struct {
 	// resumedInfo is the trainer's part of the state a resume starts from.
 	resumedInfo resumeInfo
 	// exchange carries the per-step agreements (nil in a plain run).
-	exchange *exchange
+	exchange *Exchange
 }
 
 // Run trains the LoRA the config describes until its last step, or until

@@ -2,6 +2,7 @@ package train
 
 import (
 	"fmt"
+	"strings"
 
 	ag "github.com/newbie-train/newbie-train/autograd"
 	"github.com/newbie-train/newbie-train/dist"
@@ -61,6 +62,17 @@ type StepOutcome struct {
 // DDP's default bucket_cap_mb of 25.
 const bucketBytes = 25 << 20
 
+// stepKey names a step's shape for its graph region: the micro-batches'
+// latent shapes and caption lengths.
+func stepKey(micro []MicroBatch) string {
+	var sb strings.Builder
+	sb.WriteString("train.Step")
+	for _, mb := range micro {
+		fmt.Fprintf(&sb, " %v/%v", mb.X1.Shape(), mb.CapLens)
+	}
+	return sb.String()
+}
+
 // OptimParams lists a LoRA set's A and B matrices as optimizer parameters,
 // named as PEFT names them in memory-free form (<layer>.lora_A / .lora_B).
 func OptimParams(s *lora.Set) []optim.Param {
@@ -82,11 +94,17 @@ func loraTensors(s *lora.Set) []*ag.Tensor {
 
 // Step runs one optimizer step over the micro-batches and ends the engine's
 // step (freeing every activation). The caller owns the micro-batches'
-// tensors only until Step returns. After an error of a data-parallel step
-// the Stepper is not to be used again (the ranks no longer agree on where
-// their sums are); a training run stops and aborts the job.
+// tensors only until Step returns. On a backend with graphs (CUDA) the step
+// is a graph region keyed by the micro-batches' shapes: a step that
+// repeats one before it is replayed as captured graphs (see
+// kernels.Graphs), with the same results; a collective closes the graph
+// segment before it. After an error of a data-parallel step the Stepper is
+// not to be used again (the ranks no longer agree on where their sums are);
+// a training run stops and aborts the job.
 func (s *Stepper) Step(micro []MicroBatch) (StepOutcome, error) {
 	e := s.Model.Engine()
+	kernels.BeginGraph(e.Backend(), stepKey(micro))
+	defer kernels.EndGraph(e.Backend())
 	var out StepOutcome
 	losses := make([]*ag.Tensor, 0, len(micro))
 	defer func() {

@@ -6,16 +6,18 @@ import (
 	"io"
 	"os"
 	"strconv"
+	"strings"
 
 	"github.com/spf13/cobra"
 
+	"github.com/newbie-train/newbie-train/bench"
 	"github.com/newbie-train/newbie-train/dist"
-	"github.com/newbie-train/newbie-train/train"
 )
 
 // benchOptions are the flags of `newbie-train bench`.
 type benchOptions struct {
 	preset        string
+	layers        int
 	backend       string
 	gpu           int
 	batch         int
@@ -27,6 +29,9 @@ type benchOptions struct {
 	resolution    int
 	caption       int
 	profile       bool
+	fp8Base       bool
+	infer         int
+	compareOff    string
 }
 
 func newBenchCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -56,6 +61,7 @@ step there.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&o.preset, "preset", "newbie-exp0.1", "model preset (newbie-exp0.1, lumina2, tiny)")
+	f.IntVar(&o.layers, "layers", 0, "replace the preset's main layer count (0: the preset's); --preset tiny --layers 36 issues the full model's ops, for counting them on the CPU")
 	f.StringVar(&o.backend, "backend", "cuda", "backend: cuda or cpu")
 	f.IntVar(&o.gpu, "gpu", 0, "GPU index for the cuda backend")
 	f.IntVar(&o.batch, "batch", 1, "samples per micro-batch")
@@ -64,9 +70,14 @@ step there.`,
 	f.IntVar(&o.steps, "steps", 10, "timed steps per checkpointing mode")
 	f.IntVar(&o.warmup, "warmup", 3, "untimed warm-up steps per mode (kernel compilation, allocator)")
 	f.StringVar(&o.checkpointing, "checkpointing", "both", "activation checkpointing: both, on or off")
-	f.IntVar(&o.resolution, "resolution", 1024, "image side in pixels (latent = resolution/8)")
+	f.IntVar(&o.resolution, "res", 1024, "image side in pixels (latent = res/8), e.g. 512, 768 or 1024; the anchor's --res")
+	f.IntVar(&o.resolution, "resolution", 1024, "the same as --res")
+	_ = f.MarkDeprecated("resolution", "use --res, as the PyTorch anchor spells it")
 	f.IntVar(&o.caption, "caption", 256, "caption tokens per sample (all real)")
 	f.BoolVar(&o.profile, "profile", false, "add a per-op profile of one extra step per mode")
+	f.StringVar(&o.compareOff, "compare-off", "", "measure every mode once per ';'-separated entry, each a NEWBIE_TRAIN_CUDA_OFF list of paths to turn off (an empty entry: all on), e.g. ';graphs;fused,graphs'")
+	f.IntVar(&o.infer, "infer", 0, "instead of training steps, time this many guided model evaluations (batch 2, no LoRA, no gradients), as the anchor's --infer")
+	f.BoolVar(&o.fp8Base, "fp8-base", false, "store the frozen linear weights in fp8 E4M3 with per-row scales (kohya's --fp8_base)")
 	return cmd
 }
 
@@ -75,12 +86,12 @@ func runBench(ctx context.Context, o *benchOptions, stdout, stderr io.Writer) er
 	if modes == nil {
 		return usageError{fmt.Errorf("--checkpointing %q: want both, on or off", o.checkpointing)}
 	}
-	// Zero means "default" to train.BenchOptions, so values the user typed
+	// Zero means "default" to bench.Options, so values the user typed
 	// as 0 or below are refused here rather than silently replaced.
 	for _, v := range []struct {
 		name string
 		val  int
-	}{{"--batch", o.batch}, {"--accum", o.accum}, {"--gpus", o.gpus}, {"--steps", o.steps}, {"--resolution", o.resolution}, {"--caption", o.caption}} {
+	}{{"--batch", o.batch}, {"--accum", o.accum}, {"--gpus", o.gpus}, {"--steps", o.steps}, {"--res", o.resolution}, {"--caption", o.caption}} {
 		if v.val < 1 {
 			return usageError{fmt.Errorf("%s %d: want ≥ 1", v.name, v.val)}
 		}
@@ -90,32 +101,46 @@ func runBench(ctx context.Context, o *benchOptions, stdout, stderr io.Writer) er
 	}
 	warmup := o.warmup
 	if warmup == 0 {
-		warmup = -1 // BenchOptions: negative means no warm-up
+		warmup = -1 // bench.Options: negative means no warm-up
 	}
 	env, err := dist.ParseEnv(os.Getenv)
 	if err != nil {
 		return usageError{fmt.Errorf("the data-parallel environment: %w", err)}
 	}
-	opts := train.BenchOptions{
-		Preset: o.preset, Backend: o.backend, GPU: o.gpu, Batch: o.batch, Accum: o.accum,
+	opts := bench.Options{
+		Preset: o.preset, Layers: o.layers, Backend: o.backend, GPU: o.gpu, Batch: o.batch, Accum: o.accum,
 		Steps: o.steps, Warmup: warmup, Checkpointing: modes,
-		Resolution: o.resolution, CaptionTokens: o.caption, Profile: o.profile, Log: stderr, Dist: env,
+		Resolution: o.resolution, CaptionTokens: o.caption, Profile: o.profile, FP8Base: o.fp8Base, Log: stderr, Dist: env,
+	}
+	if o.compareOff != "" {
+		opts.CompareOff = strings.Split(o.compareOff, ";")
 	}
 	if err := opts.Validate(); err != nil {
 		return usageError{err}
 	}
-	if o.gpus > 1 {
-		if env.Distributed() {
-			return usageError{fmt.Errorf("--gpus %d inside a job (%s): leave --gpus out", o.gpus, env)}
+	switch {
+	case o.infer < 0:
+		return usageError{fmt.Errorf("--infer %d: want ≥ 1 evaluations (or 0 to time training steps)", o.infer)}
+	case o.infer > 0 && (o.gpus > 1 || env.Distributed()):
+		return usageError{fmt.Errorf("--infer times one GPU's model evaluations: leave --gpus (and the job's environment) out")}
+	case o.infer > 0:
+		opts.Steps = o.infer
+		res, err := bench.Infer(ctx, opts)
+		if len(res.Rows) > 0 {
+			fmt.Fprint(stdout, res.Table())
 		}
+		return err
+	case o.gpus > 1 && env.Distributed():
+		return usageError{fmt.Errorf("--gpus %d inside a job (%s): leave --gpus out", o.gpus, env)}
+	case o.gpus > 1:
 		err := dist.Launch{Ranks: o.gpus, Args: o.args(), Stdout: stdout, Stderr: stderr}.Run(ctx)
 		if usageFailure(err) {
 			return usageError{err}
 		}
 		return err
 	}
-	res, err := train.Bench(ctx, opts)
-	if len(res.Runs) > 0 && env.Rank == 0 {
+	res, err := bench.Run(ctx, opts)
+	if len(res.Modes) > 0 && env.Rank == 0 {
 		fmt.Fprint(stdout, res.Table())
 	}
 	return err
@@ -124,11 +149,18 @@ func runBench(ctx context.Context, o *benchOptions, stdout, stderr io.Writer) er
 // args is the command line of one rank of a --gpus bench: these options
 // less --gpus.
 func (o *benchOptions) args() []string {
-	a := []string{"bench", "--preset", o.preset, "--backend", o.backend, "--batch", strconv.Itoa(o.batch),
-		"--accum", strconv.Itoa(o.accum), "--steps", strconv.Itoa(o.steps), "--warmup", strconv.Itoa(o.warmup),
-		"--checkpointing", o.checkpointing, "--resolution", strconv.Itoa(o.resolution), "--caption", strconv.Itoa(o.caption)}
+	a := []string{"bench", "--preset", o.preset, "--layers", strconv.Itoa(o.layers), "--backend", o.backend,
+		"--batch", strconv.Itoa(o.batch), "--accum", strconv.Itoa(o.accum), "--steps", strconv.Itoa(o.steps),
+		"--warmup", strconv.Itoa(o.warmup), "--checkpointing", o.checkpointing, "--res", strconv.Itoa(o.resolution),
+		"--caption", strconv.Itoa(o.caption)}
+	if o.compareOff != "" {
+		a = append(a, "--compare-off", o.compareOff)
+	}
 	if o.profile {
 		a = append(a, "--profile")
+	}
+	if o.fp8Base {
+		a = append(a, "--fp8-base")
 	}
 	return a
 }

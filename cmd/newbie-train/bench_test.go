@@ -10,7 +10,7 @@ import (
 // shrinks it to a 64² image and a 13-token caption.
 func TestBenchCPU(t *testing.T) {
 	code, out, stderr := runCLI(t, "bench", "--backend", "cpu", "--preset", "tiny", "--steps", "2",
-		"--warmup", "1", "--resolution", "64", "--caption", "13", "--profile")
+		"--warmup", "1", "--res", "64", "--caption", "13", "--profile")
 	if code != 0 {
 		t.Fatalf("bench: exit %d\n%s%s", code, out, stderr)
 	}
@@ -27,6 +27,23 @@ func TestBenchCPU(t *testing.T) {
 	}
 }
 
+// TestBenchFP8Base: --fp8-base runs and says so in the table.
+func TestBenchFP8Base(t *testing.T) {
+	code, out, stderr := runCLI(t, "bench", "--backend", "cpu", "--preset", "tiny", "--steps", "1",
+		"--warmup", "1", "--res", "32", "--caption", "5", "--checkpointing", "off", "--fp8-base")
+	if code != 0 || !strings.Contains(out, "frozen fp8 (E4M3") {
+		t.Fatalf("bench --fp8-base: exit %d\n%s%s", code, out, stderr)
+	}
+}
+
+// TestBenchInfer: --infer times guided evaluations instead of steps.
+func TestBenchInfer(t *testing.T) {
+	code, out, stderr := runCLI(t, "bench", "--backend", "cpu", "--preset", "tiny", "--infer", "2", "--warmup", "1", "--res", "32", "--caption", "5")
+	if code != 0 || !strings.Contains(out, "| as opened | 2 |") || !strings.Contains(out, "batch 2 (guided") {
+		t.Fatalf("bench --infer: exit %d\n%s%s", code, out, stderr)
+	}
+}
+
 func TestBenchUsageErrors(t *testing.T) {
 	for _, c := range []struct {
 		name string
@@ -37,8 +54,12 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"bad checkpointing", []string{"bench", "--checkpointing", "sometimes"}, `--checkpointing "sometimes"`},
 		{"zero steps", []string{"bench", "--steps", "0"}, "--steps 0"},
 		{"negative warmup", []string{"bench", "--warmup", "-2"}, "--warmup -2"},
-		{"odd resolution", []string{"bench", "--backend", "cpu", "--preset", "tiny", "--resolution", "100"}, "multiple of 16"},
+		{"odd resolution", []string{"bench", "--backend", "cpu", "--preset", "tiny", "--res", "100"}, "multiple of 16"},
 		{"unknown preset", []string{"bench", "--preset", "giant"}, "unknown preset"},
+		{"old resolution flag still checked", []string{"bench", "--backend", "cpu", "--preset", "tiny", "--resolution", "100"}, "multiple of 16"},
+		{"negative layers", []string{"bench", "--layers", "-3"}, "layers -3"},
+		{"compare on the cpu", []string{"bench", "--backend", "cpu", "--preset", "tiny", "--res", "32", "--steps", "1", "--warmup", "1", "--compare-off", ";graphs"}, "no optional paths"},
+		{"negative infer", []string{"bench", "--backend", "cpu", "--preset", "tiny", "--infer", "-1"}, "--infer -1"},
 		{"stray argument", []string{"bench", "now"}, "unknown command"},
 	} {
 		t.Run(c.name, func(t *testing.T) {

@@ -171,7 +171,7 @@ func TestBenchOnRanks(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts three processes")
 	}
-	base := []string{"bench", "--backend", "cpu", "--preset", "tiny", "--steps", "3", "--warmup", "1", "--checkpointing", "off", "--resolution", "64", "--caption", "8"}
+	base := []string{"bench", "--backend", "cpu", "--preset", "tiny", "--steps", "3", "--warmup", "1", "--checkpointing", "off", "--res", "64", "--caption", "8"}
 	losses := func(args ...string) string {
 		out, err := exec.Command(builtBinary(t), append(base, args...)...).Output()
 		if err != nil {

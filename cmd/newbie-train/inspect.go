@@ -13,6 +13,7 @@ import (
 
 	"github.com/newbie-train/newbie-train/checkpoints"
 	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
+	"github.com/newbie-train/newbie-train/models/newbie"
 	"github.com/newbie-train/newbie-train/models/nextdit"
 )
 
@@ -25,13 +26,24 @@ func newInspectCmd(stdout io.Writer) *cobra.Command {
 	o := &inspectOptions{}
 	cmd := &cobra.Command{
 		Use:   "inspect FILE|FOLDER",
-		Short: "Tell what a weights or LoRA file is",
-		Long: `inspect reads a safetensors file, a sharded checkpoint (its index or folder), a
-diffusers model folder or a PEFT adapter folder and says what it is:
+		Short: "Tell what a model folder, weights or LoRA file is",
+		Long: `inspect reads a NewBie-image-Exp0.1 model folder, a safetensors file, a
+sharded checkpoint (its index or folder) or a PEFT adapter folder and says
+what it is:
 
+  model:   a model folder in the official Hugging Face layout (transformer/,
+           vae/, text_encoder/, clip_model/), the diffusers port's
+           (text_encoder_2/, tokenizer/, tokenizer_2/) or a flat folder of
+           single files: every component found — the transformer, the FLUX
+           VAE, Gemma 3, Jina CLIP v2 and their tokenizers — with its file,
+           key layout, dtypes, parameters and size, where its architecture
+           came from, each tokenizer's kind and vocabulary and whether it
+           fits its encoder's embedding, and what is missing (exit 1 when a
+           file is wrong: another component, a tokenizer that does not fit);
   weights: the layout (upstream, ComfyUI, diffusers; sharded or not), the
            preset the architecture matches (newbie-exp0.1, lumina2, tiny, or
-           custom), parameter count, dtypes and the config in its metadata;
+           custom), parameter count, dtypes and the config in its metadata
+           (a VAE or text-encoder file is reported as a model component);
   LoRA:    the format (peft, comfyui, kohya), rank, alpha, targets, number of
            adapted layers, parameter count, dtypes and metadata (steps, base
            model hash, …).
@@ -53,7 +65,8 @@ says what was found. --json prints the same as JSON.`,
 // inspectReport is what inspect finds; it is also the --json output.
 type inspectReport struct {
 	Path    string         `json:"path"`
-	Kind    string         `json:"kind"` // "weights" or "lora"
+	Kind    string         `json:"kind"` // "model", "component", "weights" or "lora"
+	Model   *modelReport   `json:"model,omitempty"`
 	Weights *weightsReport `json:"weights,omitempty"`
 	LoRA    *loraReport    `json:"lora,omitempty"`
 }
@@ -100,10 +113,15 @@ func runInspect(o *inspectOptions, path string, stdout io.Writer) error {
 		if err != nil {
 			return err
 		}
-		_, err = fmt.Fprintf(stdout, "%s\n", b)
-		return err
+		if _, err := fmt.Fprintf(stdout, "%s\n", b); err != nil {
+			return err
+		}
+	} else {
+		printInspect(stdout, rep)
 	}
-	printInspect(stdout, rep)
+	if rep.Model != nil && len(rep.Model.Problems) > 0 {
+		return errModelProblems
+	}
 	return nil
 }
 
@@ -122,7 +140,12 @@ func inspectPath(path string) (*inspectReport, error) {
 	switch {
 	case st.IsDir() && isPEFT(path), filepath.Base(path) == checkpoints.PEFTConfigFile:
 		return inspectLoRA(path)
+	case st.IsDir() && isModelFolder(path):
+		return inspectModel(path)
 	case st.IsDir(), strings.HasSuffix(path, ".index.json"):
+		if id, err := newbie.Identify(path); err == nil && id.Part != "" && id.Part != newbie.PartDiT {
+			return inspectComponent(path, id.Part)
+		}
 		return inspectWeights(path)
 	}
 	f, err := safetensors.Open(path)
@@ -133,6 +156,9 @@ func inspectPath(path string) (*inspectReport, error) {
 	f.Close()
 	if lerr == nil {
 		return inspectLoRA(path)
+	}
+	if id, err := newbie.Identify(path); err == nil && id.Part != "" && id.Part != newbie.PartDiT {
+		return inspectComponent(path, id.Part)
 	}
 	rep, werr := inspectWeights(path)
 	if werr != nil {
@@ -275,6 +301,8 @@ func printInspect(w io.Writer, r *inspectReport) {
 		fmt.Fprintf(w, "  %-12s %s\n", k+":", fmt.Sprintf(format, args...))
 	}
 	switch r.Kind {
+	case "model", "component":
+		printModel(w, r)
 	case "weights":
 		x := r.Weights
 		fmt.Fprintf(w, "%s: Next-DiT weights\n", r.Path)

@@ -58,6 +58,11 @@ func runMerge(o *mergeOptions, stdout, stderr io.Writer) error {
 		}
 		outDT = dt
 	}
+	if o.preset != "" {
+		if _, err := nextdit.Preset(o.preset); err != nil {
+			return usageError{err}
+		}
+	}
 	if same, _ := samePath(o.out, o.weights); same {
 		return usageError{fmt.Errorf("merge: --out %s would overwrite the base weights", o.out)}
 	}
@@ -66,7 +71,7 @@ func runMerge(o *mergeOptions, stdout, stderr io.Writer) error {
 		return err
 	}
 	defer w.Close()
-	cfg, err := mergeConfig(w, o.preset)
+	cfg, err := nextdit.ConfigFor(w, o.preset)
 	if err != nil {
 		return err
 	}
@@ -122,23 +127,4 @@ func samePath(a, b string) (bool, error) {
 		return false, err
 	}
 	return os.SameFile(sa, sb), nil
-}
-
-// mergeConfig is the base's architecture: its metadata, else --preset,
-// else the preset every shape fits.
-func mergeConfig(w *checkpoints.Weights, preset string) (nextdit.Config, error) {
-	var fallback *nextdit.Config
-	if preset != "" {
-		c, err := nextdit.Preset(preset)
-		if err != nil {
-			return nextdit.Config{}, usageError{err}
-		}
-		fallback = &c
-	} else if _, ok := w.Metadata()["config"]; !ok {
-		if name := nextdit.MatchPreset(w, nil); name != "custom" {
-			c, _ := nextdit.Preset(name)
-			fallback = &c
-		}
-	}
-	return nextdit.ResolveConfig(w, fallback)
 }

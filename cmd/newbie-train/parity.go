@@ -24,6 +24,7 @@ type parityOptions struct {
 	weights    string
 	trajectory string
 	golden     string
+	sampling   string
 	lora       string
 	backend    string
 	precision  string
@@ -52,8 +53,8 @@ var parityTolerances = map[string][2]float64{
 func newParityCmd(stdout io.Writer) *cobra.Command {
 	o := &parityOptions{}
 	cmd := &cobra.Command{
-		Use:   "parity --weights W (--golden G [--lora L] | --trajectory T | --encoder gemma|jina|vae --golden G)",
-		Short: "Check our models and training step against reference numbers",
+		Use:   "parity --weights W (--golden G [--lora L] | --trajectory T | --sampling S | --encoder gemma|jina|vae --golden G)",
+		Short: "Check our models, sampler and training step against reference numbers",
 		Long: `parity checks this program's numbers against the reference PyTorch code's.
 
 With --golden (e.g. ../shared/golden/nextdit/tiny.golden.safetensors) it runs
@@ -78,6 +79,11 @@ hidden state (real tokens only), the VAE's mean, logvar, latent and decoded
 image. Encoders are frozen: fp64, fp32 and bf16 are the dtype the weights
 are stored and computed in (bf16 norms and softmax in float32).
 
+With --sampling (../shared/golden/sampler/tiny.sample.golden.safetensors) it
+replays upstream's reference sampling runs (midpoint, Euler, DPM-Solver++ with
+guidance) through our sampler and prints the error of the time grid, every
+trajectory point and each final sample (fp64 or fp32; limits 1e-6, 1e-5).
+
 The architecture comes from the files' metadata. Precisions: fp64 (float64
 weights and inputs), fp32, bf16 (fp32 masters under bf16 autocast). parity
 exits 1 when an error is beyond the golden README's tolerance for the
@@ -95,12 +101,16 @@ textenc.GemmaTolerance).`,
 	f.StringVar(&o.golden, "golden", "", "reference inputs, output and gradients to compare with")
 	f.StringVar(&o.lora, "lora", "", "with --golden: a LoRA to attach (PEFT folder, ComfyUI or kohya file)")
 	f.StringVar(&o.trajectory, "trajectory", "", "recorded training run to replay")
+	f.StringVar(&o.sampling, "sampling", "", "recorded runs of upstream's sampler to replay (fp64 or fp32)")
 	f.StringVar(&o.backend, "backend", "cpu", "backend: cpu or cuda")
 	f.StringVar(&o.precision, "precision", "fp64", "fp64, fp32 or bf16 (bf16 autocast over fp32 masters)")
 	return cmd
 }
 
 func runParity(o *parityOptions, stdout io.Writer) error {
+	if o.sampling != "" {
+		return runSamplingParity(o, stdout)
+	}
 	if o.weights == "" || (o.trajectory == "") == (o.golden == "") {
 		return usageError{errors.New("parity needs --weights and --trajectory T, or --weights and --golden G (exactly one of --golden and --trajectory)")}
 	}

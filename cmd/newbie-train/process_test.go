@@ -169,3 +169,33 @@ func (p *proc) output() string {
 }
 
 func (p *proc) signal(s os.Signal) { p.cmd.Process.Signal(s) }
+
+// afterLine fires d after the first line containing s appears (never if
+// the process ends first).
+func (p *proc) afterLine(s string, d time.Duration) <-chan time.Time {
+	fire := make(chan time.Time, 1)
+	go func() {
+		for {
+			p.mu.Lock()
+			found := false
+			for _, l := range p.lines {
+				if strings.Contains(l, s) {
+					found = true
+					break
+				}
+			}
+			p.mu.Unlock()
+			if found {
+				time.Sleep(d)
+				fire <- time.Now()
+				return
+			}
+			select {
+			case <-p.seen:
+			case <-p.done:
+				return
+			}
+		}
+	}()
+	return fire
+}

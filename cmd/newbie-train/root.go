@@ -101,8 +101,10 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 		newExportCmd(stdout),
 		newMergeCmd(stdout, stderr),
 		newTokenizeCmd(stdout),
+		newSampleCmd(stdout, stderr),
 		newBenchCmd(stdout, stderr),
 		newVersionCmd(stdout),
+		newDevCmd(stdout, stderr),
 	)
 	return root
 }

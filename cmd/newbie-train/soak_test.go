@@ -66,15 +66,23 @@ func TestSoakKill9(t *testing.T) {
 			break
 		}
 		p := start(t, args...)
-		// Anywhere from the process start to two steps in.
-		delay := time.Duration(r.Float64() * float64(first+2*perStep))
+		// A third of the kills land anywhere in the start-up (scan, cache,
+		// load, resume); the rest within a step of this run's first step
+		// line, so each kill moves the run on by at most about a step
+		// however fast this machine is, and 20 of them fit in the run.
+		var killAt <-chan time.Time
+		if r.Float64() < 1.0/3 {
+			killAt = time.After(time.Duration(r.Float64() * float64(first)))
+		} else {
+			killAt = p.afterLine("step ", time.Duration(r.Float64()*float64(perStep)))
+		}
 		select {
 		case <-p.done:
 			if p.code != 0 {
 				t.Fatalf("run %d (%v): exit %d\n%s", kills+1, args[len(args)-2:], p.code, p.output())
 			}
 			finished = true
-		case <-time.After(delay):
+		case <-killAt:
 			p.signal(syscall.SIGKILL)
 			<-p.done
 			kills++

@@ -18,17 +18,23 @@ func newVersionCmd(stdout io.Writer) *cobra.Command {
 		Short: "Print the version and the backends built in",
 		Args:  noArgs,
 		RunE: func(*cobra.Command, []string) error {
-			v := "(devel)"
-			if bi, ok := debug.ReadBuildInfo(); ok {
-				v = bi.Main.Version
-				for _, s := range bi.Settings {
-					if s.Key == "vcs.revision" && len(s.Value) >= 12 {
-						v += " " + s.Value[:12]
-					}
-				}
-			}
-			fmt.Fprintf(stdout, "newbie-train %s %s %s/%s, backends: %s\n", v, runtime.Version(), runtime.GOOS, runtime.GOARCH, strings.Join(kernels.Registered(), ", "))
+			fmt.Fprintf(stdout, "%s %s %s/%s, backends: %s\n", programVersion(), runtime.Version(), runtime.GOOS, runtime.GOARCH, strings.Join(kernels.Registered(), ", "))
 			return nil
 		},
 	}
+}
+
+// programVersion is "newbie-train", the module version and the VCS
+// revision the binary was built from.
+func programVersion() string {
+	v := "newbie-train (devel)"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		v = "newbie-train " + bi.Main.Version
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" && len(s.Value) >= 12 {
+				v += " " + s.Value[:12]
+			}
+		}
+	}
+	return v
 }

@@ -19,6 +19,8 @@ func (b *buffer) at(i int) float64 {
 		return float64(kernels.F32FromF16(b.u16[i]))
 	case kernels.I32:
 		return float64(b.i32[i])
+	case kernels.F8E4M3:
+		return float64(kernels.F32FromF8E4M3(b.u8[i]))
 	}
 	return 0
 }
@@ -38,6 +40,8 @@ func (b *buffer) set(i int, v float64) {
 		b.u16[i] = kernels.F16FromF32(float32(v))
 	case kernels.I32:
 		b.i32[i] = toI32(v)
+	case kernels.F8E4M3:
+		b.u8[i] = kernels.F8E4M3FromF32(float32(v))
 	}
 }
 
@@ -91,6 +95,10 @@ func readReal[T realT](dst []T, b *buffer, off int) {
 		for i, v := range b.i32[off : off+len(dst)] {
 			dst[i] = T(v)
 		}
+	case kernels.F8E4M3:
+		for i, v := range b.u8[off : off+len(dst)] {
+			dst[i] = T(kernels.F32FromF8E4M3(v))
+		}
 	}
 }
 
@@ -123,6 +131,11 @@ func writeReal[T realT](b *buffer, off int, v []T) {
 		dst := b.i32[off : off+len(v)]
 		for i, x := range v {
 			dst[i] = toI32(float64(x))
+		}
+	case kernels.F8E4M3:
+		dst := b.u8[off : off+len(v)]
+		for i, x := range v {
+			dst[i] = kernels.F8E4M3FromF32(float32(x))
 		}
 	}
 }

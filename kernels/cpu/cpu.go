@@ -43,13 +43,15 @@ var _ kernels.Backend = (*Backend)(nil)
 func (c *Backend) Name() string { return "cpu" }
 
 // buffer holds the elements of one dtype in the matching Go slice: F32 in
-// f32, F64 in f64, BF16 and F16 as bit patterns in u16, I32 in i32.
+// f32, F64 in f64, BF16 and F16 as bit patterns in u16, I32 in i32,
+// F8E4M3 as bit patterns in u8.
 type buffer struct {
 	dt    kernels.DType
 	n     int
 	f32   []float32
 	f64   []float64
 	u16   []uint16
+	u8    []uint8
 	i32   []int32
 	freed bool
 }
@@ -97,6 +99,8 @@ func (c *Backend) Alloc(d kernels.DType, n int) (kernels.Buffer, error) {
 		b.u16 = make([]uint16, n)
 	case kernels.I32:
 		b.i32 = make([]int32, n)
+	case kernels.F8E4M3:
+		b.u8 = make([]uint8, n)
 	default:
 		return nil, fmt.Errorf("cpu: alloc of unknown dtype %v", d)
 	}
@@ -117,7 +121,7 @@ func (c *Backend) Free(b kernels.Buffer) {
 		return
 	}
 	cb.freed = true
-	cb.f32, cb.f64, cb.u16, cb.i32 = nil, nil, nil, nil
+	cb.f32, cb.f64, cb.u16, cb.i32, cb.u8 = nil, nil, nil, nil, nil
 	c.mu.Lock()
 	c.allocated -= int64(cb.n * cb.dt.Size())
 	c.mu.Unlock()
@@ -167,6 +171,8 @@ func (c *Backend) Upload(dst kernels.Buffer, off int, src []byte) {
 			b.u16[off+i] = binary.LittleEndian.Uint16(src[2*i:])
 		case kernels.I32:
 			b.i32[off+i] = int32(binary.LittleEndian.Uint32(src[4*i:]))
+		case kernels.F8E4M3:
+			b.u8[off+i] = src[i]
 		}
 	}
 }
@@ -190,6 +196,8 @@ func (c *Backend) Download(dst []byte, src kernels.Buffer, off int) error {
 					binary.LittleEndian.PutUint16(dst[2*i:], b.u16[off+i])
 				case kernels.I32:
 					binary.LittleEndian.PutUint32(dst[4*i:], uint32(b.i32[off+i]))
+				case kernels.F8E4M3:
+					dst[i] = b.u8[off+i]
 				}
 			}
 		}

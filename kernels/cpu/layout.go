@@ -53,6 +53,8 @@ func (c *Backend) Fill(dst kernels.Buffer, v float64) {
 			fillSlice(d.u16[lo:hi], kernels.F16FromF32(float32(v)))
 		case kernels.I32:
 			fillSlice(d.i32[lo:hi], toI32(v))
+		case kernels.F8E4M3:
+			fillSlice(d.u8[lo:hi], kernels.F8E4M3FromF32(float32(v)))
 		}
 	})
 }
@@ -97,6 +99,8 @@ func copyConvert(d *buffer, do int, s *buffer, so, n int) {
 			copy(d.u16[do:do+n], s.u16[so:so+n])
 		case kernels.I32:
 			copy(d.i32[do:do+n], s.i32[so:so+n])
+		case kernels.F8E4M3:
+			copy(d.u8[do:do+n], s.u8[so:so+n])
 		}
 		return
 	}
@@ -267,6 +271,8 @@ func permuteRow(d *buffer, do int, s *buffer, base, st, n int, tmp []float64) {
 			gatherStrided(d.u16[do:do+n], s.u16, base, st)
 		case kernels.I32:
 			gatherStrided(d.i32[do:do+n], s.i32, base, st)
+		case kernels.F8E4M3:
+			gatherStrided(d.u8[do:do+n], s.u8, base, st)
 		}
 		return
 	}

@@ -315,6 +315,12 @@ func hasNonFinite(b *buffer, a, e int) bool {
 				return true
 			}
 		}
+	case kernels.F8E4M3: // no infinities: only the NaN codes
+		for _, h := range b.u8[a:e] {
+			if h&0x7f == 0x7f {
+				return true
+			}
+		}
 	}
 	return false
 }

@@ -6,11 +6,16 @@ import (
 	"github.com/newbie-train/newbie-train/kernels"
 )
 
+// adamTensorBytes is the size of one AdamTensor descriptor (reduce.cu).
+const adamTensorBytes = 11 * 8
+
 // AdamW updates every listed tensor in one launch: the per-tensor pointers,
 // sizes and scalars go to the device as a descriptor array, and blocks walk
 // fixed chunks of all tensors together, so a LoRA of hundreds of small
 // tensors costs one launch, not hundreds. GradScale and Skip are read on
-// the device, so the loss scaler's decision never comes back to the host.
+// the device, so the loss scaler's decision never comes back to the host;
+// the step's changing scalars travel in the descriptor, so the launch
+// itself repeats from step to step (a graph region replays it).
 func (c *Backend) AdamW(a kernels.AdamWArgs) {
 	if !c.enter("AdamW") {
 		c.leave()
@@ -83,7 +88,7 @@ func (c *Backend) AdamW(a kernels.AdamWArgs) {
 		if p.n == 0 {
 			continue
 		}
-		desc = append(desc, structBytes(p.ptr, g.ptr, m.ptr, v.ptr, p.n, int(g.dt), int(p.dt), chunks, 1-lr*wd, lr/bc1)...)
+		desc = append(desc, structBytes(p.ptr, g.ptr, m.ptr, v.ptr, p.n, int(g.dt), int(p.dt), chunks, 1-lr*wd, lr/bc1, bc2Sqrt)...)
 		chunks += (p.n + mtChunk - 1) / mtChunk
 	}
 	if chunks == 0 {
@@ -94,6 +99,6 @@ func (c *Backend) AdamW(a kernels.AdamWArgs) {
 		return
 	}
 	defer c.alloc.put(dp, dsize)
-	scalars := structBytes(a.Beta1, a.Beta2, a.Eps, bc2Sqrt, ptr(scale), dt(scale), ptr(skip), dt(skip))
-	c.launch("adamw", dims{min(chunks, c.dev.sms*8), 1, 1}, blockSize, 0, dp, len(desc)/80, chunks, scalars)
+	scalars := structBytes(a.Beta1, a.Beta2, a.Eps, ptr(scale), dt(scale), ptr(skip), dt(skip))
+	c.launch("adamw", dims{min(chunks, c.dev.sms*8), 1, 1}, blockSize, 0, dp, len(desc)/adamTensorBytes, chunks, scalars)
 }

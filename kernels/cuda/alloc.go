@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"container/heap"
 	"fmt"
 	"sync"
 )
@@ -54,14 +55,34 @@ func (e errOutOfMemory) Error() string {
 	return fmt.Sprintf("out of GPU memory allocating %d bytes", e.bytes)
 }
 
+// freeList is one size class's cached blocks, a min-heap of addresses.
+type freeList []uint64
+
+func (l freeList) Len() int           { return len(l) }
+func (l freeList) Less(i, j int) bool { return l[i] < l[j] }
+func (l freeList) Swap(i, j int)      { l[i], l[j] = l[j], l[i] }
+func (l *freeList) Push(x any)        { *l = append(*l, x.(uint64)) }
+func (l *freeList) Pop() any {
+	old := *l
+	p := old[len(old)-1]
+	*l = old[:len(old)-1]
+	return p
+}
+
 // cachingAllocator hands out device blocks from per-size free lists and
 // asks the device only when a list is empty. Work runs on one stream, so a
 // block freed on the host and reused by the next allocation is safe: the
 // new owner's kernels queue behind the old owner's.
+//
+// A request takes the lowest-addressed free block of its class, so which
+// block it gets depends on the set of free blocks, not on the order they
+// were freed in: a training step that allocates and frees the same sequence
+// as the last one, from the same free set, gets the same addresses — what
+// replaying a captured graph of the step needs (graph.go).
 type cachingAllocator struct {
 	mu        sync.Mutex
 	dev       deviceMemory
-	free      map[int64][]uint64
+	free      map[int64]*freeList
 	blocks    map[uint64]int64 // blocks held from the device, live or cached
 	allocated int64
 	peak      int64
@@ -78,7 +99,7 @@ type cachingAllocator struct {
 }
 
 func newCachingAllocator(dev deviceMemory) *cachingAllocator {
-	return &cachingAllocator{dev: dev, free: map[int64][]uint64{}, blocks: map[uint64]int64{},
+	return &cachingAllocator{dev: dev, free: map[int64]*freeList{}, blocks: map[uint64]int64{},
 		slabSize: defaultSlab, carved: map[uint64]bool{}}
 }
 
@@ -105,9 +126,8 @@ func (a *cachingAllocator) get(n int64) (uint64, int64, error) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	if l := a.free[size]; len(l) > 0 {
-		p := l[len(l)-1]
-		a.free[size] = l[:len(l)-1]
+	if l := a.free[size]; l != nil && l.Len() > 0 {
+		p := heap.Pop(l).(uint64)
 		a.account(size)
 		return p, size, nil
 	}
@@ -149,7 +169,12 @@ func (a *cachingAllocator) put(p uint64, size int64) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	a.free[size] = append(a.free[size], p)
+	l := a.free[size]
+	if l == nil {
+		l = &freeList{}
+		a.free[size] = l
+	}
+	heap.Push(l, p)
 	a.allocated -= size
 }
 
@@ -165,8 +190,8 @@ func (a *cachingAllocator) releaseLocked() error {
 		return err
 	}
 	for size, l := range a.free {
-		kept := l[:0]
-		for _, p := range l {
+		kept := freeList{}
+		for _, p := range *l {
 			if a.carved[p] { // part of a slab: stays cached
 				kept = append(kept, p)
 				continue
@@ -178,7 +203,8 @@ func (a *cachingAllocator) releaseLocked() error {
 		if len(kept) == 0 {
 			delete(a.free, size)
 		} else {
-			a.free[size] = kept
+			heap.Init(&kept)
+			a.free[size] = &kept
 		}
 	}
 	return nil
@@ -209,7 +235,7 @@ func (a *cachingAllocator) releaseAll() error {
 		a.dev.free(p)
 	}
 	a.blocks = map[uint64]int64{}
-	a.free = map[int64][]uint64{}
+	a.free = map[int64]*freeList{}
 	a.carved = map[uint64]bool{}
 	a.slabs, a.slabBase, a.slabUsed = nil, 0, 0
 	a.allocated, a.reserved = 0, 0

@@ -17,6 +17,7 @@ typedef unsigned short u16;
 #define DT_F16 3
 #define DT_F64 4
 #define DT_I32 5
+#define DT_F8E4M3 6
 
 #define NT_INF __int_as_float(0x7f800000)
 
@@ -41,6 +42,31 @@ __device__ __forceinline__ u16 f32_to_f16(float f) {
   return h;
 }
 
+// e4m3_to_f32 widens an FP8 E4M3 pattern exactly; f32_to_e4m3 rounds to
+// nearest even and saturates at ±448, NaN to the NaN code of its sign —
+// the bit operations of kernels.F8E4M3FromF32, so both backends store the
+// same codes.
+__device__ __forceinline__ float e4m3_to_f32(unsigned char h) {
+  const u32 e = (h >> 3) & 15u, m = h & 7u;
+  float v;
+  if (e == 15u && m == 7u) v = __int_as_float(0x7fc00000);
+  else if (e == 0u) v = (float)m * (1.0f / 512.0f);
+  else v = __uint_as_float(((e + 120u) << 23) | (m << 20));
+  return (h & 0x80) ? -v : v;
+}
+
+__device__ __forceinline__ unsigned char f32_to_e4m3(float f) {
+  const u32 b = __float_as_uint(f);
+  const unsigned char sign = (unsigned char)((b >> 24) & 0x80u);
+  const u32 a = b & 0x7fffffffu;
+  if (a > 0x7f800000u) return sign | 0x7f;
+  if (a >= 0x43e00000u) return sign | 0x7e;
+  if (a < 0x3c800000u) return sign | (unsigned char)rintf(__uint_as_float(a) * 512.0f);
+  u32 v = a - (120u << 23);
+  v += 0x7ffffu + ((v >> 20) & 1u);
+  return sign | (unsigned char)(v >> 20);
+}
+
 // ld reads element i of a buffer of dtype dt as the compute type T.
 template <typename T>
 __device__ __forceinline__ T ld(const void* p, int dt, i64 i) {
@@ -49,6 +75,7 @@ __device__ __forceinline__ T ld(const void* p, int dt, i64 i) {
     case DT_BF16: return (T)bf16_to_f32(((const u16*)p)[i]);
     case DT_F16: return (T)f16_to_f32(((const u16*)p)[i]);
     case DT_F64: return (T)((const double*)p)[i];
+    case DT_F8E4M3: return (T)e4m3_to_f32(((const unsigned char*)p)[i]);
     default: return (T)((const int*)p)[i];
   }
 }
@@ -62,6 +89,7 @@ __device__ __forceinline__ void st(void* p, int dt, i64 i, T v) {
     case DT_BF16: ((u16*)p)[i] = f32_to_bf16((float)v); break;
     case DT_F16: ((u16*)p)[i] = f32_to_f16((float)v); break;
     case DT_F64: ((double*)p)[i] = (double)v; break;
+    case DT_F8E4M3: ((unsigned char*)p)[i] = f32_to_e4m3((float)v); break;
     default: {
       // Truncation toward zero; NaN and out-of-range values saturate
       // instead of being undefined.
@@ -114,6 +142,106 @@ __device__ T block_max(T v, T* scratch) {
   t = warp_max(t);
   return t;
 }
+
+// The 16-byte bf16 chunk helpers of the row kernels (rownorm_vec.cu,
+// fused_norm.cu).
+
+// rv_unpack widens 8 bf16 (one 16-byte chunk, lowest address first) to fp32.
+__device__ __forceinline__ void rv_unpack(uint4 v, float* f) {
+  const u32 w[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+  for (int k = 0; k < 4; k++) {
+    f[2 * k] = __uint_as_float(w[k] << 16);
+    f[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
+  }
+}
+
+// rv_pack rounds 8 fp32 to bf16 (round to nearest even, as f32_to_bf16).
+__device__ __forceinline__ uint4 rv_pack(const float* f) {
+  u32 w[4];
+#pragma unroll
+  for (int k = 0; k < 4; k++) w[k] = (u32)f32_to_bf16(f[2 * k]) | ((u32)f32_to_bf16(f[2 * k + 1]) << 16);
+  return make_uint4(w[0], w[1], w[2], w[3]);
+}
+
+// rv_group_sum adds v over the L lanes of this lane's group. Every lane of
+// the warp must call it (full mask); groups never mix, since xor by an
+// offset below L stays inside an aligned run of L lanes.
+__device__ __forceinline__ float rv_group_sum(float v, int L) {
+  for (int o = L >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// rv_sumsq adds the squares of one chunk's 8 values to acc.
+__device__ __forceinline__ float rv_sumsq(uint4 xv, float acc) {
+  float f[8];
+  rv_unpack(xv, f);
+#pragma unroll
+  for (int k = 0; k < 8; k++) acc += f[k] * f[k];
+  return acc;
+}
+
+// rv_scale returns the chunk x·rs·w (w absent: x·rs), rounded to bf16.
+__device__ __forceinline__ uint4 rv_scale(uint4 xv, const uint4* w, i64 j, float rs) {
+  float f[8];
+  rv_unpack(xv, f);
+#pragma unroll
+  for (int k = 0; k < 8; k++) f[k] *= rs;
+  if (w) {
+    float g[8];
+    rv_unpack(w[j], g);
+#pragma unroll
+    for (int k = 0; k < 8; k++) f[k] *= g[k];
+  }
+  return rv_pack(f);
+}
+
+// rv_g widens one chunk of x and of g = dy·w (w absent: dy) to fp32.
+__device__ __forceinline__ void rv_g(uint4 xv, uint4 dv, const uint4* w, i64 j, float* xf, float* gf) {
+  rv_unpack(xv, xf);
+  rv_unpack(dv, gf);
+  if (w) {
+    float wf[8];
+    rv_unpack(w[j], wf);
+#pragma unroll
+    for (int k = 0; k < 8; k++) gf[k] *= wf[k];
+  }
+}
+
+// rv_gdot adds Σ g·x̂ over one chunk to acc (x̂ = x·rs).
+__device__ __forceinline__ float rv_gdot(uint4 xv, uint4 dv, const uint4* w, i64 j, float rs, float acc) {
+  float xf[8], gf[8];
+  rv_g(xv, dv, w, j, xf, gf);
+#pragma unroll
+  for (int k = 0; k < 8; k++) acc += gf[k] * (xf[k] * rs);
+  return acc;
+}
+
+// rv_dx returns one chunk of dx = rs·(g − x̂·m), m = mean(g·x̂), in bf16.
+__device__ __forceinline__ uint4 rv_dx(uint4 xv, uint4 dv, const uint4* w, i64 j, float rs, float m) {
+  float xf[8], gf[8];
+  rv_g(xv, dv, w, j, xf, gf);
+#pragma unroll
+  for (int k = 0; k < 8; k++) xf[k] = rs * (gf[k] - (xf[k] * rs) * m);
+  return rv_pack(xf);
+}
+
+// nt_round rounds v to dtype dt and back (what storing it would keep).
+template <typename T>
+__device__ __forceinline__ T nt_round(T v, int dt) {
+  switch (dt) {
+    case DT_F32: return (T)(float)v;
+    case DT_BF16: return (T)bf16_to_f32(f32_to_bf16((float)v));
+    case DT_F16: return (T)f16_to_f32(f32_to_f16((float)v));
+    case DT_F8E4M3: return (T)e4m3_to_f32(f32_to_e4m3((float)v));
+    default: return v;
+  }
+}
+
+// NormScale's scale modes (kernels.ScaleMode).
+#define NS_ASIS 0
+#define NS_ONEPLUS 1
+#define NS_TANH 2
 
 #define GRID_STRIDE(i, n) for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (i64)gridDim.x * blockDim.x)
 

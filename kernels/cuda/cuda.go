@@ -9,6 +9,12 @@
 // the first failure (a bad argument, a CUDA error, a kernel-detected fault
 // such as an id out of range) is kept and reported by Sync or Download,
 // together with the ops queued since the last good Sync.
+//
+// Inside a graph region (kernels.Graphs: a training step, a model
+// evaluation) the ops are recorded as well; a region that repeats its ops
+// at the same addresses is captured as CUDA graphs and replayed (graph.go,
+// graph_plan.go). The fused block ops (fused.go) and the other fast paths
+// can be turned off by name with NEWBIE_TRAIN_CUDA_OFF (fastpath.go).
 package cuda
 
 import (
@@ -54,6 +60,11 @@ type Backend struct {
 
 	// off holds the fast paths turned off (see fastpath.go).
 	off map[string]bool
+	// plan decides how the ops of graph regions run (graph.go); staging and
+	// events are the pinned memory and events its regions hold.
+	plan    *graphPlanner
+	staging []unsafe.Pointer
+	events  []uintptr
 }
 
 var _ kernels.Backend = (*Backend)(nil)
@@ -115,7 +126,7 @@ func New(dev int) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Backend{l: l, dev: ds, off: off}
+	c := &Backend{l: l, dev: ds, off: off, plan: newGraphPlanner(graphsOff(l, off))}
 	c.name = fmt.Sprintf("cuda:%d (%s)", dev, ds.name)
 	d := l.drv
 	if r := d.ctxSetCurrent.call(ds.ctx); r != 0 {
@@ -396,6 +407,9 @@ func (c *Backend) Upload(dst kernels.Buffer, off int, src []byte) {
 
 // htod queues a host-to-device copy from Go memory. Callers hold c.mu.
 func (c *Backend) htod(dptr uint64, src []byte) bool {
+	if c.plan.active() {
+		return c.stageUpload(dptr, src)
+	}
 	var pin runtime.Pinner
 	pin.Pin(&src[0])
 	r := c.l.drv.memcpyHtoDAsync.call(uintptr(dptr), uintptr(unsafe.Pointer(&src[0])), uintptr(len(src)), c.stream)
@@ -410,6 +424,7 @@ func (c *Backend) Download(dst []byte, src kernels.Buffer, off int) error {
 		c.leave()
 		return c.Sync()
 	}
+	c.hostRead()
 	b := c.buf("Download", "src", src)
 	if b != nil {
 		sz := b.dt.Size()
@@ -439,6 +454,7 @@ func (c *Backend) Sync() error {
 		return err
 	}
 	defer c.leave()
+	c.hostRead()
 	if r := c.l.drv.streamSynchronize.call(c.stream); r != 0 {
 		c.failf("stream: %s", c.l.drv.errText(r))
 	} else {
@@ -505,6 +521,13 @@ func (c *Backend) Close() {
 	if c.stream != 0 {
 		d.streamSynchronize.call(c.stream)
 	}
+	if c.plan != nil {
+		c.plan.flushPlain(cudaGraphs{c})
+		if c.stream != 0 {
+			d.streamSynchronize.call(c.stream)
+		}
+		c.releaseGraphs()
+	}
 	if c.blas != 0 {
 		c.l.blas.destroy.call(c.blas)
 	}
@@ -543,6 +566,11 @@ func (m devMem) free(p uint64) {
 }
 
 func (m devMem) sync() error {
+	// Ops held for a graph segment may use the blocks about to go back to
+	// the device: queue them first.
+	if err := m.c.plan.flushPlain(cudaGraphs{m.c}); err != nil {
+		return err
+	}
 	if r := m.c.l.drv.streamSynchronize.call(m.c.stream); r != 0 {
 		return fmt.Errorf("cuStreamSynchronize: %s", m.c.l.drv.errText(r))
 	}

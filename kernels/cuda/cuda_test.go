@@ -549,7 +549,7 @@ func crossCases() []xcase {
 			})
 		}
 	}
-	return cs
+	return append(cs, fusedCrossCases()...)
 }
 
 // fastPathOff turns fast path name off on e's backend when it is this

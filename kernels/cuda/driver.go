@@ -134,6 +134,8 @@ func cBytes(s string) []byte { return append([]byte(s), 0) }
 // dlopen'ed driver cannot be unloaded safely, and shared by every backend.
 type libs struct {
 	drv      *driverAPI
+	graph    *graphAPI
+	graphErr error // why the graph entry points are missing (nil: present)
 	blas     *blasAPI
 	rtc      *nvrtcAPI
 	blasPath string
@@ -186,7 +188,9 @@ func openLibs() (*libs, error) {
 	if err := resolve(rh, rpath, rtc.all()...); err != nil {
 		return nil, err
 	}
-	return &libs{drv: drv, blas: blas, rtc: rtc, blasPath: bpath, rtcPath: rpath}, nil
+	graph := newGraphAPI()
+	graphErr := resolve(h, "libcuda.so.1", graph.all()...)
+	return &libs{drv: drv, graph: graph, graphErr: graphErr, blas: blas, rtc: rtc, blasPath: bpath, rtcPath: rpath}, nil
 }
 
 // Available reports why the CUDA backend cannot run on this machine, or nil

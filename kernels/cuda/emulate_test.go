@@ -22,21 +22,7 @@ import (
 // the device's own rounding. It needs g++ and NEWBIE_TRAIN_EMULATE=1 (a
 // minute of compiling and emulating).
 func TestKernelsEmulated(t *testing.T) {
-	if os.Getenv("NEWBIE_TRAIN_EMULATE") == "" {
-		t.Skip("set NEWBIE_TRAIN_EMULATE=1 to emulate the tensor-core kernels on the CPU (needs g++)")
-	}
-	cxx, err := exec.LookPath("g++")
-	if err != nil {
-		t.Skip("no g++ to build the emulator")
-	}
-	_, files, err := kernelIndex()
-	if err != nil {
-		t.Fatal(err)
-	}
-	emu, err := os.ReadFile("testdata/emu/emu.h")
-	if err != nil {
-		t.Fatal(err)
-	}
+	cxx, files, emu := emulatorSetup(t)
 	checks, err := os.ReadFile("testdata/emu/checks.cpp")
 	if err != nil {
 		t.Fatal(err)
@@ -50,25 +36,11 @@ func TestKernelsEmulated(t *testing.T) {
 		// files[f] is what NVRTC compiles: common.cuh, the file's headers
 		// and the file, which the emulator replaces in part.
 		src := string(emu) + "\n" + emulatedSource(files[prog.file]) + "\n#line 1 \"checks.cpp\"\n" + string(checks)
-		cpp := filepath.Join(dir, prog.name+".cpp")
-		if err := os.WriteFile(cpp, []byte(src), 0o644); err != nil {
-			t.Fatal(err)
-		}
 		for _, late := range []string{"0", "1"} {
 			name := prog.name + map[string]string{"0": "/copies-early", "1": "/copies-late"}[late]
 			t.Run(name, func(t *testing.T) {
-				bin := filepath.Join(dir, prog.name+late)
-				build := exec.Command(cxx, "-std=c++17", "-O2", "-w", "-D"+prog.name, "-DEMU_LATE="+late, "-o", bin, cpp)
-				if out, err := build.CombinedOutput(); err != nil {
-					t.Fatalf("g++: %v\n%s", err, out)
-				}
-				var out bytes.Buffer
-				run := exec.Command(bin)
-				run.Stdout, run.Stderr = &out, &out
-				runErr := run.Run()
-				sc := bufio.NewScanner(&out)
-				for sc.Scan() {
-					line := sc.Text()
+				lines, runErr := runEmulated(t, cxx, dir, prog.name, src, "-D"+prog.name, "-DEMU_LATE="+late)
+				for _, line := range lines {
 					t.Log(line)
 					if !strings.HasPrefix(line, "PASS ") {
 						t.Error(line)
@@ -80,6 +52,51 @@ func TestKernelsEmulated(t *testing.T) {
 			})
 		}
 	}
+}
+
+// emulatorSetup skips unless NEWBIE_TRAIN_EMULATE is set and g++ exists,
+// and returns the compiler, the kernel sources and the emulator header.
+func emulatorSetup(t *testing.T) (cxx string, files map[string]string, emu []byte) {
+	t.Helper()
+	if os.Getenv("NEWBIE_TRAIN_EMULATE") == "" {
+		t.Skip("set NEWBIE_TRAIN_EMULATE=1 to emulate kernels on the CPU (needs g++)")
+	}
+	cxx, err := exec.LookPath("g++")
+	if err != nil {
+		t.Skip("no g++ to build the emulator")
+	}
+	if _, files, err = kernelIndex(); err != nil {
+		t.Fatal(err)
+	}
+	if emu, err = os.ReadFile("testdata/emu/emu.h"); err != nil {
+		t.Fatal(err)
+	}
+	return cxx, files, emu
+}
+
+// runEmulated compiles one emulated program (src, with the -D defines)
+// into dir, runs it and returns its output lines and the run's error.
+func runEmulated(t *testing.T, cxx, dir, name, src string, defines ...string) ([]string, error) {
+	t.Helper()
+	cpp := filepath.Join(dir, name+".cpp")
+	if err := os.WriteFile(cpp, []byte(src), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(dir, name+strings.Join(defines, ""))
+	args := append(append([]string{"-std=c++17", "-O2", "-w"}, defines...), "-o", bin, cpp)
+	if out, err := exec.Command(cxx, args...).CombinedOutput(); err != nil {
+		t.Fatalf("g++: %v\n%s", err, out)
+	}
+	var out bytes.Buffer
+	run := exec.Command(bin)
+	run.Stdout, run.Stderr = &out, &out
+	runErr := run.Run()
+	var lines []string
+	sc := bufio.NewScanner(&out)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	return lines, runErr
 }
 
 // emulatedFuncs are the device functions written in PTX that emu.h

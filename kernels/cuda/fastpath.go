@@ -25,9 +25,16 @@ const (
 	// fastAttn256 is the tensor-core attention forward at head size 256
 	// (attn_fwd_tc256).
 	fastAttn256 = "attn256"
+	// fastFused is the one-pass kernels of the fused block ops
+	// (fused_norm.cu); off, those ops run as their compositions of the
+	// primitive kernels (kernels.Compose*).
+	fastFused = "fused"
+	// fastGraphs is graph replay of repeating regions (graph.go); off,
+	// every region runs as plain launches.
+	fastGraphs = "graphs"
 )
 
-var fastPaths = []string{fastConv, fastGroupNorm, fastAttn256}
+var fastPaths = []string{fastConv, fastGroupNorm, fastAttn256, fastFused, fastGraphs}
 
 // parseFastPathsOff reads a NEWBIE_TRAIN_CUDA_OFF value into the set of
 // fast paths turned off, refusing names it does not know (a typo would

@@ -49,6 +49,9 @@ func (c *Backend) Gemm(g kernels.GemmArgs) {
 			c.failf("%s: F64 operands need an F64 C, got %v", op, cc.dt)
 			return
 		}
+	default:
+		c.failf("%s: operand dtype %v is not F32, BF16, F16 or F64", op, a.dt)
+		return
 	}
 	outType := map[kernels.DType]int{kernels.F32: cudaR32F, kernels.BF16: cudaR16BF, kernels.F16: cudaR16F, kernels.F64: cudaR64F}[cc.dt]
 	ar, ac := g.M, g.K
@@ -99,20 +102,18 @@ func (c *Backend) Gemm(g kernels.GemmArgs) {
 		c.launch("cast_f", c.grid1(cc.n, blockSize), blockSize, 0, tmp, int(kernels.F32), cc.ptr, dt(cc), cc.n)
 		cPtr, outType = tmp+uint64(g.OffC)*4, cudaR32F
 	}
-	alpha := c.hostScalar(argAreaBytes-32, g.Alpha, f64)
-	beta := c.hostScalar(argAreaBytes-16, g.Beta, f64)
 	ldA, ldB := max(g.LDB, 1), max(g.LDA, 1)
 	algo := uintptr(uint32(defaultAlgo))
 	var r int32
 	if g.Batch == 1 {
-		r = c.l.blas.gemmEx.call(c.blas, ta, tb, uintptr(g.N), uintptr(g.M), uintptr(g.K), alpha,
+		r = c.blasCall("cublasGemmEx", &c.l.blas.gemmEx, 6, 13, g.Alpha, g.Beta, f64, c.blas, ta, tb, uintptr(g.N), uintptr(g.M), uintptr(g.K), 0,
 			uintptr(aPtr), uintptr(inType), uintptr(ldA), uintptr(bPtr), uintptr(inType), uintptr(ldB),
-			beta, uintptr(cPtr), uintptr(outType), uintptr(max(g.LDC, 1)), uintptr(compute), algo)
+			0, uintptr(cPtr), uintptr(outType), uintptr(max(g.LDC, 1)), uintptr(compute), algo)
 	} else {
-		r = c.l.blas.gemmStridedBatchedEx.call(c.blas, ta, tb, uintptr(g.N), uintptr(g.M), uintptr(g.K), alpha,
+		r = c.blasCall("cublasGemmStridedBatchedEx", &c.l.blas.gemmStridedBatchedEx, 6, 15, g.Alpha, g.Beta, f64, c.blas, ta, tb, uintptr(g.N), uintptr(g.M), uintptr(g.K), 0,
 			uintptr(aPtr), uintptr(inType), uintptr(ldA), uintptr(int64(g.StrideB)),
 			uintptr(bPtr), uintptr(inType), uintptr(ldB), uintptr(int64(g.StrideA)),
-			beta, uintptr(cPtr), uintptr(outType), uintptr(max(g.LDC, 1)), uintptr(int64(g.StrideC)),
+			0, uintptr(cPtr), uintptr(outType), uintptr(max(g.LDC, 1)), uintptr(int64(g.StrideC)),
 			uintptr(g.Batch), uintptr(compute), algo)
 	}
 	if r == 0 && mixed {
@@ -122,6 +123,20 @@ func (c *Backend) Gemm(g kernels.GemmArgs) {
 		c.failf("%s: cublasGemm%sEx (M=%d N=%d K=%d batch %d, %v→%v): cuBLAS status %d", op,
 			map[bool]string{true: "StridedBatched", false: ""}[g.Batch > 1], g.M, g.N, g.K, g.Batch, a.dt, cc.dt, r)
 	}
+}
+
+// blasCall makes a cuBLAS call whose arguments alphaAt and betaAt are
+// host pointers to the scalars alpha and beta (float64 when f64, else
+// float32): now, or, inside a graph region, as a recorded op (status 0;
+// a failure then surfaces from the segment). Callers hold c.mu.
+func (c *Backend) blasCall(name string, s *sym, alphaAt, betaAt int, alpha, beta float64, f64 bool, args ...uintptr) int32 {
+	if c.plan.active() {
+		c.queue(&opRecord{kind: opBlas, name: name, blas: s, bargs: args, alphaAt: alphaAt, betaAt: betaAt, alpha: alpha, beta: beta, f64: f64})
+		return 0
+	}
+	args[alphaAt] = c.hostScalar(argAreaBytes-32, alpha, f64)
+	args[betaAt] = c.hostScalar(argAreaBytes-16, beta, f64)
+	return s.call(args...)
 }
 
 // defaultAlgo is CUBLAS_GEMM_DEFAULT as the 32-bit pattern C receives.

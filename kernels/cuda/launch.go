@@ -197,8 +197,15 @@ func (c *Backend) launch(name string, g dims, block, smem int, args ...any) {
 		return
 	}
 	off := ptrBytes
+	var offs []int // argument starts, kept for a graph region's record
+	if c.plan.active() {
+		offs = make([]int, 0, len(args))
+	}
 	for i, a := range args {
 		start := off
+		if offs != nil {
+			offs = append(offs, start-ptrBytes)
+		}
 		switch v := a.(type) {
 		case uint64:
 			binary.LittleEndian.PutUint64(area[off:], v)
@@ -215,12 +222,19 @@ func (c *Backend) launch(name string, g dims, block, smem int, args ...any) {
 				return
 			}
 			copy(area[off:], v)
+			// Zero the padding: a graph region compares the packed bytes.
+			clear(area[off+len(v) : min(off+(len(v)+7)&^7, argAreaBytes)])
 			off += (len(v) + 7) &^ 7
 		default:
 			c.failf("%s: kernel argument %d has unsupported type %T", name, i, a)
 			return
 		}
 		binary.LittleEndian.PutUint64(area[8*i:], uint64(uintptr(c.args)+uintptr(start)))
+	}
+	if offs != nil {
+		c.queue(&opRecord{kind: opKernel, name: name, fn: f, grid: g, block: block, smem: smem,
+			args: append([]byte(nil), area[ptrBytes:off]...), offs: offs})
+		return
 	}
 	r := c.l.drv.launchKernel.call(f, uintptr(g.x), uintptr(g.y), uintptr(g.z), uintptr(block), 1, 1,
 		uintptr(smem), c.stream, uintptr(c.args), 0)

@@ -375,6 +375,9 @@ func (n *NCCL) enqueue(what string, bufs []kernels.Buffer, call func(i int, b *b
 		return fmt.Errorf("nccl: %s: the cuda backend is closed or its context cannot be made current", what)
 	}
 	defer c.leave()
+	// A collective is no op of a graph region: the ops held before it run
+	// first (their segment closes), so the stream keeps their order.
+	c.hostRead()
 	n.callMu.Lock()
 	defer n.callMu.Unlock()
 	if n.comm == 0 {

@@ -161,14 +161,17 @@ __device__ void mt_final_body(const T* partial, i64 np, i64 mode, void* d, i64 d
 extern "C" __global__ void mt_final_f(const float* partial, i64 np, i64 mode, void* d, i64 ddt) { mt_final_body<float>(partial, np, mode, d, ddt); }
 extern "C" __global__ void mt_final_d(const double* partial, i64 np, i64 mode, void* d, i64 ddt) { mt_final_body<double>(partial, np, mode, d, ddt); }
 
-// AdamW: per-tensor descriptor and the step's shared scalars.
+// AdamW: per-tensor descriptor and the shared scalars. Everything that
+// changes from step to step (decay, step size, the second moment's bias
+// correction) is in the descriptor, which is uploaded, so the launch's own
+// arguments repeat and a captured graph of the update replays.
 struct AdamTensor {
   u64 p, g, m, v;
   i64 n, gdt, pdt, start;
-  double decay, step;
+  double decay, step, bc2sqrt;
 };
 struct AdamScalars {
-  double b1, b2, eps, bc2sqrt;
+  double b1, b2, eps;
   u64 scale;
   i64 scaledt;
   u64 skip;
@@ -197,7 +200,7 @@ extern "C" __global__ void adamw(const AdamTensor* t, i64 nt, i64 chunks, AdamSc
         double pj = p[i] * a.decay;
         double mj = s.b1 * m[i] + (1.0 - s.b1) * g;
         double vj = s.b2 * v[i] + (1.0 - s.b2) * g * g;
-        double den = sqrt(vj) / s.bc2sqrt + s.eps;
+        double den = sqrt(vj) / a.bc2sqrt + s.eps;
         p[i] = pj - a.step * (mj / den);
         m[i] = mj;
         v[i] = vj;
@@ -207,7 +210,7 @@ extern "C" __global__ void adamw(const AdamTensor* t, i64 nt, i64 chunks, AdamSc
       float* m = (float*)a.m;
       float* v = (float*)a.v;
       float b1 = (float)s.b1, b2 = (float)s.b2, ob1 = (float)(1.0 - s.b1), ob2 = (float)(1.0 - s.b2);
-      float decay = (float)a.decay, step = (float)a.step, bc2 = (float)s.bc2sqrt, eps = (float)s.eps, sc = (float)scale;
+      float decay = (float)a.decay, step = (float)a.step, bc2 = (float)a.bc2sqrt, eps = (float)s.eps, sc = (float)scale;
       for (i64 i = base + threadIdx.x; i < end; i += blockDim.x) {
         float g = ld<float>((const void*)a.g, (int)a.gdt, i) * sc;
         float pj = p[i] * decay;

@@ -35,31 +35,8 @@
 //   rs = 1/sqrt(mean(x²) + eps),  y = x·rs·w,
 //   dx = rs·(g − x̂·mean(g·x̂)),   g = dy·w, x̂ = x·rs.
 
-// rv_unpack widens 8 bf16 (one 16-byte chunk, lowest address first) to fp32.
-__device__ __forceinline__ void rv_unpack(uint4 v, float* f) {
-  const u32 w[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-  for (int k = 0; k < 4; k++) {
-    f[2 * k] = __uint_as_float(w[k] << 16);
-    f[2 * k + 1] = __uint_as_float(w[k] & 0xffff0000u);
-  }
-}
-
-// rv_pack rounds 8 fp32 to bf16 (round to nearest even, as f32_to_bf16).
-__device__ __forceinline__ uint4 rv_pack(const float* f) {
-  u32 w[4];
-#pragma unroll
-  for (int k = 0; k < 4; k++) w[k] = (u32)f32_to_bf16(f[2 * k]) | ((u32)f32_to_bf16(f[2 * k + 1]) << 16);
-  return make_uint4(w[0], w[1], w[2], w[3]);
-}
-
-// rv_group_sum adds v over the L lanes of this lane's group. Every lane of
-// the warp must call it (full mask); groups never mix, since xor by an
-// offset below L stays inside an aligned run of L lanes.
-__device__ __forceinline__ float rv_group_sum(float v, int L) {
-  for (int o = L >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
+// rv_unpack, rv_pack and rv_group_sum live in common.cuh (the fused
+// norms of fused_norm.cu use them too).
 
 // rv_load fills c[k] with chunk lane + k·L of row r of p (nv chunks a
 // row), or zeros where the row or the chunk does not exist.
@@ -73,28 +50,60 @@ __device__ __forceinline__ void rv_load(uint4* c, const u16* p, i64 r, i64 rows,
   }
 }
 
-// rv_sumsq adds the squares of one chunk's 8 values to acc.
-__device__ __forceinline__ float rv_sumsq(uint4 xv, float acc) {
-  float f[8];
-  rv_unpack(xv, f);
-#pragma unroll
-  for (int k = 0; k < 8; k++) acc += f[k] * f[k];
-  return acc;
+// NormScale's factor and residual for the bf16 kernels (NormScale in
+// kernels/fused.go; the generic kernels are in fused_norm.cu): offsets in
+// elements, s and res null for a plain RMSNorm.
+struct NSVec {
+  u64 s;
+  i64 soff, sstride, seq, mode;
+  u64 res;
+};
+
+// ns_rows returns the factor's and the residual's chunk rows for row r.
+__device__ __forceinline__ void ns_rows(const NSVec& a, i64 r, i64 nv, const uint4*& srow, const uint4*& rrow) {
+  srow = a.s ? (const uint4*)((const u16*)a.s + a.soff + (r / a.seq) * a.sstride) : nullptr;
+  rrow = a.res ? (const uint4*)a.res + r * nv : nullptr;
 }
 
-// rv_scale returns the chunk x·rs·w (w absent: x·rs), rounded to bf16.
-__device__ __forceinline__ uint4 rv_scale(uint4 xv, const uint4* w, i64 j, float rs) {
-  float f[8];
-  rv_unpack(xv, f);
+// ns_chunk_factor returns f(s) for one chunk of the factor, each value
+// rounded to bf16 as the separate Affine or Tanh op stored it.
+__device__ __forceinline__ void ns_chunk_factor(uint4 sv, int mode, float* f) {
+  rv_unpack(sv, f);
+  if (mode == NS_ASIS) return;
 #pragma unroll
-  for (int k = 0; k < 8; k++) f[k] *= rs;
-  if (w) {
-    float g[8];
-    rv_unpack(w[j], g);
+  for (int k = 0; k < 8; k++) f[k] = bf16_to_f32(f32_to_bf16(mode == NS_ONEPLUS ? f[k] + 1.0f : tanhf(f[k])));
+}
+
+// ns_finish turns one chunk of n (already rounded to bf16) into the
+// output chunk: times the factor (rounded), plus the residual.
+__device__ __forceinline__ uint4 ns_finish(uint4 nv, const uint4* srow, const uint4* rrow, i64 j, int mode) {
+  if (!srow && !rrow) return nv;
+  float n[8];
+  rv_unpack(nv, n);
+  if (srow) {
+    float f[8];
+    ns_chunk_factor(srow[j], mode, f);
 #pragma unroll
-    for (int k = 0; k < 8; k++) f[k] *= g[k];
+    for (int k = 0; k < 8; k++) n[k] = bf16_to_f32(f32_to_bf16(n[k] * f[k]));
   }
-  return rv_pack(f);
+  if (rrow) {
+    float r[8];
+    rv_unpack(rrow[j], r);
+#pragma unroll
+    for (int k = 0; k < 8; k++) n[k] = r[k] + n[k];
+  }
+  return rv_pack(n);
+}
+
+// ns_dnchunk returns dn = dy·f(s) for one chunk, rounded to bf16.
+__device__ __forceinline__ uint4 ns_dnchunk(uint4 dv, const uint4* srow, i64 j, int mode) {
+  if (!srow) return dv;
+  float d[8], f[8];
+  rv_unpack(dv, d);
+  ns_chunk_factor(srow[j], mode, f);
+#pragma unroll
+  for (int k = 0; k < 8; k++) d[k] *= f[k];
+  return rv_pack(d);
 }
 
 // rv_forward is the body of the forward kernels. H > 0: a lane holds up to
@@ -102,7 +111,8 @@ __device__ __forceinline__ uint4 rv_scale(uint4 xv, const uint4* w, i64 j, float
 // row per step, read again in the second pass. Launch with 256 threads per
 // block; L = lanes; a block takes R·256/L rows per step.
 template <int H, int R>
-__device__ __forceinline__ void rv_forward(u16* y, float* rstd, const u16* x, const u16* w, i64 rows, i64 cols, int L, double eps) {
+__device__ __forceinline__ void rv_forward(u16* y, float* rstd, const u16* x, const u16* w, NSVec a, i64 rows, i64 cols, int L,
+                                           double eps) {
   static_assert(H > 0 || R == 1, "the re-reading kernel takes one row per step");
   const int lane = (int)threadIdx.x & (L - 1);
   const i64 groups = blockDim.x / L;  // groups per block
@@ -133,11 +143,13 @@ __device__ __forceinline__ void rv_forward(u16* y, float* rstd, const u16* x, co
         const i64 r = base + q * groups + g;
         if (r >= rows) continue;
         const float rs = 1.0f / sqrtf(ss[q] / (float)cols + (float)eps);
+        const uint4 *srow, *rrow;
+        ns_rows(a, r, nv, srow, rrow);
         uint4* yr = (uint4*)y + r * nv;
 #pragma unroll
         for (int k = 0; k < H; k++) {
           const i64 j = lane + (i64)k * L;
-          if (j < nv) yr[j] = rv_scale(xc[q][k], wv, j, rs);
+          if (j < nv) yr[j] = ns_finish(rv_scale(xc[q][k], wv, j, rs), srow, rrow, j, (int)a.mode);
         }
         if (lane == 0) rstd[r] = rs;
       }
@@ -151,8 +163,10 @@ __device__ __forceinline__ void rv_forward(u16* y, float* rstd, const u16* x, co
       ss = rv_group_sum(ss, L);
       if (live) {
         const float rs = 1.0f / sqrtf(ss / (float)cols + (float)eps);
+        const uint4 *srow, *rrow;
+        ns_rows(a, r, nv, srow, rrow);
         uint4* yr = (uint4*)y + r * nv;
-        for (i64 j = lane; j < nv; j += L) yr[j] = rv_scale(xr[j], wv, j, rs);
+        for (i64 j = lane; j < nv; j += L) yr[j] = ns_finish(rv_scale(xr[j], wv, j, rs), srow, rrow, j, (int)a.mode);
         if (lane == 0) rstd[r] = rs;
       }
     }
@@ -163,51 +177,21 @@ __device__ __forceinline__ void rv_forward(u16* y, float* rstd, const u16* x, co
 // lanes = L. The suffix says how many chunks a lane may own (see above).
 extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_h1(u16* y, float* rstd, const u16* x, const u16* w, i64 rows,
                                                                       i64 cols, i64 lanes, double eps) {
-  rv_forward<1, 4>(y, rstd, x, w, rows, cols, (int)lanes, eps);
+  rv_forward<1, 4>(y, rstd, x, w, NSVec{}, rows, cols, (int)lanes, eps);
 }
 extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_h2(u16* y, float* rstd, const u16* x, const u16* w, i64 rows,
                                                                       i64 cols, i64 lanes, double eps) {
-  rv_forward<2, 2>(y, rstd, x, w, rows, cols, (int)lanes, eps);
+  rv_forward<2, 2>(y, rstd, x, w, NSVec{}, rows, cols, (int)lanes, eps);
 }
 extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows(u16* y, float* rstd, const u16* x, const u16* w, i64 rows,
                                                                    i64 cols, i64 lanes, double eps) {
-  rv_forward<0, 1>(y, rstd, x, w, rows, cols, (int)lanes, eps);
-}
-
-// rv_g widens one chunk of x and of g = dy·w (w absent: dy) to fp32.
-__device__ __forceinline__ void rv_g(uint4 xv, uint4 dv, const uint4* w, i64 j, float* xf, float* gf) {
-  rv_unpack(xv, xf);
-  rv_unpack(dv, gf);
-  if (w) {
-    float wf[8];
-    rv_unpack(w[j], wf);
-#pragma unroll
-    for (int k = 0; k < 8; k++) gf[k] *= wf[k];
-  }
-}
-
-// rv_gdot adds Σ g·x̂ over one chunk to acc (x̂ = x·rs).
-__device__ __forceinline__ float rv_gdot(uint4 xv, uint4 dv, const uint4* w, i64 j, float rs, float acc) {
-  float xf[8], gf[8];
-  rv_g(xv, dv, w, j, xf, gf);
-#pragma unroll
-  for (int k = 0; k < 8; k++) acc += gf[k] * (xf[k] * rs);
-  return acc;
-}
-
-// rv_dx returns one chunk of dx = rs·(g − x̂·m), m = mean(g·x̂), in bf16.
-__device__ __forceinline__ uint4 rv_dx(uint4 xv, uint4 dv, const uint4* w, i64 j, float rs, float m) {
-  float xf[8], gf[8];
-  rv_g(xv, dv, w, j, xf, gf);
-#pragma unroll
-  for (int k = 0; k < 8; k++) xf[k] = rs * (gf[k] - (xf[k] * rs) * m);
-  return rv_pack(xf);
+  rv_forward<0, 1>(y, rstd, x, w, NSVec{}, rows, cols, (int)lanes, eps);
 }
 
 // rv_backward is the body of the dx kernels, with rv_forward's H and R.
 template <int H, int R>
-__device__ __forceinline__ void rv_backward(u16* dx, const u16* dy, const u16* x, const u16* w, const float* rstd, i64 rows, i64 cols,
-                                            int L) {
+__device__ __forceinline__ void rv_backward(u16* dx, const u16* dy, const u16* x, const u16* w, const float* rstd, NSVec a, i64 rows,
+                                            i64 cols, int L) {
   static_assert(H > 0 || R == 1, "the re-reading kernel takes one row per step");
   const int lane = (int)threadIdx.x & (L - 1);
   const i64 groups = blockDim.x / L;
@@ -226,6 +210,15 @@ __device__ __forceinline__ void rv_backward(u16* dx, const u16* dy, const u16* x
         rv_load<H>(xc[q], x, r, rows, nv, lane, L);
         rv_load<H>(dc[q], dy, r, rows, nv, lane, L);
         rs[q] = r < rows ? rstd[r] : 0.0f;
+        if (a.s && r < rows) { // NormScale: dy becomes dn = dy·f(s)
+          const uint4 *srow, *rrow;
+          ns_rows(a, r, nv, srow, rrow);
+#pragma unroll
+          for (int k = 0; k < H; k++) {
+            const i64 j = lane + (i64)k * L;
+            if (j < nv) dc[q][k] = ns_dnchunk(dc[q][k], srow, j, (int)a.mode);
+          }
+        }
       }
 #pragma unroll
       for (int q = 0; q < R; q++) {
@@ -256,13 +249,15 @@ __device__ __forceinline__ void rv_backward(u16* dx, const u16* dy, const u16* x
       const uint4* xr = (const uint4*)x + o;
       const uint4* dr = (const uint4*)dy + o;
       const float rs = live ? rstd[r] : 0.0f;
+      const uint4 *srow = nullptr, *rrow = nullptr;
+      if (live) ns_rows(a, r, nv, srow, rrow);
       float sgx = 0.0f;
       if (live)
-        for (i64 j = lane; j < nv; j += L) sgx = rv_gdot(xr[j], dr[j], wv, j, rs, sgx);
+        for (i64 j = lane; j < nv; j += L) sgx = rv_gdot(xr[j], ns_dnchunk(dr[j], srow, j, (int)a.mode), wv, j, rs, sgx);
       const float m = rv_group_sum(sgx, L) / (float)cols;
       if (live) {
         uint4* out = (uint4*)dx + o;
-        for (i64 j = lane; j < nv; j += L) out[j] = rv_dx(xr[j], dr[j], wv, j, rs, m);
+        for (i64 j = lane; j < nv; j += L) out[j] = rv_dx(xr[j], ns_dnchunk(dr[j], srow, j, (int)a.mode), wv, j, rs, m);
       }
     }
   }
@@ -273,13 +268,43 @@ __device__ __forceinline__ void rv_backward(u16* dx, const u16* dy, const u16* x
 // L; the suffix as for the forward.
 extern "C" __global__ void __launch_bounds__(256) rmsnorm_grad_bf16_rows_h1(u16* dx, const u16* dy, const u16* x, const u16* w,
                                                                            const float* rstd, i64 rows, i64 cols, i64 lanes) {
-  rv_backward<1, 4>(dx, dy, x, w, rstd, rows, cols, (int)lanes);
+  rv_backward<1, 4>(dx, dy, x, w, rstd, NSVec{}, rows, cols, (int)lanes);
 }
 extern "C" __global__ void __launch_bounds__(256) rmsnorm_grad_bf16_rows_h2(u16* dx, const u16* dy, const u16* x, const u16* w,
                                                                            const float* rstd, i64 rows, i64 cols, i64 lanes) {
-  rv_backward<2, 2>(dx, dy, x, w, rstd, rows, cols, (int)lanes);
+  rv_backward<2, 2>(dx, dy, x, w, rstd, NSVec{}, rows, cols, (int)lanes);
 }
 extern "C" __global__ void __launch_bounds__(256) rmsnorm_grad_bf16_rows(u16* dx, const u16* dy, const u16* x, const u16* w,
                                                                         const float* rstd, i64 rows, i64 cols, i64 lanes) {
-  rv_backward<0, 1>(dx, dy, x, w, rstd, rows, cols, (int)lanes);
+  rv_backward<0, 1>(dx, dy, x, w, rstd, NSVec{}, rows, cols, (int)lanes);
+}
+
+// normscale_bf16_rows* / normscale_grad_bf16_rows*: NormScale (kernels/
+// fused.go) on the same lane groups: the RMSNorm kernels above with the
+// factor and residual of a (a chunk of adaLN's modulation read in place,
+// offsets and strides multiples of 8). The factor's gradient is the column
+// pass of fused_norm.cu.
+extern "C" __global__ void __launch_bounds__(256) normscale_bf16_rows_h1(u16* y, float* rstd, const u16* x, const u16* w, NSVec a,
+                                                                        i64 rows, i64 cols, i64 lanes, double eps) {
+  rv_forward<1, 4>(y, rstd, x, w, a, rows, cols, (int)lanes, eps);
+}
+extern "C" __global__ void __launch_bounds__(256) normscale_bf16_rows_h2(u16* y, float* rstd, const u16* x, const u16* w, NSVec a,
+                                                                        i64 rows, i64 cols, i64 lanes, double eps) {
+  rv_forward<2, 2>(y, rstd, x, w, a, rows, cols, (int)lanes, eps);
+}
+extern "C" __global__ void __launch_bounds__(256) normscale_bf16_rows(u16* y, float* rstd, const u16* x, const u16* w, NSVec a,
+                                                                     i64 rows, i64 cols, i64 lanes, double eps) {
+  rv_forward<0, 1>(y, rstd, x, w, a, rows, cols, (int)lanes, eps);
+}
+extern "C" __global__ void __launch_bounds__(256) normscale_grad_bf16_rows_h1(u16* dx, const u16* dy, const u16* x, const u16* w,
+                                                                             const float* rstd, NSVec a, i64 rows, i64 cols, i64 lanes) {
+  rv_backward<1, 4>(dx, dy, x, w, rstd, a, rows, cols, (int)lanes);
+}
+extern "C" __global__ void __launch_bounds__(256) normscale_grad_bf16_rows_h2(u16* dx, const u16* dy, const u16* x, const u16* w,
+                                                                             const float* rstd, NSVec a, i64 rows, i64 cols, i64 lanes) {
+  rv_backward<2, 2>(dx, dy, x, w, rstd, a, rows, cols, (int)lanes);
+}
+extern "C" __global__ void __launch_bounds__(256) normscale_grad_bf16_rows(u16* dx, const u16* dy, const u16* x, const u16* w,
+                                                                          const float* rstd, NSVec a, i64 rows, i64 cols, i64 lanes) {
+  rv_backward<0, 1>(dx, dy, x, w, rstd, a, rows, cols, (int)lanes);
 }

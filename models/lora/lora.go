@@ -285,6 +285,9 @@ func (s *Set) fold(alpha float64) error {
 		if a.A.Buffer() == nil || a.B.Buffer() == nil {
 			return fmt.Errorf("lora: merging %s: adapter was released", n)
 		}
+		if w.FP8Scale() != nil {
+			return fmt.Errorf("lora: merging %s: its base weight is stored in fp8 (FP8Base), which a merge would have to requantise; merge into a bf16 or f32 model", n)
+		}
 		md := a.A.DType()
 		dst := w.Buffer()
 		if w.DType() != md {

@@ -113,6 +113,12 @@ func (m *Model) Forward(in Inputs) (*ag.Tensor, error) {
 	if err != nil {
 		return nil, err
 	}
+	// A model evaluation repeats per shape (the sampler's steps): on a
+	// backend with graphs it is a region of its own (inside a training
+	// step's region it is part of that one).
+	kernels.BeginGraph(m.e.Backend(), fmt.Sprintf("nextdit.Forward %v/%v/%d clip=%v grad=%v autocast=%v checkpoint=%v",
+		in.X.Shape(), in.CapLens, l, in.ClipPooled != nil, m.e.GradEnabled(), m.e.Autocast(), m.opts.Checkpoint))
+	defer kernels.EndGraph(m.e.Backend())
 	e, act := m.e, m.actDType()
 	n, p, d, hd := ht*wt, c.PatchSize, c.Dim, c.HeadDim()
 	maxCap := 0
@@ -231,96 +237,67 @@ func (m *Model) Forward(in Inputs) (*ag.Tensor, error) {
 }
 
 // runBlock runs one transformer block, checkpointed when the options say
-// so. adaln is nil for the unmodulated context refiner. Every tensor the
-// block reads other than weights (x, the conditioning and the RoPE tables)
-// is passed to Checkpoint as an input: the node then holds them for the
-// recompute, and gradients reach x and the conditioning.
+// so, and shows its output to the block observer. adaln is nil for the
+// unmodulated context refiner. Every tensor the block reads other than
+// weights (x, the conditioning and the RoPE tables) is passed to Checkpoint
+// as an input: the node then holds them for the recompute, and gradients
+// reach x and the conditioning.
 func (m *Model) runBlock(prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []int32) *ag.Tensor {
-	if !m.opts.Checkpoint {
-		return m.block(prefix, x, adaln, cos, sin, keyLens)
-	}
-	if adaln == nil {
-		return ag.Checkpoint(func(in []*ag.Tensor) *ag.Tensor {
+	var out *ag.Tensor
+	switch {
+	case !m.opts.Checkpoint:
+		out = m.block(prefix, x, adaln, cos, sin, keyLens)
+	case adaln == nil:
+		out = ag.Checkpoint(func(in []*ag.Tensor) *ag.Tensor {
 			return m.block(prefix, in[0], nil, in[1], in[2], keyLens)
 		}, x, cos, sin)
+	default:
+		out = ag.Checkpoint(func(in []*ag.Tensor) *ag.Tensor {
+			return m.block(prefix, in[0], in[3], in[1], in[2], keyLens)
+		}, x, cos, sin, adaln)
 	}
-	return ag.Checkpoint(func(in []*ag.Tensor) *ag.Tensor {
-		return m.block(prefix, in[0], in[3], in[1], in[2], keyLens)
-	}, x, cos, sin, adaln)
+	if m.observe != nil {
+		m.observe(prefix, out)
+	}
+	return out
 }
 
 // block is upstream JointTransformerBlock.forward: sandwich RMSNorms around
 // attention and SwiGLU, with adaLN scale and tanh gates when modulated.
+// Each sandwich norm is one ag.NormScale with its adaLN factor (the
+// modulation's chunk read in place: scale_msa, gate_msa, scale_mlp,
+// gate_mlp) and, after the branch, the residual add: the values of
+// RMSNorm, the chunk's slice, AddScalar or Tanh, Mul and Add, with none of
+// their intermediates stored.
 func (m *Model) block(prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []int32) *ag.Tensor {
-	c := m.cfg
-	d := c.Dim
-	eps := c.NormEps
+	eps := m.cfg.NormEps
 	w := func(name string) *ag.Tensor { return m.weights[prefix+"."+name] }
-	var scaleMSA, gateMSA, scaleMLP, gateMLP *ag.Tensor
+	var mod *ag.Tensor
 	if adaln != nil {
 		sa := ag.SiLU(adaln)
-		mod := m.linear(prefix+".adaLN_modulation.1", sa)
-		chunk := func(i int) *ag.Tensor { return ag.Slice(mod, 1, i*d, (i+1)*d) }
-		scaleMSA, scaleMLP = chunk(0), chunk(2)
-		g1, g3 := chunk(1), chunk(3)
-		gateMSA, gateMLP = gateOf(g1), gateOf(g3)
-		release(sa, mod, g1, g3)
+		mod = m.linear(prefix+".adaLN_modulation.1", sa)
+		release(sa)
+	}
+	norm := func(x *ag.Tensor, weight string, chunk int, mode kernels.ScaleMode, res *ag.Tensor) *ag.Tensor {
+		o := ag.NormScaleOptions{Res: res}
+		if mod != nil {
+			o.S, o.Chunk, o.Chunks, o.Mode = mod, chunk, 4, mode
+		}
+		return ag.NormScale(x, w(weight), eps, o)
 	}
 
 	// Attention branch.
-	h := normThen(modulate, x, w("attention_norm1.weight"), eps, scaleMSA)
+	h := norm(x, "attention_norm1.weight", 0, kernels.ScaleOnePlus, nil)
 	a := m.attention(prefix, h, cos, sin, keyLens)
-	g := normThen(gated, a, w("attention_norm2.weight"), eps, gateMSA)
-	x1 := ag.Add(x, g)
-	release(h, a, g, scaleMSA, gateMSA)
+	x1 := norm(a, "attention_norm2.weight", 1, kernels.ScaleTanh, x)
+	release(h, a)
 
 	// Feed-forward branch.
-	hf := normThen(modulate, x1, w("ffn_norm1.weight"), eps, scaleMLP)
+	hf := norm(x1, "ffn_norm1.weight", 2, kernels.ScaleOnePlus, nil)
 	ff := m.feedForward(prefix, hf)
-	g2 := normThen(gated, ff, w("ffn_norm2.weight"), eps, gateMLP)
-	out := ag.Add(x1, g2)
-	release(x1, hf, ff, g2, scaleMLP, gateMLP)
+	out := norm(ff, "ffn_norm2.weight", 3, kernels.ScaleTanh, x1)
+	release(x1, hf, ff, mod)
 	return out
-}
-
-// normThen is then(RMSNorm(x)·w, by) — a sandwich norm followed by its
-// adaLN scale or tanh gate — run under a checkpoint, so the tape keeps only
-// x (and by) and recomputes the float32 normalised copy in the backward:
-// two elementwise passes more per use, one float32 activation of the
-// model's width less. (Inside a checkpointed block this is a plain call.)
-func normThen(then func(x, by *ag.Tensor) *ag.Tensor, x, w *ag.Tensor, eps float64, by *ag.Tensor) *ag.Tensor {
-	f := func(in []*ag.Tensor) *ag.Tensor {
-		n := ag.RMSNorm(in[0], w, eps)
-		var arg *ag.Tensor
-		if len(in) > 1 {
-			arg = in[1]
-		}
-		out := then(n, arg)
-		release(n)
-		return out
-	}
-	if by == nil {
-		return ag.Checkpoint(f, x)
-	}
-	return ag.Checkpoint(f, x, by)
-}
-
-// gateOf returns tanh(g) shaped [B, 1, dim] to broadcast over tokens.
-func gateOf(g *ag.Tensor) *ag.Tensor {
-	s := g.Shape()
-	t := ag.Tanh(g)
-	r := ag.Reshape(t, []int{s[0], 1, s[1]})
-	release(t)
-	return r
-}
-
-// gated returns gate ⊙ x, or x itself when there is no gate (a new handle,
-// so callers may release both uniformly).
-func gated(x, gate *ag.Tensor) *ag.Tensor {
-	if gate == nil {
-		return ag.Reshape(x, x.Shape())
-	}
-	return ag.Mul(x, gate)
 }
 
 // modulate is upstream modulate: x·(1 + scale) with scale [B, dim]
@@ -346,22 +323,23 @@ func (m *Model) attention(prefix string, x, cos, sin *ag.Tensor, keyLens []int32
 	xs := x.Shape()
 	b, s := xs[0], xs[1]
 	qkv := m.linear(prefix+".attention.qkv", x)
-	q0 := ag.Slice(qkv, 2, 0, hq*hd)
-	k0 := ag.Slice(qkv, 2, hq*hd, (hq+hkv)*hd)
-	v0 := ag.Slice(qkv, 2, (hq+hkv)*hd, (hq+2*hkv)*hd)
-	q1 := ag.Reshape(q0, []int{b, s, hq, hd})
-	k1 := ag.Reshape(k0, []int{b, s, hkv, hd})
-	v := ag.Reshape(v0, []int{b, s, hkv, hd})
-	release(qkv, q0, k0, v0)
-	q2, k2 := q1, k1
+	var q, k, v *ag.Tensor
 	if c.QKNorm {
-		q2 = ag.RMSNorm(q1, m.weights[prefix+".attention.q_norm.weight"], QKNormEps)
-		k2 = ag.RMSNorm(k1, m.weights[prefix+".attention.k_norm.weight"], QKNormEps)
-		release(q1, k1)
+		// One op for the q/k/v slices, the per-head norms and the rotation.
+		q, k, v = ag.QKVNormRope(qkv, m.weights[prefix+".attention.q_norm.weight"], m.weights[prefix+".attention.k_norm.weight"],
+			cos, sin, hq, hkv, QKNormEps, true)
+		release(qkv)
+	} else {
+		q0 := ag.Slice(qkv, 2, 0, hq*hd)
+		k0 := ag.Slice(qkv, 2, hq*hd, (hq+hkv)*hd)
+		v0 := ag.Slice(qkv, 2, (hq+hkv)*hd, (hq+2*hkv)*hd)
+		q1 := ag.Reshape(q0, []int{b, s, hq, hd})
+		k1 := ag.Reshape(k0, []int{b, s, hkv, hd})
+		v = ag.Reshape(v0, []int{b, s, hkv, hd})
+		q = ag.Rope(q1, cos, sin, true)
+		k = ag.Rope(k1, cos, sin, true)
+		release(qkv, q0, k0, v0, q1, k1)
 	}
-	q := ag.Rope(q2, cos, sin, true)
-	k := ag.Rope(k2, cos, sin, true)
-	release(q2, k2)
 	o := ag.Attention(q, k, v, ag.AttentionOptions{Scale: math.Sqrt(1 / float64(hd)), KeyLens: keyLens})
 	release(q, k, v)
 	of := ag.Reshape(o, []int{b, s, hq * hd})

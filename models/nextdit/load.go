@@ -108,6 +108,27 @@ func ResolveConfig(src Source, fallback *Config) (Config, error) {
 	return *fallback, nil
 }
 
+// ConfigFor is a source's architecture when the caller may name a preset:
+// the source's metadata config; else the named preset; else, with no name,
+// the preset whose every tensor the source fits. A named preset that
+// disagrees with the metadata is an error (ResolveConfig).
+func ConfigFor(src Source, preset string) (Config, error) {
+	var fallback *Config
+	if preset != "" {
+		c, err := Preset(preset)
+		if err != nil {
+			return Config{}, err
+		}
+		fallback = &c
+	} else if _, ok := src.Metadata()["config"]; !ok {
+		if name := MatchPreset(src, nil); name != "custom" {
+			c, _ := Preset(name)
+			fallback = &c
+		}
+	}
+	return ResolveConfig(src, fallback)
+}
+
 // Load opens a weights source in any layout checkpoints.OpenWeights reads —
 // a safetensors file with upstream names, a ComfyUI single file
 // (model.diffusion_model. prefix), a diffusers folder or its transformer/
@@ -162,7 +183,10 @@ func LoadFile(e *autograd.Engine, f Source, cfg Config, opts Options) (*Model, e
 			m.Release()
 			return nil, fmt.Errorf("nextdit: reading %s: %w", p.Name, err)
 		}
-		m.weights[p.Name] = e.ConstantBytes(p.Name, m.opts.DType, p.Shape, raw)
+		if err := m.store(p.Name, e.ConstantBytes(p.Name, m.opts.DType, p.Shape, raw)); err != nil {
+			m.Release()
+			return nil, err
+		}
 		if err := e.Err(); err != nil {
 			m.Release()
 			return nil, fmt.Errorf("nextdit: uploading %s: %w", p.Name, err)

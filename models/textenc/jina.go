@@ -43,6 +43,9 @@ func (j *Jina) Config() JinaConfig { return j.cfg }
 // DType returns the dtype of the weights and of the last hidden state.
 func (j *Jina) DType() kernels.DType { return j.dtype }
 
+// Engine returns the engine the weights live on.
+func (j *Jina) Engine() *ag.Engine { return j.e }
+
 // Task returns the LoRA adaptation merged into the weights ("" for the base
 // weights).
 func (j *Jina) Task() string { return j.task }

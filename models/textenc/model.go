@@ -26,6 +26,9 @@ func (g *Gemma) Config() Config { return g.cfg }
 // returns.
 func (g *Gemma) DType() kernels.DType { return g.opts.DType }
 
+// Engine returns the engine the weights live on.
+func (g *Gemma) Engine() *ag.Engine { return g.e }
+
 // Release frees every weight. The model is unusable afterwards.
 func (g *Gemma) Release() {
 	for k, t := range g.w {

@@ -62,11 +62,13 @@ func (m *VAE) resnet(p string, x *ag.Tensor) *ag.Tensor {
 // wider heads go through an explicit softmax(QKᵀ/√C)·V, a chunk of query
 // rows at a time so that the score matrix stays within a fixed budget.
 const (
-	// fusedHeadLimit is the widest head the fused Attention op takes.
-	fusedHeadLimit = 256
-	// scoreBudget bounds the elements of one chunk's [B, rows, S] scores
-	// (2²⁴: 64 MiB in float32).
-	scoreBudget = 1 << 24
+	// FusedHeadLimit is the widest head the fused Attention op takes; a
+	// wider head (FLUX's is 512) takes the explicit, chunked path.
+	FusedHeadLimit = 256
+	// ScoreBudget bounds the elements of one chunk's [B, rows, S] scores
+	// in the explicit attention path (2²⁴: 64 MiB in float32); memory
+	// planners count it.
+	ScoreBudget = 1 << 24
 )
 
 // attention is the mid-block's single-head self-attention over all pixels:
@@ -111,7 +113,7 @@ func (m *VAE) headLimit() int {
 	if m.testHeadLimit != nil {
 		return *m.testHeadLimit
 	}
-	return fusedHeadLimit
+	return FusedHeadLimit
 }
 
 // chunkRows is the number of query rows per chunk of the explicit path.
@@ -119,7 +121,7 @@ func (m *VAE) chunkRows(b, seq int) int {
 	if m.testChunkRows > 0 {
 		return m.testChunkRows
 	}
-	return max(1, scoreBudget/max(1, b*seq))
+	return max(1, ScoreBudget/max(1, b*seq))
 }
 
 // fusedAttention is single-head attention of [B, S, C] rows via the fused

@@ -17,8 +17,35 @@ import (
 // presents a BFL file under diffusers names so that one loader and one key
 // check serve both.
 
-// bflProbe is a key only BFL's layout has.
-const bflProbe = "encoder.down.0.block.0.norm1.weight"
+// The key layouts of a FLUX autoencoder file, as Check and DetectLayout
+// name them.
+const (
+	LayoutDiffusers = "diffusers"
+	LayoutBFL       = "bfl"
+)
+
+// bflProbe is a key only BFL's layout has, diffusersProbe one only
+// diffusers' has.
+const (
+	bflProbe       = "encoder.down.0.block.0.norm1.weight"
+	diffusersProbe = "encoder.down_blocks.0.resnets.0.norm1.weight"
+)
+
+// DetectLayout tells from a file's tensor names whether it holds a FLUX
+// autoencoder and in which key layout (LayoutDiffusers or LayoutBFL); ok
+// is false for the names of anything else. It reads names only: Check
+// tells whether the shapes fit too.
+func DetectLayout(names []string) (layout string, ok bool) {
+	for _, n := range names {
+		switch n {
+		case bflProbe:
+			return LayoutBFL, true
+		case diffusersProbe:
+			return LayoutDiffusers, true
+		}
+	}
+	return "", false
+}
 
 // bflName maps a diffusers parameter name of cfg to its BFL name, and
 // reports whether the weight is an attention linear stored as a 1×1 conv.

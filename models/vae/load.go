@@ -215,19 +215,47 @@ func ResolveConfig(f Source, path string, opts Options) (Config, error) {
 // VAE on e. Every key is checked before anything is uploaded; missing,
 // unexpected and mis-shaped keys come back together as a *KeyError.
 func Load(e *autograd.Engine, path string, opts Options) (*VAE, error) {
-	f, err := safetensors.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("vae: %w", err)
-	}
-	defer f.Close()
-	cfg, err := ResolveConfig(f, path, opts)
+	f, src, name, cfg, err := openFile(path, opts)
 	if err != nil {
 		return nil, err
 	}
-	if _, bfl := f.Info(bflProbe); bfl {
-		return LoadSource(e, newBFLSource(f, cfg), path+" (Black Forest Labs ae.safetensors layout, keys shown under diffusers names)", cfg, opts)
+	defer f.Close()
+	return LoadSource(e, src, name, cfg, opts)
+}
+
+// Check reads a weight file as Load would — its architecture and key
+// layout — and checks every key against the architecture, without
+// building anything: a nil error means Load accepts the file. It returns
+// the architecture and the layout (LayoutDiffusers or LayoutBFL).
+func Check(path string, opts Options) (Config, string, error) {
+	f, src, name, cfg, err := openFile(path, opts)
+	if err != nil {
+		return Config{}, "", err
 	}
-	return LoadSource(e, f, path, cfg, opts)
+	defer f.Close()
+	layout := LayoutDiffusers
+	if _, bfl := src.(*bflSource); bfl {
+		layout = LayoutBFL
+	}
+	return cfg, layout, CheckKeys(src, cfg, name)
+}
+
+// openFile opens a weight file, resolves its architecture and presents it
+// under diffusers names; name is how errors call it. The caller closes f.
+func openFile(path string, opts Options) (f *safetensors.File, src Source, name string, cfg Config, err error) {
+	f, err = safetensors.Open(path)
+	if err != nil {
+		return nil, nil, "", Config{}, fmt.Errorf("vae: %w", err)
+	}
+	cfg, err = ResolveConfig(f, path, opts)
+	if err != nil {
+		f.Close()
+		return nil, nil, "", Config{}, err
+	}
+	if _, bfl := f.Info(bflProbe); bfl {
+		return f, newBFLSource(f, cfg), path + " (Black Forest Labs ae.safetensors layout, keys shown under diffusers names)", cfg, nil
+	}
+	return f, f, path, cfg, nil
 }
 
 // LoadSource builds a VAE of architecture cfg from an open source; path

@@ -290,9 +290,28 @@ func TestBFLLayout(t *testing.T) {
 		t.Fatal(err)
 	}
 
+	for _, c := range []struct{ path, layout string }{{g.weights, LayoutDiffusers}, {p, LayoutBFL}} {
+		bf, err := safetensors.Open(c.path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := DetectLayout(bf.Names())
+		bf.Close()
+		ccfg, clayout, cerr := Check(c.path, Options{})
+		if !ok || got != c.layout || cerr != nil || clayout != c.layout || ccfg.JSON() != cfg.JSON() {
+			t.Errorf("%s: DetectLayout %q %v, Check %q %v: want %q and no error", c.path, got, ok, clayout, cerr, c.layout)
+		}
+	}
+	if got, ok := DetectLayout([]string{"layers.0.attention.qkv.weight"}); ok {
+		t.Errorf("DetectLayout of a Next-DiT key: %q, want not a VAE", got)
+	}
+
 	p = rewrite(t, g, dir, "ae-broken.safetensors", nil, toBFL("decoder.mid_block.attentions.0.to_k.bias"))
 	_, err = Load(e, p, Options{})
 	if ke, ok := IsKeyError(err); !ok || len(ke.Missing) != 1 || ke.Missing[0].Name != "decoder.mid_block.attentions.0.to_k.bias" || len(ke.Unexpected) != 0 {
 		t.Fatalf("BFL file without a key: %v", err)
+	}
+	if _, _, err := Check(p, Options{}); err == nil || !strings.Contains(err.Error(), "decoder.mid_block.attentions.0.to_k.bias") {
+		t.Errorf("Check of a BFL file without a key: %v, want the key report", err)
 	}
 }

@@ -1,4 +1,4 @@
-package train
+package bench
 
 import (
 	"context"
@@ -15,23 +15,26 @@ import (
 func TestBenchValidate(t *testing.T) {
 	for _, c := range []struct {
 		name string
-		o    BenchOptions
+		o    Options
 		want string // "" means valid
 	}{
-		{"defaults", BenchOptions{}, ""},
-		{"tiny on cpu", BenchOptions{Backend: "cpu", Preset: "tiny", Resolution: 48}, ""},
-		{"unknown preset", BenchOptions{Preset: "huge"}, "unknown preset"},
-		{"unknown backend", BenchOptions{Backend: "tpu"}, `backend "tpu"`},
-		{"full model on cpu", BenchOptions{Backend: "cpu"}, "use --preset tiny"},
-		{"lumina2 on cpu", BenchOptions{Backend: "cpu", Preset: "lumina2"}, "use --preset tiny"},
-		{"negative batch", BenchOptions{Batch: -1}, "batch -1"},
-		{"negative steps", BenchOptions{Steps: -3}, "steps -3"},
-		{"resolution off the patch grid", BenchOptions{Resolution: 1000}, "multiple of 16"},
-		{"resolution below one patch", BenchOptions{Resolution: -16}, "multiple of 16"},
-		{"negative caption", BenchOptions{CaptionTokens: -7}, "caption length -7"},
-		{"negative rank", BenchOptions{Rank: -2}, "rank -2"},
-		{"NaN alpha", BenchOptions{Alpha: math.NaN()}, "alpha"},
-		{"infinite alpha", BenchOptions{Alpha: math.Inf(1)}, "alpha"},
+		{"defaults", Options{}, ""},
+		{"tiny on cpu", Options{Backend: "cpu", Preset: "tiny", Resolution: 48}, ""},
+		{"unknown preset", Options{Preset: "huge"}, "unknown preset"},
+		{"tiny at full depth on cpu", Options{Backend: "cpu", Preset: "tiny", Layers: 36}, ""},
+		{"negative layers", Options{Layers: -1}, "layers -1"},
+		{"compare on the cpu", Options{Backend: "cpu", Preset: "tiny", CompareOff: []string{"", "graphs"}}, "no optional paths"},
+		{"unknown backend", Options{Backend: "tpu"}, `backend "tpu"`},
+		{"full model on cpu", Options{Backend: "cpu"}, "use --preset tiny"},
+		{"lumina2 on cpu", Options{Backend: "cpu", Preset: "lumina2"}, "use --preset tiny"},
+		{"negative batch", Options{Batch: -1}, "batch -1"},
+		{"negative steps", Options{Steps: -3}, "steps -3"},
+		{"resolution off the patch grid", Options{Resolution: 1000}, "multiple of 16"},
+		{"resolution below one patch", Options{Resolution: -16}, "multiple of 16"},
+		{"negative caption", Options{CaptionTokens: -7}, "caption length -7"},
+		{"negative rank", Options{Rank: -2}, "rank -2"},
+		{"NaN alpha", Options{Alpha: math.NaN()}, "alpha"},
+		{"infinite alpha", Options{Alpha: math.Inf(1)}, "alpha"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			err := c.o.Validate()
@@ -81,7 +84,7 @@ func TestStepFLOPs(t *testing.T) {
 // checkpointing switch really took effect (the checkpointed step runs every
 // block's attention twice).
 func TestBenchCPU(t *testing.T) {
-	res, err := Bench(context.Background(), BenchOptions{
+	res, err := Run(context.Background(), Options{
 		Preset: "tiny", Backend: "cpu", Steps: 3, Warmup: 1, Resolution: 48,
 		CaptionTokens: 7, Batch: 2, Seed: 11, Profile: true,
 	})
@@ -111,11 +114,11 @@ func TestBenchCPU(t *testing.T) {
 	if res.BaseBytes <= 0 {
 		t.Errorf("base memory %d", res.BaseBytes)
 	}
-	if len(res.Runs) != 2 || res.Runs[0].Checkpointing || !res.Runs[1].Checkpointing {
-		t.Fatalf("runs %+v; want checkpointing off then on", res.Runs)
+	if len(res.Modes) != 2 || res.Modes[0].Checkpointing || !res.Modes[1].Checkpointing {
+		t.Fatalf("runs %+v; want checkpointing off then on", res.Modes)
 	}
 	attention := map[bool]int{}
-	for _, r := range res.Runs {
+	for _, r := range res.Modes {
 		if r.Err != "" {
 			t.Errorf("checkpointing %v failed: %s", r.Checkpointing, r.Err)
 			continue
@@ -156,8 +159,8 @@ func TestBenchCPU(t *testing.T) {
 	if blocks := 2*cfg.NRefinerLayers + cfg.NLayers; attention[false] != blocks || attention[true] != 2*blocks {
 		t.Errorf("attention forwards per step: %d without and %d with checkpointing; want %d and %d", attention[false], attention[true], blocks, 2*blocks)
 	}
-	if res.Runs[1].ActivationBytes >= res.Runs[0].ActivationBytes {
-		t.Errorf("checkpointing holds %d bytes of activations at the peak, no fewer than the %d without", res.Runs[1].ActivationBytes, res.Runs[0].ActivationBytes)
+	if res.Modes[1].ActivationBytes >= res.Modes[0].ActivationBytes {
+		t.Errorf("checkpointing holds %d bytes of activations at the peak, no fewer than the %d without", res.Modes[1].ActivationBytes, res.Modes[0].ActivationBytes)
 	}
 	table := res.Table()
 	for _, want := range []string{"backend: cpu", "| off |", "| on |", "LoRA r32 α32", "profile, checkpointing on"} {
@@ -203,5 +206,23 @@ func TestProfilerKeepsFailures(t *testing.T) {
 	p.Fill(a, 2)
 	if len(p.count) != 2 {
 		t.Errorf("counted outside a window: %v", p.count)
+	}
+}
+
+// TestInferCPU times guided evaluations of the tiny model and checks the
+// figures agree with each other.
+func TestInferCPU(t *testing.T) {
+	res, err := Infer(context.Background(), Options{Preset: "tiny", Backend: "cpu", Steps: 3, Warmup: 1, Resolution: 48, CaptionTokens: 7, Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Rows) != 1 || res.Evals != 3 || res.ImageTokens != 9 {
+		t.Fatalf("result %+v", res)
+	}
+	if row := res.Rows[0]; !(row.Seconds > 0) || math.Abs(row.PerEval-row.Seconds/3) > 1e-12 || row.PeakBytes < res.BaseBytes {
+		t.Errorf("row %+v (base %d)", row, res.BaseBytes)
+	}
+	if table := res.Table(); !strings.Contains(table, "| as opened | 3 |") || !strings.Contains(table, "backend: cpu") {
+		t.Errorf("table:\n%s", table)
 	}
 }

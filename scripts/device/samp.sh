@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# GPU checks and timings of `newbie-train sample` (issue 13), for the H200.
+#
+# Build here (no CUDA needed), from the repository root:
+#   mkdir -p .gpu/golden/nextdit .gpu/golden/sampler
+#   go test -c -o .gpu/pipeline.test ./sampler/pipeline
+#   CGO_ENABLED=0 go build -o .gpu/newbie-train ./cmd/newbie-train
+#   cp ../shared/golden/nextdit/tiny.weights.safetensors .gpu/golden/nextdit/
+#   cp ../shared/golden/sampler/tiny.sample.golden.safetensors .gpu/golden/sampler/
+#   cp ../shared/anchors/torch_nextdit_lora.py .gpu/
+# then run `bash scripts/device/samp.sh` on the device machine (carry .gpu).
+#
+# Usage: bash scripts/device/samp.sh [all|ours|anchor]   (default all; the
+# anchor belongs in the same call as ours, split only if a call must be short)
+#
+# What it does (estimated 5–7 minutes on one H200, most of it the two fp32
+# runs; every step has its own timeout, all within the 10-minute call):
+#   1. parity --sampling on the GPU in fp32: upstream's midpoint, Euler and
+#      DPM-Solver++ runs replayed through our sampler (limit 1e-5).
+#   2. sample with the tiny model in bf16 and fp16 (the fp16 overflow watch
+#      on CUDA buffers), checking the PNGs come out.
+#   3. BenchmarkCFGEvaluation: one guided evaluation (batch 2: cond + uncond,
+#      256 caption tokens each) of the full model at 1024², bf16.
+#   4. TestInferPrecisions: 50 Euler steps with CFG per precision (bf16, fp16,
+#      fp32), seconds per image and peak GPU memory of the DiT sampling, a
+#      FLUX VAE decode (random weights), and the final latent's relative
+#      difference of fp16 and bf16 from fp32 on the same noise.
+#   5. The PyTorch anchor in the same call: torch_nextdit_lora.py --infer 50
+#      --precision P for P in bf16, fp16, fp32.
+# Logs: $OUT/samp.log (everything) and $OUT/infer.jsonl (the JSON lines of
+# steps 4 and 5) for docs/precision.md and docs/BENCHMARKS.md.
+set -u
+MODE=${1:-all}
+G=.gpu
+OUT=${OUT:-/tmp/samp-out}
+mkdir -p "$OUT"
+LOG="$OUT/samp.log"
+JSONL="$OUT/infer.jsonl"
+: >"$LOG"; : >"$JSONL"
+export NEWBIE_GOLDEN="$PWD/$G/golden"
+fail=0
+step() { echo "== $*" | tee -a "$LOG"; }
+
+# jsonl WHO: the JSON lines of stdin go to infer.jsonl tagged with WHO;
+# everything goes to the log.
+jsonl() { tee -a "$LOG" | grep '^{' | sed "s/^/{\"who\":\"$1\",\"line\":/; s/\$/}/" >>"$JSONL"; }
+
+step "device"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >>"$LOG" 2>&1
+
+if [ "$MODE" != anchor ]; then
+step "1. parity --sampling (cuda, fp32)"
+timeout 120 "$G/newbie-train" parity --backend cuda --precision fp32 \
+  --weights "$G/golden/nextdit/tiny.weights.safetensors" \
+  --sampling "$G/golden/sampler/tiny.sample.golden.safetensors" >>"$LOG" 2>&1 || { echo "parity FAILED" | tee -a "$LOG"; fail=1; }
+
+step "2. sample, tiny model, bf16 and fp16 on cuda"
+for p in bf16 fp16; do
+  timeout 120 "$G/newbie-train" sample --device cuda --precision "$p" \
+    --weights "$G/golden/nextdit/tiny.weights.safetensors" \
+    --prompt "<character_1><n>girl</n></character_1>" --prompt "blue sky" \
+    --width 256 --height 256 --steps 20 --batch-size 2 --out "$OUT/tiny-$p" --grid >>"$LOG" 2>&1 \
+    || { echo "sample $p FAILED" | tee -a "$LOG"; fail=1; }
+  ls -l "$OUT/tiny-$p" >>"$LOG" 2>&1
+done
+# keep only the bf16 grid (the file count coming back is limited)
+mv "$OUT/tiny-bf16/grid.png" "$OUT/tiny-bf16-grid.png" 2>/dev/null
+rm -rf "$OUT/tiny-bf16" "$OUT/tiny-fp16"
+
+step "3. BenchmarkCFGEvaluation (full model, 1024², 256 caption tokens, bf16)"
+timeout 180 "$G/pipeline.test" -test.run '^$' -test.bench BenchmarkCFGEvaluation -test.benchtime 10x >>"$LOG" 2>&1 \
+  || { echo "benchmark FAILED" | tee -a "$LOG"; fail=1; }
+
+step "4. TestInferPrecisions (50 Euler steps with CFG, bf16 / fp16 / fp32)"
+NEWBIE_TRAIN_INFER_STEPS=50 timeout 420 "$G/pipeline.test" -test.run '^TestInferPrecisions$' -test.v -test.timeout 7m 2>&1 | jsonl newbie-train
+[ "${PIPESTATUS[0]}" = 0 ] || { echo "TestInferPrecisions FAILED" | tee -a "$LOG"; fail=1; }
+fi
+
+if [ "$MODE" != ours ]; then
+step "5. PyTorch anchor --infer 50"
+for p in bf16 fp16 fp32; do
+  timeout 200 python3 "$G/torch_nextdit_lora.py" --infer 50 --precision "$p" 2>>"$LOG" | jsonl pytorch-eager
+  [ "${PIPESTATUS[0]}" = 0 ] || { echo "anchor $p FAILED" | tee -a "$LOG"; fail=1; }
+done
+fi
+
+step "done (fail=$fail)"
+exit $fail
