@@ -166,20 +166,14 @@ func jinaParams(c textenc.JinaConfig) [][]int {
 	return ps
 }
 
-// geluTemporaries is how many float32 copies of its input autograd.GELU
-// (the exact erf GELU, composed of elementwise ops) holds at its peak,
-// besides the float32 cast of a 16-bit input.
-const geluTemporaries = 5
-
 // EstimateJina predicts the peak of encoding batch texts of tokens ids
 // with Jina CLIP v2's text tower stored in dt, through
 // textenc.Jina.Pooled.
 //
 // Weights: what LoadJina uploads (jinaParams) in dt. Activations per
-// token, beside the two RoPE tables: the exact GELU of fc1's output —
-// the layer's input, the first norm's output and fc1's output in dt, and
-// geluTemporaries float32 copies of the intermediate width (one more, the
-// cast, for a 16-bit model); the attention (input, q, k, v, output in dt,
+// token, beside the two RoPE tables: the exact GELU of fc1's output (one
+// backend op) — the layer's input, the first norm's output, fc1's output
+// and the GELU's in dt; the attention (input, q, k, v, output in dt,
 // log-sum-exp in float32); and the mean pooling (the last hidden state in
 // dt, its float32 copy and the masked product).
 func EstimateJina(c textenc.JinaConfig, dt kernels.DType, batch, tokens int, r Rounder) Estimate {
@@ -189,13 +183,9 @@ func EstimateJina(c textenc.JinaConfig, dt kernels.DType, batch, tokens int, r R
 	}
 	ds, h, in, heads := int64(dt.Size()), int64(c.HiddenSize), int64(c.IntermediateSize), int64(c.NumHeads)
 	wd := int64(normSize(dt))
-	temps := int64(geluTemporaries)
-	if int(ds) < 4 {
-		temps++
-	}
 	rope := int64(c.HeadDim()) * ds
 	perToken := rope + max(
-		(2*h+in)*ds+temps*in*wd,
+		(2*h+2*in)*ds,
 		5*h*ds+heads*4,
 		h*ds+2*h*wd+wd,
 	)
