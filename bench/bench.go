@@ -9,6 +9,7 @@ import (
 	"time"
 
 	ag "github.com/newbie-train/newbie-train/autograd"
+	"github.com/newbie-train/newbie-train/dist"
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/models/lora"
 	"github.com/newbie-train/newbie-train/models/nextdit"
@@ -34,8 +35,16 @@ type Options struct {
 	Backend string
 	// GPU is the device index for the CUDA backend.
 	GPU int
-	// Batch is the number of samples per step (default 1).
-	Batch int
+	// Batch is the number of samples per micro-batch (default 1); Accum
+	// the micro-batches per step on each rank (default 1).
+	Batch, Accum int
+	// Dist is the data-parallel job this process is a rank of (the zero
+	// value: one process). Each rank then drives the GPU of its local rank
+	// and takes its share of every step's micro-batches, the gradients
+	// summed over the ranks; rank 0 reports. Micro-batch k of the run gets
+	// the same random inputs whatever the number of ranks, so N ranks × 1
+	// micro-batch compare with one GPU × N.
+	Dist dist.Env
 	// Steps are the timed steps per mode (default 10); Warmup the untimed
 	// steps before them (default 3; negative means none), which absorb
 	// kernel compilation and the allocator's first requests.
@@ -84,6 +93,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Batch == 0 {
 		o.Batch = 1
+	}
+	if o.Accum == 0 {
+		o.Accum = 1
 	}
 	if o.Steps == 0 {
 		o.Steps = 10
@@ -155,6 +167,8 @@ func (o Options) Validate() error {
 	switch {
 	case o.Batch < 1:
 		return fmt.Errorf("bench: batch %d: want ≥ 1", o.Batch)
+	case o.Accum < 1:
+		return fmt.Errorf("bench: accumulation %d: want ≥ 1", o.Accum)
 	case o.Steps < 1:
 		return fmt.Errorf("bench: steps %d: want ≥ 1", o.Steps)
 	case o.Resolution < side || o.Resolution%side != 0:
@@ -198,7 +212,7 @@ func StepFLOPs(cfg nextdit.Config, batch, captionTokens, imageTokens int) float6
 // AdamW) on random inputs, for each checkpointing mode. A mode that fails
 // (out of memory, say) records its error and the next mode still runs;
 // Run returns an error only when nothing could be measured at all.
-func Run(ctx context.Context, o Options) (Result, error) {
+func Run(ctx context.Context, o Options) (res Result, err error) {
 	if err := o.Validate(); err != nil {
 		return Result{}, err
 	}
@@ -206,20 +220,40 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	cfg, _ := o.config() // Validate checked it
 	latent := o.Resolution / vaeFactor
 	tokens := (latent / cfg.PatchSize) * (latent / cfg.PatchSize)
-	res := Result{
+	res = Result{
 		Preset: o.Preset, Layers: cfg.NLayers, FP8Base: o.FP8Base, Params: cfg.NumParams(), Rank: o.Rank, Alpha: o.Alpha,
-		Batch: o.Batch, Resolution: o.Resolution, Latent: [3]int{cfg.InChannels, latent, latent},
+		Batch: o.Batch, Accum: o.Accum, Ranks: 1, Resolution: o.Resolution, Latent: [3]int{cfg.InChannels, latent, latent},
 		ImageTokens: tokens, CaptionTokens: o.CaptionTokens,
-		FLOPs: StepFLOPs(cfg, o.Batch, o.CaptionTokens, tokens),
+		FLOPs: StepFLOPs(cfg, o.Batch*o.Accum, o.CaptionTokens, tokens),
 	}
 
-	raw, capability, err := train.OpenBackend(o.Backend, o.GPU, o.Log)
+	gpu := o.GPU
+	if o.Dist.Distributed() {
+		gpu = o.Dist.LocalRank
+		if o.Dist.Rank != 0 {
+			o.Log = io.Discard // rank 0 reports
+		}
+	}
+	raw, capability, err := train.OpenBackend(o.Backend, gpu, o.Log)
 	if err != nil {
 		return res, fmt.Errorf("bench: %w", err)
 	}
 	if c, ok := raw.(interface{ Close() }); ok {
 		defer c.Close()
 	}
+	comm, err := dist.Open(ctx, raw, o.Dist, dist.Options{})
+	if err != nil {
+		return res, fmt.Errorf("bench: %w", err)
+	}
+	res.Ranks = comm.WorldSize()
+	// A rank that fails stops the others at once; the ranks' last sums
+	// are done before any of them leaves.
+	defer func() {
+		if err != nil {
+			comm.Abort(err)
+		}
+		comm.Close()
+	}()
 	be := &profiler{Backend: raw, rank: o.Rank}
 	res.Backend = raw.Name()
 	if st, ok := raw.(kernels.Switchable); ok {
@@ -260,9 +294,12 @@ func Run(ctx context.Context, o Options) (Result, error) {
 	fmt.Fprintf(o.Log, "bench: built in %.1f s; %s held by weights, adapters and optimizer state\n", res.BuildSeconds, train.BytesText(res.BaseBytes))
 
 	st := &train.Stepper{Model: model, LoRA: set, Opt: opt}
-	sampler := train.TimestepSampler{Kind: train.LognormShift}
-	e.SeedRandom(o.Seed, 0)
-	b := &benchStep{o: o, cfg: cfg, e: e, st: st, sampler: sampler, latent: latent, tokens: tokens}
+	b := &benchStep{o: o, cfg: cfg, e: e, st: st, sampler: train.TimestepSampler{Kind: train.LognormShift}, latent: latent, tokens: tokens}
+	if o.Dist.Distributed() {
+		st.Comm = comm
+		b.exchange = train.NewExchange(raw, comm)
+		defer b.exchange.Free()
+	}
 	ok := false
 	configs := o.CompareOff
 	if len(configs) == 0 {
@@ -308,14 +345,23 @@ type benchStep struct {
 	sampler train.TimestepSampler
 	latent  int
 	tokens  int
-	n       int // steps run so far, for the timestep draw
+	n       int // steps run so far
+	// exchange agrees on the steps' losses in a data-parallel job.
+	exchange *train.Exchange
 }
 
-// batch draws a fresh random micro-batch on the device. The tensors are
-// step tensors: Step's EndStep frees them.
-func (b *benchStep) batch() train.MicroBatch {
+// batch draws micro-batch k of the run on the device: random inputs from
+// the engine's stream at k × the draws of one micro-batch, so micro-batch
+// k is the same whichever rank and step take it. The tensors are step
+// tensors: Step's EndStep frees them.
+func (b *benchStep) batch(k int) train.MicroBatch {
 	o, c, e := b.o, b.cfg, b.e
 	xshape := []int{o.Batch, c.InChannels, b.latent, b.latent}
+	draws := 2*o.Batch*c.InChannels*b.latent*b.latent + o.Batch*o.CaptionTokens*c.CapFeatDim
+	if c.ClipTextDim > 0 {
+		draws += o.Batch * c.ClipTextDim
+	}
+	e.SeedRandom(o.Seed, uint64(k)*uint64(draws))
 	fb := train.FlowBatch{
 		X1:       e.Normal(kernels.F32, xshape),
 		CapFeats: e.Normal(kernels.F32, []int{o.Batch, o.CaptionTokens, c.CapFeatDim}),
@@ -327,18 +373,28 @@ func (b *benchStep) batch() train.MicroBatch {
 	if c.ClipTextDim > 0 {
 		fb.ClipPooled = e.Normal(kernels.F32, []int{o.Batch, c.ClipTextDim})
 	}
-	mb := train.MicroBatch{FlowBatch: fb, X0: e.Normal(kernels.F32, xshape), T: b.sampler.Sample(o.Seed, b.n, o.Batch, b.tokens)}
-	b.n++
-	return mb
+	return train.MicroBatch{FlowBatch: fb, X0: e.Normal(kernels.F32, xshape), T: b.sampler.Sample(o.Seed, k, o.Batch, b.tokens)}
 }
 
-// step runs one trainer step under bf16 autocast and returns its host-clock
-// duration.
+// step runs one trainer step under bf16 autocast — this rank's Accum
+// micro-batches of it — and returns its host-clock duration.
 func (b *benchStep) step() (float64, train.StepOutcome, error) {
-	mb := b.batch()
+	world, rank := 1, 0
+	if b.exchange != nil {
+		world, rank = b.o.Dist.WorldSize, b.o.Dist.Rank
+	}
+	first := (b.n*world + rank) * b.o.Accum
+	b.n++
+	micro := make([]train.MicroBatch, b.o.Accum)
+	for i := range micro {
+		micro[i] = b.batch(first + i)
+	}
 	prev := b.e.SetAutocast(kernels.BF16)
 	start := time.Now()
-	out, err := b.st.Step([]train.MicroBatch{mb})
+	out, err := b.st.Step(micro)
+	if err == nil && b.exchange != nil {
+		out.Loss, err = b.exchange.AgreeLoss(out.Losses)
+	}
 	dt := time.Since(start).Seconds()
 	b.e.SetAutocast(prev)
 	return dt, out, err
@@ -382,6 +438,7 @@ func (b *benchStep) measure(ctx context.Context, be *profiler, ckpt bool, res Re
 		}
 		run.StepSeconds = append(run.StepSeconds, dt)
 		run.Loss = out.Loss
+		run.Losses = append(run.Losses, out.Loss)
 		if ctx.Err() != nil {
 			return fail("timed", i, ctx.Err())
 		}
@@ -401,7 +458,7 @@ func (b *benchStep) measure(ctx context.Context, be *profiler, ckpt bool, res Re
 	} else {
 		run.Median = (sorted[n/2-1] + sorted[n/2]) / 2
 	}
-	run.SamplesPerSecond = float64(o.Batch) / run.Median
+	run.SamplesPerSecond = float64(o.Batch*o.Accum*res.Ranks) / run.Median
 	run.TFLOPs = res.FLOPs / run.Median / 1e12
 	fmt.Fprintf(o.Log, "bench: checkpointing %s: median %.3f s/step over %d steps, peak %s\n", onOff(ckpt), run.Median, o.Steps, train.BytesText(run.PeakBytes))
 	if math.IsNaN(run.Loss) || math.IsInf(run.Loss, 0) {

@@ -28,14 +28,18 @@ type Result struct {
 	Rank       int
 	Alpha      float64
 	Batch      int
+	// Accum is the micro-batches per step on each of Ranks ranks.
+	Accum      int
+	Ranks      int
 	Resolution int
 	// Latent is the latent's [C, H, W]; ImageTokens the image tokens per
 	// sample; CaptionTokens the caption tokens per sample.
 	Latent        [3]int
 	ImageTokens   int
 	CaptionTokens int
-	// FLOPs is the work of one step counted as the PyTorch anchor counts it
-	// (see StepFLOPs), the numerator of every TFLOP/s figure.
+	// FLOPs is the work of one step on one rank counted as the PyTorch
+	// anchor counts it (see StepFLOPs), the numerator of every TFLOP/s
+	// figure (a GPU's).
 	FLOPs float64
 	// BuildSeconds is the time to build the random model and adapters.
 	BuildSeconds float64
@@ -58,7 +62,8 @@ type Mode struct {
 	StepSeconds []float64
 	// Median, Min and Max of StepSeconds.
 	Median, Min, Max float64
-	// SamplesPerSecond is Batch / Median; TFLOPs is FLOPs / Median / 1e12.
+	// SamplesPerSecond is every rank's samples of a step (Batch × Accum ×
+	// Ranks) / Median; TFLOPs is FLOPs / Median / 1e12.
 	SamplesPerSecond float64
 	TFLOPs           float64
 	// PeakBytes is the backend's peak allocated memory over the timed steps
@@ -68,8 +73,10 @@ type Mode struct {
 	// timed steps (its cache included; cumulative across modes, since the
 	// allocator keeps blocks for reuse).
 	PeakBytes, ActivationBytes, ReservedBytes int64
-	// Loss is the last timed step's loss, a sanity check (finite).
-	Loss float64
+	// Loss is the last timed step's loss, a sanity check (finite); Losses
+	// are every timed step's.
+	Loss   float64
+	Losses []float64
 	// Graphs is what graph replay did over the timed steps.
 	Graphs kernels.GraphStats
 	// Profile is filled when Options.Profile is set.
@@ -122,6 +129,9 @@ func (r Result) Table() string {
 		r.Preset, r.Layers, r.Params, base, r.Rank, r.Alpha, r.LoRALayers, r.LoRAParams)
 	fmt.Fprintf(&sb, "input: batch %d, %d×%d image → latent %d×%d×%d (%d image tokens) + %d caption tokens\n",
 		r.Batch, r.Resolution, r.Resolution, r.Latent[0], r.Latent[1], r.Latent[2], r.ImageTokens, r.CaptionTokens)
+	if r.Accum > 1 || r.Ranks > 1 {
+		fmt.Fprintf(&sb, "step: %d micro-batch(es) on each of %d rank(s); samples/s counts all %d samples of a step, TFLOP/s is one GPU's\n", r.Accum, r.Ranks, r.Batch*r.Accum*r.Ranks)
+	}
 	fmt.Fprintf(&sb, "work: %.4g TFLOP per step (the PyTorch anchor's count); model built in %.1f s; %s GiB held before the first step\n\n",
 		r.FLOPs/1e12, r.BuildSeconds, gib(r.BaseBytes))
 	paths := func(run Mode) string {
@@ -146,6 +156,15 @@ func (r Result) Table() string {
 		fmt.Fprintf(&sb, "%s| %s | %.4f | %.4f | %.4f | %.3g | %.3g | %s | %s | %s | %.4f |\n",
 			paths(run), onOff(run.Checkpointing), run.Median, run.Min, run.Max, run.SamplesPerSecond, run.TFLOPs,
 			gib(run.PeakBytes), gib(run.ActivationBytes), gib(run.ReservedBytes), run.Loss)
+	}
+	for _, run := range r.Modes {
+		if len(run.Losses) > 0 {
+			fmt.Fprintf(&sb, "\nlosses, %s:", r.modeLabel(run))
+			for _, l := range run.Losses {
+				fmt.Fprintf(&sb, " %.9g", l)
+			}
+			sb.WriteString("\n")
+		}
 	}
 	for _, run := range r.Modes {
 		if run.Graphs != (kernels.GraphStats{}) {

@@ -36,6 +36,9 @@ type Config struct {
 	Sample Sample `yaml:"sample"`
 	// Logging configures progress logs and metrics.
 	Logging Logging `yaml:"logging"`
+	// Dist tunes data-parallel training on several GPUs (`--gpus N`,
+	// torchrun).
+	Dist Dist `yaml:"dist"`
 
 	// file is the name the config was parsed under (for messages); lines
 	// maps each key path given in the file ("train.learning_rate",
@@ -390,6 +393,18 @@ type Logging struct {
 	LogFile string `yaml:"log_file"`
 }
 
+// Dist tunes data-parallel training: one process per GPU, rank 0 saving,
+// logging and rendering previews.
+type Dist struct {
+	// Timeout is how many seconds a rank waits for the others — to join,
+	// to finish a gradient sum, and at the barriers where rank 0 saves,
+	// validates or renders previews — before it takes them for lost and the
+	// job fails. A rank whose process ends is noticed at once whatever
+	// this says; the timeout catches one that is alive but stuck. Default
+	// 600: longer than rank 0's slowest save or preview pass.
+	Timeout int `yaml:"timeout"`
+}
+
 // DefaultTargets are the default LoRA targets: the attention and SwiGLU
 // projections and the adaLN modulation of every block.
 var DefaultTargets = []string{
@@ -456,6 +471,7 @@ func Defaults() Config {
 		},
 		Sample:  Sample{Steps: 28, CFG: 4.5, CFGTrunc: 1, Seed: 42, Sampler: "midpoint", TimeShift: 6},
 		Logging: Logging{Every: 10},
+		Dist:    Dist{Timeout: 600},
 	}
 }
 

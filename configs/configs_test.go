@@ -74,7 +74,7 @@ func TestExamplesParse(t *testing.T) {
 			if err := c.DataOptions().Validate(); err != nil {
 				t.Errorf("DataOptions: %v", err)
 			}
-			oc, err := c.OptimConfig(optim.Capability{Major: 9}, c.TotalSteps(0))
+			oc, err := c.OptimConfig(optim.Capability{Major: 9}, c.TotalSteps(0, 1))
 			if err != nil {
 				t.Fatalf("OptimConfig: %v", err)
 			}
@@ -142,6 +142,7 @@ func TestDefaults(t *testing.T) {
 		{"sample", [4]any{c.Sample.Steps, c.Sample.CFG, c.Sample.Sampler, c.Sample.Resolution}, [4]any{28, 4.5, "midpoint", 1024}},
 		{"log file", c.Logging.LogFile, "/runs/a/output/newbie_lora.jsonl"},
 		{"log every", c.Logging.Every, 10},
+		{"dist timeout", c.Dist.Timeout, 600},
 	}
 	for _, ch := range checks {
 		if !reflect.DeepEqual(ch.got, ch.want) {
@@ -270,6 +271,8 @@ func TestBadFiles(t *testing.T) {
 			"f.yaml:7: lora.rank: want a whole number, got a mapping"},
 		{"sample steps 0", minimal + "sample: {steps: 0}\n",
 			"f.yaml:7: sample.steps: 0 must be in [1, 1000]"},
+		{"dist timeout 0", minimal + "dist: {timeout: 0}\n",
+			"f.yaml:7: dist.timeout: 0 must be at least 1"},
 		{"min lr ratio 2", withSection(minimal, "train: {max_steps: 1000, min_lr_ratio: 2}"),
 			"f.yaml:5: train.min_lr_ratio: 2 must be in [0, 1]"},
 		{"empty target", withSection(minimal, `lora: {targets: [attention.qkv, ""]}`),
@@ -562,9 +565,13 @@ loss_scale: {init: 1024, growth_interval: 50}
 	if h := c.Hyper(); h != (optim.Hyper{LR: 3e-4, WeightDecay: 0.1, Beta1: 0.8, Beta2: 0.99, Eps: 1e-6}) {
 		t.Errorf("Hyper = %+v", h)
 	}
-	// 4 epochs of 13 batches, 2 per step: 4·⌈13/2⌉ = 28 steps.
-	if n := c.TotalSteps(13); n != 28 {
-		t.Errorf("TotalSteps(13) = %d, want 28", n)
+	// 4 epochs of 13 batches, 2 per step: 4·⌈13/2⌉ = 28 steps; on 3
+	// ranks, 6 per step: 4·⌈13/6⌉ = 12.
+	if n := c.TotalSteps(13, 1); n != 28 {
+		t.Errorf("TotalSteps(13, 1) = %d, want 28", n)
+	}
+	if n := c.TotalSteps(13, 3); n != 12 {
+		t.Errorf("TotalSteps(13, 3) = %d, want 12", n)
 	}
 	precs := []struct {
 		name string
@@ -580,7 +587,7 @@ loss_scale: {init: 1024, growth_interval: 50}
 	}
 	for _, p := range precs {
 		c.Precision = optim.Precision(p.prec)
-		oc, err := c.OptimConfig(p.cap, c.TotalSteps(13))
+		oc, err := c.OptimConfig(p.cap, c.TotalSteps(13, 1))
 		if err != nil {
 			t.Fatalf("%s: %v", p.name, err)
 		}

@@ -70,15 +70,17 @@ func (c *Config) Hyper() optim.Hyper {
 	return h
 }
 
-// TotalSteps is the run's length in optimizer steps: train.max_steps, or
-// train.epochs × ⌈batchesPerEpoch / gradient_accumulation⌉ (the loader
-// knows batchesPerEpoch once the dataset is scanned and bucketed).
-func (c *Config) TotalSteps(batchesPerEpoch int) int {
+// TotalSteps is the run's length in optimizer steps on ranks data-parallel
+// processes (1 on one GPU): train.max_steps, or train.epochs ×
+// ⌈batchesPerEpoch / (ranks × gradient_accumulation)⌉, each step taking
+// gradient_accumulation batches on every rank (the loader knows
+// batchesPerEpoch once the dataset is scanned and bucketed).
+func (c *Config) TotalSteps(batchesPerEpoch, ranks int) int {
 	if c.Train.MaxSteps > 0 {
 		return c.Train.MaxSteps
 	}
-	acc := max(c.Train.GradientAccumulation, 1)
-	return c.Train.Epochs * ((batchesPerEpoch + acc - 1) / acc)
+	perStep := max(c.Train.GradientAccumulation, 1) * max(ranks, 1)
+	return c.Train.Epochs * ((batchesPerEpoch + perStep - 1) / perStep)
 }
 
 // Schedule is the learning-rate schedule of a run of totalSteps optimizer

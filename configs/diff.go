@@ -17,7 +17,7 @@ var unhashed = []string{
 	"data.folders[*].path", "data.cache", "data.workers", "data.prefetch",
 	"data.deep_validate", "data.max_pixels",
 	"train.validation.every", "train.nonfinite_limit",
-	"save", "sample", "logging",
+	"save", "sample", "logging", "dist",
 }
 
 // folderIndex matches a list index in a key path.

@@ -54,8 +54,9 @@ func (c *Config) String() string { return string(c.YAML()) }
 // (a CPU state may resume on a GPU), data.workers, data.prefetch,
 // data.deep_validate, data.max_pixels (what it changes, the set of images,
 // the loader's dataset fingerprint guards), train.validation.every,
-// train.nonfinite_limit, and the save, sample and logging sections (how
-// often to save, render or log). HashedValues lists the same keys.
+// train.nonfinite_limit, the save, sample and logging sections (how
+// often to save, render or log) and dist (how long ranks wait for each
+// other). HashedValues lists the same keys.
 type hashed struct {
 	Version   string
 	Preset    string

@@ -178,6 +178,8 @@ func (k *checker) check() {
 	}
 	k.multipleOf16("sample.resolution", sm.Resolution)
 
+	k.atLeast("dist.timeout", c.Dist.Timeout, 1)
+
 	lg := c.Logging
 	k.atLeast("logging.every", lg.Every, 1)
 	if lg.MetricsAddr != "" {

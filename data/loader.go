@@ -133,6 +133,8 @@ type Loader struct {
 	enc     *Encoded
 	seed    uint64
 	perEp   int
+	start   Cursor
+	take    func(i int64) bool
 	next    Cursor
 	ch      chan loaded
 	cancel  context.CancelFunc
@@ -149,6 +151,15 @@ type loaded struct {
 // starts at the beginning with seed enc.Options.Seed; a saved cursor must
 // carry enc's fingerprint.
 func NewLoader(enc *Encoded, from Cursor) (*Loader, error) {
+	return NewShardLoader(enc, from, nil)
+}
+
+// NewShardLoader is NewLoader for one rank of a data-parallel job: of the
+// batch sequence from `from` on — the same sequence on every rank — it
+// yields only the batches take accepts, take(i) being asked for the i-th
+// batch counted from from (0, 1, …), and skips the others without reading
+// their files. A nil take yields every batch.
+func NewShardLoader(enc *Encoded, from Cursor, take func(i int64) bool) (*Loader, error) {
 	if enc == nil || len(enc.Items) == 0 {
 		return nil, errors.New("data: loader: empty dataset")
 	}
@@ -167,7 +178,7 @@ func NewLoader(enc *Encoded, from Cursor) (*Loader, error) {
 	}
 	from = normalise(from, perEp)
 	ctx, cancel := context.WithCancel(context.Background())
-	l := &Loader{enc: enc, seed: from.Seed, perEp: perEp, next: from, ch: make(chan loaded, max(enc.Options.Loader.Prefetch-1, 0)), cancel: cancel, done: make(chan struct{})}
+	l := &Loader{enc: enc, seed: from.Seed, perEp: perEp, start: from, take: take, next: from, ch: make(chan loaded, max(enc.Options.Loader.Prefetch-1, 0)), cancel: cancel, done: make(chan struct{})}
 	go l.produce(ctx, from)
 	return l, nil
 }
@@ -181,8 +192,20 @@ func normalise(c Cursor, perEp int) Cursor {
 // BatchesPerEpoch is the number of batches in every epoch.
 func (l *Loader) BatchesPerEpoch() int { return l.perEp }
 
-// Cursor is the position of the batch the next call to Next returns.
+// Cursor is the position after the last batch Next returned (the start
+// before the first): for a loader that takes every batch, the position of
+// the batch the next call returns.
 func (l *Loader) Cursor() Cursor { return l.next }
+
+// After is the position n batches after the loader's start, skipped
+// batches counted: where a data-parallel step leaves the run once its
+// ranks have taken n batches of the sequence between them.
+func (l *Loader) After(n int64) Cursor {
+	c := l.start
+	pos := int64(c.Epoch)*int64(l.perEp) + int64(c.Batch) + n
+	c.Epoch, c.Batch = int(pos/int64(l.perEp)), int(pos%int64(l.perEp))
+	return c
+}
 
 // Next returns the next batch. After an error (a damaged cache file) the
 // loader is finished and returns the same error.
@@ -215,11 +238,19 @@ func (l *Loader) produce(ctx context.Context, c Cursor) {
 	defer close(l.done)
 	defer close(l.ch)
 	plan, planEpoch := []plannedBatch(nil), -1
-	for {
+	for i := int64(0); ; i++ {
+		next := normalise(Cursor{Fingerprint: c.Fingerprint, Seed: c.Seed, Epoch: c.Epoch, Batch: c.Batch + 1}, l.perEp)
+		if l.take != nil && !l.take(i) {
+			if ctx.Err() != nil {
+				return
+			}
+			c = next
+			continue
+		}
 		if planEpoch != c.Epoch {
 			plan, planEpoch = epochPlan(l.enc, l.seed, c.Epoch), c.Epoch
 		}
-		b, err := l.assemble(plan[c.Batch], c)
+		b, err := l.assemble(plan[c.Batch], c, next)
 		select {
 		case l.ch <- loaded{b, err}:
 		case <-ctx.Done():
@@ -228,16 +259,16 @@ func (l *Loader) produce(ctx context.Context, c Cursor) {
 		if err != nil {
 			return
 		}
-		c = b.Next
+		c = next
 	}
 }
 
 // assemble loads one planned batch from the cache. Augmentation choices
 // (caption dropout, caption variant, crop variant) come from a stream keyed
 // by (seed, epoch, position in the epoch's order).
-func (l *Loader) assemble(pb plannedBatch, c Cursor) (*Batch, error) {
+func (l *Loader) assemble(pb plannedBatch, c, next Cursor) (*Batch, error) {
 	o := l.enc.Options
-	b := &Batch{Cursor: c, Next: normalise(Cursor{Fingerprint: c.Fingerprint, Seed: c.Seed, Epoch: c.Epoch, Batch: c.Batch + 1}, l.perEp), Bucket: pb.bucket}
+	b := &Batch{Cursor: c, Next: next, Bucket: pb.bucket}
 	var texts []TextEncoding
 	for _, ref := range pb.samples {
 		ei := l.enc.Items[ref.item]

@@ -85,14 +85,20 @@ func runLoader(t *testing.T, enc *Encoded, from Cursor, n int) ([]string, []*Bat
 	return ds, bs
 }
 
-func TestLoaderDeterministicAndResumable(t *testing.T) {
-	enc, _ := loaderFixture(t)
+// batchesPerEpoch is the loader's epoch length over enc.
+func batchesPerEpoch(t *testing.T, enc *Encoded) int {
+	t.Helper()
 	l, err := NewLoader(enc, Cursor{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	perEp := l.BatchesPerEpoch()
-	l.Close()
+	defer l.Close()
+	return l.BatchesPerEpoch()
+}
+
+func TestLoaderDeterministicAndResumable(t *testing.T) {
+	enc, _ := loaderFixture(t)
+	perEp := batchesPerEpoch(t, enc)
 	n := 3*perEp + 1
 	ref, batches := runLoader(t, enc, Cursor{}, n)
 
@@ -267,6 +273,92 @@ func TestEpochBatches(t *testing.T) {
 		}
 		if !dropLast && total != samples {
 			t.Errorf("batch sizes %v hold %d samples, the epoch has %d", sizes, total, samples)
+		}
+	}
+}
+
+// TestShardLoaderSplitsTheSequence: the ranks of a data-parallel job, each
+// taking its micro-batches of every step, together see the single loader's
+// sequence — each batch once, identical — from a fresh start and from a
+// resumed cursor; After names the position a step leaves the run at; and a
+// rank never reads the files of the batches it skips.
+func TestShardLoaderSplitsTheSequence(t *testing.T) {
+	enc, _ := loaderFixture(t)
+	perEp := batchesPerEpoch(t, enc)
+	n := 2*perEp + 3
+	ref, refBatches := runLoader(t, enc, Cursor{}, n+perEp)
+	for _, c := range []struct{ world, accum, start int }{{2, 1, 0}, {3, 2, 0}, {2, 2, perEp + 1}} {
+		from := Cursor{}
+		if c.start > 0 {
+			from = refBatches[c.start-1].Next
+		}
+		steps := n / (c.world * c.accum)
+		for rank := range c.world {
+			take := func(i int64) bool { return int(i%int64(c.world*c.accum))/c.accum == rank }
+			sl, err := NewShardLoader(enc, from, take)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for s := range steps {
+				for k := range c.accum {
+					b, err := sl.Next()
+					if err != nil {
+						t.Fatal(err)
+					}
+					pos := c.start + s*c.world*c.accum + rank*c.accum + k
+					if got := batchDigest(b); got != ref[pos] {
+						t.Fatalf("%+v rank %d step %d micro-batch %d: not batch %d of the single loader's sequence", c, rank, s, k, pos)
+					}
+				}
+				if got, want := sl.After(int64((s+1)*c.world*c.accum)), refBatches[c.start+(s+1)*c.world*c.accum-1].Next; got != want {
+					t.Fatalf("%+v: After step %d is %+v, the single loader is at %+v", c, s, got, want)
+				}
+			}
+			sl.Close()
+		}
+	}
+
+	// A rank skips other ranks' batches unread: delete every latent file
+	// only rank 1 of 2 uses in the first epoch, and rank 0 still loads its
+	// batches.
+	owner := map[string]map[int]bool{}
+	for i, b := range refBatches[:perEp] {
+		for _, s := range b.Samples {
+			for _, ei := range enc.Items {
+				if ei.Item.Path == s.Image {
+					f := ei.Latents[s.CropVariant]
+					if owner[f] == nil {
+						owner[f] = map[int]bool{}
+					}
+					owner[f][i%2] = true
+				}
+			}
+		}
+	}
+	deleted := 0
+	for f, ranks := range owner {
+		if ranks[1] && !ranks[0] {
+			if err := os.Remove(f); err != nil {
+				t.Fatal(err)
+			}
+			deleted++
+		}
+	}
+	if deleted == 0 {
+		t.Fatal("the fixture has no latent only rank 1 reads in the first epoch")
+	}
+	sl, err := NewShardLoader(enc, Cursor{}, func(i int64) bool { return i%2 == 0 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sl.Close()
+	for i := 0; i < perEp; i += 2 {
+		b, err := sl.Next()
+		if err != nil {
+			t.Fatalf("rank 0, batch %d, with %d of rank 1's latents deleted: %v", i, deleted, err)
+		}
+		if batchDigest(b) != ref[i] {
+			t.Fatalf("rank 0's batch %d differs", i)
 		}
 	}
 }

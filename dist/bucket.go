@@ -14,10 +14,20 @@ import (
 // bucket lists gradient indices in the order they were added. A capBytes
 // of zero or less puts every gradient in a bucket of its own.
 func PlanBuckets(sizes []int64, capBytes int64) [][]int {
+	order := make([]int, len(sizes))
+	for i := range order {
+		order[i] = len(sizes) - 1 - i
+	}
+	return planInOrder(sizes, order, capBytes)
+}
+
+// planInOrder groups the gradients into buckets of at least capBytes
+// taking them in order (a permutation of their indices).
+func planInOrder(sizes []int64, order []int, capBytes int64) [][]int {
 	var out [][]int
 	var cur []int
 	var bytes int64
-	for i := len(sizes) - 1; i >= 0; i-- {
+	for _, i := range order {
 		cur = append(cur, i)
 		bytes += sizes[i]
 		if bytes >= capBytes {
@@ -47,7 +57,10 @@ type Reducer struct {
 	bucketOf []int
 	left     []int  // gradients of each bucket not yet ready this step
 	ready    []bool // gradient ready this step
+	seen     []int  // the gradients in the order they were ready this step
+	lastSeen []int  // … and in the last finished step
 	next     int    // the first bucket not yet summed this step
+	capBytes int64
 	err      error
 }
 
@@ -66,7 +79,13 @@ func NewReducer(comm Communicator, grads []kernels.Buffer, capBytes int64) (*Red
 		}
 		sizes[i] = int64(g.Len() * g.DType().Size())
 	}
-	r := &Reducer{comm: comm, grads: grads, buckets: PlanBuckets(sizes, capBytes), bucketOf: make([]int, len(grads)), ready: make([]bool, len(grads))}
+	r := &Reducer{comm: comm, grads: grads, bucketOf: make([]int, len(grads)), ready: make([]bool, len(grads)), capBytes: capBytes}
+	r.setPlan(PlanBuckets(sizes, capBytes))
+	return r, nil
+}
+
+func (r *Reducer) setPlan(buckets [][]int) {
+	r.buckets = buckets
 	r.left = make([]int, len(r.buckets))
 	for b, idx := range r.buckets {
 		for _, i := range idx {
@@ -74,11 +93,45 @@ func NewReducer(comm Communicator, grads []kernels.Buffer, capBytes int64) (*Red
 		}
 	}
 	r.reset()
-	return r, nil
 }
 
 // Buckets returns the plan: each bucket's gradient indices.
 func (r *Reducer) Buckets() [][]int { return r.buckets }
+
+// Order is the order the gradients were reported ready in during the last
+// finished step (indices; those never reported are left out).
+func (r *Reducer) Order() []int { return r.lastSeen }
+
+// Replan groups the gradients into buckets anew, in order — the order
+// their backward finishes them, as Order observed it (gradients it leaves
+// out go last): the plan PyTorch DDP rebuilds after its first iteration.
+// Registration order seldom is the backward's (a model's earlier blocks may
+// run later), and a bucket waits for every bucket planned before it, so a
+// plan in the backward's order sums each bucket as soon as it is complete.
+// Every rank must replan with the same order, between steps.
+func (r *Reducer) Replan(order []int) error {
+	n := len(r.grads)
+	placed := make([]bool, n)
+	var full []int
+	for _, i := range order {
+		if i < 0 || i >= n || placed[i] {
+			return fmt.Errorf("dist: reducer: replan: %v is not an order of %d gradients", order, n)
+		}
+		placed[i] = true
+		full = append(full, i)
+	}
+	for i := n - 1; i >= 0; i-- {
+		if !placed[i] {
+			full = append(full, i)
+		}
+	}
+	sizes := make([]int64, n)
+	for i, g := range r.grads {
+		sizes[i] = int64(g.Len() * g.DType().Size())
+	}
+	r.setPlan(planInOrder(sizes, full, r.capBytes))
+	return nil
+}
 
 func (r *Reducer) reset() {
 	for b, idx := range r.buckets {
@@ -103,6 +156,7 @@ func (r *Reducer) Ready(i int) error {
 		return r.err
 	}
 	r.ready[i] = true
+	r.seen = append(r.seen, i)
 	r.left[r.bucketOf[i]]--
 	for r.next < len(r.buckets) && r.left[r.next] == 0 {
 		if err := r.sum(r.next); err != nil {
@@ -124,6 +178,7 @@ func (r *Reducer) Finish() error {
 	err := r.err
 	r.err = nil
 	r.reset()
+	r.lastSeen, r.seen = r.seen, r.lastSeen[:0]
 	return err
 }
 

@@ -108,6 +108,51 @@ func TestReducerOrder(t *testing.T) {
 	wantErr(t, err, "gradient 1 is F64")
 }
 
+// TestReducerReplan: Order gives the order of the last step's readiness,
+// and a plan made in it sums each bucket the moment it is complete — here
+// a backward that finishes the gradients 1, 3, 0, 2, against the plan by
+// registration that would wait for 2 before anything.
+func TestReducerReplan(t *testing.T) {
+	b := cpu.New()
+	grads := make([]kernels.Buffer, 4)
+	for i := range grads {
+		grads[i], _ = b.Alloc(kernels.F32, 3)
+	}
+	c := &recorder{grads: grads}
+	r, err := NewReducer(c, grads, 24)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backward := []int{1, 3, 0, 2}
+	for _, i := range backward {
+		r.Ready(i)
+	}
+	if err := r.Finish(); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(r.Order()); got != "[1 3 0 2]" {
+		t.Fatalf("Order %s", got)
+	}
+	if err := r.Replan(r.Order()); err != nil {
+		t.Fatal(err)
+	}
+	if got := fmt.Sprint(r.Buckets()); got != "[[1 3] [0 2]]" {
+		t.Fatalf("buckets after Replan %s", got)
+	}
+	c.log = nil
+	r.Ready(1)
+	r.Ready(3)
+	if got := fmt.Sprint(c.log); got != "[[1 3]]" {
+		t.Fatalf("after 1 and 3 the sums are %s, want the first bucket", got)
+	}
+	r.Finish()
+	// An order missing gradients puts them last; a repeated one is refused.
+	if err := r.Replan([]int{2}); err != nil || fmt.Sprint(r.Buckets()) != "[[2 3] [1 0]]" {
+		t.Fatalf("Replan([2]): %v, buckets %v", err, r.Buckets())
+	}
+	wantErr(t, r.Replan([]int{1, 1}), "not an order of 4 gradients")
+}
+
 // TestReducerInProcess: three ranks whose gradients become ready in
 // different orders still sum every bucket, to the sum in rank order.
 func TestReducerInProcess(t *testing.T) {

@@ -30,8 +30,12 @@ type Communicator interface {
 	AllReduceSum(bufs ...kernels.Buffer) error
 	// Broadcast replaces buf on every rank with root's buf.
 	Broadcast(buf kernels.Buffer, root int) error
-	// Barrier returns once every rank has entered it.
-	Barrier() error
+	// Barrier returns once every rank has entered it, or fails the job
+	// when one has not within timeout: the communicator's own timeout
+	// (Options.Timeout) when timeout is 0, no limit when it is negative
+	// (then only a rank's failure or exit ends the wait, as when the other
+	// ranks wait for rank 0 to fill the encode cache).
+	Barrier(timeout time.Duration) error
 	// Err is the failure that ended the communicator, nil while it works.
 	Err() error
 	// Abort ends the job now: queued collectives are cancelled, the other
@@ -86,6 +90,16 @@ type Options struct {
 	Timeout time.Duration
 }
 
+// expiry returns a channel that receives once d has passed — never when d
+// is zero or negative (no limit) — and the function that stops its timer.
+func expiry(d time.Duration) (<-chan time.Time, func() bool) {
+	if d <= 0 {
+		return nil, func() bool { return false }
+	}
+	t := time.NewTimer(d)
+	return t.C, t.Stop
+}
+
 func (o Options) timeout() time.Duration {
 	if o.Timeout > 0 {
 		return o.Timeout
@@ -95,18 +109,29 @@ func (o Options) timeout() time.Duration {
 
 // Open joins the job env describes, with collectives on backend b. A plain
 // run (env not Distributed) gets a communicator of one rank whose
-// collectives change nothing. A job needs a backend with a collective
-// library (NativeBackend); a job of one process on a backend without one
-// also gets the one-rank communicator.
+// collectives change nothing. A job's collectives run in the backend's
+// collective library (NativeBackend: NCCL on the cuda backend); on a
+// backend without one (the CPU backend) they travel over the rendezvous
+// connections, rank 0 summing, and a job of one process gets the one-rank
+// communicator. Every rank must run the same kind of backend.
 func Open(ctx context.Context, b kernels.Backend, env Env, o Options) (Communicator, error) {
 	nb, native := b.(NativeBackend)
 	if !env.Distributed() || (env.WorldSize == 1 && !native) {
 		return single{}, nil
 	}
-	if !native {
-		return nil, fmt.Errorf("dist: backend %s has no collective library, so it cannot run %v: a job of several processes needs the cuda backend", b.Name(), env)
-	}
 	timeout := o.timeout()
+	if !native {
+		s, id, err := Rendezvous(ctx, env, timeout, func() ([]byte, error) { return hostToken, nil })
+		if err != nil {
+			return nil, err
+		}
+		if string(id) != string(hostToken) {
+			err := fmt.Errorf("dist: rank %d runs on backend %s, which has no collective library, but rank 0 sums through one (NCCL): every rank must run the same device", env.Rank, b.Name())
+			s.Abort(err)
+			return nil, err
+		}
+		return newGroup(env, s, &hostCollective{s: s, b: b, timeout: timeout}), nil
+	}
 	if env.WorldSize == 1 {
 		id, err := nb.CollectiveID()
 		if err != nil {
@@ -120,6 +145,11 @@ func Open(ctx context.Context, b kernels.Backend, env Env, o Options) (Communica
 	}
 	s, id, err := Rendezvous(ctx, env, timeout, nb.CollectiveID)
 	if err != nil {
+		return nil, err
+	}
+	if string(id) == string(hostToken) {
+		err := fmt.Errorf("dist: rank %d runs on backend %s, but rank 0 runs on a backend without a collective library (cpu): every rank must run the same device", env.Rank, b.Name())
+		s.Abort(err)
 		return nil, err
 	}
 	nc, err := nb.OpenCollective(id, env.Rank, env.WorldSize, timeout)
@@ -141,10 +171,10 @@ func (single) AllReduceSum(bufs ...kernels.Buffer) error { return checkReduceDTy
 func (single) Broadcast(buf kernels.Buffer, root int) error {
 	return checkRoot(root, 1)
 }
-func (single) Barrier() error     { return nil }
-func (single) Err() error         { return nil }
-func (single) Abort(reason error) {}
-func (single) Close() error       { return nil }
+func (single) Barrier(time.Duration) error { return nil }
+func (single) Err() error                  { return nil }
+func (single) Abort(reason error)          {}
+func (single) Close() error                { return nil }
 
 // checkReduceDTypes refuses buffers AllReduceSum does not sum.
 func checkReduceDTypes(bufs []kernels.Buffer) error {
@@ -238,14 +268,14 @@ func (g *group) Broadcast(buf kernels.Buffer, root int) error {
 	return g.nc.Broadcast(buf, root)
 }
 
-func (g *group) Barrier() error {
+func (g *group) Barrier(timeout time.Duration) error {
 	if err := g.Err(); err != nil {
 		return err
 	}
 	if g.s == nil {
 		return nil
 	}
-	return g.s.Barrier()
+	return g.s.Barrier(timeout)
 }
 
 func (g *group) Err() error {

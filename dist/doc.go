@@ -8,7 +8,9 @@
 //   - Communicator: a rank's handle on the job (rank, world size, in-place
 //     sums and broadcasts of backend buffers, barrier, abort). Open builds
 //     one from the environment: NCCL on the CUDA backend (found through
-//     NativeBackend, so this package never names a backend), a trivial one
+//     NativeBackend, so this package never names a backend), sums over the
+//     rendezvous connections on a backend without a collective library
+//     (the CPU backend: a job's setup tried without GPUs), a trivial one
 //     for a single process. NewInProcess gives N goroutine ranks over N
 //     backends, summing in a fixed rank order, for tests.
 //   - Env: the torchrun variables (RANK, WORLD_SIZE, LOCAL_RANK,

@@ -73,7 +73,7 @@ func (r *inRank) AllReduceSum(bufs ...kernels.Buffer) error {
 	if err := checkReduceDTypes(bufs); err != nil {
 		return err
 	}
-	return r.collective(describe("AllReduceSum", bufs), -1, bufs)
+	return r.collective(describe("AllReduceSum", bufs), -1, bufs, 0)
 }
 
 func (r *inRank) Broadcast(buf kernels.Buffer, root int) error {
@@ -83,10 +83,12 @@ func (r *inRank) Broadcast(buf kernels.Buffer, root int) error {
 	if buf == nil {
 		return fmt.Errorf("dist: Broadcast: buffer is nil")
 	}
-	return r.collective(describe(fmt.Sprintf("Broadcast(root %d)", root), []kernels.Buffer{buf}), root, []kernels.Buffer{buf})
+	return r.collective(describe(fmt.Sprintf("Broadcast(root %d)", root), []kernels.Buffer{buf}), root, []kernels.Buffer{buf}, 0)
 }
 
-func (r *inRank) Barrier() error { return r.collective("Barrier", -1, nil) }
+func (r *inRank) Barrier(timeout time.Duration) error {
+	return r.collective("Barrier", -1, nil, timeout)
+}
 
 func (r *inRank) Err() error {
 	r.job.mu.Lock()
@@ -147,8 +149,9 @@ func (rd *inRound) waiting(arrived bool) []int {
 }
 
 // collective brings this rank's buffers to the round, waits for the
-// others and writes the result back. root ≥ 0 makes it a broadcast.
-func (r *inRank) collective(desc string, root int, bufs []kernels.Buffer) error {
+// others (up to timeout: the job's when 0, no limit when negative) and
+// writes the result back. root ≥ 0 makes it a broadcast.
+func (r *inRank) collective(desc string, root int, bufs []kernels.Buffer, timeout time.Duration) error {
 	j := r.job
 	data := make([][]byte, len(bufs))
 	if root < 0 || root == r.rank {
@@ -199,15 +202,22 @@ func (r *inRank) collective(desc string, root int, bufs []kernels.Buffer) error 
 	}
 	j.mu.Unlock()
 
-	timer := time.NewTimer(j.timeout)
-	defer timer.Stop()
+	if timeout == 0 {
+		timeout = j.timeout
+	}
+	expired, stop := expiry(timeout)
+	defer stop()
 	select {
 	case <-rd.done:
 	case <-j.failed:
-		return j.failure()
-	case <-timer.C:
+		select {
+		case <-rd.done: // completed before the failure: the result stands
+		default:
+			return j.failure()
+		}
+	case <-expired:
 		j.mu.Lock()
-		j.failLocked(fmt.Errorf("rank %d waited %v in %s for %s", r.rank, j.timeout, desc, rankList(rd.waiting(false))))
+		j.failLocked(fmt.Errorf("rank %d waited %v in %s for %s", r.rank, timeout, desc, rankList(rd.waiting(false))))
 		j.mu.Unlock()
 		return j.failure()
 	}

@@ -44,6 +44,9 @@ type RankExitError struct {
 	// Code is the exit status, -1 when a signal ended the process.
 	Code  int
 	State string // "exit status 3", "signal: killed"
+	// Codes is every rank's exit status, by rank, those the launcher
+	// stopped included (-1 for a signal).
+	Codes []int
 }
 
 func (e *RankExitError) Error() string {
@@ -124,6 +127,7 @@ func (l Launch) Run(ctx context.Context) error {
 		}()
 	}
 	var failed *RankExitError
+	codes := make([]int, l.Ranks)
 	interrupted := false
 	done := ctx.Done()
 	var kill <-chan time.Time
@@ -140,6 +144,7 @@ func (l Launch) Run(ctx context.Context) error {
 			left--
 			running[ex.rank] = false
 			code := ex.state.ExitCode()
+			codes[ex.rank] = code
 			if code == 0 || (interrupted && code == exitInterrupted) || failed != nil {
 				continue
 			}
@@ -152,6 +157,7 @@ func (l Launch) Run(ctx context.Context) error {
 	out.flush()
 	switch {
 	case failed != nil:
+		failed.Codes = codes
 		return failed
 	case interrupted:
 		return fmt.Errorf("dist: the job of %d ranks was interrupted: %w", l.Ranks, ctx.Err())

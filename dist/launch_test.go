@@ -43,7 +43,7 @@ func rankMain(mode string) int {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
-		if err := s.Barrier(); err != nil {
+		if err := s.Barrier(0); err != nil {
 			fmt.Fprintln(os.Stderr, err)
 			return 1
 		}
@@ -137,8 +137,8 @@ func TestLaunchRankFails(t *testing.T) {
 			if !errors.As(err, &re) {
 				t.Fatalf("error %v, want a RankExitError\n%s", err, out)
 			}
-			if re.Rank != 1 || re.Code != 3 {
-				t.Fatalf("got %+v, want rank 1 with status 3", re)
+			if re.Rank != 1 || re.Code != 3 || len(re.Codes) != 3 || re.Codes[1] != 3 || re.Codes[0] == 0 || re.Codes[2] == 0 {
+				t.Fatalf("got %+v, want rank 1 with status 3 and the others stopped", re)
 			}
 			wantErr(t, err, "rank 1", "exit status 3", "the other ranks were stopped")
 			if !strings.Contains(out.String(), "[rank 1] rank 1 gives up") || !strings.Contains(out.String(), "rank 1 (pid") {

@@ -46,7 +46,13 @@ type link struct {
 	rank int // the rank at the other end
 	conn net.Conn
 	wmu  sync.Mutex
-	gone bool // the other end said goodbye (guarded by Session.mu)
+	// Guarded by Session.mu: the other end said goodbye; the collective
+	// messages received and not yet taken (hostCollective), and the one
+	// being received, want bytes long.
+	gone    bool
+	inbox   [][]byte
+	partial []byte
+	want    uint64
 }
 
 // Message kinds on a session's connections. Each message is the kind byte,
@@ -58,6 +64,7 @@ const (
 	msgRelease = 'R' // rank 0 → rank: every rank entered the barrier
 	msgAbort   = 'A' // either way: the sender aborts the job, and why
 	msgBye     = 'X' // either way: the sender leaves in good order
+	msgData    = 'D' // either way: a chunk of a collective's data (hostCollective)
 )
 
 // helloMagic opens a rank's first message to rank 0; a connection that
@@ -325,6 +332,15 @@ func (s *Session) readFrom(l *link) {
 			l.gone = true
 			s.mu.Unlock()
 			s.notify()
+		case msgData:
+			s.mu.Lock()
+			err := l.takeData(body)
+			s.mu.Unlock()
+			if err != nil {
+				s.fail(l.rank, fmt.Errorf("rank %d: %w", l.rank, err))
+				return
+			}
+			s.notify()
 		case msgAbort:
 			var err error
 			if s.rank == 0 {
@@ -404,9 +420,10 @@ func (s *Session) Abort(reason error) {
 }
 
 // Barrier returns once every rank has entered it. A rank that does not
-// enter within the session's timeout fails the session (the job is broken:
-// the ranks no longer run the same program).
-func (s *Session) Barrier() error {
+// enter within timeout — the session's own when 0, no limit when negative —
+// fails the session (the job is broken: the ranks no longer run the same
+// program).
+func (s *Session) Barrier(timeout time.Duration) error {
 	s.mu.Lock()
 	if err := s.usable(); err != nil {
 		s.mu.Unlock()
@@ -423,12 +440,15 @@ func (s *Session) Barrier() error {
 	}
 	// Rank 0 knows who is missing and says so; the others wait longer, and
 	// give up on their own only when rank 0 itself is stuck.
-	wait := s.timeout
+	wait := timeout
+	if wait == 0 {
+		wait = s.timeout
+	}
 	if s.rank != 0 {
 		wait *= 2
 	}
-	timer := time.NewTimer(wait)
-	defer timer.Stop()
+	expired, stop := expiry(wait)
+	defer stop()
 	for {
 		s.mu.Lock()
 		if err := s.usable(); err != nil {
@@ -460,7 +480,7 @@ func (s *Session) Barrier() error {
 		select {
 		case <-s.changed:
 		case <-s.failed:
-		case <-timer.C:
+		case <-expired:
 			if s.rank != 0 {
 				s.fail(-1, fmt.Errorf("barrier %d: rank 0 did not release it within %v", n, wait))
 			} else {

@@ -91,17 +91,25 @@ func TestRendezvousAndBarrier(t *testing.T) {
 			t.Fatalf("rank %d got id %q", r, got[r].id)
 		}
 	}
-	for round := range 3 {
+	for round := range 4 {
 		var wg sync.WaitGroup
 		errs := make([]error, 3)
 		for r := range 3 {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				if round == 3 {
+					// Past the session's 300 ms, in a barrier without limit.
+					if r == 2 {
+						time.Sleep(700 * time.Millisecond)
+					}
+					errs[r] = got[r].s.Barrier(-1)
+					return
+				}
 				if r == round {
 					time.Sleep(50 * time.Millisecond) // one rank comes late each round
 				}
-				errs[r] = got[r].s.Barrier()
+				errs[r] = got[r].s.Barrier(0)
 			}()
 		}
 		wg.Wait()
@@ -204,7 +212,7 @@ func TestSessionLostRank(t *testing.T) {
 	got[2].s.up.conn.Close()
 	wantErr(t, waitFailed(t, got[0].s, 2*time.Second), "rank 0", "connection to rank 2", "without a goodbye")
 	wantErr(t, waitFailed(t, got[1].s, 2*time.Second), "rank 1", "connection to rank 2")
-	wantErr(t, got[1].s.Barrier(), "rank 2")
+	wantErr(t, got[1].s.Barrier(0), "rank 2")
 }
 
 // TestSessionLostRankZero: rank 0's process ending fails every other rank.
@@ -255,7 +263,7 @@ func TestSessionBarrierTimeout(t *testing.T) {
 	errs := make([]error, 2)
 	for r := range 2 {
 		wg.Add(1)
-		go func() { defer wg.Done(); errs[r] = got[r].s.Barrier() }()
+		go func() { defer wg.Done(); errs[r] = got[r].s.Barrier(0) }()
 	}
 	wg.Wait()
 	wantErr(t, errs[0], "barrier 1: rank 2 did not arrive within 400ms")
@@ -280,5 +288,5 @@ func TestSessionCloseInOrder(t *testing.T) {
 	if err := got[0].s.Err(); err != nil {
 		t.Fatalf("rank 0 failed when rank 1 closed in good order: %v", err)
 	}
-	wantErr(t, got[0].s.Barrier(), "rank 1 has left the job")
+	wantErr(t, got[0].s.Barrier(0), "rank 1 has left the job")
 }

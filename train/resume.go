@@ -27,8 +27,14 @@ const metaConfig = "config"
 
 // resumeInfo is the trainer's own part of a saved state.
 type resumeInfo struct {
+	// Micro is the number of batches of the sequence the run has taken
+	// (over all ranks); Cursor the position of the next one. Both are the
+	// same whatever the number of ranks, so a state resumes with any.
 	Micro  uint64      `json:"micro_batches"`
 	Cursor data.Cursor `json:"loader_cursor"`
+	// WorldSize is the number of ranks that trained up to the state (0 in
+	// states of older versions: one).
+	WorldSize int `json:"world_size"`
 	// Curve is every step's loss; a non-finite one is written as null.
 	Curve []jsonFloat `json:"loss_curve"`
 }
@@ -61,8 +67,36 @@ func (r *run) findResume(which string) error {
 	if st.RunID != "" {
 		r.out.id.ID = st.RunID
 	}
-	r.resumed, r.resumeDir = st, path
+	var info resumeInfo
+	if err := json.Unmarshal(st.JSON["trainer"], &info); err != nil {
+		return configErr(fmt.Errorf("--resume %s: trainer state: %w", which, err))
+	}
+	info.WorldSize = max(info.WorldSize, 1)
+	r.resumed, r.resumeDir, r.resumedInfo = st, path, info
 	return nil
+}
+
+// perStep is the number of batches a step takes over every rank.
+func (r *run) perStep() int {
+	return r.comm.WorldSize() * max(r.cfg.Train.GradientAccumulation, 1)
+}
+
+// runLength is the run's number of steps at batches per epoch. A run of
+// train.epochs resumed with another number of batches per step (another
+// number of ranks) is as long as it takes to finish the epochs' batches
+// from the state's position on.
+func (r *run) runLength(batches int) int {
+	total := r.cfg.TotalSteps(batches, r.comm.WorldSize())
+	if r.resumed == nil || r.cfg.Train.MaxSteps > 0 {
+		return total
+	}
+	saved, err := configs.Parse("the state's config", []byte(r.resumed.Meta[metaConfig]))
+	if err != nil || r.resumedInfo.WorldSize*max(saved.Train.GradientAccumulation, 1) == r.perStep() {
+		return total
+	}
+	left := int64(r.cfg.Train.Epochs)*int64(batches) - int64(r.resumedInfo.Micro)
+	per := int64(r.perStep())
+	return int(r.resumed.Step) + int(max(0, (left+per-1)/per))
 }
 
 // resumableChanges are the config keys a resume may change, each allowed
@@ -88,6 +122,7 @@ func (r *run) checkResume() error {
 		}
 	default:
 		var refused, grown []string
+		savedWorld, world := r.resumedInfo.WorldSize, r.comm.WorldSize()
 		for _, ch := range configs.Diff(saved, r.cfg) {
 			old, errO := strconv.Atoi(ch.Old)
 			new, errN := strconv.Atoi(ch.New)
@@ -95,11 +130,24 @@ func (r *run) checkResume() error {
 				grown = append(grown, ch.String())
 				continue
 			}
+			if ch.Key == "train.gradient_accumulation" && errO == nil && errN == nil && old*savedWorld == new*world {
+				// Another number of ranks, the same batches per step:
+				// the same run.
+				r.logf("resume: %s on %d ranks takes the %d × %d batches per step the state was trained with on %d", ch, world, world, new, savedWorld)
+				continue
+			}
 			refused = append(refused, ch.String())
 		}
 		if len(refused) > 0 {
-			return configErr(fmt.Errorf("resume from %s refused: the config changed since the state was written:\n  %s\n(a resume continues the same run: change these back, or start a new run with --fresh; only train.max_steps or train.epochs may grow)",
+			return configErr(fmt.Errorf("resume from %s refused: the config changed since the state was written:\n  %s\n(a resume continues the same run: change these back, or start a new run with --fresh; only train.max_steps or train.epochs may grow, and train.gradient_accumulation may change with the number of GPUs so that GPUs × gradient_accumulation stays the same)",
 				path, strings.Join(refused, "\n  ")))
+		}
+		if was, now := savedWorld*max(saved.Train.GradientAccumulation, 1), r.perStep(); was != now {
+			hint := ""
+			if was%world == 0 {
+				hint = fmt.Sprintf("; --set train.gradient_accumulation=%d keeps %d", was/world, was)
+			}
+			r.logf("resume: the state was trained on %d rank(s) with %d batches per step; this run takes %d per step from step %d on%s", savedWorld, was, now, st.Step+1, hint)
 		}
 		if len(grown) > 0 {
 			r.logf("resume: the run is longer now (%s): from step %d the learning rate follows the config's %s schedule over the new %d steps",
@@ -135,19 +183,12 @@ func (r *run) restore() error {
 	if err := r.opt.SetState(ostate); err != nil {
 		return fmt.Errorf("resume from %s: %w", path, err)
 	}
-	var info resumeInfo
-	if err := json.Unmarshal(st.JSON["trainer"], &info); err != nil {
-		return fmt.Errorf("resume from %s: trainer state: %w", path, err)
-	}
-	r.loader.Close()
-	var err error
-	r.loader, err = data.NewLoader(r.encoded, info.Cursor)
-	if err != nil {
-		r.loader = nil
+	info := r.resumedInfo
+	r.step, r.micro = int(st.Step), info.Micro
+	if err := r.startLoader(info.Cursor); err != nil {
 		return fmt.Errorf("resume from %s: %w", path, err)
 	}
 	r.e.SeedRandom(st.Seed, st.RNGOffset)
-	r.step, r.micro = int(st.Step), info.Micro
 	r.curve = make([]float64, len(info.Curve))
 	for i, v := range info.Curve {
 		r.curve[i] = float64(v)

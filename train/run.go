@@ -20,6 +20,7 @@ import (
 	"github.com/newbie-train/newbie-train/checkpoints"
 	"github.com/newbie-train/newbie-train/configs"
 	"github.com/newbie-train/newbie-train/data"
+	"github.com/newbie-train/newbie-train/dist"
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/models/lora"
 	"github.com/newbie-train/newbie-train/models/nextdit"
@@ -46,6 +47,19 @@ type Options struct {
 	// resumable state"), each time that changes: the CLI's signal handler
 	// prints the latest one the moment Ctrl-C arrives.
 	Stage func(string)
+	// Dist is this process's place in a data-parallel job, as torchrun or
+	// `--gpus N` describe it in the environment (dist.ParseEnv); the zero
+	// value is a plain run of one process. In a job every rank trains its
+	// share of each step's batches on the GPU of its local rank, and rank 0
+	// alone holds the output folder, logs, saves, validates and renders
+	// previews, the others waiting for it.
+	Dist dist.Env
+	// Comm and Backend, when set, replace the communicator Dist would open
+	// and the backend the config's device would: tests run the ranks of a
+	// job as goroutines of one process (dist.NewInProcess), each on a CPU
+	// backend of its own. The run does not close either.
+	Comm    dist.Communicator
+	Backend kernels.Backend
 }
 
 // ErrInterrupted is matched (errors.Is) by every *InterruptedError: the
@@ -151,6 +165,21 @@ type run struct {
 	savedDir  string            // its state folder
 	// nonFinite counts the consecutive steps whose loss was not finite.
 	nonFinite int
+
+	// comm joins the ranks of a data-parallel job (the one-rank
+	// communicator of a plain run); parallel is set in a job, of any size,
+	// and for a test's communicator: the steps then run the data-parallel
+	// path. stopAgreed: every rank stops here on the same agreed numbers,
+	// so they leave the job in good order rather than aborting it.
+	comm       dist.Communicator
+	parallel   bool
+	stopAgreed bool
+	// loaderStart is the batch position (r.micro) the loader started at.
+	loaderStart uint64
+	// resumedInfo is the trainer's part of the state a resume starts from.
+	resumedInfo resumeInfo
+	// exchange carries the per-step agreements (nil in a plain run).
+	exchange *Exchange
 }
 
 // Run trains the LoRA the config describes until its last step, or until
@@ -159,12 +188,12 @@ type run struct {
 // folder's owner, the dataset, the validation split, the batch size, the
 // state to resume and its config — runs before anything is encoded; their
 // failures are *ConfigError.
-func Run(ctx context.Context, cfg *configs.Config, o Options) (*Result, error) {
-	if o.Log == nil {
-		o.Log = io.Discard
+func Run(ctx context.Context, cfg *configs.Config, o Options) (res *Result, err error) {
+	if o.Log == nil || o.rank() != 0 {
+		o.Log, o.Bar = io.Discard, false // rank 0 speaks for the job
 	}
 	r := &run{cfg: cfg, opts: o, log: o.Log, bar: o.Bar, savedStep: -1}
-	defer r.close()
+	defer func() { r.close(err) }()
 	if err := r.setup(ctx); err != nil {
 		return nil, r.cancelled(ctx, err, "")
 	}
@@ -214,8 +243,11 @@ func (r *run) drawBar(loss, secPerStep float64, eta time.Duration) {
 	r.barShown = true
 }
 
-// close releases what the run holds, the output folder's lock last.
-func (r *run) close() {
+// close releases what the run holds, the output folder's lock last. A
+// run that failed aborts its data-parallel job, so the other ranks stop at
+// once with its reason instead of waiting for it.
+func (r *run) close(err error) {
+	r.leaveJob(err)
 	if r.loader != nil {
 		r.loader.Close()
 	}
@@ -248,11 +280,7 @@ func OpenBackend(device string, gpu int, log io.Writer) (kernels.Backend, optim.
 	case "cuda", "auto", "":
 		b, err := kernels.Open("cuda", gpu)
 		if err == nil {
-			var c optim.Capability
-			if a, ok := b.(interface{ Arch() int }); ok {
-				c = optim.Capability{Major: a.Arch() / 10, Minor: a.Arch() % 10}
-			}
-			return b, c, nil
+			return b, capabilityOf(b), nil
 		}
 		if device == "cuda" {
 			return nil, optim.Capability{}, fmt.Errorf("device: cuda: %w", err)
@@ -264,6 +292,14 @@ func OpenBackend(device string, gpu int, log io.Writer) (kernels.Backend, optim.
 	return nil, optim.Capability{}, fmt.Errorf("device %q: want auto, cuda or cpu", device)
 }
 
+// capabilityOf is a GPU backend's compute capability (zero for the CPU).
+func capabilityOf(b kernels.Backend) optim.Capability {
+	if a, ok := b.(interface{ Arch() int }); ok {
+		return optim.Capability{Major: a.Arch() / 10, Minor: a.Arch() % 10}
+	}
+	return optim.Capability{}
+}
+
 // setup runs everything before the first step, cheapest and most likely
 // to fail first: the checks that need no encoder or model (preflight),
 // then the encoding, then the model, optimizer and resumed state.
@@ -273,32 +309,48 @@ func (r *run) setup(ctx context.Context) error {
 		// Checked before the weights load (tens of seconds for the full model).
 		return errNoRealEncoders
 	}
-	b, capability, err := OpenBackend(cfg.Device, cfg.GPU, r.log)
-	if err != nil {
+	if err := r.openDevice(ctx); err != nil {
 		return err
 	}
-	r.b, r.capab = b, capability
+	b := r.b
 	r.e = ag.New(b)
 	r.logf("backend: %s", b.Name())
+	if r.parallel {
+		r.logf("data parallel: %d ranks; each step takes %d ranks × %d micro-batches of %d samples",
+			r.comm.WorldSize(), r.comm.WorldSize(), max(cfg.Train.GradientAccumulation, 1), cfg.Train.BatchSize)
+	}
 	if err := r.preflight(ctx); err != nil {
 		return err
 	}
 
 	r.stageNow("the image being encoded (the cache keeps what is encoded)")
-	encoded, err := encodeDataset(ctx, cfg, r.ds, r.mc, r.log)
-	if err != nil {
+	// Rank 0 fills the cache; the others wait for it, as long as it takes
+	// (rank 0 shows the progress; a rank that dies is noticed at once),
+	// then read it.
+	var encoded *data.Encoded
+	encode := func() error {
+		var err error
+		encoded, err = encodeDataset(ctx, cfg, r.ds, r.mc, r.log)
 		return err
+	}
+	if err := r.rank0Only("rank 0 filling the encode cache", -1, encode); err != nil {
+		return err
+	}
+	if !r.rank0() {
+		if err := encode(); err != nil {
+			return err
+		}
 	}
 	if err := r.splitEncoded(encoded); err != nil {
 		return err
 	}
-	if r.loader, err = data.NewLoader(r.encoded, data.Cursor{}); err != nil {
+	if err := r.startLoader(data.Cursor{}); err != nil {
 		return err
 	}
 	if n := r.loader.BatchesPerEpoch(); n != r.batches {
 		// Images that passed the scan but failed to decode (only without
 		// data.deep_validate) were left out.
-		r.batches, r.total = n, cfg.TotalSteps(n)
+		r.batches, r.total = n, r.runLength(n)
 		r.logf("after encoding: %d batches per epoch, %d steps", n, r.total)
 	}
 
@@ -306,7 +358,7 @@ func (r *run) setup(ctx context.Context) error {
 	if err := r.loadModel(); err != nil {
 		return err
 	}
-	ocfg, err := cfg.OptimConfig(capability, r.total)
+	ocfg, err := cfg.OptimConfig(r.capab, r.total)
 	if err != nil {
 		return err
 	}
@@ -321,6 +373,9 @@ func (r *run) setup(ctx context.Context) error {
 		r.autocast = kernels.F16
 	}
 	r.stepper = &Stepper{Model: r.model, LoRA: r.set, Opt: r.opt}
+	if r.parallel {
+		r.stepper.Comm = r.comm
+	}
 	r.e.SeedRandom(cfg.Train.Seed, 0)
 	if r.resumed != nil {
 		if err := r.restore(); err != nil {
@@ -332,6 +387,12 @@ func (r *run) setup(ctx context.Context) error {
 		}
 	}
 	r.startStep = r.step
+	if err := r.checkAgreement(); err != nil {
+		return err
+	}
+	if !r.rank0() {
+		return nil
+	}
 	if err := r.openLog(); err != nil {
 		return err
 	}
@@ -346,8 +407,8 @@ func (r *run) setup(ctx context.Context) error {
 		r.logf("previews: %d prompts, %d %s steps, cfg %g, time shift %g (decoded by the stand-in encoder's inverse: block colours, not pictures)",
 			len(cfg.Sample.Prompts), cfg.Sample.Steps, cfg.Sample.Sampler, cfg.Sample.CFG, cfg.Sample.TimeShift)
 	}
-	r.logf("training %d steps: LoRA rank %d alpha %g on %d layers (%d parameters), precision %s, batch %d × %d accumulation",
-		r.total, cfg.LoRA.Rank, cfg.LoRA.Alpha, len(r.set.Adapters()), r.loraParams(), r.opt.Precision(), cfg.Train.BatchSize, cfg.Train.GradientAccumulation)
+	r.logf("training %d steps: LoRA rank %d alpha %g on %d layers (%d parameters), precision %s, batch %d × %d accumulation%s",
+		r.total, cfg.LoRA.Rank, cfg.LoRA.Alpha, len(r.set.Adapters()), r.loraParams(), r.opt.Precision(), cfg.Train.BatchSize, cfg.Train.GradientAccumulation, r.ranksText())
 	return nil
 }
 
@@ -369,10 +430,15 @@ func (r *run) preflight(ctx context.Context) error {
 		return err
 	}
 	r.stageNow("checking the output folder")
-	if r.out, err = lockOutput(cfg, "training "+cfg.Save.Name, r.logf); err != nil {
-		return err
-	}
-	if err := r.out.claim(cfg, r.baseHash, r.opts.Resume, r.opts.Fresh, r.logf); err != nil {
+	r.out = &output{dir: cfg.Save.Output}
+	err = r.rank0Only("rank 0 taking the output folder", 0, func() error {
+		var err error
+		if r.out, err = lockOutput(cfg, "training "+cfg.Save.Name, r.logf); err != nil {
+			return err
+		}
+		return r.out.claim(cfg, r.baseHash, r.opts.Resume, r.opts.Fresh, r.logf)
+	})
+	if err != nil {
 		return err
 	}
 	if r.opts.Resume != "" {
@@ -396,8 +462,10 @@ func (r *run) preflight(ctx context.Context) error {
 		// The run may be longer now: record what it is.
 		id := &r.out.id
 		id.ConfigHash, id.Config, id.LogFile = cfg.Hash(), cfg.String(), cfg.Logging.LogFile
-		if err := r.out.writeIdentity(); err != nil {
-			return err
+		if r.rank0() {
+			if err := r.out.writeIdentity(); err != nil {
+				return err
+			}
 		}
 	} else if cfg.LoRA.InitFrom != "" {
 		if r.initFrom, err = checkInitFrom(cfg, r.mc, r.baseHash, r.logf); err != nil {
@@ -629,34 +697,47 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 	var intervalLoss float64
 	var intervalN, intervalFinite int
 	for r.step < r.total {
-		if ctx.Err() != nil {
+		if !r.parallel && ctx.Err() != nil {
 			return r.interrupt(ctx, res)
 		}
 		r.stageNow("step %d, then saving a resumable state", r.step+1)
 		stepStart := time.Now()
-		micro := make([]MicroBatch, 0, accum)
-		samples := 0
-		for range accum {
-			b, err := r.loader.Next()
+		var out StepOutcome
+		var samples int
+		if r.parallel {
+			// The ranks agree on stopping here, so they all stop at the
+			// same step.
+			var stop bool
+			var err error
+			out, samples, stop, err = r.stepShare(ctx, accum)
 			if err != nil {
-				return nil, err
+				return nil, fmt.Errorf("step %d: %w", r.step+1, err)
 			}
-			fb := r.uploadBatch(b)
-			shape := fb.X1.Shape()
-			tokens := (shape[2] / r.model.Config().PatchSize) * (shape[3] / r.model.Config().PatchSize)
-			micro = append(micro, MicroBatch{
-				FlowBatch: fb,
-				X0:        r.e.Normal(kernels.F32, shape),
-				T:         r.sampler.Sample(cfg.Train.Seed, int(r.micro), shape[0], tokens),
-			})
-			r.micro++
-			samples += shape[0]
-		}
-		prev := r.e.SetAutocast(r.autocast)
-		out, err := r.stepper.Step(micro)
-		r.e.SetAutocast(prev)
-		if err != nil {
-			return nil, fmt.Errorf("step %d: %w", r.step+1, err)
+			if stop {
+				r.stopAgreed = true
+				return r.interrupt(ctx, res)
+			}
+		} else {
+			micro := make([]MicroBatch, 0, accum)
+			for range accum {
+				b, err := r.loader.Next()
+				if err != nil {
+					return nil, err
+				}
+				fb := r.uploadBatch(b)
+				shape := fb.X1.Shape()
+				micro = append(micro, MicroBatch{
+					FlowBatch: fb,
+					X0:        r.e.Normal(kernels.F32, shape),
+					T:         r.sampler.Sample(cfg.Train.Seed, int(r.micro), shape[0], r.imageTokens(shape)),
+				})
+				r.micro++
+				samples += shape[0]
+			}
+			var err error
+			if out, err = r.runStep(micro); err != nil {
+				return nil, fmt.Errorf("step %d: %w", r.step+1, err)
+			}
 		}
 		r.step++
 		if r.step == r.startStep+1 {
@@ -681,19 +762,31 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 			SamplesPerSecond: jsonFloat(float64(samples) / dt), MemAllocated: mem.Allocated, MemPeak: mem.Peak,
 		}
 		if r.held != nil && (r.step%max(cfg.Train.Validation.Every, 1) == 0 || r.step == r.total) {
-			v, err := r.validationLoss()
+			err := r.rank0Only(fmt.Sprintf("rank 0's validation at step %d", r.step), 0, func() error {
+				v, err := r.validationLoss()
+				if err != nil {
+					return fmt.Errorf("validation at step %d: %w", r.step, err)
+				}
+				jv := jsonFloat(v)
+				rec.ValLoss = &jv
+				res.ValLoss = v
+				r.logf("step %d/%d  validation loss %.5f (%d held-out images, %d timesteps)", r.step, r.total, v, len(r.held.Items), len(ValidationTimesteps))
+				return nil
+			})
 			if err != nil {
-				return nil, fmt.Errorf("validation at step %d: %w", r.step, err)
+				return nil, err
 			}
-			jv := jsonFloat(v)
-			rec.ValLoss = &jv
-			res.ValLoss = v
-			r.logf("step %d/%d  validation loss %.5f (%d held-out images, %d timesteps)", r.step, r.total, v, len(r.held.Items), len(ValidationTimesteps))
 		}
 		if err := r.writeRecord(rec); err != nil {
 			return nil, err
 		}
 		r.metrics.observe(rec)
+		previews := cfg.Sample.Every > 0 && r.step%cfg.Sample.Every == 0
+		if previews {
+			// Said before the step's log line, which a reader of the log
+			// may answer with Ctrl-C at once.
+			r.stageNow("the previews of step %d, then saving a resumable state", r.step)
+		}
 		done := r.step - r.startStep
 		eta := time.Duration(float64(time.Since(start)) / float64(done) * float64(r.total-r.step))
 		if r.step%max(cfg.Logging.Every, 1) == 0 || r.step == r.total || r.step == r.startStep+1 {
@@ -706,11 +799,12 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 			r.drawBar(out.Loss, dt, eta)
 		}
 		if limit := cfg.Train.NonFiniteLimit; limit > 0 && r.nonFinite >= limit {
+			r.stopAgreed = true // every rank counts the same agreed losses
 			return nil, r.nonFiniteStop()
 		}
-		if cfg.Sample.Every > 0 && r.step%cfg.Sample.Every == 0 {
-			r.stageNow("the previews of step %d, then saving a resumable state", r.step)
-			if err := r.renderPreviews(ctx); err != nil {
+		if previews {
+			err := r.rank0Only(fmt.Sprintf("rank 0's previews of step %d", r.step), 0, func() error { return r.renderPreviews(ctx) })
+			if err != nil {
 				return nil, err
 			}
 		}
@@ -794,6 +888,9 @@ type logRecord struct {
 }
 
 func (r *run) writeRecord(rec logRecord) error {
+	if r.jsonl == nil {
+		return nil // not rank 0
+	}
 	line, err := json.Marshal(rec)
 	if err != nil {
 		return fmt.Errorf("log record: %w", err)

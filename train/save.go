@@ -81,8 +81,19 @@ func float32s(t *ag.Tensor) ([]float32, error) {
 
 // save writes the LoRA in every configured format (the kohya file with
 // kohya's ss_* training metadata), the training state and the loss curve,
-// and prunes this run's older states and intermediate LoRA files.
+// and prunes this run's older states and intermediate LoRA files. In a
+// data-parallel job rank 0 writes, and the other ranks wait for it.
 func (r *run) save(ctx context.Context, res *Result) error {
+	err := r.rank0Only(fmt.Sprintf("rank 0's save of step %d", r.step), 0, func() error { return r.writeSave(ctx, res) })
+	if err == nil && !r.rank0() {
+		r.savedDir = filepath.Join(r.statesDir(), checkpoints.StateDirName(int64(r.step)))
+	}
+	r.savedStep = r.step
+	return err
+}
+
+// writeSave is save's work, on rank 0.
+func (r *run) writeSave(ctx context.Context, res *Result) error {
 	final := r.step >= r.total
 	r.stageNow("the save of step %d", r.step)
 	l, err := r.exportLoRA()
@@ -204,7 +215,7 @@ func (r *run) state(l *checkpoints.LoRA) (*checkpoints.State, error) {
 	if st.JSON["optimizer"], err = json.Marshal(ostate); err != nil {
 		return nil, fmt.Errorf("optimizer state: %w", err)
 	}
-	info := resumeInfo{Micro: r.micro, Cursor: r.loader.Cursor(), Curve: make([]jsonFloat, len(r.curve))}
+	info := resumeInfo{Micro: r.micro, Cursor: r.loader.After(int64(r.micro - r.loaderStart)), WorldSize: r.comm.WorldSize(), Curve: make([]jsonFloat, len(r.curve))}
 	for i, v := range r.curve {
 		info.Curve[i] = jsonFloat(v)
 	}

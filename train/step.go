@@ -5,6 +5,7 @@ import (
 	"strings"
 
 	ag "github.com/newbie-train/newbie-train/autograd"
+	"github.com/newbie-train/newbie-train/dist"
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/models/lora"
 	"github.com/newbie-train/newbie-train/models/nextdit"
@@ -18,6 +19,21 @@ type Stepper struct {
 	Model *nextdit.Model
 	LoRA  *lora.Set
 	Opt   *optim.Optimizer
+	// Comm, when set, makes the step one rank's part of a data-parallel
+	// step: during the last micro-batch's backward the gradients are summed
+	// over the ranks in buckets, each as soon as the backward has finished
+	// it, and the optimizer averages over every rank's micro-batches. Every
+	// rank then holds the same gradients and takes the same step.
+	Comm dist.Communicator
+
+	reducer *dist.Reducer
+	index   map[*ag.Tensor]int // a LoRA tensor's place in OptimParams
+	// bucketBytes overrides bucketBytes (tests: buckets small enough that
+	// the tiny model has several).
+	bucketBytes int64
+	// replanned: the buckets follow the backward's order (after the first
+	// step).
+	replanned bool
 }
 
 // MicroBatch is one micro-batch with the noise and timesteps drawn for it.
@@ -25,14 +41,26 @@ type MicroBatch struct {
 	FlowBatch
 	X0 *ag.Tensor
 	T  []float64
+	// dropout, when set, is where the micro-batch's adapter dropout draws
+	// from (the engine's stream is left as it is otherwise).
+	dropout *randomStart
 }
+
+// randomStart is a seed and offset of the engine's counter-based stream.
+type randomStart struct{ seed, offset uint64 }
 
 // StepOutcome is what one step did.
 type StepOutcome struct {
-	// Loss is the mean of the micro-batches' unscaled losses.
-	Loss float64
+	// Loss is the mean of the micro-batches' unscaled losses; Losses are
+	// those losses, in order.
+	Loss   float64
+	Losses []float64
 	optim.StepResult
 }
+
+// bucketBytes is the size gradients are grouped to for summing: PyTorch
+// DDP's default bucket_cap_mb of 25.
+const bucketBytes = 25 << 20
 
 // stepKey names a step's shape for its graph region: the micro-batches'
 // latent shapes and caption lengths.
@@ -49,12 +77,19 @@ func stepKey(micro []MicroBatch) string {
 // named as PEFT names them in memory-free form (<layer>.lora_A / .lora_B).
 func OptimParams(s *lora.Set) []optim.Param {
 	var ps []optim.Param
-	for _, a := range s.Adapters() {
-		for _, t := range []*ag.Tensor{a.A, a.B} {
-			ps = append(ps, optim.Param{Name: t.Name, Master: t.Buffer(), Grad: t.Grad().Buffer()})
-		}
+	for _, t := range loraTensors(s) {
+		ps = append(ps, optim.Param{Name: t.Name, Master: t.Buffer(), Grad: t.Grad().Buffer()})
 	}
 	return ps
+}
+
+// loraTensors are a set's A and B matrices in OptimParams order.
+func loraTensors(s *lora.Set) []*ag.Tensor {
+	var ts []*ag.Tensor
+	for _, a := range s.Adapters() {
+		ts = append(ts, a.A, a.B)
+	}
+	return ts
 }
 
 // Step runs one optimizer step over the micro-batches and ends the engine's
@@ -62,7 +97,10 @@ func OptimParams(s *lora.Set) []optim.Param {
 // tensors only until Step returns. On a backend with graphs (CUDA) the step
 // is a graph region keyed by the micro-batches' shapes: a step that
 // repeats one before it is replayed as captured graphs (see
-// kernels.Graphs), with the same results.
+// kernels.Graphs), with the same results; a collective closes the graph
+// segment before it. After an error of a data-parallel step the Stepper is
+// not to be used again (the ranks no longer agree on where their sums are);
+// a training run stops and aborts the job.
 func (s *Stepper) Step(micro []MicroBatch) (StepOutcome, error) {
 	e := s.Model.Engine()
 	kernels.BeginGraph(e.Backend(), stepKey(micro))
@@ -74,34 +112,139 @@ func (s *Stepper) Step(micro []MicroBatch) (StepOutcome, error) {
 			l.Release()
 		}
 	}()
+	fail := func(err error) (StepOutcome, error) {
+		e.OnGradReady(nil)
+		e.EndStep()
+		return out, err
+	}
 	for i, mb := range micro {
+		var readyErr error
+		if s.Comm != nil && i == len(micro)-1 {
+			// Set before the forward: a checkpointed block notes the
+			// adapters it reads as it runs.
+			if err := s.hookReducer(&readyErr); err != nil {
+				return fail(err)
+			}
+		}
+		if mb.dropout != nil {
+			e.SeedRandom(mb.dropout.seed, mb.dropout.offset)
+		}
 		loss, err := FlowLoss(s.Model, mb.FlowBatch, mb.X0, mb.T)
 		if err != nil {
-			e.EndStep()
-			return out, fmt.Errorf("micro-batch %d: %w", i, err)
+			return fail(fmt.Errorf("micro-batch %d: %w", i, err))
 		}
 		losses = append(losses, loss.Keep())
 		scaled := ag.Scale(loss, s.Opt.LossScale())
 		if err := e.Backward(scaled); err != nil {
-			e.EndStep()
-			return out, fmt.Errorf("micro-batch %d backward: %w", i, err)
+			return fail(fmt.Errorf("micro-batch %d backward: %w", i, err))
 		}
 		s.Opt.AddMicroBatch()
+		if s.Comm != nil && i == len(micro)-1 {
+			e.OnGradReady(nil)
+			err := s.reducer.Finish()
+			if readyErr != nil {
+				err = readyErr
+			}
+			if err == nil && !s.replanned {
+				err = s.replan()
+			}
+			if err != nil {
+				return fail(fmt.Errorf("summing the gradients over the ranks: %w", err))
+			}
+			// The sums brought every other rank's micro-batches into the
+			// gradients: the optimizer averages over all of them.
+			for range (s.Comm.WorldSize() - 1) * len(micro) {
+				s.Opt.AddMicroBatch()
+			}
+		}
 	}
 	res, err := s.Opt.Step()
 	out.StepResult = res
 	if err != nil {
-		e.EndStep()
-		return out, err
+		return fail(err)
 	}
 	for _, l := range losses {
 		v, err := l.Item()
 		if err != nil {
-			e.EndStep()
-			return out, err
+			return fail(err)
 		}
-		out.Loss += v / float64(len(losses))
+		out.Losses = append(out.Losses, v)
 	}
+	out.Loss = meanLoss(out.Losses)
 	s.Opt.ZeroGrad()
 	return out, e.EndStep()
+}
+
+// meanLoss is a step's loss: the mean of its micro-batches' losses, added
+// in order (so N ranks' losses, put in the order of the batches they took,
+// give the number one process accumulating them gives).
+func meanLoss(losses []float64) float64 {
+	var m float64
+	for _, v := range losses {
+		m += v / float64(len(losses))
+	}
+	return m
+}
+
+// replan regroups the buckets in the order the first step's backward
+// finished the gradients (see dist.Reducer.Replan), rank 0's order for
+// every rank, so that the plans agree.
+func (s *Stepper) replan() error {
+	s.replanned = true
+	b := s.Model.Engine().Backend()
+	n := len(s.index)
+	v := make([]float64, n) // 1 + gradient index, in order; 0 past the end
+	for k, i := range s.reducer.Order() {
+		v[k] = float64(i + 1)
+	}
+	buf, err := b.Alloc(kernels.F32, n)
+	if err != nil {
+		return err
+	}
+	defer b.Free(buf)
+	b.Upload(buf, 0, kernels.EncodeF64(kernels.F32, v))
+	if err := s.Comm.Broadcast(buf, 0); err != nil {
+		return fmt.Errorf("rank 0's gradient order: %w", err)
+	}
+	raw := make([]byte, 4*n)
+	if err := b.Download(raw, buf, 0); err != nil {
+		return err
+	}
+	var order []int
+	for _, x := range kernels.DecodeF64(kernels.F32, raw) {
+		if x > 0 {
+			order = append(order, int(x)-1)
+		}
+	}
+	return s.reducer.Replan(order)
+}
+
+// hookReducer makes the engine report each LoRA gradient that its
+// backward has finished to the Reducer, which sums the buckets that are
+// complete; the first error lands in *readyErr.
+func (s *Stepper) hookReducer(readyErr *error) error {
+	ts := loraTensors(s.LoRA)
+	if s.reducer == nil {
+		grads := make([]kernels.Buffer, len(ts))
+		s.index = make(map[*ag.Tensor]int, len(ts))
+		for i, t := range ts {
+			grads[i] = t.Grad().Buffer()
+			s.index[t] = i
+		}
+		size := s.bucketBytes
+		if size == 0 {
+			size = bucketBytes
+		}
+		r, err := dist.NewReducer(s.Comm, grads, size)
+		if err != nil {
+			return err
+		}
+		s.reducer = r
+	}
+	s.Model.Engine().OnGradReady(func(leaf *ag.Tensor) {
+		if i, ok := s.index[leaf]; ok && *readyErr == nil {
+			*readyErr = s.reducer.Ready(i)
+		}
+	})
+	return nil
 }

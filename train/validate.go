@@ -122,7 +122,7 @@ func (r *run) planSplit() error {
 			batches, sizes[lo.BatchSize], lo.BatchSize, strings.Join(parts, ", "))
 	}
 	r.batches = batches
-	r.total = cfg.TotalSteps(batches)
+	r.total = r.runLength(batches)
 	if r.total <= 0 {
 		return configErr(fmt.Errorf("the run has no steps (max_steps %d, epochs %d, %d batches per epoch)", cfg.Train.MaxSteps, cfg.Train.Epochs, batches))
 	}

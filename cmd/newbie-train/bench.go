@@ -4,11 +4,14 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
+	"strconv"
 	"strings"
 
 	"github.com/spf13/cobra"
 
 	"github.com/newbie-train/newbie-train/bench"
+	"github.com/newbie-train/newbie-train/dist"
 )
 
 // benchOptions are the flags of `newbie-train bench`.
@@ -18,6 +21,8 @@ type benchOptions struct {
 	backend       string
 	gpu           int
 	batch         int
+	accum         int
+	gpus          int
 	steps         int
 	warmup        int
 	checkpointing string
@@ -43,6 +48,12 @@ effective TFLOP/s (counted as the PyTorch anchor counts them) and peak memory,
 with and without activation checkpointing. --profile adds a per-op breakdown
 of one extra step (not part of the timings).
 
+--gpus N runs it data-parallel on N GPUs (one process each, the gradients
+summed through NCCL), --accum the micro-batches per step on each: micro-batch
+k gets the same random inputs in every layout, so --gpus 2 and --accum 2 on
+one GPU print the same losses (within the rounding of the sum's order), and
+samples/s compares their throughput.
+
 The CPU backend takes only --preset tiny: the full model would need hours per
 step there.`,
 		Args: noArgs,
@@ -53,7 +64,9 @@ step there.`,
 	f.IntVar(&o.layers, "layers", 0, "replace the preset's main layer count (0: the preset's); --preset tiny --layers 36 issues the full model's ops, for counting them on the CPU")
 	f.StringVar(&o.backend, "backend", "cuda", "backend: cuda or cpu")
 	f.IntVar(&o.gpu, "gpu", 0, "GPU index for the cuda backend")
-	f.IntVar(&o.batch, "batch", 1, "samples per step")
+	f.IntVar(&o.batch, "batch", 1, "samples per micro-batch")
+	f.IntVar(&o.accum, "accum", 1, "micro-batches per step on each GPU")
+	f.IntVar(&o.gpus, "gpus", 1, "GPUs of this machine to run data-parallel on (one process each)")
 	f.IntVar(&o.steps, "steps", 10, "timed steps per checkpointing mode")
 	f.IntVar(&o.warmup, "warmup", 3, "untimed warm-up steps per mode (kernel compilation, allocator)")
 	f.StringVar(&o.checkpointing, "checkpointing", "both", "activation checkpointing: both, on or off")
@@ -78,7 +91,7 @@ func runBench(ctx context.Context, o *benchOptions, stdout, stderr io.Writer) er
 	for _, v := range []struct {
 		name string
 		val  int
-	}{{"--batch", o.batch}, {"--steps", o.steps}, {"--res", o.resolution}, {"--caption", o.caption}} {
+	}{{"--batch", o.batch}, {"--accum", o.accum}, {"--gpus", o.gpus}, {"--steps", o.steps}, {"--res", o.resolution}, {"--caption", o.caption}} {
 		if v.val < 1 {
 			return usageError{fmt.Errorf("%s %d: want ≥ 1", v.name, v.val)}
 		}
@@ -90,10 +103,14 @@ func runBench(ctx context.Context, o *benchOptions, stdout, stderr io.Writer) er
 	if warmup == 0 {
 		warmup = -1 // bench.Options: negative means no warm-up
 	}
+	env, err := dist.ParseEnv(os.Getenv)
+	if err != nil {
+		return usageError{fmt.Errorf("the data-parallel environment: %w", err)}
+	}
 	opts := bench.Options{
-		Preset: o.preset, Layers: o.layers, Backend: o.backend, GPU: o.gpu, Batch: o.batch,
+		Preset: o.preset, Layers: o.layers, Backend: o.backend, GPU: o.gpu, Batch: o.batch, Accum: o.accum,
 		Steps: o.steps, Warmup: warmup, Checkpointing: modes,
-		Resolution: o.resolution, CaptionTokens: o.caption, Profile: o.profile, FP8Base: o.fp8Base, Log: stderr,
+		Resolution: o.resolution, CaptionTokens: o.caption, Profile: o.profile, FP8Base: o.fp8Base, Log: stderr, Dist: env,
 	}
 	if o.compareOff != "" {
 		opts.CompareOff = strings.Split(o.compareOff, ";")
@@ -104,6 +121,8 @@ func runBench(ctx context.Context, o *benchOptions, stdout, stderr io.Writer) er
 	switch {
 	case o.infer < 0:
 		return usageError{fmt.Errorf("--infer %d: want ≥ 1 evaluations (or 0 to time training steps)", o.infer)}
+	case o.infer > 0 && (o.gpus > 1 || env.Distributed()):
+		return usageError{fmt.Errorf("--infer times one GPU's model evaluations: leave --gpus (and the job's environment) out")}
 	case o.infer > 0:
 		opts.Steps = o.infer
 		res, err := bench.Infer(ctx, opts)
@@ -111,10 +130,37 @@ func runBench(ctx context.Context, o *benchOptions, stdout, stderr io.Writer) er
 			fmt.Fprint(stdout, res.Table())
 		}
 		return err
+	case o.gpus > 1 && env.Distributed():
+		return usageError{fmt.Errorf("--gpus %d inside a job (%s): leave --gpus out", o.gpus, env)}
+	case o.gpus > 1:
+		err := dist.Launch{Ranks: o.gpus, Args: o.args(), Stdout: stdout, Stderr: stderr}.Run(ctx)
+		if usageFailure(err) {
+			return usageError{err}
+		}
+		return err
 	}
 	res, err := bench.Run(ctx, opts)
-	if len(res.Modes) > 0 {
+	if len(res.Modes) > 0 && env.Rank == 0 {
 		fmt.Fprint(stdout, res.Table())
 	}
 	return err
+}
+
+// args is the command line of one rank of a --gpus bench: these options
+// less --gpus.
+func (o *benchOptions) args() []string {
+	a := []string{"bench", "--preset", o.preset, "--layers", strconv.Itoa(o.layers), "--backend", o.backend,
+		"--batch", strconv.Itoa(o.batch), "--accum", strconv.Itoa(o.accum), "--steps", strconv.Itoa(o.steps),
+		"--warmup", strconv.Itoa(o.warmup), "--checkpointing", o.checkpointing, "--res", strconv.Itoa(o.resolution),
+		"--caption", strconv.Itoa(o.caption)}
+	if o.compareOff != "" {
+		a = append(a, "--compare-off", o.compareOff)
+	}
+	if o.profile {
+		a = append(a, "--profile")
+	}
+	if o.fp8Base {
+		a = append(a, "--fp8-base")
+	}
+	return a
 }

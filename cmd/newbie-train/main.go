@@ -9,6 +9,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/newbie-train/newbie-train/dist"
 )
 
 func main() {
@@ -25,7 +27,11 @@ func runWithSignals(args []string, stdout, stderr io.Writer) int {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
-	ctx, stop := interruptible(context.Background(), sigs, stderr, func() { os.Exit(exitInterrupted) })
+	notices := stderr
+	if rank := os.Getenv(dist.EnvRank); rank != "" && rank != "0" {
+		notices = io.Discard // rank 0 says it for the job
+	}
+	ctx, stop := interruptible(context.Background(), sigs, notices, func() { os.Exit(exitInterrupted) })
 	defer stop()
 	return run(ctx, args, stdout, stderr)
 }

@@ -171,7 +171,7 @@ func TestNCCLWorldOne(t *testing.T) {
 			}
 		}
 	}
-	if err := comm.Barrier(); err != nil {
+	if err := comm.Barrier(0); err != nil {
 		t.Fatal(err)
 	}
 	if err := comm.Close(); err != nil {
@@ -372,7 +372,7 @@ func ncclRankMain(mode string) int {
 		}
 	}
 	fmt.Printf("rank %d: sum ok\n", env.Rank)
-	if err := comm.Barrier(); err != nil {
+	if err := comm.Barrier(0); err != nil {
 		return fail(err)
 	}
 	if mode == "die" {
