@@ -140,10 +140,15 @@ BENCH="bench --checkpointing off --steps 8 --warmup 2"
 timeout 240 "$BIN" $BENCH >"$OUT/bench-1gpu.log" 2>&1 || fail "full model, 1 GPU (see bench-1gpu.log)"
 PORT=$(freeport)
 env $(job 1 0) timeout 240 "$BIN" $BENCH >"$OUT/bench-nccl1.log" 2>&1 || fail "full model, job of one (see bench-nccl1.log)"
-if [ "$(bench_losses "$OUT/bench-1gpu.log")" = "$(bench_losses "$OUT/bench-nccl1.log")" ] && [ -n "$(bench_losses "$OUT/bench-1gpu.log")" ]; then
-  say "full model: job of one through NCCL vs plain: 8 steps, bitwise equal"
+# The full model is not bitwise repeatable on Hopper even on one process:
+# the tensor-core attention backward adds dQ with atomics. So the job of one
+# is held to the run-to-run spread of the plain run instead: 1e-4 relative
+# per step (2026-12-02: the largest difference was 6e-5).
+a=$(bench_losses "$OUT/bench-nccl1.log"); b=$(bench_losses "$OUT/bench-1gpu.log")
+if [ -n "$b" ] && python3 -c 'import sys; a,b=[list(map(float,x.split())) for x in sys.argv[1:3]]; d=max(abs(x-y)/abs(y) for x,y in zip(a,b)); print(d); sys.exit(0 if len(a)==len(b) and d<=1e-4 else 1)' "$a" "$b" >"$OUT/full-diff.txt"; then
+  say "full model: job of one through NCCL vs plain: 8 steps within $(cat "$OUT/full-diff.txt") relative (attention backward not bitwise on Hopper)"
 else
-  fail "full model: job of one through NCCL vs plain:$(bench_losses "$OUT/bench-nccl1.log") vs$(bench_losses "$OUT/bench-1gpu.log")"
+  fail "full model: job of one through NCCL vs plain:$a vs$b"
 fi
 say "full model, 1 GPU × 1 micro-batch: $(bench_sps "$OUT/bench-1gpu.log") samples/s"
 
