@@ -17,6 +17,12 @@ type Config struct {
 	Device string `yaml:"device"`
 	// GPU is the CUDA device index used when the backend is CUDA. Default 0.
 	GPU int `yaml:"gpu"`
+	// MemoryBudgetGiB is the most GPU memory, in GiB, any phase of the run
+	// (each encoder, the training step, the previews) may plan to use: a
+	// phase whose estimate exceeds it is refused before it starts, naming
+	// the phase and the shortfall. 0 (default) plans against the memory
+	// the device reports free.
+	MemoryBudgetGiB float64 `yaml:"memory_budget_gib"`
 	// Precision of the forward and backward: "auto" (default: bf16 on GPUs
 	// of compute capability ≥ 8, fp16 on older GPUs, fp32 on the CPU),
 	// "bf16", "fp16" or "fp32". Masters, moments and gradients are fp32 in
@@ -50,11 +56,30 @@ type Config struct {
 
 // Model names the base model.
 type Model struct {
-	// Weights is the base model: a safetensors file (upstream, ComfyUI
+	// Path is a NewBie-image-Exp0.1 model folder: the official Hugging Face
+	// layout (transformer/, vae/, text_encoder/, clip_model/), the diffusers
+	// port's (transformer/, vae/, text_encoder/, text_encoder_2/,
+	// tokenizer/, tokenizer_2/) or a flat folder of single files, every
+	// file told by its content. `newbie-train inspect FOLDER` shows what it
+	// finds. The keys below name single files that replace the folder's.
+	Path string `yaml:"path"`
+	// Weights is the Next-DiT: a safetensors file (upstream, ComfyUI
 	// layout) or a folder (diffusers layout, or a folder holding one
-	// safetensors file). Required, except with the tiny preset, which may
-	// start from random weights (the demo).
+	// safetensors file). Taken from model.path when empty; the tiny preset
+	// with neither starts from random weights (the demo).
 	Weights string `yaml:"weights"`
+	// VAE is the FLUX VAE file (ae.safetensors or diffusers keys).
+	VAE string `yaml:"vae"`
+	// Gemma is the Gemma 3 4B text encoder (the multimodal checkpoint, a
+	// sharded index or a text-only file); GemmaTokenizer its tokenizer.json,
+	// tokenizer.model or a folder holding one.
+	Gemma          string `yaml:"gemma"`
+	GemmaTokenizer string `yaml:"gemma_tokenizer"`
+	// Jina is Jina CLIP v2 (the whole model or its text tower);
+	// JinaTokenizer its tokenizer.json, sentencepiece.bpe.model or a folder
+	// holding one.
+	Jina          string `yaml:"jina"`
+	JinaTokenizer string `yaml:"jina_tokenizer"`
 	// Preset is the architecture: "newbie-exp0.1" (default: NewBie-image
 	// Exp0.1, 3.5 B parameters), "lumina2" (Lumina-Image-2.0) or "tiny" (the
 	// small model of the golden tests and the demo).
@@ -66,6 +91,14 @@ type Model struct {
 	// spelling (as a weight file's metadata carries it) that replaces the
 	// preset's.
 	Config string `yaml:"config"`
+}
+
+// RealEncoders reports whether the model section names the real encoders
+// (a model folder or any single encoder file), or needs them: every preset
+// but tiny does. The tiny preset without them trains on the stand-in
+// encoders.
+func (m Model) RealEncoders() bool {
+	return m.Preset != "tiny" || m.Path != "" || m.VAE != "" || m.Gemma != "" || m.GemmaTokenizer != "" || m.Jina != "" || m.JinaTokenizer != ""
 }
 
 // LossScale configures the loss scaler (torch.amp.GradScaler semantics).

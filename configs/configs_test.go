@@ -318,7 +318,7 @@ func TestBadFiles(t *testing.T) {
 		{"negative repeats", withSection(minimal, "data: {folders: [{path: d, repeats: -2}]}"),
 			"f.yaml:5: data.folders[0].repeats: -2 must be at least 0"},
 		{"missing weights", "data: {folders: [d]}\ntrain: {max_steps: 1000}\n",
-			"f.yaml: model.weights: required: the base model's safetensors file or folder (only the tiny preset may start from random weights)"},
+			"f.yaml: model.path: required: a NewBie-image-Exp0.1 model folder, or model.weights with model.vae, model.gemma and model.jina (only the tiny preset may start from random weights)"},
 		{"no run length", "model: {weights: w}\ndata: {folders: [d]}\ntrain: {batch_size: 2}\n",
 			"f.yaml:3: train.max_steps: the run has no length: give train.max_steps or train.epochs"},
 		{"steps and epochs", withSection(minimal, "train: {max_steps: 1000, epochs: 3}"),
@@ -690,7 +690,7 @@ func TestNearest(t *testing.T) {
 func TestEmptyFile(t *testing.T) {
 	_, err := Parse("e.yaml", nil)
 	want := strings.Join([]string{
-		"e.yaml: model.weights: required: the base model's safetensors file or folder (only the tiny preset may start from random weights)",
+		"e.yaml: model.path: required: a NewBie-image-Exp0.1 model folder, or model.weights with model.vae, model.gemma and model.jina (only the tiny preset may start from random weights)",
 		"e.yaml: data.folders: required: at least one dataset folder (data: {folders: [{path: my-images, repeats: 1}]})",
 		"e.yaml: train.max_steps: the run has no length: give train.max_steps or train.epochs",
 	}, "\n")

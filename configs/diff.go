@@ -13,7 +13,8 @@ import (
 // a key path: a key is left out when it equals one or lies below it.
 // data.folders[*].path stands for every folder's path.
 var unhashed = []string{
-	"model.weights", "model.config", "lora.init_from", "device", "gpu",
+	"model.path", "model.weights", "model.vae", "model.gemma", "model.gemma_tokenizer", "model.jina", "model.jina_tokenizer",
+	"model.config", "lora.init_from", "device", "gpu", "memory_budget_gib",
 	"data.folders[*].path", "data.cache", "data.workers", "data.prefetch",
 	"data.deep_validate", "data.max_pixels",
 	"train.validation.every", "train.nonfinite_limit",

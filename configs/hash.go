@@ -51,7 +51,8 @@ func (c *Config) String() string { return string(c.YAML()) }
 // model is checked by the hash of its contents; data folder paths: a moved
 // dataset is the same dataset; data.cache, save.output, logging.log_file),
 // lora.init_from (a resumed run restores its own weights), device and gpu
-// (a CPU state may resume on a GPU), data.workers, data.prefetch,
+// (a CPU state may resume on a GPU), memory_budget_gib (a plan, not a
+// computation), data.workers, data.prefetch,
 // data.deep_validate, data.max_pixels (what it changes, the set of images,
 // the loader's dataset fingerprint guards), train.validation.every,
 // train.nonfinite_limit, the save, sample and logging sections (how

@@ -91,7 +91,13 @@ func (c *Config) complete(dir string) {
 			*p = resolvePath(dir, *p)
 		}
 	}
+	resolve(&c.Model.Path)
 	resolve(&c.Model.Weights)
+	resolve(&c.Model.VAE)
+	resolve(&c.Model.Gemma)
+	resolve(&c.Model.GemmaTokenizer)
+	resolve(&c.Model.Jina)
+	resolve(&c.Model.JinaTokenizer)
 	resolve(&c.Model.Config)
 	resolve(&c.LoRA.InitFrom)
 	for i := range c.Data.Folders {
@@ -184,7 +190,13 @@ func (c *Config) CheckPaths() error {
 			ps = append(ps, Problem{Line: c.lineOf(path), Path: path, Msg: fmt.Sprintf("%s is a file, want a folder", p)})
 		}
 	}
+	check("model.path", c.Model.Path, true)
 	check("model.weights", c.Model.Weights, false)
+	check("model.vae", c.Model.VAE, false)
+	check("model.gemma", c.Model.Gemma, false)
+	check("model.gemma_tokenizer", c.Model.GemmaTokenizer, false)
+	check("model.jina", c.Model.Jina, false)
+	check("model.jina_tokenizer", c.Model.JinaTokenizer, false)
 	check("model.config", c.Model.Config, false)
 	check("lora.init_from", c.LoRA.InitFrom, false)
 	for i, f := range c.Data.Folders {

@@ -106,8 +106,11 @@ func (k *checker) check() {
 
 	k.oneOf("model.preset", "preset", c.Model.Preset, Presets...)
 	k.oneOf("model.dtype", "storage dtype", c.Model.DType, "bf16", "f16", "f32")
-	if c.Model.Weights == "" && c.Model.Preset != "tiny" {
-		k.addPlain("model.weights", "required: the base model's safetensors file or folder (only the tiny preset may start from random weights)")
+	if c.Model.Weights == "" && c.Model.Path == "" && c.Model.Preset != "tiny" {
+		k.addPlain("model.path", "required: a NewBie-image-Exp0.1 model folder, or model.weights with model.vae, model.gemma and model.jina (only the tiny preset may start from random weights)")
+	}
+	if !(c.MemoryBudgetGiB >= 0) || math.IsInf(c.MemoryBudgetGiB, 0) {
+		k.add("memory_budget_gib", "%s must be 0 (the device's free memory) or a positive number of GiB", fmtFloat(c.MemoryBudgetGiB))
 	}
 
 	k.oneOf("device", "device", c.Device, "auto", "cuda", "cpu")

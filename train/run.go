@@ -23,8 +23,10 @@ import (
 	"github.com/newbie-train/newbie-train/dist"
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/models/lora"
+	"github.com/newbie-train/newbie-train/models/newbie"
 	"github.com/newbie-train/newbie-train/models/nextdit"
 	"github.com/newbie-train/newbie-train/optim"
+	"github.com/newbie-train/newbie-train/sampler/pipeline"
 )
 
 // Options are the choices of one invocation that are not part of the
@@ -120,6 +122,10 @@ type Result struct {
 	FirstLoss float64
 	// ValLoss is the last held-out loss (0 without validation).
 	ValLoss float64
+	// Phases are the run's phases with their times and peak memory: the
+	// real encoders' (when they encoded anything), the training steps and
+	// the previews.
+	Phases []Phase
 	// LoRAFiles are the adapter files of the last save; StateDir its state.
 	LoRAFiles []string
 	StateDir  string
@@ -127,42 +133,54 @@ type Result struct {
 
 // run is one training run's live objects.
 type run struct {
-	cfg       *configs.Config
-	opts      Options
-	log       io.Writer
-	out       *output
-	b         kernels.Backend
-	capab     optim.Capability
-	e         *ag.Engine
-	mc        nextdit.Config // the architecture, known before the weights load
-	model     *nextdit.Model
-	set       *lora.Set
-	opt       *optim.Optimizer
-	ds        *data.Dataset
-	heldOut   map[string]bool // content hashes of the held-out images
-	batches   int             // batches per epoch of the training part
-	loader    *data.Loader
-	encoded   *data.Encoded // the training part of the encoded dataset
-	held      *data.Encoded // the held-out part, nil without validation
-	stepper   *Stepper
-	sampler   TimestepSampler
-	autocast  kernels.DType
-	baseHash  string
-	total     int
-	step      int // optimizer steps done
-	micro     uint64
-	metrics   *metrics
-	jsonl     *os.File
-	bar       bool // a progress bar is drawn on log
-	stopping  bool // an interrupted run is saving: no previews
-	barShown  bool // the last thing written to log is the bar
-	curve     []float64
-	resumed   *checkpoints.State // the state a resume starts from
-	resumeDir string
-	initFrom  *checkpoints.LoRA // lora.init_from, checked
-	startStep int               // the step this invocation started at
-	savedStep int               // the step of the last save (−1: none)
-	savedDir  string            // its state folder
+	cfg   *configs.Config
+	opts  Options
+	log   io.Writer
+	out   *output
+	b     kernels.Backend
+	capab optim.Capability
+	e     *ag.Engine
+	mc    nextdit.Config // the architecture, known before the weights load
+	found *newbie.Model  // the real model's parts (nil: the stand-ins)
+	// previewText answers sample.prompts' texts, encoded by the real
+	// encoders before the DiT loaded (nil Features: the stand-ins).
+	previewText data.TextEncoders
+	// phases collects the phase table; planned the estimates by phase;
+	// trainPeak and previewPeak the allocator's peaks of the two phases
+	// that interleave, trainTime and previewTime their times.
+	phases                 []Phase
+	planned                map[string]int64
+	trainPeak, previewPeak int64
+	previewTime, stepTime  time.Duration
+	previewItems           int
+	model                  *nextdit.Model
+	set                    *lora.Set
+	opt                    *optim.Optimizer
+	ds                     *data.Dataset
+	heldOut                map[string]bool // content hashes of the held-out images
+	batches                int             // batches per epoch of the training part
+	loader                 *data.Loader
+	encoded                *data.Encoded // the training part of the encoded dataset
+	held                   *data.Encoded // the held-out part, nil without validation
+	stepper                *Stepper
+	sampler                TimestepSampler
+	autocast               kernels.DType
+	baseHash               string
+	total                  int
+	step                   int // optimizer steps done
+	micro                  uint64
+	metrics                *metrics
+	jsonl                  *os.File
+	bar                    bool // a progress bar is drawn on log
+	stopping               bool // an interrupted run is saving: no previews
+	barShown               bool // the last thing written to log is the bar
+	curve                  []float64
+	resumed                *checkpoints.State // the state a resume starts from
+	resumeDir              string
+	initFrom               *checkpoints.LoRA // lora.init_from, checked
+	startStep              int               // the step this invocation started at
+	savedStep              int               // the step of the last save (−1: none)
+	savedDir               string            // its state folder
 	// nonFinite counts the consecutive steps whose loss was not finite.
 	nonFinite int
 
@@ -192,7 +210,7 @@ func Run(ctx context.Context, cfg *configs.Config, o Options) (res *Result, err 
 	if o.Log == nil || o.rank() != 0 {
 		o.Log, o.Bar = io.Discard, false // rank 0 speaks for the job
 	}
-	r := &run{cfg: cfg, opts: o, log: o.Log, bar: o.Bar, savedStep: -1}
+	r := &run{cfg: cfg, opts: o, log: o.Log, bar: o.Bar, savedStep: -1, planned: map[string]int64{}}
 	defer func() { r.close(err) }()
 	if err := r.setup(ctx); err != nil {
 		return nil, r.cancelled(ctx, err, "")
@@ -305,10 +323,6 @@ func capabilityOf(b kernels.Backend) optim.Capability {
 // then the encoding, then the model, optimizer and resumed state.
 func (r *run) setup(ctx context.Context) error {
 	cfg := r.cfg
-	if cfg.Model.Preset != "tiny" {
-		// Checked before the weights load (tens of seconds for the full model).
-		return errNoRealEncoders
-	}
 	if err := r.openDevice(ctx); err != nil {
 		return err
 	}
@@ -322,6 +336,13 @@ func (r *run) setup(ctx context.Context) error {
 	if err := r.preflight(ctx); err != nil {
 		return err
 	}
+	storage, err := r.storageDType(false)
+	if err != nil {
+		return err
+	}
+	if err := r.planMemory(storage); err != nil {
+		return err
+	}
 
 	r.stageNow("the image being encoded (the cache keeps what is encoded)")
 	// Rank 0 fills the cache; the others wait for it, as long as it takes
@@ -329,9 +350,21 @@ func (r *run) setup(ctx context.Context) error {
 	// then read it.
 	var encoded *data.Encoded
 	encode := func() error {
-		var err error
-		encoded, err = encodeDataset(ctx, cfg, r.ds, r.mc, r.log)
-		return err
+		step := cacheStep{cfg: cfg, ds: r.ds, mc: r.mc, found: r.found, e: r.e, log: r.log}
+		if r.rank0() && r.found != nil && len(cfg.Sample.Prompts) > 0 {
+			imgs, err := pipeline.ConfigImages(cfg)
+			if err != nil {
+				return err
+			}
+			step.previews, step.system = imgs, pipeline.ConfigSettings(cfg).SystemPrompt
+		}
+		res, err := step.run(ctx)
+		if err != nil {
+			return err
+		}
+		encoded, r.previewText = res.encoded, res.previewText
+		r.phases = append(r.phases, encoderPhases(res.phases)...)
+		return nil
 	}
 	if err := r.rank0Only("rank 0 filling the encode cache", -1, encode); err != nil {
 		return err
@@ -404,8 +437,12 @@ func (r *run) setup(ctx context.Context) error {
 		r.logf("metrics: http://%s/metrics", r.metrics.addr)
 	}
 	if len(cfg.Sample.Prompts) > 0 {
-		r.logf("previews: %d prompts, %d %s steps, cfg %g, time shift %g (decoded by the stand-in encoder's inverse: block colours, not pictures)",
-			len(cfg.Sample.Prompts), cfg.Sample.Steps, cfg.Sample.Sampler, cfg.Sample.CFG, cfg.Sample.TimeShift)
+		how := "decoded by the stand-in encoder's inverse: block colours, not pictures"
+		if r.found != nil {
+			how = "through Gemma 3, Jina CLIP and the FLUX VAE"
+		}
+		r.logf("previews: %d prompts, %d %s steps, cfg %g, time shift %g (%s)",
+			len(cfg.Sample.Prompts), cfg.Sample.Steps, cfg.Sample.Sampler, cfg.Sample.CFG, cfg.Sample.TimeShift, how)
 	}
 	r.logf("training %d steps: LoRA rank %d alpha %g on %d layers (%d parameters), precision %s, batch %d × %d accumulation%s",
 		r.total, cfg.LoRA.Rank, cfg.LoRA.Alpha, len(r.set.Adapters()), r.loraParams(), r.opt.Precision(), cfg.Train.BatchSize, cfg.Train.GradientAccumulation, r.ranksText())
@@ -423,10 +460,18 @@ func (r *run) preflight(ctx context.Context) error {
 	if err := r.sampler.Validate(); err != nil {
 		return configErr(fmt.Errorf("train.timesteps: %w", err))
 	}
-	if r.mc, err = modelConfig(cfg); err != nil {
+	if r.found, err = FindModel(cfg); err != nil {
 		return err
 	}
-	if r.baseHash, err = baseModelHash(cfg); err != nil {
+	if r.mc, err = modelConfig(cfg, r.found); err != nil {
+		return err
+	}
+	if r.found != nil {
+		if err := checkArchitectures(r.found, r.mc); err != nil {
+			return err
+		}
+	}
+	if r.baseHash, err = baseModelHash(cfg, r.found); err != nil {
 		return err
 	}
 	r.stageNow("checking the output folder")
@@ -475,9 +520,14 @@ func (r *run) preflight(ctx context.Context) error {
 	return nil
 }
 
-// modelConfig is the architecture the run trains: the preset, or what the
-// weights file's metadata says (read without loading the weights).
-func modelConfig(cfg *configs.Config) (nextdit.Config, error) {
+// modelConfig is the architecture the run trains: the found transformer's
+// (its config.json or metadata, checked against its tensors by Discover),
+// the preset, or what the weights file's metadata says (read without
+// loading the weights).
+func modelConfig(cfg *configs.Config, found *newbie.Model) (nextdit.Config, error) {
+	if found != nil {
+		return found.DiT.Arch, nil
+	}
 	preset, err := nextdit.Preset(cfg.Model.Preset)
 	if err != nil {
 		return nextdit.Config{}, err
@@ -497,13 +547,22 @@ func modelConfig(cfg *configs.Config) (nextdit.Config, error) {
 	return mc, nil
 }
 
+// ditPath is the transformer's weights: the found one's, else model.weights.
+func ditPath(cfg *configs.Config, found *newbie.Model) string {
+	if found != nil {
+		return found.DiT.Path
+	}
+	return cfg.Model.Weights
+}
+
 // baseModelHash identifies the base model: its weights' content hash, or
 // for random demo weights the seed they come from.
-func baseModelHash(cfg *configs.Config) (string, error) {
-	if cfg.Model.Weights == "" {
+func baseModelHash(cfg *configs.Config, found *newbie.Model) (string, error) {
+	p := ditPath(cfg, found)
+	if p == "" {
 		return "random-tiny-seed-" + strconv.FormatUint(cfg.Train.Seed, 10), nil
 	}
-	return weightsHash(cfg.Model.Weights)
+	return weightsHash(p)
 }
 
 func (r *run) loraParams() int {
@@ -514,41 +573,55 @@ func (r *run) loraParams() int {
 	return n
 }
 
-// loadModel builds the base model and attaches the adapters.
-func (r *run) loadModel() error {
+// storageDType is the dtype the frozen base weights are stored in:
+// model.dtype, except that fp16 precision over the default bf16 stores
+// them in f16 (fp16 compute over bf16 storage would cast every weight to
+// fp16 each step and keep the casts: the weights' memory twice over).
+// With say set, the choice is logged.
+func (r *run) storageDType(say bool) (kernels.DType, error) {
 	cfg := r.cfg
 	st, err := kernels.ParseDType(map[string]string{"bf16": "BF16", "f16": "F16", "f32": "F32"}[cfg.Model.DType])
 	if err != nil {
-		return fmt.Errorf("model.dtype %q: %w", cfg.Model.DType, err)
+		return 0, configErr(fmt.Errorf("model.dtype %q: %w", cfg.Model.DType, err))
 	}
 	if prec, err := cfg.Precision.Resolve(r.capab); err == nil && prec == optim.FP16 && st == kernels.BF16 {
-		// fp16 compute over bf16 storage would cast every weight to fp16
-		// each step and keep the casts: the weights' memory twice over.
 		if cfg.IsSet("model.dtype") {
-			r.logf("warning: model.dtype bf16 with fp16 precision keeps an fp16 copy of every weight during each step; model.dtype: f16 avoids it")
+			if say {
+				r.logf("warning: model.dtype bf16 with fp16 precision keeps an fp16 copy of every weight during each step; model.dtype: f16 avoids it")
+			}
 		} else {
 			st = kernels.F16
-			r.logf("model: fp16 precision on this GPU, so the base weights are stored in f16 (model.dtype was the default bf16)")
+			if say {
+				r.logf("model: fp16 precision on this GPU, so the base weights are stored in f16 (model.dtype was the default bf16)")
+			}
 		}
 	}
+	return st, nil
+}
+
+// loadModel builds the base model and attaches the adapters.
+func (r *run) loadModel() error {
+	cfg := r.cfg
+	st, err := r.storageDType(true)
+	if err != nil {
+		return err
+	}
 	opts := nextdit.Options{DType: st, Checkpoint: cfg.Train.ActivationCheckpointing}
-	if cfg.Model.Weights == "" {
+	weights := ditPath(cfg, r.found)
+	if weights == "" {
 		r.model, err = nextdit.NewRandom(r.e, r.mc, opts, cfg.Train.Seed)
 		if err != nil {
 			return err
 		}
 		r.logf("model: tiny preset with random base weights (demo)")
 	} else {
-		preset, err := nextdit.Preset(cfg.Model.Preset)
-		if err != nil {
-			return err
-		}
 		start := time.Now()
-		r.model, err = nextdit.LoadWithConfig(r.e, cfg.Model.Weights, &preset, opts)
+		mc := r.mc
+		r.model, err = nextdit.LoadWithConfig(r.e, weights, &mc, opts)
 		if err != nil {
 			return err
 		}
-		r.logf("model: %s (%d parameters) loaded in %.1fs", cfg.Model.Weights, r.model.Config().NumParams(), time.Since(start).Seconds())
+		r.logf("model: %s (%d parameters) loaded in %.1fs", weights, r.model.Config().NumParams(), time.Since(start).Seconds())
 	}
 	init := lora.InitPEFT
 	if cfg.LoRA.Init == "gaussian" {
@@ -612,48 +685,6 @@ func scanDataset(ctx context.Context, cfg *configs.Config, log io.Writer) (*data
 	return ds, nil
 }
 
-// encodeDataset encodes whatever the cache lacks for a model of
-// architecture mc, with progress and an ETA.
-func encodeDataset(ctx context.Context, cfg *configs.Config, ds *data.Dataset, mc nextdit.Config, log io.Writer) (*data.Encoded, error) {
-	enc := standInEncoders(mc, log)
-	last := time.Time{}
-	builder := data.CacheBuilder{
-		VAE: enc.vae, Text: enc.text,
-		Progress: func(p data.Progress) {
-			if time.Since(last) > 2*time.Second || p.Done == p.Total {
-				last = time.Now()
-				fmt.Fprintln(log, p)
-			}
-		},
-		Warn: func(s string) { fmt.Fprintln(log, "warning:", s) },
-	}
-	encoded, stats, err := builder.Build(ctx, ds)
-	if err != nil {
-		return nil, err
-	}
-	fmt.Fprintf(log, "encode cache %s: %d latents encoded, %d reused; %d texts encoded, %d reused; %d damaged entries re-encoded\n",
-		cfg.Data.Cache, stats.LatentsEncoded, stats.LatentsReused, stats.TextsEncoded, stats.TextsReused, len(stats.Damaged))
-	return encoded, nil
-}
-
-// errNoRealEncoders says plainly what stops a real run today.
-var errNoRealEncoders = errors.New("the real encoders (FLUX VAE, Gemma 3 4B, Jina CLIP v2) are not built yet, so only the tiny preset (the demo, on stand-in encoders) can train now; `newbie-train bench` measures the full model's training step")
-
-// encoders are the image and text encoders a run uses.
-type encoders struct {
-	vae  data.ImageEncoder
-	text data.TextEncoders
-}
-
-// standInEncoders returns the deterministic stand-in encoders sized for a
-// model, and says so: the real FLUX VAE, Gemma 3 and Jina CLIP are not wired
-// in yet (errNoRealEncoders stops other presets before this).
-func standInEncoders(c nextdit.Config, log io.Writer) encoders {
-	fmt.Fprintln(log, "encoders: stand-ins (NOT the real FLUX VAE, Gemma 3 and Jina CLIP): deterministic random projections sized for this model")
-	text := data.NewStandInTextEncoder(c.CapFeatDim, c.ClipTextDim, 64)
-	return encoders{vae: &data.StandInVAE{}, text: data.TextEncoders{Features: text, Pooled: text}}
-}
-
 // uploadBatch puts a host batch on the device in fp32.
 func (r *run) uploadBatch(b *data.Batch) FlowBatch {
 	bs := len(b.Samples)
@@ -694,6 +725,7 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 	res := &Result{}
 	accum := max(cfg.Train.GradientAccumulation, 1)
 	start := time.Now()
+	r.e.Backend().ResetPeak() // the train phase's peak starts with the model loaded
 	var intervalLoss float64
 	var intervalN, intervalFinite int
 	for r.step < r.total {
@@ -755,6 +787,7 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 			r.nonFinite++
 		}
 		dt := time.Since(stepStart).Seconds()
+		r.stepTime += time.Since(stepStart)
 		mem := r.b.MemStats()
 		rec := logRecord{
 			Step: r.step, Loss: jsonFloat(out.Loss), LR: jsonFloat(out.LR), GradNorm: jsonFloat(out.GradNorm), LossScale: jsonFloat(out.LossScale),
@@ -820,7 +853,23 @@ func (r *run) loop(ctx context.Context) (*Result, error) {
 		}
 	}
 	r.logf("done: %d steps, loss %.5f → %.5f; LoRA: %v", res.Steps, res.FirstLoss, res.LastLoss, res.LoRAFiles)
+	res.Phases = r.phaseTable()
+	if r.rank0() {
+		fmt.Fprint(r.log, PhaseTable(res.Phases))
+	}
 	return res, nil
+}
+
+// phaseTable is the run's phases: the encoders', the training steps (their
+// time, without saves and previews) and the previews.
+func (r *run) phaseTable() []Phase {
+	ps := append([]Phase(nil), r.phases...)
+	peak := max(r.trainPeak, r.e.Backend().MemStats().Peak)
+	ps = append(ps, Phase{Name: "train", Items: r.step - r.startStep, Time: r.stepTime, Peak: peak, Estimate: r.planned["train"]})
+	if r.previewItems > 0 {
+		ps = append(ps, Phase{Name: "preview", Items: r.previewItems, Time: r.previewTime, Peak: r.previewPeak, Estimate: r.planned["preview"]})
+	}
+	return ps
 }
 
 // meanText is the logged loss: the mean over the steps since the last log
@@ -941,12 +990,24 @@ func bytesText(n int64) string {
 // `newbie-train cache` command), without loading the model's weights. It
 // holds the output folder's lock while it writes, as a run does.
 func Cache(ctx context.Context, cfg *configs.Config, log io.Writer, stage func(string)) error {
-	if cfg.Model.Preset != "tiny" {
-		return errNoRealEncoders
-	}
-	mc, err := modelConfig(cfg)
+	found, err := FindModel(cfg)
 	if err != nil {
 		return err
+	}
+	mc, err := modelConfig(cfg, found)
+	if err != nil {
+		return err
+	}
+	var e *ag.Engine
+	if found != nil {
+		if err := checkArchitectures(found, mc); err != nil {
+			return err
+		}
+		b, _, err := OpenBackend(cfg.Device, cfg.GPU, log)
+		if err != nil {
+			return err
+		}
+		e = ag.New(b)
 	}
 	logf := func(format string, args ...any) { fmt.Fprintf(log, format+"\n", args...) }
 	out, err := lockOutput(cfg, "filling the encode cache", logf)
@@ -967,7 +1028,11 @@ func Cache(ctx context.Context, cfg *configs.Config, log io.Writer, stage func(s
 	if stage != nil {
 		stage("the image being encoded (the cache keeps what is encoded)")
 	}
-	if _, err := encodeDataset(ctx, cfg, ds, mc, log); err != nil {
+	res, err := cacheStep{cfg: cfg, ds: ds, mc: mc, found: found, e: e, log: log}.run(ctx)
+	if err == nil && len(res.phases) > 0 {
+		fmt.Fprint(log, PhaseTable(encoderPhases(res.phases)))
+	}
+	if err != nil {
 		if ctx.Err() != nil {
 			return &InterruptedError{Stage: "encoding the dataset", Kept: "the cache keeps every entry encoded so far"}
 		}

@@ -400,8 +400,8 @@ func TestFP16StoresF16(t *testing.T) {
 	}
 }
 
-// TestPreviews: sample.prompts renders one PNG per prompt at each preview
-// step, and rendering them leaves the training losses exactly as they were.
+// TestPreviews: sample.prompts renders one PNG per prompt and a grid at
+// each preview step, and rendering them leaves the training losses exactly as they were.
 func TestPreviews(t *testing.T) {
 	plain := demoConfig(t, t.TempDir(), 4, 0)
 	if _, err := Run(context.Background(), plain, Options{Log: io.Discard}); err != nil {
@@ -416,8 +416,8 @@ func TestPreviews(t *testing.T) {
 		t.Fatal(err)
 	}
 	files, _ := filepath.Glob(filepath.Join(cfg.Save.Output, "demo_lora-previews", "*.png"))
-	if len(files) != 4 {
-		t.Errorf("previews %v, want 2 prompts × steps 2 and 4", files)
+	if len(files) != 6 {
+		t.Errorf("previews %v, want 2 prompts and a grid × steps 2 and 4", files)
 	}
 	a, b := losses(t, plain.Logging.LogFile), losses(t, cfg.Logging.LogFile)
 	for step, v := range a {

@@ -15,8 +15,8 @@ import (
 	ag "github.com/newbie-train/newbie-train/autograd"
 	"github.com/newbie-train/newbie-train/configs"
 	"github.com/newbie-train/newbie-train/data"
+	"github.com/newbie-train/newbie-train/models/newbie"
 	"github.com/newbie-train/newbie-train/models/nextdit"
-	"github.com/newbie-train/newbie-train/models/vae"
 	"github.com/newbie-train/newbie-train/optim"
 	"github.com/newbie-train/newbie-train/sampler"
 	"github.com/newbie-train/newbie-train/sampler/pipeline"
@@ -25,29 +25,29 @@ import (
 
 // sampleOptions are the flags of `newbie-train sample`.
 type sampleOptions struct {
-	config, weights, preset, vae string
-	loras                        []string
-	prompts                      []string
-	promptsFile                  string
-	negative, systemPrompt       string
-	seeds                        []uint
-	width, height                int
-	method                       string
-	steps                        int
-	shift, cfg, cfgTrunc, renorm float64
-	precision, device            string
-	gpu, batch                   int
-	out                          string
-	grid                         bool
+	config, model, weights, preset string
+	vae                            string
+	loras                          []string
+	prompts                        []string
+	promptsFile                    string
+	negative, systemPrompt         string
+	seeds                          []uint
+	width, height                  int
+	method                         string
+	steps                          int
+	shift, cfg, cfgTrunc, renorm   float64
+	precision, device              string
+	gpu, batch                     int
+	out                            string
+	grid                           bool
 }
 
 func newSampleCmd(stdout, stderr io.Writer) *cobra.Command {
 	o := &sampleOptions{}
 	cmd := &cobra.Command{
-		Use:   "sample --weights W [--lora FILE[:STRENGTH]]... --prompt P... [--out DIR]",
+		Use:   "sample --model FOLDER [--lora FILE[:STRENGTH]]... --prompt P... [--out DIR]",
 		Short: "Make images with a base model and LoRAs, as upstream's sampler does",
-		Long: `sample makes images with the base model (any layout the trainer reads) and
-zero or more LoRAs (PEFT folders, ours or NewbieLoraTrainer's; ComfyUI,
+		Long: `sample makes images with the base model and zero or more LoRAs (PEFT folders, ours or NewbieLoraTrainer's; ComfyUI,
 diffusion-pipe and ai-toolkit single files; kohya files), each with a strength.
 The LoRAs are applied as adapters on the frozen base, not merged into it, as
 the trainer ran them: merged into bf16 weights, the part of an update below
@@ -84,9 +84,13 @@ Precision: bf16 where the GPU's compute capability is ≥ 8.0, fp16 below,
 fp32 on the CPU, unless --precision says otherwise; in fp16 every model
 evaluation is checked for overflow and a failure names the step and block.
 
-The real text encoders (Gemma 3, Jina CLIP v2) are not wired in yet: only the
-tiny model samples today, on stand-in encoders and the stand-in decoder
-(block colours, not pictures) unless --vae gives a FLUX VAE.`,
+The model is a NewBie-image-Exp0.1 folder (--model, or model.path and the
+single files of a config's model: section; --weights and --vae replace the
+folder's transformer and VAE). The prompts are encoded first, by Gemma 3 and
+then Jina CLIP v2, each freed before the next loads, then the DiT samples and
+the FLUX VAE decodes: the peak is the largest of these, not their sum. The tiny
+preset without a folder samples on the stand-in encoders and the stand-in
+decoder (block colours, not pictures) unless --vae gives a FLUX VAE.`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runSample(cmd.Context(), o, cmd.Flags().Changed, stdout, stderr)
@@ -94,10 +98,11 @@ tiny model samples today, on stand-in encoders and the stand-in decoder
 	}
 	f := cmd.Flags()
 	f.StringVarP(&o.config, "config", "c", "", "take the model and the sample: section from a training config")
-	f.StringVar(&o.weights, "weights", "", "base weights: a file, a sharded index or a diffusers folder")
+	f.StringVar(&o.model, "model", "", "a NewBie-image-Exp0.1 model folder (Hugging Face, diffusers or a flat folder of single files)")
+	f.StringVar(&o.weights, "weights", "", "the transformer's weights (a file, a sharded index or a diffusers folder), replacing the folder's")
 	f.StringVar(&o.preset, "preset", "", "architecture when the weights have no config metadata (newbie-exp0.1, lumina2, tiny); inferred from the shapes when omitted")
 	f.StringArrayVar(&o.loras, "lora", nil, "a LoRA and its strength, FILE[:STRENGTH] (default strength 1); repeatable")
-	f.StringVar(&o.vae, "vae", "", "FLUX VAE weights to decode with (required for full-size models)")
+	f.StringVar(&o.vae, "vae", "", "FLUX VAE weights to decode with, replacing the folder's")
 	f.StringArrayVar(&o.prompts, "prompt", nil, "a prompt; repeatable")
 	f.StringVar(&o.promptsFile, "prompts", "", "a file of prompts: one a line, or YAML (see above)")
 	f.StringVar(&o.negative, "negative", "", "the negative prompt (default empty)")
@@ -123,6 +128,11 @@ tiny model samples today, on stand-in encoders and the stand-in decoder
 // samplePlan is everything a sample run does, checked before any of it
 // runs.
 type samplePlan struct {
+	// model names the parts as a config does (folder and single files);
+	// real says the real encoders are used.
+	model    configs.Model
+	real     bool
+	budget   int64
 	spec     pipeline.ModelSpec
 	settings pipeline.Settings
 	images   []pipeline.Image
@@ -140,6 +150,8 @@ func planSample(o *sampleOptions, changed func(string) bool) (*samplePlan, error
 			return nil, err
 		}
 		s := cfg.Sample
+		p.model = cfg.Model
+		p.budget = train.MemoryBudget(cfg)
 		if !changed("weights") {
 			p.spec.Weights = cfg.Model.Weights
 		}
@@ -166,8 +178,29 @@ func planSample(o *sampleOptions, changed func(string) bool) (*samplePlan, error
 		set("system-prompt", func() { o.systemPrompt = pipeline.ConfigSettings(cfg).SystemPrompt })
 		trigger = cfg.Data.Caption.TriggerWord
 	}
-	if p.spec.Weights == "" && p.spec.Preset != "tiny" {
-		return nil, usageError{errors.New("sample needs --weights (or --config with model.weights)")}
+	if changed("model") || o.config == "" {
+		p.model.Path = o.model
+	}
+	if changed("weights") || o.config == "" {
+		p.model.Weights = o.weights
+	}
+	if changed("vae") || o.config == "" {
+		p.model.VAE = o.vae
+	}
+	p.model.Preset = p.spec.Preset
+	// Real encoders for a model folder or encoder files, and for every
+	// model but the tiny one (whose preset may also be told by its file).
+	p.real = p.model.Path != "" || p.model.Gemma != "" || p.model.Jina != "" || p.model.GemmaTokenizer != "" || p.model.JinaTokenizer != ""
+	if !p.real && p.spec.Preset != "tiny" {
+		if p.spec.Weights == "" {
+			return nil, usageError{errors.New("sample needs --model FOLDER (or --config with model.path), or --preset tiny")}
+		}
+		mcfg, err := pipeline.ModelConfig(p.spec)
+		if err != nil {
+			return nil, err
+		}
+		tiny, _ := nextdit.Preset("tiny")
+		p.real = mcfg.JSON() != tiny.JSON()
 	}
 	for _, l := range o.loras {
 		lf, err := pipeline.ParseLoRAFlag(l)
@@ -221,17 +254,16 @@ func runSample(ctx context.Context, o *sampleOptions, changed func(string) bool,
 	if _, err := optim.ParsePrecision(o.precision); err != nil {
 		return usageError{fmt.Errorf("--precision: %w", err)}
 	}
+	var found *newbie.Model
+	if plan.real {
+		if found, err = findSampleModel(plan.model); err != nil {
+			return err
+		}
+		plan.spec.Weights, plan.spec.Arch = found.DiT.Path, &found.DiT.Arch
+	}
 	mcfg, err := pipeline.ModelConfig(plan.spec)
 	if err != nil {
 		return err
-	}
-	text, textNotice, err := pipeline.TextEncoders(mcfg)
-	if err != nil {
-		return err
-	}
-	tiny, _ := nextdit.Preset("tiny")
-	if o.vae == "" && mcfg.JSON() != tiny.JSON() {
-		return usageError{errors.New("a full-size model needs --vae (the FLUX VAE) to decode its images")}
 	}
 	b, capability, err := train.OpenBackend(o.device, o.gpu, stderr)
 	if err != nil {
@@ -247,19 +279,42 @@ func runSample(ctx context.Context, o *sampleOptions, changed func(string) bool,
 	}
 	e := ag.New(b)
 	start := time.Now()
+	text, textNotice := pipeline.StandInTextEncoders(mcfg), pipeline.StandInNotice
+	if found != nil {
+		// Every prompt through Gemma 3, then Jina CLIP, before the DiT loads.
+		p, err := newbie.NewPipeline(e, found, newbie.Options{Budget: plan.budget, Log: stderr})
+		if err != nil {
+			return err
+		}
+		text, err = pipeline.PrepareTexts(ctx, p.TextEncoders(), plan.settings.SystemPrompt, plan.images, mcfg.ClipTextDim)
+		if cerr := p.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return fmt.Errorf("%w: stopped while encoding the prompts (nothing was written)", errInterrupted)
+			}
+			return err
+		}
+		textNotice = "Gemma 3 + Jina CLIP v2"
+	}
 	model, _, info, err := pipeline.Load(e, plan.spec, storage)
 	if err != nil {
 		return err
 	}
 	defer model.Release()
 	var dec pipeline.Decoder = pipeline.StandInDecoder{}
-	if o.vae != "" {
-		v, err := vae.Load(e, o.vae, vae.Options{})
+	vaePath := plan.model.VAE
+	if found != nil {
+		vaePath = found.VAE.Path
+	}
+	if vaePath != "" {
+		v, err := pipeline.LoadVAEDecoder(e, vaePath, autocast)
 		if err != nil {
 			return err
 		}
 		defer v.Release()
-		dec = pipeline.NewVAEDecoder(v, autocast)
+		dec = v
 	}
 	hashes := hashInfo(plan.spec)
 	info.Precision, info.Encoders, info.Decoder, info.Version = string(prec), textNotice, dec.Name(), programVersion()
@@ -358,4 +413,24 @@ func progressPrinter(w io.Writer) func(pipeline.Progress) {
 			p.Done+1, p.Total, strings.Join(names, " "), p.Step, p.Steps,
 			p.Elapsed.Round(100*time.Millisecond), p.ETA.Round(100*time.Millisecond))
 	}
+}
+
+// findSampleModel finds the parts sampling needs — all of them — naming
+// the flags (or the config keys) in what it reports missing.
+func findSampleModel(m configs.Model) (*newbie.Model, error) {
+	found, err := newbie.Discover(m.Path, newbie.Sources{
+		DiT: m.Weights, VAE: m.VAE, Gemma: m.Gemma, GemmaTokenizer: m.GemmaTokenizer, Jina: m.Jina, JinaTokenizer: m.JinaTokenizer,
+		Keys: map[newbie.Part]string{
+			newbie.PartDiT: "--weights (model.weights)", newbie.PartVAE: "--vae (model.vae)",
+			newbie.PartGemma: "model.gemma in --config", newbie.PartGemmaTokenizer: "model.gemma_tokenizer in --config",
+			newbie.PartJina: "model.jina in --config", newbie.PartJinaTokenizer: "model.jina_tokenizer in --config",
+		},
+	})
+	if found != nil {
+		err = errors.Join(err, found.Require(newbie.Parts...))
+	}
+	if err != nil {
+		return nil, usageError{err}
+	}
+	return found, nil
 }

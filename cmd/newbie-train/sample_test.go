@@ -232,8 +232,8 @@ func TestSampleUsageErrors(t *testing.T) {
 			}
 		})
 	}
-	if code, _, stderr := runCLI(t, "sample", "--prompt", "x"); code != exitUsage || !strings.Contains(stderr, "--weights") {
-		t.Errorf("no weights: exit %d, %q", code, stderr)
+	if code, _, stderr := runCLI(t, "sample", "--prompt", "x"); code != exitUsage || !strings.Contains(stderr, "--model FOLDER") {
+		t.Errorf("no model: exit %d, %q", code, stderr)
 	}
 	if code, _, stderr := runCLI(t, "sample", "--weights", w); code != exitUsage || !strings.Contains(stderr, "needs a prompt") {
 		t.Errorf("no prompt: exit %d, %q", code, stderr)
@@ -311,8 +311,9 @@ func TestSampleConfigMatchesPreviews(t *testing.T) {
 	}
 }
 
-// TestSampleFullModelNeedsEncoders: a full-size model stops before loading
-// with the plain message that the real text encoders are not wired in.
+// TestSampleFullModelNeedsEncoders: a full-size model without a model
+// folder stops before loading anything, naming every missing part and the
+// flag or key that gives it.
 func TestSampleFullModelNeedsEncoders(t *testing.T) {
 	full, _ := nextdit.Preset("newbie-exp0.1")
 	w := filepath.Join(t.TempDir(), "full.safetensors")
@@ -321,7 +322,12 @@ func TestSampleFullModelNeedsEncoders(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, _, stderr := runCLI(t, "sample", "--weights", w, "--prompt", "x", "--vae", "none.safetensors")
-	if code != exitFailure || !strings.Contains(stderr, "real text encoders (Gemma 3 4B with its tokenizer, Jina CLIP v2) are not wired in yet") {
-		t.Errorf("exit %d, stderr %q", code, stderr)
+	for _, want := range []string{"none.safetensors", "model.gemma in --config", "model.jina_tokenizer in --config", "… and"} {
+		if code != exitUsage || !strings.Contains(stderr, want) {
+			t.Errorf("exit %d, stderr lacks %q:\n%s", code, want, stderr)
+		}
+	}
+	if n := strings.Count(stderr, "\n"); n > 40 {
+		t.Errorf("the error runs to %d lines", n)
 	}
 }

@@ -9,6 +9,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/newbie-train/newbie-train/internal/keylist"
+
 	"github.com/newbie-train/newbie-train/autograd"
 	"github.com/newbie-train/newbie-train/checkpoints"
 	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
@@ -30,20 +32,19 @@ type Misshaped struct {
 	Got, Want []int
 }
 
-// Error lists every problem by name.
+// Error lists the problems, a few of each kind (the struct holds them all).
 func (k *KeyError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "nextdit: %s does not fit the config: %d missing, %d unexpected, %d mis-shaped",
 		k.Path, len(k.Missing), len(k.Unexpected), len(k.Misshaped))
-	for _, m := range k.Missing {
-		fmt.Fprintf(&b, "\n  missing    %s (expected shape %v)", m.Name, m.Shape)
-	}
-	for _, u := range k.Unexpected {
-		fmt.Fprintf(&b, "\n  unexpected %s", u)
-	}
-	for _, m := range k.Misshaped {
-		fmt.Fprintf(&b, "\n  mis-shaped %s: file has %v, expected %v", m.Name, m.Got, m.Want)
-	}
+	keylist.Write(&b, len(k.Missing), func(i int) string {
+		return fmt.Sprintf("missing    %s (expected shape %v)", k.Missing[i].Name, k.Missing[i].Shape)
+	})
+	keylist.Write(&b, len(k.Unexpected), func(i int) string { return "unexpected " + k.Unexpected[i] })
+	keylist.Write(&b, len(k.Misshaped), func(i int) string {
+		m := k.Misshaped[i]
+		return fmt.Sprintf("mis-shaped %s: file has %v, expected %v", m.Name, m.Got, m.Want)
+	})
 	return b.String()
 }
 

@@ -10,6 +10,8 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/newbie-train/newbie-train/internal/keylist"
+
 	"github.com/newbie-train/newbie-train/checkpoints"
 	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
 	"github.com/newbie-train/newbie-train/kernels"
@@ -49,16 +51,7 @@ func (k *KeyError) Error() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "textenc: %s does not fit the %s config (%s; key prefix %q): %d missing, %d unexpected, %d mis-shaped",
 		k.Path, k.Model, k.Config, k.Prefix, len(k.Missing), len(k.Unexpected), len(k.Misshaped))
-	// A file of another size mismatches in every layer: the first lines of
-	// each kind tell the story, the struct holds them all.
-	list := func(n int, line func(i int) string) {
-		for i := range min(n, keyErrorLines) {
-			b.WriteString("\n  " + line(i))
-		}
-		if n > keyErrorLines {
-			fmt.Fprintf(&b, "\n  … and %d more", n-keyErrorLines)
-		}
-	}
+	list := func(n int, line func(int) string) { keylist.Write(&b, n, line) }
 	list(len(k.Missing), func(i int) string {
 		return fmt.Sprintf("missing    %s (expected shape %v)", k.Missing[i].Name, k.Missing[i].Shape)
 	})
@@ -69,9 +62,6 @@ func (k *KeyError) Error() string {
 	})
 	return b.String()
 }
-
-// keyErrorLines is how many problems of each kind a KeyError's text lists.
-const keyErrorLines = 20
 
 // IsKeyError reports whether err carries a *KeyError and returns it.
 func IsKeyError(err error) (*KeyError, bool) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sync"
 
+	ag "github.com/newbie-train/newbie-train/autograd"
 	"github.com/newbie-train/newbie-train/data"
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/models/vae"
@@ -32,6 +33,20 @@ type VAEDecoder struct {
 func NewVAEDecoder(m *vae.VAE, autocast kernels.DType) *VAEDecoder {
 	return &VAEDecoder{vae: m, autocast: autocast}
 }
+
+// LoadVAEDecoder loads the FLUX VAE file at path (in float32, as FLUX
+// ships it) on e as a Decoder whose convolutions run in autocast; Release
+// frees it.
+func LoadVAEDecoder(e *ag.Engine, path string, autocast kernels.DType) (*VAEDecoder, error) {
+	m, err := vae.Load(e, path, vae.Options{})
+	if err != nil {
+		return nil, err
+	}
+	return NewVAEDecoder(m, autocast), nil
+}
+
+// Release frees the VAE's weights.
+func (d *VAEDecoder) Release() { d.vae.Release() }
 
 // Name implements Decoder.
 func (d *VAEDecoder) Name() string {

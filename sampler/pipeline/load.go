@@ -53,7 +53,10 @@ type ModelSpec struct {
 	// Preset is the architecture of a file without config metadata
 	// (newbie-exp0.1, lumina2, tiny); empty finds the preset whose every
 	// tensor the file fits.
-	Preset     string
+	Preset string
+	// Arch, when set, is the architecture (a model folder's config.json,
+	// as newbie.Discover read and checked it), used instead of Preset.
+	Arch       *nextdit.Config
 	RandomSeed uint64
 	LoRAs      []LoRAFile
 }
@@ -129,7 +132,7 @@ func loadBase(e *ag.Engine, spec ModelSpec, storage kernels.DType) (*nextdit.Mod
 		return nil, err
 	}
 	defer w.Close()
-	cfg, err := nextdit.ConfigFor(w, spec.Preset)
+	cfg, err := configFor(w, spec)
 	if err != nil {
 		return nil, err
 	}
@@ -151,6 +154,15 @@ func ModelConfig(spec ModelSpec) (nextdit.Config, error) {
 		return nextdit.Config{}, err
 	}
 	defer w.Close()
+	return configFor(w, spec)
+}
+
+// configFor is spec's architecture: Arch when given, else what the weights'
+// metadata or shapes say (nextdit.ConfigFor).
+func configFor(w nextdit.Source, spec ModelSpec) (nextdit.Config, error) {
+	if spec.Arch != nil {
+		return *spec.Arch, nil
+	}
 	return nextdit.ConfigFor(w, spec.Preset)
 }
 

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -67,10 +68,7 @@ func generator(t *testing.T, weights string, p optim.Precision, loras ...LoRAFil
 		t.Fatal(err)
 	}
 	t.Cleanup(m.Release)
-	text, _, err := TextEncoders(m.Config())
-	if err != nil {
-		t.Fatal(err)
-	}
+	text := StandInTextEncoders(m.Config())
 	return &Generator{Model: m, Text: text, Decoder: StandInDecoder{}, Autocast: autocast}
 }
 
@@ -270,11 +268,64 @@ func TestParametersRoundTrip(t *testing.T) {
 	}
 }
 
-// TestTextEncodersRefuseFullModel: only the tiny model has encoders today.
-func TestTextEncodersRefuseFullModel(t *testing.T) {
-	full, _ := nextdit.Preset("newbie-exp0.1")
-	if _, _, err := TextEncoders(full); !errors.Is(err, ErrNoRealTextEncoders) {
-		t.Errorf("full-size model: %v", err)
+// callOrder records which encoder was called, in order, around a real
+// (stand-in) encoder.
+type callOrder struct {
+	name  string
+	calls *[]string
+	enc   data.TextEncoder
+}
+
+func (c callOrder) Identity() string { return c.enc.Identity() }
+
+func (c callOrder) EncodeTexts(ctx context.Context, texts []string) ([]data.TextEncoding, error) {
+	*c.calls = append(*c.calls, c.name)
+	return c.enc.EncodeTexts(ctx, texts)
+}
+
+// TestPrepareTexts: the prepared encoders give Encode exactly what the
+// encoders themselves give, after one feature call and then one pooled
+// call for every image; a text not prepared is an error, not a silent
+// encoding.
+func TestPrepareTexts(t *testing.T) {
+	tiny, _ := nextdit.Preset("tiny")
+	real := StandInTextEncoders(tiny)
+	var calls []string
+	rec := data.TextEncoders{Features: callOrder{"features", &calls, real.Features}, Pooled: callOrder{"pooled", &calls, real.Pooled}}
+	imgs := []Image{
+		{Prompt: "<n>alice</n>", Negative: "", Width: 64, Height: 64},
+		{Prompt: "1girl, smile", Negative: "lowres", Width: 64, Height: 64},
+		{Prompt: "<n>alice</n>", Negative: "lowres", Width: 64, Height: 64},
+	}
+	const system = "system: "
+	prep, err := PrepareTexts(context.Background(), rec, system, imgs, tiny.ClipTextDim)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{"features", "pooled"}; !slices.Equal(calls, want) {
+		t.Fatalf("encoder calls %v, want %v", calls, want)
+	}
+	if prep.Features.Identity() != real.Features.Identity() {
+		t.Errorf("identity %q, want the encoder's %q", prep.Features.Identity(), real.Features.Identity())
+	}
+	for _, im := range imgs {
+		want, err := Encode(context.Background(), real, system, []string{im.Prompt}, []string{im.Negative}, tiny.ClipTextDim)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := Encode(context.Background(), prep, system, []string{im.Prompt}, []string{im.Negative}, tiny.ClipTextDim)
+		if err != nil {
+			t.Fatalf("%q: %v", im.Prompt, err)
+		}
+		if !slices.Equal(got.Feats, want.Feats) || !slices.Equal(got.Pooled, want.Pooled) || !slices.Equal(got.Lens, want.Lens) {
+			t.Errorf("%q: prepared conditioning differs from the encoders'", im.Prompt)
+		}
+	}
+	if _, err := prep.Features.EncodeTexts(context.Background(), []string{"never prepared"}); err == nil {
+		t.Error("an unprepared text was answered")
+	}
+	if len(calls) != 2 {
+		t.Errorf("the prepared encoders called the encoders: %v", calls)
 	}
 }
 

@@ -1,0 +1,170 @@
+package train
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	ag "github.com/newbie-train/newbie-train/autograd"
+	"github.com/newbie-train/newbie-train/configs"
+	"github.com/newbie-train/newbie-train/data"
+	"github.com/newbie-train/newbie-train/models/newbie"
+	"github.com/newbie-train/newbie-train/models/nextdit"
+	"github.com/newbie-train/newbie-train/sampler/pipeline"
+)
+
+// cacheStep is the encode cache of a run or of `newbie-train cache`: the
+// dataset through the image encoder and both text encoders, either the
+// real ones of a found model — one at a time on the engine, freed before
+// the DiT loads — or the stand-ins.
+type cacheStep struct {
+	cfg   *configs.Config
+	ds    *data.Dataset
+	mc    nextdit.Config
+	found *newbie.Model // nil: the stand-ins
+	e     *ag.Engine    // the real encoders' engine (unused by the stand-ins)
+	log   io.Writer
+	// previews, when set, are encoded too (sample.prompts, before the DiT
+	// is loaded) and answered from memory afterwards.
+	previews []pipeline.Image
+	system   string
+}
+
+// cacheResult is what the cache step leaves the run.
+type cacheResult struct {
+	encoded *data.Encoded
+	// previewText answers the previews' texts (nil Features without
+	// previews or with the stand-ins, which are cheap to call again).
+	previewText data.TextEncoders
+	// phases are the real encoders' phases, in order.
+	phases []newbie.PhaseStats
+}
+
+// run fills the cache with progress and an ETA, and with the real encoders
+// logs each phase's time and peak.
+func (s cacheStep) run(ctx context.Context) (*cacheResult, error) {
+	res := &cacheResult{}
+	var vae data.ImageEncoder
+	var text data.TextEncoders
+	var p *newbie.Pipeline
+	if s.found == nil {
+		fmt.Fprintln(s.log, standInNotice)
+		vae, text = standInEncoders(s.mc)
+	} else {
+		px := 0
+		for _, it := range s.ds.Items {
+			px = max(px, it.Bucket.W*it.Bucket.H)
+		}
+		var err error
+		p, err = newbie.NewPipeline(s.e, s.found, newbie.Options{MaxImagePixels: px, Budget: MemoryBudget(s.cfg), Log: s.log})
+		if err != nil {
+			return nil, err
+		}
+		for _, part := range []newbie.Part{newbie.PartVAE, newbie.PartGemma, newbie.PartJina} {
+			fmt.Fprintf(s.log, "encoders: %s %s (%s)\n", part.Title(), p.Identity(part), describePart(s.found, part))
+		}
+		vae, text = p.ImageEncoder(), p.TextEncoders()
+	}
+	last := time.Time{}
+	builder := data.CacheBuilder{
+		VAE: vae, Text: text,
+		Progress: func(pr data.Progress) {
+			if time.Since(last) > 2*time.Second || pr.Done == pr.Total {
+				last = time.Now()
+				fmt.Fprintln(s.log, pr)
+			}
+		},
+		Warn: func(w string) { fmt.Fprintln(s.log, "warning:", w) },
+	}
+	encoded, stats, err := builder.Build(ctx, s.ds)
+	if err == nil && p != nil && len(s.previews) > 0 {
+		res.previewText, err = pipeline.PrepareTexts(ctx, text, s.system, s.previews, s.mc.ClipTextDim)
+		if err != nil {
+			err = fmt.Errorf("previews: %w", err)
+		}
+	}
+	if p != nil {
+		err = errors.Join(err, p.Close())
+		for _, t := range p.Truncations() {
+			if w := t.Warning(); w != "" {
+				fmt.Fprintln(s.log, "warning:", w)
+			}
+		}
+		res.phases = p.Phases()
+	}
+	if err != nil {
+		return nil, err
+	}
+	res.encoded = encoded
+	fmt.Fprintf(s.log, "encode cache %s: %d latents encoded, %d reused; %d texts encoded, %d reused; %d damaged entries re-encoded\n",
+		s.cfg.Data.Cache, stats.LatentsEncoded, stats.LatentsReused, stats.TextsEncoded, stats.TextsReused, len(stats.Damaged))
+	return res, nil
+}
+
+// describePart is a found part's file, layout and dtype for the log.
+func describePart(m *newbie.Model, part newbie.Part) string {
+	var w *newbie.Weights
+	switch part {
+	case newbie.PartVAE:
+		w = &m.VAE.Weights
+	case newbie.PartGemma:
+		w = &m.Gemma.Weights
+	case newbie.PartJina:
+		w = &m.Jina.Weights
+	case newbie.PartDiT:
+		w = &m.DiT.Weights
+	}
+	return fmt.Sprintf("%s, %s keys, %s, %s", w.Path, w.Format, w.DType(), bytesText(w.FileBytes))
+}
+
+// Phase is one phase of a run as the phase table reports it: a real
+// encoder's pass over the dataset, the training steps, the previews.
+type Phase struct {
+	Name string
+	// Items are the images, texts or steps done; Time the phase's wall
+	// time (an encoder's load included).
+	Items int
+	Time  time.Duration
+	// Peak is the allocator's peak during the phase; Estimate what the
+	// plan predicted before it (0 when not planned).
+	Peak, Estimate int64
+}
+
+// encoderPhases turns the pipeline's phases into the table's rows, one
+// per encoder: a second load of an encoder (the previews' prompts after
+// the dataset's captions) adds to its row.
+func encoderPhases(ps []newbie.PhaseStats) []Phase {
+	var out []Phase
+	row := map[string]int{}
+	for _, p := range ps {
+		name := p.Estimate.Phase
+		i, ok := row[name]
+		if !ok {
+			i, row[name] = len(out), len(out)
+			out = append(out, Phase{Name: name})
+		}
+		r := &out[i]
+		r.Items += p.Items
+		r.Time += p.Load + p.Run
+		r.Peak = max(r.Peak, p.Peak)
+		r.Estimate = max(r.Estimate, p.Estimate.Total+p.Base)
+	}
+	return out
+}
+
+// PhaseTable formats phases as the run prints them at its end. The peak
+// is the backend allocator's (the GPU's memory on CUDA).
+func PhaseTable(ps []Phase) string {
+	var b []byte
+	b = fmt.Appendf(b, "%-14s %8s %10s %12s %12s\n", "phase", "items", "time", "peak memory", "planned")
+	for _, p := range ps {
+		est := "-"
+		if p.Estimate > 0 {
+			est = bytesText(p.Estimate)
+		}
+		b = fmt.Appendf(b, "%-14s %8d %9.1fs %12s %12s\n", p.Name, p.Items, p.Time.Seconds(), bytesText(p.Peak), est)
+	}
+	return string(b)
+}

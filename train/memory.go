@@ -1,0 +1,103 @@
+package train
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/newbie-train/newbie-train/kernels"
+	"github.com/newbie-train/newbie-train/models/newbie"
+	"github.com/newbie-train/newbie-train/optim"
+	"github.com/newbie-train/newbie-train/tokenizers"
+)
+
+// The training step's and the previews' memory is planned before anything
+// is encoded, so a run that cannot fit says so (which phase, by how much)
+// at its start and not after the cache step; each real encoder is checked
+// again by the encoder pipeline just before it loads. The plan covers the
+// GPU's mixed-precision runs (the estimates are for bf16 or fp16
+// autocast); on the CPU there is nothing to plan.
+
+// trainEstimate predicts the training step's peak for the run's largest
+// bucket. Caption tokens are taken at the feature encoder's limit (512 for
+// Gemma 3, 64 for the stand-in): the longest caption is not known before
+// it is encoded, and at 1024² the caption is a small part of the joint
+// sequence, so the bound costs a few percent of the activations.
+// The autocast dtype is returned beside it; 0 when the run's precision is
+// fp32 (nothing planned).
+func (r *run) trainEstimate(storage kernels.DType) (newbie.Estimate, kernels.DType, error) {
+	cfg := r.cfg
+	prec, err := cfg.Precision.Resolve(r.capab)
+	if err != nil {
+		return newbie.Estimate{}, 0, nil // reported where the optimizer is built
+	}
+	autocast := map[optim.Precision]kernels.DType{optim.BF16: kernels.BF16, optim.FP16: kernels.F16}[prec]
+	if autocast == 0 {
+		return newbie.Estimate{}, 0, nil
+	}
+	lh, lw := 0, 0
+	for _, it := range r.ds.Items {
+		if it.Bucket.W*it.Bucket.H > 8*lh*8*lw {
+			lh, lw = it.Bucket.H/8, it.Bucket.W/8
+		}
+	}
+	tokens := 64
+	if r.found != nil {
+		tokens = tokenizers.GemmaBatch.MaxLength
+	}
+	est, err := newbie.EstimateTrain(r.mc, newbie.TrainShape{
+		Batch: cfg.Train.BatchSize, LatentH: lh, LatentW: lw, CaptionTokens: tokens,
+		Rank: cfg.LoRA.Rank, Targets: cfg.LoRA.Targets, Checkpoint: cfg.Train.ActivationCheckpointing,
+		DType: storage, Autocast: autocast,
+	}, newbie.RounderOf(r.b))
+	if err != nil {
+		return newbie.Estimate{}, 0, err
+	}
+	return est, autocast, nil
+}
+
+// previewEstimate predicts the previews' peak: the training state stays
+// resident while they render, the FLUX VAE is loaded to decode them, and
+// the decode runs after the sampling's activations are freed. The
+// sampling itself (no tape, a batch of two for guidance) stays below the
+// training step's activations, which the train phase already covers.
+func (r *run) previewEstimate(train newbie.Estimate, autocast kernels.DType) newbie.Estimate {
+	side := r.cfg.Sample.Resolution
+	dec := newbie.EstimateVAEDecode(r.found.VAE.Arch, kernels.F32, autocast, 1, side, side, newbie.RounderOf(r.b))
+	return newbie.Estimate{
+		Phase: "preview", Weights: train.Weights + dec.Weights, Activations: dec.Activations, Slack: dec.Slack,
+		Total: train.Weights + dec.Total, Basis: "the training state + " + dec.Basis,
+	}
+}
+
+// planMemory checks the training step and the previews against the
+// budget (memory_budget_gib) or the device's free memory, and logs the
+// plan. Both are checked, so one message names every phase that does not
+// fit.
+func (r *run) planMemory(storage kernels.DType) error {
+	train, autocast, err := r.trainEstimate(storage)
+	if err != nil || autocast == 0 {
+		return err
+	}
+	ests := []newbie.Estimate{train}
+	if r.found != nil && len(r.cfg.Sample.Prompts) > 0 {
+		ests = append(ests, r.previewEstimate(train, autocast))
+	}
+	budget := MemoryBudget(r.cfg)
+	var errs []error
+	for _, e := range ests {
+		if err := newbie.Check(r.b, budget, e); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		r.logf("memory plan: %s %s", e.Phase, e)
+		r.planned[e.Phase] = e.Total
+	}
+	if len(errs) > 0 {
+		var pe *newbie.PhaseError
+		if errors.As(errs[0], &pe) && budget > 0 {
+			errs = append(errs, fmt.Errorf("memory_budget_gib is %g; train.activation_checkpointing, a smaller train.batch_size or data.resolution lower the step's need", r.cfg.MemoryBudgetGiB))
+		}
+		return configErr(errors.Join(errs...))
+	}
+	return nil
+}
