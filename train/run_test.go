@@ -15,6 +15,7 @@ import (
 
 	"github.com/newbie-train/newbie-train/internal/fixtures"
 	"github.com/newbie-train/newbie-train/internal/golden/goldentest"
+	"github.com/newbie-train/newbie-train/models/newbie"
 
 	"github.com/newbie-train/newbie-train/checkpoints"
 	"github.com/newbie-train/newbie-train/configs"
@@ -47,6 +48,9 @@ func demoConfigN(t *testing.T, dir string, steps, saveEvery, n int) *configs.Con
 		t.Fatal(err)
 	}
 	if err := data.WriteDemoDataset(cfg.Data.Folders[0].Path, n, cfg.Data.Resolution); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newbie.WriteDemoModel(cfg.Model.Path); err != nil {
 		t.Fatal(err)
 	}
 	cfg.Train.MaxSteps = steps
@@ -386,6 +390,9 @@ func TestFP16StoresF16(t *testing.T) {
 				t.Fatal(err)
 			}
 			if err := data.WriteDemoDataset(cfg.Data.Folders[0].Path, 4, cfg.Data.Resolution); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := newbie.WriteDemoModel(cfg.Model.Path); err != nil {
 				t.Fatal(err)
 			}
 			cfg.Train.MaxSteps, cfg.Train.WarmupSteps = 1, 0

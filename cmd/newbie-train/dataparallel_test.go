@@ -15,6 +15,7 @@ import (
 	"github.com/newbie-train/newbie-train/configs"
 	"github.com/newbie-train/newbie-train/data"
 	"github.com/newbie-train/newbie-train/internal/fixtures"
+	"github.com/newbie-train/newbie-train/models/newbie"
 )
 
 // jobConfig writes the demo config and 6 generated images into dir and
@@ -31,6 +32,9 @@ func jobConfig(t *testing.T, dir string, steps int) (string, func(out string, mo
 		t.Fatal(err)
 	}
 	if err := data.WriteDemoDataset(cfg.Data.Folders[0].Path, 6, cfg.Data.Resolution); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := newbie.WriteDemoModel(cfg.Model.Path); err != nil {
 		t.Fatal(err)
 	}
 	return path, func(out string, more ...string) []string {

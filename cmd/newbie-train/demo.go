@@ -61,9 +61,6 @@ and --set flags.`,
 	return cmd
 }
 
-// demoModelSeed fixes the demo model folder's random weights.
-const demoModelSeed = 7
-
 func runDemo(ctx context.Context, o *demoOptions, stderr io.Writer) error {
 	if err := os.MkdirAll(o.dir, 0o755); err != nil {
 		return err
@@ -101,7 +98,7 @@ func runDemo(ctx context.Context, o *demoOptions, stderr io.Writer) error {
 	fmt.Fprintf(stderr, "demo: config %s, %d generated images in %s\n", cfgPath, o.images, cfg.Data.Folders[0].Path)
 	if p := cfg.Model.Path; p != "" {
 		if _, err := os.Stat(p); os.IsNotExist(err) {
-			rep, err := newbie.WriteRandom(p, newbie.RandomOptions{Layout: newbie.LayoutHF, Size: newbie.SizeTiny, Seed: demoModelSeed})
+			rep, err := newbie.WriteDemoModel(p)
 			if err != nil {
 				return fmt.Errorf("demo: writing the tiny model folder: %w", err)
 			}

@@ -103,7 +103,7 @@ func TestExitCodesMatchREADME(t *testing.T) {
 		{"finished run resumed", append(same, "--resume", "latest"), exitUsage, "nothing left to train"},
 		{"NaN base weights", elsewhere("o6", "--set", "model.weights="+nan, "--set", "train.nonfinite_limit=2", "--set", "train.max_steps=6"), exitFailure, "NaN or infinite for 2 consecutive steps"},
 		{"folder locked by another process", elsewhere("locked"), exitFailure, "in use by another newbie-train process"},
-		{"a full model without its encoders", elsewhere("o7", "--set", "model.preset=lumina2", "--set", "model.weights="+nan), exitUsage, "name it with model.gemma"},
+		{"a full model without its encoders", elsewhere("o7", "--set", "model.path=", "--set", "model.preset=lumina2", "--set", "model.weights="+nan), exitUsage, "name it with model.gemma"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

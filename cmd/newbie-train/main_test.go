@@ -56,8 +56,10 @@ func TestPrintConfig(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("demo: exit %d: %s", code, stderr)
 	}
-	if !strings.Contains(stderr, "stand-ins (NOT the real") || !strings.Contains(stderr, "done: 2 steps") {
-		t.Errorf("demo output lacks the stand-in notice or the summary:\n%s", stderr)
+	for _, want := range []string{"encoders: FLUX VAE", "phase encode-gemma", "phase encode-jina", "done: 2 steps", "encode-vae "} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("demo output lacks %q:\n%s", want, stderr)
+		}
 	}
 	code, out, _ := runCLI(t, "--config", filepath.Join(dir, "demo.yaml"), "--print-config")
 	if code != 0 || !strings.Contains(out, "preset: tiny") {

@@ -146,6 +146,14 @@ func trainDemo(t *testing.T, dir, output string, edits map[string]string, extra 
 		}
 		yml = strings.Replace(yml, old, repl, 1)
 	}
+	if strings.Contains(extra, "sample:") {
+		// extra's sample section replaces the demo's
+		i, j := strings.Index(yml, "\nsample:\n"), strings.Index(yml, "\nlogging:\n")
+		if i < 0 || j < i {
+			t.Fatalf("demo.yaml has no sample section before logging:\n%s", yml)
+		}
+		yml = yml[:i] + yml[j:]
+	}
 	cfgPath := filepath.Join(dir, output+".yaml")
 	if err := os.WriteFile(cfgPath, []byte(yml+extra), 0o644); err != nil {
 		t.Fatal(err)

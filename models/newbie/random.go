@@ -127,6 +127,16 @@ func WriteRandom(dir string, o RandomOptions) (*WriteReport, error) {
 	return writeRandom(dir, o, a)
 }
 
+// DemoModelSeed fixes the random weights of the demo's model folder.
+const DemoModelSeed = 7
+
+// WriteDemoModel writes the demo's model folder into dir: the tiny size in
+// the official layout, its weights from DemoModelSeed, so every demo (and
+// every test that trains like one) has the same base model.
+func WriteDemoModel(dir string) (*WriteReport, error) {
+	return WriteRandom(dir, RandomOptions{Layout: LayoutHF, Size: SizeTiny, Seed: DemoModelSeed, Workers: 1})
+}
+
 // writeRandom is WriteRandom for any architectures (tests vary them).
 func writeRandom(dir string, o RandomOptions, a Archs) (*WriteReport, error) {
 	if o.Workers <= 0 {
