@@ -116,7 +116,7 @@ func describePart(m *newbie.Model, part newbie.Part) string {
 	case newbie.PartDiT:
 		w = &m.DiT.Weights
 	}
-	return fmt.Sprintf("%s, %s keys, %s, %s", w.Path, w.Format, w.DType(), bytesText(w.FileBytes))
+	return fmt.Sprintf("%s, %s, %s, %s", w.Path, w.Format, w.DType(), bytesText(w.FileBytes))
 }
 
 // Phase is one phase of a run as the phase table reports it: a real

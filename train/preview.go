@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/newbie-train/newbie-train/data"
@@ -96,7 +97,11 @@ func (r *run) renderPreviews(ctx context.Context) error {
 	t0 := time.Now()
 	paths, err := r.previews(ctx)
 	r.previewTime += time.Since(t0)
-	r.previewItems += len(paths)
+	for _, p := range paths {
+		if !strings.HasSuffix(p, "-grid.png") {
+			r.previewItems++ // images, not the grids
+		}
+	}
 	r.previewPeak = max(r.previewPeak, be.MemStats().Peak)
 	be.ResetPeak()
 	if err != nil && ctx.Err() != nil {

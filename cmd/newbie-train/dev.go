@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	ag "github.com/newbie-train/newbie-train/autograd"
+	"github.com/newbie-train/newbie-train/data"
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/models/newbie"
 )
@@ -22,7 +23,35 @@ func newDevCmd(stdout, stderr io.Writer) *cobra.Command {
 		Hidden: true,
 		Args:   noArgs,
 	}
-	cmd.AddCommand(newWriteRandomModelCmd(stdout, stderr), newEncodePhasesCmd(stdout, stderr))
+	cmd.AddCommand(newWriteRandomModelCmd(stdout, stderr), newEncodePhasesCmd(stdout, stderr), newWriteDatasetCmd(stdout))
+	return cmd
+}
+
+// newWriteDatasetCmd is `newbie-train dev write-dataset`: the demo's
+// generated images and XML captions at any size and count, for device runs
+// of the whole job.
+func newWriteDatasetCmd(stdout io.Writer) *cobra.Command {
+	var out string
+	var n, side int
+	cmd := &cobra.Command{
+		Use:   "write-dataset --out DIR [--images N] [--resolution SIDE]",
+		Short: "Write the demo's generated images and captions at any size",
+		Args:  noArgs,
+		RunE: func(_ *cobra.Command, _ []string) error {
+			if out == "" || n < 1 || side < 8 {
+				return usageError{fmt.Errorf("write-dataset needs --out DIR, --images ≥ 1 and --resolution ≥ 8 (got %q, %d, %d)", out, n, side)}
+			}
+			if err := data.WriteDemoDataset(out, n, side); err != nil {
+				return err
+			}
+			fmt.Fprintf(stdout, "%s: %d images of %d² with XML captions\n", out, n, side)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&out, "out", "", "folder to write (required)")
+	f.IntVar(&n, "images", 32, "images to write")
+	f.IntVar(&side, "resolution", 1024, "image side in pixels")
 	return cmd
 }
 
