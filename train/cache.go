@@ -67,6 +67,14 @@ func (s cacheStep) run(ctx context.Context) (*cacheResult, error) {
 		}
 		vae, text = p.ImageEncoder(), p.TextEncoders()
 	}
+	// The previews' prompts ride along the cache's first call to each real
+	// encoder, so no encoder is loaded again for them.
+	var ride [2]*alongside
+	if p != nil && len(s.previews) > 0 {
+		feat, pool := pipeline.PromptTexts(s.system, s.previews)
+		ride = [2]*alongside{{TextEncoder: text.Features, extra: feat}, {TextEncoder: text.Pooled, extra: pool}}
+		text = data.TextEncoders{Features: ride[0], Pooled: ride[1]}
+	}
 	last := time.Time{}
 	builder := data.CacheBuilder{
 		VAE: vae, Text: text,
@@ -80,6 +88,8 @@ func (s cacheStep) run(ctx context.Context) (*cacheResult, error) {
 	}
 	encoded, stats, err := builder.Build(ctx, s.ds)
 	if err == nil && p != nil && len(s.previews) > 0 {
+		// What rode along is answered from memory; what did not (every
+		// caption was cached) is encoded now.
 		res.previewText, err = pipeline.PrepareTexts(ctx, text, s.system, s.previews, s.mc.ClipTextDim)
 		if err != nil {
 			err = fmt.Errorf("previews: %w", err)
@@ -101,6 +111,58 @@ func (s cacheStep) run(ctx context.Context) (*cacheResult, error) {
 	fmt.Fprintf(s.log, "encode cache %s: %d latents encoded, %d reused; %d texts encoded, %d reused; %d damaged entries re-encoded\n",
 		s.cfg.Data.Cache, stats.LatentsEncoded, stats.LatentsReused, stats.TextsEncoded, stats.TextsReused, len(stats.Damaged))
 	return res, nil
+}
+
+// alongside is a text encoder whose first call also encodes extra texts
+// (one load of a real encoder serves both) and which then answers those
+// from memory.
+type alongside struct {
+	data.TextEncoder
+	extra []string
+	got   map[string]data.TextEncoding
+}
+
+// EncodeTexts implements data.TextEncoder.
+func (a *alongside) EncodeTexts(ctx context.Context, texts []string) ([]data.TextEncoding, error) {
+	if a.got == nil && len(a.extra) > 0 {
+		all := append(append([]string(nil), texts...), a.extra...)
+		es, err := a.TextEncoder.EncodeTexts(ctx, all)
+		if err != nil {
+			return nil, err
+		}
+		if len(es) != len(all) {
+			return nil, fmt.Errorf("%s returned %d encodings for %d texts", a.Identity(), len(es), len(all))
+		}
+		a.got = map[string]data.TextEncoding{}
+		for i, t := range a.extra {
+			a.got[t] = es[len(texts)+i]
+		}
+		return es[:len(texts)], nil
+	}
+	out := make([]data.TextEncoding, len(texts))
+	var rest []string
+	var at []int
+	for i, t := range texts {
+		if e, ok := a.got[t]; ok {
+			out[i] = e
+		} else {
+			rest, at = append(rest, t), append(at, i)
+		}
+	}
+	if len(rest) == 0 {
+		return out, nil
+	}
+	es, err := a.TextEncoder.EncodeTexts(ctx, rest)
+	if err != nil {
+		return nil, err
+	}
+	if len(es) != len(rest) {
+		return nil, fmt.Errorf("%s returned %d encodings for %d texts", a.Identity(), len(es), len(rest))
+	}
+	for j, i := range at {
+		out[i] = es[j]
+	}
+	return out, nil
 }
 
 // describePart is a found part's file, layout and dtype for the log.

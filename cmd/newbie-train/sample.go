@@ -298,6 +298,7 @@ func runSample(ctx context.Context, o *sampleOptions, changed func(string) bool,
 		}
 		textNotice = "Gemma 3 + Jina CLIP v2"
 	}
+	start = time.Now()
 	model, _, info, err := pipeline.Load(e, plan.spec, storage)
 	if err != nil {
 		return err

@@ -34,7 +34,27 @@ func StandInTextEncoders(cfg nextdit.Config) data.TextEncoders {
 // frees the encoders, and sampling never reloads one. pooledDim 0 skips
 // the pooled encoder, as Encode does.
 func PrepareTexts(ctx context.Context, enc data.TextEncoders, system string, imgs []Image, pooledDim int) (data.TextEncoders, error) {
-	var feat, pool []string
+	feat, pool := PromptTexts(system, imgs)
+	out := data.TextEncoders{}
+	var err error
+	if out.Features, err = prepared(ctx, enc.Features, feat); err != nil {
+		return data.TextEncoders{}, fmt.Errorf("pipeline: caption features: %w", err)
+	}
+	if pooledDim == 0 {
+		out.Pooled = preparedTexts{identity: enc.Pooled.Identity()}
+		return out, nil
+	}
+	if out.Pooled, err = prepared(ctx, enc.Pooled, pool); err != nil {
+		return data.TextEncoders{}, fmt.Errorf("pipeline: pooled text: %w", err)
+	}
+	return out, nil
+}
+
+// PromptTexts are the distinct texts the images ask the encoders for: the
+// feature encoder's (each prompt and negative behind system, by
+// FeatureTexts) and the pooled encoder's (the bare texts), in first-use
+// order.
+func PromptTexts(system string, imgs []Image) (feat, pool []string) {
 	seenF, seenP := map[string]bool{}, map[string]bool{}
 	for _, im := range imgs {
 		cond, uncond := FeatureTexts(system, im.Prompt, im.Negative)
@@ -51,19 +71,7 @@ func PrepareTexts(ctx context.Context, enc data.TextEncoders, system string, img
 			}
 		}
 	}
-	out := data.TextEncoders{}
-	var err error
-	if out.Features, err = prepared(ctx, enc.Features, feat); err != nil {
-		return data.TextEncoders{}, fmt.Errorf("pipeline: caption features: %w", err)
-	}
-	if pooledDim == 0 {
-		out.Pooled = preparedTexts{identity: enc.Pooled.Identity()}
-		return out, nil
-	}
-	if out.Pooled, err = prepared(ctx, enc.Pooled, pool); err != nil {
-		return data.TextEncoders{}, fmt.Errorf("pipeline: pooled text: %w", err)
-	}
-	return out, nil
+	return feat, pool
 }
 
 // prepared encodes texts with enc in one call and keeps the results.
