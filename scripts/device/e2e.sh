@@ -111,6 +111,18 @@ step "5. the same run again, fresh: the cache is reused whole"
 timeout 300 "$NT" --config "$W/e2e.yaml" --fresh --set train.max_steps=2 --set train.warmup_steps=0 >"$OUT/train2.log" 2>&1 || { echo "second run: FAILED" | tee -a "$S"; status=1; }
 grep -E "^encode cache|^done" "$OUT/train2.log" >>"$S"
 
+if [ "${NEWBIE_FP16_PROBE:-0}" = 1 ]; then
+  # fp16 sampling at full size: 3 steps, with and without graph replay (the
+  # precision run of samp.sh did not finish 20 fp16 steps in 400 s).
+  for off in "" graphs; do
+    step "6. sample --precision fp16 --steps 3${off:+ with NEWBIE_TRAIN_CUDA_OFF=$off}"
+    start=$(date +%s)
+    NEWBIE_TRAIN_CUDA_OFF=$off timeout 120 "$NT" sample --config "$W/e2e.yaml" --precision fp16 --steps 3 --prompt "<character_1><n>demo_girl</n></character_1>" --out "$W/fp16$off" >"$OUT/fp16$off.log" 2>&1 || echo "fp16 sample: FAILED or timed out" | tee -a "$S"
+    echo "wall $(($(date +%s) - start)) s" >>"$S"
+    grep -E "step [0-9]+/|wrote|rror|overflow" "$OUT/fp16$off.log" | tail -5 >>"$S"
+  done
+fi
+
 [ "${NEWBIE_KEEP_MODEL:-0}" = 1 ] || rm -rf "$M"
 step "done (status $status)"
 cat "$S"

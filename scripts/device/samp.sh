@@ -10,8 +10,9 @@
 #   cp ../shared/anchors/torch_nextdit_lora.py .gpu/
 # then run `bash scripts/device/samp.sh` on the device machine (carry .gpu).
 #
-# Usage: bash scripts/device/samp.sh [all|ours|anchor]   (default all; the
-# anchor belongs in the same call as ours, split only if a call must be short)
+# Usage: bash scripts/device/samp.sh [all|ours|anchor|precision]   (default
+# all; the anchor belongs in the same call as ours, split only if a call must
+# be short; precision runs steps 4 and 5 alone, the precision table)
 #
 # What it does (estimated 5–7 minutes on one H200, most of it the two fp32
 # runs; every step has its own timeout, all within the 10-minute call):
@@ -27,6 +28,7 @@
 #      difference of fp16 and bf16 from fp32 on the same noise.
 #   5. The PyTorch anchor in the same call: torch_nextdit_lora.py --infer 50
 #      --precision P for P in bf16, fp16, fp32.
+# INFER_STEPS (default 50) sets the steps of 4 and 5 (fp32 is the slow one).
 # Logs: $OUT/samp.log (everything) and $OUT/infer.jsonl (the JSON lines of
 # steps 4 and 5) for docs/precision.md and docs/BENCHMARKS.md.
 set -u
@@ -48,7 +50,7 @@ jsonl() { tee -a "$LOG" | grep '^{' | sed "s/^/{\"who\":\"$1\",\"line\":/; s/\$/
 step "device"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >>"$LOG" 2>&1
 
-if [ "$MODE" != anchor ]; then
+if [ "$MODE" = all ] || [ "$MODE" = ours ]; then
 step "1. parity --sampling (cuda, fp32)"
 timeout 120 "$G/newbie-train" parity --backend cuda --precision fp32 \
   --weights "$G/golden/nextdit/tiny.weights.safetensors" \
@@ -71,15 +73,18 @@ step "3. BenchmarkCFGEvaluation (full model, 1024², 256 caption tokens, bf16)"
 timeout 180 "$G/pipeline.test" -test.run '^$' -test.bench BenchmarkCFGEvaluation -test.benchtime 10x >>"$LOG" 2>&1 \
   || { echo "benchmark FAILED" | tee -a "$LOG"; fail=1; }
 
-step "4. TestInferPrecisions (50 Euler steps with CFG, bf16 / fp16 / fp32)"
-NEWBIE_TRAIN_INFER_STEPS=50 timeout 420 "$G/pipeline.test" -test.run '^TestInferPrecisions$' -test.v -test.timeout 7m 2>&1 | jsonl newbie-train
+fi
+
+if [ "$MODE" != anchor ]; then
+step "4. TestInferPrecisions (${INFER_STEPS:-50} Euler steps with CFG, bf16 / fp16 / fp32)"
+NEWBIE_TRAIN_INFER_STEPS=${INFER_STEPS:-50} timeout 420 "$G/pipeline.test" -test.run '^TestInferPrecisions$' -test.v -test.timeout 7m 2>&1 | jsonl newbie-train
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "TestInferPrecisions FAILED" | tee -a "$LOG"; fail=1; }
 fi
 
-if [ "$MODE" != ours ]; then
-step "5. PyTorch anchor --infer 50"
+if [ "$MODE" = all ] || [ "$MODE" = anchor ] || [ "$MODE" = precision ]; then
+step "5. PyTorch anchor --infer ${INFER_STEPS:-50}"
 for p in bf16 fp16 fp32; do
-  timeout 200 python3 "$G/torch_nextdit_lora.py" --infer 50 --precision "$p" 2>>"$LOG" | jsonl pytorch-eager
+  timeout 200 python3 "$G/torch_nextdit_lora.py" --infer "${INFER_STEPS:-50}" --precision "$p" 2>>"$LOG" | jsonl pytorch-eager
   [ "${PIPESTATUS[0]}" = 0 ] || { echo "anchor $p FAILED" | tee -a "$LOG"; fail=1; }
 done
 fi
