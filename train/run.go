@@ -631,8 +631,8 @@ func encodeDataset(ctx context.Context, cfg *configs.Config, ds *data.Dataset, m
 	if err != nil {
 		return nil, err
 	}
-	fmt.Fprintf(log, "encode cache %s: %d latents encoded, %d reused; %d texts encoded, %d reused; %d damaged entries re-encoded\n",
-		cfg.Data.Cache, stats.LatentsEncoded, stats.LatentsReused, stats.TextsEncoded, stats.TextsReused, len(stats.Damaged))
+	fmt.Fprintf(log, "encode cache %s: %d latents encoded, %d reused; %d caption features encoded, %d reused; %d pooled encoded, %d reused; %d damaged entries re-encoded\n",
+		cfg.Data.Cache, stats.LatentsEncoded, stats.LatentsReused, stats.FeaturesEncoded, stats.FeaturesReused, stats.PooledEncoded, stats.PooledReused, len(stats.Damaged))
 	return encoded, nil
 }
 
