@@ -258,6 +258,11 @@ type Caption struct {
 	// CaptionDropout is the probability that a sample trains with the empty
 	// caption (the unconditional case CFG needs). Default 0.
 	CaptionDropout float64 `yaml:"caption_dropout"`
+	// DropoutBlanks is what a caption-dropout sample blanks: "gemma"
+	// (default, as upstream NewBie's finetune.py: Gemma sees the empty
+	// caption, Jina CLIP still the real one) or "both" (as inference's
+	// unconditional branch).
+	DropoutBlanks string `yaml:"dropout_blanks"`
 	// Variants is how many augmented captions are encoded per image when
 	// shuffling or tag dropout is on. Default 4; forced to 1 without
 	// augmentation.
@@ -478,7 +483,7 @@ func Defaults() Config {
 			CMYK:         "convert",
 			HighBitDepth: "convert",
 			Caption: Caption{
-				Extension: ".txt", Format: "auto", Variants: 4,
+				Extension: ".txt", Format: "auto", Variants: 4, DropoutBlanks: data.DropoutBlanksGemma,
 				FixedElements: []string{"n", "gender"},
 			},
 			Prefetch:  2,

@@ -36,6 +36,7 @@ func (c *Config) DataOptions() data.Options {
 			KeepTokens:     cp.KeepTokens,
 			TagDropout:     cp.TagDropout,
 			CaptionDropout: cp.CaptionDropout,
+			DropoutBlanks:  cp.DropoutBlanks,
 			FixedElements:  append([]string{}, cp.FixedElements...),
 			Variants:       cp.Variants,
 			SystemPrompt:   cp.SystemPrompt,

@@ -266,6 +266,7 @@ func (k *checker) checkData() {
 	k.atLeast("data.caption.keep_tokens", cp.KeepTokens, 0)
 	k.fraction("data.caption.tag_dropout", cp.TagDropout, false)
 	k.fraction("data.caption.caption_dropout", cp.CaptionDropout, false)
+	k.oneOf("data.caption.dropout_blanks", "caption dropout mode", cp.DropoutBlanks, "gemma", "both")
 	k.between("data.caption.variants", cp.Variants, 1, 64)
 }
 

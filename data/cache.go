@@ -24,7 +24,7 @@ import (
 
 // cacheVersion is part of every key: bump it when the file layout or the
 // preprocessing changes meaning, and every old entry is re-encoded.
-const cacheVersion = "newbie-cache-v1"
+const cacheVersion = "newbie-cache-v2"
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)
 
@@ -36,8 +36,11 @@ type EncodedItem struct {
 	// Flipped holds the mirrored crops' files, parallel to Latents (empty
 	// without flip augmentation).
 	Flipped []string
-	// Texts holds one cache file per caption variant; Captions the texts.
-	Texts    []string
+	// Features and Pooled hold, per caption variant, the cache file of the
+	// feature encoder's output and of the pooled encoder's; Captions the
+	// texts. The three are parallel.
+	Features []string
+	Pooled   []string
 	Captions []string
 }
 
@@ -45,9 +48,13 @@ type EncodedItem struct {
 // reads.
 type Encoded struct {
 	Items []EncodedItem
-	// EmptyText is the cache file of the empty caption, shared by every
-	// caption-dropout sample ("" when caption dropout is off).
-	EmptyText string
+	// EmptyFeatures is the feature cache file of the empty caption, shared
+	// by every caption-dropout sample ("" when caption dropout is off).
+	EmptyFeatures string
+	// EmptyPooled is the pooled cache file of the empty caption, set only
+	// when the dropout mode blanks both encoders (DropoutBlanksBoth); by
+	// default a dropped sample keeps its caption's pooled vector.
+	EmptyPooled string
 	// Fingerprint identifies the exact set of cache entries; a loader cursor
 	// saved under one fingerprint refuses to resume under another.
 	Fingerprint string
@@ -56,8 +63,9 @@ type Encoded struct {
 
 // CacheStats counts what a build did.
 type CacheStats struct {
-	LatentsEncoded, LatentsReused int
-	TextsEncoded, TextsReused     int
+	LatentsEncoded, LatentsReused   int
+	FeaturesEncoded, FeaturesReused int
+	PooledEncoded, PooledReused     int
 	// Damaged lists cache files found damaged and re-encoded.
 	Damaged []string
 	// Skipped lists images that failed to decode at encode time (only
@@ -65,15 +73,25 @@ type CacheStats struct {
 	Skipped []Problem
 }
 
-// Progress is a snapshot of the cache build for a progress bar.
+// The cache build's phases, in the order they run (Progress.Phase).
+const (
+	PhaseLatents  = "latents"
+	PhaseFeatures = "features"
+	PhasePooled   = "pooled"
+)
+
+// Progress is a snapshot of one phase of the cache build for a progress
+// bar. Done, Total and ETA count that phase only: each phase runs its own
+// encoder at its own rate.
 type Progress struct {
+	Phase           string
 	Done, Total     int
 	Encoded, Reused int
 	Elapsed, ETA    time.Duration
 	Current         string // the file or caption being worked on
 }
 
-// String draws a one-line bar: "[#########-----------]  45/100  45%  enc 40 reused 5  ETA 1m2s".
+// String draws a one-line bar: "latents [#########-----------] 45/100  45%  enc 40 reused 5  ETA 1m2s".
 func (p Progress) String() string {
 	const width = 24
 	frac := 1.0
@@ -87,7 +105,7 @@ func (p Progress) String() string {
 	} else if p.Done == p.Total {
 		eta = "0s"
 	}
-	return fmt.Sprintf("[%s%s] %d/%d %3.0f%%  enc %d reused %d  ETA %s", strings.Repeat("#", n), strings.Repeat("-", width-n), p.Done, p.Total, 100*frac, p.Encoded, p.Reused, eta)
+	return fmt.Sprintf("%s [%s%s] %d/%d %3.0f%%  enc %d reused %d  ETA %s", p.Phase, strings.Repeat("#", n), strings.Repeat("-", width-n), p.Done, p.Total, 100*frac, p.Encoded, p.Reused, eta)
 }
 
 // CacheBuilder runs the encoders over a dataset and stores the results.
@@ -131,8 +149,9 @@ type latentJob struct {
 	flip bool
 }
 
+// textJob is one entry of a text phase: kind is "features" or "pooled".
 type textJob struct {
-	key, caption string
+	kind, key, caption string
 }
 
 func (b CacheBuilder) latentKey(o Options, it *Item, crop CropWindow, flip bool) string {
@@ -143,26 +162,55 @@ func (b CacheBuilder) latentKey(o Options, it *Item, crop CropWindow, flip bool)
 	return digest(parts...)
 }
 
-func (b CacheBuilder) textKey(o Options, caption string) string {
-	return digest(cacheVersion, "text", caption, b.Text.Features.Identity(), b.Text.Pooled.Identity(), o.Caption.SystemPrompt, string(o.cacheDType()))
+// featuresKey and pooledKey name the two text entries apart, so changing one
+// encoder re-encodes only its own entries. Each key covers exactly the text
+// its encoder sees.
+func (b CacheBuilder) featuresKey(o Options, caption string) string {
+	return digest(cacheVersion, kindFeatures, FeatureText(o.Caption.SystemPrompt, caption), b.Text.Features.Identity(), string(o.cacheDType()))
 }
 
+func (b CacheBuilder) pooledKey(caption string) string {
+	return digest(cacheVersion, kindPooled, PooledText(caption), b.Text.Pooled.Identity())
+}
+
+// The kinds of cache entry; each kind has its own folder of the same name
+// (latents live in "latents").
+const (
+	kindLatent   = "latent"
+	kindFeatures = "features"
+	kindPooled   = "pooled"
+)
+
 // plan computes every cache file the dataset needs, without encoding.
-func (b CacheBuilder) plan(ds *Dataset) (*Encoded, []latentJob, []textJob, error) {
+func (b CacheBuilder) plan(ds *Dataset) (*Encoded, []latentJob, []textJob, []textJob, error) {
 	if b.VAE == nil || b.Text.Features == nil || b.Text.Pooled == nil {
-		return nil, nil, nil, errors.New("data: cache needs an image encoder and both text encoders")
+		return nil, nil, nil, nil, errors.New("data: cache needs an image encoder and both text encoders")
 	}
 	if ds == nil || len(ds.Items) == 0 {
-		return nil, nil, nil, errors.New("data: cache: empty dataset")
+		return nil, nil, nil, nil, errors.New("data: cache: empty dataset")
 	}
 	o := ds.Options
 	if o.CacheDir == "" {
-		return nil, nil, nil, errors.New("data: no cache directory set (Options.CacheDir)")
+		return nil, nil, nil, nil, errors.New("data: no cache directory set (Options.CacheDir)")
 	}
 	enc := &Encoded{Options: o}
-	seenL, seenT := map[string]bool{}, map[string]bool{}
+	seenL, seenF, seenP := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	var lj []latentJob
-	var tj []textJob
+	var fj, pj []textJob
+	// addText records caption's features and pooled entries (once per key)
+	// and returns their files.
+	addText := func(caption string) (feat, pool string) {
+		fk, pk := b.featuresKey(o, caption), b.pooledKey(caption)
+		if !seenF[fk] {
+			seenF[fk] = true
+			fj = append(fj, textJob{kindFeatures, fk, caption})
+		}
+		if !seenP[pk] {
+			seenP[pk] = true
+			pj = append(pj, textJob{kindPooled, pk, caption})
+		}
+		return textPath(o, kindFeatures, fk), textPath(o, kindPooled, pk)
+	}
 	var all []string
 	for _, it := range ds.Items {
 		ei := EncodedItem{Item: it}
@@ -174,7 +222,7 @@ func (b CacheBuilder) plan(ds *Dataset) (*Encoded, []latentJob, []textJob, error
 					continue
 				}
 				k := b.latentKey(o, it, crop, flip)
-				p := filepath.Join(o.CacheDir, "latents", k+".safetensors")
+				p := latentPath(o, k)
 				if flip {
 					ei.Flipped = append(ei.Flipped, p)
 				} else {
@@ -188,30 +236,40 @@ func (b CacheBuilder) plan(ds *Dataset) (*Encoded, []latentJob, []textJob, error
 			}
 		}
 		for _, c := range it.Caption.Variants(o.Caption, o.Seed, it.Hash) {
-			k := b.textKey(o, c)
-			ei.Texts = append(ei.Texts, filepath.Join(o.CacheDir, "text", k+".safetensors"))
+			fp, pp := addText(c)
+			ei.Features = append(ei.Features, fp)
+			ei.Pooled = append(ei.Pooled, pp)
 			ei.Captions = append(ei.Captions, c)
-			if !seenT[k] {
-				seenT[k] = true
-				tj = append(tj, textJob{k, c})
-			}
-			all = append(all, k)
+			all = append(all, keyOf(fp), keyOf(pp))
 		}
 		enc.Items = append(enc.Items, ei)
 	}
 	if o.Caption.CaptionDropout > 0 {
-		k := b.textKey(o, "")
-		enc.EmptyText = filepath.Join(o.CacheDir, "text", k+".safetensors")
-		if !seenT[k] {
-			tj = append(tj, textJob{k, ""})
+		// The empty caption is encoded once; its pooled entry is needed
+		// only when dropout blanks both encoders.
+		fk := b.featuresKey(o, "")
+		enc.EmptyFeatures = textPath(o, kindFeatures, fk)
+		if !seenF[fk] {
+			seenF[fk] = true
+			fj = append(fj, textJob{kindFeatures, fk, ""})
 		}
-		all = append(all, k)
+		all = append(all, fk)
+		if o.Caption.DropoutBlanks == DropoutBlanksBoth {
+			pk := b.pooledKey("")
+			enc.EmptyPooled = textPath(o, kindPooled, pk)
+			if !seenP[pk] {
+				seenP[pk] = true
+				pj = append(pj, textJob{kindPooled, pk, ""})
+			}
+			all = append(all, pk)
+		}
 	}
 	// Everything the batch sequence depends on besides the seed (which the
-	// cursor carries): the entries in order, batch size, drop-last, dropout.
-	head := []string{strconv.Itoa(o.Loader.BatchSize), strconv.FormatBool(o.Loader.DropLast), strconv.FormatFloat(o.Caption.CaptionDropout, 'g', -1, 64)}
+	// cursor carries): the entries in order, batch size, drop-last, dropout
+	// and what it blanks.
+	head := []string{strconv.Itoa(o.Loader.BatchSize), strconv.FormatBool(o.Loader.DropLast), strconv.FormatFloat(o.Caption.CaptionDropout, 'g', -1, 64), o.Caption.DropoutBlanks}
 	enc.Fingerprint = digest(append(head, all...)...)[:16]
-	return enc, lj, tj, nil
+	return enc, lj, fj, pj, nil
 }
 
 // Build encodes whatever the cache lacks and returns the encoded dataset.
@@ -219,28 +277,38 @@ func (b CacheBuilder) plan(ds *Dataset) (*Encoded, []latentJob, []textJob, error
 // reported through Warn and re-encoded, never loaded.
 func (b CacheBuilder) Build(ctx context.Context, ds *Dataset) (*Encoded, CacheStats, error) {
 	var st CacheStats
-	enc, lj, tj, err := b.plan(ds)
+	enc, lj, fj, pj, err := b.plan(ds)
 	if err != nil {
 		return nil, st, err
 	}
 	o := ds.Options
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	for _, sub := range []string{"latents", "text"} {
+	for _, sub := range []string{"latents", kindFeatures, kindPooled} {
 		if err := os.MkdirAll(filepath.Join(o.CacheDir, sub), 0o755); err != nil {
 			return nil, st, fmt.Errorf("data: cache directory: %w", err)
 		}
 	}
-	start := time.Now()
-	total := len(lj) + len(tj)
-	done := 0
-	report := func(cur string) {
+	// Progress counts per phase: phase names the running one, start, done,
+	// encoded and reused restart with it.
+	var phase string
+	var start time.Time
+	var total, done, encoded, reused int
+	begin := func(name string, n int) {
+		phase, start, total, done, encoded, reused = name, time.Now(), n, 0, 0, 0
+	}
+	report := func(cur string, wasEncoded bool) {
 		done++
+		if wasEncoded {
+			encoded++
+		} else {
+			reused++
+		}
 		if b.Progress == nil {
 			return
 		}
 		el := time.Since(start)
-		p := Progress{Done: done, Total: total, Encoded: st.LatentsEncoded + st.TextsEncoded, Reused: st.LatentsReused + st.TextsReused, Elapsed: el, Current: cur}
+		p := Progress{Phase: phase, Done: done, Total: total, Encoded: encoded, Reused: reused, Elapsed: el, Current: cur}
 		if p.Encoded > 0 {
 			// Reused entries cost almost nothing: the rate that predicts
 			// the rest is the encoding rate.
@@ -271,11 +339,12 @@ func (b CacheBuilder) Build(ctx context.Context, ds *Dataset) (*Encoded, CacheSt
 		err error
 	}
 	budget := newPixelBudget(o.MaxPixels)
+	begin(PhaseLatents, len(lj))
 	var todo []latentJob
 	for _, j := range lj {
 		if check(latentPath(o, j.key), j.key, verifyLatent) {
 			st.LatentsReused++
-			report(j.item.Path)
+			report(j.item.Path, false)
 			continue
 		}
 		todo = append(todo, j)
@@ -329,7 +398,7 @@ func (b CacheBuilder) Build(ctx context.Context, ds *Dataset) (*Encoded, CacheSt
 				return err
 			}
 			st.LatentsEncoded++
-			report(r.job.item.Path)
+			report(r.job.item.Path, true)
 		}
 		return nil
 	}
@@ -344,7 +413,7 @@ func (b CacheBuilder) Build(ctx context.Context, ds *Dataset) (*Encoded, CacheSt
 			}
 			st.Skipped = append(st.Skipped, Problem{r.job.item.Path, r.err.Error()})
 			skipped[r.job.item] = true
-			report(r.job.item.Path)
+			report(r.job.item.Path, false)
 			continue
 		}
 		// Images of one bucket share a size, so they can go to the encoder
@@ -378,55 +447,14 @@ func (b CacheBuilder) Build(ctx context.Context, ds *Dataset) (*Encoded, CacheSt
 		return nil, st, err
 	}
 
-	// Texts: batched, in plan order.
-	const textBatch = 16
-	var pending []textJob
-	flush := func() error {
-		if len(pending) == 0 {
-			return nil
-		}
-		feat := make([]string, len(pending))
-		pool := make([]string, len(pending))
-		for i, j := range pending {
-			feat[i] = FeatureText(o.Caption.SystemPrompt, j.caption)
-			pool[i] = PooledText(j.caption)
-		}
-		fe, err := b.Text.Features.EncodeTexts(ctx, feat)
-		if err != nil {
-			return fmt.Errorf("data: text encoder %s: %w", b.Text.Features.Identity(), err)
-		}
-		pe, err := b.Text.Pooled.EncodeTexts(ctx, pool)
-		if err != nil {
-			return fmt.Errorf("data: text encoder %s: %w", b.Text.Pooled.Identity(), err)
-		}
-		if len(fe) != len(pending) || len(pe) != len(pending) {
-			return fmt.Errorf("data: text encoders returned %d and %d encodings for %d texts", len(fe), len(pe), len(pending))
-		}
-		for i, j := range pending {
-			e := TextEncoding{Features: fe[i].Features, Tokens: fe[i].Tokens, Dim: fe[i].Dim, Mask: fe[i].Mask, Pooled: pe[i].Pooled}
-			if err := writeText(o, j, e); err != nil {
-				return err
-			}
-			st.TextsEncoded++
-			report(clip(j.caption))
-		}
-		pending = pending[:0]
-		return nil
+	// Texts: every features entry, then every pooled entry, each phase
+	// calling its one encoder only. The real encoders keep one model
+	// resident and reload when the caller alternates, so the phases must
+	// not interleave.
+	if err := b.buildTexts(ctx, o, fj, &st, check, begin, report); err != nil {
+		return nil, st, err
 	}
-	for _, j := range tj {
-		if check(textPath(o, j.key), j.key, verifyText) {
-			st.TextsReused++
-			report(clip(j.caption))
-			continue
-		}
-		pending = append(pending, j)
-		if len(pending) == textBatch {
-			if err := flush(); err != nil {
-				return nil, st, err
-			}
-		}
-	}
-	if err := flush(); err != nil {
+	if err := b.buildTexts(ctx, o, pj, &st, check, begin, report); err != nil {
 		return nil, st, err
 	}
 	if len(skipped) > 0 {
@@ -444,12 +472,85 @@ func (b CacheBuilder) Build(ctx context.Context, ds *Dataset) (*Encoded, CacheSt
 	return enc, st, nil
 }
 
+// textBatch is how many texts go to a text encoder in one call.
+const textBatch = 16
+
+// buildTexts runs one text phase: jobs are all of one kind (features or
+// pooled); missing or damaged entries are encoded in batches of textBatch,
+// in plan order, by that kind's encoder alone.
+func (b CacheBuilder) buildTexts(ctx context.Context, o Options, jobs []textJob, st *CacheStats,
+	check func(path, key string, verify func(string, string) error) bool,
+	begin func(string, int), report func(string, bool)) error {
+	if len(jobs) == 0 {
+		return nil
+	}
+	kind := jobs[0].kind
+	enc, verify, encoded, reused := b.Text.Features, verifyFeatures, &st.FeaturesEncoded, &st.FeaturesReused
+	phase := PhaseFeatures
+	if kind == kindPooled {
+		enc, verify, encoded, reused = b.Text.Pooled, verifyPooled, &st.PooledEncoded, &st.PooledReused
+		phase = PhasePooled
+	}
+	begin(phase, len(jobs))
+	var pending []textJob
+	flush := func() error {
+		if len(pending) == 0 {
+			return nil
+		}
+		texts := make([]string, len(pending))
+		for i, j := range pending {
+			if kind == kindFeatures {
+				texts[i] = FeatureText(o.Caption.SystemPrompt, j.caption)
+			} else {
+				texts[i] = PooledText(j.caption)
+			}
+		}
+		out, err := enc.EncodeTexts(ctx, texts)
+		if err != nil {
+			return fmt.Errorf("data: text encoder %s: %w", enc.Identity(), err)
+		}
+		if len(out) != len(pending) {
+			return fmt.Errorf("data: text encoder %s returned %d encodings for %d texts", enc.Identity(), len(out), len(pending))
+		}
+		for i, j := range pending {
+			if kind == kindFeatures {
+				err = writeFeatures(o, j, out[i])
+			} else {
+				err = writePooled(o, j, out[i])
+			}
+			if err != nil {
+				return err
+			}
+			*encoded++
+			report(clip(j.caption), true)
+		}
+		pending = pending[:0]
+		return nil
+	}
+	for _, j := range jobs {
+		if check(textPath(o, kind, j.key), j.key, verify) {
+			*reused++
+			report(clip(j.caption), false)
+			continue
+		}
+		pending = append(pending, j)
+		if len(pending) == textBatch {
+			if err := flush(); err != nil {
+				return err
+			}
+		}
+	}
+	return flush()
+}
+
 func latentPath(o Options, key string) string {
 	return filepath.Join(o.CacheDir, "latents", key+".safetensors")
 }
 
-func textPath(o Options, key string) string {
-	return filepath.Join(o.CacheDir, "text", key+".safetensors")
+// textPath is the file of a features or pooled entry: the kind is the
+// folder.
+func textPath(o Options, kind, key string) string {
+	return filepath.Join(o.CacheDir, kind, key+".safetensors")
 }
 
 // prepareImage decodes, crops and resizes one image to its bucket (mirrored
@@ -537,7 +638,7 @@ func writeLatent(o Options, j latentJob, l Latent) error {
 	return nil
 }
 
-func writeText(o Options, j textJob, e TextEncoding) error {
+func writeFeatures(o Options, j textJob, e TextEncoding) error {
 	if len(e.Features) != e.Tokens*e.Dim || len(e.Mask) != e.Tokens || e.Tokens < 1 {
 		return fmt.Errorf("data: text encoder returned %d features and %d mask values for %d tokens of width %d", len(e.Features), len(e.Mask), e.Tokens, e.Dim)
 	}
@@ -545,13 +646,28 @@ func writeText(o Options, j textJob, e TextEncoding) error {
 	ts := map[string][]byte{
 		"features": encodeFloats(dt, e.Features),
 		"mask":     kernels.EncodeI32(e.Mask),
-		"pooled":   encodeFloats(safetensors.F32, e.Pooled),
 	}
-	meta := map[string]string{"kind": "text", "key": j.key, "caption": j.caption, "crc32c": checksum(ts)}
-	err := safetensors.Write(textPath(o, j.key), []safetensors.Tensor{
+	meta := map[string]string{"kind": kindFeatures, "key": j.key, "caption": j.caption, "crc32c": checksum(ts)}
+	err := safetensors.Write(textPath(o, kindFeatures, j.key), []safetensors.Tensor{
 		{Name: "features", DType: dt, Shape: []int{e.Tokens, e.Dim}, Data: ts["features"]},
 		{Name: "mask", DType: safetensors.I32, Shape: []int{e.Tokens}, Data: ts["mask"]},
-		{Name: "pooled", DType: safetensors.F32, Shape: []int{len(e.Pooled)}, Data: ts["pooled"]},
+	}, meta)
+	if err != nil {
+		return fmt.Errorf("data: cache: %w", err)
+	}
+	return nil
+}
+
+// writePooled stores the pooled vector in f32 whatever the cache dtype: it
+// is small, and it conditions every block through the time embedding.
+func writePooled(o Options, j textJob, e TextEncoding) error {
+	if len(e.Pooled) < 1 {
+		return fmt.Errorf("data: pooled text encoder returned no pooled vector for %q", clip(j.caption))
+	}
+	raw := encodeFloats(safetensors.F32, e.Pooled)
+	meta := map[string]string{"kind": kindPooled, "key": j.key, "caption": j.caption, "crc32c": checksum(map[string][]byte{"pooled": raw})}
+	err := safetensors.Write(textPath(o, kindPooled, j.key), []safetensors.Tensor{
+		{Name: "pooled", DType: safetensors.F32, Shape: []int{len(e.Pooled)}, Data: raw},
 	}, meta)
 	if err != nil {
 		return fmt.Errorf("data: cache: %w", err)
@@ -598,8 +714,16 @@ func verifyLatent(path, key string) error {
 	return f.Close()
 }
 
-func verifyText(path, key string) error {
-	f, err := openVerified(path, key, "text", "features", "mask", "pooled")
+func verifyFeatures(path, key string) error {
+	f, err := openVerified(path, key, kindFeatures, "features", "mask")
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+func verifyPooled(path, key string) error {
+	f, err := openVerified(path, key, kindPooled, "pooled")
 	if err != nil {
 		return err
 	}
@@ -628,9 +752,10 @@ func LoadLatent(path string) (Latent, error) {
 	return Latent{Data: v, C: info.Shape[0], H: info.Shape[1], W: info.Shape[2]}, nil
 }
 
-// LoadText reads and verifies a text cache file.
-func LoadText(path string) (TextEncoding, error) {
-	f, err := openVerified(path, keyOf(path), "text", "features", "mask", "pooled")
+// LoadFeatures reads and verifies a features cache file: the encoding's
+// features and mask, without Pooled.
+func LoadFeatures(path string) (TextEncoding, error) {
+	f, err := openVerified(path, keyOf(path), kindFeatures, "features", "mask")
 	if err != nil {
 		return TextEncoding{}, fmt.Errorf("data: cache entry %s damaged or missing (run the cache step again): %w", path, err)
 	}
@@ -652,31 +777,51 @@ func LoadText(path string) (TextEncoding, error) {
 	for i, x := range m {
 		e.Mask[i] = int32(x)
 	}
-	if e.Pooled, err = f.Float32("pooled"); err != nil {
-		return e, fmt.Errorf("data: %w", err)
-	}
 	return e, nil
+}
+
+// LoadPooled reads and verifies a pooled cache file.
+func LoadPooled(path string) ([]float32, error) {
+	f, err := openVerified(path, keyOf(path), kindPooled, "pooled")
+	if err != nil {
+		return nil, fmt.Errorf("data: cache entry %s damaged or missing (run the cache step again): %w", path, err)
+	}
+	defer f.Close()
+	v, err := f.Float32("pooled")
+	if err != nil {
+		return nil, fmt.Errorf("data: %w", err)
+	}
+	return v, nil
 }
 
 // Prune deletes cache files that enc does not use (entries of edited
 // captions, removed images, old settings) and stray temporary files of
 // interrupted writes. It returns how many files it removed. Only files
 // named like cache entries are touched.
+//
+// The "text" folder held both encoders' outputs in one file before
+// newbie-cache-v2; no current key points there, so every entry found in it
+// is unused and goes, and an upgraded cache does not keep its dead text
+// entries.
 func Prune(enc *Encoded) (int, error) {
 	if enc == nil || enc.Options.CacheDir == "" {
 		return 0, errors.New("data: pruning cache: no encoded dataset or cache directory")
 	}
 	used := map[string]bool{}
 	for _, ei := range enc.Items {
-		for _, p := range append(append([]string(nil), ei.Latents...), ei.Texts...) {
+		for _, files := range [][]string{ei.Latents, ei.Flipped, ei.Features, ei.Pooled} {
+			for _, p := range files {
+				used[p] = true
+			}
+		}
+	}
+	for _, p := range []string{enc.EmptyFeatures, enc.EmptyPooled} {
+		if p != "" {
 			used[p] = true
 		}
 	}
-	if enc.EmptyText != "" {
-		used[enc.EmptyText] = true
-	}
 	removed := 0
-	for _, sub := range []string{"latents", "text"} {
+	for _, sub := range []string{"latents", kindFeatures, kindPooled, "text"} {
 		dir := filepath.Join(enc.Options.CacheDir, sub)
 		entries, err := os.ReadDir(dir)
 		if err != nil {

@@ -63,19 +63,19 @@ func TestCacheReuseAndInvalidation(t *testing.T) {
 	var last Progress
 	e.b.Progress = func(p Progress) { last = p }
 	enc, st := build(t, o, e)
-	if st.LatentsEncoded != 3 || st.TextsEncoded != 4 || st.LatentsReused+st.TextsReused != 0 {
-		t.Fatalf("first build: %+v (want 3 latents, 3 captions + the empty one)", st)
+	if st.LatentsEncoded != 3 || st.FeaturesEncoded != 4 || st.PooledEncoded != 3 || st.LatentsReused+st.FeaturesReused+st.PooledReused != 0 {
+		t.Fatalf("first build: %+v (want 3 latents, features of 3 captions + the empty one, 3 pooled)", st)
 	}
-	if last.Done != 7 || last.Total != 7 || !strings.Contains(last.String(), "7/7") || !strings.Contains(last.String(), "ETA") {
+	if last.Phase != PhasePooled || last.Done != 3 || last.Total != 3 || !strings.Contains(last.String(), "pooled [") || !strings.Contains(last.String(), "3/3") || !strings.Contains(last.String(), "ETA") {
 		t.Errorf("final progress %+v %q", last, last.String())
 	}
-	if e.text.Calls.Load() != 4 || e.clip.Calls.Load() != 4 {
+	if e.text.Calls.Load() != 4 || e.clip.Calls.Load() != 3 {
 		t.Errorf("text encoders called %d/%d times", e.text.Calls.Load(), e.clip.Calls.Load())
 	}
 
 	// Unchanged: everything reused, no encoder call.
 	_, st = build(t, o, e)
-	if st.LatentsEncoded+st.TextsEncoded != 0 || st.LatentsReused != 3 || st.TextsReused != 4 {
+	if st.LatentsEncoded+st.FeaturesEncoded+st.PooledEncoded != 0 || st.LatentsReused != 3 || st.FeaturesReused != 4 || st.PooledReused != 3 {
 		t.Errorf("second build: %+v", st)
 	}
 	if e.vae.Calls.Load() != 3 {
@@ -85,7 +85,7 @@ func TestCacheReuseAndInvalidation(t *testing.T) {
 	// One caption edited: exactly one text entry re-encoded.
 	writeFile(t, filepath.Join(dir, "b.txt"), []byte("1girl, solo, smile, hat"))
 	_, st = build(t, o, e)
-	if st.TextsEncoded != 1 || st.LatentsEncoded != 0 || st.TextsReused != 3 {
+	if st.FeaturesEncoded != 1 || st.PooledEncoded != 1 || st.LatentsEncoded != 0 || st.FeaturesReused != 3 || st.PooledReused != 2 {
 		t.Errorf("after one caption edit: %+v", st)
 	}
 
@@ -93,7 +93,7 @@ func TestCacheReuseAndInvalidation(t *testing.T) {
 	o2 := o
 	o2.Buckets.RandomCrop = true
 	_, st = build(t, o2, e)
-	if st.TextsEncoded != 0 || st.LatentsEncoded == 0 {
+	if st.FeaturesEncoded+st.PooledEncoded != 0 || st.LatentsEncoded == 0 {
 		t.Errorf("after enabling random crop: %+v", st)
 	}
 
@@ -103,21 +103,21 @@ func TestCacheReuseAndInvalidation(t *testing.T) {
 	raw, _ := os.ReadFile(lat)
 	raw[len(raw)-3] ^= 0x10
 	writeFile(t, lat, raw)
-	txt := enc.Items[2].Texts[0] // b's old caption entry is no longer used
+	txt := enc.Items[2].Features[0] // b's old caption entry is no longer used
 	raw, _ = os.ReadFile(filepath.Join(txt))
 	writeFile(t, txt, raw[:len(raw)-9])
 	other, _ := os.ReadFile(enc.Items[2].Latents[0])
 	writeFile(t, enc.Items[1].Latents[0], other)
 	for _, p := range []string{lat, txt, enc.Items[1].Latents[0]} {
 		if _, err := LoadLatent(p); err == nil {
-			if _, err := LoadText(p); err == nil {
+			if _, err := LoadFeatures(p); err == nil {
 				t.Errorf("damaged %s loads", p)
 			}
 		}
 	}
 	e.warn = nil
 	_, st = build(t, o, e)
-	if len(st.Damaged) != 3 || len(e.warn) != 3 || st.LatentsEncoded != 2 || st.TextsEncoded != 1 {
+	if len(st.Damaged) != 3 || len(e.warn) != 3 || st.LatentsEncoded != 2 || st.FeaturesEncoded != 1 || st.PooledEncoded != 0 {
 		t.Fatalf("after damage: %+v warnings %q", st, e.warn)
 	}
 	joined := strings.Join(st.Damaged, "\n")
@@ -127,7 +127,7 @@ func TestCacheReuseAndInvalidation(t *testing.T) {
 		}
 	}
 	enc, st = build(t, o, e)
-	if st.LatentsEncoded+st.TextsEncoded+len(st.Damaged) != 0 {
+	if st.LatentsEncoded+st.FeaturesEncoded+st.PooledEncoded+len(st.Damaged) != 0 {
 		t.Errorf("after repair: %+v", st)
 	}
 	// Prune drops the entries of b's old caption and of the random-crop
@@ -137,12 +137,13 @@ func TestCacheReuseAndInvalidation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Old caption 1, random crops 2 (c.webp is square in a square bucket,
-	// so its random crop is the centre crop and shares the entry), temp 1.
-	if n != 1+2+1 {
-		t.Errorf("pruned %d files, want 4", n)
+	// Old caption's features and pooled 2, random crops 2 (c.webp is
+	// square in a square bucket, so its random crop is the centre crop and
+	// shares the entry), temp 1.
+	if n != 2+2+1 {
+		t.Errorf("pruned %d files, want 5", n)
 	}
-	if _, st = build(t, o, e); st.LatentsEncoded+st.TextsEncoded != 0 || st.LatentsReused != 3 || st.TextsReused != 4 {
+	if _, st = build(t, o, e); st.LatentsEncoded+st.FeaturesEncoded+st.PooledEncoded != 0 || st.LatentsReused != 3 || st.FeaturesReused != 4 || st.PooledReused != 3 {
 		t.Errorf("after prune: %+v", st)
 	}
 }
@@ -175,8 +176,11 @@ func TestCachedValues(t *testing.T) {
 			}
 			kerneltest.Check(t, "cached latent", f32to64(got.Data), f32to64(want[0].Data), tol)
 
-			te, err := LoadText(ei.Texts[0])
+			te, err := LoadFeatures(ei.Features[0])
 			if err != nil {
+				t.Fatal(err)
+			}
+			if te.Pooled, err = LoadPooled(ei.Pooled[0]); err != nil {
 				t.Fatal(err)
 			}
 			wf, _ := e.text.EncodeTexts(context.Background(), []string{FeatureText(GemmaSystemPrompt, ei.Captions[0])})

@@ -60,7 +60,7 @@ func Example() {
 		fmt.Println(err)
 		return
 	}
-	fmt.Printf("encoded %d latents, %d texts\n", stats.LatentsEncoded, stats.TextsEncoded)
+	fmt.Printf("encoded %d latents, %d texts\n", stats.LatentsEncoded, stats.FeaturesEncoded)
 
 	loader, err := data.NewLoader(enc, data.Cursor{})
 	if err != nil {

@@ -275,7 +275,7 @@ func (l *Loader) assemble(pb plannedBatch, c, next Cursor) (*Batch, error) {
 		r := newRNG(l.seed, "sample", strconv.Itoa(c.Epoch), strconv.Itoa(ref.pos))
 		s := Sample{Image: ei.Item.Path}
 		s.Dropped = o.Caption.CaptionDropout > 0 && r.float64() < o.Caption.CaptionDropout
-		s.CaptionVariant = r.intn(len(ei.Texts))
+		s.CaptionVariant = r.intn(len(ei.Features))
 		s.CropVariant = r.intn(len(ei.Latents))
 		latentFile := ei.Latents[s.CropVariant]
 		if len(ei.Flipped) > 0 {
@@ -285,9 +285,12 @@ func (l *Loader) assemble(pb plannedBatch, c, next Cursor) (*Batch, error) {
 				latentFile = ei.Flipped[s.CropVariant]
 			}
 		}
-		textFile := ei.Texts[s.CaptionVariant]
+		textFile, pooledFile := ei.Features[s.CaptionVariant], ei.Pooled[s.CaptionVariant]
 		if s.Dropped {
-			textFile = l.enc.EmptyText
+			textFile = l.enc.EmptyFeatures
+			if l.enc.EmptyPooled != "" {
+				pooledFile = l.enc.EmptyPooled
+			}
 		} else {
 			s.Caption = ei.Captions[s.CaptionVariant]
 		}
@@ -301,8 +304,11 @@ func (l *Loader) assemble(pb plannedBatch, c, next Cursor) (*Batch, error) {
 			return nil, fmt.Errorf("data: %s: latent %dx%dx%d differs from its batch's %dx%dx%d", latentFile, lat.C, lat.H, lat.W, b.C, b.LH, b.LW)
 		}
 		b.Latents = append(b.Latents, lat.Data...)
-		te, err := LoadText(textFile)
+		te, err := LoadFeatures(textFile)
 		if err != nil {
+			return nil, err
+		}
+		if te.Pooled, err = LoadPooled(pooledFile); err != nil {
 			return nil, err
 		}
 		if len(texts) > 0 && (te.Dim != texts[0].Dim || len(te.Pooled) != len(texts[0].Pooled)) {

@@ -5,6 +5,14 @@ import (
 	"runtime"
 )
 
+// What caption dropout blanks (CaptionOptions.DropoutBlanks).
+const (
+	// DropoutBlanksGemma blanks only the feature encoder's caption.
+	DropoutBlanksGemma = "gemma"
+	// DropoutBlanksBoth blanks both encoders' captions.
+	DropoutBlanksBoth = "both"
+)
+
 // GemmaSystemPrompt is the text NewBie puts in front of every caption it
 // hands to Gemma 3 (see DESIGN.md); the CLIP encoder gets the caption alone.
 const GemmaSystemPrompt = "You are an assistant designed to generate high-quality anime images based on xml format prompts. <Prompt Start> "
@@ -78,6 +86,11 @@ type CaptionOptions struct {
 	// empty caption (the unconditional case CFG needs). The empty caption
 	// is encoded once and shared.
 	CaptionDropout float64
+	// DropoutBlanks is what a caption-dropout sample blanks:
+	// DropoutBlanksGemma (default, as upstream NewBie's finetune.py: the
+	// feature encoder sees the empty caption, the pooled encoder still the
+	// real one) or DropoutBlanksBoth (as inference's unconditional branch).
+	DropoutBlanks string
 	// FixedElements are XML leaf elements never shuffled or dropped.
 	// Default ["n", "gender"]: a character's name and gender are identity,
 	// not augmentation material.
@@ -215,6 +228,9 @@ func (o Options) Defaults() Options {
 	if !c.ShuffleTags && c.TagDropout == 0 {
 		c.Variants = 1
 	}
+	if c.DropoutBlanks == "" {
+		c.DropoutBlanks = DropoutBlanksGemma
+	}
 	if c.SystemPrompt == "" {
 		c.SystemPrompt = GemmaSystemPrompt
 	}
@@ -268,6 +284,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("data: tag_dropout %g must be in [0, 1)", c.TagDropout)
 	case c.CaptionDropout < 0 || c.CaptionDropout >= 1:
 		return fmt.Errorf("data: caption_dropout %g must be in [0, 1)", c.CaptionDropout)
+	case c.DropoutBlanks != DropoutBlanksGemma && c.DropoutBlanks != DropoutBlanksBoth:
+		return fmt.Errorf("data: data.caption.dropout_blanks %q: want %s or %s", c.DropoutBlanks, DropoutBlanksGemma, DropoutBlanksBoth)
 	case c.KeepTokens < 0:
 		return fmt.Errorf("data: keep_tokens %d must not be negative", c.KeepTokens)
 	case c.Variants < 1 || c.Variants > 64:

@@ -28,6 +28,7 @@ func TestOptionsDefaultsAndValidate(t *testing.T) {
 		{"format", func(o *Options) { o.Caption.Format = "yaml" }, `caption format "yaml"`},
 		{"tag dropout", func(o *Options) { o.Caption.TagDropout = 1 }, "tag_dropout 1"},
 		{"caption dropout", func(o *Options) { o.Caption.CaptionDropout = -0.1 }, "caption_dropout -0.1"},
+		{"dropout blanks", func(o *Options) { o.Caption.DropoutBlanks = "jina" }, `data.caption.dropout_blanks "jina"`},
 		{"step", func(o *Options) { o.Buckets.Step = 12 }, "bucket step 12"},
 		{"sides", func(o *Options) { o.Buckets.MaxSide = 100 }, "bucket sides [512, 100]"},
 		{"area", func(o *Options) { o.Buckets.TargetArea = 1000 }, "target area 1000"},
@@ -48,9 +49,9 @@ func TestProgressString(t *testing.T) {
 		p    Progress
 		want string
 	}{
-		{Progress{Done: 0, Total: 10}, "[------------------------] 0/10   0%  enc 0 reused 0  ETA --"},
-		{Progress{Done: 5, Total: 10, Encoded: 4, Reused: 1, ETA: 61e9}, "[############------------] 5/10  50%  enc 4 reused 1  ETA 1m1s"},
-		{Progress{Done: 10, Total: 10, Encoded: 10}, "[########################] 10/10 100%  enc 10 reused 0  ETA 0s"},
+		{Progress{Phase: PhaseLatents, Done: 0, Total: 10}, "latents [------------------------] 0/10   0%  enc 0 reused 0  ETA --"},
+		{Progress{Phase: PhaseFeatures, Done: 5, Total: 10, Encoded: 4, Reused: 1, ETA: 61e9}, "features [############------------] 5/10  50%  enc 4 reused 1  ETA 1m1s"},
+		{Progress{Phase: PhasePooled, Done: 10, Total: 10, Encoded: 10}, "pooled [########################] 10/10 100%  enc 10 reused 0  ETA 0s"},
 	}
 	for _, c := range cases {
 		if got := c.p.String(); got != c.want {

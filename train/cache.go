@@ -38,8 +38,10 @@ type cacheResult struct {
 	// previewText answers the previews' texts (nil Features without
 	// previews or with the stand-ins, which are cheap to call again).
 	previewText data.TextEncoders
-	// phases are the real encoders' phases, in order.
+	// phases are the real encoders' phases, in order; stats what the
+	// cache build did.
 	phases []newbie.PhaseStats
+	stats  data.CacheStats
 }
 
 // run fills the cache with progress and an ETA, and with the real encoders
@@ -108,8 +110,9 @@ func (s cacheStep) run(ctx context.Context) (*cacheResult, error) {
 		return nil, err
 	}
 	res.encoded = encoded
-	fmt.Fprintf(s.log, "encode cache %s: %d latents encoded, %d reused; %d texts encoded, %d reused; %d damaged entries re-encoded\n",
-		s.cfg.Data.Cache, stats.LatentsEncoded, stats.LatentsReused, stats.TextsEncoded, stats.TextsReused, len(stats.Damaged))
+	res.stats = stats
+	fmt.Fprintf(s.log, "encode cache %s: %d latents encoded, %d reused; %d caption features encoded, %d reused; %d pooled encoded, %d reused; %d damaged entries re-encoded\n",
+		s.cfg.Data.Cache, stats.LatentsEncoded, stats.LatentsReused, stats.FeaturesEncoded, stats.FeaturesReused, stats.PooledEncoded, stats.PooledReused, len(stats.Damaged))
 	return res, nil
 }
 

@@ -173,11 +173,11 @@ func TestPipelineCache(t *testing.T) {
 		return p, st
 	}
 	p, st := build()
-	if st.LatentsEncoded != 3 || st.TextsEncoded != 3 || len(p.Phases()) != 3 {
+	if st.LatentsEncoded != 3 || st.FeaturesEncoded != 3 || len(p.Phases()) != 3 {
 		t.Fatalf("first build: %+v, %d phases", st, len(p.Phases()))
 	}
 	p, st = build()
-	if st.LatentsEncoded != 0 || st.TextsEncoded != 0 || st.LatentsReused != 3 || len(p.Phases()) != 0 {
+	if st.LatentsEncoded != 0 || st.FeaturesEncoded != 0 || st.LatentsReused != 3 || len(p.Phases()) != 0 {
 		t.Fatalf("second build: %+v, %d phases (want everything reused and nothing loaded)", st, len(p.Phases()))
 	}
 }
