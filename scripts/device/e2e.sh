@@ -117,7 +117,7 @@ if [ "${NEWBIE_FP16_PROBE:-0}" = 1 ]; then
   for off in "" graphs; do
     step "6. sample --precision fp16 --steps 3${off:+ with NEWBIE_TRAIN_CUDA_OFF=$off}"
     start=$(date +%s)
-    NEWBIE_TRAIN_CUDA_OFF=$off timeout 120 "$NT" sample --config "$W/e2e.yaml" --precision fp16 --steps 3 --prompt "<character_1><n>demo_girl</n></character_1>" --out "$W/fp16$off" >"$OUT/fp16$off.log" 2>&1 || echo "fp16 sample: FAILED or timed out" | tee -a "$S"
+    NEWBIE_TRAIN_CUDA_OFF=$off timeout 90 "$NT" sample --config "$W/e2e.yaml" --precision fp16 --steps 3 --prompt "<character_1><n>demo_girl</n></character_1>" --out "$W/fp16$off" >"$OUT/fp16$off.log" 2>&1 || echo "fp16 sample: FAILED or timed out" | tee -a "$S"
     echo "wall $(($(date +%s) - start)) s" >>"$S"
     grep -E "step [0-9]+/|wrote|rror|overflow" "$OUT/fp16$off.log" | tail -5 >>"$S"
   done
