@@ -304,7 +304,7 @@ func TestLoadErrors(t *testing.T) {
 		{"dtype", path, Options{DType: kernels.F16}, "not BF16, F32 or F64"},
 		{"no config: Gemma 3 4B", bare, Options{DType: kernels.F32}, "Gemma 3 4B defaults: no config in the file's metadata and no config.json beside it"},
 		{"no config: 4B shapes", bare, Options{DType: kernels.F32}, "mis-shaped embed_tokens.weight: file has [37 13], expected [262208 2560]"},
-		{"no config: listing capped", bare, Options{DType: kernels.F32}, "… and 409 more"},
+		{"no config: listing capped", bare, Options{DType: kernels.F32}, "… and 421 more"},
 		{"absent", filepath.Join(t.TempDir(), "none.safetensors"), Options{}, "no such file"},
 		{"empty folder", t.TempDir(), Options{}, "neither model.safetensors.index.json nor model.safetensors"},
 		{"bad config", bare, Options{DType: kernels.F32, Config: &Config{}}, "must be positive"},
