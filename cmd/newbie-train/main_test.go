@@ -82,7 +82,7 @@ func TestCacheReusesEntries(t *testing.T) {
 		t.Fatalf("demo: exit %d: %s", code, stderr)
 	}
 	code, _, stderr := runCLI(t, "cache", "--config", filepath.Join(dir, "demo.yaml"))
-	if code != 0 || !strings.Contains(stderr, "0 latents encoded, 3 reused; 0 texts encoded, 3 reused") {
+	if code != 0 || !strings.Contains(stderr, "0 latents encoded, 3 reused; 0 caption features encoded, 3 reused; 0 pooled encoded, 3 reused") {
 		t.Errorf("cache: exit %d, want every entry reused:\n%s", code, stderr)
 	}
 }
