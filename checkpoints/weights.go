@@ -155,6 +155,13 @@ func (w *Weights) BF16(name string) ([]uint16, error) {
 	return gather(w, name, func(f *safetensors.File, k string) ([]uint16, error) { return f.BF16(k) })
 }
 
+// Encoded builds an upstream-named tensor in dtype d, little-endian (see
+// safetensors.File.Encoded): a tensor of one part stored in d is the file's
+// own bytes.
+func (w *Weights) Encoded(name string, d safetensors.DType) ([]byte, error) {
+	return gather(w, name, func(f *safetensors.File, k string) ([]byte, error) { return f.Encoded(k, d) })
+}
+
 // Float64 builds an upstream-named tensor as float64.
 func (w *Weights) Float64(name string) ([]float64, error) {
 	return gather(w, name, func(f *safetensors.File, k string) ([]float64, error) { return f.Float64(k) })

@@ -402,6 +402,49 @@ func (f *File) BF16(name string) ([]uint16, error) {
 	return out, nil
 }
 
+// Encoded returns a tensor's values in dtype d (BF16, F16 or F32),
+// little-endian, as a backend uploads them. A tensor stored in d comes back
+// as the file's own bytes, not a copy (valid while the file is open), so a
+// loader copies it once, to the device, instead of decoding and re-encoding
+// every value; another dtype is converted (BF16 rounded to nearest even
+// from F32, F16 or F64; F16 and F32 through float32).
+func (f *File) Encoded(name string, d DType) ([]byte, error) {
+	b, dt, err := f.raw(name)
+	if err != nil {
+		return nil, err
+	}
+	if dt == d {
+		return b, nil
+	}
+	switch d {
+	case BF16:
+		v, err := f.BF16(name)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]byte, 2*len(v))
+		for i, x := range v {
+			binary.LittleEndian.PutUint16(out[2*i:], x)
+		}
+		return out, nil
+	case F16, F32:
+		v, err := f.Float32(name)
+		if err != nil {
+			return nil, err
+		}
+		out := make([]byte, d.Size()*len(v))
+		for i, x := range v {
+			if d == F16 {
+				binary.LittleEndian.PutUint16(out[2*i:], kernels.F16FromF32(x))
+			} else {
+				binary.LittleEndian.PutUint32(out[4*i:], math.Float32bits(x))
+			}
+		}
+		return out, nil
+	}
+	return nil, fmt.Errorf("safetensors: %s: tensor %q wanted as %s: only BF16, F16 and F32 are encoded", f.path, name, d)
+}
+
 func (f *File) raw(name string) ([]byte, DType, error) {
 	b, err := f.Bytes(name)
 	if err != nil {

@@ -270,10 +270,23 @@ func IsKeyError(err error) (*KeyError, bool) {
 	return ke, ok
 }
 
+// encodedSource is a Source that gives a tensor's bytes in a storage dtype
+// (safetensors.File and checkpoints.Weights do).
+type encodedSource interface {
+	Encoded(name string, d safetensors.DType) ([]byte, error)
+}
+
 // storageBytes reads one tensor converted to the storage dtype d, encoded
 // little-endian: the host holds this tensor twice at most (the converted
 // values and their bytes), never a float64 copy of a half-precision file.
 func storageBytes(f Source, name string, d kernels.DType) ([]byte, error) {
+	if enc, ok := f.(encodedSource); ok {
+		if sd, ok := map[kernels.DType]safetensors.DType{kernels.BF16: safetensors.BF16, kernels.F16: safetensors.F16, kernels.F32: safetensors.F32}[d]; ok {
+			// A file already in the storage dtype is uploaded from its
+			// own bytes: no per-value decode and re-encode.
+			return enc.Encoded(name, sd)
+		}
+	}
 	switch d {
 	case kernels.BF16:
 		v, err := f.BF16(name)

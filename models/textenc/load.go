@@ -1,11 +1,11 @@
 package textenc
 
 import (
-	"encoding/binary"
 	"fmt"
 	"strings"
 
 	"github.com/newbie-train/newbie-train/autograd"
+	"github.com/newbie-train/newbie-train/checkpoints/safetensors"
 	"github.com/newbie-train/newbie-train/kernels"
 )
 
@@ -98,14 +98,11 @@ func Load(e *autograd.Engine, path string, opts Options) (*Gemma, error) {
 			// Straight to bf16 (rounding an F32 file to nearest even, as
 			// .to(torch.bfloat16) does): the 262208×2560 embedding would
 			// otherwise pass through a 5 GB float64 copy.
-			bits, err := src.owner[name].BF16(name)
+			// A bf16 file's tensor is uploaded from the file's own bytes.
+			raw, err := src.owner[name].Encoded(name, safetensors.BF16)
 			if err != nil {
 				g.Release()
 				return nil, fmt.Errorf("textenc: reading %s from %s: %w", name, src.path, err)
-			}
-			raw := make([]byte, 2*len(bits))
-			for i, b := range bits {
-				binary.LittleEndian.PutUint16(raw[2*i:], b)
 			}
 			g.w[p.Name] = e.ConstantBytes(p.Name, kernels.BF16, p.Shape, raw)
 		} else {
