@@ -422,11 +422,7 @@ func (f *File) Encoded(name string, d DType) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		out := make([]byte, 2*len(v))
-		for i, x := range v {
-			binary.LittleEndian.PutUint16(out[2*i:], x)
-		}
-		return out, nil
+		return EncodeU16(v), nil
 	case F16, F32:
 		v, err := f.Float32(name)
 		if err != nil {
@@ -443,6 +439,16 @@ func (f *File) Encoded(name string, d DType) ([]byte, error) {
 		return out, nil
 	}
 	return nil, fmt.Errorf("safetensors: %s: tensor %q wanted as %s: only BF16, F16 and F32 are encoded", f.path, name, d)
+}
+
+// EncodeU16 is 16-bit values (bf16 or f16 bit patterns) as little-endian
+// bytes.
+func EncodeU16(v []uint16) []byte {
+	out := make([]byte, 2*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint16(out[2*i:], x)
+	}
+	return out
 }
 
 func (f *File) raw(name string) ([]byte, DType, error) {

@@ -1,10 +1,8 @@
 package nextdit
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"math"
 	"slices"
 	"sort"
 	"strings"
@@ -287,29 +285,14 @@ func storageBytes(f Source, name string, d kernels.DType) ([]byte, error) {
 			return enc.Encoded(name, sd)
 		}
 	}
-	switch d {
-	case kernels.BF16:
+	if d == kernels.BF16 {
 		v, err := f.BF16(name)
 		if err != nil {
 			return nil, err
 		}
-		out := make([]byte, 2*len(v))
-		for i, x := range v {
-			binary.LittleEndian.PutUint16(out[2*i:], x)
-		}
-		return out, nil
-	case kernels.F32:
-		v, err := f.Float32(name)
-		if err != nil {
-			return nil, err
-		}
-		out := make([]byte, 4*len(v))
-		for i, x := range v {
-			binary.LittleEndian.PutUint32(out[4*i:], math.Float32bits(x))
-		}
-		return out, nil
+		return safetensors.EncodeU16(v), nil
 	}
-	v, err := f.Float64(name) // F64 checks, F16 storage
+	v, err := f.Float64(name) // F64 checks, and F16/F32 from other sources
 	if err != nil {
 		return nil, err
 	}
