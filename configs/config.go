@@ -97,8 +97,12 @@ type Model struct {
 // (a model folder or any single encoder file), or needs them: every preset
 // but tiny does. The tiny preset without them trains on the stand-in
 // encoders.
-func (m Model) RealEncoders() bool {
-	return m.Preset != "tiny" || m.Path != "" || m.VAE != "" || m.Gemma != "" || m.GemmaTokenizer != "" || m.Jina != "" || m.JinaTokenizer != ""
+func (m Model) RealEncoders() bool { return m.Preset != "tiny" || m.NamesEncoders() }
+
+// NamesEncoders reports whether the model section names a model folder or
+// any encoder file.
+func (m Model) NamesEncoders() bool {
+	return m.Path != "" || m.VAE != "" || m.Gemma != "" || m.GemmaTokenizer != "" || m.Jina != "" || m.JinaTokenizer != ""
 }
 
 // LossScale configures the loss scaler (torch.amp.GradScaler semantics).

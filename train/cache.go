@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	ag "github.com/newbie-train/newbie-train/autograd"
@@ -52,15 +53,12 @@ func (s cacheStep) run(ctx context.Context) (*cacheResult, error) {
 	var text data.TextEncoders
 	var p *newbie.Pipeline
 	if s.found == nil {
-		fmt.Fprintln(s.log, standInNotice)
-		vae, text = standInEncoders(s.mc)
+		fmt.Fprintln(s.log, "encoders: the stand-in VAE and "+pipeline.StandInNotice+"; give model.path for the real ones")
+		vae, text = &data.StandInVAE{}, pipeline.StandInTextEncoders(s.mc)
 	} else {
-		px := 0
-		for _, it := range s.ds.Items {
-			px = max(px, it.Bucket.W*it.Bucket.H)
-		}
+		b := largestBucket(s.ds)
 		var err error
-		p, err = newbie.NewPipeline(s.e, s.found, newbie.Options{MaxImagePixels: px, Budget: MemoryBudget(s.cfg), Log: s.log})
+		p, err = newbie.NewPipeline(s.e, s.found, newbie.Options{MaxImagePixels: b.W * b.H, Budget: MemoryBudget(s.cfg), Log: s.log})
 		if err != nil {
 			return nil, err
 		}
@@ -116,6 +114,18 @@ func (s cacheStep) run(ctx context.Context) (*cacheResult, error) {
 	return res, nil
 }
 
+// largestBucket is the dataset's bucket of the most pixels, what the
+// memory plans assume.
+func largestBucket(ds *data.Dataset) data.Bucket {
+	var b data.Bucket
+	for _, it := range ds.Items {
+		if it.Bucket.W*it.Bucket.H > b.W*b.H {
+			b = it.Bucket
+		}
+	}
+	return b
+}
+
 // alongside is a text encoder whose first call also encodes extra texts
 // (one load of a real encoder serves both) and which then answers those
 // from memory.
@@ -128,7 +138,12 @@ type alongside struct {
 // EncodeTexts implements data.TextEncoder.
 func (a *alongside) EncodeTexts(ctx context.Context, texts []string) ([]data.TextEncoding, error) {
 	if a.got == nil && len(a.extra) > 0 {
-		all := append(append([]string(nil), texts...), a.extra...)
+		all := append([]string(nil), texts...)
+		for _, t := range a.extra {
+			if !slices.Contains(texts, t) {
+				all = append(all, t)
+			}
+		}
 		es, err := a.TextEncoder.EncodeTexts(ctx, all)
 		if err != nil {
 			return nil, err
@@ -137,8 +152,8 @@ func (a *alongside) EncodeTexts(ctx context.Context, texts []string) ([]data.Tex
 			return nil, fmt.Errorf("%s returned %d encodings for %d texts", a.Identity(), len(es), len(all))
 		}
 		a.got = map[string]data.TextEncoding{}
-		for i, t := range a.extra {
-			a.got[t] = es[len(texts)+i]
+		for i, t := range all {
+			a.got[t] = es[i]
 		}
 		return es[:len(texts)], nil
 	}
@@ -170,17 +185,7 @@ func (a *alongside) EncodeTexts(ctx context.Context, texts []string) ([]data.Tex
 
 // describePart is a found part's file, layout and dtype for the log.
 func describePart(m *newbie.Model, part newbie.Part) string {
-	var w *newbie.Weights
-	switch part {
-	case newbie.PartVAE:
-		w = &m.VAE.Weights
-	case newbie.PartGemma:
-		w = &m.Gemma.Weights
-	case newbie.PartJina:
-		w = &m.Jina.Weights
-	case newbie.PartDiT:
-		w = &m.DiT.Weights
-	}
+	w := m.PartWeights(part)
 	return fmt.Sprintf("%s, %s, %s, %s", w.Path, w.Format, w.DType(), bytesText(w.FileBytes))
 }
 

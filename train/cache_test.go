@@ -29,7 +29,7 @@ func TestCacheStepOnTheRealEncoders(t *testing.T) {
 	ctx := context.Background()
 	build := func() *cacheResult {
 		t.Helper()
-		found, err := FindModel(cfg)
+		found, err := findModel(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

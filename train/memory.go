@@ -6,7 +6,7 @@ import (
 
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/models/newbie"
-	"github.com/newbie-train/newbie-train/optim"
+	"github.com/newbie-train/newbie-train/sampler/pipeline"
 	"github.com/newbie-train/newbie-train/tokenizers"
 )
 
@@ -30,22 +30,17 @@ func (r *run) trainEstimate(storage kernels.DType) (newbie.Estimate, kernels.DTy
 	if err != nil {
 		return newbie.Estimate{}, 0, nil // reported where the optimizer is built
 	}
-	autocast := map[optim.Precision]kernels.DType{optim.BF16: kernels.BF16, optim.FP16: kernels.F16}[prec]
-	if autocast == 0 {
+	_, autocast, err := pipeline.DTypes(prec)
+	if err != nil || autocast == 0 {
 		return newbie.Estimate{}, 0, nil
 	}
-	lh, lw := 0, 0
-	for _, it := range r.ds.Items {
-		if it.Bucket.W*it.Bucket.H > 8*lh*8*lw {
-			lh, lw = it.Bucket.H/8, it.Bucket.W/8
-		}
-	}
+	b := largestBucket(r.ds)
 	tokens := 64
 	if r.found != nil {
 		tokens = tokenizers.GemmaBatch.MaxLength
 	}
 	est, err := newbie.EstimateTrain(r.mc, newbie.TrainShape{
-		Batch: cfg.Train.BatchSize, LatentH: lh, LatentW: lw, CaptionTokens: tokens,
+		Batch: cfg.Train.BatchSize, LatentH: b.H / 8, LatentW: b.W / 8, CaptionTokens: tokens,
 		Rank: cfg.LoRA.Rank, Targets: cfg.LoRA.Targets, Checkpoint: cfg.Train.ActivationCheckpointing,
 		DType: storage, Autocast: autocast,
 	}, newbie.RounderOf(r.b))

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	"github.com/newbie-train/newbie-train/data"
@@ -24,32 +23,34 @@ import (
 // freed after them; with the stand-in encoders they are decoded by the
 // stand-in's inverse: block colours, a view of what the latents say, not
 // pictures.
-func (r *run) previews(ctx context.Context) ([]string, error) {
+// It returns the files written and how many of them are images (the rest
+// is the grid).
+func (r *run) previews(ctx context.Context) ([]string, int, error) {
 	cfg := r.cfg
 	if len(cfg.Sample.Prompts) == 0 {
-		return nil, nil
+		return nil, 0, nil
 	}
 	text, notice := pipeline.StandInTextEncoders(r.model.Config()), pipeline.StandInNotice
 	var dec pipeline.Decoder = pipeline.StandInDecoder{}
 	if r.found != nil {
 		if r.previewText.Features == nil {
-			return nil, errors.New("the preview prompts were not encoded in the cache step")
+			return nil, 0, errors.New("the preview prompts were not encoded in the cache step")
 		}
 		text, notice = r.previewText, "Gemma 3 + Jina CLIP v2"
 		v, err := pipeline.LoadVAEDecoder(r.e, r.found.VAE.Path, r.autocast)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
 		defer v.Release()
 		dec = v
 	}
 	imgs, err := pipeline.ConfigImages(cfg)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	dir := filepath.Join(cfg.Save.Output, cfg.Save.Name+"-previews")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return nil, fmt.Errorf("previews: %w", err)
+		return nil, 0, fmt.Errorf("previews: %w", err)
 	}
 	r.set.SetTraining(false) // no adapter dropout while sampling
 	defer r.set.SetTraining(true)
@@ -81,7 +82,7 @@ func (r *run) previews(ctx context.Context) ([]string, error) {
 			paths = append(paths, p)
 		}
 	}
-	return paths, err
+	return paths, len(rgbs), err
 }
 
 // shortHash is a content hash's first 10 hex digits (A1111's AutoV2 form).
@@ -95,13 +96,9 @@ func (r *run) renderPreviews(ctx context.Context) error {
 	r.trainPeak = max(r.trainPeak, be.MemStats().Peak)
 	be.ResetPeak()
 	t0 := time.Now()
-	paths, err := r.previews(ctx)
+	paths, images, err := r.previews(ctx)
 	r.previewTime += time.Since(t0)
-	for _, p := range paths {
-		if !strings.HasSuffix(p, "-grid.png") {
-			r.previewItems++ // images, not the grids
-		}
-	}
+	r.previewItems += images
 	r.previewPeak = max(r.previewPeak, be.MemStats().Peak)
 	be.ResetPeak()
 	if err != nil && ctx.Err() != nil {

@@ -460,7 +460,7 @@ func (r *run) preflight(ctx context.Context) error {
 	if err := r.sampler.Validate(); err != nil {
 		return configErr(fmt.Errorf("train.timesteps: %w", err))
 	}
-	if r.found, err = FindModel(cfg); err != nil {
+	if r.found, err = findModel(cfg); err != nil {
 		return err
 	}
 	if r.mc, err = modelConfig(cfg, r.found); err != nil {
@@ -990,7 +990,7 @@ func bytesText(n int64) string {
 // `newbie-train cache` command), without loading the model's weights. It
 // holds the output folder's lock while it writes, as a run does.
 func Cache(ctx context.Context, cfg *configs.Config, log io.Writer, stage func(string)) error {
-	found, err := FindModel(cfg)
+	found, err := findModel(cfg)
 	if err != nil {
 		return err
 	}

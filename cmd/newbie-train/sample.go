@@ -190,7 +190,7 @@ func planSample(o *sampleOptions, changed func(string) bool) (*samplePlan, error
 	p.model.Preset = p.spec.Preset
 	// Real encoders for a model folder or encoder files, and for every
 	// model but the tiny one (whose preset may also be told by its file).
-	p.real = p.model.Path != "" || p.model.Gemma != "" || p.model.Jina != "" || p.model.GemmaTokenizer != "" || p.model.JinaTokenizer != ""
+	p.real = p.model.NamesEncoders()
 	if !p.real && p.spec.Preset != "tiny" {
 		if p.spec.Weights == "" {
 			return nil, usageError{errors.New("sample needs --model FOLDER (or --config with model.path), or --preset tiny")}
@@ -256,8 +256,8 @@ func runSample(ctx context.Context, o *sampleOptions, changed func(string) bool,
 	}
 	var found *newbie.Model
 	if plan.real {
-		if found, err = findSampleModel(plan.model); err != nil {
-			return err
+		if found, err = train.FindModel(plan.model, sampleKeys); err != nil {
+			return usageError{err}
 		}
 		plan.spec.Weights, plan.spec.Arch = found.DiT.Path, &found.DiT.Arch
 	}
@@ -416,22 +416,10 @@ func progressPrinter(w io.Writer) func(pipeline.Progress) {
 	}
 }
 
-// findSampleModel finds the parts sampling needs — all of them — naming
-// the flags (or the config keys) in what it reports missing.
-func findSampleModel(m configs.Model) (*newbie.Model, error) {
-	found, err := newbie.Discover(m.Path, newbie.Sources{
-		DiT: m.Weights, VAE: m.VAE, Gemma: m.Gemma, GemmaTokenizer: m.GemmaTokenizer, Jina: m.Jina, JinaTokenizer: m.JinaTokenizer,
-		Keys: map[newbie.Part]string{
-			newbie.PartDiT: "--weights (model.weights)", newbie.PartVAE: "--vae (model.vae)",
-			newbie.PartGemma: "model.gemma in --config", newbie.PartGemmaTokenizer: "model.gemma_tokenizer in --config",
-			newbie.PartJina: "model.jina in --config", newbie.PartJinaTokenizer: "model.jina_tokenizer in --config",
-		},
-	})
-	if found != nil {
-		err = errors.Join(err, found.Require(newbie.Parts...))
-	}
-	if err != nil {
-		return nil, usageError{err}
-	}
-	return found, nil
+// sampleKeys name the model's parts by the flags, or the config keys, that
+// give them.
+var sampleKeys = map[newbie.Part]string{
+	newbie.PartDiT: "--weights (model.weights)", newbie.PartVAE: "--vae (model.vae)",
+	newbie.PartGemma: "model.gemma in --config", newbie.PartGemmaTokenizer: "model.gemma_tokenizer in --config",
+	newbie.PartJina: "model.jina in --config", newbie.PartJinaTokenizer: "model.jina_tokenizer in --config",
 }

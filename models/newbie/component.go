@@ -173,6 +173,22 @@ type Model struct {
 	keys map[Part]string // how the caller names each source, for hints
 }
 
+// PartWeights is the description of a weights part found (the DiT, the
+// VAE, Gemma or Jina), nil for a tokenizer or a part not found.
+func (m *Model) PartWeights(p Part) *Weights {
+	switch {
+	case p == PartDiT && m.DiT != nil:
+		return &m.DiT.Weights
+	case p == PartVAE && m.VAE != nil:
+		return &m.VAE.Weights
+	case p == PartGemma && m.Gemma != nil:
+		return &m.Gemma.Weights
+	case p == PartJina && m.Jina != nil:
+		return &m.Jina.Weights
+	}
+	return nil
+}
+
 // Missing is a part Discover did not find.
 type Missing struct {
 	Part Part

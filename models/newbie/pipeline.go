@@ -189,17 +189,7 @@ func NewPipeline(e *ag.Engine, m *Model, o Options) (*Pipeline, error) {
 }
 
 // weights is a weights part's description.
-func (p *Pipeline) weights(part Part) *Weights {
-	switch part {
-	case PartVAE:
-		return &p.m.VAE.Weights
-	case PartGemma:
-		return &p.m.Gemma.Weights
-	case PartJina:
-		return &p.m.Jina.Weights
-	}
-	return nil
-}
+func (p *Pipeline) weights(part Part) *Weights { return p.m.PartWeights(part) }
 
 // phaseName names a part's phase.
 func phaseName(part Part) string {
