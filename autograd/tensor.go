@@ -140,6 +140,27 @@ func numel(shape []int) int {
 // newTensor allocates an uninitialised tensor in the current scope. On an
 // allocation failure it records the error and returns a failed tensor.
 func (e *Engine) newTensor(d kernels.DType, shape []int) *Tensor {
+	t := e.allocTensor(d, shape, e.b.Alloc)
+	if t.st != nil {
+		e.scopes[len(e.scopes)-1] = append(e.scopes[len(e.scopes)-1], t)
+	}
+	return t
+}
+
+// newConstant allocates an uninitialised tensor outside every scope: it
+// lives until released, packed where the backend can
+// (kernels.ConstantArena).
+func (e *Engine) newConstant(d kernels.DType, shape []int) *Tensor {
+	alloc := e.b.Alloc
+	if ca, ok := e.b.(kernels.ConstantArena); ok {
+		alloc = ca.AllocConstant
+	}
+	return e.allocTensor(d, shape, alloc)
+}
+
+// allocTensor is newTensor and newConstant: a tensor whose buffer comes
+// from alloc, or a failed one with the error recorded.
+func (e *Engine) allocTensor(d kernels.DType, shape []int, alloc func(kernels.DType, int) (kernels.Buffer, error)) *Tensor {
 	t := &Tensor{e: e, shape: append([]int(nil), shape...), dtype: d}
 	for _, s := range shape {
 		if s < 0 {
@@ -147,14 +168,22 @@ func (e *Engine) newTensor(d kernels.DType, shape []int) *Tensor {
 			return t
 		}
 	}
-	buf, err := e.b.Alloc(d, numel(shape))
+	buf, err := alloc(d, numel(shape))
 	if err != nil {
 		e.fail(fmt.Errorf("alloc %v%v: %w", d, shape, err))
 		return t
 	}
 	t.st = &storage{e: e, buf: buf, refs: 1}
-	e.scopes[len(e.scopes)-1] = append(e.scopes[len(e.scopes)-1], t)
 	return t
+}
+
+// ReserveConstants tells the backend that count constants of n bytes in
+// all (a model's weights, loaded next) follow, so that a backend which
+// packs them (kernels.ConstantArena) makes room for all of them at once.
+func (e *Engine) ReserveConstants(n int64, count int) {
+	if ca, ok := e.b.(kernels.ConstantArena); ok {
+		ca.ReserveConstants(n, count)
+	}
 }
 
 // persist removes t from the step's scopes: it lives until Release.
@@ -216,11 +245,10 @@ func (e *Engine) ConstantBytes(name string, d kernels.DType, shape []int, raw []
 		e.failf("ConstantBytes", "%s: %d bytes for %v %v", name, len(raw), d, shape)
 		return e.failed(d, shape)
 	}
-	t := e.newTensor(d, shape)
+	t := e.newConstant(d, shape)
 	if t.st != nil {
 		e.b.Upload(t.st.buf, 0, raw)
 	}
-	e.persist(t)
 	t.Name = name
 	t.leaf = true
 	return t
@@ -248,8 +276,14 @@ func (e *Engine) Param(name string, d kernels.DType, shape []int, values []float
 // Constant returns a leaf without gradient that lives until released
 // (frozen base weights, fixed tables).
 func (e *Engine) Constant(name string, d kernels.DType, shape []int, values []float64) *Tensor {
-	t := e.FromFloat64(d, shape, values)
-	e.persist(t)
+	if len(values) != numel(shape) {
+		e.failf("Constant", "%s: %d values for shape %v (%d elements)", name, len(values), shape, numel(shape))
+		return e.failed(d, shape)
+	}
+	t := e.newConstant(d, shape)
+	if t.st != nil {
+		e.b.Upload(t.st.buf, 0, kernels.EncodeF64(d, values))
+	}
 	t.Name = name
 	t.leaf = true
 	return t

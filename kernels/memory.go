@@ -19,3 +19,15 @@ type DeviceMemory interface {
 type AllocRounding interface {
 	AllocSize(n int64) int64
 }
+
+// ConstantArena is implemented by backends that pack buffers living as long
+// as a model (its frozen weights) tighter than the buffers of a step, which
+// a caching allocator rounds up so that freed ones can be reused.
+// ReserveConstants announces that count constants of n bytes in all follow; each
+// AllocConstant is then carved from one allocation of that size, and the
+// allocation is given back when the last of them is freed. A constant
+// allocated with nothing announced is an ordinary buffer.
+type ConstantArena interface {
+	ReserveConstants(n int64, count int)
+	AllocConstant(d DType, n int) (Buffer, error)
+}

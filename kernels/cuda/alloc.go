@@ -3,6 +3,7 @@ package cuda
 import (
 	"container/heap"
 	"fmt"
+	"slices"
 	"sync"
 )
 
@@ -96,11 +97,104 @@ type cachingAllocator struct {
 	slabBase uint64
 	slabUsed int64
 	carved   map[uint64]bool
+
+	// Constant arenas: a model's frozen weights, announced by
+	// reserveConstants, are packed at 512-byte alignment into one device
+	// allocation instead of one 2 MiB-rounded block each (NewBie's 239
+	// large weights waste 0.29 GiB that way). An arena goes back to the
+	// device when its last block is freed: models are released whole.
+	constHint int64
+	arenas    []*constArena
+	inArena   map[uint64]*constArena
+}
+
+// constArena is one device allocation that constants are carved from by a
+// bump pointer.
+type constArena struct {
+	base       uint64
+	size, used int64
+	live       int
 }
 
 func newCachingAllocator(dev deviceMemory) *cachingAllocator {
 	return &cachingAllocator{dev: dev, free: map[int64]*freeList{}, blocks: map[uint64]int64{},
-		slabSize: defaultSlab, carved: map[uint64]bool{}}
+		slabSize: defaultSlab, carved: map[uint64]bool{}, inArena: map[uint64]*constArena{}}
+}
+
+// constAlign is the alignment of blocks carved from constant arenas.
+const constAlign = 512
+
+// reserveConstants announces that count constants of n bytes in all
+// follow: the next arena is made large enough for all of them, each
+// rounded to constAlign.
+func (a *cachingAllocator) reserveConstants(n int64, count int) {
+	a.mu.Lock()
+	a.constHint = n + int64(count)*constAlign
+	a.mu.Unlock()
+}
+
+// getConstant returns a block for a buffer that lives until its model is
+// released: carved from an arena with room (first fit), from a new arena of
+// the announced size, or, with no announcement pending, an ordinary block.
+func (a *cachingAllocator) getConstant(n int64) (uint64, int64, error) {
+	size := (n + constAlign - 1) / constAlign * constAlign
+	if size == 0 {
+		return 0, 0, nil
+	}
+	a.mu.Lock()
+	var ar *constArena
+	for _, c := range a.arenas {
+		if c.used+size <= c.size {
+			ar = c
+			break
+		}
+	}
+	if ar == nil && a.constHint > 0 {
+		want := (max(a.constHint, size) + largeAlign - 1) / largeAlign * largeAlign
+		a.constHint = 0
+		base, err := a.deviceAlloc(want)
+		if err != nil {
+			a.mu.Unlock()
+			return 0, 0, fmt.Errorf("alloc a %d-byte arena for constants (%d held by live buffers, %d reserved): %w", want, a.allocated, a.reserved, err)
+		}
+		ar = &constArena{base: base, size: want}
+		a.arenas = append(a.arenas, ar)
+		a.reserved += want
+	}
+	if ar == nil {
+		a.mu.Unlock()
+		return a.get(n)
+	}
+	p := ar.base + uint64(ar.used)
+	ar.used += size
+	ar.live++
+	a.inArena[p] = ar
+	a.account(size)
+	a.mu.Unlock()
+	return p, size, nil
+}
+
+// putConstant frees a block carved from an arena and reports whether p was
+// one; the arena goes back to the device with its last block.
+func (a *cachingAllocator) putConstant(p uint64, size int64) bool {
+	ar := a.inArena[p]
+	if ar == nil {
+		return false
+	}
+	delete(a.inArena, p)
+	a.allocated -= size
+	if ar.live--; ar.live > 0 {
+		return true
+	}
+	a.arenas = slices.DeleteFunc(a.arenas, func(c *constArena) bool { return c == ar })
+	a.reserved -= ar.size
+	// Queued kernels may still read the arena's last blocks. A failed sync
+	// means a broken context: the arena is then left to the context's
+	// teardown rather than freed under a kernel that may still run.
+	if a.dev.sync() == nil {
+		a.dev.free(ar.base)
+	}
+	return true
 }
 
 // deviceAlloc asks the device for size bytes, giving the cache back and
@@ -169,6 +263,9 @@ func (a *cachingAllocator) put(p uint64, size int64) {
 	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.putConstant(p, size) {
+		return
+	}
 	l := a.free[size]
 	if l == nil {
 		l = &freeList{}
@@ -234,6 +331,10 @@ func (a *cachingAllocator) releaseAll() error {
 	for _, p := range a.slabs {
 		a.dev.free(p)
 	}
+	for _, ar := range a.arenas {
+		a.dev.free(ar.base)
+	}
+	a.arenas, a.inArena, a.constHint = nil, map[uint64]*constArena{}, 0
 	a.blocks = map[uint64]int64{}
 	a.free = map[int64]*freeList{}
 	a.carved = map[uint64]bool{}

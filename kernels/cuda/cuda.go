@@ -334,17 +334,34 @@ func (c *Backend) optBuf(op, operand string, b kernels.Buffer) (*buffer, bool) {
 
 // Alloc returns a buffer of n elements from the caching allocator.
 func (c *Backend) Alloc(d kernels.DType, n int) (kernels.Buffer, error) {
+	return c.allocFrom("alloc", c.alloc.get, d, n)
+}
+
+// ReserveConstants announces that count constants of n bytes in all (a
+// model's weights) follow: AllocConstant packs them into one device
+// allocation.
+func (c *Backend) ReserveConstants(n int64, count int) { c.alloc.reserveConstants(n, count) }
+
+// AllocConstant is Alloc for a buffer that lives until its model is
+// released, carved at 512-byte alignment from the arena ReserveConstants
+// announced (see cachingAllocator.getConstant).
+func (c *Backend) AllocConstant(d kernels.DType, n int) (kernels.Buffer, error) {
+	return c.allocFrom("alloc constant", c.alloc.getConstant, d, n)
+}
+
+// allocFrom is Alloc and AllocConstant: n elements of d from get.
+func (c *Backend) allocFrom(op string, get func(int64) (uint64, int64, error), d kernels.DType, n int) (kernels.Buffer, error) {
 	if n < 0 || d.Size() == 0 {
-		return nil, fmt.Errorf("cuda: alloc of %d elements of %v", n, d)
+		return nil, fmt.Errorf("cuda: %s of %d elements of %v", op, n, d)
 	}
 	if !c.enter("Alloc") {
 		defer c.leave()
-		return nil, fmt.Errorf("cuda: alloc: backend unusable: %v", c.err)
+		return nil, fmt.Errorf("cuda: %s: backend unusable: %v", op, c.err)
 	}
 	defer c.leave()
-	ptr, size, err := c.alloc.get(int64(n) * int64(d.Size()))
+	ptr, size, err := get(int64(n) * int64(d.Size()))
 	if err != nil {
-		return nil, fmt.Errorf("cuda: alloc %v[%d]: %w", d, n, err)
+		return nil, fmt.Errorf("cuda: %s %v[%d]: %w", op, d, n, err)
 	}
 	return &buffer{dt: d, n: n, ptr: ptr, size: size, owner: c}, nil
 }

@@ -11,6 +11,7 @@ import (
 var (
 	_ kernels.DeviceMemory  = (*Backend)(nil)
 	_ kernels.AllocRounding = (*Backend)(nil)
+	_ kernels.ConstantArena = (*Backend)(nil)
 )
 
 // DeviceMemory reports the device's free and total bytes as the driver

@@ -145,6 +145,76 @@ func TestCachingAllocator(t *testing.T) {
 	}
 }
 
+// TestConstantArena checks that announced constants are packed into one
+// device allocation at 512-byte alignment, counted at that size, and that
+// the allocation goes back to the device with the last of them; and that
+// with nothing announced a constant is an ordinary block.
+func TestConstantArena(t *testing.T) {
+	dev := &fakeDevice{live: map[uint64]int64{}, limit: 1 << 40}
+	a := newCachingAllocator(dev)
+	sizes := []int64{(40 << 20) + 1000, 18 << 20, 700, (10 << 20) + 3}
+	var total int64
+	for _, n := range sizes {
+		total += n
+	}
+	a.reserveConstants(total, len(sizes))
+	type blk struct {
+		p    uint64
+		size int64
+	}
+	var bs []blk
+	for _, n := range sizes {
+		p, size, err := a.getConstant(n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := (n + 511) / 512 * 512; size != want {
+			t.Errorf("constant of %d bytes holds %d, want %d", n, size, want)
+		}
+		if len(bs) > 0 && p != bs[len(bs)-1].p+uint64(bs[len(bs)-1].size) {
+			t.Errorf("constant %d not packed after the previous one: %x", len(bs), p)
+		}
+		bs = append(bs, blk{p, size})
+	}
+	if dev.allocs != 1 {
+		t.Errorf("%d device allocations for the announced constants, want 1", dev.allocs)
+	}
+	al, _, rs := a.stats()
+	if want := int64(1000+512-1000%512) + 40<<20 + 18<<20 + 1024 + (10<<20 + 512); al != want {
+		t.Errorf("allocated %d, want %d", al, want)
+	}
+	if rs != 70<<20 { // 68.00… MiB announced, rounded to 2 MiB
+		t.Errorf("reserved %d, want %d", rs, 70<<20)
+	}
+	// The arena's tail takes a later constant (first fit) without a hint;
+	// with no room and no hint a constant is an ordinary block.
+	tp, ts, _ := a.getConstant(1 << 20)
+	if dev.allocs != 1 || tp != bs[3].p+uint64(bs[3].size) {
+		t.Errorf("tail not used: %x, %d device allocations", tp, dev.allocs)
+	}
+	op, os, _ := a.getConstant(9 << 20)
+	if dev.allocs != 2 || os != 10<<20 {
+		t.Errorf("unannounced constant: %d device allocations, size %d", dev.allocs, os)
+	}
+	a.put(op, os)
+	if _, ok := a.free[os]; !ok {
+		t.Error("an ordinary constant was not cached as a block of its class")
+	}
+	a.put(tp, ts)
+	for i, b := range bs {
+		if i == len(bs)-1 && len(dev.live) != 2 {
+			t.Errorf("arena freed before its last block: %d device blocks live", len(dev.live))
+		}
+		a.put(b.p, b.size)
+	}
+	if len(dev.live) != 1 || dev.syncs == 0 {
+		t.Errorf("arena not given back after its last block (%d device blocks live, %d syncs)", len(dev.live), dev.syncs)
+	}
+	if al, _, rs := a.stats(); al != 0 || rs != 10<<20 {
+		t.Errorf("after freeing: allocated %d, reserved %d", al, rs)
+	}
+}
+
 func TestLibraryDiscovery(t *testing.T) {
 	env := map[string]string{"CUDA_HOME": "/opt/cuda-x", "LD_LIBRARY_PATH": "/a:/b", "VIRTUAL_ENV": "/venv"}
 	glob := func(p string) ([]string, error) {

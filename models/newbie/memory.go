@@ -82,6 +82,18 @@ func (r Rounder) bytes(n int64, size int) int64 {
 	return r(b)
 }
 
+// weightBytes is what a frozen weight of n elements of size bytes holds:
+// a backend that rounds its allocations packs a model's weights into one
+// arena at 512-byte alignment (kernels.ConstantArena), the others hold
+// them exactly.
+func (r Rounder) weightBytes(n int64, size int) int64 {
+	b := n * int64(size)
+	if r == nil {
+		return b
+	}
+	return (b + 511) / 512 * 512
+}
+
 // shapeElems is the element count of a shape.
 func shapeElems(shape []int) int64 {
 	n := int64(1)
@@ -132,7 +144,7 @@ func EstimateGemma(c textenc.Config, dt kernels.DType, batch, tokens int, r Roun
 		if len(p.Shape) == 1 { // the norms
 			size = ns
 		}
-		e.Weights += r.bytes(shapeElems(p.Shape), size)
+		e.Weights += r.weightBytes(shapeElems(p.Shape), size)
 	}
 	ds, h, in := int64(dt.Size()), int64(c.HiddenSize), int64(c.IntermediateSize)
 	qd, kvd, heads := int64(c.NumHeads*c.HeadDim), int64(c.NumKVHeads*c.HeadDim), int64(c.NumHeads)
@@ -179,7 +191,7 @@ func jinaParams(c textenc.JinaConfig) [][]int {
 func EstimateJina(c textenc.JinaConfig, dt kernels.DType, batch, tokens int, r Rounder) Estimate {
 	e := Estimate{Phase: "encode-jina", Basis: fmt.Sprintf("%d texts × %d tokens, %v", batch, tokens, dt)}
 	for _, s := range jinaParams(c) {
-		e.Weights += r.bytes(shapeElems(s), dt.Size())
+		e.Weights += r.weightBytes(shapeElems(s), dt.Size())
 	}
 	ds, h, in, heads := int64(dt.Size()), int64(c.HiddenSize), int64(c.IntermediateSize), int64(c.NumHeads)
 	wd := int64(normSize(dt))
@@ -302,7 +314,7 @@ func newVAEPlan(c vae.Config, storage, autocast kernels.DType, castPrefix string
 	}
 	for _, p := range c.Params() {
 		n := shapeElems(p.Shape)
-		v.weights += r.bytes(n, storage.Size())
+		v.weights += r.weightBytes(n, storage.Size())
 		if autocast != 0 && autocast != storage && strings.HasPrefix(p.Name, castPrefix) && !strings.Contains(p.Name, "norm") {
 			v.weights += r.bytes(n, autocast.Size())
 		}

@@ -93,7 +93,7 @@ func EstimateTrain(c nextdit.Config, s TrainShape, r Rounder) (Estimate, error) 
 	e := Estimate{Phase: "train", Basis: fmt.Sprintf("batch %d of %d×%d latents, %d caption tokens, LoRA r%d, %s, %v weights, %v autocast",
 		s.Batch, s.LatentW, s.LatentH, s.CaptionTokens, s.Rank, mode, s.DType, s.Autocast)}
 	for _, p := range c.Params() {
-		e.Weights += r.bytes(shapeElems(p.Shape), s.DType.Size())
+		e.Weights += r.weightBytes(shapeElems(p.Shape), s.DType.Size())
 	}
 	targets := s.Targets
 	if len(targets) == 0 {

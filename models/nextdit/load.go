@@ -173,6 +173,7 @@ func LoadFile(e *autograd.Engine, f Source, cfg Config, opts Options) (*Model, e
 	if err := CheckKeys(f, cfg); err != nil {
 		return nil, err
 	}
+	m.reserve(func(p ParamShape) bool { _, ok := f.Info(p.Name); return ok })
 	for _, p := range cfg.Params() {
 		if _, ok := f.Info(p.Name); !ok { // only norm_final.weight may be skipped
 			continue

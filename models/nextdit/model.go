@@ -134,6 +134,35 @@ func newModel(e *autograd.Engine, cfg Config, opts Options) (*Model, error) {
 	return m, nil
 }
 
+// reserve announces the weights about to be stored (those of the
+// parameters loaded says are there) so that the backend packs them into one
+// allocation. With fp8 base weights it announces nothing: the wide weights
+// pass through a storage-dtype copy that is released once quantised, and
+// packing would keep those copies' space.
+func (m *Model) reserve(loaded func(ParamShape) bool) {
+	if m.opts.FP8Base {
+		return
+	}
+	var n int64
+	count := 0
+	for _, p := range m.cfg.Params() {
+		if loaded(p) {
+			n += int64(shapeElems(p.Shape)) * int64(m.opts.DType.Size())
+			count++
+		}
+	}
+	m.e.ReserveConstants(n, count)
+}
+
+// shapeElems is the number of elements of a tensor of this shape.
+func shapeElems(shape []int) int {
+	n := 1
+	for _, s := range shape {
+		n *= s
+	}
+	return n
+}
+
 // store keeps a frozen weight just built or loaded, quantised to fp8 first
 // when the options ask for it and it is a linear layer's weight (so a
 // loader holds at most one wide weight beyond the quantised ones).
@@ -160,6 +189,7 @@ func NewRandom(e *autograd.Engine, cfg Config, opts Options, seed uint64) (*Mode
 		return nil, err
 	}
 	r := rand.New(rand.NewPCG(seed, 0x6e657874646974))
+	m.reserve(func(ParamShape) bool { return true })
 	for _, p := range cfg.Params() {
 		n := 1
 		for _, s := range p.Shape {

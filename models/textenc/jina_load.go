@@ -3,6 +3,7 @@ package textenc
 import (
 	"fmt"
 	"runtime"
+	"strings"
 	"sync"
 
 	ag "github.com/newbie-train/newbie-train/autograd"
@@ -138,6 +139,12 @@ func LoadJina(e *ag.Engine, path string, opts JinaOptions) (*Jina, error) {
 	}
 	j := &Jina{e: e, cfg: cfg, dtype: opts.DType, task: task, w: map[string]*ag.Tensor{}}
 	l := jinaLoader{src: src, prefix: prefix, k: k, scale: cfg.LoRAScale(), adapt: !opts.BaseWeights, rank: cfg.LoRARank}
+	reserveWeights(e, cfg.Params(), func(name string) kernels.DType {
+		if strings.HasSuffix(name, jinaLoRAA) || strings.HasSuffix(name, jinaLoRAB) {
+			return 0 // merged into the weights at load
+		}
+		return opts.DType
+	})
 	up := func(name string, shape []int, v []float64) {
 		j.w[name] = e.Constant(name, opts.DType, shape, v)
 	}

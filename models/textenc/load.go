@@ -92,6 +92,12 @@ func Load(e *autograd.Engine, path string, opts Options) (*Gemma, error) {
 	if opts.DType == kernels.F64 {
 		normDType = kernels.F64
 	}
+	reserveWeights(e, cfg.Params(), func(name string) kernels.DType {
+		if isNorm(name) {
+			return normDType
+		}
+		return opts.DType
+	})
 	for _, p := range cfg.Params() {
 		name := prefix + p.Name
 		if opts.DType == kernels.BF16 && !isNorm(p.Name) {

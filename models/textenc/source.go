@@ -10,6 +10,7 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/newbie-train/newbie-train/autograd"
 	"github.com/newbie-train/newbie-train/internal/keylist"
 
 	"github.com/newbie-train/newbie-train/checkpoints"
@@ -27,6 +28,28 @@ import (
 type ParamShape struct {
 	Name  string
 	Shape []int
+}
+
+// reserveWeights announces to the backend the frozen weights a loader is
+// about to upload (dtype gives each parameter's storage dtype, and
+// the zero DType leaves it out), so that they are packed into one
+// allocation.
+func reserveWeights(e *autograd.Engine, ps []ParamShape, dtype func(name string) kernels.DType) {
+	var n int64
+	count := 0
+	for _, p := range ps {
+		d := dtype(p.Name)
+		if d.Size() == 0 {
+			continue
+		}
+		elems := int64(1)
+		for _, s := range p.Shape {
+			elems *= int64(s)
+		}
+		n += elems * int64(d.Size())
+		count++
+	}
+	e.ReserveConstants(n, count)
 }
 
 // KeyError is everything wrong with a weight file's keys, reported together.

@@ -276,6 +276,7 @@ func LoadSource(e *autograd.Engine, f Source, path string, cfg Config, opts Opti
 	m := &VAE{e: e, cfg: cfg, opts: opts, weights: map[string]*autograd.Tensor{}}
 	params := cfg.Params()
 	sort.Slice(params, func(i, j int) bool { return params[i].Name < params[j].Name })
+	m.reserve(params)
 	h := sha256.New()
 	for _, p := range params {
 		raw, err := f.Bytes(p.Name)
@@ -319,6 +320,7 @@ func NewRandom(e *autograd.Engine, cfg Config, opts Options, seed uint64) (*VAE,
 		return nil, err
 	}
 	m := &VAE{e: e, cfg: cfg, opts: opts, weights: map[string]*autograd.Tensor{}}
+	m.reserve(cfg.Params())
 	for k, p := range cfg.Params() {
 		n, fanIn := 1, 1
 		for i, s := range p.Shape {
@@ -360,4 +362,18 @@ func NewRandom(e *autograd.Engine, cfg Config, opts Options, seed uint64) (*VAE,
 	sum := sha256.Sum256(fmt.Appendf(nil, "random/%d/%s", seed, cfg.JSON()))
 	m.hash = hex.EncodeToString(sum[:])
 	return m, nil
+}
+
+// reserve announces the weights about to be uploaded, so that the backend
+// packs them into one allocation.
+func (m *VAE) reserve(params []Param) {
+	var n int64
+	for _, p := range params {
+		elems := int64(1)
+		for _, s := range p.Shape {
+			elems *= int64(s)
+		}
+		n += elems * int64(m.opts.DType.Size())
+	}
+	m.e.ReserveConstants(n, len(params))
 }
