@@ -284,6 +284,28 @@ func crossCases() []xcase {
 				})
 			}
 		}
+		if d == bf16 {
+			// The lane-group LayerNorm (layernorm_bf16_rows*): _h4 at 8, 40
+			// and 1024 columns (1, 8 and 32 lanes; Jina's rows), the
+			// re-reading kernel at 1032 (129 chunks) and 2312; with weight
+			// and bias, and with neither.
+			for _, sh := range []struct{ rows, cols int }{{13, 8}, {37, 40}, {300, 1024}, {5, 1032}, {3, 2312}} {
+				add("LayerNormRows/"+itoa(sh.rows)+"x"+itoa(sh.cols), tol, func(e *env) [][]float64 {
+					rows, cols := sh.rows, sh.cols
+					n := rows * cols
+					// Rows far from zero mean: the variance must not cancel.
+					off, x := e.poison(bf16, 1), e.poison(bf16, n)
+					e.b.Fill(off, 3)
+					e.b.Binary(kernels.Add, x, []int{n}, e.randn(bf16, n), []int{n}, off, []int{1})
+					w, bb := e.randn(bf16, cols), e.randn(bf16, cols)
+					y, m, r := e.poison(bf16, n), e.poison(f32, rows), e.poison(f32, rows)
+					e.b.LayerNorm(y, m, r, x, w, bb, rows, cols, 1e-5)
+					y2, m2, r2 := e.poison(bf16, n), e.poison(f32, rows), e.poison(f32, rows)
+					e.b.LayerNorm(y2, m2, r2, x, nil, nil, rows, cols, 1e-5)
+					return [][]float64{e.get(y), e.get(m), e.get(r), e.get(y2), e.get(m2), e.get(r2)}
+				})
+			}
+		}
 		add("LayerNorm/"+dn, tol, func(e *env) [][]float64 {
 			rows, cols := 11, 37
 			x, w, bb, g := e.randn(d, rows*cols), e.randn(d, cols), e.randn(d, cols), e.randn(d, rows*cols)
@@ -310,7 +332,13 @@ func crossCases() []xcase {
 				y, z := e.poison(d, b*s*h*dd), e.poison(d, b*s*h*dd)
 				e.b.Rope(y, x, cs, sn, b, s, h, dd, il, false)
 				e.b.Rope(z, y, cs, sn, b, s, h, dd, il, true)
-				return [][]float64{e.get(y), e.get(z)}
+				// Tables in the activations' dtype, as Jina keeps them.
+				ct, stb := e.poison(d, b*s*dd/2), e.poison(d, b*s*dd/2)
+				e.b.Cast(ct, cs)
+				e.b.Cast(stb, sn)
+				yt := e.poison(d, b*s*h*dd)
+				e.b.Rope(yt, x, ct, stb, b, s, h, dd, il, false)
+				return [][]float64{e.get(y), e.get(z), e.get(yt)}
 			})
 		}
 		add("Conv2D/"+dn, tol, func(e *env) [][]float64 {

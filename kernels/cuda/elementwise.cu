@@ -326,10 +326,12 @@ extern "C" __global__ void rope_d(void* dst, i64 ddt, const void* x, i64 xdt, co
   rope_body<double>(dst, ddt, x, xdt, cs, cdt, sn, sdt, B, S, H, D, il, inv);
 }
 
-// rope_bf16_vec is the fast path for the model's layout: bf16 in and out,
-// rotate-half pairs, D a multiple of 16. Each thread moves 8 pairs with
-// 16-byte loads and stores.
-extern "C" __global__ void rope_bf16_vec(u16* dst, const u16* x, const float* cs, const float* sn, i64 B, i64 S, i64 H, i64 D, i64 inverse) {
+// rope_vec_body is the fast path for rotate-half pairs, bf16 in and out,
+// D a multiple of 16: each thread moves 8 pairs with 16-byte loads and
+// stores. The tables are F32 (the DiT's) or bf16 (Jina's, which casts its
+// float32 cos and sin to the activations' dtype), read 8 at a time.
+template <bool BF16Tables>
+__device__ __forceinline__ void rope_vec_body(u16* dst, const u16* x, const void* cs, const void* sn, i64 B, i64 S, i64 H, i64 D, i64 inverse) {
   i64 half = D / 2, groups = half / 8;
   i64 n = B * S * H * groups;
   GRID_STRIDE(i, n) {
@@ -337,11 +339,17 @@ extern "C" __global__ void rope_bf16_vec(u16* dst, const u16* x, const float* cs
     i64 base = row * D + g * 8;
     uint4 a = *(const uint4*)(x + base);
     uint4 b = *(const uint4*)(x + base + half);
-    const float4* cp = (const float4*)(cs + bs * half + g * 8);
-    const float4* sp = (const float4*)(sn + bs * half + g * 8);
-    float4 c0 = cp[0], c1 = cp[1], s0 = sp[0], s1 = sp[1];
-    float c[8] = {c0.x, c0.y, c0.z, c0.w, c1.x, c1.y, c1.z, c1.w};
-    float s[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+    float c[8], s[8];
+    if constexpr (BF16Tables) {
+      rv_unpack(*(const uint4*)((const u16*)cs + bs * half + g * 8), c);
+      rv_unpack(*(const uint4*)((const u16*)sn + bs * half + g * 8), s);
+    } else {
+      const float4* cp = (const float4*)((const float*)cs + bs * half + g * 8);
+      const float4* sp = (const float4*)((const float*)sn + bs * half + g * 8);
+      float4 c0 = cp[0], c1 = cp[1], s0 = sp[0], s1 = sp[1];
+      c[0] = c0.x, c[1] = c0.y, c[2] = c0.z, c[3] = c0.w, c[4] = c1.x, c[5] = c1.y, c[6] = c1.z, c[7] = c1.w;
+      s[0] = s0.x, s[1] = s0.y, s[2] = s0.z, s[3] = s0.w, s[4] = s1.x, s[5] = s1.y, s[6] = s1.z, s[7] = s1.w;
+    }
     u16* av = (u16*)&a;
     u16* bv = (u16*)&b;
     u16 o1[8], o2[8];
@@ -355,6 +363,12 @@ extern "C" __global__ void rope_bf16_vec(u16* dst, const u16* x, const float* cs
     *(uint4*)(dst + base) = *(uint4*)o1;
     *(uint4*)(dst + base + half) = *(uint4*)o2;
   }
+}
+extern "C" __global__ void rope_bf16_vec(u16* dst, const u16* x, const float* cs, const float* sn, i64 B, i64 S, i64 H, i64 D, i64 inverse) {
+  rope_vec_body<false>(dst, x, cs, sn, B, S, H, D, inverse);
+}
+extern "C" __global__ void rope_bf16_vec_bt(u16* dst, const u16* x, const u16* cs, const u16* sn, i64 B, i64 S, i64 H, i64 D, i64 inverse) {
+  rope_vec_body<true>(dst, x, cs, sn, B, S, H, D, inverse);
 }
 
 template <typename T>

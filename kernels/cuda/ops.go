@@ -614,6 +614,17 @@ func (c *Backend) rowNorm(op string, rms bool, y, mean, rstd, x, w, b kernels.Bu
 		c.launch(name, c.grid1(rows, per), blockSize, 0, yb.ptr, rb.ptr, xb.ptr, ptr(wb), rows, cols, lanes, eps)
 		return
 	}
+	if !rms && yb.dt == kernels.BF16 && xb.dt == kernels.BF16 && rb.dt == kernels.F32 && mb.dt == kernels.F32 && cols%8 == 0 &&
+		(wb == nil || wb.dt == kernels.BF16) && (bb == nil || bb.dt == kernels.BF16) {
+		// One row per lane group; chunks in registers up to 4 a lane.
+		_, lanes, _ := rowKernel("", cols)
+		name := "layernorm_bf16_rows"
+		if cols/8 <= 4*lanes {
+			name += "_h4"
+		}
+		c.launch(name, c.grid1(rows, blockSize/lanes), blockSize, 0, yb.ptr, mb.ptr, rb.ptr, xb.ptr, ptr(wb), ptr(bb), rows, cols, lanes, eps)
+		return
+	}
 	flag := 0
 	if rms {
 		flag = 1
@@ -832,8 +843,12 @@ func (c *Backend) Rope(dst, x, cos, sin kernels.Buffer, b, s, h, d int, interlea
 	if inverse {
 		inv = 1
 	}
-	if !interleaved && d%16 == 0 && db.dt == kernels.BF16 && xb.dt == kernels.BF16 && cb.dt == kernels.F32 && sb.dt == kernels.F32 {
-		c.launch("rope_bf16_vec", c.grid1(n/16, blockSize), blockSize, 0, db.ptr, xb.ptr, cb.ptr, sb.ptr, b, s, h, d, inv)
+	if !interleaved && d%16 == 0 && db.dt == kernels.BF16 && xb.dt == kernels.BF16 && cb.dt == sb.dt && (cb.dt == kernels.F32 || cb.dt == kernels.BF16) {
+		name := "rope_bf16_vec"
+		if cb.dt == kernels.BF16 {
+			name += "_bt"
+		}
+		c.launch(name, c.grid1(n/16, blockSize), blockSize, 0, db.ptr, xb.ptr, cb.ptr, sb.ptr, b, s, h, d, inv)
 		return
 	}
 	c.launch("rope"+suffix(db), c.grid1(n/2, blockSize), blockSize, 0, db.ptr, dt(db), xb.ptr, dt(xb), cb.ptr, dt(cb), sb.ptr, dt(sb), b, s, h, d, il, inv)

@@ -308,3 +308,108 @@ extern "C" __global__ void __launch_bounds__(256) normscale_grad_bf16_rows(u16* 
                                                                           const float* rstd, NSVec a, i64 rows, i64 cols, i64 lanes) {
   rv_backward<0, 1>(dx, dy, x, w, rstd, a, rows, cols, (int)lanes);
 }
+
+// ---------------------------------------------------------------------------
+// LayerNorm forward for bf16 rows (Jina's 1024-wide ones), bf16 or absent w
+// and b, F32 mean and rstd: the same lane groups as the RMSNorm kernels,
+// one row per group and step. rownorm_body's two passes, mean first and
+// then Σ(x − mean)², so the variance never cancels; y = (x − mean)·rs·w + b
+// in fp32 with one rounding. H > 0 keeps the row's chunks in registers
+// (chunks ≤ H·L); H = 0 reads the row again in each pass.
+
+// ln_chunk_sum adds one chunk's 8 values, or their squared distances from
+// mu when sq is set, to acc.
+__device__ __forceinline__ float ln_chunk_sum(uint4 xv, float mu, bool sq, float acc) {
+  float f[8];
+  rv_unpack(xv, f);
+#pragma unroll
+  for (int k = 0; k < 8; k++) {
+    const float d = f[k] - mu;
+    acc += sq ? d * d : f[k];
+  }
+  return acc;
+}
+
+// ln_chunk_out returns the output chunk j: (x − mu)·rs·w + b, rounded.
+__device__ __forceinline__ uint4 ln_chunk_out(uint4 xv, const uint4* w, const uint4* b, i64 j, float mu, float rs) {
+  float f[8];
+  rv_unpack(xv, f);
+#pragma unroll
+  for (int k = 0; k < 8; k++) f[k] = (f[k] - mu) * rs;
+  if (w) {
+    float g[8];
+    rv_unpack(w[j], g);
+#pragma unroll
+    for (int k = 0; k < 8; k++) f[k] *= g[k];
+  }
+  if (b) {
+    float g[8];
+    rv_unpack(b[j], g);
+#pragma unroll
+    for (int k = 0; k < 8; k++) f[k] += g[k];
+  }
+  return rv_pack(f);
+}
+
+template <int H>
+__device__ __forceinline__ void ln_forward(u16* y, float* mean, float* rstd, const u16* x, const u16* w, const u16* b, i64 rows, i64 cols,
+                                           int L, double eps) {
+  const int lane = (int)threadIdx.x & (L - 1);
+  const i64 groups = blockDim.x / L;
+  const i64 g = threadIdx.x / L;
+  const i64 nv = cols / 8;
+  const uint4 *wv = (const uint4*)w, *bv = (const uint4*)b;
+  // As in rv_forward, every lane of a warp runs the same iterations, so
+  // the group sums' shuffles line up; groups past the last row add zeros.
+  for (i64 base = (i64)blockIdx.x * groups; base < rows; base += (i64)gridDim.x * groups) {
+    const i64 r = base + g;
+    const bool live = r < rows;
+    const uint4* xr = (const uint4*)x + (live ? r : 0) * nv;
+    uint4 xc[H > 0 ? H : 1];
+    if constexpr (H > 0) rv_load<H>(xc, x, r, rows, nv, lane, L);
+    float s = 0.0f;
+    if constexpr (H > 0) {
+#pragma unroll
+      for (int k = 0; k < H; k++) s = ln_chunk_sum(xc[k], 0.0f, false, s);  // absent chunks are zeros
+    } else if (live) {
+      for (i64 j = lane; j < nv; j += L) s = ln_chunk_sum(xr[j], 0.0f, false, s);
+    }
+    const float mu = rv_group_sum(s, L) / (float)cols;
+    float ss = 0.0f;
+    if constexpr (H > 0) {
+#pragma unroll
+      for (int k = 0; k < H; k++)
+        if (lane + (i64)k * L < nv) ss = ln_chunk_sum(xc[k], mu, true, ss);
+    } else if (live) {
+      for (i64 j = lane; j < nv; j += L) ss = ln_chunk_sum(xr[j], mu, true, ss);
+    }
+    ss = rv_group_sum(ss, L);
+    if (!live) continue;
+    const float rs = 1.0f / sqrtf(ss / (float)cols + (float)eps);
+    uint4* yr = (uint4*)y + r * nv;
+    if constexpr (H > 0) {
+#pragma unroll
+      for (int k = 0; k < H; k++) {
+        const i64 j = lane + (i64)k * L;
+        if (j < nv) yr[j] = ln_chunk_out(xc[k], wv, bv, j, mu, rs);
+      }
+    } else {
+      for (i64 j = lane; j < nv; j += L) yr[j] = ln_chunk_out(xr[j], wv, bv, j, mu, rs);
+    }
+    if (lane == 0) {
+      mean[r] = mu;
+      rstd[r] = rs;
+    }
+  }
+}
+
+// layernorm_bf16_rows_h4 holds up to 4 chunks a lane (rows of up to 1024
+// columns with 32 lanes: Jina's); layernorm_bf16_rows re-reads any length.
+extern "C" __global__ void __launch_bounds__(256) layernorm_bf16_rows_h4(u16* y, float* mean, float* rstd, const u16* x, const u16* w,
+                                                                        const u16* b, i64 rows, i64 cols, i64 lanes, double eps) {
+  ln_forward<4>(y, mean, rstd, x, w, b, rows, cols, (int)lanes, eps);
+}
+extern "C" __global__ void __launch_bounds__(256) layernorm_bf16_rows(u16* y, float* mean, float* rstd, const u16* x, const u16* w,
+                                                                     const u16* b, i64 rows, i64 cols, i64 lanes, double eps) {
+  ln_forward<0>(y, mean, rstd, x, w, b, rows, cols, (int)lanes, eps);
+}
