@@ -182,6 +182,11 @@ func Linear(x, w, bias *Tensor) *Tensor {
 	orig := []*Tensor{x, w, bias}
 	in := e.prepare(lowPrecision, x, w, bias)
 	defer releaseCasts(orig, in)
+	if bias != nil && !e.recording(in...) {
+		if out, ok := biasedProduct(in[0], in[1], in[2]); ok {
+			return out
+		}
+	}
 	y := MatMul(in[0], in[1], false, true)
 	if bias == nil {
 		return y
@@ -189,4 +194,32 @@ func Linear(x, w, bias *Tensor) *Tensor {
 	out := Add(y, in[2])
 	y.Release()
 	return out
+}
+
+// biasedProduct is Linear with nothing to record (inference, frozen
+// encoders): the bias is broadcast into the output and the product is
+// accumulated onto it (beta = 1), one pass over the output fewer than a
+// product followed by an add, and one rounding instead of two. It reports
+// false for shapes it does not take, which Linear then computes as
+// MatMul + Add.
+func biasedProduct(x, w, bias *Tensor) (*Tensor, bool) {
+	e := x.e
+	if !e.live("Linear", x, w, bias) || len(x.shape) < 1 || len(w.shape) != 2 || len(bias.shape) != 1 ||
+		x.dtype != w.dtype || bias.dtype != x.dtype {
+		return nil, false
+	}
+	n, k := w.shape[0], w.shape[1]
+	if x.shape[len(x.shape)-1] != k || bias.shape[0] != n {
+		return nil, false
+	}
+	rows := x.Len() / k
+	shape := append(append([]int(nil), x.shape[:len(x.shape)-1]...), n)
+	out := e.newTensor(x.dtype, shape)
+	if out.st == nil {
+		return out, true
+	}
+	e.b.Copy2D(out.st.buf, 0, n, bias.st.buf, 0, 0, rows, n)
+	e.gemmAt(x, false, 0, rows*k, w, true, 0, 0, out, 1, rows, n, k, 1, 1)
+	e.trace("Linear", out, x, w, bias)
+	return out, true
 }

@@ -170,7 +170,15 @@ func crossCases() []xcase {
 			src := e.randn(f32, 7*13)
 			dst := e.randn(d, 9*11)
 			e.b.Copy2D(dst, 3, 11, src, 2, 13, 7, 9)
-			return [][]float64{e.get(dst)}
+			// A row broadcast (source stride 0) into a dense block: the
+			// 16-byte kernel where rows and offsets are whole chunks (32
+			// elements at offset 8, in every dtype), the generic one
+			// otherwise (9 elements at offset 1).
+			row := e.randn(d, 40)
+			wide, narrow := e.poison(d, 8+5*32), e.poison(d, 4*9)
+			e.b.Copy2D(wide, 8, 32, row, 8, 0, 5, 32)
+			e.b.Copy2D(narrow, 0, 9, row, 1, 0, 4, 9)
+			return [][]float64{e.get(dst), e.get(wide)[8:], e.get(narrow)}
 		})
 		add("Permute/"+dn, 0, func(e *env) [][]float64 {
 			src := e.randn(d, 2*3*5*7)

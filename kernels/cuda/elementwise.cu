@@ -45,6 +45,13 @@ extern "C" __global__ void copy2d_d(void* d, i64 ddt, i64 doff, i64 dstride, con
   copy2d_body<double>(d, ddt, doff, dstride, s, sdt, soff, sstride, rows, cols);
 }
 
+// bcast_rows16 writes one row of 16-byte chunks (the same dtype in and
+// out) into every row of a dense block: a bias broadcast before a product
+// accumulates onto it. Offsets and the row are whole chunks.
+extern "C" __global__ void bcast_rows16(uint4* d, const uint4* s, i64 rows, i64 chunks) {
+  GRID_STRIDE(i, rows * chunks) d[i] = s[i % chunks];
+}
+
 // Shape6 describes a permutation: dst's shape and, for each dst axis, the
 // stride of the src axis that feeds it.
 struct Shape6 {

@@ -156,6 +156,12 @@ func (c *Backend) Copy2D(dst kernels.Buffer, dstOff, dstStride int, src kernels.
 		c.failf("Copy2D: block %d×%d at dst %d (stride %d, %d elements) / src %d (stride %d, %d elements) is out of range", rows, cols, dstOff, dstStride, d.n, srcOff, srcStride, s.n)
 		return
 	}
+	if esz := d.dt.Size(); srcStride == 0 && d.dt == s.dt && dstStride == cols && (cols*esz)%16 == 0 && (dstOff*esz)%16 == 0 && (srcOff*esz)%16 == 0 {
+		// A row broadcast into a dense block, 16 bytes a store.
+		chunks := cols * esz / 16
+		c.launch("bcast_rows16", c.grid1(rows*chunks, blockSize), blockSize, 0, d.ptr+uint64(dstOff*esz), s.ptr+uint64(srcOff*esz), rows, chunks)
+		return
+	}
 	sfx := suffix(d)
 	if d.dt == kernels.I32 || s.dt == kernels.I32 {
 		sfx = "_d"
