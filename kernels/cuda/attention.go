@@ -155,21 +155,34 @@ var attentionWithoutWGMMA bool
 
 // tensorCoreAttention reports whether the tensor-core kernels
 // (attention_tc.cu) serve head size d here: they have instantiations for
-// 64, 96 and 128, and need sm_80 or later (bf16 mma.sync, cp.async); older
-// GPUs take the portable kernels.
+// 64, 96 and 128, and need sm_80 or later (bf16 and fp16 mma.sync,
+// cp.async); older GPUs take the portable kernels.
 func (c *Backend) tensorCoreAttention(d int) bool {
 	return c.dev.arch >= 80 && (d == 64 || d == 96 || d == 128)
 }
 
-// attnFastFwd runs the tensor-core forward (bf16 Q/K/V/O, F32 LSE, head
-// size 64, 96 or 128) and reports false where the portable kernel must run.
+// attnFastFwd runs the tensor-core forward (Q, K, V and O all bf16 or all
+// fp16, an F32 LSE, head size 64, 96, 128 or 256) and reports false where
+// the portable kernel must run.
 func (c *Backend) attnFastFwd(a *kernels.AttentionArgs, q, k, v, o, lse *buffer, shape []byte) bool {
-	if a.D == 256 {
-		return c.attnFwd256(a, q, k, v, o, lse, shape)
+	// The kernels fold the scale into their exp2 after taking row maxima
+	// of the raw scores, which needs a positive scale. K and V have Q's
+	// dtype (attnCheck); the fp16 kernels carry the suffix _f16.
+	if o.dt != q.dt || lse.dt != kernels.F32 || !(a.Scale > 0) {
+		return false
 	}
-	// The kernel folds the scale into its exp2 after taking row maxima of
-	// the raw scores, which needs a positive scale.
-	if q.dt != kernels.BF16 || o.dt != kernels.BF16 || lse.dt != kernels.F32 || !c.tensorCoreAttention(a.D) || !(a.Scale > 0) {
+	var sfx string
+	switch q.dt {
+	case kernels.BF16:
+	case kernels.F16:
+		sfx = "_f16"
+	default:
+		return false
+	}
+	if a.D == 256 {
+		return c.attnFwd256(a, q, k, v, o, lse, shape, sfx)
+	}
+	if !c.tensorCoreAttention(a.D) {
 		return false
 	}
 	if c.hopperAttention() {
@@ -179,7 +192,7 @@ func (c *Backend) attnFastFwd(a *kernels.AttentionArgs, q, k, v, o, lse *buffer,
 		// of K and V, plus the slack that aligns the swizzled tiles to
 		// 1024 bytes.
 		smem := (128+4*64)*a.D*2 + 1024
-		c.launch("attn_fwd_wg"+itoa(a.D), dims{(a.Sq + 127) / 128, a.Hq, a.B}, 256, smem, shape, q.ptr, k.ptr, v.ptr, o.ptr, lse.ptr)
+		c.launch("attn_fwd_wg"+itoa(a.D)+sfx, dims{(a.Sq + 127) / 128, a.Hq, a.B}, 256, smem, shape, q.ptr, k.ptr, v.ptr, o.ptr, lse.ptr)
 		return true
 	}
 	// Each warp owns mt m-tiles of 16 rows (attn_fwd_tc64/96 use two,
@@ -189,13 +202,15 @@ func (c *Backend) attnFastFwd(a *kernels.AttentionArgs, q, k, v, o, lse *buffer,
 		mt = 1
 	}
 	smem := (64*mt + 4*64) * (a.D + 8) * 2
-	c.launch("attn_fwd_tc"+itoa(a.D), dims{(a.Sq + 64*mt - 1) / (64 * mt), a.Hq, a.B}, 128, smem, shape, q.ptr, k.ptr, v.ptr, o.ptr, lse.ptr)
+	c.launch("attn_fwd_tc"+itoa(a.D)+sfx, dims{(a.Sq + 64*mt - 1) / (64 * mt), a.Hq, a.B}, 128, smem, shape, q.ptr, k.ptr, v.ptr, o.ptr, lse.ptr)
 	return true
 }
 
 // attnFastBwd runs the tensor-core backward when every operand is bf16
 // (LSE and the row statistic F32) and the head size has a kernel. dQ
 // accumulates in an fp32 scratch across key blocks and is rounded once.
+// The backward has no fp16 instantiation: fp16 gradients take the portable
+// kernels (attn_dq_f, attn_dkv_f) even where the forward ran here.
 func (c *Backend) attnFastBwd(a *kernels.AttentionArgs, q, k, v, lse, dO *buffer, stat uint64, dq, dk, dv *buffer, shape []byte, sfx string) bool {
 	if q.dt != kernels.BF16 || dO.dt != kernels.BF16 || dq.dt != kernels.BF16 || dk.dt != kernels.BF16 || dv.dt != kernels.BF16 ||
 		lse.dt != kernels.F32 || sfx != "_f" || !c.tensorCoreAttention(a.D) {

@@ -1,12 +1,16 @@
 // attention_tc.cu: flash attention on the tensor cores (FlashAttention-2,
-// Dao 2023) for bf16 Q/K/V with head size 64, 96 or 128.
+// Dao 2023) for head size 64, 96 or 128 (and 256, forward only): the
+// forward on bf16 or fp16 Q/K/V/O, the backward on bf16 alone (fp16
+// gradients take the portable kernels of attention.cu).
 //
 // Forward: a block owns 64 query rows of one head (16 per warp); K and V
 // stream through shared memory in tiles of 64 keys, double-buffered with
-// cp.async. Scores S = Q·Kᵀ and O += P·V are mma.sync m16n8k16 bf16
-// products with fp32 accumulation; the softmax is online in the exp2
-// domain, and P is reused straight from the score registers as the next
-// product's A operand. The score matrix never leaves registers.
+// cp.async. Scores S = Q·Kᵀ and O += P·V are mma.sync m16n8k16 products
+// (bf16 or fp16 operands, the bodies' F16 parameter) with fp32
+// accumulation; the softmax is online in the exp2 domain, and P is reused
+// straight from the score registers, rounded to the operand type, as the
+// next product's A operand. The score matrix never leaves registers. The
+// fp16 entry points carry the suffix _f16; LSE is fp32 for both.
 //
 // Backward: a block owns 64 keys of one kv head and walks every query tile
 // of every query head sharing it, so dK and dV accumulate in registers with
@@ -31,7 +35,7 @@ __device__ __forceinline__ void red2(float* p, float x, float y) {
 #endif
 }
 
-// tile_load queues a ROWS × D tile (rows row0.. of a strided bf16 matrix)
+// tile_load queues a ROWS × D tile (rows row0.. of a strided 16-bit matrix)
 // into shared memory with padded rows of D+8 elements; rows ≥ valid are
 // zero-filled. NT threads share the copy; both are compile-time constants
 // so the loop unrolls.
@@ -63,7 +67,7 @@ __device__ __forceinline__ void row_keys(const AttnShape& a, i64 b, i64 i, i64& 
 // Forward body: each warp owns MT·16 query rows (BQ = 64·MT per block), so
 // every K and V fragment read from shared memory feeds MT products; MT = 2
 // halves the shared-memory traffic per product where registers allow.
-template <int D, int MT>
+template <int D, int MT, bool F16>
 __device__ void attn_fwd_tc_body(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   constexpr int LD = D + 8, BQ = 64 * MT;
@@ -148,8 +152,8 @@ __device__ void attn_fwd_tc_body(AttnShape a, const u16* q, const u16* k, const 
         ldsm4((cKu + (u32)((np * 16 + (lane & 7) + (lane >> 4) * 8) * LD + kk * 16 + ((lane >> 3) & 1) * 8) * 2u), b0, b1, b2, b3);
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
-          mma16816(s[mt][2 * np], qa[mt], b0, b1);
-          mma16816(s[mt][2 * np + 1], qa[mt], b2, b3);
+          mma16816_t<F16>(s[mt][2 * np], qa[mt], b0, b1);
+          mma16816_t<F16>(s[mt][2 * np + 1], qa[mt], b2, b3);
         }
       }
     }
@@ -215,10 +219,10 @@ __device__ void attn_fwd_tc_body(AttnShape a, const u16* q, const u16* k, const 
       u32 pa[MT][4];
 #pragma unroll
       for (int mt = 0; mt < MT; mt++) {
-        pa[mt][0] = pack2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-        pa[mt][1] = pack2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-        pa[mt][2] = pack2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-        pa[mt][3] = pack2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        pa[mt][0] = pack2_t<F16>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+        pa[mt][1] = pack2_t<F16>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+        pa[mt][2] = pack2_t<F16>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+        pa[mt][3] = pack2_t<F16>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
       }
 #pragma unroll
       for (int dp = 0; dp < D / 16; dp++) {
@@ -226,8 +230,8 @@ __device__ void attn_fwd_tc_body(AttnShape a, const u16* q, const u16* k, const 
         ldsm4t((cVu + (u32)((kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LD + dp * 16 + (lane >> 4) * 8) * 2u), b0, b1, b2, b3);
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
-          mma16816(acc[mt][2 * dp], pa[mt], b0, b1);
-          mma16816(acc[mt][2 * dp + 1], pa[mt], b2, b3);
+          mma16816_t<F16>(acc[mt][2 * dp], pa[mt], b0, b1);
+          mma16816_t<F16>(acc[mt][2 * dp + 1], pa[mt], b2, b3);
         }
       }
     }
@@ -247,7 +251,7 @@ __device__ void attn_fwd_tc_body(AttnShape a, const u16* q, const u16* k, const 
       if (r < a.Sq) {
         u16* orow = o + ((b * a.Sq + r) * a.Hq + h) * D;
 #pragma unroll
-        for (int t = 0; t < D / 8; t++) *(u32*)(orow + t * 8 + tg * 2) = pack2(acc[mt][t][2 * hf] * inv, acc[mt][t][2 * hf + 1] * inv);
+        for (int t = 0; t < D / 8; t++) *(u32*)(orow + t * 8 + tg * 2) = pack2_t<F16>(acc[mt][t][2 * hf] * inv, acc[mt][t][2 * hf + 1] * inv);
         if (tg == 0) lse[(b * a.Hq + h) * a.Sq + r] = lv > 0.f ? m[mt][hf] * (float)a.scale + logf(lv) : -NT_INF;
       }
     }
@@ -255,19 +259,32 @@ __device__ void attn_fwd_tc_body(AttnShape a, const u16* q, const u16* k, const 
 }
 
 extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc64(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
-  attn_fwd_tc_body<64, 2>(a, q, k, v, o, lse);
+  attn_fwd_tc_body<64, 2, false>(a, q, k, v, o, lse);
 }
 extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc96(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
-  attn_fwd_tc_body<96, 2>(a, q, k, v, o, lse);
+  attn_fwd_tc_body<96, 2, false>(a, q, k, v, o, lse);
 }
 extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc128(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
-  attn_fwd_tc_body<128, 1>(a, q, k, v, o, lse);
+  attn_fwd_tc_body<128, 1, false>(a, q, k, v, o, lse);
 }
 // Head size 256 (Gemma 3), forward only: 255 registers, no spills, and
 // 169 KB of shared memory, so it runs where the device allows that (Hopper);
 // see attention256.go.
 extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc256(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
-  attn_fwd_tc_body<256, 1>(a, q, k, v, o, lse);
+  attn_fwd_tc_body<256, 1, false>(a, q, k, v, o, lse);
+}
+// The fp16 forwards: the same kernels on fp16 Q, K, V and O.
+extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc64_f16(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
+  attn_fwd_tc_body<64, 2, true>(a, q, k, v, o, lse);
+}
+extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc96_f16(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
+  attn_fwd_tc_body<96, 2, true>(a, q, k, v, o, lse);
+}
+extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc128_f16(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
+  attn_fwd_tc_body<128, 1, true>(a, q, k, v, o, lse);
+}
+extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc256_f16(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
+  attn_fwd_tc_body<256, 1, true>(a, q, k, v, o, lse);
 }
 
 // ---------------------------------------------------------------------------
@@ -278,8 +295,9 @@ extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc256(AttnShape a, co
 // and are shared by both. S = Q·Kᵀ reads both operands from shared memory;
 // O += P·V takes P straight from the score registers (the accumulator
 // layout of m64nN is the m16n8 fragment layout per warp, so rounding pairs
-// to bf16 gives the A fragment) and V from shared memory as an MN-major
-// operand. The softmax is the tensor-core kernel's above, unchanged.
+// to bf16 or fp16 gives the A fragment) and V from shared memory as an
+// MN-major operand. The softmax is the tensor-core kernel's above,
+// unchanged, and so is the element type's selection (F16).
 //
 // Shared tiles use the 64-byte swizzle: a tile of R rows × D columns is
 // stored as D/32 panels of R rows × 64 bytes, and within a panel the 16-byte
@@ -287,34 +305,44 @@ extern "C" __global__ void __launch_bounds__(128) attn_fwd_tc256(AttnShape a, co
 // descriptors below declare (mode 2 in bits 62–63; 8-row groups 512 bytes
 // apart; panels R·64 bytes apart). Each tile starts on a 1024-byte boundary.
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-__device__ __forceinline__ void wg_ss64(float* d, u64 a, u64 b, int accumulate) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "l"(a), "l"(b), "r"(accumulate));
+// The forward's products, defined once per element type by
+// WG_FWD_PRODUCTS(SFX, TY) (the PTX type is part of the instruction's
+// string literal): wg_ss64 is D = A·B, or D += A·B when accumulate is set
+// (A and B in shared memory, K-major); wg_rsN is D += A·B (A from
+// registers, B MN-major, N columns). SFX names the type: none for bf16,
+// _f16 for fp16.
+#define WG_FWD_PRODUCTS(SFX, TY) \
+__device__ __forceinline__ void wg_ss64##SFX(float* d, u64 a, u64 b, int accumulate) { \
+  asm volatile( \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n" \
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}\n" \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]) \
+      : "l"(a), "l"(b), "r"(accumulate)); \
+} \
+__device__ __forceinline__ void wg_rs64##SFX(float* d, const u32* a, u64 b) { \
+  asm volatile( \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n" \
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32." TY "." TY " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n" \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]) \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(1)); \
+} \
+__device__ __forceinline__ void wg_rs96##SFX(float* d, const u32* a, u64 b) { \
+  asm volatile( \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %53, 0;\n" \
+      "wgmma.mma_async.sync.aligned.m64n96k16.f32." TY "." TY " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47}, {%48, %49, %50, %51}, %52, p, 1, 1, 1;\n}\n" \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]) \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(1)); \
+} \
+__device__ __forceinline__ void wg_rs128##SFX(float* d, const u32* a, u64 b) { \
+  asm volatile( \
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n" \
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32." TY "." TY " {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n" \
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]) \
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(1)); \
 }
-__device__ __forceinline__ void wg_rs64(float* d, const u32* a, u64 b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(1));
-}
-__device__ __forceinline__ void wg_rs96(float* d, const u32* a, u64 b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %53, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n96k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47}, {%48, %49, %50, %51}, %52, p, 1, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(1));
-}
-__device__ __forceinline__ void wg_rs128(float* d, const u32* a, u64 b) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "n"(1));
-}
+WG_FWD_PRODUCTS(, "bf16")
+WG_FWD_PRODUCTS(_f16, "f16")
+#undef WG_FWD_PRODUCTS
 
 __device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wg_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
@@ -336,14 +364,27 @@ __device__ __forceinline__ constexpr u64 kmaj_step(int kk) {
   return (u64)(((kk >> 1) * R * 64 + (kk & 1) * 32) >> 4);
 }
 
-template <int N>
+// wg_rs and wg_ss64_t pick the product by width and element type (F16:
+// fp16, else bf16) at compile time.
+template <int N, bool F16 = false>
 __device__ __forceinline__ void wg_rs(float* d, const u32* a, u64 b) {
-  if constexpr (N == 64) wg_rs64(d, a, b);
-  else if constexpr (N == 96) wg_rs96(d, a, b);
-  else wg_rs128(d, a, b);
+  if constexpr (F16) {
+    if constexpr (N == 64) wg_rs64_f16(d, a, b);
+    else if constexpr (N == 96) wg_rs96_f16(d, a, b);
+    else wg_rs128_f16(d, a, b);
+  } else {
+    if constexpr (N == 64) wg_rs64(d, a, b);
+    else if constexpr (N == 96) wg_rs96(d, a, b);
+    else wg_rs128(d, a, b);
+  }
+}
+template <bool F16>
+__device__ __forceinline__ void wg_ss64_t(float* d, u64 a, u64 b, int accumulate) {
+  if constexpr (F16) wg_ss64_f16(d, a, b, accumulate);
+  else wg_ss64(d, a, b, accumulate);
 }
 
-// swz_load queues a ROWS × D tile (rows row0.. of a strided bf16 matrix)
+// swz_load queues a ROWS × D tile (rows row0.. of a strided 16-bit matrix)
 // into the swizzled panel layout at shared address base; rows ≥ valid are
 // zero-filled.
 template <int D, int ROWS, int NT>
@@ -360,7 +401,7 @@ __device__ __forceinline__ void swz_load(u32 base, const u16* g, i64 row0, i64 v
   }
 }
 
-template <int D>
+template <int D, bool F16>
 __device__ void attn_fwd_wg_body(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
   constexpr int BM = 128, BN = 64, NT = 256;
   constexpr u32 QB = BM * D * 2, KB = BN * D * 2;  // tile bytes, multiples of 1024
@@ -433,7 +474,7 @@ __device__ void attn_fwd_wg_body(AttnShape a, const u16* q, const u16* k, const 
     float s[BN / 2];
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) wg_ss64(s, dq[kk], dk[kk], kk);
+    for (int kk = 0; kk < D / 16; kk++) wg_ss64_t<F16>(s, dq[kk], dk[kk], kk);
     wg_commit();
     wg_wait0();
 
@@ -486,15 +527,15 @@ __device__ void attn_fwd_wg_body(AttnShape a, const u16* q, const u16* k, const 
     u64 dv[BN / 16];
 #pragma unroll
     for (int kk = 0; kk < BN / 16; kk++) {
-      pa[kk][0] = pack2(s[8 * kk], s[8 * kk + 1]);
-      pa[kk][1] = pack2(s[8 * kk + 2], s[8 * kk + 3]);
-      pa[kk][2] = pack2(s[8 * kk + 4], s[8 * kk + 5]);
-      pa[kk][3] = pack2(s[8 * kk + 6], s[8 * kk + 7]);
+      pa[kk][0] = pack2_t<F16>(s[8 * kk], s[8 * kk + 1]);
+      pa[kk][1] = pack2_t<F16>(s[8 * kk + 2], s[8 * kk + 3]);
+      pa[kk][2] = pack2_t<F16>(s[8 * kk + 4], s[8 * kk + 5]);
+      pa[kk][3] = pack2_t<F16>(s[8 * kk + 6], s[8 * kk + 7]);
       dv[kk] = dVs + (u64)(kk * 16 * 64 >> 4);
     }
     wg_fence();
 #pragma unroll
-    for (int kk = 0; kk < BN / 16; kk++) wg_rs<D>(acc, pa[kk], dv[kk]);
+    for (int kk = 0; kk < BN / 16; kk++) wg_rs<D, F16>(acc, pa[kk], dv[kk]);
     wg_commit();
     wg_wait0();
   }
@@ -510,7 +551,7 @@ __device__ void attn_fwd_wg_body(AttnShape a, const u16* q, const u16* k, const 
     if (r < a.Sq) {
       u16* orow = o + ((b * a.Sq + r) * a.Hq + h) * D;
 #pragma unroll
-      for (int t = 0; t < D / 8; t++) *(u32*)(orow + t * 8 + tg * 2) = pack2(acc[4 * t + 2 * hf] * inv, acc[4 * t + 2 * hf + 1] * inv);
+      for (int t = 0; t < D / 8; t++) *(u32*)(orow + t * 8 + tg * 2) = pack2_t<F16>(acc[4 * t + 2 * hf] * inv, acc[4 * t + 2 * hf + 1] * inv);
       if (tg == 0) lse[(b * a.Hq + h) * a.Sq + r] = lv > 0.f ? m[hf] * (float)a.scale + logf(lv) : -NT_INF;
     }
   }
@@ -518,18 +559,27 @@ __device__ void attn_fwd_wg_body(AttnShape a, const u16* q, const u16* k, const 
 #else
 // Other architectures never launch the Hopper kernels (the Go side checks
 // for sm_90); a launch by mistake traps rather than computing nothing.
-template <int D>
+template <int D, bool F16>
 __device__ void attn_fwd_wg_body(AttnShape, const u16*, const u16*, const u16*, u16*, float*) { __trap(); }
 #endif
 
 extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_wg64(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
-  attn_fwd_wg_body<64>(a, q, k, v, o, lse);
+  attn_fwd_wg_body<64, false>(a, q, k, v, o, lse);
 }
 extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_wg96(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
-  attn_fwd_wg_body<96>(a, q, k, v, o, lse);
+  attn_fwd_wg_body<96, false>(a, q, k, v, o, lse);
 }
 extern "C" __global__ void __launch_bounds__(256, 1) attn_fwd_wg128(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
-  attn_fwd_wg_body<128>(a, q, k, v, o, lse);
+  attn_fwd_wg_body<128, false>(a, q, k, v, o, lse);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_wg64_f16(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
+  attn_fwd_wg_body<64, true>(a, q, k, v, o, lse);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_wg96_f16(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
+  attn_fwd_wg_body<96, true>(a, q, k, v, o, lse);
+}
+extern "C" __global__ void __launch_bounds__(256, 1) attn_fwd_wg128_f16(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
+  attn_fwd_wg_body<128, true>(a, q, k, v, o, lse);
 }
 
 // ---------------------------------------------------------------------------

@@ -16,11 +16,12 @@ import (
 // emulator (testdata/emu): the implicit-GEMM convolution, the fast
 // GroupNorm and the tensor-core attention forward at head sizes 64 (the
 // device-verified kernel, which checks the emulator's ldmatrix and mma
-// layouts) and 256, each against a float64 reference, with cp.async copies
-// landing early and late. It proves indexing, tiling, masking and fragment
-// logic without a GPU; it says nothing of speed, of real asynchrony or of
-// the device's own rounding. It needs g++ and NEWBIE_TRAIN_EMULATE=1 (a
-// minute of compiling and emulating).
+// layouts), 96 and 256, on bf16 and fp16 operands, each against a float64
+// reference, with cp.async copies landing early and late. It proves
+// indexing, tiling, masking and fragment logic without a GPU; it says
+// nothing of speed, of real asynchrony or of the device's own rounding. It
+// needs g++ and NEWBIE_TRAIN_EMULATE=1 (a minute of compiling and
+// emulating).
 func TestKernelsEmulated(t *testing.T) {
 	cxx, files, emu := emulatorSetup(t)
 	checks, err := os.ReadFile("testdata/emu/checks.cpp")
@@ -102,7 +103,7 @@ func runEmulated(t *testing.T, cxx, dir, name, src string, defines ...string) ([
 // emulatedFuncs are the device functions written in PTX that emu.h
 // replaces; their CUDA definitions are cut from the sources.
 var emulatedFuncs = []string{"f16_to_f32", "f32_to_f16", "smem_u32", "cp16", "cp_commit", "cp_wait0", "cp_wait", "ldsm4", "ldsm4t",
-	"red2", "mma16816", "ex2", "pack2"}
+	"red2", "mma16816", "mma16816_f16", "ex2", "pack2", "pack2_f16"}
 
 var deviceFuncHead = regexp.MustCompile(`(?m)^(template <[^>\n]*>\n)?__device__ __forceinline__ [^\n(]*?\b(\w+)\(`)
 

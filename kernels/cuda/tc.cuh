@@ -1,5 +1,5 @@
 // tc.cuh: tensor-core and asynchronous-copy primitives for sm_80 and later
-// (bf16 mma.sync, ldmatrix, cp.async). The Go side compiles it in after
+// (bf16 and fp16 mma.sync, ldmatrix, cp.async). The Go side compiles it in after
 // common.cuh for the files fileHeaders names; it is not a translation unit
 // of its own.
 
@@ -47,6 +47,14 @@ __device__ __forceinline__ void mma16816(float* c, const u32* a, u32 b0, u32 b1)
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
+// mma16816_f16 is mma16816 on fp16 operands.
+__device__ __forceinline__ void mma16816_f16(float* c, const u32* a, u32 b0, u32 b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
 // pack2 rounds two floats to bf16 (round to nearest even), lo in the low half.
 __device__ __forceinline__ u32 pack2(float lo, float hi) {
   u32 r;
@@ -54,8 +62,30 @@ __device__ __forceinline__ u32 pack2(float lo, float hi) {
   return r;
 }
 
+// pack2_f16 is pack2 rounding to fp16 (overflow gives ±Inf, tiny values
+// fp16 subnormals).
+__device__ __forceinline__ u32 pack2_f16(float lo, float hi) {
+  u32 r;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+
+// mma16816_t and pack2_t pick the element type at compile time (F16: fp16,
+// else bf16), so one kernel body serves both; the bf16 instantiation is the
+// plain bf16 code.
+template <bool F16>
+__device__ __forceinline__ void mma16816_t(float* c, const u32* a, u32 b0, u32 b1) {
+  if constexpr (F16) mma16816_f16(c, a, b0, b1);
+  else mma16816(c, a, b0, b1);
+}
+template <bool F16>
+__device__ __forceinline__ u32 pack2_t(float lo, float hi) {
+  if constexpr (F16) return pack2_f16(lo, hi);
+  else return pack2(lo, hi);
+}
+
 // ex2 is 2ˣ on the special-function unit (relative error ~2⁻²², far below
-// a bf16 rounding); ex2(−Inf) = 0.
+// a bf16 or fp16 rounding); ex2(−Inf) = 0.
 __device__ __forceinline__ float ex2(float x) {
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));

@@ -270,7 +270,14 @@ func TestAvailableWithoutGPU(t *testing.T) {
 
 func TestKernelIndex(t *testing.T) {
 	names := KernelNames()
-	for _, want := range []string{"fill_f", "attn_fwd_d", "adamw", "mt_partial_f", "rope_bf16_vec", "conv_dw_d"} {
+	wants := []string{"fill_f", "attn_fwd_d", "adamw", "mt_partial_f", "rope_bf16_vec", "conv_dw_d", "attn_fwd_tc256", "attn_fwd_tc256_f16"}
+	// Every tensor-core forward attnFastFwd can name, bf16 and fp16.
+	for _, d := range []string{"64", "96", "128"} {
+		for _, sfx := range []string{"", "_f16"} {
+			wants = append(wants, "attn_fwd_tc"+d+sfx, "attn_fwd_wg"+d+sfx)
+		}
+	}
+	for _, want := range wants {
 		found := false
 		for _, n := range names {
 			found = found || n == want

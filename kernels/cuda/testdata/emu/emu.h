@@ -4,8 +4,8 @@
 // is a fiber (ucontext) in one OS thread; __syncthreads and the warp-wide
 // operations (shuffles, ldmatrix, mma.sync) are barriers over the block or
 // the warp, with the exchange done when the last thread arrives. Semantics
-// follow the PTX ISA's fragment layouts for mma.m16n8k16 (bf16) and
-// ldmatrix; they are checked against the device-verified attention kernel
+// follow the PTX ISA's fragment layouts for mma.m16n8k16 (bf16 and fp16)
+// and ldmatrix; they are checked against the device-verified attention kernel
 // in the same test.
 //
 // cp.async copies either land at once (EMU_LATE=0) or only when a
@@ -95,8 +95,33 @@ static void emu_fail(const char* what) {
 }
 
 static inline void __trap() { emu_fail("__trap"); }
-static inline float f16_to_f32(u16) { emu_fail("fp16 is not emulated"); return 0; }
-static inline u16 f32_to_f16(float) { emu_fail("fp16 is not emulated"); return 0; }
+
+// emu_f16 decodes IEEE binary16 (subnormals, Inf and NaN included).
+static inline float emu_f16(u32 h) {
+  const u32 s = (h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+  if (e == 0) {
+    const float v = ldexpf((float)m, -24);
+    return s ? -v : v;
+  }
+  if (e == 31) return __uint_as_float(s | 0x7f800000u | (m << 13));
+  return __uint_as_float(s | ((e + 112) << 23) | (m << 13));
+}
+// emu_rne_f16 rounds a float to binary16, to nearest even: what
+// cvt.rn.f16.f32 does (overflow to ±Inf, fp16 subnormals kept).
+static inline u16 emu_rne_f16(float f) {
+  const u32 x = __float_as_uint(f), ax = x & 0x7fffffffu;
+  const u16 sign = (u16)((x >> 16) & 0x8000u);
+  if (ax > 0x7f800000u) return sign | 0x7e00u;        // NaN
+  if (ax >= 0x477ff000u) return sign | 0x7c00u;       // ≥ 65520 rounds to Inf
+  if (ax < 0x38800000u) {                             // below 2⁻¹⁴: subnormal
+    return sign | (u16)nearbyintf(__uint_as_float(ax) * 16777216.f);  // exact scaling by 2²⁴
+  }
+  u32 r = ax - (112u << 23);  // rebias the exponent, then round off 13 bits
+  r += 0xfffu + ((r >> 13) & 1u);
+  return sign | (u16)(r >> 13);
+}
+static inline float f16_to_f32(u16 h) { return emu_f16(h); }
+static inline u16 f32_to_f16(float f) { return emu_rne_f16(f); }
 
 struct EmuBar { int arrived = 0; unsigned gen = 0; };
 static EmuBar emu_block_bar, emu_warp_bar[32];
@@ -236,11 +261,12 @@ static inline void ldsm4t(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
 
 static inline float emu_bf(u32 half) { return __uint_as_float(half << 16); }
 
-// mma16816: D = A·B + C for m16n8k16 bf16, fragments as the PTX ISA gives
-// them: lane l = 4g + t holds A (g, 2t..2t+1), (g+8, ·), (g, 2t+8..), (g+8,
-// 2t+8..); B (k 2t..2t+1, n g), (k 2t+8..2t+9, n g); C (g, 2t..2t+1),
-// (g+8, 2t..2t+1).
-static void mma16816(float* c, const u32* a, u32 b0, u32 b1) {
+// emu_mma is D = A·B + C for m16n8k16 with elements decoded by dec,
+// fragments as the PTX ISA gives them: lane l = 4g + t holds A (g,
+// 2t..2t+1), (g+8, ·), (g, 2t+8..), (g+8, 2t+8..); B (k 2t..2t+1, n g),
+// (k 2t+8..2t+9, n g); C (g, 2t..2t+1), (g+8, 2t..2t+1).
+template <float (*dec)(u32)>
+static void emu_mma(float* c, const u32* a, u32 b0, u32 b1) {
   EmuWarp& w = emu_warps[emu_warp()];
   const int l = emu_lane();
   for (int i = 0; i < 4; i++) w.a[l][i] = a[i];
@@ -251,12 +277,12 @@ static void mma16816(float* c, const u32* a, u32 b0, u32 b1) {
       const int g = L >> 2, t = L & 3;
       for (int e = 0; e < 2; e++) {
         const int sh = 16 * e;
-        w.A[g][2 * t + e] = emu_bf((w.a[L][0] >> sh) & 0xffff);
-        w.A[g + 8][2 * t + e] = emu_bf((w.a[L][1] >> sh) & 0xffff);
-        w.A[g][2 * t + 8 + e] = emu_bf((w.a[L][2] >> sh) & 0xffff);
-        w.A[g + 8][2 * t + 8 + e] = emu_bf((w.a[L][3] >> sh) & 0xffff);
-        w.B[2 * t + e][g] = emu_bf((w.b[L][0] >> sh) & 0xffff);
-        w.B[2 * t + 8 + e][g] = emu_bf((w.b[L][1] >> sh) & 0xffff);
+        w.A[g][2 * t + e] = dec((w.a[L][0] >> sh) & 0xffff);
+        w.A[g + 8][2 * t + e] = dec((w.a[L][1] >> sh) & 0xffff);
+        w.A[g][2 * t + 8 + e] = dec((w.a[L][2] >> sh) & 0xffff);
+        w.A[g + 8][2 * t + 8 + e] = dec((w.a[L][3] >> sh) & 0xffff);
+        w.B[2 * t + e][g] = dec((w.b[L][0] >> sh) & 0xffff);
+        w.B[2 * t + 8 + e][g] = dec((w.b[L][1] >> sh) & 0xffff);
       }
     }
   });
@@ -269,6 +295,9 @@ static void mma16816(float* c, const u32* a, u32 b0, u32 b1) {
   }
   emu_wait(emu_warp_bar[emu_warp()], 32);
 }
+// mma16816 is the bf16 product, mma16816_f16 the fp16 one.
+static void mma16816(float* c, const u32* a, u32 b0, u32 b1) { emu_mma<emu_bf>(c, a, b0, b1); }
+static void mma16816_f16(float* c, const u32* a, u32 b0, u32 b1) { emu_mma<emu_f16>(c, a, b0, b1); }
 
 static inline float ex2(float x) { return exp2f(x); }
 
@@ -279,6 +308,7 @@ static inline u16 emu_rne_bf16(float f) {
   return (u16)(b >> 16);
 }
 static inline u32 pack2(float lo, float hi) { return (u32)emu_rne_bf16(lo) | ((u32)emu_rne_bf16(hi) << 16); }
+static inline u32 pack2_f16(float lo, float hi) { return (u32)emu_rne_f16(lo) | ((u32)emu_rne_f16(hi) << 16); }
 static inline void red2(float* p, float x, float y) { p[0] += x; p[1] += y; }
 
 // ---- launches ----
