@@ -53,6 +53,17 @@ func keyLens(ids, mask [][]int32, vocab int) ([]int32, int, error) {
 	return lens, l, nil
 }
 
+// graphKey names a forward's graph region (kernels.BeginGraph) by what
+// fixes its ops: the model, its dtype and the batch's shape. Key lengths
+// and ids are uploads, replayed with their new contents.
+func graphKey(model string, d kernels.DType, ids [][]int32) string {
+	l := 0
+	if len(ids) > 0 {
+		l = len(ids[0])
+	}
+	return fmt.Sprintf("%s %v %dx%d", model, d, len(ids), l)
+}
+
 // ropeTensors builds the cos/sin tables [B, L, headDim/2] of a rotary
 // embedding in dtype d: Gemma and Jina both build the angles, cosines and
 // sines in float32 (ropeTable) and cast them to the activations' dtype.

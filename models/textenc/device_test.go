@@ -24,6 +24,14 @@ func openCUDA(t *testing.T) kernels.Backend {
 	return b
 }
 
+// graphStats is the backend's graph counters (zero where it has no graphs).
+func graphStats(b kernels.Backend) kernels.GraphStats {
+	if g, ok := b.(kernels.Graphs); ok {
+		return g.GraphStats()
+	}
+	return kernels.GraphStats{}
+}
+
 // randomWeight is a kept device tensor of N(mean, std²) draws in dtype d.
 func randomWeight(e *ag.Engine, d kernels.DType, shape []int, mean, std float64) *ag.Tensor {
 	n := e.Normal(d, shape)
@@ -110,6 +118,8 @@ func TestEncodeThroughputCUDA(t *testing.T) {
 				}
 			}
 			var times []time.Duration
+			var first []float64
+			graphs := graphStats(be)
 			be.ResetPeak()
 			for it := range 7 {
 				t0 := time.Now()
@@ -123,7 +133,10 @@ func TestEncodeThroughputCUDA(t *testing.T) {
 				if it >= 2 {
 					times = append(times, time.Since(t0))
 				}
-				if it == 6 {
+				// The first forward runs plainly, the last replays the
+				// graphs captured in between: both must give the same
+				// bits.
+				if it == 0 || it == 6 {
 					v, err := out.Values()
 					if err != nil {
 						t.Fatal(err)
@@ -132,6 +145,12 @@ func TestEncodeThroughputCUDA(t *testing.T) {
 						if math.IsNaN(x) || math.IsInf(x, 0) {
 							t.Fatalf("%s: output has %g", enc.name, x)
 						}
+					}
+					if it == 0 {
+						first = v
+					} else if !slices.Equal(first, v) {
+						t.Errorf("%s %dx%d: the seventh forward differs from the first (relative %.3g); graphs: %v",
+							enc.name, b, l, kernels.RelErr(v, first), graphStats(be).Sub(graphs))
 					}
 				}
 				out.Release()
@@ -142,8 +161,8 @@ func TestEncodeThroughputCUDA(t *testing.T) {
 			slices.Sort(times)
 			med := times[len(times)/2]
 			peak := be.MemStats().Peak
-			fmt.Printf("go %s bf16 %s batch %d x %d: %.0f tokens/s (%.2f ms/batch), peak %.2f GiB (weights %.2f GiB)\n",
-				enc.name, be.Name(), b, l, float64(b*l)/med.Seconds(), float64(med.Microseconds())/1000, gib(peak), gib(weights))
+			fmt.Printf("go %s bf16 %s batch %d x %d: %.0f tokens/s (%.2f ms/batch), peak %.2f GiB (weights %.2f GiB); %v\n",
+				enc.name, be.Name(), b, l, float64(b*l)/med.Seconds(), float64(med.Microseconds())/1000, gib(peak), gib(weights), graphStats(be).Sub(graphs))
 		}
 	}
 

@@ -35,6 +35,8 @@ type Jina struct {
 	// tables, when set, replaces ropeTensors (tests build them in float64
 	// to meet the golden's out.pooled_rope_f64).
 	tables func(e *ag.Engine, d kernels.DType, r Rope, headDim, b, l int) (cos, sin *ag.Tensor)
+	// rope keeps the tables of the last batch shape between calls.
+	rope ropeCache
 }
 
 // Config returns the architecture.
@@ -52,6 +54,7 @@ func (j *Jina) Task() string { return j.task }
 
 // Release frees every weight. The model is unusable afterwards.
 func (j *Jina) Release() {
+	j.rope.release()
 	for k, t := range j.w {
 		t.Release()
 		delete(j.w, k)
@@ -125,6 +128,10 @@ func (j *Jina) run(ids, mask [][]int32) (*ag.Tensor, []int32, error) {
 	e, c := j.e, j.cfg
 	prev := e.SetGradEnabled(false)
 	defer e.SetGradEnabled(prev)
+	// A caption batch of one shape repeats across a dataset: on a backend
+	// with graphs the forward is replayed without its ~400 launches.
+	kernels.BeginGraph(e.Backend(), graphKey("textenc.Jina", j.dtype, ids))
+	defer kernels.EndGraph(e.Backend())
 	emb, lens, err := lookup(e, j.w["word_embeddings"], ids, mask, c.VocabSize, c.MaxPositions)
 	if err != nil {
 		return nil, nil, err
@@ -135,18 +142,20 @@ func (j *Jina) run(ids, mask [][]int32) (*ag.Tensor, []int32, error) {
 	x := ag.LayerNorm(withType, j.w["emb_ln.weight"], j.w["emb_ln.bias"], c.LayerNormEps)
 	withType.Release()
 
-	tables := ropeTensors
+	rope := Rope{Theta: c.RotaryBase, Factor: 1}
+	var cos, sin *ag.Tensor
 	if j.tables != nil {
-		tables = j.tables
+		cos, sin = j.tables(e, j.dtype, rope, c.HeadDim(), b, l)
+		defer cos.Release()
+		defer sin.Release()
+	} else {
+		cos, sin = j.rope.tables(e, j.dtype, rope, c.HeadDim(), b, l)
 	}
-	cos, sin := tables(e, j.dtype, Rope{Theta: c.RotaryBase, Factor: 1}, c.HeadDim(), b, l)
 	for i := range c.NumLayers {
 		next := j.layer(i, x, cos, sin, lens)
 		x.Release()
 		x = next
 	}
-	cos.Release()
-	sin.Release()
 	if err := e.Err(); err != nil {
 		x.Release()
 		return nil, nil, fmt.Errorf("textenc: jina forward: %w", err)

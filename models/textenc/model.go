@@ -17,6 +17,9 @@ type Gemma struct {
 
 	// noWindow turns sliding-window masking off (tests prove it matters).
 	noWindow bool
+	// rope keeps the local and global tables of the last batch shape
+	// between calls.
+	rope ropeCache
 }
 
 // Config returns the architecture.
@@ -31,6 +34,7 @@ func (g *Gemma) Engine() *ag.Engine { return g.e }
 
 // Release frees every weight. The model is unusable afterwards.
 func (g *Gemma) Release() {
+	g.rope.release()
 	for k, t := range g.w {
 		t.Release()
 		delete(g.w, k)
@@ -97,6 +101,8 @@ func (g *Gemma) run(ids, mask [][]int32, upto int, emit func(i int, t *ag.Tensor
 	e, c := g.e, g.cfg
 	prev := e.SetGradEnabled(false)
 	defer e.SetGradEnabled(prev)
+	kernels.BeginGraph(e.Backend(), graphKey(fmt.Sprintf("textenc.Gemma upto=%d window=%v", upto, !g.noWindow), g.opts.DType, ids))
+	defer kernels.EndGraph(e.Backend())
 	emb, lens, err := lookup(e, g.w["embed_tokens.weight"], ids, mask, c.VocabSize, 0)
 	if err != nil {
 		return err
@@ -107,13 +113,8 @@ func (g *Gemma) run(ids, mask [][]int32, upto int, emit func(i int, t *ag.Tensor
 	x := ag.Scale(emb, roundTo(g.opts.DType, float64(float32(math.Sqrt(float64(c.HiddenSize))))))
 	emb.Release()
 
-	localCos, localSin := ropeTensors(e, g.opts.DType, c.LocalRope, c.HeadDim, b, l)
-	globalCos, globalSin := ropeTensors(e, g.opts.DType, c.GlobalRope, c.HeadDim, b, l)
-	defer func() {
-		for _, t := range []*ag.Tensor{localCos, localSin, globalCos, globalSin} {
-			t.Release()
-		}
-	}()
+	localCos, localSin := g.rope.tables(e, g.opts.DType, c.LocalRope, c.HeadDim, b, l)
+	globalCos, globalSin := g.rope.tables(e, g.opts.DType, c.GlobalRope, c.HeadDim, b, l)
 
 	for i := range min(upto, c.NumLayers) {
 		cos, sin := globalCos, globalSin

@@ -243,8 +243,11 @@ func TestForwardRejects(t *testing.T) {
 }
 
 // TestForwardFreesIntermediates checks that a forward keeps nothing but
-// the hidden states it hands out: releasing them brings the backend's
-// allocation back to the weights', in every storage dtype.
+// the hidden states it hands out and the rotary tables it caches for the
+// next batch of that shape: releasing the outputs brings the backend's
+// allocation back to the weights' plus the tables', a second forward adds
+// nothing, and releasing the model frees everything, in every storage
+// dtype.
 func TestForwardFreesIntermediates(t *testing.T) {
 	raw := tinyConfig(SlidingAttention, FullAttention)
 	path, _ := writeModel(t, raw, "", nil)
@@ -271,8 +274,18 @@ func TestForwardFreesIntermediates(t *testing.T) {
 				t.Fatal(err)
 			}
 			p.Release()
-			if got := b.MemStats().Allocated; got != weights {
-				t.Errorf("after releasing the outputs %d bytes are allocated, the weights hold %d", got, weights)
+			c := g.Config()
+			ropes := int64(2) // local and global
+			if c.LocalRope == c.GlobalRope {
+				ropes = 1
+			}
+			tables := ropes * 2 * int64(2*9*c.HeadDim/2*d.Size())
+			if got := b.MemStats().Allocated; got != weights+tables {
+				t.Errorf("after releasing the outputs %d bytes are allocated, the weights hold %d and the cached rotary tables %d", got, weights, tables)
+			}
+			g.Release()
+			if got := b.MemStats().Allocated; got != 0 {
+				t.Errorf("after releasing the model %d bytes are still allocated", got)
 			}
 		})
 	}

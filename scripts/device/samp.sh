@@ -10,9 +10,11 @@
 #   cp ../shared/anchors/torch_nextdit_lora.py .gpu/
 # then run `bash scripts/device/samp.sh` on the device machine (carry .gpu).
 #
-# Usage: bash scripts/device/samp.sh [all|ours|anchor|precision]   (default
-# all; the anchor belongs in the same call as ours, split only if a call must
-# be short; precision runs steps 4 and 5 alone, the precision table)
+# Usage: bash scripts/device/samp.sh [all|ours|anchor|precision|pipeline]
+# (default all; the anchor belongs in the same call as ours, split only if a
+# call must be short; precision runs steps 4 and 5 alone, the precision
+# table; pipeline runs step 6 alone, the whole `sample` command per
+# precision — PIPELINE_PRECISIONS narrows it)
 #
 # What it does (estimated 5–7 minutes on one H200, most of it the two fp32
 # runs; every step has its own timeout, all within the 10-minute call):
@@ -75,7 +77,7 @@ timeout 180 "$G/pipeline.test" -test.run '^$' -test.bench BenchmarkCFGEvaluation
 
 fi
 
-if [ "$MODE" != anchor ]; then
+if [ "$MODE" != anchor ] && [ "$MODE" != pipeline ]; then
 step "4. TestInferPrecisions (${INFER_STEPS:-50} Euler steps with CFG, bf16 / fp16 / fp32)"
 NEWBIE_TRAIN_INFER_STEPS=${INFER_STEPS:-50} timeout 420 "$G/pipeline.test" -test.run '^TestInferPrecisions$' -test.v -test.timeout 7m 2>&1 | jsonl newbie-train
 [ "${PIPESTATUS[0]}" = 0 ] || { echo "TestInferPrecisions FAILED" | tee -a "$LOG"; fail=1; }
@@ -87,6 +89,29 @@ for p in bf16 fp16 fp32; do
   timeout 200 python3 "$G/torch_nextdit_lora.py" --infer "${INFER_STEPS:-50}" --precision "$p" 2>>"$LOG" | jsonl pytorch-eager
   [ "${PIPESTATUS[0]}" = 0 ] || { echo "anchor $p FAILED" | tee -a "$LOG"; fail=1; }
 done
+fi
+
+if [ "$MODE" = pipeline ]; then
+# 6. The whole pipeline per precision: a full-size random model folder in
+# the official layout, then `sample` with one 1024² prompt, 50 Euler steps
+# (--steps 51: grid points) with CFG — Gemma 3 and Jina CLIP v2 encode the
+# prompt and the empty negative, the DiT samples, the FLUX VAE decodes, the
+# PNG is written. Wall time of the command and its phase table.
+M=${NEWBIE_MODEL_DIR:-/tmp/newbie-exp0.1-random}
+step "6. whole pipeline: write-random-model --layout hf --size full"
+rm -rf "$M"
+timeout 300 "$G/newbie-train" dev write-random-model --layout hf --size full --out "$M" >>"$LOG" 2>&1 || { echo "write-random-model FAILED" | tee -a "$LOG"; fail=1; }
+for p in ${PIPELINE_PRECISIONS:-bf16 fp16 fp32}; do
+  step "6. sample --precision $p --sampler euler --steps 51 (50 Euler steps), 1024², CFG 5"
+  start=$(date +%s.%N)
+  timeout 300 "$G/newbie-train" sample --model "$M" --device cuda --precision "$p" --sampler euler --steps 51 --shift 6 --cfg 5 \
+    --prompt "<character_1><n>demo_girl</n><gender>1girl</gender><appearance>red hair</appearance></character_1><general_tags>simple background</general_tags>" \
+    --width 1024 --height 1024 --out "$OUT/pipe-$p" >"$OUT/pipe-$p.log" 2>&1 || { echo "sample $p FAILED" | tee -a "$LOG"; fail=1; }
+  echo "{\"who\":\"pipeline\",\"precision\":\"$p\",\"wall_s\":$(awk "BEGIN{print $(date +%s.%N) - $start}")}" | tee -a "$LOG" >>"$JSONL"
+  grep -E "^(phase|sample:|wrote)|rror|overflow" "$OUT/pipe-$p.log" | tee -a "$LOG" | tail -12
+  rm -rf "$OUT/pipe-$p"
+done
+rm -rf "$M"
 fi
 
 step "done (fail=$fail)"
