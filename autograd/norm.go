@@ -37,6 +37,36 @@ func RMSNorm(x, w *Tensor, eps float64) *Tensor {
 	}
 	x, w, outDType, done := e.rmsNormOperands(x, w)
 	defer done()
+	return e.rmsNorm(x, w, eps, outDType)
+}
+
+// RMSNormAs returns x/√(mean(x²)+eps)·w over the last axis computed in
+// float32 (float64 for F64 operands) and rounded once to x's dtype,
+// whatever w's dtype: transformers' Gemma3RMSNorm, whose float32 weight
+// meets x.float() and whose result is type_as(x). For a bf16 x and a
+// float32 w it is Cast(RMSNorm(Cast(x, F32), w), BF16) in one pass, with
+// neither float32 copy stored.
+func RMSNormAs(x, w *Tensor, eps float64) *Tensor {
+	e := x.e
+	if !e.live("RMSNormAs", x, w) {
+		return e.failed(x.dtype, x.shape)
+	}
+	cols := x.shape[len(x.shape)-1]
+	if w != nil && (len(w.shape) != 1 || w.shape[0] != cols) {
+		e.failf("RMSNormAs", "weight %v does not fit %v", w, x)
+		return e.failed(x.dtype, x.shape)
+	}
+	if !x.dtype.IsFloat() || (w != nil && !w.dtype.IsFloat()) {
+		e.failf("RMSNormAs", "%v and %v are not both float tensors", x, w)
+		return e.failed(x.dtype, x.shape)
+	}
+	return e.rmsNorm(x, w, eps, x.dtype)
+}
+
+// rmsNorm runs RMSNorm on operands already in the dtypes the op reads and
+// records its backward.
+func (e *Engine) rmsNorm(x, w *Tensor, eps float64, outDType kernels.DType) *Tensor {
+	cols := x.shape[len(x.shape)-1]
 	rows := x.Len() / cols
 	out := e.newTensor(outDType, x.shape)
 	rstd := e.newTensor(statDType(x.dtype), []int{rows})

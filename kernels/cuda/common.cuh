@@ -196,6 +196,22 @@ __device__ __forceinline__ uint4 rv_scale(uint4 xv, const uint4* w, i64 j, float
   return rv_pack(f);
 }
 
+// rv_scale for a float32 weight (Gemma's norms: x·rs·w in fp32, then one
+// rounding to bf16, as x.float() … type_as(x) gives); w holds two float4
+// per chunk.
+__device__ __forceinline__ uint4 rv_scale(uint4 xv, const float4* w, i64 j, float rs) {
+  float f[8];
+  rv_unpack(xv, f);
+#pragma unroll
+  for (int k = 0; k < 8; k++) f[k] *= rs;
+  if (w) {
+    const float4 a = w[2 * j], b = w[2 * j + 1];
+    f[0] *= a.x, f[1] *= a.y, f[2] *= a.z, f[3] *= a.w;
+    f[4] *= b.x, f[5] *= b.y, f[6] *= b.z, f[7] *= b.w;
+  }
+  return rv_pack(f);
+}
+
 // rv_g widens one chunk of x and of g = dy·w (w absent: dy) to fp32.
 __device__ __forceinline__ void rv_g(uint4 xv, uint4 dv, const uint4* w, i64 j, float* xf, float* gf) {
   rv_unpack(xv, xf);

@@ -293,6 +293,22 @@ func crossCases() []xcase {
 					return [][]float64{e.get(y), e.get(r), e.get(dx), e.get(dw), e.get(dxFrozen), e.get(y2), e.get(r2), e.get(dx2), e.get(dw2)}
 				})
 			}
+			// A float32 weight on bf16 rows (Gemma 3's norms through
+			// autograd.RMSNormAs: rmsnorm_bf16_rows_wf*), each kind of
+			// kernel: 256 (the q/k norms, _h1), 512 (_h2), 2560 (the
+			// hidden size, re-reading); the gradient takes the generic path.
+			for _, sh := range []struct{ rows, cols int }{{37, 256}, {13, 512}, {9, 2560}} {
+				add("RMSNormRows/f32-weight/"+itoa(sh.rows)+"x"+itoa(sh.cols), tol, func(e *env) [][]float64 {
+					rows, cols := sh.rows, sh.cols
+					n := rows * cols
+					x, w, g := e.randn(bf16, n), e.randn(f32, cols), e.randn(bf16, n)
+					y, r := e.poison(bf16, n), e.poison(f32, rows)
+					e.b.RMSNorm(y, r, x, w, rows, cols, 1e-6)
+					dx, dw := e.poison(bf16, n), e.poison(f32, cols)
+					e.b.RMSNormGrad(dx, dw, g, x, w, r, rows, cols)
+					return [][]float64{e.get(y), e.get(r), e.get(dx), e.get(dw)}
+				})
+			}
 		}
 		if d == bf16 {
 			// The lane-group LayerNorm (layernorm_bf16_rows*): _h4 at 8, 40

@@ -615,8 +615,13 @@ func (c *Backend) rowNorm(op string, rms bool, y, mean, rstd, x, w, b kernels.Bu
 	if !ok1 || !ok2 || rows*cols == 0 {
 		return
 	}
-	if rms && yb.dt == kernels.BF16 && xb.dt == kernels.BF16 && rb.dt == kernels.F32 && cols%8 == 0 && (wb == nil || wb.dt == kernels.BF16) {
-		name, lanes, per := rowKernel("rmsnorm_bf16_rows", cols)
+	if rms && yb.dt == kernels.BF16 && xb.dt == kernels.BF16 && rb.dt == kernels.F32 && cols%8 == 0 &&
+		(wb == nil || wb.dt == kernels.BF16 || wb.dt == kernels.F32) {
+		base := "rmsnorm_bf16_rows"
+		if wb != nil && wb.dt == kernels.F32 {
+			base += "_wf"
+		}
+		name, lanes, per := rowKernel(base, cols)
 		c.launch(name, c.grid1(rows, per), blockSize, 0, yb.ptr, rb.ptr, xb.ptr, ptr(wb), rows, cols, lanes, eps)
 		return
 	}

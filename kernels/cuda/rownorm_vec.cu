@@ -1,5 +1,6 @@
 // rownorm_vec.cu: the model's RMSNorm, forward and input gradient, for bf16
-// activations (x, y, dy, dx), a bf16 or absent weight and F32 rstd, with
+// activations (x, y, dy, dx), a bf16 or absent weight (the forward also a
+// float32 one) and F32 rstd, with
 // rows a multiple of 8 elements so every access is one 16-byte chunk.
 //
 // A row is served by a group of L lanes (L a power of two, 1..32, picked on
@@ -110,8 +111,21 @@ __device__ __forceinline__ uint4 ns_dnchunk(uint4 dv, const uint4* srow, i64 j, 
 // H chunks of each of R rows in registers (needs chunks ≤ H·L); H = 0: one
 // row per step, read again in the second pass. Launch with 256 threads per
 // block; L = lanes; a block takes R·256/L rows per step.
-template <int H, int R>
-__device__ __forceinline__ void rv_forward(u16* y, float* rstd, const u16* x, const u16* w, NSVec a, i64 rows, i64 cols, int L,
+// rv_wvec is the chunk type of a weight of element type W: 8 bf16 in one
+// uint4, or 8 floats in two float4 (rv_scale's overloads).
+template <typename W>
+struct rv_wvec;
+template <>
+struct rv_wvec<u16> {
+  typedef uint4 type;
+};
+template <>
+struct rv_wvec<float> {
+  typedef float4 type;
+};
+
+template <int H, int R, typename W = u16>
+__device__ __forceinline__ void rv_forward(u16* y, float* rstd, const u16* x, const W* w, NSVec a, i64 rows, i64 cols, int L,
                                            double eps) {
   static_assert(H > 0 || R == 1, "the re-reading kernel takes one row per step");
   const int lane = (int)threadIdx.x & (L - 1);
@@ -119,7 +133,7 @@ __device__ __forceinline__ void rv_forward(u16* y, float* rstd, const u16* x, co
   const i64 g = threadIdx.x / L;      // this lane's group in the block
   const i64 nv = cols / 8;            // chunks per row
   const i64 step = groups * R;        // rows per block per step
-  const uint4* wv = (const uint4*)w;
+  const typename rv_wvec<W>::type* wv = (const typename rv_wvec<W>::type*)w;
   // base is the same for every lane of the block, so all lanes of a warp
   // run the same iterations and reach the shuffles together; groups past
   // the last row take part in them with zeros. Slot q of a step is row
@@ -185,6 +199,20 @@ extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_h2(u16* y, f
 }
 extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows(u16* y, float* rstd, const u16* x, const u16* w, i64 rows,
                                                                    i64 cols, i64 lanes, double eps) {
+  rv_forward<0, 1>(y, rstd, x, w, NSVec{}, rows, cols, (int)lanes, eps);
+}
+
+// rmsnorm_bf16_rows_wf*: the same with a float32 weight (Gemma 3's norms).
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_wf_h1(u16* y, float* rstd, const u16* x, const float* w, i64 rows,
+                                                                         i64 cols, i64 lanes, double eps) {
+  rv_forward<1, 4>(y, rstd, x, w, NSVec{}, rows, cols, (int)lanes, eps);
+}
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_wf_h2(u16* y, float* rstd, const u16* x, const float* w, i64 rows,
+                                                                         i64 cols, i64 lanes, double eps) {
+  rv_forward<2, 2>(y, rstd, x, w, NSVec{}, rows, cols, (int)lanes, eps);
+}
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_wf(u16* y, float* rstd, const u16* x, const float* w, i64 rows,
+                                                                      i64 cols, i64 lanes, double eps) {
   rv_forward<0, 1>(y, rstd, x, w, NSVec{}, rows, cols, (int)lanes, eps);
 }
 

@@ -129,10 +129,10 @@ func normSize(d kernels.DType) int {
 // head_dim/2 wide each):
 //   - the MLP: the layer's input x and x + attention, gelu(gate), up and
 //     their product: 2·hidden + 3·intermediate in dt;
-//   - the post-feed-forward norm: x, x + attention and the MLP's output in
-//     dt, the normalised copy (and, for a bf16 model, the float32 copy it
-//     is made from) and the per-row rstd in float32;
-//   - the q norm: x, the normed input, q in dt, q's float32 copies and
+//   - the post-feed-forward norm: x, x + attention, the MLP's output and
+//     the normalised copy in dt (autograd.RMSNormAs: no float32 copy) and
+//     the per-row rstd in float32;
+//   - the q norm: x, the normed input, q and its normed copy in dt and the
 //     per-head rstd;
 //   - the attention itself: x, q, k, v and the output in dt, the
 //     per-head log-sum-exp in float32.
@@ -148,17 +148,13 @@ func EstimateGemma(c textenc.Config, dt kernels.DType, batch, tokens int, r Roun
 	}
 	ds, h, in := int64(dt.Size()), int64(c.HiddenSize), int64(c.IntermediateSize)
 	qd, kvd, heads := int64(c.NumHeads*c.HeadDim), int64(c.NumKVHeads*c.HeadDim), int64(c.NumHeads)
-	n := int64(ns)
-	copies := int64(1) // the normalised output; a bf16 model adds the float32 input copy
-	if int(ds) != ns {
-		copies = 2
-	}
+	const rstd = 4 // float32 statistics
 	rope := 2 * int64(c.HeadDim) * ds
 	perToken := rope + max(
 		(2*h+3*in)*ds,
-		3*h*ds+copies*h*n+n,
-		(2*h+qd)*ds+copies*qd*n+heads*n,
-		(h+2*qd+2*kvd)*ds+heads*4,
+		4*h*ds+rstd,
+		(2*h+2*qd)*ds+heads*rstd,
+		(h+2*qd+2*kvd)*ds+heads*rstd,
 	)
 	e.Activations = int64(batch) * int64(tokens) * perToken
 	return e.finish(r)

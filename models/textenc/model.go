@@ -150,19 +150,11 @@ func (g *Gemma) run(ids, mask [][]int32, upto int, emit func(i int, t *ag.Tensor
 }
 
 // norm is Gemma's RMSNorm with the stored 1+w, returning x's dtype. A
-// bf16 x is normalised in the weight's float32, as transformers'
-// x.float() … type_as(x) does; the float32 copy is made and released here
-// (left to the op's own promotion it would live until EndStep).
+// bf16 x is normalised in the weight's float32 and rounded once, as
+// transformers' x.float() … type_as(x) does (ag.RMSNormAs: one pass, no
+// float32 copy of x or of the result).
 func (g *Gemma) norm(x, w *ag.Tensor) *ag.Tensor {
-	if x.DType() == w.DType() {
-		return ag.RMSNorm(x, w, g.cfg.RMSNormEps)
-	}
-	xf := ag.Cast(x, w.DType())
-	y := ag.RMSNorm(xf, w, g.cfg.RMSNormEps)
-	xf.Release()
-	z := ag.Cast(y, x.DType())
-	y.Release()
-	return z
+	return ag.RMSNormAs(x, w, g.cfg.RMSNormEps)
 }
 
 // linear is x·wᵀ with the layer's named weight.
