@@ -188,33 +188,19 @@ __device__ __forceinline__ void rv_forward(u16* y, float* rstd, const u16* x, co
 }
 
 // rmsnorm_bf16_rows*: y = x·rs·w and rstd = rs per row (w may be null);
-// lanes = L. The suffix says how many chunks a lane may own (see above).
-extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_h1(u16* y, float* rstd, const u16* x, const u16* w, i64 rows,
-                                                                      i64 cols, i64 lanes, double eps) {
-  rv_forward<1, 4>(y, rstd, x, w, NSVec{}, rows, cols, (int)lanes, eps);
-}
-extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_h2(u16* y, float* rstd, const u16* x, const u16* w, i64 rows,
-                                                                      i64 cols, i64 lanes, double eps) {
-  rv_forward<2, 2>(y, rstd, x, w, NSVec{}, rows, cols, (int)lanes, eps);
-}
-extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows(u16* y, float* rstd, const u16* x, const u16* w, i64 rows,
-                                                                   i64 cols, i64 lanes, double eps) {
-  rv_forward<0, 1>(y, rstd, x, w, NSVec{}, rows, cols, (int)lanes, eps);
-}
-
-// rmsnorm_bf16_rows_wf*: the same with a float32 weight (Gemma 3's norms).
-extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_wf_h1(u16* y, float* rstd, const u16* x, const float* w, i64 rows,
-                                                                         i64 cols, i64 lanes, double eps) {
-  rv_forward<1, 4>(y, rstd, x, w, NSVec{}, rows, cols, (int)lanes, eps);
-}
-extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_wf_h2(u16* y, float* rstd, const u16* x, const float* w, i64 rows,
-                                                                         i64 cols, i64 lanes, double eps) {
-  rv_forward<2, 2>(y, rstd, x, w, NSVec{}, rows, cols, (int)lanes, eps);
-}
-extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_wf(u16* y, float* rstd, const u16* x, const float* w, i64 rows,
-                                                                      i64 cols, i64 lanes, double eps) {
-  rv_forward<0, 1>(y, rstd, x, w, NSVec{}, rows, cols, (int)lanes, eps);
-}
+// lanes = L. The suffix says how many chunks a lane may own (see above);
+// _wf takes a float32 weight (Gemma 3's norms), the others a bf16 one.
+#define RMSNORM_ROWS(NAME, H, R, W)                                                                                    \
+  extern "C" __global__ void __launch_bounds__(256) NAME(u16* y, float* rstd, const u16* x, const W* w, i64 rows, i64 cols, \
+                                                         i64 lanes, double eps) {                                        \
+    rv_forward<H, R>(y, rstd, x, w, NSVec{}, rows, cols, (int)lanes, eps);                                              \
+  }
+RMSNORM_ROWS(rmsnorm_bf16_rows_h1, 1, 4, u16)
+RMSNORM_ROWS(rmsnorm_bf16_rows_h2, 2, 2, u16)
+RMSNORM_ROWS(rmsnorm_bf16_rows, 0, 1, u16)
+RMSNORM_ROWS(rmsnorm_bf16_rows_wf_h1, 1, 4, float)
+RMSNORM_ROWS(rmsnorm_bf16_rows_wf_h2, 2, 2, float)
+RMSNORM_ROWS(rmsnorm_bf16_rows_wf, 0, 1, float)
 
 // rv_backward is the body of the dx kernels, with rv_forward's H and R.
 template <int H, int R>
