@@ -87,7 +87,7 @@ func (c *Backend) Attention(a kernels.AttentionArgs, o, lse kernels.Buffer) {
 	if ob == nil || lb == nil {
 		return
 	}
-	if c.attnFastFwd(&a, q, k, v, ob, lb, shape) {
+	if c.attnFastFwd(&a, q, k, v, ob, lb, shape) || c.attnSIMTFwd(&a, q, k, v, ob, lb, shape) {
 		return
 	}
 	sfx, esz := suffix(q, ob), 4
@@ -203,6 +203,34 @@ func (c *Backend) attnFastFwd(a *kernels.AttentionArgs, q, k, v, o, lse *buffer,
 	}
 	smem := (64*mt + 4*64) * (a.D + 8) * 2
 	c.launch("attn_fwd_tc"+itoa(a.D)+sfx, dims{(a.Sq + 64*mt - 1) / (64 * mt), a.Hq, a.B}, 128, smem, shape, q.ptr, k.ptr, v.ptr, o.ptr, lse.ptr)
+	return true
+}
+
+// attnSIMTFwd runs the tiled fp32 forward on the CUDA cores
+// (attention_simt.cu: 64 query rows a block of 256 threads, keys in tiles
+// of 64 from shared memory) when Q, K, V and O are F32, the LSE F32 and the
+// head size 64, 96 or 128, on any architecture whose blocks may take its
+// 800·D bytes of shared memory; it reports false where the portable kernel
+// must run. The scale is folded into Q before the row maxima are taken, so
+// any finite scale (attnCheck) is served, negative included.
+func (c *Backend) attnSIMTFwd(a *kernels.AttentionArgs, q, k, v, o, lse *buffer, shape []byte) bool {
+	if !c.fast(fastAttnSIMT) || q.dt != kernels.F32 || o.dt != kernels.F32 || lse.dt != kernels.F32 {
+		return false
+	}
+	if a.D != 64 && a.D != 96 && a.D != 128 {
+		return false
+	}
+	// Rows are read and written with 16-byte loads and 8-byte stores; the
+	// allocator's blocks are aligned far beyond that, but a foreign pointer
+	// must not fault.
+	if (q.ptr|k.ptr|v.ptr|o.ptr)%16 != 0 || a.Sk > math.MaxInt32 {
+		return false
+	}
+	smem := (2*68 + 64) * a.D * 4
+	if smem > c.dev.maxSmem {
+		return false
+	}
+	c.launch("attn_fwd_simt"+itoa(a.D), dims{(a.Sq + 63) / 64, a.Hq, a.B}, 256, smem, shape, q.ptr, k.ptr, v.ptr, o.ptr, lse.ptr)
 	return true
 }
 

@@ -160,6 +160,40 @@ func BenchmarkAttention(b *testing.B) {
 	})
 }
 
+// BenchmarkAttentionF32 times the fp32 attention forward at the Next-DiT's
+// sampling shape (B=2 for the conditional and unconditional halves,
+// S=4352, 24 heads, d=96, fp32 Q/K/V/O): the tiled kernel
+// (attention_simt.cu) and, for comparison, the portable attn_fwd_f it
+// replaces there (about half a second a call, so a few runs).
+func BenchmarkAttentionF32(b *testing.B) {
+	c := openGPU(b)
+	const B, S, H, D = 2, 4352, 24, 96
+	n := B * S * H * D
+	a := kernels.AttentionArgs{Q: randBuf(b, c, kernels.F32, n, 3, 1), K: randBuf(b, c, kernels.F32, n, 4, 1), V: randBuf(b, c, kernels.F32, n, 5, 1),
+		B: B, Sq: S, Sk: S, Hq: H, Hkv: H, D: D, Scale: 1 / math.Sqrt(D)}
+	o, _ := c.Alloc(kernels.F32, n)
+	lse, _ := c.Alloc(kernels.F32, B*H*S)
+	flops := 4 * float64(B*H) * S * S * D
+	for _, bc := range []struct {
+		name  string
+		off   bool
+		iters int
+	}{{"simt", false, max(b.N, 20)}, {"portable", true, 3}} {
+		b.Run(bc.name, func(b *testing.B) {
+			was := c.off
+			off := map[string]bool{fastAttnSIMT: bc.off}
+			for k, v := range was {
+				off[k] = off[k] || v
+			}
+			c.off = off
+			defer func() { c.off = was }()
+			ms := median(eventTimes(b, c, 1, bc.iters, func() { c.Attention(a, o, lse) }))
+			b.ReportMetric(ms, "ms/op")
+			b.ReportMetric(flops/ms/1e9, "TFLOP/s")
+		})
+	}
+}
+
 // BenchmarkMemoryBound times the vectorised bf16 RMSNorm (forward and
 // input gradient) and RoPE at the model's activation sizes (4352 tokens ×
 // 2304, and q/k with 24 or 32 heads × 96).

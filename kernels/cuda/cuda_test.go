@@ -561,6 +561,15 @@ func crossCases() []xcase {
 		{"f32/keylens", f32, 2, 29, 41, 4, 4, 40, false, 0, []int32{41, 0}},
 		{"f32/causal-window", f32, 1, 45, 45, 3, 1, 8, true, 7, nil},
 		{"f32/d256", f32, 1, 19, 23, 2, 1, 256, true, 0, []int32{17}},
+		// The tiled fp32 forward (attention_simt.cu) at its three head
+		// sizes: the DiT's fp32 sampling (96, padded captions), GQA with a
+		// window shorter than its key tile, cross attention with a sample
+		// that sees no key, and a short sample whose later rows see none
+		// beside rows of the same block that do.
+		{"f32/d96/simt-keylens", f32, 2, 130, 130, 6, 6, 96, false, 0, []int32{130, 61}},
+		{"f32/d64/simt-gqa-causal-window", f32, 1, 150, 150, 4, 2, 64, true, 40, nil},
+		{"f32/d128/simt-cross", f32, 2, 37, 150, 2, 2, 128, false, 0, []int32{150, 0}},
+		{"f32/d96/simt-causal-window-keylens", f32, 2, 80, 80, 2, 1, 96, true, 10, []int32{5, 80}},
 		{"bf16/d96", bf16, 1, 100, 100, 6, 2, 96, false, 0, nil},
 		{"bf16/d96/causal", bf16, 2, 70, 70, 3, 1, 96, true, 0, []int32{70, 33}},
 		{"bf16/d64", bf16, 1, 77, 77, 2, 2, 64, false, 0, nil},
@@ -612,6 +621,13 @@ func crossCases() []xcase {
 			tol /= 8
 		}
 		add("Attention/"+ac.name, tol, run)
+		if ac.d == f32 && (ac.D == 64 || ac.D == 96 || ac.D == 128) {
+			// attn_fwd_f, which the tiled forward stands in for.
+			add("Attention/portable/"+ac.name, tol, func(e *env) [][]float64 {
+				defer fastPathOff(e, fastAttnSIMT)()
+				return run(e)
+			})
+		}
 		if ac.d == bf16 || ac.d == f16 {
 			// The mma.sync kernels other GPUs run, checked on Hopper too.
 			add("Attention/mma.sync/"+ac.name, tol, func(e *env) [][]float64 {

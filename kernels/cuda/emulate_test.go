@@ -16,7 +16,8 @@ import (
 // emulator (testdata/emu): the implicit-GEMM convolution, the fast
 // GroupNorm and the tensor-core attention forward at head sizes 64 (the
 // device-verified kernel, which checks the emulator's ldmatrix and mma
-// layouts), 96 and 256, on bf16 and fp16 operands, each against a float64
+// layouts), 96 and 256, on bf16 and fp16 operands, and the tiled fp32
+// forward (attention_simt.cu) at 64, 96 and 128, each against a float64
 // reference, with cp.async copies landing early and late. It proves
 // indexing, tiling, masking and fragment logic without a GPU; it says
 // nothing of speed, of real asynchrony or of the device's own rounding. It
@@ -29,16 +30,27 @@ func TestKernelsEmulated(t *testing.T) {
 		t.Fatal(err)
 	}
 	dir := t.TempDir()
-	for _, prog := range []struct{ name, file string }{
-		{"EMU_CONV", "conv_tc.cu"},
-		{"EMU_GN", "groupnorm_fast.cu"},
-		{"EMU_ATTN", "attention_tc.cu"},
+	for _, prog := range []struct {
+		name, file string
+		late       bool // also run with cp.async copies landing late
+	}{
+		{"EMU_CONV", "conv_tc.cu", true},
+		{"EMU_GN", "groupnorm_fast.cu", true},
+		{"EMU_ATTN", "attention_tc.cu", true},
+		{"EMU_SIMT", "attention_simt.cu", false},
 	} {
 		// files[f] is what NVRTC compiles: common.cuh, the file's headers
 		// and the file, which the emulator replaces in part.
 		src := string(emu) + "\n" + emulatedSource(files[prog.file]) + "\n#line 1 \"checks.cpp\"\n" + string(checks)
-		for _, late := range []string{"0", "1"} {
+		lates := []string{"0", "1"}
+		if !prog.late {
+			lates = lates[:1]
+		}
+		for _, late := range lates {
 			name := prog.name + map[string]string{"0": "/copies-early", "1": "/copies-late"}[late]
+			if !prog.late {
+				name = prog.name
+			}
 			t.Run(name, func(t *testing.T) {
 				lines, runErr := runEmulated(t, cxx, dir, prog.name, src, "-D"+prog.name, "-DEMU_LATE="+late)
 				for _, line := range lines {

@@ -25,6 +25,9 @@ const (
 	// fastAttn256 is the tensor-core attention forward at head size 256
 	// (attn_fwd_tc256).
 	fastAttn256 = "attn256"
+	// fastAttnSIMT is the tiled fp32 attention forward on the CUDA cores
+	// (attention_simt.cu); off, fp32 attention runs attn_fwd_f.
+	fastAttnSIMT = "attnsimt"
 	// fastFused is the one-pass kernels of the fused block ops
 	// (fused_norm.cu); off, those ops run as their compositions of the
 	// primitive kernels (kernels.Compose*).
@@ -34,7 +37,7 @@ const (
 	fastGraphs = "graphs"
 )
 
-var fastPaths = []string{fastConv, fastGroupNorm, fastAttn256, fastFused, fastGraphs}
+var fastPaths = []string{fastConv, fastGroupNorm, fastAttn256, fastAttnSIMT, fastFused, fastGraphs}
 
 // parseFastPathsOff reads a NEWBIE_TRAIN_CUDA_OFF value into the set of
 // fast paths turned off, refusing names it does not know (a typo would
