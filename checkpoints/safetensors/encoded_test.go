@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"math"
 	"path/filepath"
+	"runtime"
 	"testing"
 
 	"github.com/newbie-train/newbie-train/kernels"
@@ -62,6 +63,60 @@ func TestEncoded(t *testing.T) {
 	}
 }
 
+// TestEncodedLarge converts tensors long enough to be cut into one range
+// per core (three at least: GOMAXPROCS is raised for the test), from F32,
+// BF16 and F16 to F16 and F32, against the value-by-value reference
+// through Float32.
+func TestEncodedLarge(t *testing.T) {
+	prev := runtime.GOMAXPROCS(max(runtime.GOMAXPROCS(0), 3))
+	defer runtime.GOMAXPROCS(prev)
+	const n = 3<<16 + 7 // not a multiple of the range count
+	vals := make([]float32, n)
+	for i := range vals {
+		vals[i] = float32(math.Sin(float64(i))*70000) / float32(1+i%97)
+	}
+	path := filepath.Join(t.TempDir(), "l.safetensors")
+	var ts []Tensor
+	for _, dt := range []DType{F32, BF16, F16} {
+		ts = append(ts, FloatTensor("x_"+string(dt), dt, []int{n}, vals))
+	}
+	if err := Write(path, ts, nil); err != nil {
+		t.Fatal(err)
+	}
+	f, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	for _, src := range []DType{F32, BF16, F16} {
+		name := "x_" + string(src)
+		v, err := f.Float32(name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []DType{F16, F32} {
+			got, err := f.Encoded(name, want)
+			if err != nil {
+				t.Fatalf("%s as %s: %v", name, want, err)
+			}
+			if src == want {
+				continue
+			}
+			for i, x := range v {
+				var ok bool
+				if want == F16 {
+					ok = binary.LittleEndian.Uint16(got[2*i:]) == kernels.F16FromF32(x)
+				} else {
+					ok = binary.LittleEndian.Uint32(got[4*i:]) == math.Float32bits(x)
+				}
+				if !ok {
+					t.Fatalf("%s as %s: element %d of %d differs from the reference", name, want, i, n)
+				}
+			}
+		}
+	}
+}
+
 // BenchmarkEncodedBF16 reads a 64 MiB bf16 tensor as bf16 bytes: the
 // file's own bytes, against BF16's decode and a re-encode (what the
 // loaders did before).
@@ -81,6 +136,13 @@ func BenchmarkEncodedBF16(b *testing.B) {
 		b.SetBytes(int64(2 * n))
 		for range b.N {
 			raw, _ := f.Encoded("w", BF16)
+			copy(sink, raw)
+		}
+	})
+	b.Run("as-f16", func(b *testing.B) { // an fp16 model from a bf16 file
+		b.SetBytes(int64(2 * n))
+		for range b.N {
+			raw, _ := f.Encoded("w", F16)
 			copy(sink, raw)
 		}
 	})
