@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -93,6 +94,40 @@ func (r *randomWeights) Float32(name string) ([]float32, error) {
 			defer wg.Done()
 			for i := w; i < n; i += workers {
 				out[i] = float32(kernels.NormalAt(stream, uint64(i), mean, std))
+			}
+		}()
+	}
+	wg.Wait()
+	return out, nil
+}
+
+// Encoded gives a weight's values already in a storage dtype's bytes (the
+// loader's encodedSource): the loader would otherwise widen 3.5B values to
+// float64 on one core to store an fp16 or fp32 model, minutes of the
+// precision test's time limit.
+func (r *randomWeights) Encoded(name string, d safetensors.DType) ([]byte, error) {
+	v, err := r.Float32(name)
+	if err != nil {
+		return nil, err
+	}
+	put := map[safetensors.DType]func(b []byte, x float32){
+		safetensors.BF16: func(b []byte, x float32) { binary.LittleEndian.PutUint16(b, kernels.BF16FromF32(x)) },
+		safetensors.F16:  func(b []byte, x float32) { binary.LittleEndian.PutUint16(b, kernels.F16FromF32(x)) },
+		safetensors.F32:  func(b []byte, x float32) { binary.LittleEndian.PutUint32(b, math.Float32bits(x)) },
+	}[d]
+	if put == nil {
+		return nil, fmt.Errorf("random weights: %s wanted as %s", name, d)
+	}
+	size := d.Size()
+	out := make([]byte, size*len(v))
+	workers := runtime.GOMAXPROCS(0)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w * len(v) / workers; i < (w+1)*len(v)/workers; i++ {
+				put(out[size*i:], v[i])
 			}
 		}()
 	}
@@ -205,14 +240,14 @@ func BenchmarkCFGEvaluation(b *testing.B) {
 
 // inferResult is one precision's line of TestInferPrecisions.
 type inferResult struct {
-	Precision  string  `json:"precision"`
-	Steps      int     `json:"euler_steps"`
-	SPerImage  float64 `json:"s_per_image"`
-	SPerEval   float64 `json:"s_per_eval"`
-	PeakGiB    float64 `json:"peak_gib"`
-	Finite     bool    `json:"finite"`
-	Error      string  `json:"error,omitempty"`
-	latent     []float64
+	Precision string  `json:"precision"`
+	Steps     int     `json:"euler_steps"`
+	SPerImage float64 `json:"s_per_image"`
+	SPerEval  float64 `json:"s_per_eval"`
+	PeakGiB   float64 `json:"peak_gib"`
+	Finite    bool    `json:"finite"`
+	Error     string  `json:"error,omitempty"`
+	latent    []float64
 }
 
 // vaeResult is the decode of an inferResult's latent, printed after it.
