@@ -29,7 +29,7 @@ func (c *Backend) Conv2D(y, x, w, bias kernels.Buffer, a kernels.ConvArgs) {
 	if yb == nil || xb == nil || wb == nil || !okb || yb.n == 0 {
 		return
 	}
-	if c.convTC(a, yb, xb, wb, bb) {
+	if c.convTC(a, yb, xb, wb, bb) || c.convGEMM(a, yb, xb, wb, bb) {
 		return
 	}
 	c.launch("conv"+suffix(yb), c.grid1(yb.n, blockSize), blockSize, 0, yb.ptr, dt(yb), xb.ptr, dt(xb), wb.ptr, dt(wb), ptr(bb), dt(bb), sh)
@@ -80,6 +80,68 @@ func (c *Backend) convTC(a kernels.ConvArgs, y, x, w, bias *buffer) bool {
 	// 4 stages of a bm × 40 and a 128 × 40 bf16 tile (conv_tc_body).
 	smem := 4 * (bm + 128) * 40 * 2
 	c.launch("conv_tc"+itoa(bm), dims{blocks, 1, 1}, 256, smem, y.ptr, xt, wp, ptr(bias), dt(bias), sh)
+	return true
+}
+
+// convColumnBytes bounds convGEMM's column workspace: the columns of as
+// many output pixels as fit (at least 64), so a 1024² image's convolutions
+// take a few dozen products instead of one 1.2 GB layout.
+const convColumnBytes = 64 << 20
+
+// convGEMM runs an fp32 or fp16 convolution as cuBLAS products
+// (conv_gemm.cu): per image and range of output pixels, im2col columns with
+// a row of ones, times the weights widened by the bias column, written
+// straight into y's rows. The direct kernel (one thread per output element,
+// re-reading every window) took 13.7 s for the FLUX VAE's fp32 decode of a
+// 1024² image on the H200. It reports false where the direct kernel must
+// run: other dtypes, or NEWBIE_TRAIN_CUDA_OFF naming "convgemm".
+func (c *Backend) convGEMM(a kernels.ConvArgs, y, x, w, bias *buffer) bool {
+	d := x.dt
+	if !c.fast(fastConvGEMM) || (d != kernels.F32 && d != kernels.F16) || w.dt != d || y.dt != d {
+		return false
+	}
+	const op = "Conv2D"
+	esz := d.Size()
+	k1 := a.Cin*a.KH*a.KW + 1
+	hw := a.OutH() * a.OutW()
+	pc := min(hw, max(64, convColumnBytes/(k1*esz)))
+	wp, ws, err := c.alloc.get(int64(a.Cout * k1 * esz))
+	if err != nil {
+		c.failf("%s: weight workspace for the GEMM convolution: %v", op, err)
+		return true
+	}
+	defer c.alloc.put(wp, ws)
+	cp, cs, err := c.alloc.get(int64(k1 * pc * esz))
+	if err != nil {
+		c.failf("%s: column workspace (%d MiB) for the GEMM convolution: %v (%s=%s runs the direct kernel, which needs none)",
+			op, k1*pc*esz>>20, err, fastPathEnv, fastConvGEMM)
+		return true
+	}
+	defer c.alloc.put(cp, cs)
+	sh := structBytes(a.N, a.Cin, a.H, a.W, a.Cout, a.KH, a.KW, a.Stride, a.Pad, a.OutH(), a.OutW())
+	c.launch("conv_wbias_f", c.grid1(a.Cout*k1, blockSize), blockSize, 0, wp, w.ptr, ptr(bias), dt(bias), dt(w), a.Cout, k1-1)
+	typ := cudaR32F
+	if d == kernels.F16 {
+		typ = cudaR16F
+	}
+	algo := uintptr(uint32(defaultAlgo))
+	for n := range a.N {
+		for p0 := 0; p0 < hw; p0 += pc {
+			cols := min(pc, hw-p0)
+			c.launch("conv_im2col_f", c.grid1(k1*cols, blockSize), blockSize, 0, cp, x.ptr, dt(x), sh, n, p0, cols)
+			// Row-major y[co][p0 + j] = Σ_k wb[co][k]·col[k][j] is, for
+			// column-major cuBLAS, yᵀ = colᵀ·wbᵀ: m = cols, n = Cout.
+			yp := y.ptr + uint64((n*a.Cout*hw+p0)*esz)
+			r := c.blasCall("cublasGemmEx", &c.l.blas.gemmEx, 6, 13, 1, 0, false, c.blas, uintptr(cublasOpN), uintptr(cublasOpN),
+				uintptr(cols), uintptr(a.Cout), uintptr(k1), 0,
+				uintptr(cp), uintptr(typ), uintptr(cols), uintptr(wp), uintptr(typ), uintptr(k1),
+				0, uintptr(yp), uintptr(typ), uintptr(hw), uintptr(cublasCompute32F), algo)
+			if r != 0 {
+				c.failf("%s: cublasGemmEx for the GEMM convolution (m=%d n=%d k=%d, %v): cuBLAS status %d", op, cols, a.Cout, k1, d, r)
+				return true
+			}
+		}
+	}
 	return true
 }
 

@@ -409,9 +409,10 @@ func crossCases() []xcase {
 			return [][]float64{e.get(s), e.get(nf), e.get(nf2)}
 		})
 	}
-	// The FLUX VAE's convolutions on the bf16 implicit GEMM (conv_tc.cu),
-	// each channel tile, odd planes, two images in a pixel tile; the last
-	// rerun with the fast path off checks the direct kernel at bf16.
+	// The FLUX VAE's convolutions on the bf16 implicit GEMM (conv_tc.cu)
+	// and, in fp32 and fp16, on the im2col products (conv_gemm.cu): each
+	// channel tile, odd planes, two images in a pixel tile; the last case
+	// reruns with the fast path off, checking the direct kernel.
 	for _, cc := range []struct {
 		name string
 		a    kernels.ConvArgs
@@ -427,20 +428,23 @@ func crossCases() []xcase {
 		{"odd-plane-cout64", kernels.ConvArgs{N: 2, Cin: 40, H: 9, W: 11, Cout: 64, KH: 3, KW: 3, Stride: 1, Pad: 1}, false},
 		{"odd-plane-direct", kernels.ConvArgs{N: 2, Cin: 40, H: 9, W: 11, Cout: 70, KH: 3, KW: 3, Stride: 1, Pad: 1}, true},
 	} {
-		add("Conv2D/vae/"+cc.name, kerneltest.Tol(bf16, bf16), func(e *env) [][]float64 {
-			if cc.off {
-				defer fastPathOff(e, fastConv)()
-			}
-			a := cc.a
-			x := e.randn(bf16, a.N*a.Cin*a.H*a.W)
-			w := e.put(bf16, kerneltest.Randn(e.rng, a.Cout*a.Cin*a.KH*a.KW, 1/math.Sqrt(float64(a.Cin*a.KH*a.KW))))
-			bias := e.randn(bf16, a.Cout)
-			y := e.poison(bf16, a.N*a.Cout*a.OutH()*a.OutW())
-			e.b.Conv2D(y, x, w, bias, a)
-			y2 := e.poison(bf16, a.N*a.Cout*a.OutH()*a.OutW())
-			e.b.Conv2D(y2, x, w, nil, a)
-			return [][]float64{e.get(y), e.get(y2)}
-		})
+		for _, d := range []kernels.DType{bf16, f32, f16} {
+			fast := map[kernels.DType]string{bf16: fastConv, f32: fastConvGEMM, f16: fastConvGEMM}[d]
+			add("Conv2D/vae/"+d.String()+"/"+cc.name, kerneltest.Tol(d, d), func(e *env) [][]float64 {
+				if cc.off {
+					defer fastPathOff(e, fast)()
+				}
+				a := cc.a
+				x := e.randn(d, a.N*a.Cin*a.H*a.W)
+				w := e.put(d, kerneltest.Randn(e.rng, a.Cout*a.Cin*a.KH*a.KW, 1/math.Sqrt(float64(a.Cin*a.KH*a.KW))))
+				bias := e.randn(d, a.Cout)
+				y := e.poison(d, a.N*a.Cout*a.OutH()*a.OutW())
+				e.b.Conv2D(y, x, w, bias, a)
+				y2 := e.poison(d, a.N*a.Cout*a.OutH()*a.OutW())
+				e.b.Conv2D(y2, x, w, nil, a)
+				return [][]float64{e.get(y), e.get(y2)}
+			})
+		}
 	}
 	// GroupNorm on the multi-block kernels (groupnorm_fast.cu), bf16 and
 	// fp32, and GroupNormSiLU against the CPU's GroupNorm then SiLU; groups

@@ -38,6 +38,7 @@ func TestKernelsEmulated(t *testing.T) {
 		{"EMU_GN", "groupnorm_fast.cu", true},
 		{"EMU_ATTN", "attention_tc.cu", true},
 		{"EMU_SIMT", "attention_simt.cu", false},
+		{"EMU_CONVGEMM", "conv_gemm.cu", false},
 	} {
 		// files[f] is what NVRTC compiles: common.cuh, the file's headers
 		// and the file, which the emulator replaces in part.

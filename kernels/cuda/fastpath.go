@@ -19,6 +19,9 @@ const fastPathEnv = "NEWBIE_TRAIN_CUDA_OFF"
 const (
 	// fastConv is the bf16 implicit-GEMM convolution (conv_tc.cu).
 	fastConv = "conv"
+	// fastConvGEMM is the fp32 and fp16 convolution as cuBLAS products over
+	// im2col columns (conv_gemm.cu); off, those run the direct kernel.
+	fastConvGEMM = "convgemm"
 	// fastGroupNorm is the vectorised, multi-block GroupNorm and its fused
 	// SiLU (groupnorm_fast.cu).
 	fastGroupNorm = "groupnorm"
@@ -37,7 +40,7 @@ const (
 	fastGraphs = "graphs"
 )
 
-var fastPaths = []string{fastConv, fastGroupNorm, fastAttn256, fastAttnSIMT, fastFused, fastGraphs}
+var fastPaths = []string{fastConv, fastConvGEMM, fastGroupNorm, fastAttn256, fastAttnSIMT, fastFused, fastGraphs}
 
 // parseFastPathsOff reads a NEWBIE_TRAIN_CUDA_OFF value into the set of
 // fast paths turned off, refusing names it does not know (a typo would

@@ -1,6 +1,6 @@
 // checks.cpp: the emulated runs of TestKernelsEmulated. It is compiled after
-// emu.h, common.cuh and one kernel file, with EMU_CONV, EMU_GN or EMU_ATTN
-// naming which. Each case draws random inputs, runs the kernels with the
+// emu.h, common.cuh and one kernel file, with EMU_CONV, EMU_GN, EMU_ATTN,
+// EMU_SIMT or EMU_CONVGEMM naming which. Each case draws random inputs, runs the kernels with the
 // grids the Go side launches, compares with a float64 reference from the
 // same (rounded) inputs and prints PASS/FAIL lines; the exit code counts
 // failures.
@@ -388,6 +388,86 @@ int main() {
     cases.push_back({name("negative-scale"), 1, 65, 65, 1, 1, d, false, 0, {}, -0.2});
   }
   for (const auto& k : cases) simt_case(k);
+  return emu_failures;
+}
+#endif
+
+#ifdef EMU_CONVGEMM
+// convGEMM's launches (conv.go) — the widened weights, then per image and
+// pixel range the im2col columns and the product, here done on the host
+// exactly as the Go side asks cuBLAS for it (column-major, m = the range's
+// pixels, n = Cout, k = Cin·KH·KW + 1, lda = pixels, ldb = k, ldc = HO·WO,
+// C at image n's row block plus p0) — against a float64 direct
+// convolution. Small ranges force several products a plane and a short
+// last one.
+struct CGCase {
+  const char* name;
+  i64 N, Cin, H, W, Cout, KH, KW, s, p;
+  bool bias;
+  i64 pc;
+};
+
+static void cg_case(const CGCase& k) {
+  const i64 HO = (k.H + 2 * k.p - k.KH) / k.s + 1, WO = (k.W + 2 * k.p - k.KW) / k.s + 1;
+  const i64 taps = k.KH * k.KW, K1 = k.Cin * taps + 1, hw = HO * WO;
+  std::vector<float> hx(k.N * k.Cin * k.H * k.W), hw_(k.Cout * k.Cin * taps), hb(k.Cout);
+  for (auto& v : hx) v = (float)emu_randn();
+  for (auto& v : hw_) v = (float)(emu_randn() / std::sqrt((double)(k.Cin * taps)));
+  for (auto& v : hb) v = (float)emu_randn();
+  float *x = emu_upload(hx), *w = emu_upload(hw_), *b = emu_upload(hb);
+  const i64 ny = k.N * k.Cout * hw;
+  float* y = emu_upload(std::vector<float>(ny, NAN));  // an unwritten element fails
+  float* wp = emu_upload(std::vector<float>(k.Cout * K1, NAN));
+  float* cp = emu_upload(std::vector<float>(K1 * k.pc, NAN));
+  ConvShape c{k.N, k.Cin, k.H, k.W, k.Cout, k.KH, k.KW, k.s, k.p, HO, WO};
+  // Grid-stride launches with fewer blocks than elements, as grid1 caps them.
+  emu_launch(conv_wbias_f, uint3e{3, 1, 1}, 256, 0, (void*)wp, (const void*)w, k.bias ? (const void*)b : nullptr, (i64)DT_F32,
+             (i64)DT_F32, k.Cout, K1 - 1);
+  for (i64 n = 0; n < k.N; n++)
+    for (i64 p0 = 0; p0 < hw; p0 += k.pc) {
+      const i64 cols = std::min(k.pc, hw - p0);
+      emu_launch(conv_im2col_f, uint3e{2, 1, 1}, 256, 0, (void*)cp, (const void*)x, (i64)DT_F32, c, n, p0, cols);
+      float* C = y + n * k.Cout * hw + p0;
+      for (i64 jn = 0; jn < k.Cout; jn++)
+        for (i64 im = 0; im < cols; im++) {
+          double s = 0;
+          for (i64 l = 0; l < K1; l++) s += (double)cp[im + l * cols] * wp[l + jn * K1];
+          C[im + jn * hw] = (float)s;
+        }
+    }
+  std::vector<double> got(ny), want(ny);
+  for (i64 n = 0; n < k.N; n++)
+    for (i64 co = 0; co < k.Cout; co++)
+      for (i64 oy = 0; oy < HO; oy++)
+        for (i64 ox = 0; ox < WO; ox++) {
+          double s = k.bias ? hb[co] : 0;
+          for (i64 ci = 0; ci < k.Cin; ci++)
+            for (i64 ky = 0; ky < k.KH; ky++)
+              for (i64 kx = 0; kx < k.KW; kx++) {
+                const i64 iy = oy * k.s - k.p + ky, ix = ox * k.s - k.p + kx;
+                if (iy < 0 || iy >= k.H || ix < 0 || ix >= k.W) continue;
+                s += (double)hw_[((co * k.Cin + ci) * k.KH + ky) * k.KW + kx] * hx[((n * k.Cin + ci) * k.H + iy) * k.W + ix];
+              }
+          const i64 i = ((n * k.Cout + co) * HO + oy) * WO + ox;
+          want[i] = s;
+          got[i] = y[i];
+        }
+  // One float32 rounding of each output.
+  emu_report(k.name, emu_relerr(got, want), 1e-6);
+}
+
+int main() {
+  const CGCase cases[] = {
+      // 3×3 same padding, two images, ranges of 37 pixels (99 = 2·37 + 25).
+      {"convgemm/3x3/n2-cin5-cout7/pc37", 2, 5, 9, 11, 7, 3, 3, 1, 1, true, 37},
+      // The downsampler: stride 2, no padding; one range for the plane.
+      {"convgemm/3x3/stride2-pad0/pc-all", 1, 6, 17, 17, 4, 3, 3, 2, 0, true, 64},
+      // A 1×1 shortcut without bias, ranges of 8.
+      {"convgemm/1x1/no-bias/pc8", 2, 9, 6, 5, 3, 1, 1, 1, 0, false, 8},
+      // A non-square kernel window and odd plane, ranges of 64.
+      {"convgemm/3x1/pc64", 1, 3, 13, 10, 5, 3, 1, 1, 1, true, 64},
+  };
+  for (const auto& k : cases) cg_case(k);
   return emu_failures;
 }
 #endif
