@@ -27,12 +27,7 @@ func paramGrad(g *Tensor, p *Tensor) *Tensor {
 // (type_as(x) · weight) does.
 func RMSNorm(x, w *Tensor, eps float64) *Tensor {
 	e := x.e
-	if !e.live("RMSNorm", x, w) {
-		return e.failed(x.dtype, x.shape)
-	}
-	cols := x.shape[len(x.shape)-1]
-	if w != nil && (len(w.shape) != 1 || w.shape[0] != cols) {
-		e.failf("RMSNorm", "weight %v does not fit %v", w, x)
+	if !e.rmsNormFits("RMSNorm", x, w) {
 		return e.failed(x.dtype, x.shape)
 	}
 	x, w, outDType, done := e.rmsNormOperands(x, w)
@@ -48,12 +43,7 @@ func RMSNorm(x, w *Tensor, eps float64) *Tensor {
 // neither float32 copy stored.
 func RMSNormAs(x, w *Tensor, eps float64) *Tensor {
 	e := x.e
-	if !e.live("RMSNormAs", x, w) {
-		return e.failed(x.dtype, x.shape)
-	}
-	cols := x.shape[len(x.shape)-1]
-	if w != nil && (len(w.shape) != 1 || w.shape[0] != cols) {
-		e.failf("RMSNormAs", "weight %v does not fit %v", w, x)
+	if !e.rmsNormFits("RMSNormAs", x, w) {
 		return e.failed(x.dtype, x.shape)
 	}
 	if !x.dtype.IsFloat() || (w != nil && !w.dtype.IsFloat()) {
@@ -61,6 +51,20 @@ func RMSNormAs(x, w *Tensor, eps float64) *Tensor {
 		return e.failed(x.dtype, x.shape)
 	}
 	return e.rmsNorm(x, w, eps, x.dtype)
+}
+
+// rmsNormFits reports whether op can run on x and w (live tensors, w nil
+// or one value per column of x), recording the failure when not.
+func (e *Engine) rmsNormFits(op string, x, w *Tensor) bool {
+	if !e.live(op, x, w) {
+		return false
+	}
+	cols := x.shape[len(x.shape)-1]
+	if w != nil && (len(w.shape) != 1 || w.shape[0] != cols) {
+		e.failf(op, "weight %v does not fit %v", w, x)
+		return false
+	}
+	return true
 }
 
 // rmsNorm runs RMSNorm on operands already in the dtypes the op reads and

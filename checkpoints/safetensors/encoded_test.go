@@ -11,10 +11,10 @@ import (
 	"github.com/newbie-train/newbie-train/kernels"
 )
 
-// TestEncoded: a tensor already in the wanted dtype comes back as its
-// bytes; other dtypes are converted as BF16 and Float32 convert them.
-func TestEncoded(t *testing.T) {
-	vals := []float32{0, 1, -2.5, 3.1415927, 65504, 1e-8}
+// openInEachDType writes vals as x_F32, x_BF16 and x_F16 into a file and
+// opens it; the file is closed when the test ends.
+func openInEachDType(t *testing.T, vals []float32) *File {
+	t.Helper()
 	path := filepath.Join(t.TempDir(), "e.safetensors")
 	var ts []Tensor
 	for _, dt := range []DType{F32, BF16, F16} {
@@ -27,7 +27,15 @@ func TestEncoded(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
+	t.Cleanup(func() { f.Close() })
+	return f
+}
+
+// TestEncoded: a tensor already in the wanted dtype comes back as its
+// bytes; other dtypes are converted as BF16 and Float32 convert them.
+func TestEncoded(t *testing.T) {
+	vals := []float32{0, 1, -2.5, 3.1415927, 65504, 1e-8}
+	f := openInEachDType(t, vals)
 	for _, src := range []DType{F32, BF16, F16} {
 		name := "x_" + string(src)
 		for _, want := range []DType{F32, BF16, F16} {
@@ -75,19 +83,7 @@ func TestEncodedLarge(t *testing.T) {
 	for i := range vals {
 		vals[i] = float32(math.Sin(float64(i))*70000) / float32(1+i%97)
 	}
-	path := filepath.Join(t.TempDir(), "l.safetensors")
-	var ts []Tensor
-	for _, dt := range []DType{F32, BF16, F16} {
-		ts = append(ts, FloatTensor("x_"+string(dt), dt, []int{n}, vals))
-	}
-	if err := Write(path, ts, nil); err != nil {
-		t.Fatal(err)
-	}
-	f, err := Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
+	f := openInEachDType(t, vals)
 	for _, src := range []DType{F32, BF16, F16} {
 		name := "x_" + string(src)
 		v, err := f.Float32(name)

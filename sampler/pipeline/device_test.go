@@ -86,19 +86,26 @@ func (r *randomWeights) Float32(name string) ([]float32, error) {
 	}
 	out := make([]float32, n)
 	stream := uint64(r.index[name]+1) * 0x9e3779b97f4a7c15
+	eachRange(n, func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			out[i] = float32(kernels.NormalAt(stream, uint64(i), mean, std))
+		}
+	})
+	return out, nil
+}
+
+// eachRange runs fn over [0, n) cut into one range per core, in parallel.
+func eachRange(n int, fn func(lo, hi int)) {
 	workers := runtime.GOMAXPROCS(0)
 	var wg sync.WaitGroup
 	for w := range workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for i := w; i < n; i += workers {
-				out[i] = float32(kernels.NormalAt(stream, uint64(i), mean, std))
-			}
+			fn(w*n/workers, (w+1)*n/workers)
 		}()
 	}
 	wg.Wait()
-	return out, nil
 }
 
 // Encoded gives a weight's values already in a storage dtype's bytes (the
@@ -120,18 +127,11 @@ func (r *randomWeights) Encoded(name string, d safetensors.DType) ([]byte, error
 	}
 	size := d.Size()
 	out := make([]byte, size*len(v))
-	workers := runtime.GOMAXPROCS(0)
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := w * len(v) / workers; i < (w+1)*len(v)/workers; i++ {
-				put(out[size*i:], v[i])
-			}
-		}()
-	}
-	wg.Wait()
+	eachRange(len(v), func(lo, hi int) {
+		for i := lo; i < hi; i++ {
+			put(out[size*i:], v[i])
+		}
+	})
 	return out, nil
 }
 

@@ -14,6 +14,24 @@ static T* emu_upload(const std::vector<T>& h) {
   return d;
 }
 
+#if defined(EMU_CONV) || defined(EMU_CONVGEMM)
+// conv_ref is the float64 direct convolution at one output element (bias
+// b, or none when nullptr), reading x and w through xv and wv (the rounded
+// inputs' values).
+template <class XV, class WV>
+static double conv_ref(i64 Cin, i64 H, i64 W, i64 KH, i64 KW, i64 s, i64 p, i64 n, i64 co, i64 oy, i64 ox, double b, XV xv, WV wv) {
+  double acc = b;
+  for (i64 ci = 0; ci < Cin; ci++)
+    for (i64 ky = 0; ky < KH; ky++)
+      for (i64 kx = 0; kx < KW; kx++) {
+        const i64 iy = oy * s - p + ky, ix = ox * s - p + kx;
+        if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+        acc += wv(((co * Cin + ci) * KH + ky) * KW + kx) * xv(((n * Cin + ci) * H + iy) * W + ix);
+      }
+  return acc;
+}
+#endif
+
 #ifdef EMU_CONV
 struct ConvCase {
   const char* name;
@@ -54,17 +72,10 @@ static void conv_case(const ConvCase& k) {
     for (i64 co = 0; co < k.Cout; co++)
       for (i64 oy = 0; oy < HO; oy++)
         for (i64 ox = 0; ox < WO; ox++) {
-          double s = k.bias ? emu_bf16_value(hb[co]) : 0;
-          for (i64 ci = 0; ci < k.Cin; ci++)
-            for (i64 ky = 0; ky < k.KH; ky++)
-              for (i64 kx = 0; kx < k.KW; kx++) {
-                const i64 iy = oy * k.s - k.p + ky, ix = ox * k.s - k.p + kx;
-                if (iy < 0 || iy >= k.H || ix < 0 || ix >= k.W) continue;
-                s += (double)emu_bf16_value(hw[((co * k.Cin + ci) * k.KH + ky) * k.KW + kx]) *
-                     emu_bf16_value(hx[((n * k.Cin + ci) * k.H + iy) * k.W + ix]);
-              }
           const i64 i = ((n * k.Cout + co) * HO + oy) * WO + ox;
-          want[i] = s;
+          want[i] = conv_ref(
+              k.Cin, k.H, k.W, k.KH, k.KW, k.s, k.p, n, co, oy, ox, k.bias ? emu_bf16_value(hb[co]) : 0,
+              [&](i64 j) { return (double)emu_bf16_value(hx[j]); }, [&](i64 j) { return (double)emu_bf16_value(hw[j]); });
           got[i] = emu_bf16_value(y[i]);
         }
   // One bf16 rounding of the output: about 2⁻⁹/√3 relative.
@@ -440,16 +451,10 @@ static void cg_case(const CGCase& k) {
     for (i64 co = 0; co < k.Cout; co++)
       for (i64 oy = 0; oy < HO; oy++)
         for (i64 ox = 0; ox < WO; ox++) {
-          double s = k.bias ? hb[co] : 0;
-          for (i64 ci = 0; ci < k.Cin; ci++)
-            for (i64 ky = 0; ky < k.KH; ky++)
-              for (i64 kx = 0; kx < k.KW; kx++) {
-                const i64 iy = oy * k.s - k.p + ky, ix = ox * k.s - k.p + kx;
-                if (iy < 0 || iy >= k.H || ix < 0 || ix >= k.W) continue;
-                s += (double)hw_[((co * k.Cin + ci) * k.KH + ky) * k.KW + kx] * hx[((n * k.Cin + ci) * k.H + iy) * k.W + ix];
-              }
           const i64 i = ((n * k.Cout + co) * HO + oy) * WO + ox;
-          want[i] = s;
+          want[i] = conv_ref(
+              k.Cin, k.H, k.W, k.KH, k.KW, k.s, k.p, n, co, oy, ox, k.bias ? hb[co] : 0, [&](i64 j) { return (double)hx[j]; },
+              [&](i64 j) { return (double)hw_[j]; });
           got[i] = y[i];
         }
   // One float32 rounding of each output.
