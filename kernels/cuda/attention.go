@@ -156,10 +156,20 @@ var attentionWithoutWGMMA bool
 // tensorCoreAttention reports whether the tensor-core kernels
 // (attention_tc.cu) serve head size d here: they have instantiations for
 // 64, 96 and 128, and need sm_80 or later (bf16 and fp16 mma.sync,
-// cp.async); older GPUs take the portable kernels.
+// cp.async); older GPUs take the SIMT forward (attnSIMTFwd) and the
+// portable kernels.
 func (c *Backend) tensorCoreAttention(d int) bool {
-	return c.dev.arch >= 80 && (d == 64 || d == 96 || d == 128)
+	return c.tensorCoreArch() && (d == 64 || d == 96 || d == 128)
 }
+
+// tensorCoreArch reports whether the attention tensor-core kernels, those
+// at head size 256 included, may run on this GPU: sm_80 or later, unless a
+// test asks for what a GPU before sm_80 runs, so that one H200 checks the
+// SIMT forward's fp16 and bf16 kernels and the portable backward too.
+func (c *Backend) tensorCoreArch() bool { return c.dev.arch >= 80 && !attentionWithoutTensorCores }
+
+// attentionWithoutTensorCores is set only by tests (see tensorCoreArch).
+var attentionWithoutTensorCores bool
 
 // attnFastFwd runs the tensor-core forward (Q, K, V and O all bf16 or all
 // fp16, an F32 LSE, head size 64, 96, 128 or 256) and reports false where
@@ -206,31 +216,46 @@ func (c *Backend) attnFastFwd(a *kernels.AttentionArgs, q, k, v, o, lse *buffer,
 	return true
 }
 
-// attnSIMTFwd runs the tiled fp32 forward on the CUDA cores
-// (attention_simt.cu: 64 query rows a block of 256 threads, keys in tiles
-// of 64 from shared memory) when Q, K, V and O are F32, the LSE F32 and the
-// head size 64, 96 or 128, on any architecture whose blocks may take its
-// 800·D bytes of shared memory; it reports false where the portable kernel
-// must run. The scale is folded into Q before the row maxima are taken, so
-// any finite scale (attnCheck) is served, negative included.
+// attnSIMTFwd runs the tiled forward on the CUDA cores (attention_simt.cu:
+// 64 query rows a block of 256 threads, keys in tiles of 64 from shared
+// memory, fp32 arithmetic) when Q, K, V and O are all F32, all F16 or all
+// BF16, the LSE F32 and the head size 64, 96 or 128, on any architecture
+// whose blocks may take its 800·D bytes of shared memory; it reports false
+// where the portable kernel must run. Attention calls it after
+// attnFastFwd, so 16-bit operands come here only where the tensor cores do
+// not serve them (before sm_80). The scale is folded into Q before the row
+// maxima are taken, so any finite scale (attnCheck) is served, negative
+// included.
 func (c *Backend) attnSIMTFwd(a *kernels.AttentionArgs, q, k, v, o, lse *buffer, shape []byte) bool {
-	if !c.fast(fastAttnSIMT) || q.dt != kernels.F32 || o.dt != kernels.F32 || lse.dt != kernels.F32 {
+	if !c.fast(fastAttnSIMT) || o.dt != q.dt || lse.dt != kernels.F32 {
+		return false
+	}
+	// K and V have Q's dtype (attnCheck).
+	var sfx string
+	switch q.dt {
+	case kernels.F32:
+	case kernels.BF16:
+		sfx = "_bf16"
+	case kernels.F16:
+		sfx = "_f16"
+	default:
 		return false
 	}
 	if a.D != 64 && a.D != 96 && a.D != 128 {
 		return false
 	}
-	// Rows are read and written with 16-byte loads and 8-byte stores; the
-	// allocator's blocks are aligned far beyond that, but a foreign pointer
-	// must not fault.
+	// Rows are read in chunks of 4 elements (16-byte loads of fp32, 8-byte
+	// loads of 16-bit values) and written in pairs; the allocator's blocks
+	// are aligned far beyond that, but a foreign pointer must not fault.
 	if (q.ptr|k.ptr|v.ptr|o.ptr)%16 != 0 || a.Sk > math.MaxInt32 {
 		return false
 	}
+	// Shared memory holds fp32 tiles whatever the operands' dtype.
 	smem := (2*68 + 64) * a.D * 4
 	if smem > c.dev.maxSmem {
 		return false
 	}
-	c.launch("attn_fwd_simt"+itoa(a.D), dims{(a.Sq + 63) / 64, a.Hq, a.B}, 256, smem, shape, q.ptr, k.ptr, v.ptr, o.ptr, lse.ptr)
+	c.launch("attn_fwd_simt"+itoa(a.D)+sfx, dims{(a.Sq + 63) / 64, a.Hq, a.B}, 256, smem, shape, q.ptr, k.ptr, v.ptr, o.ptr, lse.ptr)
 	return true
 }
 

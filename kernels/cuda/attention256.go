@@ -15,7 +15,7 @@ import "github.com/newbie-train/newbie-train/kernels"
 func (c *Backend) attnFwd256(a *kernels.AttentionArgs, q, k, v, o, lse *buffer, shape []byte, sfx string) bool {
 	const rows = 64
 	smem := (rows + 4*64) * (256 + 8) * 2
-	if !c.fast(fastAttn256) || c.dev.arch < 80 || smem > c.dev.maxSmem {
+	if !c.fast(fastAttn256) || !c.tensorCoreArch() || smem > c.dev.maxSmem {
 		return false
 	}
 	c.launch("attn_fwd_tc256"+sfx, dims{(a.Sq + rows - 1) / rows, a.Hq, a.B}, 128, smem, shape, q.ptr, k.ptr, v.ptr, o.ptr, lse.ptr)

@@ -1,7 +1,12 @@
-// attention_simt.cu: a tiled fp32 attention forward on the CUDA cores
-// (no tensor cores, so any architecture), for fp32 Q/K/V/O at head sizes
-// 64, 96 and 128 — the fp32 sampling path, where attn_fwd_f's one warp per
-// query row re-reads every key and value from global memory for each row.
+// attention_simt.cu: a tiled attention forward on the CUDA cores (no
+// tensor cores, so any architecture) at head sizes 64, 96 and 128, for fp32
+// Q/K/V/O — the fp32 sampling path, where attn_fwd_f's one warp per query
+// row re-reads every key and value from global memory for each row — and
+// for fp16 and bf16 Q/K/V/O on GPUs without the tensor-core kernels
+// (before sm_80: a T4 samples and trains in fp16). The LSE is fp32 always.
+// The 16-bit variants compute exactly as the fp32 one: their values are
+// widened to fp32 as they are loaded into the same shared-memory layout,
+// and O is rounded once to the operands' dtype as it is stored.
 //
 // A block of 256 threads takes 64 query rows of one head and walks the keys
 // in tiles of 64. The threads form a 16×16 grid: thread (ty, tx) owns query
@@ -14,12 +19,14 @@
 // 4 rows × D/16 columns of O (column pairs 2(tx + 16c)) from P and the V
 // tile.
 //
+// Global memory is read in chunks of 4 elements (16-byte loads of fp32,
+// 8-byte loads of 16-bit values) and O written in pairs (8 or 4 bytes).
 // Shared memory, in floats: Qᵀ [D][68] (pre-scaled by scale·log2e, so the
 // softmax runs on exp2), Kᵀ [D][68] and V [64][D]. P [64][68] reuses the Kᵀ
 // tile once the scores are taken. The padding of 4 keeps the 16-byte
 // rows aligned and the transposing stores, whose lanes walk the rows,
 // conflict-free. 800·D bytes in all: 51,200 at 64, 76,800 at 96, 102,400
-// at 128.
+// at 128, whatever the operands' dtype.
 //
 // Masks follow attn_fwd_body: key_range gives each query row one
 // contiguous range [lo, hi), rows of a block differ (causal, window), so
@@ -29,11 +36,39 @@
 // Keys of the last tile past that end are zero in shared memory, so a
 // masked P of 0 meets a finite V.
 
+// The element types: E is the operands' storage type; load4 widens the 4
+// elements at p (aligned to 4 elements) to fp32, store2 rounds a pair to E
+// and writes it at p (aligned to 2 elements).
+struct SimtF32 {
+  typedef float E;
+  static __device__ __forceinline__ float4 load4(const float* p) { return *(const float4*)p; }
+  static __device__ __forceinline__ void store2(float* p, float x, float y) { *(float2*)p = make_float2(x, y); }
+};
+
+struct SimtBF16 {
+  typedef u16 E;
+  static __device__ __forceinline__ float4 load4(const u16* p) {
+    const uint2 w = *(const uint2*)p;  // lowest address in the low half
+    return make_float4(bf16_to_f32((u16)w.x), bf16_to_f32((u16)(w.x >> 16)), bf16_to_f32((u16)w.y), bf16_to_f32((u16)(w.y >> 16)));
+  }
+  static __device__ __forceinline__ void store2(u16* p, float x, float y) { *(u32*)p = (u32)f32_to_bf16(x) | ((u32)f32_to_bf16(y) << 16); }
+};
+
+struct SimtF16 {
+  typedef u16 E;
+  static __device__ __forceinline__ float4 load4(const u16* p) {
+    const uint2 w = *(const uint2*)p;
+    return make_float4(f16_to_f32((u16)w.x), f16_to_f32((u16)(w.x >> 16)), f16_to_f32((u16)w.y), f16_to_f32((u16)(w.y >> 16)));
+  }
+  static __device__ __forceinline__ void store2(u16* p, float x, float y) { *(u32*)p = (u32)f32_to_f16(x) | ((u32)f32_to_f16(y) << 16); }
+};
+
 #define ASIMT_LD 68  // row stride of Qᵀ, Kᵀ and P, in floats
 
-template <int D>
-__device__ __forceinline__ void attn_simt_body(const AttnShape& a, const float* __restrict__ q, const float* __restrict__ k,
-                                               const float* __restrict__ v, float* __restrict__ o, float* __restrict__ lse) {
+template <class EL, int D>
+__device__ __forceinline__ void attn_simt_body(const AttnShape& a, const typename EL::E* __restrict__ q, const typename EL::E* __restrict__ k,
+                                               const typename EL::E* __restrict__ v, typename EL::E* __restrict__ o, float* __restrict__ lse) {
+  typedef typename EL::E E;
   static_assert(D % 32 == 0, "each thread owns D/32 column pairs");
   constexpr int LD = ASIMT_LD, CH = D / 4, NC = D / 32;
   extern __shared__ __align__(16) unsigned char smem_raw[];
@@ -50,10 +85,10 @@ __device__ __forceinline__ void attn_simt_body(const AttnShape& a, const float* 
   {
     const int r = t & 63;
     const i64 i = q0 + r;
-    const float* src = q + ((b * a.Sq + i) * a.Hq + h) * D;
+    const E* src = q + ((b * a.Sq + i) * a.Hq + h) * D;
     for (int c = t >> 6; c < CH; c += 4) {
       float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (i < a.Sq) x = *(const float4*)(src + 4 * c);
+      if (i < a.Sq) x = EL::load4(src + 4 * c);
       qs[(4 * c + 0) * LD + r] = x.x * qscale;
       qs[(4 * c + 1) * LD + r] = x.y * qscale;
       qs[(4 * c + 2) * LD + r] = x.z * qscale;
@@ -87,10 +122,10 @@ __device__ __forceinline__ void attn_simt_body(const AttnShape& a, const float* 
     {
       const int c = t & 63;
       const i64 j = kc + c;
-      const float* src = k + ((b * a.Sk + j) * a.Hkv + hk) * D;
+      const E* src = k + ((b * a.Sk + j) * a.Hkv + hk) * D;
       for (int ch = t >> 6; ch < CH; ch += 4) {
         float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-        if (j < bhi) x = *(const float4*)(src + 4 * ch);
+        if (j < bhi) x = EL::load4(src + 4 * ch);
         ks[(4 * ch + 0) * LD + c] = x.x;
         ks[(4 * ch + 1) * LD + c] = x.y;
         ks[(4 * ch + 2) * LD + c] = x.z;
@@ -101,7 +136,7 @@ __device__ __forceinline__ void attn_simt_body(const AttnShape& a, const float* 
       const int c = idx / CH, ch = idx % CH;
       const i64 j = kc + c;
       float4 x = make_float4(0.f, 0.f, 0.f, 0.f);
-      if (j < bhi) x = *(const float4*)(v + ((b * a.Sk + j) * a.Hkv + hk) * D + 4 * ch);
+      if (j < bhi) x = EL::load4(v + ((b * a.Sk + j) * a.Hkv + hk) * D + 4 * ch);
       *(float4*)(vs + c * D + 4 * ch) = x;
     }
     __syncthreads();
@@ -190,19 +225,38 @@ __device__ __forceinline__ void attn_simt_body(const AttnShape& a, const float* 
     const i64 i = q0 + 4 * ty + r;
     if (i >= a.Sq) continue;
     const float inv = l[r] > 0.f ? 1.f / l[r] : 0.f;
-    float* dst = o + ((b * a.Sq + i) * a.Hq + h) * D;
+    E* dst = o + ((b * a.Sq + i) * a.Hq + h) * D;
 #pragma unroll
-    for (int c = 0; c < NC; c++) *(float2*)(dst + 2 * (tx + 16 * c)) = make_float2(acc[r][2 * c] * inv, acc[r][2 * c + 1] * inv);
+    for (int c = 0; c < NC; c++) EL::store2(dst + 2 * (tx + 16 * c), acc[r][2 * c] * inv, acc[r][2 * c + 1] * inv);
     if (tx == 0) lse[(b * a.Hq + h) * a.Sq + i] = l[r] > 0.f ? m[r] * 0.6931471805599453f + logf(l[r]) : -NT_INF;
   }
 }
 
+// The fp32 kernels, then the bf16 and fp16 ones (suffixes _bf16, _f16).
 extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_simt64(AttnShape a, const float* q, const float* k, const float* v, float* o, float* lse) {
-  attn_simt_body<64>(a, q, k, v, o, lse);
+  attn_simt_body<SimtF32, 64>(a, q, k, v, o, lse);
 }
 extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_simt96(AttnShape a, const float* q, const float* k, const float* v, float* o, float* lse) {
-  attn_simt_body<96>(a, q, k, v, o, lse);
+  attn_simt_body<SimtF32, 96>(a, q, k, v, o, lse);
 }
 extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_simt128(AttnShape a, const float* q, const float* k, const float* v, float* o, float* lse) {
-  attn_simt_body<128>(a, q, k, v, o, lse);
+  attn_simt_body<SimtF32, 128>(a, q, k, v, o, lse);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_simt64_bf16(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
+  attn_simt_body<SimtBF16, 64>(a, q, k, v, o, lse);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_simt96_bf16(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
+  attn_simt_body<SimtBF16, 96>(a, q, k, v, o, lse);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_simt128_bf16(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
+  attn_simt_body<SimtBF16, 128>(a, q, k, v, o, lse);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_simt64_f16(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
+  attn_simt_body<SimtF16, 64>(a, q, k, v, o, lse);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_simt96_f16(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
+  attn_simt_body<SimtF16, 96>(a, q, k, v, o, lse);
+}
+extern "C" __global__ void __launch_bounds__(256, 2) attn_fwd_simt128_f16(AttnShape a, const u16* q, const u16* k, const u16* v, u16* o, float* lse) {
+  attn_simt_body<SimtF16, 128>(a, q, k, v, o, lse);
 }

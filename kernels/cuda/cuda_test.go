@@ -597,6 +597,16 @@ func crossCases() []xcase {
 		{"f16/d128/window", f16, 1, 130, 130, 4, 2, 128, true, 20, nil},
 		{"f16/d64/jina-keylens", f16, 2, 100, 100, 4, 4, 64, false, 0, []int32{100, 57}},
 		{"f16/d256/gemma-sliding", f16, 2, 150, 150, 4, 2, 256, true, 40, []int32{150, 97}},
+		// Cases for the SIMT forward's 16-bit kernels (the pre-sm80
+		// variants below; the tensor cores serve them otherwise): cross
+		// attention with a sample that sees no key, GQA under a causal
+		// window shorter than a key tile, rows that see no key beside rows
+		// of the same block that do.
+		{"f16/d96/cross-empty", f16, 2, 37, 150, 2, 2, 96, false, 0, []int32{150, 0}},
+		{"bf16/d128/cross-empty", bf16, 2, 37, 150, 2, 2, 128, false, 0, []int32{150, 0}},
+		{"f16/d64/gqa-causal-window", f16, 1, 150, 150, 4, 2, 64, true, 40, nil},
+		{"f16/d128/causal-window-keylens", f16, 2, 80, 80, 2, 1, 128, true, 10, []int32{5, 80}},
+		{"bf16/d64/causal-window-keylens", bf16, 2, 80, 80, 2, 1, 64, true, 10, []int32{5, 80}},
 	} {
 		run := func(e *env) [][]float64 {
 			nq, nk := ac.B*ac.Sq*ac.Hq*ac.D, ac.B*ac.Sk*ac.Hkv*ac.D
@@ -637,6 +647,14 @@ func crossCases() []xcase {
 			add("Attention/mma.sync/"+ac.name, tol, func(e *env) [][]float64 {
 				attentionWithoutWGMMA = true
 				defer func() { attentionWithoutWGMMA = false }()
+				return run(e)
+			})
+			// What a GPU before sm_80 (a T4) runs: the SIMT forward's
+			// _bf16 and _f16 kernels at 64, 96 and 128, the portable
+			// forward at 256 and the portable backward.
+			add("Attention/pre-sm80/"+ac.name, tol, func(e *env) [][]float64 {
+				attentionWithoutTensorCores = true
+				defer func() { attentionWithoutTensorCores = false }()
 				return run(e)
 			})
 		}

@@ -16,8 +16,9 @@ import (
 // emulator (testdata/emu): the implicit-GEMM convolution, the fast
 // GroupNorm and the tensor-core attention forward at head sizes 64 (the
 // device-verified kernel, which checks the emulator's ldmatrix and mma
-// layouts), 96 and 256, on bf16 and fp16 operands, and the tiled fp32
-// forward (attention_simt.cu) at 64, 96 and 128, each against a float64
+// layouts), 96 and 256, on bf16 and fp16 operands, and the tiled SIMT
+// forward (attention_simt.cu) at 64, 96 and 128 on fp32, bf16 and fp16
+// operands, each against a float64
 // reference, with cp.async copies landing early and late. It proves
 // indexing, tiling, masking and fragment logic without a GPU; it says
 // nothing of speed, of real asynchrony or of the device's own rounding. It

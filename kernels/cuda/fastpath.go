@@ -28,8 +28,9 @@ const (
 	// fastAttn256 is the tensor-core attention forward at head size 256
 	// (attn_fwd_tc256).
 	fastAttn256 = "attn256"
-	// fastAttnSIMT is the tiled fp32 attention forward on the CUDA cores
-	// (attention_simt.cu); off, fp32 attention runs attn_fwd_f.
+	// fastAttnSIMT is the tiled attention forward on the CUDA cores
+	// (attention_simt.cu) for fp32, and for fp16 and bf16 where the
+	// tensor-core kernels do not run; off, those run attn_fwd_f.
 	fastAttnSIMT = "attnsimt"
 	// fastFused is the one-pass kernels of the fused block ops
 	// (fused_norm.cu); off, those ops run as their compositions of the

@@ -271,10 +271,14 @@ func TestAvailableWithoutGPU(t *testing.T) {
 func TestKernelIndex(t *testing.T) {
 	names := KernelNames()
 	wants := []string{"fill_f", "attn_fwd_d", "adamw", "mt_partial_f", "rope_bf16_vec", "conv_dw_d", "attn_fwd_tc256", "attn_fwd_tc256_f16"}
-	// Every tensor-core forward attnFastFwd can name, bf16 and fp16.
+	// Every tensor-core forward attnFastFwd can name, bf16 and fp16, and
+	// every SIMT forward attnSIMTFwd can, fp32, bf16 and fp16.
 	for _, d := range []string{"64", "96", "128"} {
 		for _, sfx := range []string{"", "_f16"} {
 			wants = append(wants, "attn_fwd_tc"+d+sfx, "attn_fwd_wg"+d+sfx)
+		}
+		for _, sfx := range []string{"", "_bf16", "_f16"} {
+			wants = append(wants, "attn_fwd_simt"+d+sfx)
 		}
 	}
 	for _, want := range wants {

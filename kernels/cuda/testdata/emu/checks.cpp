@@ -280,8 +280,8 @@ int main() {
 #endif
 
 #ifdef EMU_SIMT
-// The tiled fp32 forward (attention_simt.cu) against a float64 reference
-// from the same fp32 inputs.
+// The tiled forward (attention_simt.cu), fp32 and its bf16 and fp16
+// variants, against a float64 reference from the same (rounded) inputs.
 struct SimtCase {
   const char* name;
   i64 B, Sq, Sk, Hq, Hkv, D;
@@ -291,31 +291,77 @@ struct SimtCase {
   double scale;  // 0: 1/√D
 };
 
-typedef void (*SimtKernel)(AttnShape, const float*, const float*, const float*, float*, float*);
+// SimtHost gives, per dtype, the storage type, the rounding of an input
+// (enc), the value of a stored element (dec), the NaN that poisons the
+// outputs, attnSIMTFwd's kernels by head size, the name's prefix and the
+// output's tolerance.
+template <int DT> struct SimtHost;
+template <> struct SimtHost<DT_F32> {
+  typedef float E;
+  static E enc(double v) { return (float)v; }
+  static double dec(E v) { return v; }
+  static E nan() { return NAN; }
+  static constexpr const char* prefix = "simt";
+  // fp32 throughout: a dot product of D terms and a softmax-weighted sum
+  // of up to Sk, each about 2⁻²⁴·√n relative; measured near 1e-7.
+  static constexpr double tol = 1e-5;
+};
+template <> struct SimtHost<DT_BF16> {
+  typedef u16 E;
+  static E enc(double v) { return emu_rne_bf16((float)v); }
+  static double dec(E v) { return emu_bf16_value(v); }
+  static E nan() { return 0xffff; }
+  static constexpr const char* prefix = "simt/bf16";
+  // The fp32 computation's 1e-7 and one bf16 rounding of O, about
+  // 2⁻⁹/√3 ≈ 1.1e-3 relative.
+  static constexpr double tol = 4e-3;
+};
+template <> struct SimtHost<DT_F16> {
+  typedef u16 E;
+  static E enc(double v) { return emu_rne_f16((float)v); }
+  static double dec(E v) { return emu_f16(v); }
+  static E nan() { return 0xffff; }
+  static constexpr const char* prefix = "simt/f16";
+  // One fp16 rounding of O, about 2⁻¹²/√3 ≈ 1.4e-4 relative.
+  static constexpr double tol = 5e-4;
+};
 
+template <int DT>
+static void (*simt_kernel(i64 d))(AttnShape, const typename SimtHost<DT>::E*, const typename SimtHost<DT>::E*, const typename SimtHost<DT>::E*,
+                                  typename SimtHost<DT>::E*, float*) {
+  if constexpr (DT == DT_F32) return d == 64 ? attn_fwd_simt64 : d == 96 ? attn_fwd_simt96 : d == 128 ? attn_fwd_simt128 : nullptr;
+  if constexpr (DT == DT_BF16)
+    return d == 64 ? attn_fwd_simt64_bf16 : d == 96 ? attn_fwd_simt96_bf16 : d == 128 ? attn_fwd_simt128_bf16 : nullptr;
+  if constexpr (DT == DT_F16) return d == 64 ? attn_fwd_simt64_f16 : d == 96 ? attn_fwd_simt96_f16 : d == 128 ? attn_fwd_simt128_f16 : nullptr;
+}
+
+template <int DT>
 static void simt_case(const SimtCase& k) {
+  typedef SimtHost<DT> H;
+  typedef typename H::E E;
   const i64 nq = k.B * k.Sq * k.Hq * k.D, nk = k.B * k.Sk * k.Hkv * k.D;
-  std::vector<float> hq(nq), hk(nk), hv(nk);
-  for (auto& v : hq) v = (float)emu_randn();
-  for (auto& v : hk) v = (float)emu_randn();
-  for (auto& v : hv) v = (float)emu_randn();
-  float *q = emu_upload(hq), *kk = emu_upload(hk), *vv = emu_upload(hv);
-  float* o = emu_upload(std::vector<float>(nq, NAN));  // an unwritten element fails
+  // The inputs as stored (eq, ek, ev) and their values (hq, hk, hv), which
+  // the reference takes.
+  std::vector<E> eq(nq), ek(nk), ev(nk);
+  std::vector<double> hq(nq), hk(nk), hv(nk);
+  for (i64 i = 0; i < nq; i++) hq[i] = H::dec(eq[i] = H::enc(emu_randn()));
+  for (i64 i = 0; i < nk; i++) hk[i] = H::dec(ek[i] = H::enc(emu_randn()));
+  for (i64 i = 0; i < nk; i++) hv[i] = H::dec(ev[i] = H::enc(emu_randn()));
+  E *q = emu_upload(eq), *kk = emu_upload(ek), *vv = emu_upload(ev);
+  E* o = emu_upload(std::vector<E>(nq, H::nan()));  // an unwritten element fails
   float* lse = emu_upload(std::vector<float>(k.B * k.Hq * k.Sq, NAN));
   int* kl = k.keylens.empty() ? nullptr : emu_upload(k.keylens);
   const double scale = k.scale != 0 ? k.scale : 1 / std::sqrt((double)k.D);
   AttnShape a{k.B, k.Sq, k.Sk, k.Hq, k.Hkv, k.D, scale, k.causal ? 1 : 0, k.window, (u64)(uintptr_t)kl};
   // attnSIMTFwd's launch: 64 query rows a block of 256 threads, 800·D
-  // bytes of shared memory.
-  SimtKernel kern;
-  switch (k.D) {
-    case 64: kern = attn_fwd_simt64; break;
-    case 96: kern = attn_fwd_simt96; break;
-    case 128: kern = attn_fwd_simt128; break;
-    default: emu_fail("no launch for this head size"); return;
+  // bytes of shared memory whatever the dtype.
+  auto kern = simt_kernel<DT>(k.D);
+  if (kern == nullptr) {
+    emu_fail("no launch for this head size");
+    return;
   }
-  emu_launch(kern, uint3e{(unsigned)((k.Sq + 63) / 64), (unsigned)k.Hq, (unsigned)k.B}, 256, (size_t)(800 * k.D), a, (const float*)q,
-             (const float*)kk, (const float*)vv, o, lse);
+  emu_launch(kern, uint3e{(unsigned)((k.Sq + 63) / 64), (unsigned)k.Hq, (unsigned)k.B}, 256, (size_t)(800 * k.D), a, (const E*)q,
+             (const E*)kk, (const E*)vv, o, lse);
   std::vector<double> go, wo, gl, wl;
   double maxo = 0, maxl = 0;
   int empty_bad = 0, empty_rows = 0;
@@ -331,7 +377,7 @@ static void simt_case(const SimtCase& k) {
           if (k.causal && j > i) continue;
           if (k.window > 0 && j <= i - k.window) continue;
           double d = 0;
-          for (i64 e = 0; e < k.D; e++) d += (double)hq[orow + e] * hk[((b * k.Sk + j) * k.Hkv + h / grp) * k.D + e];
+          for (i64 e = 0; e < k.D; e++) d += hq[orow + e] * hk[((b * k.Sk + j) * k.Hkv + h / grp) * k.D + e];
           s[j] = d * scale;
           mx = std::max(mx, s[j]);
         }
@@ -340,7 +386,7 @@ static void simt_case(const SimtCase& k) {
           // A row that sees no key: O = 0 and LSE = −Inf exactly.
           empty_rows++;
           bool ok = gotl == -INFINITY;
-          for (i64 e = 0; e < k.D; e++) ok = ok && o[orow + e] == 0.f;
+          for (i64 e = 0; e < k.D; e++) ok = ok && H::dec(o[orow + e]) == 0;
           if (!ok) empty_bad++;
           continue;
         }
@@ -353,26 +399,26 @@ static void simt_case(const SimtCase& k) {
           double acc = 0;
           for (i64 j = 0; j < k.Sk; j++)
             if (s[j] != 0) acc += s[j] / sum * hv[((b * k.Sk + j) * k.Hkv + h / grp) * k.D + e];
-          go.push_back(o[orow + e]), wo.push_back(acc);
-          maxo = std::max(maxo, std::isnan(o[orow + e]) ? INFINITY : std::fabs(o[orow + e] - acc));
+          const double got = H::dec(o[orow + e]);
+          go.push_back(got), wo.push_back(acc);
+          maxo = std::max(maxo, std::isnan(got) ? INFINITY : std::fabs(got - acc));
         }
       }
-  // fp32 throughout: a dot product of D terms and a softmax-weighted sum
-  // of up to Sk, each about 2⁻²⁴·√n relative; measured near 1e-7.
-  const double tol = 1e-5;
+  // The LSE is fp32 in every variant, computed from the same inputs.
+  const double tol = H::tol, tolLSE = 1e-5;
   const double eo = emu_relerr(go, wo), el = emu_relerr(gl, wl);
-  const bool ok = eo <= tol && el <= tol && empty_bad == 0;
-  printf("%s %s relerr O %.3g LSE %.3g (tol %.3g) max|ΔO| %.3g max|ΔLSE| %.3g, %d empty rows, %d wrong\n", ok ? "PASS" : "FAIL", k.name, eo, el,
-         tol, maxo, maxl, empty_rows, empty_bad);
+  const bool ok = eo <= tol && el <= tolLSE && empty_bad == 0;
+  printf("%s %s/%s relerr O %.3g (tol %.3g) LSE %.3g (tol %.3g) max|ΔO| %.3g max|ΔLSE| %.3g, %d empty rows, %d wrong\n", ok ? "PASS" : "FAIL",
+         H::prefix, k.name, eo, tol, el, tolLSE, maxo, maxl, empty_rows, empty_bad);
   if (!ok) emu_failures++;
 }
 
 int main() {
-  std::vector<SimtCase> cases;
+  std::vector<SimtCase> cases, cases16;
   for (i64 d : {64, 96, 128}) {
     char buf[64];
     auto name = [&](const char* what) {
-      snprintf(buf, sizeof buf, "simt/d%lld/%s", (long long)d, what);
+      snprintf(buf, sizeof buf, "d%lld/%s", (long long)d, what);
       return strdup(buf);
     };
     // Bidirectional, 130 rows and keys: a third, two-row query block and
@@ -397,8 +443,18 @@ int main() {
     // scale folded into Q serves as well.
     cases.push_back({name("sharp-causal"), 1, 200, 200, 2, 2, d, true, 0, {}, 1.0});
     cases.push_back({name("negative-scale"), 1, 65, 65, 1, 1, d, false, 0, {}, -0.2});
+    // The 16-bit variants differ from fp32 only in their loads and O's
+    // store: padding with a sample that sees no key, GQA under a causal
+    // window with padding, rows that see no key beside rows that do,
+    // cross attention with padding.
+    cases16.push_back(cases[cases.size() - 8]);
+    cases16.push_back(cases[cases.size() - 6]);
+    cases16.push_back(cases[cases.size() - 5]);
+    cases16.push_back(cases[cases.size() - 3]);
   }
-  for (const auto& k : cases) simt_case(k);
+  for (const auto& k : cases) simt_case<DT_F32>(k);
+  for (const auto& k : cases16) simt_case<DT_BF16>(k);
+  for (const auto& k : cases16) simt_case<DT_F16>(k);
   return emu_failures;
 }
 #endif
