@@ -269,7 +269,11 @@ type vaeResult struct {
 // difference of fp16 and bf16 from fp32. GPU only; set
 // NEWBIE_TRAIN_INFER_STEPS=N (e.g. 50) to run it. NEWBIE_TRAIN_INFER_SMOKE=1
 // runs the same code on the CPU with the tiny model at 128² instead, to
-// check it without a GPU.
+// check it without a GPU. NEWBIE_TRAIN_INFER_LATENTS=DIR keeps each final
+// latent as DIR/P.f64 and compares with those already there, so that each
+// precision can run in a process of its own (a hang or a crash in one
+// then costs none of the others' figures). Progress goes to stderr every
+// ten steps.
 func TestInferPrecisions(t *testing.T) {
 	steps, _ := strconv.Atoi(os.Getenv("NEWBIE_TRAIN_INFER_STEPS"))
 	if steps < 1 {
@@ -283,6 +287,14 @@ func TestInferPrecisions(t *testing.T) {
 		be = openCUDA(t)
 	}
 	opts := sampler.Options{Method: sampler.Euler, Steps: steps + 1, Shift: 1}
+	var start time.Time
+	opts.Observe = func(step, n int, _ *ag.Tensor) error {
+		if step%10 == 0 || step == n {
+			fmt.Fprintf(os.Stderr, "infer: step %d/%d queued at %.2f s\n", step, n, time.Since(start).Seconds())
+		}
+		return nil
+	}
+	latents := os.Getenv("NEWBIE_TRAIN_INFER_LATENTS")
 	guide := sampler.Guidance{Scale: 5}
 	results := map[optim.Precision]*inferResult{}
 	precisions := []optim.Precision{optim.BF16, optim.FP16, optim.FP32}
@@ -305,7 +317,7 @@ func TestInferPrecisions(t *testing.T) {
 		}
 		if err == nil {
 			be.ResetPeak()
-			start := time.Now()
+			start = time.Now()
 			var x *ag.Tensor
 			if x, err = sampler.Sample(context.Background(), x0, v, opts); err == nil {
 				r.latent, err = x.Values()
@@ -326,22 +338,71 @@ func TestInferPrecisions(t *testing.T) {
 		// convolutions have no fp16 or fp32 fast path) must not hide it.
 		line, _ := json.Marshal(r)
 		fmt.Println(string(line))
+		if latents != "" && r.latent != nil {
+			if err := writeLatent(latents, p, r.latent); err != nil {
+				t.Error(err)
+			}
+		}
 		if r.latent != nil && preset != "tiny" { // the full VAE takes minutes on the CPU
 			sec, ok := decodeTime(t, be, p, r.latent, side)
 			vae, _ := json.Marshal(vaeResult{Precision: r.Precision, Seconds: sec, Finite: ok})
 			fmt.Println(string(vae))
 		}
 	}
-	if results[optim.FP32] == nil {
-		return
+	final := func(p optim.Precision) []float64 {
+		if r := results[p]; r != nil {
+			return r.latent
+		}
+		if latents == "" {
+			return nil
+		}
+		l, err := readLatent(latents, p)
+		if err != nil && !os.IsNotExist(err) {
+			t.Error(err)
+		}
+		return l
 	}
-	ref := results[optim.FP32].latent
+	ref := final(optim.FP32)
 	for _, p := range []optim.Precision{optim.BF16, optim.FP16} {
-		if r := results[p]; ref != nil && r != nil && r.latent != nil {
-			got := r.latent
+		if got := final(p); ref != nil && got != nil && (results[p] != nil || results[optim.FP32] != nil) {
+			if len(got) != len(ref) {
+				t.Errorf("%s latent has %d values, fp32's %d", p, len(got), len(ref))
+				continue
+			}
 			fmt.Printf("{\"final_latent_rel_diff_vs_fp32\":{\"precision\":%q,\"rel_diff\":%.4g}}\n", p, kernels.RelErr(got, ref))
 		}
 	}
+}
+
+// writeLatent keeps a final latent as DIR/P.f64 (little-endian float64).
+func writeLatent(dir string, p optim.Precision, v []float64) error {
+	b := make([]byte, 8*len(v))
+	for i, x := range v {
+		binary.LittleEndian.PutUint64(b[8*i:], math.Float64bits(x))
+	}
+	path := dir + "/" + string(p) + ".f64"
+	if err := os.WriteFile(path, b, 0o644); err != nil {
+		return fmt.Errorf("keep the %s latent: %w", p, err)
+	}
+	return nil
+}
+
+// readLatent reads what writeLatent kept; the error satisfies
+// os.IsNotExist where that precision has not run.
+func readLatent(dir string, p optim.Precision) ([]float64, error) {
+	path := dir + "/" + string(p) + ".f64"
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	if len(b)%8 != 0 {
+		return nil, fmt.Errorf("read %s: %d bytes is not a whole number of float64 values", path, len(b))
+	}
+	v := make([]float64, len(b)/8)
+	for i := range v {
+		v[i] = math.Float64frombits(binary.LittleEndian.Uint64(b[8*i:]))
+	}
+	return v, nil
 }
 
 // decodeTime decodes a latent with a random FLUX VAE in the precision's

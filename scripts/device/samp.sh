@@ -24,12 +24,13 @@
 #      on CUDA buffers), checking the PNGs come out.
 #   3. BenchmarkCFGEvaluation: one guided evaluation (batch 2: cond + uncond,
 #      256 caption tokens each) of the full model at 1024², bf16.
-#   4. TestInferPrecisions: 50 Euler steps with CFG per precision (bf16, fp16,
-#      fp32), seconds per image and peak GPU memory of the DiT sampling, a
-#      FLUX VAE decode (random weights), and the final latent's relative
-#      difference of fp16 and bf16 from fp32 on the same noise.
-#   5. The PyTorch anchor in the same call: torch_nextdit_lora.py --infer 50
-#      --precision P for P in bf16, fp16, fp32.
+#   4. TestInferPrecisions: 50 Euler steps with CFG per precision (bf16,
+#      fp32, fp16; INFER_PRECISIONS narrows it), seconds per image and peak
+#      GPU memory of the DiT sampling, a FLUX VAE decode (random weights),
+#      and the final latent's relative difference of fp16 and bf16 from fp32
+#      on the same noise.
+#   5. After each precision of 4, the PyTorch anchor in the same call:
+#      torch_nextdit_lora.py --infer 50 --precision P.
 # INFER_STEPS (default 50) sets the steps of 4 and 5 (fp32 is the slow one).
 # Logs: $OUT/samp.log (everything) and $OUT/infer.jsonl (the JSON lines of
 # steps 4 and 5) for docs/precision.md and docs/BENCHMARKS.md.
@@ -77,19 +78,25 @@ timeout 180 "$G/pipeline.test" -test.run '^$' -test.bench BenchmarkCFGEvaluation
 
 fi
 
-if [ "$MODE" != anchor ] && [ "$MODE" != pipeline ]; then
-step "4. TestInferPrecisions (${INFER_STEPS:-50} Euler steps with CFG, bf16 / fp16 / fp32)"
-NEWBIE_TRAIN_INFER_STEPS=${INFER_STEPS:-50} timeout 420 "$G/pipeline.test" -test.run '^TestInferPrecisions$' -test.v -test.timeout 7m 2>&1 | jsonl newbie-train
-[ "${PIPESTATUS[0]}" = 0 ] || { echo "TestInferPrecisions FAILED" | tee -a "$LOG"; fail=1; }
-fi
-
-if [ "$MODE" = all ] || [ "$MODE" = anchor ] || [ "$MODE" = precision ]; then
-step "5. PyTorch anchor --infer ${INFER_STEPS:-50}"
-for p in bf16 fp16 fp32; do
-  timeout 200 python3 "$G/torch_nextdit_lora.py" --infer "${INFER_STEPS:-50}" --precision "$p" 2>>"$LOG" | jsonl pytorch-eager
-  [ "${PIPESTATUS[0]}" = 0 ] || { echo "anchor $p FAILED" | tee -a "$LOG"; fail=1; }
+# Steps 4 and 5 per precision, ours then the anchor, each in a process of
+# its own with its own timeout: bf16, fp32, then fp16 (its drift needs the
+# fp32 latent, which NEWBIE_TRAIN_INFER_LATENTS keeps between processes).
+LAT="$OUT/latents"; mkdir -p "$LAT"
+for p in ${INFER_PRECISIONS:-bf16 fp32 fp16}; do
+  case $p in fp32) tours=240; tanchor=180 ;; *) tours=150; tanchor=90 ;; esac
+  if [ "$MODE" != anchor ] && [ "$MODE" != pipeline ]; then
+    step "4. TestInferPrecisions $p (${INFER_STEPS:-50} Euler steps with CFG)"
+    NEWBIE_TRAIN_INFER_STEPS=${INFER_STEPS:-50} NEWBIE_TRAIN_INFER_PRECISIONS=$p NEWBIE_TRAIN_INFER_LATENTS="$LAT" \
+      timeout $tours "$G/pipeline.test" -test.run '^TestInferPrecisions$' -test.v -test.timeout 7m 2>&1 | jsonl newbie-train
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "TestInferPrecisions $p FAILED" | tee -a "$LOG"; fail=1; }
+  fi
+  if [ "$MODE" = all ] || [ "$MODE" = anchor ] || [ "$MODE" = precision ]; then
+    step "5. PyTorch anchor --infer ${INFER_STEPS:-50} --precision $p"
+    timeout $tanchor python3 "$G/torch_nextdit_lora.py" --infer "${INFER_STEPS:-50}" --precision "$p" 2>>"$LOG" | jsonl pytorch-eager
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "anchor $p FAILED" | tee -a "$LOG"; fail=1; }
+  fi
 done
-fi
+rm -rf "$LAT"
 
 if [ "$MODE" = pipeline ]; then
 # 6. The whole pipeline per precision: a full-size random model folder in
