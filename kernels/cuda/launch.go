@@ -76,16 +76,43 @@ func kernelIndex() (map[string]string, map[string]string, error) {
 			}
 			full += "\n#line 1 \"" + e.Name() + "\"\n" + string(src)
 			fileSource[e.Name()] = full
-			for _, m := range kernelDecl.FindAllStringSubmatch(string(src), -1) {
-				if prev, dup := kernelFile[m[1]]; dup {
-					indexErr = fmt.Errorf("kernel %s defined in both %s and %s", m[1], prev, e.Name())
+			for _, m := range kernelDecl.FindAllStringSubmatchIndex(string(src), -1) {
+				name := string(src[m[2]:m[3]])
+				if inMacro(string(src), m[0]) {
+					// Its instantiations would be launched by names the
+					// index never sees: every launch of them would fail.
+					indexErr = fmt.Errorf("%s: kernel %s is declared inside a #define; write each kernel out", e.Name(), name)
 					return
 				}
-				kernelFile[m[1]] = e.Name()
+				if prev, dup := kernelFile[name]; dup {
+					indexErr = fmt.Errorf("kernel %s defined in both %s and %s", name, prev, e.Name())
+					return
+				}
+				kernelFile[name] = e.Name()
 			}
 		}
 	})
 	return kernelFile, fileSource, indexErr
+}
+
+// inMacro reports whether offset at of src lies in a preprocessor
+// directive: on a line starting with # or continued from one by a
+// trailing backslash.
+func inMacro(src string, at int) bool {
+	start := strings.LastIndexByte(src[:at], '\n') + 1
+	for {
+		if strings.HasPrefix(strings.TrimLeft(src[start:], " \t"), "#") {
+			return true
+		}
+		if start == 0 {
+			return false
+		}
+		prev := strings.LastIndexByte(src[:start-1], '\n') + 1
+		if !strings.HasSuffix(strings.TrimRight(src[prev:start-1], " \t\r"), "\\") {
+			return false
+		}
+		start = prev
+	}
 }
 
 // KernelNames lists the kernels in the embedded sources (for tests and

@@ -190,17 +190,18 @@ __device__ __forceinline__ void rv_forward(u16* y, float* rstd, const u16* x, co
 // rmsnorm_bf16_rows*: y = x·rs·w and rstd = rs per row (w may be null);
 // lanes = L. The suffix says how many chunks a lane may own (see above);
 // _wf takes a float32 weight (Gemma 3's norms), the others a bf16 one.
-#define RMSNORM_ROWS(NAME, H, R, W)                                                                                    \
-  extern "C" __global__ void __launch_bounds__(256) NAME(u16* y, float* rstd, const u16* x, const W* w, i64 rows, i64 cols, \
-                                                         i64 lanes, double eps) {                                        \
-    rv_forward<H, R>(y, rstd, x, w, NSVec{}, rows, cols, (int)lanes, eps);                                              \
-  }
-RMSNORM_ROWS(rmsnorm_bf16_rows_h1, 1, 4, u16)
-RMSNORM_ROWS(rmsnorm_bf16_rows_h2, 2, 2, u16)
-RMSNORM_ROWS(rmsnorm_bf16_rows, 0, 1, u16)
-RMSNORM_ROWS(rmsnorm_bf16_rows_wf_h1, 1, 4, float)
-RMSNORM_ROWS(rmsnorm_bf16_rows_wf_h2, 2, 2, float)
-RMSNORM_ROWS(rmsnorm_bf16_rows_wf, 0, 1, float)
+// Each kernel is written out: the kernel index reads declarations, not
+// macro expansions (kernelIndex refuses a kernel declared in a #define).
+#define RMS_ARGS(W) u16 *y, float *rstd, const u16 *x, const W *w, i64 rows, i64 cols, i64 lanes, double eps
+#define RMS_BODY(H, R) rv_forward<H, R>(y, rstd, x, w, NSVec{}, rows, cols, (int)lanes, eps)
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_h1(RMS_ARGS(u16)) { RMS_BODY(1, 4); }
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_h2(RMS_ARGS(u16)) { RMS_BODY(2, 2); }
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows(RMS_ARGS(u16)) { RMS_BODY(0, 1); }
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_wf_h1(RMS_ARGS(float)) { RMS_BODY(1, 4); }
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_wf_h2(RMS_ARGS(float)) { RMS_BODY(2, 2); }
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_wf(RMS_ARGS(float)) { RMS_BODY(0, 1); }
+#undef RMS_ARGS
+#undef RMS_BODY
 
 // rv_backward is the body of the dx kernels, with rv_forward's H and R.
 template <int H, int R>

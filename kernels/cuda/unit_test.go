@@ -271,6 +271,15 @@ func TestAvailableWithoutGPU(t *testing.T) {
 func TestKernelIndex(t *testing.T) {
 	names := KernelNames()
 	wants := []string{"fill_f", "attn_fwd_d", "adamw", "mt_partial_f", "rope_bf16_vec", "conv_dw_d", "attn_fwd_tc256", "attn_fwd_tc256_f16"}
+	// Every RMSNorm row kernel rowKernel can name (Gemma's norms take the
+	// _wf ones: a 2026-12-03 refactor had declared them in a macro, out of
+	// the index's sight, and every bf16 Gemma encode failed on the GPU).
+	for _, base := range []string{"rmsnorm_bf16_rows", "rmsnorm_bf16_rows_wf"} {
+		for _, cols := range []int{64, 256, 2560, 8192} {
+			name, _, _ := rowKernel(base, cols)
+			wants = append(wants, name)
+		}
+	}
 	// Every tensor-core forward attnFastFwd can name, bf16 and fp16, and
 	// every SIMT forward attnSIMTFwd can, fp32, bf16 and fp16.
 	for _, d := range []string{"64", "96", "128"} {
@@ -297,6 +306,26 @@ func TestKernelIndex(t *testing.T) {
 	for f, src := range files {
 		if !strings.HasPrefix(src, "// common.cuh") || filepath.Ext(f) != ".cu" {
 			t.Errorf("%s: source does not start with common.cuh", f)
+		}
+	}
+}
+
+func TestInMacro(t *testing.T) {
+	for _, c := range []struct {
+		src  string
+		want bool
+	}{
+		{"extern \"C\" __global__ void k() {}", false},
+		{"int a;\nextern \"C\" __global__ void k() {}", false},
+		{"#define K(N) \\\n  extern \"C\" __global__ void N() {}", true},
+		{"#define K(N) \\\n  int x; \\\n  extern \"C\" __global__ void N() {}", true},
+		{"  #define K(N) extern \"C\" __global__ void N() {}", true},
+		{"#define A 1\nextern \"C\" __global__ void k() {}", false},
+		{"int a; \\\nextern \"C\" __global__ void k() {}", false},
+	} {
+		at := strings.Index(c.src, "extern")
+		if got := inMacro(c.src, at); got != c.want {
+			t.Errorf("inMacro(%q) = %v, want %v", c.src, got, c.want)
 		}
 	}
 }
