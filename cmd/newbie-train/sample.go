@@ -299,6 +299,7 @@ func runSample(ctx context.Context, o *sampleOptions, changed func(string) bool,
 		textNotice = "Gemma 3 + Jina CLIP v2"
 	}
 	start = time.Now()
+	b.ResetPeak() // the encoders are gone: the peak from here is the DiT's and the VAE's
 	model, _, info, err := pipeline.Load(e, plan.spec, storage)
 	if err != nil {
 		return err
@@ -319,7 +320,8 @@ func runSample(ctx context.Context, o *sampleOptions, changed func(string) bool,
 	}
 	hashes := hashInfo(plan.spec)
 	info.Precision, info.Encoders, info.Decoder, info.Version = string(prec), textNotice, dec.Name(), programVersion()
-	fmt.Fprintf(stderr, "sample: %s on %s in %s (model loaded in %.1fs); %s; %s\n", info.Name, b.Name(), prec, time.Since(start).Seconds(), textNotice, dec.Name())
+	loaded := time.Since(start)
+	fmt.Fprintf(stderr, "sample: %s on %s in %s (model loaded in %.1fs); %s; %s\n", info.Name, b.Name(), prec, loaded.Seconds(), textNotice, dec.Name())
 	for _, l := range plan.spec.LoRAs {
 		fmt.Fprintf(stderr, "sample: LoRA %s at strength %g (an adapter on the frozen base)\n", l.Path, l.Strength)
 	}
@@ -367,7 +369,9 @@ func runSample(ctx context.Context, o *sampleOptions, changed func(string) bool,
 		}
 		written = append(written, path)
 	}
-	fmt.Fprintf(stdout, "wrote %d images to %s in %.1fs\n", len(plan.images), o.out, time.Since(start).Seconds())
+	total := time.Since(start)
+	fmt.Fprintf(stdout, "wrote %d images to %s in %.1fs (model load %.1fs, sampling and decode %.1fs), peak %s on %s\n",
+		len(plan.images), o.out, total.Seconds(), loaded.Seconds(), (total - loaded).Seconds(), train.BytesText(b.MemStats().Peak), b.Name())
 	return nil
 }
 
