@@ -11,9 +11,19 @@ CUDA memory (torch.cuda.max_memory_allocated, weights included), in the
 format of models/textenc's TestEncodeThroughputCUDA, so the two sit side
 by side in one log (scripts/device/enc.sh).
 
-    python3 scripts/torch_gemma3_encode.py [--shapes 8x512,8x64]
+    python3 scripts/torch_gemma3_encode.py [--shapes 8x512,8x64] [--golden DIR]
+
+--golden DIR (a folder holding gemma_tiny.weights.safetensors and
+gemma_tiny.golden.safetensors) first loads the golden's weights into
+transformers' own Gemma3TextModel and prints its relative error against the
+golden outputs at the mask-1 positions, in float64 on the CPU (the
+reference's own floor) and in bf16 on CUDA (weights and activations bf16, as
+a bf16 Gemma runs in transformers): the second is the bound a bf16 Gemma
+can be held to on this random model (models/textenc.GemmaTolerances).
 """
 import argparse
+import json
+import os
 import statistics
 import time
 
@@ -43,10 +53,42 @@ def config():
     return cfg
 
 
+def golden_check(folder):
+    from safetensors import safe_open
+    with safe_open(os.path.join(folder, "gemma_tiny.weights.safetensors"), "pt") as f:
+        cfg = Gemma3TextConfig.from_dict(json.loads(f.metadata()["config"]))
+        w = {k: f.get_tensor(k) for k in f.keys()}
+    with safe_open(os.path.join(folder, "gemma_tiny.golden.safetensors"), "pt") as f:
+        ids, mask = f.get_tensor("in.input_ids").long(), f.get_tensor("in.attention_mask").long()
+        want = {k: f.get_tensor("out." + k).double() for k in ("hidden_states_m2", "last_hidden_state")}
+    cfg.use_cache = False
+    keep = mask.bool()
+    for dtype, device in ((torch.float64, "cpu"), (torch.bfloat16, "cuda")):
+        cfg._attn_implementation = "eager"
+        model = Gemma3TextModel(cfg).to(dtype)
+        missing, unexpected = model.load_state_dict({k: v.to(dtype) for k, v in w.items()}, strict=False)
+        if unexpected or [m for m in missing if "embed_tokens" not in m]:
+            raise SystemExit(f"golden weights do not fit Gemma3TextModel: missing {missing}, unexpected {unexpected}")
+        model = model.to(device).eval()
+        with torch.inference_mode():
+            out = model(input_ids=ids.to(device), attention_mask=mask.to(device), output_hidden_states=True)
+        got = {"hidden_states_m2": out.hidden_states[-2], "last_hidden_state": out.last_hidden_state}
+        errs = []
+        for k, ref in want.items():
+            g = got[k].double().cpu()[keep]
+            r = ref[keep]
+            errs.append(f"{k} {((g - r).norm() / r.norm()).item():.3g}")
+        name = "float64, CPU" if dtype == torch.float64 else "bf16, CUDA"
+        print(f"torch gemma3 (transformers) vs golden ({name}): rel err " + ", ".join(errs), flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="8x512,8x64")
+    ap.add_argument("--golden", help="folder of the Gemma golden files: print transformers' own error against them first")
     args = ap.parse_args()
+    if args.golden:
+        golden_check(args.golden)
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)
     with torch.device("cuda"):
