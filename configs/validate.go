@@ -105,7 +105,7 @@ func (k *checker) check() {
 	c := k.c
 
 	k.oneOf("model.preset", "preset", c.Model.Preset, Presets...)
-	k.oneOf("model.dtype", "storage dtype", c.Model.DType, "bf16", "f16", "f32")
+	k.oneOf("model.dtype", "storage dtype", c.Model.DType, "bf16", "f16", "f32", "fp8")
 	if c.Model.Weights == "" && c.Model.Path == "" && c.Model.Preset != "tiny" {
 		k.addPlain("model.path", "required: a NewBie-image-Exp0.1 model folder, or model.weights with model.vae, model.gemma and model.jina (only the tiny preset may start from random weights)")
 	}

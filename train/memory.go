@@ -42,7 +42,7 @@ func (r *run) trainEstimate(storage kernels.DType) (newbie.Estimate, kernels.DTy
 	est, err := newbie.EstimateTrain(r.mc, newbie.TrainShape{
 		Batch: cfg.Train.BatchSize, LatentH: b.H / 8, LatentW: b.W / 8, CaptionTokens: tokens,
 		Rank: cfg.LoRA.Rank, Targets: cfg.LoRA.Targets, Checkpoint: cfg.Train.ActivationCheckpointing,
-		DType: storage, Autocast: autocast,
+		DType: storage, Autocast: autocast, FP8Base: r.fp8Base(),
 	}, newbie.RounderOf(r.b))
 	if err != nil {
 		return newbie.Estimate{}, 0, err

@@ -577,15 +577,19 @@ func (r *run) loraParams() int {
 // model.dtype, except that fp16 precision over the default bf16 stores
 // them in f16 (fp16 compute over bf16 storage would cast every weight to
 // fp16 each step and keep the casts: the weights' memory twice over).
-// With say set, the choice is logged.
+// With model.dtype fp8 it is the dtype of the weights that stay out of fp8
+// (norms, biases, embeddings): bf16, f16 under fp16 precision. With say
+// set, the choice is logged.
 func (r *run) storageDType(say bool) (kernels.DType, error) {
 	cfg := r.cfg
-	st, err := kernels.ParseDType(map[string]string{"bf16": "BF16", "f16": "F16", "f32": "F32"}[cfg.Model.DType])
+	st, err := kernels.ParseDType(map[string]string{"bf16": "BF16", "f16": "F16", "f32": "F32", "fp8": "BF16"}[cfg.Model.DType])
 	if err != nil {
 		return 0, configErr(fmt.Errorf("model.dtype %q: %w", cfg.Model.DType, err))
 	}
 	if prec, err := cfg.Precision.Resolve(r.capab); err == nil && prec == optim.FP16 && st == kernels.BF16 {
-		if cfg.IsSet("model.dtype") {
+		if r.fp8Base() {
+			st = kernels.F16
+		} else if cfg.IsSet("model.dtype") {
 			if say {
 				r.logf("warning: model.dtype bf16 with fp16 precision keeps an fp16 copy of every weight during each step; model.dtype: f16 avoids it")
 			}
@@ -599,6 +603,9 @@ func (r *run) storageDType(say bool) (kernels.DType, error) {
 	return st, nil
 }
 
+// fp8Base reports whether model.dtype asks for fp8 base weights.
+func (r *run) fp8Base() bool { return r.cfg.Model.DType == "fp8" }
+
 // loadModel builds the base model and attaches the adapters.
 func (r *run) loadModel() error {
 	cfg := r.cfg
@@ -606,7 +613,7 @@ func (r *run) loadModel() error {
 	if err != nil {
 		return err
 	}
-	opts := nextdit.Options{DType: st, Checkpoint: cfg.Train.ActivationCheckpointing}
+	opts := nextdit.Options{DType: st, Checkpoint: cfg.Train.ActivationCheckpointing, FP8Base: r.fp8Base()}
 	weights := ditPath(cfg, r.found)
 	if weights == "" {
 		r.model, err = nextdit.NewRandom(r.e, r.mc, opts, cfg.Train.Seed)
@@ -622,6 +629,9 @@ func (r *run) loadModel() error {
 			return err
 		}
 		r.logf("model: %s (%d parameters) loaded in %.1fs", weights, r.model.Config().NumParams(), time.Since(start).Seconds())
+	}
+	if opts.FP8Base {
+		r.logf("model: the linear layers' frozen weights in fp8 E4M3 with a scale per row (model.dtype fp8), the rest in %v", st)
 	}
 	init := lora.InitPEFT
 	if cfg.LoRA.Init == "gaussian" {

@@ -373,6 +373,7 @@ func TestFP16StoresF16(t *testing.T) {
 	}{
 		{"default", "", "stored in f16"},
 		{"explicit bf16", "  dtype: bf16\n", "keeps an fp16 copy of every weight"},
+		{"fp8", "  dtype: fp8\n", "in fp8 E4M3 with a scale per row (model.dtype fp8), the rest in F16"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			dir := t.TempDir()

@@ -229,6 +229,21 @@ func TestFullSizePlan16GB(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// With the base in fp8 (model.dtype fp8) the linear weights take a
+	// byte an element and a float32 scale a row instead of two bytes.
+	fp8, err := EstimateTrain(a.DiT, TrainShape{Batch: 1, LatentH: 128, LatentW: 128, CaptionTokens: 256, Rank: 32,
+		Checkpoint: true, DType: kernels.BF16, Autocast: kernels.BF16, FP8Base: true}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var saved int64
+	for _, l := range a.DiT.Linears() {
+		saved += int64(l.Out*l.In) - 4*int64(l.Out)
+	}
+	t.Logf("fp8 base: weights and adapter state %s instead of %s", bytesText(fp8.Weights), bytesText(train.Weights))
+	if got := train.Weights - fp8.Weights; got != saved {
+		t.Errorf("fp8 base saves %d bytes of weights in the plan, want %d", got, saved)
+	}
 	for _, est := range []Estimate{
 		EstimateVAEEncode(a.VAE, kernels.F32, kernels.BF16, 1, 1024, 1024, nil),
 		EstimateGemma(a.Gemma, kernels.BF16, 8, 512, nil),

@@ -23,6 +23,11 @@ type TrainShape struct {
 	// Autocast the dtype the products run in (BF16 or F16: the estimate
 	// covers mixed-precision training, the GPU's).
 	DType, Autocast kernels.DType
+	// FP8Base stores the linear layers' weights in fp8 with a float32
+	// scale per output row (nextdit.Options.FP8Base); DType is then the
+	// other weights'. Each product dequantises its weight into the
+	// autocast dtype: one layer's widest weight more among the activations.
+	FP8Base bool
 }
 
 // The train step's activation terms, per token (a caption or image token of
@@ -90,9 +95,27 @@ func EstimateTrain(c nextdit.Config, s TrainShape, r Rounder) (Estimate, error) 
 	if s.Checkpoint {
 		mode = "checkpointing"
 	}
-	e := Estimate{Phase: "train", Basis: fmt.Sprintf("batch %d of %d×%d latents, %d caption tokens, LoRA r%d, %s, %v weights, %v autocast",
-		s.Batch, s.LatentW, s.LatentH, s.CaptionTokens, s.Rank, mode, s.DType, s.Autocast)}
+	weights := s.DType.String()
+	if s.FP8Base {
+		weights = "fp8 linear / " + weights + " other"
+	}
+	e := Estimate{Phase: "train", Basis: fmt.Sprintf("batch %d of %d×%d latents, %d caption tokens, LoRA r%d, %s, %s weights, %v autocast",
+		s.Batch, s.LatentW, s.LatentH, s.CaptionTokens, s.Rank, mode, weights, s.Autocast)}
+	fp8 := map[string]bool{}
+	var widest int64
+	if s.FP8Base {
+		for _, l := range c.Linears() {
+			fp8[l.Name+".weight"] = true
+			widest = max(widest, int64(l.Out*l.In))
+		}
+	}
 	for _, p := range c.Params() {
+		if fp8[p.Name] {
+			// The codes and the row scales are ordinary buffers (fp8
+			// weights are not packed: see nextdit's reserve).
+			e.Weights += r.bytes(shapeElems(p.Shape), 1) + r.bytes(int64(p.Shape[0]), 4)
+			continue
+		}
 		e.Weights += r.weightBytes(shapeElems(p.Shape), s.DType.Size())
 	}
 	targets := s.Targets
@@ -119,7 +142,7 @@ func EstimateTrain(c nextdit.Config, s TrainShape, r Rounder) (Estimate, error) 
 	e.Weights += 3 * r.bytes(1, 4)
 	inputs, tokens, perToken := trainActivations(c, s)
 	act := tokens * perToken
-	e.Activations = inputs + act + int64(trainMargin*float64(act))
+	e.Activations = inputs + act + int64(trainMargin*float64(act)) + r.bytes(widest, s.Autocast.Size())
 	return e.finish(r), nil
 }
 
