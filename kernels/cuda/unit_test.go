@@ -299,15 +299,56 @@ func TestKernelIndex(t *testing.T) {
 			t.Errorf("kernel %s not indexed", want)
 		}
 	}
-	_, files, err := kernelIndex()
+	kf, files, err := kernelIndex()
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Every __global__ in a file is a kernel the index knows: a
+	// declaration the index's pattern misses could not be launched.
+	perFile := map[string]int{}
+	for _, f := range kf {
+		perFile[f]++
+	}
+	for f := range files {
+		src, err := sources.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := strings.Count(stripComments(string(src)), "__global__"); n != perFile[f] {
+			t.Errorf("%s: %d __global__ declarations, %d kernels indexed", f, n, perFile[f])
+		}
 	}
 	for f, src := range files {
 		if !strings.HasPrefix(src, "// common.cuh") || filepath.Ext(f) != ".cu" {
 			t.Errorf("%s: source does not start with common.cuh", f)
 		}
 	}
+}
+
+// stripComments removes // and /* */ comments from CUDA source (string
+// literals in kernel files hold no comment markers).
+func stripComments(src string) string {
+	var b strings.Builder
+	for i := 0; i < len(src); {
+		switch {
+		case strings.HasPrefix(src[i:], "//"):
+			j := strings.IndexByte(src[i:], '\n')
+			if j < 0 {
+				return b.String()
+			}
+			i += j
+		case strings.HasPrefix(src[i:], "/*"):
+			j := strings.Index(src[i+2:], "*/")
+			if j < 0 {
+				return b.String()
+			}
+			i += j + 4
+		default:
+			b.WriteByte(src[i])
+			i++
+		}
+	}
+	return b.String()
 }
 
 func TestInMacro(t *testing.T) {
