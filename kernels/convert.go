@@ -93,6 +93,17 @@ func RoundF8E4M3(f float32) float32 { return F32FromF8E4M3(F8E4M3FromF32(f)) }
 // for BF16/F16, as the device would store a float32 result).
 func EncodeF64(d DType, v []float64) []byte {
 	out := make([]byte, len(v)*d.Size())
+	ParallelFor(len(v), convertGrain, func(lo, hi int) { EncodeInto(d, v[lo:hi], out[lo*d.Size():hi*d.Size()]) })
+	return out
+}
+
+// convertGrain is the fewest values a goroutine of a whole-tensor
+// conversion takes: below it, starting one costs more than it saves.
+const convertGrain = 1 << 16
+
+// EncodeInto is EncodeF64 into out (len(v)·d.Size() bytes), on the
+// calling goroutine: for callers converting a tensor piece by piece.
+func EncodeInto(d DType, v []float64, out []byte) {
 	for i, x := range v {
 		switch d {
 		case F64:
@@ -109,7 +120,6 @@ func EncodeF64(d DType, v []float64) []byte {
 			out[i] = F8E4M3FromF32(float32(x))
 		}
 	}
-	return out
 }
 
 // DecodeF64 converts the little-endian bytes of a buffer of dtype d to
@@ -117,7 +127,14 @@ func EncodeF64(d DType, v []float64) []byte {
 func DecodeF64(d DType, b []byte) []float64 {
 	n := len(b) / d.Size()
 	out := make([]float64, n)
-	for i := range out {
+	ParallelFor(n, convertGrain, func(lo, hi int) { DecodeInto(d, b[lo*d.Size():hi*d.Size()], out[lo:hi]) })
+	return out
+}
+
+// DecodeInto is DecodeF64 into out (len(b)/d.Size() values), on the
+// calling goroutine: for callers converting a tensor piece by piece.
+func DecodeInto(d DType, b []byte, out []float64) {
+	for i := range len(b) / d.Size() {
 		switch d {
 		case F64:
 			out[i] = math.Float64frombits(binary.LittleEndian.Uint64(b[8*i:]))
@@ -133,7 +150,6 @@ func DecodeF64(d DType, b []byte) []float64 {
 			out[i] = float64(F32FromF8E4M3(b[i]))
 		}
 	}
-	return out
 }
 
 // EncodeI32 converts host int32 values to little-endian bytes.

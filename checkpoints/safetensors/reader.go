@@ -9,9 +9,7 @@ import (
 	"io"
 	"math"
 	"os"
-	"runtime"
 	"sort"
-	"sync"
 
 	"github.com/newbie-train/newbie-train/kernels"
 )
@@ -344,9 +342,24 @@ func (f *File) Float64(name string) ([]float64, error) {
 		return nil, err
 	}
 	out := make([]float64, len(b)/dt.Size())
-	for i := range out {
-		out[i] = decodeAt(dt, b, i)
-	}
+	// The dtype is chosen once per range, not per value (DType is a
+	// string): a model's weights are hundreds of millions of values.
+	kernels.ParallelFor(len(out), 1<<16, func(lo, hi int) {
+		switch dt {
+		case BF16:
+			for i := lo; i < hi; i++ {
+				out[i] = float64(kernels.F32FromBF16(binary.LittleEndian.Uint16(b[2*i:])))
+			}
+		case F32:
+			for i := lo; i < hi; i++ {
+				out[i] = float64(math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:])))
+			}
+		default:
+			for i := lo; i < hi; i++ {
+				out[i] = decodeAt(dt, b, i)
+			}
+		}
+	})
 	return out, nil
 }
 
@@ -432,7 +445,7 @@ func (f *File) Encoded(name string, d DType) ([]byte, error) {
 		// spread over the cores, without a float32 copy of the tensor.
 		n := len(b) / dt.Size()
 		out := make([]byte, d.Size()*n)
-		parallelRanges(n, func(lo, hi int) {
+		kernels.ParallelFor(n, 1<<16, func(lo, hi int) {
 			for i := lo; i < hi; i++ {
 				var x float32
 				switch dt {
@@ -453,28 +466,6 @@ func (f *File) Encoded(name string, d DType) ([]byte, error) {
 		return out, nil
 	}
 	return nil, fmt.Errorf("safetensors: %s: tensor %q wanted as %s: only BF16, F16 and F32 are encoded", f.path, name, d)
-}
-
-// parallelRanges calls fn over [0, n) cut into one contiguous range per
-// core (a single call for small n, where goroutines cost more than they
-// save), and returns when all have run.
-func parallelRanges(n int, fn func(lo, hi int)) {
-	const minPerRange = 1 << 16
-	parts := min(runtime.GOMAXPROCS(0), max(1, n/minPerRange))
-	if parts <= 1 {
-		fn(0, n)
-		return
-	}
-	var wg sync.WaitGroup
-	for p := range parts {
-		lo, hi := p*n/parts, (p+1)*n/parts
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			fn(lo, hi)
-		}()
-	}
-	wg.Wait()
 }
 
 // EncodeU16 is 16-bit values (bf16 or f16 bit patterns) as little-endian

@@ -114,7 +114,7 @@ func (c *Backend) AdamW(a kernels.AdamWArgs) {
 	}
 
 	total := starts[n]
-	parallelFor(total, adamwGrain, func(lo, hi int) {
+	kernels.ParallelFor(total, adamwGrain, func(lo, hi int) {
 		// Walk the tensors this chunk of the global index range overlaps.
 		for i := range n {
 			s, e := max(lo, starts[i]), min(hi, starts[i+1])

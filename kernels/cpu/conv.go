@@ -71,7 +71,7 @@ func convFwd[T realT](y, x, w, bias *buffer, a kernels.ConvArgs) {
 	hw, ohw := a.H*a.W, ho*wo
 	kk := a.KH * a.KW
 	work := a.Cin * kk * ohw
-	parallelFor(a.N*a.Cout, max(1, 65536/max(work, 1)), func(lo, hi int) {
+	kernels.ParallelFor(a.N*a.Cout, max(1, 65536/max(work, 1)), func(lo, hi int) {
 		acc := make([]T, ohw)
 		for t := lo; t < hi; t++ {
 			n, co := t/a.Cout, t%a.Cout
@@ -152,7 +152,7 @@ func convBwd[T realT](dx, dw, dbias, dy, x, w *buffer, a kernels.ConvArgs) {
 	if dw != nil {
 		xs := viewReal[T](x)
 		work := a.N * kk * ohw
-		parallelFor(a.Cout*a.Cin, max(1, 65536/max(work, 1)), func(lo, hi int) {
+		kernels.ParallelFor(a.Cout*a.Cin, max(1, 65536/max(work, 1)), func(lo, hi int) {
 			acc := make([]T, kk)
 			for t := lo; t < hi; t++ {
 				co, ci := t/a.Cin, t%a.Cin
@@ -179,7 +179,7 @@ func convBwd[T realT](dx, dw, dbias, dy, x, w *buffer, a kernels.ConvArgs) {
 		})
 	}
 	if dbias != nil {
-		parallelFor(a.Cout, max(1, 65536/max(a.N*ohw, 1)), func(lo, hi int) {
+		kernels.ParallelFor(a.Cout, max(1, 65536/max(a.N*ohw, 1)), func(lo, hi int) {
 			acc := make([]T, hi-lo)
 			for co := lo; co < hi; co++ {
 				var s T
@@ -203,7 +203,7 @@ func convBwdData[T realT](dx *buffer, dys, ws []T, a kernels.ConvArgs) {
 	hw, ohw := a.H*a.W, ho*wo
 	kk := a.KH * a.KW
 	work := a.Cout * kk * ohw
-	parallelFor(a.N*a.Cin, max(1, 65536/max(work, 1)), func(lo, hi int) {
+	kernels.ParallelFor(a.N*a.Cin, max(1, 65536/max(work, 1)), func(lo, hi int) {
 		acc := make([]T, hw)
 		for t := lo; t < hi; t++ {
 			n, ci := t/a.Cin, t%a.Cin

@@ -51,7 +51,7 @@ func (c *Backend) Unary(op kernels.UnaryOp, dst, src kernels.Buffer, p kernels.U
 		c.fail("Unary: unknown op %d", op)
 		return
 	}
-	parallelFor(d.n, elemGrain, func(lo, hi int) {
+	kernels.ParallelFor(d.n, elemGrain, func(lo, hi int) {
 		if wide(d) {
 			unaryRange[float64](op, p, d, s, lo, hi)
 		} else {
@@ -186,7 +186,7 @@ func (c *Backend) UnaryGrad(op kernels.UnaryOp, dx, x, dy kernels.Buffer, p kern
 		c.fail("UnaryGrad: unknown op %d", op)
 		return
 	}
-	parallelFor(d.n, elemGrain, func(lo, hi int) {
+	kernels.ParallelFor(d.n, elemGrain, func(lo, hi int) {
 		if wide(d) {
 			unaryGradRange[float64](op, p, d, xs, g, lo, hi)
 		} else {
@@ -385,7 +385,7 @@ func (c *Backend) Binary(op kernels.BinaryOp, dst kernels.Buffer, dstShape []int
 	units := (n / inner) * chunks
 	grain := max(1, elemGrain/min(inner, ewChunk))
 	bc := binaryCall{op: op, d: d, x: x, y: y, axes: axes, ext: ext, sa: sa, sb: sb, chunks: chunks}
-	parallelFor(units, grain, func(lo, hi int) {
+	kernels.ParallelFor(units, grain, func(lo, hi int) {
 		if wide(d) {
 			binaryUnits[float64](bc, lo, hi)
 		} else {

@@ -47,7 +47,7 @@ func (c *Backend) Gather(dst, table, ids kernels.Buffer, dim int) {
 		c.fail("Gather: dst and table are the same buffer")
 		return
 	}
-	parallelFor(ix.n, max(1, elemGrain/dim), func(lo, hi int) {
+	kernels.ParallelFor(ix.n, max(1, elemGrain/dim), func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			copyConvert(d, i*dim, t, int(ix.i32[i])*dim, dim)
 		}
@@ -79,7 +79,7 @@ func (c *Backend) ScatterAdd(dst, src, ids kernels.Buffer, dim int) {
 	}
 	const colGrain = 64
 	pieces := (dim + colGrain - 1) / colGrain
-	parallelFor(pieces, max(1, elemGrain/max(1, ix.n*colGrain)), func(lo, hi int) {
+	kernels.ParallelFor(pieces, max(1, elemGrain/max(1, ix.n*colGrain)), func(lo, hi int) {
 		j0, j1 := lo*colGrain, min(dim, hi*colGrain)
 		if wide(d) {
 			scatterCols[float64](d, s, ix.i32, dim, j0, j1)

@@ -162,7 +162,7 @@ func gemmRun[T realT](g kernels.GemmArgs, a, b, cc *buffer, kern func(int, []T, 
 	// does not hold up the rest. Which goroutine computes a tile never
 	// changes its arithmetic.
 	var next atomic.Int64
-	parallelFor(min(workers, tiles), 1, func(int, int) {
+	kernels.ParallelFor(min(workers, tiles), 1, func(int, int) {
 		packA := make([]T, mPad*kcMax)
 		packB := make([]T, nPad*kcMax)
 		acc := make([]T, mPad*nPad)

@@ -41,7 +41,7 @@ func (c *Backend) Fill(dst kernels.Buffer, v float64) {
 	if d == nil {
 		return
 	}
-	parallelFor(d.n, elemGrain, func(lo, hi int) {
+	kernels.ParallelFor(d.n, elemGrain, func(lo, hi int) {
 		switch d.dt {
 		case kernels.F32:
 			fillSlice(d.f32[lo:hi], float32(v))
@@ -80,7 +80,7 @@ func (c *Backend) Cast(dst, src kernels.Buffer) {
 		c.fail("Cast: dst has %d elements, src %d", d.n, s.n)
 		return
 	}
-	parallelFor(d.n, elemGrain, func(lo, hi int) {
+	kernels.ParallelFor(d.n, elemGrain, func(lo, hi int) {
 		copyConvert(d, lo, s, lo, hi-lo)
 	})
 }
@@ -173,7 +173,7 @@ func (c *Backend) Copy2D(dst kernels.Buffer, dstOff, dstStride int, src kernels.
 		}
 		return
 	}
-	parallelFor(rows, max(1, elemGrain/cols), func(lo, hi int) {
+	kernels.ParallelFor(rows, max(1, elemGrain/cols), func(lo, hi int) {
 		for r := lo; r < hi; r++ {
 			copyConvert(d, dstOff+r*dstStride, s, srcOff+r*srcStride, cols)
 		}
@@ -228,7 +228,7 @@ func (c *Backend) Permute(dst, src kernels.Buffer, shape []int, perm []int) {
 	inner := ext[maxPermuteRank-1]
 	innerStride := str[maxPermuteRank-1]
 	rows := n / inner
-	parallelFor(rows, max(1, elemGrain/inner), func(lo, hi int) {
+	kernels.ParallelFor(rows, max(1, elemGrain/inner), func(lo, hi int) {
 		// Decompose the first row index into its multi-index, then advance it
 		// like an odometer so each row costs O(1).
 		var idx [maxPermuteRank - 1]int

@@ -139,7 +139,7 @@ func rmsNormFwd[T realT](y, rstd, x, w *buffer, rows, cols int, eps float64) {
 	if w != nil {
 		wv = viewReal[T](w)
 	}
-	parallelFor(rows, rowGrain(cols), func(lo, hi int) {
+	kernels.ParallelFor(rows, rowGrain(cols), func(lo, hi int) {
 		xr := make([]T, cols)
 		yr := make([]T, cols)
 		for r := lo; r < hi; r++ {
@@ -200,7 +200,7 @@ func rmsNormBwd[T realT](dx, dw, dy, x, w, rstd *buffer, rows, cols int) {
 	if dw != nil {
 		// dw sums over rows; each task owns a run of columns and walks the rows
 		// in order, so the sum order never depends on the number of cores.
-		parallelFor(cols, max(1, 16384/max(rows, 1)), func(lo, hi int) {
+		kernels.ParallelFor(cols, max(1, 16384/max(rows, 1)), func(lo, hi int) {
 			n := hi - lo
 			acc := make([]T, n)
 			xr := make([]T, n)
@@ -215,7 +215,7 @@ func rmsNormBwd[T realT](dx, dw, dy, x, w, rstd *buffer, rows, cols int) {
 			writeReal(dw, lo, acc)
 		})
 	}
-	parallelFor(rows, rowGrain(cols), func(lo, hi int) {
+	kernels.ParallelFor(rows, rowGrain(cols), func(lo, hi int) {
 		xr := make([]T, cols)
 		gr := make([]T, cols)
 		for r := lo; r < hi; r++ {
@@ -319,7 +319,7 @@ func groupNormFwd[T realT](y, mean, rstd, x, w, b *buffer, n, ch, hw, groups int
 	}
 	cpg := ch / groups
 	m := cpg * hw
-	parallelFor(n*groups, rowGrain(m), func(lo, hi int) {
+	kernels.ParallelFor(n*groups, rowGrain(m), func(lo, hi int) {
 		blk := make([]T, m)
 		for g := lo; g < hi; g++ {
 			readReal(blk, x, g*m)
@@ -395,7 +395,7 @@ func groupNormBwd[T realT](dx, dw, db, dy, x, w, mean, rstd *buffer, n, ch, hw, 
 		// channels and visits samples in order, so the order of every sum is
 		// fixed whatever the core count. A run covers whole channels of a row
 		// for LayerNorm (hw = 1), keeping the row reads contiguous.
-		parallelFor(ch, max(1, 16384/max(n*hw, 1)), func(lo, hi int) {
+		kernels.ParallelFor(ch, max(1, 16384/max(n*hw, 1)), func(lo, hi int) {
 			k := hi - lo
 			accW := make([]T, k)
 			accB := make([]T, k)
@@ -433,7 +433,7 @@ func groupNormBwd[T realT](dx, dw, db, dy, x, w, mean, rstd *buffer, n, ch, hw, 
 			}
 		})
 	}
-	parallelFor(n*groups, rowGrain(m), func(lo, hi int) {
+	kernels.ParallelFor(n*groups, rowGrain(m), func(lo, hi int) {
 		xh := make([]T, m)
 		gr := make([]T, m)
 		for g := lo; g < hi; g++ {

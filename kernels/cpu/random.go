@@ -26,7 +26,7 @@ func (c *Backend) RandUniform(dst kernels.Buffer, seed, offset uint64, lo, hi fl
 
 // randFill stores f(i) at every element i of d.
 func randFill(d *buffer, f func(uint64) float64) {
-	parallelFor(d.n, 4096, func(lo, hi int) {
+	kernels.ParallelFor(d.n, 4096, func(lo, hi int) {
 		var tmp [ewChunk]float64
 		for i := lo; i < hi; i += ewChunk {
 			m := min(ewChunk, hi-i)

@@ -69,7 +69,7 @@ func reduceRun[T realT](op kernels.ReduceOp, d, s *buffer, outer, axis, inner in
 
 	// Pass 1: the partial result of every (outer, block, inner piece).
 	units := outer * nblk * pieces
-	parallelFor(units, max(1, elemGrain/(redBlock*pieceLen)), func(lo, hi int) {
+	kernels.ParallelFor(units, max(1, elemGrain/(redBlock*pieceLen)), func(lo, hi int) {
 		var tmp [ewChunk]T
 		for u := lo; u < hi; u++ {
 			o, rest := u/(nblk*pieces), u%(nblk*pieces)
@@ -102,7 +102,7 @@ func reduceRun[T realT](op kernels.ReduceOp, d, s *buffer, outer, axis, inner in
 	})
 
 	// Pass 2: combine the blocks in order and store.
-	parallelFor(outer, max(1, elemGrain/max(1, inner*max(1, nblk))), func(lo, hi int) {
+	kernels.ParallelFor(outer, max(1, elemGrain/max(1, inner*max(1, nblk))), func(lo, hi int) {
 		acc := make([]T, inner)
 		for o := lo; o < hi; o++ {
 			for j := range acc {
@@ -228,7 +228,7 @@ func (c *Backend) SumSquares(dst kernels.Buffer, srcs []kernels.Buffer) {
 	bc := newBufChunks(bufs)
 	units := bc.first[len(bufs)]
 	parts := make([]float64, units)
-	parallelFor(units, 4, func(lo, hi int) {
+	kernels.ParallelFor(units, 4, func(lo, hi int) {
 		var tmp [ewChunk]float32
 		for u := lo; u < hi; u++ {
 			b, a, e := bc.unit(u)
@@ -272,7 +272,7 @@ func (c *Backend) NonFinite(dst kernels.Buffer, srcs []kernels.Buffer) {
 	bc := newBufChunks(bufs)
 	units := bc.first[len(bufs)]
 	found := make([]bool, units)
-	parallelFor(units, 4, func(lo, hi int) {
+	kernels.ParallelFor(units, 4, func(lo, hi int) {
 		for u := lo; u < hi; u++ {
 			b, a, e := bc.unit(u)
 			found[u] = hasNonFinite(b, a, e)

@@ -35,7 +35,7 @@ func (c *Backend) Rope(dst, x, cos, sin kernels.Buffer, b, s, h, d int, interlea
 func ropeRows[T realT](dst, x, cos, sin *buffer, pos, h, d int, interleaved, inverse bool) {
 	half := d / 2
 	row := h * d
-	parallelFor(pos, rowGrain(row), func(lo, hi int) {
+	kernels.ParallelFor(pos, rowGrain(row), func(lo, hi int) {
 		cs := make([]T, half)
 		sn := make([]T, half)
 		xr := make([]T, row)

@@ -24,7 +24,7 @@ func (c *Backend) Softmax(dst, src kernels.Buffer, rows, cols int) {
 	if s == nil || rows*cols == 0 {
 		return
 	}
-	parallelFor(rows, max(1, elemGrain/cols), func(lo, hi int) {
+	kernels.ParallelFor(rows, max(1, elemGrain/cols), func(lo, hi int) {
 		if wide(d) {
 			softmaxRows[float64](d, s, lo, hi, cols)
 		} else {
@@ -77,7 +77,7 @@ func (c *Backend) SoftmaxGrad(dx, y, dy kernels.Buffer, rows, cols int) {
 	if g == nil || rows*cols == 0 {
 		return
 	}
-	parallelFor(rows, max(1, elemGrain/cols), func(lo, hi int) {
+	kernels.ParallelFor(rows, max(1, elemGrain/cols), func(lo, hi int) {
 		if wide(d) {
 			softmaxGradRows[float64](d, ys, g, lo, hi, cols)
 		} else {

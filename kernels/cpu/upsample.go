@@ -23,7 +23,7 @@ func (c *Backend) Upsample2x(y, x kernels.Buffer, n, ch, h, w int) {
 
 // upsampleFwd does one (sample, channel) plane per task.
 func upsampleFwd[T realT](y, x *buffer, planes, h, w int) {
-	parallelFor(planes, rowGrain(4*h*w), func(lo, hi int) {
+	kernels.ParallelFor(planes, rowGrain(4*h*w), func(lo, hi int) {
 		in := make([]T, h*w)
 		out := make([]T, 4*h*w)
 		for p := lo; p < hi; p++ {
@@ -61,7 +61,7 @@ func (c *Backend) Upsample2xGrad(dx, dy kernels.Buffer, n, ch, h, w int) {
 
 // upsampleBwd does one (sample, channel) plane per task.
 func upsampleBwd[T realT](dx, dy *buffer, planes, h, w int) {
-	parallelFor(planes, rowGrain(4*h*w), func(lo, hi int) {
+	kernels.ParallelFor(planes, rowGrain(4*h*w), func(lo, hi int) {
 		in := make([]T, 4*h*w)
 		out := make([]T, h*w)
 		for p := lo; p < hi; p++ {

@@ -1,6 +1,7 @@
 package textenc
 
 import (
+	"os"
 	"testing"
 
 	ag "github.com/newbie-train/newbie-train/autograd"
@@ -48,5 +49,25 @@ func BenchmarkPenultimateHidden(b *testing.B) {
 			}
 			b.ReportMetric(float64(batch*l)*float64(b.N)/b.Elapsed().Seconds(), "tokens/s")
 		})
+	}
+}
+
+// BenchmarkLoadJina times LoadJina in bf16 on the CPU backend, the LoRA
+// merge and the weights' conversion included, from the file
+// NEWBIE_JINA_FILE names (skipped without it): a full-size one comes from
+// `newbie-train dev write-random-model --size full`
+// (clip_model/jina-clip-v2.safetensors, 1.06 GiB).
+func BenchmarkLoadJina(b *testing.B) {
+	path := os.Getenv("NEWBIE_JINA_FILE")
+	if path == "" {
+		b.Skip("NEWBIE_JINA_FILE names no Jina CLIP v2 file")
+	}
+	for range b.N {
+		e := ag.New(cpu.New())
+		j, err := LoadJina(e, path, JinaOptions{DType: kernels.BF16})
+		if err != nil {
+			b.Fatal(err)
+		}
+		j.Release()
 	}
 }

@@ -2,9 +2,7 @@ package textenc
 
 import (
 	"fmt"
-	"runtime"
 	"strings"
-	"sync"
 
 	ag "github.com/newbie-train/newbie-train/autograd"
 	"github.com/newbie-train/newbie-train/kernels"
@@ -148,20 +146,25 @@ func LoadJina(e *ag.Engine, path string, opts JinaOptions) (*Jina, error) {
 	up := func(name string, shape []int, v []float64) {
 		j.w[name] = e.Constant(name, opts.DType, shape, v)
 	}
+	upBytes := func(name string, shape []int, raw []byte) {
+		j.w[name] = e.ConstantBytes(name, opts.DType, shape, raw)
+	}
+	sz := opts.DType.Size()
 	h := cfg.HiddenSize
 
-	word, err := l.embedding(jinaWord, cfg.VocabSize, h)
+	word, err := l.embedding(jinaWord, cfg.VocabSize, h, opts.DType)
 	if err != nil {
 		return nil, err
 	}
-	up("word_embeddings", []int{cfg.VocabSize, h}, word)
-	types, err := l.embedding(jinaType, cfg.TypeVocabSize, h)
+	upBytes("word_embeddings", []int{cfg.VocabSize, h}, word)
+	types, err := l.embedding(jinaType, cfg.TypeVocabSize, h, opts.DType)
 	if err != nil {
+		j.Release()
 		return nil, err
 	}
 	// Jina's text tower is called without token_type_ids: every token
 	// reads row 0.
-	up("token_type_0", []int{h}, types[:h])
+	upBytes("token_type_0", []int{h}, types[:h*sz])
 	for _, name := range []string{"emb_ln.weight", "emb_ln.bias"} {
 		v, err := src.read(prefix + name)
 		if err != nil {
@@ -173,7 +176,7 @@ func LoadJina(e *ag.Engine, path string, opts JinaOptions) (*Jina, error) {
 	for i := range cfg.NumLayers {
 		p := fmt.Sprintf("encoder.layers.%d.", i)
 		for _, lin := range cfg.linears() {
-			w, err := l.linear(p+lin.module, lin.out, lin.in)
+			w, err := l.linear(p+lin.module, lin.out, lin.in, opts.DType)
 			if err != nil {
 				j.Release()
 				return nil, err
@@ -184,7 +187,7 @@ func LoadJina(e *ag.Engine, path string, opts JinaOptions) (*Jina, error) {
 				return nil, err
 			}
 			if lin.module != "mixer.Wqkv" {
-				up(p+lin.module+".weight", []int{lin.out, lin.in}, w)
+				upBytes(p+lin.module+".weight", []int{lin.out, lin.in}, w)
 				up(p+lin.module+".bias", []int{lin.out}, b)
 				continue
 			}
@@ -192,7 +195,7 @@ func LoadJina(e *ag.Engine, path string, opts JinaOptions) (*Jina, error) {
 			// "(three h d)"): three products of one size instead of
 			// one product and three strided copies.
 			for part, name := range []string{"q", "k", "v"} {
-				up(p+"mixer."+name+".weight", []int{h, h}, w[part*h*h:(part+1)*h*h])
+				upBytes(p+"mixer."+name+".weight", []int{h, h}, w[part*h*h*sz:(part+1)*h*h*sz])
 				up(p+"mixer."+name+".bias", []int{h}, b[part*h:(part+1)*h])
 			}
 		}
@@ -241,11 +244,11 @@ func (l jinaLoader) slice(name string, n int) ([]float64, error) {
 	return v[l.k*n : (l.k+1)*n], nil
 }
 
-// linear returns W + scale·B·A for a linear layer's W [out, in].
-func (l jinaLoader) linear(module string, out, in int) ([]float64, error) {
-	w, err := l.src.read(l.prefix + module + jinaOriginal)
-	if err != nil || !l.adapt {
-		return w, err
+// linear returns W + scale·B·A for a linear layer's W [out, in], encoded
+// in dtype d.
+func (l jinaLoader) linear(module string, out, in int, d kernels.DType) ([]byte, error) {
+	if !l.adapt {
+		return l.merged(module+jinaOriginal, out, in, nil, nil, d)
 	}
 	a, err := l.slice(module+jinaLoRAA, l.rank*in)
 	if err != nil {
@@ -255,17 +258,15 @@ func (l jinaLoader) linear(module string, out, in int) ([]float64, error) {
 	if err != nil {
 		return nil, err
 	}
-	addLowRank(w, out, in, b, a, l.rank, l.scale)
-	return w, nil
+	return l.merged(module+jinaOriginal, out, in, b, a, d)
 }
 
-// embedding returns E + scale·A·B for an embedding table E [rows, dim]:
-// Jina's parametrization swaps the factors for embeddings, so A is
-// [rows, rank] and B [rank, dim].
-func (l jinaLoader) embedding(module string, rows, dim int) ([]float64, error) {
-	e, err := l.src.read(l.prefix + module + jinaOriginal)
-	if err != nil || !l.adapt {
-		return e, err
+// embedding returns E + scale·A·B for an embedding table E [rows, dim],
+// encoded in dtype d: Jina's parametrization swaps the factors for
+// embeddings, so A is [rows, rank] and B [rank, dim].
+func (l jinaLoader) embedding(module string, rows, dim int, d kernels.DType) ([]byte, error) {
+	if !l.adapt {
+		return l.merged(module+jinaOriginal, rows, dim, nil, nil, d)
 	}
 	a, err := l.slice(module+jinaLoRAA, rows*l.rank)
 	if err != nil {
@@ -275,35 +276,48 @@ func (l jinaLoader) embedding(module string, rows, dim int) ([]float64, error) {
 	if err != nil {
 		return nil, err
 	}
-	addLowRank(e, rows, dim, a, b, l.rank, l.scale)
-	return e, nil
+	return l.merged(module+jinaOriginal, rows, dim, a, b, d)
 }
 
-// addLowRank adds scale·L·R to w [rows, cols] for L [rows, rank] and R
-// [rank, cols], in float64, split over the host's cores by rows (the real
-// word embedding is 250002 rows).
-func addLowRank(w []float64, rows, cols int, lf, rf []float64, rank int, scale float64) {
-	workers := min(runtime.GOMAXPROCS(0), max(1, rows/256))
-	var wg sync.WaitGroup
-	for p := range workers {
-		lo, hi := rows*p/workers, rows*(p+1)/workers
-		wg.Go(func() {
-			// Jina's order: the product, then its scale, then the sum.
-			lr := make([]float64, cols)
-			for i := lo; i < hi; i++ {
+// merged returns the file's tensor name, W [rows, cols], plus scale·L·R
+// for L [rows, rank] and R [rank, cols] (none when lf is nil), encoded in
+// dtype d. Row by row over the host's cores, each row is decoded to
+// float64, gets its low-rank term in Jina's order (the product, then its
+// scale, then the sum) and is rounded once to d, as Constant would round
+// it: no float64 copy of the whole tensor is made (the real word embedding
+// is 250002 × 1024, 2 GB in float64).
+func (l jinaLoader) merged(name string, rows, cols int, lf, rf []float64, d kernels.DType) ([]byte, error) {
+	full := l.prefix + name
+	f := l.src.owner[full]
+	raw, err := f.Bytes(full)
+	if err != nil {
+		return nil, fmt.Errorf("textenc: reading %s from %s: %w", full, l.src.path, err)
+	}
+	info, _ := f.Info(full)
+	kd, ok := info.DType.Kernel()
+	if !ok || !kd.IsFloat() || len(raw) != rows*cols*kd.Size() {
+		return nil, fmt.Errorf("textenc: %s in %s is %s %v, not a float [%d, %d]", full, l.src.path, info.DType, info.Shape, rows, cols)
+	}
+	in, outSize := kd.Size()*cols, d.Size()*cols
+	out := make([]byte, rows*outSize)
+	kernels.ParallelFor(rows, 256, func(lo, hi int) {
+		w, lr := make([]float64, cols), make([]float64, cols)
+		for i := lo; i < hi; i++ {
+			kernels.DecodeInto(kd, raw[i*in:(i+1)*in], w)
+			if lf != nil {
 				clear(lr)
-				for t := range rank {
-					c := lf[i*rank+t]
+				for t := range l.rank {
+					c := lf[i*l.rank+t]
 					for j, r := range rf[t*cols : (t+1)*cols] {
 						lr[j] += c * r
 					}
 				}
-				row := w[i*cols : (i+1)*cols]
 				for j, v := range lr {
-					row[j] += v * scale
+					w[j] += v * l.scale
 				}
 			}
-		})
-	}
-	wg.Wait()
+			kernels.EncodeInto(d, w, out[i*outSize:(i+1)*outSize])
+		}
+	})
+	return out, nil
 }
