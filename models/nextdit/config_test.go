@@ -163,7 +163,10 @@ func TestLoaderReportsAllKeyProblems(t *testing.T) {
 }
 
 // TestLoadConvertsToStorageDType checks that weights land in the storage
-// dtype, rounded once from the file's values.
+// dtype, rounded once from the file's values: from the golden's F32 file
+// and from a BF16 copy of it, into every storage dtype (the backend's Cast
+// converts the file's own bytes where both dtypes are 16- or 32-bit
+// floats; the host converts for F64).
 func TestLoadConvertsToStorageDType(t *testing.T) {
 	g := openGolden(t)
 	f, err := safetensors.Open(g.weights)
@@ -176,20 +179,42 @@ func TestLoadConvertsToStorageDType(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, d := range []kernels.DType{kernels.BF16, kernels.F32, kernels.F64} {
-		m, err := Load(ag.New(cpu.New()), g.weights, Options{DType: d})
+	// The same weights rounded to bf16, as a bf16 checkpoint holds them.
+	bf16Path := filepath.Join(t.TempDir(), "bf16.safetensors")
+	var ts []safetensors.Tensor
+	for _, ti := range f.Tensors() {
+		v, err := f.BF16(ti.Name)
 		if err != nil {
 			t.Fatal(err)
 		}
-		w := m.Weight(name)
-		if w.DType() != d || w.RequiresGrad() {
-			t.Errorf("%v: weight is %v (requires grad %v)", d, w.DType(), w.RequiresGrad())
+		ts = append(ts, safetensors.Tensor{Name: ti.Name, DType: safetensors.BF16, Shape: ti.Shape, Data: safetensors.EncodeU16(v)})
+	}
+	if err := safetensors.Write(bf16Path, ts, f.Metadata()); err != nil {
+		t.Fatal(err)
+	}
+	for _, file := range []struct {
+		name, path string
+		values     []float64
+	}{
+		{"F32 file", g.weights, src},
+		{"BF16 file", bf16Path, kerneltest.Quantize(kernels.BF16, src)},
+	} {
+		for _, d := range []kernels.DType{kernels.BF16, kernels.F16, kernels.F32, kernels.F64} {
+			m, err := Load(ag.New(cpu.New()), file.path, Options{DType: d})
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := m.Weight(name)
+			if w.DType() != d || w.RequiresGrad() {
+				t.Errorf("%s, %v: weight is %v (requires grad %v)", file.name, d, w.DType(), w.RequiresGrad())
+			}
+			got, err := w.Values()
+			if err != nil {
+				t.Fatal(err)
+			}
+			kerneltest.Check(t, file.name+", stored "+d.String(), got, kerneltest.Quantize(d, file.values), 0)
+			m.Release()
 		}
-		got, err := w.Values()
-		if err != nil {
-			t.Fatal(err)
-		}
-		kerneltest.Check(t, "stored "+d.String(), got, kerneltest.Quantize(d, src), 0)
 	}
 }
 

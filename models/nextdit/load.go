@@ -178,12 +178,12 @@ func LoadFile(e *autograd.Engine, f Source, cfg Config, opts Options) (*Model, e
 		if _, ok := f.Info(p.Name); !ok { // only norm_final.weight may be skipped
 			continue
 		}
-		raw, err := storageBytes(f, p.Name, m.opts.DType)
+		raw, from, err := storageBytes(f, p.Name, m.opts.DType)
 		if err != nil {
 			m.Release()
 			return nil, fmt.Errorf("nextdit: reading %s: %w", p.Name, err)
 		}
-		if err := m.store(p.Name, e.ConstantBytes(p.Name, m.opts.DType, p.Shape, raw)); err != nil {
+		if err := m.store(p.Name, e.ConstantConverted(p.Name, m.opts.DType, p.Shape, raw, from)); err != nil {
 			m.Release()
 			return nil, err
 		}
@@ -275,27 +275,37 @@ type encodedSource interface {
 	Encoded(name string, d safetensors.DType) ([]byte, error)
 }
 
-// storageBytes reads one tensor converted to the storage dtype d, encoded
-// little-endian: the host holds this tensor twice at most (the converted
-// values and their bytes), never a float64 copy of a half-precision file.
-func storageBytes(f Source, name string, d kernels.DType) ([]byte, error) {
+// storageBytes reads one tensor for storage in dtype d: its little-endian
+// bytes and the dtype they are in, which the upload converts to d
+// (autograd.ConstantConverted). Where the tensor is BF16, F16 or F32 in the
+// file and d is one of those, they are the file's own bytes: no per-value
+// decode and re-encode on the host, and the conversion, if any, runs on the
+// backend. Otherwise the host converts to d (F64 checks, other sources),
+// holding this tensor twice at most, never a float64 copy of a
+// half-precision file.
+func storageBytes(f Source, name string, d kernels.DType) ([]byte, kernels.DType, error) {
+	stored := map[kernels.DType]safetensors.DType{kernels.BF16: safetensors.BF16, kernels.F16: safetensors.F16, kernels.F32: safetensors.F32}
 	if enc, ok := f.(encodedSource); ok {
-		if sd, ok := map[kernels.DType]safetensors.DType{kernels.BF16: safetensors.BF16, kernels.F16: safetensors.F16, kernels.F32: safetensors.F32}[d]; ok {
-			// A file already in the storage dtype is uploaded from its
-			// own bytes: no per-value decode and re-encode.
-			return enc.Encoded(name, sd)
+		info, _ := f.Info(name)
+		if from, ok := info.DType.Kernel(); ok {
+			if _, fileOK := stored[from]; fileOK {
+				if _, storeOK := stored[d]; storeOK {
+					raw, err := enc.Encoded(name, info.DType)
+					return raw, from, err
+				}
+			}
 		}
 	}
 	if d == kernels.BF16 {
 		v, err := f.BF16(name)
 		if err != nil {
-			return nil, err
+			return nil, 0, err
 		}
-		return safetensors.EncodeU16(v), nil
+		return safetensors.EncodeU16(v), d, nil
 	}
 	v, err := f.Float64(name) // F64 checks, and F16/F32 from other sources
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
-	return kernels.EncodeF64(d, v), nil
+	return kernels.EncodeF64(d, v), d, nil
 }
