@@ -28,10 +28,13 @@ M=${NEWBIE_MODEL_DIR:-/tmp/newbie-exp0.1-random}
 W=${NEWBIE_WORK_DIR:-/tmp/e2e}
 NT=$PWD/.gpu/newbie-train
 # A rehearsal on the CPU: NEWBIE_SIZE=tiny NEWBIE_RES=64 NEWBIE_DEVICE=cpu NEWBIE_PRECISION=fp32
+# (NEWBIE_DTYPE=fp8 trains on fp8 base weights)
 SIZE=${NEWBIE_SIZE:-full}
 RES=${NEWBIE_RES:-1024}
 DEVICE=${NEWBIE_DEVICE:-cuda}
 PRECISION=${NEWBIE_PRECISION:-bf16}
+# model.dtype: bf16 (default) or fp8 (the base's linear weights in fp8)
+DTYPE=${NEWBIE_DTYPE:-bf16}
 S="$OUT/summary.log"
 status=0
 step() { echo "== $(date -u +%T) $*" | tee -a "$S"; }
@@ -62,6 +65,7 @@ timeout 60 "$NT" dev write-dataset --out "$W/images" --images 32 --resolution "$
 cat >"$W/e2e.yaml" <<EOF
 model:
   path: $M
+  dtype: $DTYPE
 device: $DEVICE
 precision: $PRECISION
 memory_budget_gib: 14
