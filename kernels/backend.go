@@ -292,10 +292,19 @@ func (c ConvArgs) OutW() int { return (c.W+2*c.Pad-c.KW)/c.Stride + 1 }
 //
 // When Skip is not nil and Skip[0] ≠ 0 nothing changes (the loss scaler found
 // a non-finite gradient), so the decision never leaves the device.
+//
+// Working, when not nil, has one entry per tensor: a buffer (or nil) that
+// receives the updated parameter in its own dtype, rounded as Cast rounds
+// (autocast's low-precision copy of a master weight), and ZeroGrads sets
+// each gradient to zero once read, ready for the next step to accumulate
+// into: the same pass does what one Cast and one Fill per tensor would
+// (a LoRA on NewBie has 478 of each). A skipped update writes neither.
 type AdamWArgs struct {
 	Params, Grads, M, V []Buffer
 	LR, WeightDecay     []float64 // per tensor
 	Beta1, Beta2, Eps   float64
 	Step                int // t, counting from 1
 	GradScale, Skip     Buffer
+	Working             []Buffer
+	ZeroGrads           bool
 }

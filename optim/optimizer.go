@@ -233,7 +233,8 @@ func (o *Optimizer) AddMicroBatch() (due bool) {
 func (o *Optimizer) PendingMicroBatches() int { return o.micro }
 
 // RefreshWorking casts every master into its working copy (the once-per-step
-// cast of the design); Step calls it after each applied update.
+// cast of the design), for masters changed outside Step (a loaded state);
+// an applied update refreshes them in its own pass.
 func (o *Optimizer) RefreshWorking() {
 	for _, p := range o.params {
 		if p.Working != nil {
@@ -265,10 +266,13 @@ type StepResult struct {
 // it, backing the loss scale off in dynamic mode) or runs the fused AdamW
 // with the gradients multiplied by (1/scale)·(1/micro-batches)·clip. A sum
 // of squares that overflows float32 is treated as non-finite too: gradients
-// that large are an overflow in all but name. Step does not zero the
-// gradients; call ZeroGrad before the next accumulation. The update itself
-// is queued, not awaited: a failure in it is returned by the next
-// synchronisation (the next Step, or the caller's Sync).
+// that large are an overflow in all but name. An applied update leaves the
+// gradients zero and every working copy refreshed (the fused AdamW writes
+// both as it goes: kernels.AdamWArgs.Working and ZeroGrads); after a
+// skipped one the gradients are as they were: call ZeroGrad before the
+// next accumulation. The update itself is queued, not awaited: a failure
+// in it is returned by the next synchronisation (the next Step, or the
+// caller's Sync).
 func (o *Optimizer) Step() (StepResult, error) {
 	micro := max(o.micro, 1)
 	o.micro = 0
@@ -312,11 +316,12 @@ func (o *Optimizer) Step() (StepResult, error) {
 	for _, cl := range o.calls {
 		a := kernels.AdamWArgs{
 			Beta1: cl.beta1, Beta2: cl.beta2, Eps: cl.eps, Step: o.step + 1,
-			GradScale: o.gradScale, Skip: o.flag,
+			GradScale: o.gradScale, Skip: o.flag, ZeroGrads: true,
 		}
 		for _, i := range cl.idx {
 			h := o.groups[o.group[i]].Hyper
 			a.Params = append(a.Params, o.params[i].Master)
+			a.Working = append(a.Working, o.params[i].Working)
 			a.Grads = append(a.Grads, o.params[i].Grad)
 			a.M = append(a.M, o.m[i])
 			a.V = append(a.V, o.v[i])
@@ -325,7 +330,6 @@ func (o *Optimizer) Step() (StepResult, error) {
 		}
 		o.be.AdamW(a)
 	}
-	o.RefreshWorking()
 	o.step++
 	o.scaler.Update(false)
 	res.Applied = true

@@ -311,12 +311,15 @@ func TestSkipNonFinite(t *testing.T) {
 			}
 			setGrad(be, params[0], g0)
 			setGrad(be, params[1], g1)
+			grads := [][]float64{download(t, be, params[0].Grad), download(t, be, params[1].Grad)}
 			res, err = o.Step()
 			if err != nil || !res.Applied || o.StepCount() != 1 {
 				t.Fatalf("clean step: %+v, %v, t=%d", res, err, o.StepCount())
 			}
 			for i, p := range params {
-				g := download(t, be, p.Grad)
+				// The applied update zeroed the gradient it read.
+				kerneltest.Check(t, p.Name+" gradient after clean step", download(t, be, p.Grad), make([]float64, len(grads[i])), 0)
+				g := grads[i]
 				for j := range g {
 					g[j] /= s2
 				}

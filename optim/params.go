@@ -21,8 +21,9 @@ type Param struct {
 	// same length as Master (F32 in training; any float dtype is read).
 	Grad kernels.Buffer
 	// Working, when not nil, is the copy of the weights the forward reads, in
-	// the compute dtype; the optimizer casts Master into it after every
-	// applied step (and on RefreshWorking), once per step as the design asks.
+	// the compute dtype; the optimizer writes Master into it in every
+	// applied update's pass (and on RefreshWorking), once per step as the
+	// design asks.
 	Working kernels.Buffer
 }
 

@@ -171,7 +171,10 @@ func (s *Stepper) Step(micro []MicroBatch) (StepOutcome, error) {
 		out.Losses = append(out.Losses, v)
 	}
 	out.Loss = meanLoss(out.Losses)
-	s.Opt.ZeroGrad()
+	if !res.Applied {
+		// An applied update zeroed the gradients as it read them.
+		s.Opt.ZeroGrad()
+	}
 	return out, e.EndStep()
 }
 

@@ -36,6 +36,10 @@ func (c *Backend) AdamW(a kernels.AdamWArgs) {
 			n, len(a.Grads), len(a.M), len(a.V), len(a.LR), len(a.WeightDecay))
 		return
 	}
+	if a.Working != nil && len(a.Working) != n {
+		c.fail("AdamW: %d params but %d working copies", n, len(a.Working))
+		return
+	}
 	if a.Step < 1 {
 		c.fail("AdamW: step %d (t counts from 1)", a.Step)
 		return
@@ -111,6 +115,16 @@ func (c *Backend) AdamW(a kernels.AdamWArgs) {
 		}
 		sc[i] = adamwScalars{lrwd: lr * wd, stepSize: lr / bc1, bc2Sqrt: bc2Sqrt}
 		starts[i+1] = starts[i] + p.n
+		if a.Working != nil && a.Working[i] != nil {
+			w := c.buf("AdamW", opName("Working", i), a.Working[i])
+			if w == nil {
+				return
+			}
+			if w.n != p.n || !w.dt.IsFloat() {
+				c.fail("AdamW: Params[%d] has %d elements but Working[%d] is %v[%d]", i, p.n, i, w.dt, w.n)
+				return
+			}
+		}
 	}
 
 	total := starts[n]
@@ -129,6 +143,16 @@ func (c *Backend) AdamW(a kernels.AdamWArgs) {
 			}
 		}
 	})
+	// The reference for the fused pass a GPU makes: the same Cast and Fill
+	// a caller would run after the update.
+	for i := range n {
+		if a.Working != nil && a.Working[i] != nil {
+			c.Cast(a.Working[i], a.Params[i])
+		}
+		if a.ZeroGrads {
+			c.Fill(a.Grads[i], 0)
+		}
+	}
 }
 
 // opName spells an element of a slice operand for failure messages.

@@ -7,7 +7,7 @@ import (
 )
 
 // adamTensorBytes is the size of one AdamTensor descriptor (reduce.cu).
-const adamTensorBytes = 11 * 8
+const adamTensorBytes = 14 * 8
 
 // AdamW updates every listed tensor in one launch: the per-tensor pointers,
 // sizes and scalars go to the device as a descriptor array, and blocks walk
@@ -28,6 +28,14 @@ func (c *Backend) AdamW(a kernels.AdamWArgs) {
 		c.failf("%s: %d params but %d grads, %d first moments, %d second moments, %d learning rates, %d weight decays",
 			op, n, len(a.Grads), len(a.M), len(a.V), len(a.LR), len(a.WeightDecay))
 		return
+	}
+	if a.Working != nil && len(a.Working) != n {
+		c.failf("%s: %d params but %d working copies", op, n, len(a.Working))
+		return
+	}
+	zero := 0
+	if a.ZeroGrads {
+		zero = 1
 	}
 	if a.Step < 1 {
 		c.failf("%s: step %d (t counts from 1)", op, a.Step)
@@ -85,10 +93,17 @@ func (c *Backend) AdamW(a kernels.AdamWArgs) {
 			c.failf("%s: tensor %d has lr %g, weight decay %g (want finite and ≥ 0)", op, i, lr, wd)
 			return
 		}
+		var w *buffer
+		if a.Working != nil && a.Working[i] != nil {
+			if w = c.fbuf(op, opName("Working", i), a.Working[i], p.n); w == nil {
+				return
+			}
+		}
 		if p.n == 0 {
 			continue
 		}
-		desc = append(desc, structBytes(p.ptr, g.ptr, m.ptr, v.ptr, p.n, int(g.dt), int(p.dt), chunks, 1-lr*wd, lr/bc1, bc2Sqrt)...)
+		desc = append(desc, structBytes(p.ptr, g.ptr, m.ptr, v.ptr, p.n, int(g.dt), int(p.dt), chunks, 1-lr*wd, lr/bc1, bc2Sqrt,
+			ptr(w), dt(w), zero)...)
 		chunks += (p.n + mtChunk - 1) / mtChunk
 	}
 	if chunks == 0 {

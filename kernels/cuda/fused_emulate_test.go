@@ -13,7 +13,8 @@ import (
 // TestFusedKernelsEmulated runs the fused block ops' kernels on the CPU
 // through the CUDA emulator of TestKernelsEmulated (testdata/emu/emu.h):
 // NormScale's bf16 row kernels of rownorm_vec.cu (and the plain RMSNorm
-// kernels they extend), and fused_norm.cu's generic NormScale kernels, the
+// kernels they extend), reduce.cu's AdamW with its working copies and
+// zeroed gradients, and fused_norm.cu's generic NormScale kernels, the
 // factor's gradient passes and QKVNormRope (bf16 lane-group and generic),
 // each against a float64 reference (testdata/emu/fused_checks.cpp); and
 // common.cuh's FP8 E4M3 conversions against kernels' (EMU_FP8). Like
@@ -32,7 +33,7 @@ func TestFusedKernelsEmulated(t *testing.T) {
 	}
 	dir := t.TempDir()
 	for _, prog := range []struct{ name, file string }{
-		{"EMU_NS", "rownorm_vec.cu"}, {"EMU_FUSED", "fused_norm.cu"}, {"EMU_FP8", "fused_norm.cu"}, {"EMU_SWIGLU", "elementwise.cu"},
+		{"EMU_NS", "rownorm_vec.cu"}, {"EMU_FUSED", "fused_norm.cu"}, {"EMU_FP8", "fused_norm.cu"}, {"EMU_SWIGLU", "elementwise.cu"}, {"EMU_ADAMW", "reduce.cu"},
 	} {
 		t.Run(prog.name, func(t *testing.T) {
 			src := string(emu) + "\n" + string(shim) + "\n" + emulatedSource(files[prog.file]) + "\n#line 1 \"fused_checks.cpp\"\n" + string(checks)

@@ -165,10 +165,14 @@ extern "C" __global__ void mt_final_d(const double* partial, i64 np, i64 mode, v
 // changes from step to step (decay, step size, the second moment's bias
 // correction) is in the descriptor, which is uploaded, so the launch's own
 // arguments repeat and a captured graph of the update replays.
+// w (0: none) receives the updated parameter in dtype wdt, rounded as
+// cast rounds; zero set clears the gradient once read.
 struct AdamTensor {
   u64 p, g, m, v;
   i64 n, gdt, pdt, start;
   double decay, step, bc2sqrt;
+  u64 w;
+  i64 wdt, zero;
 };
 struct AdamScalars {
   double b1, b2, eps;
@@ -201,9 +205,12 @@ extern "C" __global__ void adamw(const AdamTensor* t, i64 nt, i64 chunks, AdamSc
         double mj = s.b1 * m[i] + (1.0 - s.b1) * g;
         double vj = s.b2 * v[i] + (1.0 - s.b2) * g * g;
         double den = sqrt(vj) / a.bc2sqrt + s.eps;
-        p[i] = pj - a.step * (mj / den);
+        const double pn = pj - a.step * (mj / den);
+        p[i] = pn;
         m[i] = mj;
         v[i] = vj;
+        if (a.w) st<double>((void*)a.w, (int)a.wdt, i, pn);
+        if (a.zero) st<double>((void*)a.g, (int)a.gdt, i, 0.0);
       }
     } else {
       float* p = (float*)a.p;
@@ -217,9 +224,12 @@ extern "C" __global__ void adamw(const AdamTensor* t, i64 nt, i64 chunks, AdamSc
         float mj = b1 * m[i] + ob1 * g;
         float vj = b2 * v[i] + ob2 * g * g;
         float den = sqrtf(vj) / bc2 + eps;
-        p[i] = pj - step * (mj / den);
+        const float pn = pj - step * (mj / den);
+        p[i] = pn;
         m[i] = mj;
         v[i] = vj;
+        if (a.w) st<float>((void*)a.w, (int)a.wdt, i, pn);
+        if (a.zero) st<float>((void*)a.g, (int)a.gdt, i, 0.0f);
       }
     }
   }

@@ -133,6 +133,80 @@ func testAdamW(t *testing.T, b kernels.Backend) {
 		})
 	}
 
+	// Working copies and zeroed gradients in the update's pass give the bits
+	// of the update followed by one Cast and one Fill per tensor; a skipped
+	// update writes neither.
+	for _, param := range []kernels.DType{kernels.F32, kernels.F64} {
+		for _, skip := range []float64{0, 1} {
+			t.Run("working and zeroed/"+param.String()+"/skip "+strconv.FormatFloat(skip, 'g', -1, 64), func(t *testing.T) {
+				works := []kernels.DType{kernels.BF16, kernels.F16, kernels.F32, 0} // 0: no working copy
+				sizes := []int{7, 33333, 100, 13}
+				type set struct {
+					a            kernels.AdamWArgs
+					work, grads0 [][]float64
+				}
+				build := func() set {
+					r := Rng(t) // the same values for both sets
+					s := set{a: kernels.AdamWArgs{Beta1: 0.9, Beta2: 0.999, Eps: 1e-8, Step: 4}}
+					s.a.Skip, _ = Put(t, b, kernels.F32, []float64{skip})
+					for i, n := range sizes {
+						p, _ := Put(t, b, param, Randn(r, n, 1))
+						g, hg := Put(t, b, kernels.F32, Randn(r, n, 0.5))
+						m, _ := Put(t, b, param, Randn(r, n, 0.1))
+						vRaw := Randn(r, n, 0.1)
+						for j := range vRaw {
+							vRaw[j] *= vRaw[j]
+						}
+						v, _ := Put(t, b, param, vRaw)
+						s.a.Params, s.a.Grads, s.a.M, s.a.V = append(s.a.Params, p), append(s.a.Grads, g), append(s.a.M, m), append(s.a.V, v)
+						s.a.LR, s.a.WeightDecay = append(s.a.LR, 1e-3*float64(i+1)), append(s.a.WeightDecay, 0.01)
+						var w kernels.Buffer
+						if works[i] != 0 {
+							w = Poisoned(t, b, works[i], n)
+							s.work = append(s.work, Get(t, b, w))
+						} else {
+							s.work = append(s.work, nil)
+						}
+						s.a.Working = append(s.a.Working, w)
+						s.grads0 = append(s.grads0, hg)
+					}
+					return s
+				}
+				apart, fused := build(), build()
+				plain := apart.a
+				plain.Working = nil
+				b.AdamW(plain)
+				if skip == 0 {
+					for i, w := range apart.a.Working {
+						if w != nil {
+							b.Cast(w, apart.a.Params[i])
+						}
+						b.Fill(apart.a.Grads[i], 0)
+					}
+				}
+				fused.a.ZeroGrads = true
+				b.AdamW(fused.a)
+				if err := b.Sync(); err != nil {
+					t.Fatalf("AdamW: %v", err)
+				}
+				for i := range sizes {
+					name := strconv.Itoa(i)
+					Check(t, "params "+name, Get(t, b, fused.a.Params[i]), Get(t, b, apart.a.Params[i]), 0)
+					Check(t, "grads "+name, Get(t, b, fused.a.Grads[i]), Get(t, b, apart.a.Grads[i]), 0)
+					if skip != 0 {
+						Check(t, "grads kept "+name, Get(t, b, fused.a.Grads[i]), fused.grads0[i], 0)
+					}
+					if w := fused.a.Working[i]; w != nil {
+						Check(t, "working "+name, Get(t, b, w), Get(t, b, apart.a.Working[i]), 0)
+						if skip != 0 {
+							Check(t, "working untouched "+name, Get(t, b, w), fused.work[i], 0)
+						}
+					}
+				}
+			})
+		}
+	}
+
 	// Arguments that disagree with the buffers are failures reported by
 	// Sync, and nothing is written.
 	t.Run("bad arguments", func(t *testing.T) {
@@ -154,6 +228,8 @@ func testAdamW(t *testing.T, b kernels.Backend) {
 			{"step 0", func(a *kernels.AdamWArgs) { a.Step = 0 }},
 			{"bf16 moment", func(a *kernels.AdamWArgs) { a.M = []kernels.Buffer{mBF} }},
 			{"beta2 of 1", func(a *kernels.AdamWArgs) { a.Beta2 = 1 }},
+			{"working count", func(a *kernels.AdamWArgs) { a.Working = []kernels.Buffer{nil, nil} }},
+			{"working length", func(a *kernels.AdamWArgs) { a.Working = []kernels.Buffer{g7} }},
 		} {
 			a := ok
 			bad.edit(&a)

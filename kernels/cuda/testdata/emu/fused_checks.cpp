@@ -397,3 +397,77 @@ int main() {
   return emu_failures;
 }
 #endif
+
+#ifdef EMU_ADAMW
+// reduce.cu's multi-tensor AdamW with its fused tail: the working copy
+// (bf16 and fp16, one tensor without) and the zeroed gradient, two tensors
+// spanning several chunks, against a float64 update of the same inputs;
+// the working copy must be the updated float32 parameter rounded to its
+// dtype, each gradient exactly zero, and a skipped update must write
+// nothing.
+static void adamw_case(const char* cname, bool skip) {
+  const i64 ns[3] = {9000, 4096, 77};  // 3 + 1 + 1 chunks of MT_CHUNK
+  const int wdts[3] = {DT_BF16, DT_F16, 0};
+  const double lr[3] = {1e-3, 2e-3, 5e-4}, wd = 0.01, b1 = 0.9, b2 = 0.999, eps = 1e-8, scale = 0.5;
+  const int step = 3;
+  std::vector<AdamTensor> desc;
+  std::vector<float*> ps, gs, ms, vs;
+  std::vector<u16*> ws;
+  std::vector<std::vector<float>> p0, g0, m0, v0;
+  std::vector<std::vector<u16>> w0;
+  const double bc1 = 1 - std::pow(b1, step), bc2s = std::sqrt(1 - std::pow(b2, step));
+  i64 chunks = 0;
+  for (int k = 0; k < 3; k++) {
+    std::vector<float> hp(ns[k]), hg(ns[k]), hm(ns[k]), hv(ns[k]);
+    std::vector<u16> hw(ns[k], 0xffff);
+    for (i64 i = 0; i < ns[k]; i++) {
+      hp[i] = (float)std::sin(0.37 * i + k), hg[i] = (float)std::cos(0.11 * i - k);
+      hm[i] = 0.1f * (float)std::sin(0.05 * i), hv[i] = 0.01f * (float)(1 + std::cos(0.07 * i));
+    }
+    p0.push_back(hp), g0.push_back(hg), m0.push_back(hm), v0.push_back(hv), w0.push_back(hw);
+    ps.push_back(upload(hp)), gs.push_back(upload(hg)), ms.push_back(upload(hm)), vs.push_back(upload(hv));
+    ws.push_back(wdts[k] ? upload(hw) : nullptr);
+    AdamTensor a{};
+    a.p = (u64)ps[k], a.g = (u64)gs[k], a.m = (u64)ms[k], a.v = (u64)vs[k];
+    a.n = ns[k], a.gdt = DT_F32, a.pdt = DT_F32, a.start = chunks;
+    a.decay = 1 - lr[k] * wd, a.step = lr[k] / bc1, a.bc2sqrt = bc2s;
+    a.w = (u64)ws[k], a.wdt = wdts[k], a.zero = 1;
+    desc.push_back(a);
+    chunks += (ns[k] + MT_CHUNK - 1) / MT_CHUNK;
+  }
+  AdamTensor* dd = upload(desc);
+  float* flag = upload(std::vector<float>{skip ? 1.0f : 0.0f});
+  float* sc = upload(std::vector<float>{(float)scale});
+  AdamScalars s{b1, b2, eps, (u64)sc, DT_F32, (u64)flag, DT_F32};
+  emu_launch(adamw, uint3e{2, 1, 1}, 256, 0, (const AdamTensor*)dd, (i64)3, chunks, s);
+  for (int k = 0; k < 3; k++) {
+    std::vector<double> gotp(ns[k]), wantp(ns[k]);
+    double werr = 0, gerr = 0;
+    for (i64 i = 0; i < ns[k]; i++) {
+      double g = (double)g0[k][i] * scale, p = p0[k][i] * (1 - lr[k] * wd);
+      double m = b1 * m0[k][i] + (1 - b1) * g, v = b2 * v0[k][i] + (1 - b2) * g * g;
+      wantp[i] = skip ? p0[k][i] : p - lr[k] / bc1 * m / (std::sqrt(v) / bc2s + eps);
+      gotp[i] = ps[k][i];
+      const float pn = ps[k][i];
+      if (ws[k]) {
+        const u16 want = skip ? w0[k][i] : wdts[k] == DT_BF16 ? emu_rne_bf16(pn) : emu_rne_f16(pn);
+        werr += ws[k][i] != want;
+      }
+      gerr += skip ? gs[k][i] != g0[k][i] : gs[k][i] != 0.0f;
+    }
+    char name[160];
+    snprintf(name, sizeof name, "%s/tensor %d/params", cname, k);
+    emu_report(name, emu_relerr(gotp, wantp), skip ? 0 : 1e-6);
+    snprintf(name, sizeof name, "%s/tensor %d/working copy (elements off)", cname, k);
+    emu_report(name, werr, 0);
+    snprintf(name, sizeof name, "%s/tensor %d/gradient (elements off)", cname, k);
+    emu_report(name, gerr, 0);
+  }
+}
+
+int main() {
+  adamw_case("adamw/working+zero", false);
+  adamw_case("adamw/skipped", true);
+  return emu_failures;
+}
+#endif
