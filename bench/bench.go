@@ -496,7 +496,13 @@ func (b *benchStep) profile(be *profiler) (*Profile, error) {
 	if berr := be.takeErr(); berr != nil {
 		return nil, berr
 	}
-	p := &Profile{QueueSeconds: counted.queue, SyncedSeconds: dt}
+	return newProfile(counted, timed, dt), nil
+}
+
+// newProfile is a Profile from a counting window, a timed one and the
+// timed run's seconds, the kinds most time first.
+func newProfile(counted, timed profileWindow, synced float64) *Profile {
+	p := &Profile{QueueSeconds: counted.queue, SyncedSeconds: synced}
 	for kind, n := range counted.count {
 		p.Ops += n
 		p.Kinds = append(p.Kinds, OpKind{Kind: kind, Count: n, Seconds: timed.seconds[kind]})
@@ -507,7 +513,7 @@ func (b *benchStep) profile(be *profiler) (*Profile, error) {
 		}
 		return p.Kinds[i].Kind < p.Kinds[j].Kind
 	})
-	return p, nil
+	return p
 }
 
 // pathsLabel names a CompareOff entry.

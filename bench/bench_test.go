@@ -226,3 +226,43 @@ func TestInferCPU(t *testing.T) {
 		t.Errorf("table:\n%s", table)
 	}
 }
+
+// arenaBackend is a CPU backend that records constant packing calls.
+type arenaBackend struct {
+	*cpu.Backend
+	reserved        int64
+	constants, cnts int
+}
+
+func (a *arenaBackend) ReserveConstants(n int64, count int) { a.reserved, a.cnts = n, count }
+
+func (a *arenaBackend) AllocConstant(d kernels.DType, n int) (kernels.Buffer, error) {
+	a.constants++
+	return a.Backend.Alloc(d, n)
+}
+
+// TestProfilerPacksConstants: the profiler passes a backend's constant
+// packing through (the bench's memory is then the trainer's: the CUDA
+// backend packs the frozen weights), and on a backend without it a
+// constant is an ordinary buffer.
+func TestProfilerPacksConstants(t *testing.T) {
+	ab := &arenaBackend{Backend: cpu.New()}
+	for _, c := range []struct {
+		name string
+		be   kernels.Backend
+	}{{"packing backend", ab}, {"plain CPU backend", cpu.New()}} {
+		p := &profiler{Backend: c.be}
+		p.ReserveConstants(64, 2)
+		buf, err := p.AllocConstant(kernels.BF16, 32)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if buf.DType() != kernels.BF16 || buf.Len() != 32 {
+			t.Errorf("%s: constant is %v[%d], want BF16[32]", c.name, buf.DType(), buf.Len())
+		}
+		p.Free(buf)
+	}
+	if ab.reserved != 64 || ab.cnts != 2 || ab.constants != 1 {
+		t.Errorf("packing backend saw reserve (%d, %d) and %d constants, want (64, 2) and 1", ab.reserved, ab.cnts, ab.constants)
+	}
+}

@@ -32,6 +32,9 @@ type InferResult struct {
 	// for the backend as opened without it).
 	Rows     []InferRow
 	Compared bool
+	// Profile is where one evaluation goes by backend op kind
+	// (Options.Profile), measured after the rows.
+	Profile *Profile
 }
 
 // InferRow is one timed run of evaluations.
@@ -77,7 +80,8 @@ func Infer(ctx context.Context, o Options) (InferResult, error) {
 	if st, ok := be.(kernels.Switchable); ok {
 		res.Switches = st.Switches()
 	}
-	e := ag.New(be)
+	pb := &profiler{Backend: be} // forwards, until a profile window opens
+	e := ag.New(pb)
 	start := time.Now()
 	model, err := nextdit.NewRandom(e, cfg, nextdit.Options{DType: kernels.BF16, FP8Base: o.FP8Base}, o.Seed)
 	if err != nil {
@@ -177,6 +181,33 @@ func Infer(ctx context.Context, o Options) (InferResult, error) {
 		fmt.Fprintf(o.Log, "bench: %d evaluations in %.3f s (%.4f s each)\n", o.Steps, row.Seconds, row.PerEval)
 		res.Rows = append(res.Rows, row)
 	}
+	if o.Profile {
+		// One evaluation counting its ops, one waiting after each (the
+		// last row's paths).
+		pb.begin(false)
+		err := eval()
+		counted := pb.end()
+		if err == nil {
+			err = e.Err()
+		}
+		if err != nil {
+			return res, fmt.Errorf("bench: profile evaluation: %w", err)
+		}
+		pb.begin(true)
+		start = time.Now()
+		err = eval()
+		timed := pb.end()
+		if err == nil {
+			err = pb.Sync()
+		}
+		if err == nil {
+			err = pb.takeErr()
+		}
+		if err != nil {
+			return res, fmt.Errorf("bench: profile evaluation: %w", err)
+		}
+		res.Profile = newProfile(counted, timed, time.Since(start).Seconds())
+	}
 	return res, e.EndStep()
 }
 
@@ -209,6 +240,11 @@ func (r InferResult) Table() string {
 		if row.Graphs != (kernels.GraphStats{}) {
 			fmt.Fprintf(&sb, "\n%s: %s\n", label(row), row.Graphs)
 		}
+	}
+	if p := r.Profile; p != nil {
+		fmt.Fprintf(&sb, "\nprofile: %d backend ops per evaluation; host queues them in %.3f s (evaluation %.4f s); waiting after every op it takes %.3f s\n\n",
+			p.Ops, p.QueueSeconds, r.Rows[len(r.Rows)-1].PerEval, p.SyncedSeconds)
+		p.writeKinds(&sb)
 	}
 	return sb.String()
 }

@@ -351,3 +351,22 @@ func (p *profiler) SwiGLU(y, a, b kernels.Buffer) {
 func (p *profiler) SwiGLUGrad(da, db, dy, a, b kernels.Buffer) {
 	p.op("SwiGLUGrad "+dtypeOf(a), func() { p.Backend.SwiGLUGrad(da, db, dy, a, b) })
 }
+
+// ReserveConstants forwards to a backend that packs constants (the CUDA
+// backend packs a model's frozen weights into one arena), so that the
+// bench's memory figures are the trainer's: without it every weight would
+// be an ordinary block rounded to its size class.
+func (p *profiler) ReserveConstants(n int64, count int) {
+	if ca, ok := p.Backend.(kernels.ConstantArena); ok {
+		ca.ReserveConstants(n, count)
+	}
+}
+
+// AllocConstant forwards to a backend that packs constants; on any other
+// a constant is an ordinary buffer (as kernels.ConstantArena allows).
+func (p *profiler) AllocConstant(d kernels.DType, n int) (kernels.Buffer, error) {
+	if ca, ok := p.Backend.(kernels.ConstantArena); ok {
+		return ca.AllocConstant(d, n)
+	}
+	return p.Backend.Alloc(d, n)
+}

@@ -179,22 +179,27 @@ func (r Result) Table() string {
 		if p == nil {
 			continue
 		}
-		var total float64
-		for _, k := range p.Kinds {
-			total += k.Seconds
-		}
 		fmt.Fprintf(&sb, "\nprofile, %s: %d backend ops per step; host queues the forward and backward in %.3f s (step median %.3f s); waiting after every op the step takes %.3f s\n\n",
 			r.modeLabel(run), p.Ops, p.QueueSeconds, run.Median, p.SyncedSeconds)
-		sb.WriteString("| op kind | count | time (s, op + wait) | share |\n| --- | --- | --- | --- |\n")
-		for _, k := range p.Kinds {
-			share := 0.0
-			if total > 0 {
-				share = k.Seconds / total
-			}
-			fmt.Fprintf(&sb, "| %s | %d | %.4f | %.1f%% |\n", k.Kind, k.Count, k.Seconds, 100*share)
-		}
+		p.writeKinds(&sb)
 	}
 	return sb.String()
+}
+
+// writeKinds writes the profile's per-kind table.
+func (p *Profile) writeKinds(sb *strings.Builder) {
+	var total float64
+	for _, k := range p.Kinds {
+		total += k.Seconds
+	}
+	sb.WriteString("| op kind | count | time (s, op + wait) | share |\n| --- | --- | --- | --- |\n")
+	for _, k := range p.Kinds {
+		share := 0.0
+		if total > 0 {
+			share = k.Seconds / total
+		}
+		fmt.Fprintf(sb, "| %s | %d | %.4f | %.1f%% |\n", k.Kind, k.Count, k.Seconds, 100*share)
+	}
 }
 
 // modeLabel names a mode in the lines after the table: "checkpointing

@@ -74,7 +74,7 @@ step there.`,
 	f.IntVar(&o.resolution, "resolution", 1024, "the same as --res")
 	_ = f.MarkDeprecated("resolution", "use --res, as the PyTorch anchor spells it")
 	f.IntVar(&o.caption, "caption", 256, "caption tokens per sample (all real)")
-	f.BoolVar(&o.profile, "profile", false, "add a per-op profile of one extra step per mode")
+	f.BoolVar(&o.profile, "profile", false, "add a per-op profile of one extra step per mode (with --infer: of one extra evaluation)")
 	f.StringVar(&o.compareOff, "compare-off", "", "measure every mode once per ';'-separated entry, each a NEWBIE_TRAIN_CUDA_OFF list of paths to turn off (an empty entry: all on), e.g. ';graphs;fused,graphs'")
 	f.IntVar(&o.infer, "infer", 0, "instead of training steps, time this many guided model evaluations (batch 2, no LoRA, no gradients), as the anchor's --infer")
 	f.BoolVar(&o.fp8Base, "fp8-base", false, "store the frozen linear weights in fp8 E4M3 with per-row scales (kohya's --fp8_base)")

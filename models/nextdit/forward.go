@@ -142,6 +142,10 @@ func (m *Model) Forward(in Inputs) (*ag.Tensor, error) {
 		release(cn, clip, joined, sj, adaln)
 		adaln = next
 	}
+	// What every adaLN modulation reads: SiLU of the conditioning, made
+	// once for the refiners, the joint layers and the final layer.
+	sa := ag.SiLU(adaln)
+	release(adaln)
 
 	// Caption embedder and context refiner.
 	capN := ag.RMSNorm(in.CapFeats, m.weights["cap_embedder.0.weight"], c.NormEps)
@@ -175,7 +179,7 @@ func (m *Model) Forward(in Inputs) (*ag.Tensor, error) {
 	img := m.linear("x_embedder", patches)
 	release(x6, xp, patches)
 	for i := range c.NRefinerLayers {
-		next := m.runBlock(fmt.Sprintf("noise_refiner.%d", i), img, adaln, imgCos, imgSin, nil)
+		next := m.runBlock(fmt.Sprintf("noise_refiner.%d", i), img, sa, imgCos, imgSin, nil)
 		release(img)
 		img = next
 	}
@@ -203,7 +207,7 @@ func (m *Model) Forward(in Inputs) (*ag.Tensor, error) {
 	release(capX, img, capCos, capSin, imgCos, imgSin)
 
 	for i := range c.NLayers {
-		next := m.runBlock(fmt.Sprintf("layers.%d", i), x, adaln, jCos, jSin, jointLens)
+		next := m.runBlock(fmt.Sprintf("layers.%d", i), x, sa, jCos, jSin, jointLens)
 		release(x)
 		x = next
 	}
@@ -211,11 +215,10 @@ func (m *Model) Forward(in Inputs) (*ag.Tensor, error) {
 
 	// Final layer: LayerNorm without affine, adaLN scale, linear to patches.
 	fn := ag.LayerNorm(x, nil, nil, FinalNormEps)
-	sa := ag.SiLU(adaln)
 	scale := m.linear("final_layer.adaLN_modulation.1", sa)
 	mod := modulate(fn, scale)
 	out := m.linear("final_layer.linear", mod)
-	release(x, fn, sa, scale, mod, adaln)
+	release(x, fn, sa, scale, mod)
 
 	// Unpatchify the image tokens of every sample.
 	tmp = tmp[:0]
@@ -237,8 +240,9 @@ func (m *Model) Forward(in Inputs) (*ag.Tensor, error) {
 }
 
 // runBlock runs one transformer block, checkpointed when the options say
-// so, and shows its output to the block observer. adaln is nil for the
-// unmodulated context refiner. Every tensor the block reads other than
+// so, and shows its output to the block observer. adaln is SiLU of the
+// conditioning, what the block's adaLN modulation reads (nil for the
+// unmodulated context refiner). Every tensor the block reads other than
 // weights (x, the conditioning and the RoPE tables) is passed to Checkpoint
 // as an input: the node then holds them for the recompute, and gradients
 // reach x and the conditioning.
@@ -274,9 +278,9 @@ func (m *Model) block(prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []in
 	w := func(name string) *ag.Tensor { return m.weights[prefix+"."+name] }
 	var mod *ag.Tensor
 	if adaln != nil {
-		sa := ag.SiLU(adaln)
-		mod = m.linear(prefix+".adaLN_modulation.1", sa)
-		release(sa)
+		// adaLN_modulation is SiLU then this linear; the SiLU, the same
+		// for every block, was made once by Forward.
+		mod = m.linear(prefix+".adaLN_modulation.1", adaln)
 	}
 	norm := func(x *ag.Tensor, weight string, chunk int, mode kernels.ScaleMode, res *ag.Tensor) *ag.Tensor {
 		o := ag.NormScaleOptions{Res: res}
