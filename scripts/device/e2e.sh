@@ -33,8 +33,9 @@ SIZE=${NEWBIE_SIZE:-full}
 RES=${NEWBIE_RES:-1024}
 DEVICE=${NEWBIE_DEVICE:-cuda}
 PRECISION=${NEWBIE_PRECISION:-bf16}
-# model.dtype: bf16 (default) or fp8 (the base's linear weights in fp8)
-DTYPE=${NEWBIE_DTYPE:-bf16}
+# model.dtype when set (fp8: the base's linear weights in fp8); unset, the
+# config leaves it out and the trainer picks (f16 storage under fp16)
+DTYPE_LINE=${NEWBIE_DTYPE:+"  dtype: $NEWBIE_DTYPE"}
 S="$OUT/summary.log"
 status=0
 step() { echo "== $(date -u +%T) $*" | tee -a "$S"; }
@@ -65,7 +66,7 @@ timeout 60 "$NT" dev write-dataset --out "$W/images" --images 32 --resolution "$
 cat >"$W/e2e.yaml" <<EOF
 model:
   path: $M
-  dtype: $DTYPE
+$DTYPE_LINE
 device: $DEVICE
 precision: $PRECISION
 memory_budget_gib: 14
