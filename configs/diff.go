@@ -17,7 +17,7 @@ var unhashed = []string{
 	"model.config", "lora.init_from", "device", "gpu", "memory_budget_gib",
 	"data.folders[*].path", "data.cache", "data.workers", "data.prefetch",
 	"data.deep_validate", "data.max_pixels",
-	"train.validation.every", "train.nonfinite_limit",
+	"train.validation.every", "train.nonfinite_limit", "train.checkpoint_blocks",
 	"save", "sample", "logging", "dist",
 }
 

@@ -44,7 +44,8 @@ func (c *Config) String() string { return string(c.YAML()) }
 //     no_upscale, crop, crop_variants, min_side, strict, transparency,
 //     cmyk, high_bit_depth, caption (everything), cache_bf16, drop_last,
 //     flip;
-//   - train: everything except validation.every and nonfinite_limit.
+//   - train: everything except validation.every, nonfinite_limit and
+//     checkpoint_blocks.
 //
 // Left out, because changing them does not change the numbers (or is
 // checked elsewhere): every path (model.weights and model.config: the base
@@ -55,7 +56,8 @@ func (c *Config) String() string { return string(c.YAML()) }
 // computation), data.workers, data.prefetch,
 // data.deep_validate, data.max_pixels (what it changes, the set of images,
 // the loader's dataset fingerprint guards), train.validation.every,
-// train.nonfinite_limit, the save, sample and logging sections (how
+// train.nonfinite_limit, train.checkpoint_blocks (which blocks recompute
+// their activations: the same gradients either way), the save, sample and logging sections (how
 // often to save, render or log) and dist (how long ranks wait for each
 // other). HashedValues lists the same keys.
 type hashed struct {

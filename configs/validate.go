@@ -288,6 +288,13 @@ func (k *checker) checkTrain() {
 		k.add("train.learning_rate", "%s must be positive", fmtFloat(t.LearningRate))
 	}
 	k.oneOf("train.schedule", "schedule", t.Schedule, "cosine", "linear", "constant")
+	if n, err := strconv.Atoi(t.CheckpointBlocks); err == nil {
+		if n < 1 {
+			k.add("train.checkpoint_blocks", "%d blocks: want at least 1 (train.activation_checkpointing: false checkpoints none)", n)
+		}
+	} else {
+		k.oneOf("train.checkpoint_blocks", "block count", t.CheckpointBlocks, "all", "auto")
+	}
 	k.atLeast("train.warmup_steps", t.WarmupSteps, 0)
 	k.fraction("train.warmup_ratio", t.WarmupRatio, false)
 	if t.WarmupSteps > 0 && t.WarmupRatio > 0 {

@@ -16,6 +16,7 @@ import (
 	"github.com/newbie-train/newbie-train/internal/fixtures"
 	"github.com/newbie-train/newbie-train/internal/golden/goldentest"
 	"github.com/newbie-train/newbie-train/models/newbie"
+	"github.com/newbie-train/newbie-train/models/nextdit"
 
 	"github.com/newbie-train/newbie-train/checkpoints"
 	"github.com/newbie-train/newbie-train/configs"
@@ -445,5 +446,54 @@ func TestLogRecordNonFinite(t *testing.T) {
 	var back map[string]any
 	if err := json.Unmarshal(line, &back); err != nil || back["grad_norm"] != nil || back["loss"] != 1.5 {
 		t.Errorf("record %s: %v, %v", line, back, err)
+	}
+}
+
+// TestCheckpointBlocksAuto: train.checkpoint_blocks auto checkpoints the
+// fewest blocks the memory plan fits in the budget (here one between the
+// plans of none and of every block), says how many, and trains to the bits
+// of checkpointing every block.
+func TestCheckpointBlocksAuto(t *testing.T) {
+	run := func(blocks string, budgetGiB float64) (string, map[int]float64) {
+		cfg := demoConfig(t, t.TempDir(), 3, 0)
+		cfg.Precision, cfg.Model.DType = "bf16", "bf16"
+		cfg.Sample.Prompts = nil
+		cfg.Train.ActivationCheckpointing, cfg.Train.CheckpointBlocks = true, blocks
+		cfg.MemoryBudgetGiB = budgetGiB
+		var log strings.Builder
+		if _, err := Run(context.Background(), cfg, Options{Log: &log}); err != nil {
+			t.Fatalf("checkpoint_blocks %s: %v\n%s", blocks, err, log.String())
+		}
+		return log.String(), losses(t, cfg.Logging.LogFile)
+	}
+	mc, _ := nextdit.Preset("tiny")
+	cfg := demoConfig(t, t.TempDir(), 1, 0)
+	shape := newbie.TrainShape{Batch: cfg.Train.BatchSize, LatentH: cfg.Data.Resolution / 8, LatentW: cfg.Data.Resolution / 8,
+		CaptionTokens: 512, Rank: cfg.LoRA.Rank, Targets: cfg.LoRA.Targets, DType: kernels.BF16, Autocast: kernels.BF16}
+	none, err := newbie.EstimateTrain(mc, shape, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shape.Checkpoint = true
+	all, err := newbie.EstimateTrain(mc, shape, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	budget := float64(none.Total+all.Total) / 2 / (1 << 30)
+	autoLog, autoLosses := run("auto", budget)
+	_, allLosses := run("all", 0)
+	n := mc.Blocks()
+	var k int
+	if _, err := fmt.Sscanf(autoLog[strings.Index(autoLog, "activation checkpointing: "):], "activation checkpointing: %d of", &k); err != nil || k <= 0 || k >= n {
+		t.Fatalf("auto under a budget between none (%d B) and all (%d B): want some of the %d blocks checkpointed, log says:\n%s", none.Total, all.Total, n, autoLog)
+	}
+	t.Logf("auto: %d of %d blocks checkpointed under %.6f GiB", k, n, budget)
+	if len(autoLosses) != 3 {
+		t.Fatalf("logged %d losses, want 3", len(autoLosses))
+	}
+	for step, l := range allLosses {
+		if autoLosses[step] != l {
+			t.Errorf("step %d: loss %v with %d blocks checkpointed, %v with all", step, autoLosses[step], k, l)
+		}
 	}
 }

@@ -17,8 +17,11 @@ type TrainShape struct {
 	// Rank and Targets are the adapters' (Targets empty: lora's defaults).
 	Rank    int
 	Targets []string
-	// Checkpoint is activation checkpointing per transformer block.
-	Checkpoint bool
+	// Checkpoint is activation checkpointing per transformer block;
+	// CheckpointBlocks, when positive, checkpoints only that many of the
+	// forward's blocks (nextdit.Options.CheckpointBlocks).
+	Checkpoint       bool
+	CheckpointBlocks int
 	// DType is the frozen weights' storage dtype (BF16, F16 or F32);
 	// Autocast the dtype the products run in (BF16 or F16: the estimate
 	// covers mixed-precision training, the GPU's).
@@ -92,7 +95,10 @@ func EstimateTrain(c nextdit.Config, s TrainShape, r Rounder) (Estimate, error) 
 		return Estimate{}, fmt.Errorf("newbie: train estimate for batch %d of %d×%d latents, %d caption tokens, rank %d: want positive sizes", s.Batch, s.LatentW, s.LatentH, s.CaptionTokens, s.Rank)
 	}
 	mode := "no checkpointing"
-	if s.Checkpoint {
+	switch {
+	case s.Checkpoint && s.CheckpointBlocks > 0 && s.CheckpointBlocks < c.Blocks():
+		mode = fmt.Sprintf("checkpointing %d of %d blocks", s.CheckpointBlocks, c.Blocks())
+	case s.Checkpoint:
 		mode = "checkpointing"
 	}
 	weights := s.DType.String()
@@ -158,8 +164,15 @@ func trainActivations(c nextdit.Config, s TrainShape) (inputs, tokens, perToken 
 	blocks := int64(c.NLayers + c.NRefinerLayers) // each token: its refiner, then every joint layer
 	block := trainBlockPerDim*dim + trainBlockPerFFN*ffn + trainBlockPerQKV*qkv + trainBlockPerHead*heads + trainBlockConstant
 	back := trainBackPerDim*dim + trainBackPerFFN*ffn + trainBackPerHeadD*int64(c.HeadDim()) + trainBackConstant
-	if s.Checkpoint {
-		return inputs, tokens, blocks*trainCkptPerDim*dim + block + back + trainCkptInputPerDim*dim
+	if !s.Checkpoint {
+		return inputs, tokens, blocks*block + back
 	}
-	return inputs, tokens, blocks*block + back
+	// A token's share of checkpointed blocks is the model's (they are spread
+	// evenly over refiners and layers): those keep their input, the others
+	// their whole tape.
+	kept := int64(0)
+	if n := int64(c.Blocks()); s.CheckpointBlocks > 0 && int64(s.CheckpointBlocks) < n {
+		kept = blocks - (blocks*int64(s.CheckpointBlocks)+n-1)/n
+	}
+	return inputs, tokens, (blocks-kept)*trainCkptPerDim*dim + kept*block + block + back + trainCkptInputPerDim*dim
 }

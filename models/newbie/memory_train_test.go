@@ -87,15 +87,19 @@ func TestEstimateTrain(t *testing.T) {
 		{"wide r4 batch 2", wide, TrainShape{Batch: 2, LatentH: 8, LatentW: 12, CaptionTokens: 10, Rank: 4}},
 		{"four heads r16", heads, TrainShape{Batch: 1, LatentH: 12, LatentW: 16, CaptionTokens: 20, Rank: 16, Targets: []string{"attention.qkv", "feed_forward.w2"}}},
 		{"wide r4 fp8 base", wide, TrainShape{Batch: 2, LatentH: 8, LatentW: 12, CaptionTokens: 10, Rank: 4, FP8Base: true}},
+		{"wide r4 some blocks", wide, TrainShape{Batch: 2, LatentH: 8, LatentW: 12, CaptionTokens: 10, Rank: 4, CheckpointBlocks: 4}},
 	} {
 		for _, ckpt := range []bool{false, true} {
+			if c.s.CheckpointBlocks > 0 && !ckpt {
+				continue
+			}
 			t.Run(fmt.Sprintf("%s ckpt %v", c.name, ckpt), func(t *testing.T) {
 				if err := c.cfg.Validate(); err != nil {
 					t.Fatal(err)
 				}
 				be := cpu.New()
 				e := ag.New(be)
-				m, err := nextdit.NewRandom(e, c.cfg, nextdit.Options{DType: kernels.BF16, Checkpoint: ckpt, FP8Base: c.s.FP8Base}, 3)
+				m, err := nextdit.NewRandom(e, c.cfg, nextdit.Options{DType: kernels.BF16, Checkpoint: ckpt, CheckpointBlocks: c.s.CheckpointBlocks, FP8Base: c.s.FP8Base}, 3)
 				if err != nil {
 					t.Fatal(err)
 				}

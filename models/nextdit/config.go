@@ -285,3 +285,7 @@ func (c Config) Linears() []LinearInfo {
 	}
 	return ls
 }
+
+// Blocks is the number of transformer blocks a forward runs: the context
+// and noise refiners and the joint layers.
+func (c Config) Blocks() int { return 2*c.NRefinerLayers + c.NLayers }

@@ -367,3 +367,36 @@ func TestLoadHostAllocations(t *testing.T) {
 		t.Logf("loading %d tensor bytes allocated %d bytes on the heap", fileBytes, got)
 	}
 }
+
+// TestCheckpointedBlocks: CheckpointBlocks k checkpoints exactly k of the
+// forward's blocks, spread over them (no two runs of checkpointed blocks
+// longer than ⌈n/k⌉ apart), and every block or none outside 0 < k < n.
+func TestCheckpointedBlocks(t *testing.T) {
+	cfg, _ := Preset("newbie-exp0.1")
+	n := cfg.Blocks()
+	if n != 40 {
+		t.Fatalf("NewBie runs %d blocks, want 40 (2 + 2 refiners, 36 layers)", n)
+	}
+	for _, c := range []struct {
+		on   bool
+		k    int
+		want int
+	}{{false, 0, 0}, {false, 7, 0}, {true, 0, 40}, {true, 40, 40}, {true, 99, 40}, {true, 1, 1}, {true, 13, 13}, {true, 26, 26}, {true, 39, 39}} {
+		m := &Model{cfg: cfg, opts: Options{Checkpoint: c.on, CheckpointBlocks: c.k}}
+		got, gap, maxGap := 0, 0, 0
+		for i := range n {
+			if m.checkpointed(i) {
+				got++
+				gap = 0
+			} else if gap++; gap > maxGap {
+				maxGap = gap
+			}
+		}
+		if got != c.want {
+			t.Errorf("checkpoint %v, %d blocks: %d of %d checkpointed, want %d", c.on, c.k, got, n, c.want)
+		}
+		if c.want > 0 && c.want < n && maxGap > (n+c.want-1)/c.want {
+			t.Errorf("checkpoint %d blocks: %d unguarded blocks in a row", c.k, maxGap)
+		}
+	}
+}

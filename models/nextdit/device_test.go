@@ -35,7 +35,7 @@ func TestGoldenParityCUDA(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			m, in, y := runGoldenOn(t, kerneltest.OpenCUDA(t), g, kernels.F32, tc.autocast, tc.checkpoint)
+			m, in, y := runGoldenOn(t, kerneltest.OpenCUDA(t), g, kernels.F32, tc.autocast, map[bool]int{false: ckptNone, true: ckptAll}[tc.checkpoint])
 			kerneltest.Check(t, "out.y", y, g.get(t, "out.y"), tc.outTol)
 			kerneltest.Check(t, "grad.in.x", gradValues(t, in.X), g.get(t, "grad.in.x"), tc.gradTol)
 			kerneltest.Check(t, "grad.in.cap_feats", gradValues(t, in.CapFeats), g.get(t, "grad.in.cap_feats"), tc.gradTol)

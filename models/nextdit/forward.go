@@ -116,8 +116,8 @@ func (m *Model) Forward(in Inputs) (*ag.Tensor, error) {
 	// A model evaluation repeats per shape (the sampler's steps): on a
 	// backend with graphs it is a region of its own (inside a training
 	// step's region it is part of that one).
-	kernels.BeginGraph(m.e.Backend(), fmt.Sprintf("nextdit.Forward %v/%v/%d clip=%v grad=%v autocast=%v checkpoint=%v",
-		in.X.Shape(), in.CapLens, l, in.ClipPooled != nil, m.e.GradEnabled(), m.e.Autocast(), m.opts.Checkpoint))
+	kernels.BeginGraph(m.e.Backend(), fmt.Sprintf("nextdit.Forward %v/%v/%d clip=%v grad=%v autocast=%v checkpoint=%v/%d",
+		in.X.Shape(), in.CapLens, l, in.ClipPooled != nil, m.e.GradEnabled(), m.e.Autocast(), m.opts.Checkpoint, m.opts.CheckpointBlocks))
 	defer kernels.EndGraph(m.e.Backend())
 	e, act := m.e, m.actDType()
 	n, p, d, hd := ht*wt, c.PatchSize, c.Dim, c.HeadDim()
@@ -167,7 +167,7 @@ func (m *Model) Forward(in Inputs) (*ag.Tensor, error) {
 		jointLens[i] = int32(cl + n)
 	}
 	for i := range c.NRefinerLayers {
-		next := m.runBlock(fmt.Sprintf("context_refiner.%d", i), capX, nil, capCos, capSin, capLens32)
+		next := m.runBlock(i, fmt.Sprintf("context_refiner.%d", i), capX, nil, capCos, capSin, capLens32)
 		release(capX)
 		capX = next
 	}
@@ -179,7 +179,7 @@ func (m *Model) Forward(in Inputs) (*ag.Tensor, error) {
 	img := m.linear("x_embedder", patches)
 	release(x6, xp, patches)
 	for i := range c.NRefinerLayers {
-		next := m.runBlock(fmt.Sprintf("noise_refiner.%d", i), img, sa, imgCos, imgSin, nil)
+		next := m.runBlock(c.NRefinerLayers+i, fmt.Sprintf("noise_refiner.%d", i), img, sa, imgCos, imgSin, nil)
 		release(img)
 		img = next
 	}
@@ -207,7 +207,7 @@ func (m *Model) Forward(in Inputs) (*ag.Tensor, error) {
 	release(capX, img, capCos, capSin, imgCos, imgSin)
 
 	for i := range c.NLayers {
-		next := m.runBlock(fmt.Sprintf("layers.%d", i), x, sa, jCos, jSin, jointLens)
+		next := m.runBlock(2*c.NRefinerLayers+i, fmt.Sprintf("layers.%d", i), x, sa, jCos, jSin, jointLens)
 		release(x)
 		x = next
 	}
@@ -239,17 +239,18 @@ func (m *Model) Forward(in Inputs) (*ag.Tensor, error) {
 	return y, nil
 }
 
-// runBlock runs one transformer block, checkpointed when the options say
-// so, and shows its output to the block observer. adaln is SiLU of the
+// runBlock runs block index (of the forward's order, Config.Blocks), prefix,
+// checkpointed when the options say so, and shows its output to the block
+// observer. adaln is SiLU of the
 // conditioning, what the block's adaLN modulation reads (nil for the
 // unmodulated context refiner). Every tensor the block reads other than
 // weights (x, the conditioning and the RoPE tables) is passed to Checkpoint
 // as an input: the node then holds them for the recompute, and gradients
 // reach x and the conditioning.
-func (m *Model) runBlock(prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []int32) *ag.Tensor {
+func (m *Model) runBlock(index int, prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []int32) *ag.Tensor {
 	var out *ag.Tensor
 	switch {
-	case !m.opts.Checkpoint:
+	case !m.checkpointed(index):
 		out = m.block(prefix, x, adaln, cos, sin, keyLens)
 	case adaln == nil:
 		out = ag.Checkpoint(func(in []*ag.Tensor) *ag.Tensor {

@@ -1,6 +1,7 @@
 package nextdit
 
 import (
+	"fmt"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -56,16 +57,23 @@ func goldenInputs(t *testing.T, e *ag.Engine, g goldenRun, d kernels.DType) (Inp
 // runGolden loads the tiny weights in storage dtype d, makes every weight
 // trainable (masters in d for F64/F32), runs forward and the backward of
 // sum(y ⊙ grad_out), and returns the model, inputs and output values.
-func runGolden(t *testing.T, g goldenRun, d kernels.DType, autocast kernels.DType, checkpoint bool) (*Model, Inputs, []float64) {
+func runGolden(t *testing.T, g goldenRun, d kernels.DType, autocast kernels.DType, ckpt int) (*Model, Inputs, []float64) {
 	t.Helper()
-	return runGoldenOn(t, cpu.New(), g, d, autocast, checkpoint)
+	return runGoldenOn(t, cpu.New(), g, d, autocast, ckpt)
 }
 
+// Checkpointing of a golden run: ckptNone, ckptAll, or a positive count of
+// blocks (Options.CheckpointBlocks).
+const (
+	ckptNone = 0
+	ckptAll  = -1
+)
+
 // runGoldenOn is runGolden on a given backend.
-func runGoldenOn(t *testing.T, be kernels.Backend, g goldenRun, d kernels.DType, autocast kernels.DType, checkpoint bool) (*Model, Inputs, []float64) {
+func runGoldenOn(t *testing.T, be kernels.Backend, g goldenRun, d kernels.DType, autocast kernels.DType, ckpt int) (*Model, Inputs, []float64) {
 	t.Helper()
 	e := ag.New(be)
-	m, err := Load(e, g.weights, Options{DType: d, Checkpoint: checkpoint})
+	m, err := Load(e, g.weights, Options{DType: d, Checkpoint: ckpt != ckptNone, CheckpointBlocks: max(ckpt, 0)})
 	if err != nil {
 		t.Fatalf("load: %v", err)
 	}
@@ -160,17 +168,21 @@ func TestGoldenParity(t *testing.T) {
 // gradients as plain ones, bit for bit on the CPU backend.
 func TestCheckpointSameGradients(t *testing.T) {
 	g := openGolden(t)
-	plain, pin, py := runGolden(t, g, kernels.F32, 0, false)
-	ck, cin, cy := runGolden(t, g, kernels.F32, 0, true)
-	kerneltest.Check(t, "output", cy, py, 0)
-	kerneltest.Check(t, "grad x", gradValues(t, cin.X), gradValues(t, pin.X), 0)
+	plain, pin, py := runGolden(t, g, kernels.F32, 0, ckptNone)
 	names := plain.Names()
 	sort.Strings(names)
-	for _, n := range names {
-		if n == "norm_final.weight" {
-			continue
+	// Every block, and some of them (spread over refiners and layers).
+	for _, ckpt := range []int{ckptAll, 1, 3} {
+		ck, cin, cy := runGolden(t, g, kernels.F32, 0, ckpt)
+		label := fmt.Sprintf("checkpoint %d: ", ckpt)
+		kerneltest.Check(t, label+"output", cy, py, 0)
+		kerneltest.Check(t, label+"grad x", gradValues(t, cin.X), gradValues(t, pin.X), 0)
+		for _, n := range names {
+			if n == "norm_final.weight" {
+				continue
+			}
+			kerneltest.Check(t, label+"grad "+n, gradValues(t, ck.Weight(n)), gradValues(t, plain.Weight(n)), 0)
 		}
-		kerneltest.Check(t, "grad "+n, gradValues(t, ck.Weight(n)), gradValues(t, plain.Weight(n)), 0)
 	}
 }
 

@@ -20,6 +20,12 @@ type Options struct {
 	// under autograd.Checkpoint: its activations are recomputed in the
 	// backward instead of being kept.
 	Checkpoint bool
+	// CheckpointBlocks, when positive with Checkpoint set, checkpoints only
+	// that many of the blocks, spread evenly over the forward's order
+	// (context refiners, noise refiners, joint layers); the others keep
+	// their activations. Fewer checkpointed blocks recompute less and hold
+	// more memory; the gradients are the same bits either way.
+	CheckpointBlocks int
 	// FP8Base stores the frozen weights of the linear layers as FP8 E4M3
 	// with a scale per output row (autograd.QuantizeFP8; kohya's
 	// --fp8_base): about half the memory of bf16 weights, each product
@@ -90,8 +96,23 @@ func (m *Model) Engine() *autograd.Engine { return m.e }
 // Options returns the options the model was built with.
 func (m *Model) Options() Options { return m.opts }
 
-// SetCheckpoint turns per-block activation checkpointing on or off.
-func (m *Model) SetCheckpoint(on bool) { m.opts.Checkpoint = on }
+// SetCheckpoint turns per-block activation checkpointing on (every block)
+// or off.
+func (m *Model) SetCheckpoint(on bool) { m.opts.Checkpoint, m.opts.CheckpointBlocks = on, 0 }
+
+// checkpointed reports whether block i of the forward's order (see
+// Config.Blocks) runs under a checkpoint.
+func (m *Model) checkpointed(i int) bool {
+	if !m.opts.Checkpoint {
+		return false
+	}
+	n, k := m.cfg.Blocks(), m.opts.CheckpointBlocks
+	if k <= 0 || k >= n {
+		return true
+	}
+	// Evenly spread: block i is the one where ⌊i·k/n⌋ steps up.
+	return (i+1)*k/n != i*k/n
+}
 
 // SetHook routes every linear layer through h (nil removes the hook).
 func (m *Model) SetHook(h LinearHook) { m.hook = h }
