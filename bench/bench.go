@@ -60,6 +60,9 @@ type Options struct {
 	CaptionTokens int
 	// FP8Base stores the frozen linear weights in fp8 (nextdit.Options).
 	FP8Base bool
+	// CheckpointBlocks, when positive, is how many blocks the checkpointing
+	// mode checkpoints (nextdit.Options.CheckpointBlocks; train.checkpoint_blocks).
+	CheckpointBlocks int
 	// CompareOff, when set, measures every checkpointing mode once per
 	// entry, each a list of the backend's optional paths to turn off
 	// (kernels.Switchable.SetOff: "" all on, "graphs", "fused,graphs", …),
@@ -222,6 +225,7 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	tokens := (latent / cfg.PatchSize) * (latent / cfg.PatchSize)
 	res = Result{
 		Preset: o.Preset, Layers: cfg.NLayers, FP8Base: o.FP8Base, Params: cfg.NumParams(), Rank: o.Rank, Alpha: o.Alpha,
+		CheckpointBlocks: o.CheckpointBlocks, Blocks: cfg.Blocks(),
 		Batch: o.Batch, Accum: o.Accum, Ranks: 1, Resolution: o.Resolution, Latent: [3]int{cfg.InChannels, latent, latent},
 		ImageTokens: tokens, CaptionTokens: o.CaptionTokens,
 		FLOPs: StepFLOPs(cfg, o.Batch*o.Accum, o.CaptionTokens, tokens),
@@ -406,6 +410,9 @@ func (b *benchStep) measure(ctx context.Context, be *profiler, ckpt bool, res Re
 	o := b.o
 	run := Mode{Checkpointing: ckpt}
 	b.st.Model.SetCheckpoint(ckpt)
+	if ckpt && o.CheckpointBlocks > 0 {
+		b.st.Model.SetCheckpointBlocks(o.CheckpointBlocks)
+	}
 	fail := func(phase string, i int, err error) Mode {
 		run.Err = fmt.Sprintf("%s step %d: %v", phase, i+1, err)
 		fmt.Fprintf(o.Log, "bench: checkpointing %s: %s\n", onOff(ckpt), run.Err)

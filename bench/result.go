@@ -20,6 +20,9 @@ type Result struct {
 	Layers int
 	// FP8Base is whether the frozen linear weights were stored in fp8.
 	FP8Base bool
+	// CheckpointBlocks is how many blocks the checkpointing mode
+	// checkpointed (0: every one) of Blocks.
+	CheckpointBlocks, Blocks int
 	// Params is the frozen base model's size; LoRAParams the trainable
 	// adapters' and LoRALayers how many linear layers carry one.
 	Params     int64
@@ -129,6 +132,9 @@ func (r Result) Table() string {
 		r.Preset, r.Layers, r.Params, base, r.Rank, r.Alpha, r.LoRALayers, r.LoRAParams)
 	fmt.Fprintf(&sb, "input: batch %d, %d×%d image → latent %d×%d×%d (%d image tokens) + %d caption tokens\n",
 		r.Batch, r.Resolution, r.Resolution, r.Latent[0], r.Latent[1], r.Latent[2], r.ImageTokens, r.CaptionTokens)
+	if r.CheckpointBlocks > 0 && r.CheckpointBlocks < r.Blocks {
+		fmt.Fprintf(&sb, "checkpointing on: %d of the %d blocks (--checkpoint-blocks)\n", r.CheckpointBlocks, r.Blocks)
+	}
 	if r.Accum > 1 || r.Ranks > 1 {
 		fmt.Fprintf(&sb, "step: %d micro-batch(es) on each of %d rank(s); samples/s counts all %d samples of a step, TFLOP/s is one GPU's\n", r.Accum, r.Ranks, r.Batch*r.Accum*r.Ranks)
 	}

@@ -16,22 +16,23 @@ import (
 
 // benchOptions are the flags of `newbie-train bench`.
 type benchOptions struct {
-	preset        string
-	layers        int
-	backend       string
-	gpu           int
-	batch         int
-	accum         int
-	gpus          int
-	steps         int
-	warmup        int
-	checkpointing string
-	resolution    int
-	caption       int
-	profile       bool
-	fp8Base       bool
-	infer         int
-	compareOff    string
+	preset           string
+	layers           int
+	backend          string
+	gpu              int
+	batch            int
+	accum            int
+	gpus             int
+	steps            int
+	warmup           int
+	checkpointing    string
+	checkpointBlocks int
+	resolution       int
+	caption          int
+	profile          bool
+	fp8Base          bool
+	infer            int
+	compareOff       string
 }
 
 func newBenchCmd(stdout, stderr io.Writer) *cobra.Command {
@@ -70,6 +71,7 @@ step there.`,
 	f.IntVar(&o.steps, "steps", 10, "timed steps per checkpointing mode")
 	f.IntVar(&o.warmup, "warmup", 3, "untimed warm-up steps per mode (kernel compilation, allocator)")
 	f.StringVar(&o.checkpointing, "checkpointing", "both", "activation checkpointing: both, on or off")
+	f.IntVar(&o.checkpointBlocks, "checkpoint-blocks", 0, "with checkpointing on: checkpoint only this many of the blocks, spread evenly (0: all; train.checkpoint_blocks)")
 	f.IntVar(&o.resolution, "res", 1024, "image side in pixels (latent = res/8), e.g. 512, 768 or 1024; the anchor's --res")
 	f.IntVar(&o.resolution, "resolution", 1024, "the same as --res")
 	_ = f.MarkDeprecated("resolution", "use --res, as the PyTorch anchor spells it")
@@ -111,6 +113,7 @@ func runBench(ctx context.Context, o *benchOptions, stdout, stderr io.Writer) er
 		Preset: o.preset, Layers: o.layers, Backend: o.backend, GPU: o.gpu, Batch: o.batch, Accum: o.accum,
 		Steps: o.steps, Warmup: warmup, Checkpointing: modes,
 		Resolution: o.resolution, CaptionTokens: o.caption, Profile: o.profile, FP8Base: o.fp8Base, Log: stderr, Dist: env,
+		CheckpointBlocks: o.checkpointBlocks,
 	}
 	if o.compareOff != "" {
 		opts.CompareOff = strings.Split(o.compareOff, ";")
@@ -161,6 +164,9 @@ func (o *benchOptions) args() []string {
 	}
 	if o.fp8Base {
 		a = append(a, "--fp8-base")
+	}
+	if o.checkpointBlocks > 0 {
+		a = append(a, "--checkpoint-blocks", strconv.Itoa(o.checkpointBlocks))
 	}
 	return a
 }

@@ -100,6 +100,10 @@ func (m *Model) Options() Options { return m.opts }
 // or off.
 func (m *Model) SetCheckpoint(on bool) { m.opts.Checkpoint, m.opts.CheckpointBlocks = on, 0 }
 
+// SetCheckpointBlocks checkpoints k of the blocks, spread evenly
+// (Options.CheckpointBlocks): none for k ≤ 0, every one for k ≥ Blocks.
+func (m *Model) SetCheckpointBlocks(k int) { m.opts.Checkpoint, m.opts.CheckpointBlocks = k > 0, max(k, 0) }
+
 // checkpointed reports whether block i of the forward's order (see
 // Config.Blocks) runs under a checkpoint.
 func (m *Model) checkpointed(i int) bool {
