@@ -167,12 +167,22 @@ func trainActivations(c nextdit.Config, s TrainShape) (inputs, tokens, perToken 
 	if !s.Checkpoint {
 		return inputs, tokens, blocks*block + back
 	}
-	// A token's share of checkpointed blocks is the model's (they are spread
-	// evenly over refiners and layers): those keep their input, the others
-	// their whole tape.
-	kept := int64(0)
-	if n := int64(c.Blocks()); s.CheckpointBlocks > 0 && int64(s.CheckpointBlocks) < n {
-		kept = blocks - (blocks*int64(s.CheckpointBlocks)+n-1)/n
+	// Checkpointed blocks keep their input, the others their whole tape. A
+	// caption token runs the context refiners and the layers, an image
+	// token the noise refiners and the layers: each counts the blocks of its
+	// own path that the choice keeps (nextdit.Config.CheckpointedBlock).
+	keptOn := func(first, last int) (kept int64) {
+		for i := first; i < last; i++ {
+			if !c.CheckpointedBlock(i, s.CheckpointBlocks) {
+				kept++
+			}
+		}
+		return kept
 	}
+	r, joint := c.NRefinerLayers, keptOn(2*c.NRefinerLayers, c.Blocks())
+	capKept, imgKept := keptOn(0, r)+joint, keptOn(r, 2*r)+joint
+	capTok, imgTok := int64(s.CaptionTokens), int64((s.LatentH/c.PatchSize)*(s.LatentW/c.PatchSize))
+	// The tokens' mean, rounded up.
+	kept := (capTok*capKept + imgTok*imgKept + capTok + imgTok - 1) / (capTok + imgTok)
 	return inputs, tokens, (blocks-kept)*trainCkptPerDim*dim + kept*block + block + back + trainCkptInputPerDim*dim
 }

@@ -287,5 +287,16 @@ func (c Config) Linears() []LinearInfo {
 }
 
 // Blocks is the number of transformer blocks a forward runs: the context
-// and noise refiners and the joint layers.
+// and noise refiners and the joint layers, in that order.
 func (c Config) Blocks() int { return 2*c.NRefinerLayers + c.NLayers }
+
+// CheckpointedBlock reports whether block i (of Blocks, in the forward's
+// order) is among k checkpointed blocks spread evenly: the one where
+// ⌊i·k/n⌋ steps up. k ≤ 0 or k ≥ Blocks means every block.
+func (c Config) CheckpointedBlock(i, k int) bool {
+	n := c.Blocks()
+	if k <= 0 || k >= n {
+		return true
+	}
+	return (i+1)*k/n != i*k/n
+}

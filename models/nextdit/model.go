@@ -102,20 +102,14 @@ func (m *Model) SetCheckpoint(on bool) { m.opts.Checkpoint, m.opts.CheckpointBlo
 
 // SetCheckpointBlocks checkpoints k of the blocks, spread evenly
 // (Options.CheckpointBlocks): none for k ≤ 0, every one for k ≥ Blocks.
-func (m *Model) SetCheckpointBlocks(k int) { m.opts.Checkpoint, m.opts.CheckpointBlocks = k > 0, max(k, 0) }
+func (m *Model) SetCheckpointBlocks(k int) {
+	m.opts.Checkpoint, m.opts.CheckpointBlocks = k > 0, max(k, 0)
+}
 
 // checkpointed reports whether block i of the forward's order (see
 // Config.Blocks) runs under a checkpoint.
 func (m *Model) checkpointed(i int) bool {
-	if !m.opts.Checkpoint {
-		return false
-	}
-	n, k := m.cfg.Blocks(), m.opts.CheckpointBlocks
-	if k <= 0 || k >= n {
-		return true
-	}
-	// Evenly spread: block i is the one where ⌊i·k/n⌋ steps up.
-	return (i+1)*k/n != i*k/n
+	return m.opts.Checkpoint && m.cfg.CheckpointedBlock(i, m.opts.CheckpointBlocks)
 }
 
 // SetHook routes every linear layer through h (nil removes the hook).
