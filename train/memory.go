@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"strconv"
 
-	"github.com/newbie-train/newbie-train/configs"
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/models/newbie"
 	"github.com/newbie-train/newbie-train/sampler/pipeline"
@@ -27,11 +26,12 @@ import (
 // The autocast dtype is returned beside it; 0 when the run's precision is
 // fp32 (nothing planned).
 func (r *run) trainEstimate(storage kernels.DType) (newbie.Estimate, kernels.DType, error) {
-	return r.trainEstimateWith(storage, r.ckpt)
+	return r.trainEstimateWith(storage, r.ckptBlocks)
 }
 
-// trainEstimateWith is trainEstimate for a choice of checkpointing.
-func (r *run) trainEstimateWith(storage kernels.DType, ck checkpointing) (newbie.Estimate, kernels.DType, error) {
+// trainEstimateWith is trainEstimate with ckptBlocks of the blocks
+// checkpointed.
+func (r *run) trainEstimateWith(storage kernels.DType, ckptBlocks int) (newbie.Estimate, kernels.DType, error) {
 	cfg := r.cfg
 	prec, err := cfg.Precision.Resolve(r.capab)
 	if err != nil {
@@ -48,7 +48,7 @@ func (r *run) trainEstimateWith(storage kernels.DType, ck checkpointing) (newbie
 	}
 	est, err := newbie.EstimateTrain(r.mc, newbie.TrainShape{
 		Batch: cfg.Train.BatchSize, LatentH: b.H / 8, LatentW: b.W / 8, CaptionTokens: tokens,
-		Rank: cfg.LoRA.Rank, Targets: cfg.LoRA.Targets, Checkpoint: ck.on, CheckpointBlocks: ck.blocks,
+		Rank: cfg.LoRA.Rank, Targets: cfg.LoRA.Targets, Checkpoint: ckptBlocks > 0, CheckpointBlocks: ckptBlocks,
 		DType: storage, Autocast: autocast, FP8Base: r.fp8Base(),
 	}, newbie.RounderOf(r.b))
 	if err != nil {
@@ -117,57 +117,34 @@ func (r *run) planMemory(storage kernels.DType) error {
 	return nil
 }
 
-// checkpointing is which transformer blocks keep their activations: none
-// checkpointed (on false), all (blocks 0) or that many, spread evenly
-// (nextdit.Options.CheckpointBlocks).
-type checkpointing struct {
-	on     bool
-	blocks int
-}
-
-// configCheckpointing is the checkpointing train.activation_checkpointing
-// and a numeric train.checkpoint_blocks ask for ("all" and "auto": every
-// block, until chooseCheckpointing picks).
-func configCheckpointing(t configs.Train) checkpointing {
-	c := checkpointing{on: t.ActivationCheckpointing}
-	if n, err := strconv.Atoi(t.CheckpointBlocks); err == nil && c.on {
-		c.blocks = n
-	}
-	return c
-}
-
-// text is the choice for the log: "off", "all 40 blocks", "26 of 40
-// blocks".
-func (c checkpointing) text(total int) string {
-	switch {
-	case !c.on:
-		return "off"
-	case c.blocks <= 0 || c.blocks >= total:
-		return fmt.Sprintf("all %d blocks", total)
-	}
-	return fmt.Sprintf("%d of %d blocks", c.blocks, total)
-}
-
-// chooseCheckpointing sets r.ckpt from train.activation_checkpointing and
-// train.checkpoint_blocks. With "auto" it takes the fewest checkpointed
-// blocks whose training step and previews the memory plan fits (the budget,
-// or the device's free memory): each block not recomputed saves its
-// forward in the backward. Without a plan (an fp32 run) auto checkpoints
-// every block; when even that does not fit, planMemory reports it.
+// chooseCheckpointing sets r.ckptBlocks, how many of the transformer
+// blocks run under a checkpoint (0: none; r.mc.Blocks(): all), from
+// train.activation_checkpointing and train.checkpoint_blocks. With "auto"
+// it takes the fewest whose training step and previews the memory plan
+// fits (the budget, or the device's free memory): each block not
+// recomputed saves its forward in the backward. Without a plan (an fp32
+// run) auto checkpoints every block; when even that does not fit,
+// planMemory reports it.
 func (r *run) chooseCheckpointing(storage kernels.DType) error {
 	t := r.cfg.Train
 	total := r.mc.Blocks()
-	r.ckpt = configCheckpointing(t)
-	if !t.ActivationCheckpointing || t.CheckpointBlocks != "auto" {
-		if r.ckpt.on && r.ckpt.blocks > 0 {
-			r.logf("activation checkpointing: %s", r.ckpt.text(total))
-		}
+	n, numeric := strconv.Atoi(t.CheckpointBlocks)
+	switch {
+	case !t.ActivationCheckpointing:
+		r.ckptBlocks = 0
+		return nil
+	case numeric == nil:
+		r.ckptBlocks = min(n, total)
+		r.logf("activation checkpointing: %d of %d blocks", r.ckptBlocks, total)
+		return nil
+	case t.CheckpointBlocks != "auto":
+		r.ckptBlocks = total
 		return nil
 	}
+	r.ckptBlocks = total
 	budget := MemoryBudget(r.cfg)
 	for k := 0; k <= total; k++ {
-		ck := checkpointing{on: k > 0, blocks: k}
-		train, autocast, err := r.trainEstimateWith(storage, ck)
+		train, autocast, err := r.trainEstimateWith(storage, k)
 		if err != nil {
 			return err
 		}
@@ -191,8 +168,8 @@ func (r *run) chooseCheckpointing(storage kernels.DType) error {
 			}
 		}
 		if fits {
-			r.ckpt = ck
-			r.logf("activation checkpointing: %s (checkpoint_blocks auto: the fewest the memory plan fits)", ck.text(total))
+			r.ckptBlocks = k
+			r.logf("activation checkpointing: %d of %d blocks (checkpoint_blocks auto: the fewest the memory plan fits)", k, total)
 			return nil
 		}
 	}

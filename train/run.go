@@ -150,8 +150,9 @@ type run struct {
 	// that interleave, trainTime and previewTime their times.
 	phases  []Phase
 	planned map[string]int64
-	// ckpt is the run's activation checkpointing (chooseCheckpointing).
-	ckpt                   checkpointing
+	// ckptBlocks is how many blocks run under a checkpoint
+	// (chooseCheckpointing, before the model loads).
+	ckptBlocks             int
 	trainPeak, previewPeak int64
 	previewTime, stepTime  time.Duration
 	previewItems           int
@@ -212,7 +213,7 @@ func Run(ctx context.Context, cfg *configs.Config, o Options) (res *Result, err 
 	if o.Log == nil || o.rank() != 0 {
 		o.Log, o.Bar = io.Discard, false // rank 0 speaks for the job
 	}
-	r := &run{cfg: cfg, opts: o, log: o.Log, bar: o.Bar, savedStep: -1, planned: map[string]int64{}, ckpt: configCheckpointing(cfg.Train)}
+	r := &run{cfg: cfg, opts: o, log: o.Log, bar: o.Bar, savedStep: -1, planned: map[string]int64{}}
 	defer func() { r.close(err) }()
 	if err := r.setup(ctx); err != nil {
 		return nil, r.cancelled(ctx, err, "")
@@ -615,7 +616,7 @@ func (r *run) loadModel() error {
 	if err != nil {
 		return err
 	}
-	opts := nextdit.Options{DType: st, Checkpoint: r.ckpt.on, CheckpointBlocks: r.ckpt.blocks, FP8Base: r.fp8Base()}
+	opts := nextdit.Options{DType: st, Checkpoint: r.ckptBlocks > 0, CheckpointBlocks: r.ckptBlocks, FP8Base: r.fp8Base()}
 	weights := ditPath(cfg, r.found)
 	if weights == "" {
 		r.model, err = nextdit.NewRandom(r.e, r.mc, opts, cfg.Train.Seed)

@@ -341,25 +341,15 @@ func (f *File) Float64(name string) ([]float64, error) {
 	if err != nil {
 		return nil, err
 	}
+	if kd, ok := dt.Kernel(); ok && kd.IsFloat() {
+		// Floats through the kernels' decoder, over the cores: a model's
+		// weights are hundreds of millions of values.
+		return kernels.DecodeF64(kd, b), nil
+	}
 	out := make([]float64, len(b)/dt.Size())
-	// The dtype is chosen once per range, not per value (DType is a
-	// string): a model's weights are hundreds of millions of values.
-	kernels.ParallelFor(len(out), 1<<16, func(lo, hi int) {
-		switch dt {
-		case BF16:
-			for i := lo; i < hi; i++ {
-				out[i] = float64(kernels.F32FromBF16(binary.LittleEndian.Uint16(b[2*i:])))
-			}
-		case F32:
-			for i := lo; i < hi; i++ {
-				out[i] = float64(math.Float32frombits(binary.LittleEndian.Uint32(b[4*i:])))
-			}
-		default:
-			for i := lo; i < hi; i++ {
-				out[i] = decodeAt(dt, b, i)
-			}
-		}
-	})
+	for i := range out {
+		out[i] = decodeAt(dt, b, i)
+	}
 	return out, nil
 }
 

@@ -110,8 +110,8 @@ func EstimateTrain(c nextdit.Config, s TrainShape, r Rounder) (Estimate, error) 
 	fp8 := map[string]bool{}
 	var widest int64
 	if s.FP8Base {
+		fp8 = c.LinearWeights()
 		for _, l := range c.Linears() {
-			fp8[l.Name+".weight"] = true
 			widest = max(widest, int64(l.Out*l.In))
 		}
 	}

@@ -286,6 +286,16 @@ func (c Config) Linears() []LinearInfo {
 	return ls
 }
 
+// LinearWeights is the set of the linear layers' weight names: what
+// Options.FP8Base stores in fp8.
+func (c Config) LinearWeights() map[string]bool {
+	out := map[string]bool{}
+	for _, l := range c.Linears() {
+		out[l.Name+".weight"] = true
+	}
+	return out
+}
+
 // Blocks is the number of transformer blocks a forward runs: the context
 // and noise refiners and the joint layers, in that order.
 func (c Config) Blocks() int { return 2*c.NRefinerLayers + c.NLayers }

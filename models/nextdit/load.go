@@ -284,16 +284,12 @@ type encodedSource interface {
 // holding this tensor twice at most, never a float64 copy of a
 // half-precision file.
 func storageBytes(f Source, name string, d kernels.DType) ([]byte, kernels.DType, error) {
-	stored := map[kernels.DType]safetensors.DType{kernels.BF16: safetensors.BF16, kernels.F16: safetensors.F16, kernels.F32: safetensors.F32}
-	if enc, ok := f.(encodedSource); ok {
+	stored := func(d kernels.DType) bool { return d == kernels.BF16 || d == kernels.F16 || d == kernels.F32 }
+	if enc, ok := f.(encodedSource); ok && stored(d) {
 		info, _ := f.Info(name)
-		if from, ok := info.DType.Kernel(); ok {
-			if _, fileOK := stored[from]; fileOK {
-				if _, storeOK := stored[d]; storeOK {
-					raw, err := enc.Encoded(name, info.DType)
-					return raw, from, err
-				}
-			}
+		if from, ok := info.DType.Kernel(); ok && stored(from) {
+			raw, err := enc.Encoded(name, info.DType)
+			return raw, from, err
 		}
 	}
 	if d == kernels.BF16 {

@@ -145,10 +145,7 @@ func newModel(e *autograd.Engine, cfg Config, opts Options) (*Model, error) {
 	}
 	m := &Model{cfg: cfg, e: e, opts: opts, weights: map[string]*autograd.Tensor{}}
 	if opts.FP8Base {
-		m.fp8 = map[string]bool{}
-		for _, l := range cfg.Linears() {
-			m.fp8[l.Name+".weight"] = true
-		}
+		m.fp8 = cfg.LinearWeights()
 	}
 	return m, nil
 }
