@@ -509,7 +509,7 @@ func (b *benchStep) profile(be *profiler) (*Profile, error) {
 // newProfile is a Profile from a counting window, a timed one and the
 // timed run's seconds, the kinds most time first.
 func newProfile(counted, timed profileWindow, synced float64) *Profile {
-	p := &Profile{QueueSeconds: counted.queue, SyncedSeconds: synced}
+	p := &Profile{QueueSeconds: counted.queue, SyncedSeconds: synced, DeviceClock: timed.device, DeviceSeconds: timed.span}
 	for kind, n := range counted.count {
 		p.Ops += n
 		p.Kinds = append(p.Kinds, OpKind{Kind: kind, Count: n, Seconds: timed.seconds[kind]})

@@ -140,10 +140,14 @@ func TestBenchCPU(t *testing.T) {
 			t.Errorf("checkpointing %v: no profile", r.Checkpointing)
 			continue
 		}
-		sum, kinds := 0, map[string]int{}
+		sum, kinds, loraKinds := 0, map[string]int{}, 0
 		for _, k := range p.Kinds {
 			sum += k.Count
 			kinds[k.Kind] = k.Count
+			if strings.HasPrefix(k.Kind, "Gemm (LoRA, ") {
+				kinds["Gemm (LoRA)"] += k.Count
+				loraKinds++
+			}
 			if k.Seconds < 0 {
 				t.Errorf("%s: %g s", k.Kind, k.Seconds)
 			}
@@ -153,6 +157,9 @@ func TestBenchCPU(t *testing.T) {
 		}
 		if kinds["AdamW"] != 1 || kinds["Gemm"] == 0 || kinds["Gemm (LoRA)"] == 0 || kinds["AttentionGrad"] != 2*cfg.NRefinerLayers+cfg.NLayers {
 			t.Errorf("checkpointing %v: AdamW ×%d, Gemm ×%d + %d, AttentionGrad ×%d", r.Checkpointing, kinds["AdamW"], kinds["Gemm"], kinds["Gemm (LoRA)"], kinds["AttentionGrad"])
+		}
+		if loraKinds < 3 {
+			t.Errorf("checkpointing %v: the adapters' products fall in %d kinds, want N=r, K=r and M=r at least", r.Checkpointing, loraKinds)
 		}
 		attention[r.Checkpointing] = kinds["Attention"]
 	}
@@ -264,5 +271,78 @@ func TestProfilerPacksConstants(t *testing.T) {
 	}
 	if ab.reserved != 64 || ab.cnts != 2 || ab.constants != 1 {
 		t.Errorf("packing backend saw reserve (%d, %d) and %d constants, want (64, 2) and 1", ab.reserved, ab.cnts, ab.constants)
+	}
+}
+
+// clockBackend is a CPU backend with a fake device timer: each mark reads
+// a clock that every Fill advances by 3 ms and every Cast by 5 ms, so the
+// profiler's attribution can be checked exactly.
+type clockBackend struct {
+	*cpu.Backend
+	now     float64
+	marks   []float64
+	started bool
+}
+
+func (c *clockBackend) Fill(dst kernels.Buffer, v float64) { c.now += 0.003; c.Backend.Fill(dst, v) }
+func (c *clockBackend) Cast(dst, src kernels.Buffer)       { c.now += 0.005; c.Backend.Cast(dst, src) }
+func (c *clockBackend) StartTiming() error                 { c.started, c.marks = true, nil; return nil }
+func (c *clockBackend) Mark()                              { c.marks = append(c.marks, c.now) }
+func (c *clockBackend) StopTiming() ([]float64, error) {
+	c.started = false
+	out := make([]float64, len(c.marks))
+	for i, m := range c.marks {
+		out[i] = m - c.marks[0]
+	}
+	return out, nil
+}
+
+// TestProfilerDeviceClock: with a device timer a timed window attributes
+// the time between the marks around each op to its kind, and the window's
+// span to the whole; without one it falls back to waiting.
+func TestProfilerDeviceClock(t *testing.T) {
+	cb := &clockBackend{Backend: cpu.New()}
+	p := &profiler{Backend: cb}
+	a, err := p.Alloc(kernels.F32, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := p.Alloc(kernels.BF16, 4)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.begin(true)
+	if !cb.started {
+		t.Fatal("the timed window did not start the device timer")
+	}
+	p.Fill(a, 1)
+	cb.now += 0.100 // the device idle between ops: in the span, in no kind
+	p.Cast(b, a)
+	p.Fill(a, 2)
+	w := p.end()
+	if cb.started {
+		t.Error("the window did not stop the device timer")
+	}
+	if !w.device {
+		t.Fatal("window not marked as device-timed")
+	}
+	for kind, want := range map[string]float64{"Fill F32": 0.006, "Cast F32→BF16": 0.005} {
+		if got := w.seconds[kind]; math.Abs(got-want) > 1e-12 {
+			t.Errorf("%s: %g s, want %g", kind, got, want)
+		}
+	}
+	if math.Abs(w.span-0.111) > 1e-12 {
+		t.Errorf("span %g s, want 0.111", w.span)
+	}
+	prof := newProfile(w, w, 1)
+	var sb strings.Builder
+	prof.writeKinds(&sb)
+	if !prof.DeviceClock || !strings.Contains(sb.String(), "device time (s)") || !strings.Contains(prof.clockText("step"), "0.111 s of device time, 0.011 s of it in ops") {
+		t.Errorf("profile %+v reads %q / %q", prof, prof.clockText("step"), sb.String())
+	}
+	p.begin(false) // a counting window leaves the timer alone
+	p.Fill(a, 3)
+	if w := p.end(); cb.started || w.device {
+		t.Errorf("counting window started the timer (device %v)", w.device)
 	}
 }

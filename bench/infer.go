@@ -242,8 +242,8 @@ func (r InferResult) Table() string {
 		}
 	}
 	if p := r.Profile; p != nil {
-		fmt.Fprintf(&sb, "\nprofile: %d backend ops per evaluation; host queues them in %.3f s (evaluation %.4f s); waiting after every op it takes %.3f s\n\n",
-			p.Ops, p.QueueSeconds, r.Rows[len(r.Rows)-1].PerEval, p.SyncedSeconds)
+		fmt.Fprintf(&sb, "\nprofile: %d backend ops per evaluation; host queues them in %.3f s (evaluation %.4f s); %s\n\n",
+			p.Ops, p.QueueSeconds, r.Rows[len(r.Rows)-1].PerEval, p.clockText("evaluation"))
 		p.writeKinds(&sb)
 	}
 	return sb.String()

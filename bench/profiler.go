@@ -8,8 +8,10 @@ import (
 )
 
 // profiler wraps a backend to count the ops a step issues and, in timed
-// mode, to wait for the device after each op so that its time can be
-// attributed. Outside a begin/end window it only forwards calls.
+// mode, to attribute device time to each op: with the backend's device
+// timer (kernels.DeviceTimer) when it has one, by events before and after
+// each op, else by waiting for the device after each op. Outside a
+// begin/end window it only forwards calls.
 type profiler struct {
 	kernels.Backend
 	// rank is the LoRA rank, which marks the adapters' products.
@@ -20,10 +22,22 @@ type profiler struct {
 	queued    bool
 	count     map[string]int
 	seconds   map[string]float64
+	// clock is the device timer of a timed window, nil when it waits;
+	// spans are the window's ops as pairs of mark indices.
+	clock kernels.DeviceTimer
+	spans []markSpan
+	marks int
 	// err keeps the first failure that a wait of timed mode took from the
 	// backend (Sync clears it there), to be returned by the next Sync or
 	// Download as the backend would have.
 	err error
+}
+
+// markSpan is one op of a device-timed window: the kind and the marks
+// recorded before and after it.
+type markSpan struct {
+	kind          string
+	before, after int
 }
 
 // profileWindow is what one begin/end window recorded.
@@ -31,11 +45,22 @@ type profileWindow struct {
 	count   map[string]int
 	seconds map[string]float64
 	queue   float64
+	// device is set when seconds are device time between marks; span is
+	// then the window's device time from its first mark to its last.
+	device bool
+	span   float64
 }
 
 func (p *profiler) begin(timed bool) {
 	p.on, p.timed, p.queued = true, timed, false
 	p.count, p.seconds = map[string]int{}, map[string]float64{}
+	p.clock, p.spans, p.marks = nil, nil, 0
+	if t, ok := p.Backend.(kernels.DeviceTimer); ok && timed {
+		if err := t.StartTiming(); err == nil {
+			p.clock = t
+			p.mark()
+		}
+	}
 	p.start = time.Now()
 	p.queue = 0
 }
@@ -45,7 +70,35 @@ func (p *profiler) end() profileWindow {
 	if !p.queued {
 		p.queue = time.Since(p.start).Seconds()
 	}
-	return profileWindow{count: p.count, seconds: p.seconds, queue: p.queue}
+	w := profileWindow{count: p.count, seconds: p.seconds, queue: p.queue}
+	if p.clock == nil {
+		return w
+	}
+	times, err := p.clock.StopTiming()
+	p.clock = nil
+	if err != nil {
+		if p.err == nil {
+			p.err = err
+		}
+		return w
+	}
+	w.device = true
+	for _, s := range p.spans {
+		if s.after < len(times) {
+			w.seconds[s.kind] += times[s.after] - times[s.before]
+		}
+	}
+	if len(times) > 0 {
+		w.span = times[len(times)-1]
+	}
+	return w
+}
+
+// mark records a device timestamp and returns its index.
+func (p *profiler) mark() int {
+	p.clock.Mark()
+	p.marks++
+	return p.marks - 1
 }
 
 // takeErr returns and clears a failure held from a timed wait.
@@ -65,6 +118,12 @@ func (p *profiler) op(kind string, call func()) {
 	p.count[kind]++
 	if !p.timed {
 		call()
+		return
+	}
+	if p.clock != nil {
+		before := p.mark()
+		call()
+		p.spans = append(p.spans, markSpan{kind: kind, before: before, after: p.mark()})
 		return
 	}
 	t := time.Now()
@@ -131,11 +190,25 @@ func (p *profiler) Permute(dst, src kernels.Buffer, shape []int, perm []int) {
 
 // Gemm forwards with profiling, telling the adapters' products (a side
 // equal to the LoRA rank) from the others, which the frozen weights
-// dominate.
+// dominate, and the adapters' products by the side the rank is: N = r
+// makes a [rows, r] factor (the down-projection, the factor's gradient),
+// K = r spreads one over an output (the up-projection into y, the
+// factor's share of dx), M = r is lora_A's gradient; "+C" marks those that
+// accumulate into C (beta ≠ 0), which read it as well.
 func (p *profiler) Gemm(g kernels.GemmArgs) {
 	kind := "Gemm"
-	if r := p.rank; r > 0 && (g.M == r || g.N == r || g.K == r) {
-		kind = "Gemm (LoRA)"
+	if r := p.rank; r > 0 {
+		switch {
+		case g.N == r:
+			kind = "Gemm (LoRA, N=r)"
+		case g.K == r:
+			kind = "Gemm (LoRA, K=r)"
+		case g.M == r:
+			kind = "Gemm (LoRA, M=r)"
+		}
+		if kind != "Gemm" && g.Beta != 0 {
+			kind += " +C"
+		}
 	}
 	p.op(kind, func() { p.Backend.Gemm(g) })
 }

@@ -98,9 +98,17 @@ type Profile struct {
 	// wait for the device (the forward and backward being queued); a value
 	// near the step time means the step is bound by the host, not the GPU.
 	QueueSeconds float64
-	// SyncedSeconds is the step's time when every op is waited for: the sum
-	// of the per-op times plus the host's own work.
+	// SyncedSeconds is the timed step's host time: with every op waited
+	// for (the sum of the per-op times plus the host's own work), or, with
+	// a device clock, with every op bracketed by device marks and graphs
+	// off.
 	SyncedSeconds float64
+	// DeviceClock says the kinds' seconds are device time between marks
+	// around each op (kernels.DeviceTimer); DeviceSeconds is then the
+	// device time from the step's first mark to its last, and what the
+	// kinds do not add up to is the device waiting for the host.
+	DeviceClock   bool
+	DeviceSeconds float64
 	// Kinds are the per-kind counts and times, most time first.
 	Kinds []OpKind
 }
@@ -109,9 +117,11 @@ type Profile struct {
 type OpKind struct {
 	Kind  string
 	Count int
-	// Seconds is the summed time from each op's call until the device has
-	// finished it (measured with a wait after every op, so it includes one
-	// launch and one wait per op: an upper bound on the device time).
+	// Seconds is the kind's device time between marks placed before and
+	// after each op when the profile has a device clock; otherwise the
+	// summed time from each op's call until the device has finished it
+	// (a wait after every op, so it includes one launch and one wait per
+	// op: an upper bound on the device time).
 	Seconds float64
 }
 
@@ -185,11 +195,23 @@ func (r Result) Table() string {
 		if p == nil {
 			continue
 		}
-		fmt.Fprintf(&sb, "\nprofile, %s: %d backend ops per step; host queues the forward and backward in %.3f s (step median %.3f s); waiting after every op the step takes %.3f s\n\n",
-			r.modeLabel(run), p.Ops, p.QueueSeconds, run.Median, p.SyncedSeconds)
+		fmt.Fprintf(&sb, "\nprofile, %s: %d backend ops per step; host queues the forward and backward in %.3f s (step median %.3f s); %s\n\n",
+			r.modeLabel(run), p.Ops, p.QueueSeconds, run.Median, p.clockText("step"))
 		p.writeKinds(&sb)
 	}
 	return sb.String()
+}
+
+// clockText says how the profile's times were taken, for its heading.
+func (p *Profile) clockText(what string) string {
+	if p.DeviceClock {
+		var busy float64
+		for _, k := range p.Kinds {
+			busy += k.Seconds
+		}
+		return fmt.Sprintf("timed by device events around each op (graphs off), the %s takes %.3f s of device time, %.3f s of it in ops", what, p.DeviceSeconds, busy)
+	}
+	return fmt.Sprintf("waiting after every op the %s takes %.3f s", what, p.SyncedSeconds)
 }
 
 // writeKinds writes the profile's per-kind table.
@@ -198,7 +220,11 @@ func (p *Profile) writeKinds(sb *strings.Builder) {
 	for _, k := range p.Kinds {
 		total += k.Seconds
 	}
-	sb.WriteString("| op kind | count | time (s, op + wait) | share |\n| --- | --- | --- | --- |\n")
+	unit := "time (s, op + wait)"
+	if p.DeviceClock {
+		unit = "device time (s)"
+	}
+	fmt.Fprintf(sb, "| op kind | count | %s | share |\n| --- | --- | --- | --- |\n", unit)
 	for _, k := range p.Kinds {
 		share := 0.0
 		if total > 0 {

@@ -65,6 +65,12 @@ type Backend struct {
 	plan    *graphPlanner
 	staging []unsafe.Pointer
 	events  []uintptr
+	// timing is set inside a kernels.DeviceTimer window (timer.go), which
+	// runs graph regions as plain launches; marks counts the window's
+	// timerEvents recorded so far (the events are reused across windows).
+	timing      bool
+	marks       int
+	timerEvents []uintptr
 }
 
 var _ kernels.Backend = (*Backend)(nil)
