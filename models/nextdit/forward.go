@@ -120,7 +120,7 @@ func (m *Model) Forward(in Inputs) (*ag.Tensor, error) {
 		in.X.Shape(), in.CapLens, l, in.ClipPooled != nil, m.e.GradEnabled(), m.e.Autocast(), m.opts.Checkpoint, m.opts.CheckpointBlocks))
 	defer kernels.EndGraph(m.e.Backend())
 	e, act := m.e, m.actDType()
-	n, p, d, hd := ht*wt, c.PatchSize, c.Dim, c.HeadDim()
+	n, p, d := ht*wt, c.PatchSize, c.Dim
 	maxCap := 0
 	for _, cl := range in.CapLens {
 		maxCap = max(maxCap, cl)
@@ -152,14 +152,8 @@ func (m *Model) Forward(in Inputs) (*ag.Tensor, error) {
 	capX := m.linear("cap_embedder.1", capN)
 	release(capN)
 
-	rope := buildRope(c, in.CapLens, l, ht, wt, s)
-	half := hd / 2
-	capCos := e.FromFloat64(act, []int{b, l, half}, rope.capCos)
-	capSin := e.FromFloat64(act, []int{b, l, half}, rope.capSin)
-	imgCos := e.FromFloat64(act, []int{b, n, half}, rope.imgCos)
-	imgSin := e.FromFloat64(act, []int{b, n, half}, rope.imgSin)
-	jCos := e.FromFloat64(act, []int{b, s, half}, rope.jointCos)
-	jSin := e.FromFloat64(act, []int{b, s, half}, rope.jointSin)
+	rope := m.rope(in.CapLens, l, ht, wt, s)
+	capCos, capSin, imgCos, imgSin, jCos, jSin := rope.capCos, rope.capSin, rope.imgCos, rope.imgSin, rope.jCos, rope.jSin
 	capLens32 := make([]int32, b)
 	jointLens := make([]int32, b)
 	for i, cl := range in.CapLens {
@@ -204,14 +198,13 @@ func (m *Model) Forward(in Inputs) (*ag.Tensor, error) {
 	x := ag.Concat(0, rows...)
 	release(tmp...)
 	release(rows...)
-	release(capX, img, capCos, capSin, imgCos, imgSin)
+	release(capX, img)
 
 	for i := range c.NLayers {
 		next := m.runBlock(2*c.NRefinerLayers+i, fmt.Sprintf("layers.%d", i), x, sa, jCos, jSin, jointLens)
 		release(x)
 		x = next
 	}
-	release(jCos, jSin)
 
 	// Final layer: LayerNorm without affine, adaLN scale, linear to patches.
 	fn := ag.LayerNorm(x, nil, nil, FinalNormEps)

@@ -238,7 +238,9 @@ func TestNoClipPath(t *testing.T) {
 }
 
 // TestStepFreesActivations checks that after forward, backward and EndStep
-// the backend holds only the weights and their gradients again.
+// the backend holds only the weights, their gradients and the RoPE tables
+// the model keeps for the shape again, and that a second step of the same
+// shape keeps nothing more.
 func TestStepFreesActivations(t *testing.T) {
 	g := openGolden(t)
 	for _, ck := range []bool{false, true} {
@@ -264,8 +266,17 @@ func TestStepFreesActivations(t *testing.T) {
 			if err := e.EndStep(); err != nil {
 				t.Fatal(err)
 			}
-			if got := be.MemStats().Allocated; got != base {
-				t.Errorf("checkpoint %v, step %d: %d bytes allocated after EndStep, want %d", ck, step, got, base)
+			var ropes int64
+			for _, r := range m.ropes {
+				for _, t := range []*ag.Tensor{r.capCos, r.capSin, r.imgCos, r.imgSin, r.jCos, r.jSin} {
+					ropes += int64(t.Len() * t.DType().Size())
+				}
+			}
+			if len(m.ropes) != 1 || ropes == 0 {
+				t.Errorf("checkpoint %v, step %d: %d shapes of RoPE tables kept (%d bytes), want 1", ck, step, len(m.ropes), ropes)
+			}
+			if got := be.MemStats().Allocated; got != base+ropes {
+				t.Errorf("checkpoint %v, step %d: %d bytes allocated after EndStep, want %d (weights) + %d (RoPE tables)", ck, step, got, base, ropes)
 			}
 		}
 	}

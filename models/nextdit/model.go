@@ -76,6 +76,10 @@ type Model struct {
 	observe BlockObserver
 	// fp8 names the weights stored in fp8 (Options.FP8Base).
 	fp8 map[string]bool
+	// ropes are the RoPE tables of the shapes seen last, oldest first in
+	// ropeOrder (ropecache.go).
+	ropes     map[string]*ropeSet
+	ropeOrder []string
 }
 
 // BlockObserver sees the output of every transformer block (context and
@@ -239,11 +243,12 @@ func NewRandom(e *autograd.Engine, cfg Config, opts Options, seed uint64) (*Mode
 	return m, nil
 }
 
-// Release frees every weight (and its gradient).
+// Release frees every weight (and its gradient) and the kept RoPE tables.
 func (m *Model) Release() {
 	for _, w := range m.weights {
 		w.Release()
 	}
+	m.releaseRopes()
 	m.weights = map[string]*autograd.Tensor{}
 }
 
