@@ -125,23 +125,36 @@ func (c *Backend) NormScaleGrad(dx, ds, dy, x, w, rstd kernels.Buffer, a kernels
 		return
 	}
 	samples := a.Samples()
-	colBlocks := (a.Cols + 31) / 32
-	// Split each sample's rows into slices when the columns alone give too
-	// few blocks to fill the GPU; partials are folded in slice order.
-	slices := max(1, min((c.dev.sms*8+colBlocks*samples-1)/(colBlocks*samples), (a.Seq+255)/256))
-	per := (a.Seq + slices - 1) / slices
 	sfx, esz := suffix(dsb, dyb, xb, rs), int64(4)
 	if sfx == "_d" {
 		esz = 8
 	}
+	// The bf16 kernel reads a 16-byte chunk a thread, 32 chunks a block;
+	// the generic one a column a thread, 32 columns a block.
+	vec := sfx == "_f" && dyb.dt == kernels.BF16 && xb.dt == kernels.BF16 && rs.dt == kernels.F32 &&
+		(wb == nil || wb.dt == kernels.BF16) && a.Cols%8 == 0
+	colBlocks, minRows := (a.Cols+31)/32, 256
+	if vec {
+		colBlocks, minRows = (a.Cols/8+31)/32, 64
+	}
+	// Split each sample's rows into slices when the columns alone give too
+	// few blocks to fill the GPU (slices of at least minRows rows);
+	// partials are folded in slice order.
+	slices := max(1, min((c.dev.sms*8+colBlocks*samples-1)/(colBlocks*samples), (a.Seq+minRows-1)/minRows))
+	per := (a.Seq + slices - 1) / slices
 	part, psize, err := c.alloc.get(int64(samples*slices*a.Cols) * esz)
 	if err != nil {
 		c.failf("%s: partials: %v", op, err)
 		return
 	}
 	defer c.alloc.put(part, psize)
-	c.launch("normscale_sgrad_part"+sfx, dims{colBlocks, samples * slices, 1}, 256, 0, part, dyb.ptr, dt(dyb), xb.ptr, dt(xb),
-		ptr(wb), dt(wb), rs.ptr, dt(rs), a.Seq, slices, per, a.Cols)
+	if vec {
+		c.launch("normscale_sgrad_part_bf16", dims{colBlocks, samples * slices, 1}, 256, 0, part, dyb.ptr, xb.ptr, ptr(wb), rs.ptr,
+			a.Seq, slices, per, a.Cols)
+	} else {
+		c.launch("normscale_sgrad_part"+sfx, dims{colBlocks, samples * slices, 1}, 256, 0, part, dyb.ptr, dt(dyb), xb.ptr, dt(xb),
+			ptr(wb), dt(wb), rs.ptr, dt(rs), a.Seq, slices, per, a.Cols)
+	}
 	c.launch("normscale_sgrad_fold"+sfx, c.grid1(dsb.n, blockSize), blockSize, 0, dsb.ptr, dsb.n, part, nsStruct(a, sb, rb),
 		samples, slices, a.Cols)
 }

@@ -183,6 +183,86 @@ extern "C" __global__ void normscale_sgrad_fold_d(void* ds, i64 n, const double*
   normscale_sgrad_fold_body<double>(ds, n, part, a, samples, slices, cols);
 }
 
+// normscale_sgrad_part_bf16: normscale_sgrad_part_f for bf16 dy and x, a
+// bf16 or absent w and F32 rstd, cols a multiple of 8: a thread takes one
+// 16-byte chunk (8 columns) where the generic kernel takes one column, so a
+// warp reads 512 contiguous bytes of a row instead of 64, and each step of
+// a thread has four rows' loads in flight. A block is 32 chunks × 8 row
+// lanes. Row lane ty walks the slice's rows ty, ty+8, … and each column's
+// terms are added in that order, then the 8 lanes in order, as the generic
+// kernel adds them, so with the same slices both give the same partials.
+extern "C" __global__ void __launch_bounds__(256) normscale_sgrad_part_bf16(float* part, const u16* dy, const u16* x, const u16* w,
+                                                                            const float* rstd, i64 seq, i64 slices, i64 per, i64 cols) {
+  __shared__ float sh[8][32][9];
+  const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+  const i64 nv = cols / 8, jc = (i64)blockIdx.x * 32 + tx;
+  const i64 b = blockIdx.y / slices, sl = blockIdx.y % slices;
+  const i64 r0 = b * seq + sl * per, r1 = min(b * seq + seq, r0 + per);
+  float acc[8];
+#pragma unroll
+  for (int k = 0; k < 8; k++) acc[k] = 0.0f;
+  if (jc < nv) {
+    float wj[8];
+    if (w) {
+      rv_unpack(((const uint4*)w)[jc], wj);
+    }
+    const uint4* xv = (const uint4*)x;
+    const uint4* dv = (const uint4*)dy;
+    i64 r = r0 + ty;
+    for (; r + 24 < r1; r += 32) {
+      uint4 xc[4], dc[4];
+      float rs[4];
+#pragma unroll
+      for (int q = 0; q < 4; q++) {
+        xc[q] = xv[(r + 8 * q) * nv + jc];
+        dc[q] = dv[(r + 8 * q) * nv + jc];
+        rs[q] = rstd[r + 8 * q];
+      }
+#pragma unroll
+      for (int q = 0; q < 4; q++) {
+        float xf[8], df[8];
+        rv_unpack(xc[q], xf);
+        rv_unpack(dc[q], df);
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+          float n = xf[k] * rs[q];
+          if (w) n *= wj[k];
+          n = bf16_to_f32(f32_to_bf16(n));
+          acc[k] += bf16_to_f32(f32_to_bf16(df[k] * n));
+        }
+      }
+    }
+    for (; r < r1; r += 8) {
+      float xf[8], df[8];
+      rv_unpack(xv[r * nv + jc], xf);
+      rv_unpack(dv[r * nv + jc], df);
+      const float rs = rstd[r];
+#pragma unroll
+      for (int k = 0; k < 8; k++) {
+        float n = xf[k] * rs;
+        if (w) n *= wj[k];
+        n = bf16_to_f32(f32_to_bf16(n));
+        acc[k] += bf16_to_f32(f32_to_bf16(df[k] * n));
+      }
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < 8; k++) sh[ty][tx][k] = acc[k];
+  __syncthreads();
+  if (ty == 0 && jc < nv) {
+    float t[8];
+#pragma unroll
+    for (int k = 0; k < 8; k++) t[k] = 0.0f;
+    for (int q = 0; q < 8; q++) {
+#pragma unroll
+      for (int k = 0; k < 8; k++) t[k] += sh[q][tx][k];
+    }
+    float4* out = (float4*)(part + blockIdx.y * cols + jc * 8);
+    out[0] = make_float4(t[0], t[1], t[2], t[3]);
+    out[1] = make_float4(t[4], t[5], t[6], t[7]);
+  }
+}
+
 // --- QKVNormRope ------------------------------------------------------
 
 // QKVShape is kernels.QKVArgs as the kernels see it.

@@ -202,6 +202,36 @@ static void normscale_generic_case(const char* cname, i64 samples, i64 seq, i64 
   emu_report(name, emu_relerr(back(dso, (i64)s.size()), ref.ds), 1e-5);
 }
 
+// normscale_sgrad_part_bf16 against the generic part kernel on the same
+// bf16 operands and slices: the same partials, bit for bit (both add each
+// column's terms in the same order), with and without a weight, over row
+// counts that leave the four-row step a remainder.
+static void sgrad_bf16_case(const char* cname, i64 samples, i64 seq, i64 cols, i64 slices, bool weight) {
+  const i64 rows = samples * seq, n = rows * cols;
+  std::vector<u16> hx, hdy, hw;
+  draw(n, 1.5, 0, hx);
+  draw(n, 1, 0, hdy);
+  if (weight) draw(cols, 0.2, 1, hw);
+  std::vector<float> hr(rows);
+  for (i64 r = 0; r < rows; r++) hr[r] = 0.5f + 0.01f * (float)(r % 37);
+  u16 *dx_ = upload(hx), *ddy = upload(hdy), *dw = weight ? upload(hw) : nullptr;
+  float* rstd = upload(hr);
+  const i64 per = (seq + slices - 1) / slices;
+  float* want = upload(std::vector<float>(samples * slices * cols, NAN));
+  float* got = upload(std::vector<float>(samples * slices * cols, NAN));
+  emu_launch(normscale_sgrad_part_f, uint3e{(unsigned)((cols + 31) / 32), (unsigned)(samples * slices), 1}, 256, 0, want,
+             (const void*)ddy, (i64)DT_BF16, (const void*)dx_, (i64)DT_BF16, (const void*)dw, (i64)DT_BF16, (const void*)rstd,
+             (i64)DT_F32, seq, slices, per, cols);
+  emu_launch(normscale_sgrad_part_bf16, uint3e{(unsigned)((cols / 8 + 31) / 32), (unsigned)(samples * slices), 1}, 256, 0, got,
+             (const u16*)ddy, (const u16*)dx_, (const u16*)dw, (const float*)rstd, seq, slices, per, cols);
+  i64 differ = 0;
+  for (i64 i = 0; i < samples * slices * cols; i++)
+    if (__float_as_uint(got[i]) != __float_as_uint(want[i])) differ++;
+  char name[160];
+  snprintf(name, sizeof name, "%s: %lld of %lld partials differ", cname, (long long)differ, (long long)(samples * slices * cols));
+  emu_report(name, differ ? 1.0 : 0.0, 0);
+}
+
 // QKVNormRope's float64 reference on [rows, (hq+2hkv)·d] with interleaved
 // pairs: q, k (normalised, rotated), v, and dqkv from dq, dk, dv.
 static void qkv_ref(const std::vector<double>& x, const std::vector<double>& wq, const std::vector<double>& wk, const std::vector<float>& cs,
@@ -311,6 +341,9 @@ static void qkv_case(const char* cname, i64 rows, i64 hq, i64 hkv, i64 d, bool v
 int main() {
   normscale_generic_case("normscale/f32/37/tanh", 2, 7, 37, NS_TANH);
   normscale_generic_case("normscale/f32/24/1+s", 1, 300, 24, NS_ONEPLUS);
+  sgrad_bf16_case("sgrad/bf16/264 cols/w", 2, 77, 264, 3, true);
+  sgrad_bf16_case("sgrad/bf16/16 cols", 1, 300, 16, 2, false);
+  sgrad_bf16_case("sgrad/bf16/520 cols/w/one slice", 1, 41, 520, 1, true);
   qkv_case("qkv/bf16/d96/24+8+8 heads", 3, 24, 8, 96, true);
   qkv_case("qkv/bf16/d40/3+1+1 heads", 5, 3, 1, 40, true);
   qkv_case("qkv/bf16/d8", 7, 2, 2, 8, true);
