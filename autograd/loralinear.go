@@ -16,9 +16,12 @@ import (
 // output-sized tensor and an add pass in the forward, and in the backward
 // the add hands its gradient to both branches and x's two gradient
 // contributions are summed by one more pass. Here the product scale·u·bᵀ
-// (u = h·aᵀ) is accumulated into y by the matrix product itself (beta = 1),
-// and when h is x the update's contribution du·a is accumulated into dx the
-// same way: one rounding fewer in low precision, no extra tensor. Under
+// (u = h·aᵀ) and the frozen product share y: the update writes it and the
+// frozen product accumulates onto it (beta = 1; with a bias the update is
+// accumulated after the bias, as Linear + Add would round it), and when h
+// is x the update's contribution du·a and the frozen product share dx the
+// same way: one rounding fewer in low precision, no extra tensor, and the
+// thin products write their output without reading it. Under
 // autocast every operand runs in the autocast dtype, as in Linear.
 //
 // The tape keeps only what the backward reads: u (for b's gradient), h (for
@@ -153,15 +156,22 @@ func lowRankLinear(name string, x, h, u, w, bias, a, b *Tensor, scale float64) *
 		}
 		return e.failed(x.dtype, shape)
 	}
-	e.gemm(x, false, w, true, y, 1, rows, outF, inF, false, false, 1, 0)
-	if bias != nil {
-		// In place, rounded as Linear's Add rounds it: y = (x·wᵀ + bias) + update.
-		e.b.Binary(kernels.Add, y.st.buf, []int{rows, outF}, y.st.buf, []int{rows, outF}, bias.st.buf, []int{1, outF})
-	}
 	if fused {
 		e.gemm(h, false, a, true, u, 1, rows, r, inF, false, false, 1, 0)
 	}
-	e.gemm(u, false, b, true, y, 1, rows, outF, r, false, false, scale, 1)
+	if bias != nil {
+		e.gemm(x, false, w, true, y, 1, rows, outF, inF, false, false, 1, 0)
+		// In place, rounded as Linear's Add rounds it: y = (x·wᵀ + bias) + update.
+		e.b.Binary(kernels.Add, y.st.buf, []int{rows, outF}, y.st.buf, []int{rows, outF}, bias.st.buf, []int{1, outF})
+		e.gemm(u, false, b, true, y, 1, rows, outF, r, false, false, scale, 1)
+	} else {
+		// The thin update writes y and the frozen product accumulates onto
+		// it: the update's pass over y is a write only, where accumulating
+		// it after the frozen product reads y as well, and the frozen
+		// product, bound by its arithmetic, reads C for free.
+		e.gemm(u, false, b, true, y, 1, rows, outF, r, false, false, scale, 0)
+		e.gemm(x, false, w, true, y, 1, rows, outF, inF, false, false, 1, 1)
+	}
 	e.trace(name, y, in...)
 
 	if !e.recording(x, h, u, w, bias, a, b) {
@@ -259,10 +269,12 @@ func lowRankLinear(name string, x, h, u, w, bias, a, b *Tensor, scale float64) *
 				wb = e.dequantised(sw, xd)
 				defer wb.Release()
 			}
-			e.gemm(gf, false, wb, false, gx, 1, rows, inF, outF, false, false, 1, 0)
-			if same {
-				e.gemm(gu, false, sa, false, gx, 1, rows, inF, r, false, false, 1, 1)
+			beta := 0.0
+			if same { // the update's share first, written; the frozen product accumulates
+				e.gemm(gu, false, sa, false, gx, 1, rows, inF, r, false, false, 1, 0)
+				beta = 1
 			}
+			e.gemm(gf, false, wb, false, gx, 1, rows, inF, outF, false, false, 1, beta)
 		}
 		if needH { // dh = du·a
 			gh = e.newTensor(hd, hs)
