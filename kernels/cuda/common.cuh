@@ -23,11 +23,34 @@ typedef unsigned short u16;
 
 __device__ __forceinline__ float bf16_to_f32(u16 h) { return __uint_as_float(((u32)h) << 16); }
 
+// f32_to_bf16 rounds to nearest even. From sm_80 on it is one cvt
+// instruction (the software form is five or six integer operations, and the
+// memory-bound bf16 kernels round several times an element, enough to make
+// some of them instruction-bound); both give the same bits for every
+// number, and a NaN stays a NaN (the instruction's is the canonical one).
 __device__ __forceinline__ u16 f32_to_bf16(float f) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  u16 h;
+  asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(h) : "f"(f));
+  return h;
+#else
   u32 b = __float_as_uint(f);
   if ((b & 0x7fffffffu) > 0x7f800000u) return (u16)((b >> 16) | 0x0040u);
   b += 0x7fffu + ((b >> 16) & 1u);
   return (u16)(b >> 16);
+#endif
+}
+
+// bf16x2_pack rounds lo and hi to bf16 and packs them into one word, lo in
+// the low half (the lower address): one cvt instruction from sm_80 on.
+__device__ __forceinline__ u32 bf16x2_pack(float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  u32 w;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(w) : "f"(hi), "f"(lo));
+  return w;
+#else
+  return (u32)f32_to_bf16(lo) | ((u32)f32_to_bf16(hi) << 16);
+#endif
 }
 
 __device__ __forceinline__ float f16_to_f32(u16 h) {
@@ -160,7 +183,7 @@ __device__ __forceinline__ void rv_unpack(uint4 v, float* f) {
 __device__ __forceinline__ uint4 rv_pack(const float* f) {
   u32 w[4];
 #pragma unroll
-  for (int k = 0; k < 4; k++) w[k] = (u32)f32_to_bf16(f[2 * k]) | ((u32)f32_to_bf16(f[2 * k + 1]) << 16);
+  for (int k = 0; k < 4; k++) w[k] = bf16x2_pack(f[2 * k], f[2 * k + 1]);
   return make_uint4(w[0], w[1], w[2], w[3]);
 }
 

@@ -117,7 +117,7 @@ func runEmulated(t *testing.T, cxx, dir, name, src string, defines ...string) ([
 // emulatedFuncs are the device functions written in PTX that emu.h
 // replaces; their CUDA definitions are cut from the sources.
 var emulatedFuncs = []string{"f16_to_f32", "f32_to_f16", "smem_u32", "cp16", "cp_commit", "cp_wait0", "cp_wait", "ldsm4", "ldsm4t",
-	"red2", "mma16816", "mma16816_f16", "ex2", "pack2", "pack2_f16"}
+	"red2", "mma16816", "mma16816_f16", "ex2", "pack2", "pack2_f16", "f32_to_bf16", "bf16x2_pack"}
 
 var deviceFuncHead = regexp.MustCompile(`(?m)^(template <[^>\n]*>\n)?__device__ __forceinline__ [^\n(]*?\b(\w+)\(`)
 

@@ -1,6 +1,7 @@
 package kerneltest
 
 import (
+	"encoding/binary"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -12,6 +13,7 @@ import (
 func init() {
 	register("Fill", testFill)
 	register("Cast", testCast)
+	register("CastBF16Bits", testCastBF16Bits)
 	register("Copy2D", testCopy2D)
 	register("Permute", testPermute)
 }
@@ -113,6 +115,43 @@ func testCast(t *testing.T, b kernels.Backend) {
 				}
 				Check(t, "Cast", Get(t, b, dst), want, tol)
 			})
+		}
+	}
+}
+
+// testCastBF16Bits casts F32 values where rounding to bf16 is delicate —
+// ties to even both ways, the last values below a tie, subnormals, the
+// largest finite values (which round to infinity), infinities and signed
+// zeros, in every row of a fill and a cast — and wants the bits of
+// kernels.BF16FromF32 for each: a backend's conversion (the CUDA backend's
+// is one cvt instruction) must round exactly as the reference does.
+func testCastBF16Bits(t *testing.T, b kernels.Backend) {
+	bits := []uint32{
+		0x3f808000, 0x3f818000, 0x3f807fff, 0x3f808001, 0xbf808000, 0xbf818000, // ties and near-ties
+		0x00000001, 0x00008000, 0x00018000, 0x807fffff, 0x00400000, 0x80008000, // subnormals
+		0x7f7fffff, 0x7f7f8000, 0x7f7f7fff, 0xff7fffff, 0x7f800000, 0xff800000, // overflow, infinities
+		0x00000000, 0x80000000, 0x3f800000, 0x4b7fffff, 0xc0490fdb, 0x33800000,
+	}
+	raw := make([]byte, 4*len(bits))
+	for i, v := range bits {
+		binary.LittleEndian.PutUint32(raw[4*i:], v)
+	}
+	src, err := b.Alloc(kernels.F32, len(bits))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Free(src)
+	b.Upload(src, 0, raw)
+	dst := Poisoned(t, b, kernels.BF16, len(bits))
+	b.Cast(dst, src)
+	out := make([]byte, 2*len(bits))
+	if err := b.Download(out, dst, 0); err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range bits {
+		got, want := binary.LittleEndian.Uint16(out[2*i:]), kernels.BF16FromF32(math.Float32frombits(v))
+		if got != want {
+			t.Errorf("F32 %#08x → BF16 %#04x, want %#04x", v, got, want)
 		}
 	}
 }

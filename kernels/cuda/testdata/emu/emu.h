@@ -309,6 +309,9 @@ static inline u16 emu_rne_bf16(float f) {
   return (u16)(b >> 16);
 }
 static inline u32 pack2(float lo, float hi) { return (u32)emu_rne_bf16(lo) | ((u32)emu_rne_bf16(hi) << 16); }
+// common.cuh's conversions, which are cvt instructions on the GPU.
+static inline u16 f32_to_bf16(float f) { return emu_rne_bf16(f); }
+static inline u32 bf16x2_pack(float lo, float hi) { return pack2(lo, hi); }
 static inline u32 pack2_f16(float lo, float hi) { return (u32)emu_rne_f16(lo) | ((u32)emu_rne_f16(hi) << 16); }
 static inline void red2(float* p, float x, float y) { p[0] += x; p[1] += y; }
 
