@@ -43,6 +43,7 @@ type Engine struct {
 	tape      []*node
 	gradHook  *gradHook             // OnGradReady's callback, nil when unset
 	gradStack []map[*Tensor]*Tensor // pending gradients of each running backward pass
+	wantStack []map[*Tensor]bool    // the tensors each running pass returns gradients for
 	scopes    [][]*Tensor           // tensors created in each open scope; scopes[0] is the step
 
 	rngSeed   uint64

@@ -231,6 +231,9 @@ func lowRankLinear(name string, x, h, u, w, bias, a, b *Tensor, scale float64) *
 	}
 	yd := y.dtype
 	xd, xs, wd, ws, bd, bs := x.dtype, x.shape, w.dtype, w.shape, b.dtype, b.shape
+	// The adapter matrices as the caller passed them (before autocast's
+	// casts): the leaves whose gradients may be accumulated into directly.
+	aLeaf, bLeaf := leafBehindCast(orig[5], a), leafBehindCast(orig[6], b)
 	var hd, ad, ud kernels.DType
 	var hs, as, us, biasS []int
 	if fused {
@@ -254,13 +257,24 @@ func lowRankLinear(name string, x, h, u, w, bias, a, b *Tensor, scale float64) *
 			gu = e.newTensor(ud, us)
 			e.gemm(gf, false, sb, false, gu, 1, rows, r, outF, false, false, scale, 0)
 		}
+		// The adapters' gradients go straight into their masters' fp32
+		// gradients where they can (gradSink), so the step has no bf16
+		// gradient, accumulating add or rounding per adapter matrix.
 		if needB { // db = scale·gᵀ·u
-			gb = e.newTensor(bd, bs)
-			e.gemm(gf, true, e.flat(su), false, gb, 1, outF, r, rows, false, false, scale, 0)
+			if sink := sinkFor(e, bLeaf, gf.dtype); sink != nil {
+				e.gemm(gf, true, e.flat(su), false, sink, 1, outF, r, rows, false, false, scale, 1)
+			} else {
+				gb = e.newTensor(bd, bs)
+				e.gemm(gf, true, e.flat(su), false, gb, 1, outF, r, rows, false, false, scale, 0)
+			}
 		}
 		if needA { // da = duᵀ·h
-			ga = e.newTensor(ad, as)
-			e.gemm(gu, true, e.flat(sh), false, ga, 1, r, inF, rows, false, false, 1, 0)
+			if sink := sinkFor(e, aLeaf, gu.dtype); sink != nil {
+				e.gemm(gu, true, e.flat(sh), false, sink, 1, r, inF, rows, false, false, 1, 1)
+			} else {
+				ga = e.newTensor(ad, as)
+				e.gemm(gu, true, e.flat(sh), false, ga, 1, r, inF, rows, false, false, 1, 0)
+			}
 		}
 		if needX { // dx = g·w (+ du·a when h is x)
 			gx = e.newTensor(xd, xs)
@@ -294,4 +308,33 @@ func lowRankLinear(name string, x, h, u, w, bias, a, b *Tensor, scale float64) *
 		return []*Tensor{gx, gh, gu, gw, gbias, ga, gb}
 	})
 	return y
+}
+
+// leafBehindCast returns orig when prepared is orig itself or autocast's
+// cast of it (so a gradient for prepared would reach orig and nothing
+// else), nil otherwise.
+func leafBehindCast(orig, prepared *Tensor) *Tensor {
+	switch {
+	case orig == nil || prepared == nil || !orig.leaf:
+		return nil
+	case prepared == orig:
+		return orig
+	case prepared.node != nil && prepared.node.op == "Cast" && len(prepared.node.inputs) == 1 && prepared.node.inputs[0] == orig:
+		return orig
+	}
+	return nil
+}
+
+// sinkFor is gradSink for a product whose operands are of dtype operand:
+// the product can write fp32 from fp32 or 16-bit operands and fp64 from
+// fp64 only.
+func sinkFor(e *Engine, leaf *Tensor, operand kernels.DType) *Tensor {
+	if leaf == nil {
+		return nil
+	}
+	g := e.gradSink(leaf)
+	if g == nil || (g.dtype == kernels.F64) != (operand == kernels.F64) || (g.dtype != kernels.F32 && g.dtype != kernels.F64) {
+		return nil
+	}
+	return g
 }

@@ -602,3 +602,83 @@ func benchLoRALayer(b *testing.B, be kernels.Backend, rows, in, out, rank int, d
 		t.Release()
 	}
 }
+
+// addCounter is a CPU backend that counts the adds into float32 buffers
+// (gradient accumulation into the masters' gradients).
+type addCounter struct {
+	*cpu.Backend
+	adds int
+}
+
+func (c *addCounter) Binary(op kernels.BinaryOp, dst kernels.Buffer, dstShape []int, a kernels.Buffer, aShape []int, b kernels.Buffer, bShape []int) {
+	if op == kernels.Add && dst.DType() == kernels.F32 {
+		c.adds++
+	}
+	c.Backend.Binary(op, dst, dstShape, a, aShape, b, bShape)
+}
+
+// TestLoRALinearGradSink: once the adapter masters have gradients, further
+// passes add into them inside the products (no bf16 gradient, no add), and
+// the sums are the passes' gradients added up: under bf16 autocast within
+// bf16's rounding, in float64 to the last bits.
+func TestLoRALinearGradSink(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		dt, cast kernels.DType
+		tol      float64
+	}{{"bf16 autocast", kernels.F32, kernels.BF16, 1e-2}, {"fp64", kernels.F64, 0, 1e-12}} {
+		t.Run(c.name, func(t *testing.T) {
+			// run makes the layer afresh and runs one pass per scale; it
+			// returns the masters' gradients and the adds into float32
+			// buffers after the first pass.
+			run := func(scales ...float64) (ga, gb []float64, adds int) {
+				be := &addCounter{Backend: cpu.New()}
+				e := autograd.New(be)
+				r := rand.New(rand.NewPCG(5, 6))
+				x := e.FromFloat64(c.dt, []int{6, loraIn}, kerneltest.Randn(r, 6*loraIn, 1))
+				w := e.Constant("w", c.dt, []int{loraOut, loraIn}, kerneltest.Randn(r, loraOut*loraIn, 0.3))
+				a := e.Param("a", c.dt, []int{loraRank, loraIn}, kerneltest.Randn(r, loraRank*loraIn, 0.3))
+				b := e.Param("b", c.dt, []int{loraOut, loraRank}, kerneltest.Randn(r, loraOut*loraRank, 0.3))
+				e.SetAutocast(c.cast)
+				for i, scale := range scales {
+					if i == 1 {
+						be.adds = 0
+					}
+					y := autograd.LoRALinear(x, x, w, nil, a, b, scale)
+					if err := e.Backward(autograd.SumAll(autograd.Mul(y, y))); err != nil {
+						t.Fatal(err)
+					}
+				}
+				var err error
+				if ga, err = a.Grad().Values(); err != nil {
+					t.Fatal(err)
+				}
+				if gb, err = b.Grad().Values(); err != nil {
+					t.Fatal(err)
+				}
+				if len(scales) == 1 {
+					be.adds = 0
+				}
+				return ga, gb, be.adds
+			}
+			ga, gb, adds := run(2, 0.5)
+			ga1, gb1, _ := run(2)
+			ga2, gb2, _ := run(0.5)
+			if adds != 0 {
+				t.Errorf("the second pass added into float32 buffers %d times; want the products to accumulate", adds)
+			}
+			for _, g := range []struct {
+				name            string
+				got, one, other []float64
+			}{{"lora_A", ga, ga1, ga2}, {"lora_B", gb, gb1, gb2}} {
+				want := make([]float64, len(g.one))
+				for i := range want {
+					want[i] = g.one[i] + g.other[i]
+				}
+				if err := kernels.RelErr(g.got, want); !(err <= c.tol) {
+					t.Errorf("%s's gradient after two passes is %.3g from the sum of the passes' own", g.name, err)
+				}
+			}
+		})
+	}
+}

@@ -149,7 +149,11 @@ func (e *Engine) backwardFrom(start int, seeds map[*Tensor]*Tensor, want map[*Te
 	defer e.SetGradEnabled(prev)
 	grads := seeds
 	e.gradStack = append(e.gradStack, grads)
-	defer func() { e.gradStack = e.gradStack[:len(e.gradStack)-1] }()
+	e.wantStack = append(e.wantStack, want)
+	defer func() {
+		e.gradStack = e.gradStack[:len(e.gradStack)-1]
+		e.wantStack = e.wantStack[:len(e.wantStack)-1]
+	}()
 	ready := e.planReady(start)
 	for i := len(e.tape) - 1; i >= start && e.err == nil; i-- {
 		ready.reportAbove(i)
@@ -253,6 +257,28 @@ func (e *Engine) accumulate(grads map[*Tensor]*Tensor, in, g *Tensor, want map[*
 		return
 	}
 	grads[in] = g
+}
+
+// gradSink returns leaf t's gradient when a backward rule may add t's
+// gradient into it directly — a product with beta = 1, in the gradient's own
+// dtype — instead of handing a gradient to the tape, or nil when it may not:
+// t is not a leaf that requires grad, the running pass returns t's gradient
+// to its caller, t has no gradient yet (the first pass makes it), or the
+// gradient's storage is shared. Accumulating there is what accumulate would
+// do with the rule's gradient, less a rounding of the gradient to the
+// operands' low precision, a temporary and an add pass. It is meant for
+// leaves read through at most a cast (autocast's of an fp32 master): the
+// cast then receives no gradient from this rule, which is all its backward
+// would have carried to t.
+func (e *Engine) gradSink(t *Tensor) *Tensor {
+	if e.err != nil || t == nil || !t.leaf || !t.requiresGrad || t.released || len(e.wantStack) == 0 || e.wantStack[len(e.wantStack)-1][t] {
+		return nil
+	}
+	g := t.grad
+	if g == nil || g.released || g.st == nil || shared(g) || !slices.Equal(g.shape, t.shape) {
+		return nil
+	}
+	return g
 }
 
 // shared reports whether t's storage has other holders than t: adding into
