@@ -236,6 +236,16 @@ func dtypeOf(b kernels.Buffer) string {
 	return b.DType().String()
 }
 
+// sizeClass marks the elementwise ops over an activation-sized output (a
+// million elements or more) apart from the small ones over weights, factors
+// and conditioning: each kind's time is then read against its bytes.
+func sizeClass(dst kernels.Buffer) string {
+	if dst != nil && dst.Len() >= 1<<20 {
+		return " (≥1M)"
+	}
+	return ""
+}
+
 // broadcastOf marks a binary op whose operands are not both full-size
 // (a broadcast, e.g. a per-channel scale over every token).
 func broadcastOf(dst, a, b []int) string {
@@ -264,7 +274,8 @@ func (p *profiler) UnaryGrad(op kernels.UnaryOp, dx, x, dy kernels.Buffer, up ke
 
 // Binary forwards with profiling.
 func (p *profiler) Binary(op kernels.BinaryOp, dst kernels.Buffer, dstShape []int, a kernels.Buffer, aShape []int, b kernels.Buffer, bShape []int) {
-	p.op("Binary "+binaryNames[op]+" "+dtypeOf(a)+","+dtypeOf(b)+"→"+dtypeOf(dst)+broadcastOf(dstShape, aShape, bShape), func() { p.Backend.Binary(op, dst, dstShape, a, aShape, b, bShape) })
+	p.op("Binary "+binaryNames[op]+" "+dtypeOf(a)+","+dtypeOf(b)+"→"+dtypeOf(dst)+broadcastOf(dstShape, aShape, bShape)+sizeClass(dst),
+		func() { p.Backend.Binary(op, dst, dstShape, a, aShape, b, bShape) })
 }
 
 // Reduce forwards with profiling.

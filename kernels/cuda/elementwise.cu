@@ -281,14 +281,14 @@ __device__ void binary_vec_loop(u16* d, const u16* a, const u16* b, i64 n8, i64 
     i64 i = g * 8;
     i64 bi = i;
     if (mode != 0) bi = (i / (S * D)) * D + i % D;
-    uint4 av = *(const uint4*)(a + (mode == 2 ? bi : i));
-    uint4 bv = *(const uint4*)(b + (mode == 1 ? bi : i));
-    const u16* ah = (const u16*)&av;
-    const u16* bh = (const u16*)&bv;
-    u16 out[8];
+    // Widened and packed in registers (rv_unpack, rv_pack): viewing the
+    // chunks through u16 pointers can put them in local memory.
+    float af[8], bf[8];
+    rv_unpack(*(const uint4*)(a + (mode == 2 ? bi : i)), af);
+    rv_unpack(*(const uint4*)(b + (mode == 1 ? bi : i)), bf);
 #pragma unroll
-    for (int k = 0; k < 8; k++) out[k] = f32_to_bf16(binary_apply<float>(OP, bf16_to_f32(ah[k]), bf16_to_f32(bh[k])));
-    *(uint4*)(d + i) = *(uint4*)out;
+    for (int k = 0; k < 8; k++) af[k] = binary_apply<float>(OP, af[k], bf[k]);
+    *(uint4*)(d + i) = rv_pack(af);
   }
 }
 extern "C" __global__ void binary_bf16_vec(i64 op, u16* d, const u16* a, const u16* b, i64 n8, i64 mode, i64 S, i64 D) {
@@ -470,25 +470,23 @@ extern "C" __global__ void scatter_add(void* d, i64 ddt, const void* src, i64 sd
 template <int OP>
 __device__ void unary_vec_loop(u16* d, const u16* s, i64 n8, double A, double B) {
   GRID_STRIDE(i, n8) {
-    uint4 v = ((const uint4*)s)[i];
-    const u16* h = (const u16*)&v;
-    u16 out[8];
+    float f[8];
+    rv_unpack(((const uint4*)s)[i], f);
 #pragma unroll
-    for (int k = 0; k < 8; k++) out[k] = f32_to_bf16(unary_apply<float>(OP, bf16_to_f32(h[k]), A, B));
-    ((uint4*)d)[i] = *(uint4*)out;
+    for (int k = 0; k < 8; k++) f[k] = unary_apply<float>(OP, f[k], A, B);
+    ((uint4*)d)[i] = rv_pack(f);
   }
 }
 
 template <int OP>
 __device__ void unary_grad_vec_loop(u16* dx, const u16* x, const u16* dy, i64 n8, double A) {
   GRID_STRIDE(i, n8) {
-    uint4 xv = ((const uint4*)x)[i], gv = ((const uint4*)dy)[i];
-    const u16* xh = (const u16*)&xv;
-    const u16* gh = (const u16*)&gv;
-    u16 out[8];
+    float xf[8], gf[8];
+    rv_unpack(((const uint4*)x)[i], xf);
+    rv_unpack(((const uint4*)dy)[i], gf);
 #pragma unroll
-    for (int k = 0; k < 8; k++) out[k] = f32_to_bf16(unary_grad_apply<float>(OP, bf16_to_f32(xh[k]), bf16_to_f32(gh[k]), A));
-    ((uint4*)dx)[i] = *(uint4*)out;
+    for (int k = 0; k < 8; k++) xf[k] = unary_grad_apply<float>(OP, xf[k], gf[k], A);
+    ((uint4*)dx)[i] = rv_pack(xf);
   }
 }
 
