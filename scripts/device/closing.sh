@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# scripts/device/closing.sh: one call on an H200 that measures ours beside
+# torch.compile at 768² and 1024² (scripts/device/compile.sh) and, while
+# torch.compile compiles (CPU-bound for minutes, the GPU idle), checks the
+# build: the CUDA suites and golden parity in the first pair's compile, the
+# rowregs fast path on and off and the PyTorch eager sampling anchor in the
+# second's. About 9 minutes.
+#
+# Build here first and carry .gpu:
+#   CGO_ENABLED=0 go test -c -ldflags='-s -w' -o .gpu/cuda.test ./kernels/cuda
+#   CGO_ENABLED=0 go build -ldflags='-s -w' -o .gpu/newbie-train ./cmd/newbie-train
+#   cp ../shared/anchors/torch_nextdit_lora.py .gpu/
+#   mkdir -p .gpu/golden/nextdit .gpu/golden/sampler and copy tiny.golden,
+#   tiny.train.golden and tiny.weights (nextdit) and tiny.sample.golden.
+#
+# Each idle-time job starts only after our bench of that pair has ended and
+# must end before torch.compile's run does; the log says when each began
+# and ended, beside compile.sh's timestamps.
+set -u
+OUT=${OUT:-out}
+mkdir -p "$OUT/compile"
+ROOT=$PWD
+ts() { date -u +%H:%M:%S; }
+log() { echo "== $(ts) $*" | tee -a "$OUT/closing.log"; }
+waitfor() { # pattern: until compile.log shows it (or compile.sh ended)
+  while ! grep -q "$1" "$OUT/compile/compile.log" 2>/dev/null; do
+    kill -0 "$cp" 2>/dev/null || return 1
+    sleep 1
+  done
+}
+(OUT="$OUT/compile" bash scripts/device/compile.sh 768:off 1024:off >"$OUT/compile/stdout.txt" 2>&1; echo "rc=$?" >>"$OUT/compile/stdout.txt") &
+cp=$!
+
+waitfor "ours --res 768 ended" && {
+  log "idle 1: CUDA suites"
+  (cd kernels/cuda && "$ROOT/.gpu/cuda.test" -test.count=1 -test.timeout=120s \
+    -test.run 'TestConformance|TestAgainstCPU|TestFaults|TestMemorySteady|TestGraphsMatchPlain|TestGraphsTrainSameBits|TestDeviceTimer' \
+    >"$OUT/cuda-tests.log" 2>&1; echo "rc=$?" >>"$OUT/cuda-tests.log")
+  log "idle 1: parity"
+  G=.gpu/golden N=.gpu/golden/nextdit
+  {
+    .gpu/newbie-train parity --backend cuda --precision bf16 --golden $N/tiny.golden.safetensors --weights $N/tiny.weights.safetensors
+    for p in fp32 bf16; do
+      .gpu/newbie-train parity --backend cuda --precision $p --trajectory $N/tiny.train.golden.safetensors --weights $N/tiny.weights.safetensors
+    done
+    .gpu/newbie-train parity --backend cuda --precision fp32 --sampling $G/sampler/tiny.sample.golden.safetensors --weights $N/tiny.weights.safetensors
+  } >"$OUT/parity.log" 2>&1
+  log "idle 1: done"
+}
+waitfor "ours --res 1024 ended" && {
+  log "idle 2: rowregs on and off, training and sampling"
+  timeout 80 .gpu/newbie-train bench --res 1024 --batch 1 --checkpointing off --steps 4 --warmup 2 --compare-off ';rowregs' >"$OUT/ab-train.log" 2>&1
+  timeout 60 .gpu/newbie-train bench --res 1024 --infer 8 --warmup 2 --compare-off ';rowregs' >"$OUT/ab-infer.log" 2>&1
+  log "idle 2: PyTorch eager sampling anchor"
+  timeout 60 python3 .gpu/torch_nextdit_lora.py --res 1024 --infer 10 >"$OUT/anchor-infer.log" 2>&1
+  log "idle 2: done"
+}
+wait $cp
+cat "$OUT/compile/stdout.txt"
+grep -E '^\| (all on|off: rowregs|as opened|off|on) ' "$OUT"/ab-*.log
+grep -h s_per_eval "$OUT/anchor-infer.log"
+grep -hE 'PASS|FAIL|parity failed' "$OUT/parity.log"
+grep -cE -- '--- PASS' "$OUT/cuda-tests.log"
+grep -E -- '^--- FAIL|^    --- FAIL|^rc=' "$OUT/cuda-tests.log" | head
+cat "$OUT/closing.log"
