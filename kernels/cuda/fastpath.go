@@ -36,16 +36,12 @@ const (
 	// (fused_norm.cu); off, those ops run as their compositions of the
 	// primitive kernels (kernels.Compose*).
 	fastFused = "fused"
-	// fastRowRegs is the bf16 row norms' forward holding rows of 3–12
-	// chunks a lane in registers (the _h12 kernels of rownorm_vec.cu); off,
-	// those rows take the kernels that read each chunk twice.
-	fastRowRegs = "rowregs"
 	// fastGraphs is graph replay of repeating regions (graph.go); off,
 	// every region runs as plain launches.
 	fastGraphs = "graphs"
 )
 
-var fastPaths = []string{fastConv, fastConvGEMM, fastGroupNorm, fastAttn256, fastAttnSIMT, fastFused, fastRowRegs, fastGraphs}
+var fastPaths = []string{fastConv, fastConvGEMM, fastGroupNorm, fastAttn256, fastAttnSIMT, fastFused, fastGraphs}
 
 // parseFastPathsOff reads a NEWBIE_TRAIN_CUDA_OFF value into the set of
 // fast paths turned off, refusing names it does not know (a typo would

@@ -73,7 +73,7 @@ func (c *Backend) NormScale(y, rstd, x, w kernels.Buffer, a kernels.NormScaleArg
 		return
 	}
 	if yb.dt == kernels.BF16 && xb.dt == kernels.BF16 && rs.dt == kernels.F32 && (wb == nil || wb.dt == kernels.BF16) && nsVecOK(a, sb, rb) {
-		name, lanes, per := c.rowKernelForward("normscale_bf16_rows", a.Cols)
+		name, lanes, per := rowKernel("normscale_bf16_rows", a.Cols)
 		c.launch(name, c.grid1(a.Rows, per), blockSize, 0, yb.ptr, rs.ptr, xb.ptr, ptr(wb), nsVec(a, sb, rb), a.Rows, a.Cols, lanes, a.Eps)
 		return
 	}

@@ -621,7 +621,7 @@ func (c *Backend) rowNorm(op string, rms bool, y, mean, rstd, x, w, b kernels.Bu
 		if wb != nil && wb.dt == kernels.F32 {
 			base += "_wf"
 		}
-		name, lanes, per := c.rowKernelForward(base, cols)
+		name, lanes, per := rowKernel(base, cols)
 		c.launch(name, c.grid1(rows, per), blockSize, 0, yb.ptr, rb.ptr, xb.ptr, ptr(wb), rows, cols, lanes, eps)
 		return
 	}
@@ -642,18 +642,6 @@ func (c *Backend) rowNorm(op string, rms bool, y, mean, rstd, x, w, b kernels.Bu
 	}
 	c.launch("rownorm"+suffix(yb, rb), dims{min(rows, c.dev.sms*16), 1, 1}, blockSize, 0, flag, yb.ptr, dt(yb), ptr(mb), rb.ptr, dt(rb), xb.ptr, dt(xb),
 		ptr(wb), dt(wb), ptr(bb), dt(bb), rows, cols, eps)
-}
-
-// rowKernelForward is rowKernel for the forward kernels, which also come
-// in an _h12 form holding up to 12 chunks a lane in registers (one row a
-// group and step): taken for rows of 3 to 12 chunks a lane unless the
-// rowregs fast path is off.
-func (c *Backend) rowKernelForward(base string, cols int) (name string, lanes, rowsPerBlock int) {
-	name, lanes, rowsPerBlock = rowKernel(base, cols)
-	if perLane := (cols/8 + lanes - 1) / lanes; perLane > 2 && perLane <= 12 && c.fast(fastRowRegs) {
-		return base + "_h12", lanes, blockSize / lanes
-	}
-	return name, lanes, rowsPerBlock
 }
 
 // rowKernel picks the bf16 row kernel (rownorm_vec.cu) for rows of cols

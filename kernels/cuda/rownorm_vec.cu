@@ -205,13 +205,6 @@ extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows(RMS_ARGS(u16
 extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_wf_h1(RMS_ARGS(float)) { RMS_BODY(1, 4); }
 extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_wf_h2(RMS_ARGS(float)) { RMS_BODY(2, 2); }
 extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_wf(RMS_ARGS(float)) { RMS_BODY(0, 1); }
-// _h12: up to 12 chunks a lane held in registers, one row per step (the
-// forward of rows of 3–12 chunks a lane: 2304 and 2560 columns), so a lane
-// issues all its row's loads at once; the plain kernel's second pass waits
-// on each chunk again. The gradient keeps the plain kernel: with dy as well
-// it needs twice the registers (see above).
-extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_h12(RMS_ARGS(u16)) { RMS_BODY(12, 1); }
-extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_wf_h12(RMS_ARGS(float)) { RMS_BODY(12, 1); }
 #undef RMS_ARGS
 #undef RMS_BODY
 
@@ -325,10 +318,6 @@ extern "C" __global__ void __launch_bounds__(256) normscale_bf16_rows_h2(u16* y,
 extern "C" __global__ void __launch_bounds__(256) normscale_bf16_rows(u16* y, float* rstd, const u16* x, const u16* w, NSVec a,
                                                                      i64 rows, i64 cols, i64 lanes, double eps) {
   rv_forward<0, 1>(y, rstd, x, w, a, rows, cols, (int)lanes, eps);
-}
-extern "C" __global__ void __launch_bounds__(256) normscale_bf16_rows_h12(u16* y, float* rstd, const u16* x, const u16* w, NSVec a,
-                                                                         i64 rows, i64 cols, i64 lanes, double eps) {
-  rv_forward<12, 1>(y, rstd, x, w, a, rows, cols, (int)lanes, eps);
 }
 extern "C" __global__ void __launch_bounds__(256) normscale_grad_bf16_rows_h1(u16* dx, const u16* dy, const u16* x, const u16* w,
                                                                              const float* rstd, NSVec a, i64 rows, i64 cols, i64 lanes) {

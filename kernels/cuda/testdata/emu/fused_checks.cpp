@@ -130,20 +130,6 @@ static void ns_case(const NSCase& c) {
   emu_report(name, emu_relerr(got_bf(y, n), ref.y), 1e-2);
   snprintf(name, sizeof name, "%s/dx", c.name);
   emu_report(name, emu_relerr(got_bf(dxo, n), ref.dx), 1e-2);
-  // The forward holding the row in registers (_h12, rows of 3–12 chunks a
-  // lane) gives the plain kernel's bits.
-  if (kind == 0 && (c.cols / 8 + lanes - 1) / lanes <= 12) {
-    u16* y12 = upload(std::vector<u16>(n, 0xffff));
-    float* rstd12 = upload(std::vector<float>(rows, NAN));
-    const unsigned grid12 = (unsigned)std::min<i64>((rows + 256 / lanes - 1) / (256 / lanes), 3);
-    emu_launch(normscale_bf16_rows_h12, uint3e{grid12, 1, 1}, 256, 0, y12, rstd12, (const u16*)dx_, (const u16*)dw, a, rows, c.cols,
-               (i64)lanes, 1e-5);
-    i64 differ = 0;
-    for (i64 i = 0; i < n; i++) differ += y12[i] != y[i];
-    for (i64 r = 0; r < rows; r++) differ += __float_as_uint(rstd12[r]) != __float_as_uint(rstd[r]);
-    snprintf(name, sizeof name, "%s/h12 forward: %lld of %lld values differ from the plain kernel", c.name, (long long)differ, (long long)(n + rows));
-    emu_report(name, differ ? 1.0 : 0.0, 0);
-  }
   // The plain RMSNorm kernels (no factor, no residual) still run as before.
   if (!c.factor && !c.res) return;
   u16* y2 = upload(std::vector<u16>(n, 0xffff));
@@ -160,8 +146,6 @@ int main() {
       {"normscale/h1/40/1+s", 3, 5, 40, 0, 4, NS_ONEPLUS, true, false, true},
       {"normscale/h2/264/tanh", 1, 9, 264, 3, 4, NS_TANH, true, true, false},
       {"normscale/plain/520/1+s+res", 2, 3, 520, 2, 4, NS_ONEPLUS, true, true, true},
-      {"normscale/plain/2304/tanh+res", 1, 11, 2304, 1, 6, NS_TANH, true, true, true},
-      {"normscale/plain/1000/1+s", 2, 5, 1000, 0, 6, NS_ONEPLUS, true, false, false},
       {"normscale/h1/64/res only", 1, 17, 64, 0, 1, NS_ASIS, false, true, true},
   };
   for (const auto& c : cases) ns_case(c);
