@@ -172,19 +172,14 @@ __device__ __forceinline__ void rv_forward(u16* y, float* rstd, const u16* x, co
       const bool live = r < rows;
       const uint4* xr = (const uint4*)x + (live ? r : 0) * nv;
       float ss = 0.0f;
-      // Unrolled so that a lane has three chunks' loads in flight: one at
-      // a time leaves the row's passes waiting on DRAM latency per chunk.
-      if (live) {
-#pragma unroll 3
+      if (live)
         for (i64 j = lane; j < nv; j += L) ss = rv_sumsq(xr[j], ss);
-      }
       ss = rv_group_sum(ss, L);
       if (live) {
         const float rs = 1.0f / sqrtf(ss / (float)cols + (float)eps);
         const uint4 *srow, *rrow;
         ns_rows(a, r, nv, srow, rrow);
         uint4* yr = (uint4*)y + r * nv;
-#pragma unroll 3
         for (i64 j = lane; j < nv; j += L) yr[j] = ns_finish(rv_scale(xr[j], wv, j, rs), srow, rrow, j, (int)a.mode);
         if (lane == 0) rstd[r] = rs;
       }
@@ -272,14 +267,11 @@ __device__ __forceinline__ void rv_backward(u16* dx, const u16* dy, const u16* x
       const uint4 *srow = nullptr, *rrow = nullptr;
       if (live) ns_rows(a, r, nv, srow, rrow);
       float sgx = 0.0f;
-      if (live) {
-#pragma unroll 3
+      if (live)
         for (i64 j = lane; j < nv; j += L) sgx = rv_gdot(xr[j], ns_dnchunk(dr[j], srow, j, (int)a.mode), wv, j, rs, sgx);
-      }
       const float m = rv_group_sum(sgx, L) / (float)cols;
       if (live) {
         uint4* out = (uint4*)dx + o;
-#pragma unroll 3
         for (i64 j = lane; j < nv; j += L) out[j] = rv_dx(xr[j], ns_dnchunk(dr[j], srow, j, (int)a.mode), wv, j, rs, m);
       }
     }
