@@ -16,16 +16,7 @@ OUT=${OUT:-out}
 mkdir -p "$OUT"
 export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/nt-cache}
 ROOT=$PWD
-status=0
-step() { # name, log, command...
-  local name=$1 log=$2
-  shift 2
-  local t0=$SECONDS
-  "$@" >"$OUT/$log" 2>&1
-  local rc=$?
-  [ $rc -ne 0 ] && status=1
-  printf '%-36s rc=%d %4ds  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$log" | tee -a "$OUT/summary.txt"
-}
+. "$(dirname "$0")/lib.sh" # step, status
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 if [ "${PROFILE_SUITES:-1}" != 0 ]; then
   cd kernels/cuda

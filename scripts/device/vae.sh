@@ -29,16 +29,7 @@ mkdir -p "$OUT"
 export NEWBIE_GOLDEN="$PWD/.gpu/golden"
 export NEWBIE_TRAIN_NVRTC_VERBOSE=1
 export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/nt-cache} # the NVRTC kernel cache
-status=0
-step() { # name, log, command...
-  local name=$1 log=$2
-  shift 2
-  local t0=$SECONDS
-  "$@" >"$OUT/$log" 2>&1
-  local rc=$?
-  [ $rc -ne 0 ] && status=1
-  printf '%-34s rc=%d %4ds  %s\n' "$name" "$rc" "$((SECONDS - t0))" "$log" | tee -a "$OUT/summary.txt"
-}
+. "$(dirname "$0")/lib.sh" # step, status
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 step "cuda conformance+cross-checks" cuda-tests.log .gpu/cuda.test -test.v -test.count=1 -test.timeout=200s \
   -test.run 'TestConformance|TestAgainstCPU|TestFaults|TestMemorySteady'
