@@ -75,8 +75,10 @@ type Options struct {
 	Seed uint64
 	// Profile adds two untimed steps per mode after the timed ones: one that
 	// counts the backend ops a step issues and how long the host takes to
-	// queue them, and one that waits for the device after every op to
-	// attribute device time to op kinds. Neither changes the timed figures.
+	// queue them, and one that attributes device time to op kinds — by
+	// device events around every op where the backend has a device timer
+	// (CUDA), by waiting for the device after every op elsewhere. Neither
+	// changes the timed figures.
 	Profile bool
 	// Log receives progress lines (nil discards them).
 	Log io.Writer
@@ -486,7 +488,7 @@ func (b *benchStep) measure(ctx context.Context, be *profiler, ckpt bool, res Re
 }
 
 // profile runs two more steps through the profiler: one counting ops and
-// the host's queueing time, one waiting after each op.
+// the host's queueing time, one timing each op.
 func (b *benchStep) profile(be *profiler) (*Profile, error) {
 	be.begin(false)
 	_, _, err := b.step()
