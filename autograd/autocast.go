@@ -155,7 +155,12 @@ func Cast(x *Tensor, d kernels.DType) *Tensor {
 	if !e.live("Cast", x) {
 		return e.failed(d, x.shape)
 	}
-	out := castTo(x, d)
+	var out *Tensor
+	if w := x.working; w != nil && w.dtype == d && !w.released {
+		out = e.alias(w, x.shape) // the owner keeps it equal to the cast (SetWorking)
+	} else {
+		out = castTo(x, d)
+	}
 	e.trace("Cast", out, x)
 	if e.recording(x) {
 		src, leaf := x.dtype, x.leaf

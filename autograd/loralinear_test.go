@@ -682,3 +682,71 @@ func TestLoRALinearGradSink(t *testing.T) {
 		})
 	}
 }
+
+// castCounter is a CPU backend that counts Cast calls.
+type castCounter struct {
+	*cpu.Backend
+	casts int
+}
+
+func (c *castCounter) Cast(dst, src kernels.Buffer) { c.casts++; c.Backend.Cast(dst, src) }
+
+// TestWorkingCopy: with a working copy set, autocast's cast of a master
+// reads it (no conversion runs), the layer computes exactly what it does
+// without one, and the masters' gradients are the same.
+func TestWorkingCopy(t *testing.T) {
+	run := func(working bool) (out, ga []float64, casts int) {
+		be := &castCounter{Backend: cpu.New()}
+		e := autograd.New(be)
+		r := rand.New(rand.NewPCG(8, 9))
+		x := e.FromFloat64(kernels.BF16, []int{6, loraIn}, kerneltest.Randn(r, 6*loraIn, 1))
+		w := e.Constant("w", kernels.BF16, []int{loraOut, loraIn}, kerneltest.Randn(r, loraOut*loraIn, 0.3))
+		a := e.Param("a", kernels.F32, []int{loraRank, loraIn}, kerneltest.Randn(r, loraRank*loraIn, 0.3))
+		b := e.Param("b", kernels.F32, []int{loraOut, loraRank}, kerneltest.Randn(r, loraOut*loraRank, 0.3))
+		if working {
+			for _, p := range []*autograd.Tensor{a, b} {
+				c := e.Zeros(kernels.BF16, p.Shape()).Keep()
+				be.Backend.Cast(c.Buffer(), p.Buffer()) // what the optimizer keeps it equal to
+				if err := p.SetWorking(c); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		e.SetAutocast(kernels.BF16)
+		be.casts = 0
+		y := autograd.LoRALinear(x, x, w, nil, a, b, 2)
+		if err := e.Backward(autograd.SumAll(autograd.Mul(y, y))); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		if out, err = y.Values(); err != nil {
+			t.Fatal(err)
+		}
+		if ga, err = a.Grad().Values(); err != nil {
+			t.Fatal(err)
+		}
+		return out, ga, be.casts
+	}
+	out0, ga0, casts0 := run(false)
+	out1, ga1, casts1 := run(true)
+	if casts1 != casts0-2 {
+		t.Errorf("%d casts with working copies, %d without; want the two masters' casts gone", casts1, casts0)
+	}
+	for i := range out0 {
+		if out0[i] != out1[i] {
+			t.Fatalf("output[%d] = %v with working copies, %v without", i, out1[i], out0[i])
+		}
+	}
+	for i := range ga0 {
+		if ga0[i] != ga1[i] {
+			t.Fatalf("lora_A's gradient[%d] = %v with working copies, %v without", i, ga1[i], ga0[i])
+		}
+	}
+	e := autograd.New(cpu.New())
+	p := e.Param("p", kernels.F32, []int{2}, []float64{1, 2})
+	for _, bad := range []*autograd.Tensor{e.Zeros(kernels.BF16, []int{3}), e.Zeros(kernels.F32, []int{2}), e.Zeros(kernels.I32, []int{2})} {
+		if err := p.SetWorking(bad); err == nil {
+			t.Errorf("SetWorking accepted %v", bad)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package autograd
 
 import (
 	"fmt"
+	"slices"
 
 	"github.com/newbie-train/newbie-train/kernels"
 )
@@ -50,9 +51,38 @@ type Tensor struct {
 	// a cast to a narrower dtype sums its readers' gradients in the source's
 	// dtype, as if each reader had made its own cast (see Cast).
 	gradDType kernels.DType
+	// working, for a leaf, is a copy of it in a lower dtype that its owner
+	// keeps equal to Cast(leaf, working's dtype) (SetWorking): the optimizer
+	// writes it in the pass that updates the master.
+	working *Tensor
 
 	// Name labels parameters in errors and checkpoints.
 	Name string
+}
+
+// SetWorking declares w the working copy of leaf t in w's dtype: from now
+// on a cast of t to that dtype (autocast's, once per step, and again inside
+// every checkpointed recompute) reads w instead of converting t, with the
+// gradient still flowing to t. The caller promises that w holds exactly
+// what the cast would make whenever an op reads it — the optimizer writes
+// it in the same pass that updates t (optim.Param.Working), and whoever
+// writes t otherwise (loading, resuming) refreshes it before the next
+// forward (optim.Optimizer.RefreshWorking). t owns w from then on:
+// releasing t releases w. nil removes it (and leaves it to the caller).
+func (t *Tensor) SetWorking(w *Tensor) error {
+	switch {
+	case w == nil:
+		t.working = nil
+		return nil
+	case !t.leaf:
+		return fmt.Errorf("SetWorking: %v is not a leaf", t)
+	case w.e != t.e || !slices.Equal(w.shape, t.shape) || w.st == nil || w.released:
+		return fmt.Errorf("SetWorking: %v cannot be the working copy of %v", w, t)
+	case w.dtype == t.dtype || !w.dtype.IsFloat():
+		return fmt.Errorf("SetWorking: a working copy of %v must be of another float dtype, got %v", t, w.dtype)
+	}
+	t.working = w
+	return nil
 }
 
 // Shape returns the tensor's shape (do not modify it).
@@ -117,6 +147,10 @@ func (t *Tensor) Release() {
 	}
 	if t.scale != nil && t.leaf {
 		t.scale.Release() // the weight's own scales go with it
+	}
+	if t.working != nil {
+		t.working.Release() // so does its working copy
+		t.working = nil
 	}
 }
 

@@ -292,6 +292,11 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 		return res, fmt.Errorf("bench: optimizer: %w", err)
 	}
 	defer opt.Close()
+	// As the trainer runs: the adapters' bf16 working copies, kept by the
+	// optimizer, are what the forward reads.
+	if err := train.AttachWorkingCopies(set, opt, kernels.BF16); err != nil {
+		return res, fmt.Errorf("bench: working copies: %w", err)
+	}
 	if err := be.Sync(); err != nil {
 		return res, fmt.Errorf("bench: building the model: %w", err)
 	}

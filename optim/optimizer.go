@@ -232,6 +232,25 @@ func (o *Optimizer) AddMicroBatch() (due bool) {
 // step.
 func (o *Optimizer) PendingMicroBatches() int { return o.micro }
 
+// SetWorking gives the parameters working copies after construction, in
+// group order (nil where a parameter has none): for callers that learn the
+// compute dtype from the optimizer's resolved Precision. Each must have its
+// master's length. Call RefreshWorking before a forward reads them.
+func (o *Optimizer) SetWorking(working []kernels.Buffer) error {
+	if len(working) != len(o.params) {
+		return fmt.Errorf("optim: %d working copies for %d parameters", len(working), len(o.params))
+	}
+	for i, w := range working {
+		if w != nil && w.Len() != o.params[i].Master.Len() {
+			return fmt.Errorf("optim: parameter %s: working copy has %d elements, master %d", o.params[i].Name, w.Len(), o.params[i].Master.Len())
+		}
+	}
+	for i, w := range working {
+		o.params[i].Working = w
+	}
+	return nil
+}
+
 // RefreshWorking casts every master into its working copy (the once-per-step
 // cast of the design), for masters changed outside Step (a loaded state);
 // an applied update refreshes them in its own pass.

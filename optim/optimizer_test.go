@@ -350,6 +350,35 @@ func TestWorkingCopies(t *testing.T) {
 	kerneltest.Check(t, "working copy", download(t, be, p.Working), kerneltest.Quantize(kernels.BF16, download(t, be, p.Master)), 0)
 }
 
+// TestSetWorking: working copies given after construction are written by
+// the next applied step; a wrong count or length is refused.
+func TestSetWorking(t *testing.T) {
+	be := cpu.New()
+	r := rand.New(rand.NewPCG(7, 9))
+	p := newParam(t, be, "w", kernels.F32, randn(r, 37, 1))
+	o, err := New(be, []Group{{Name: "all", Params: []Param{p}, Hyper: DefaultHyper()}}, Config{Precision: BF16})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer o.Close()
+	short := kerneltest.Poisoned(t, be, kernels.BF16, 36)
+	if err := o.SetWorking([]kernels.Buffer{short}); err == nil {
+		t.Error("a working copy of 36 elements for a master of 37 was accepted")
+	}
+	if err := o.SetWorking(nil); err == nil {
+		t.Error("no working copies for one parameter was accepted")
+	}
+	w := kerneltest.Poisoned(t, be, kernels.BF16, 37)
+	if err := o.SetWorking([]kernels.Buffer{w}); err != nil {
+		t.Fatal(err)
+	}
+	setGrad(be, p, randn(r, 37, 1))
+	if res, err := o.Step(); err != nil || !res.Applied {
+		t.Fatalf("step: %+v, %v", res, err)
+	}
+	kerneltest.Check(t, "working copy", download(t, be, w), kerneltest.Quantize(kernels.BF16, download(t, be, p.Master)), 0)
+}
+
 // TestLRsFollowSchedule checks that updates use the schedule's factor at the
 // count of applied updates, and that a skipped step does not advance it.
 func TestLRsFollowSchedule(t *testing.T) {

@@ -16,13 +16,24 @@ import (
 	"github.com/newbie-train/newbie-train/optim"
 )
 
-// fp8Run trains a LoRA on the tiny model with random bf16 weights — or
+// tinyRun is how tinyLoRARun trains: base weights in fp8, adapters read
+// through working copies (AttachWorkingCopies), and the backend.
+type tinyRun struct {
+	fp8, working bool
+	be           kernels.Backend // nil: a CPU backend
+}
+
+// tinyLoRARun trains a LoRA on the tiny model with random bf16 weights — or
 // the same weights stored in fp8 — for a few steps on fixed random batches
-// under bf16 autocast, and returns the losses and the bytes the linear
-// layers' frozen weights occupy.
-func fp8Run(t *testing.T, fp8 bool, steps int) (losses []float64, linearBytes int64) {
+// under bf16 autocast, and returns the losses, the bytes the linear
+// layers' frozen weights occupy and the adapters' final values.
+func tinyLoRARun(t *testing.T, how tinyRun, steps int) (losses []float64, linearBytes int64, final [][]float64) {
 	t.Helper()
-	be := cpu.New()
+	fp8 := how.fp8
+	be := how.be
+	if be == nil {
+		be = cpu.New()
+	}
 	e := ag.New(be)
 	cfg, _ := nextdit.Preset("tiny")
 	model, err := nextdit.NewRandom(e, cfg, nextdit.Options{DType: kernels.BF16, FP8Base: fp8}, 21)
@@ -49,6 +60,11 @@ func fp8Run(t *testing.T, fp8 bool, steps int) (losses []float64, linearBytes in
 		t.Fatal(err)
 	}
 	defer opt.Close()
+	if how.working {
+		if err := AttachWorkingCopies(set, opt, kernels.BF16); err != nil {
+			t.Fatal(err)
+		}
+	}
 	st := &Stepper{Model: model, LoRA: set, Opt: opt}
 	sampler := TimestepSampler{Kind: LognormShift}
 	e.SeedRandom(4, 0)
@@ -68,7 +84,14 @@ func fp8Run(t *testing.T, fp8 bool, steps int) (losses []float64, linearBytes in
 		}
 		losses = append(losses, out.Loss)
 	}
-	return losses, linearBytes
+	for _, p := range loraTensors(set) {
+		v, err := p.Values()
+		if err != nil {
+			t.Fatal(err)
+		}
+		final = append(final, v)
+	}
+	return losses, linearBytes, final
 }
 
 // TestFP8BaseAgainstBF16 measures what storing the frozen weights in fp8
@@ -78,8 +101,8 @@ func fp8Run(t *testing.T, fp8 bool, steps int) (losses []float64, linearBytes in
 // run's (docs/precision.md records the figures this test logs).
 func TestFP8BaseAgainstBF16(t *testing.T) {
 	const steps = 8
-	bf, bfBytes := fp8Run(t, false, steps)
-	f8, f8Bytes := fp8Run(t, true, steps)
+	bf, bfBytes, _ := tinyLoRARun(t, tinyRun{}, steps)
+	f8, f8Bytes, _ := tinyLoRARun(t, tinyRun{fp8: true}, steps)
 	worst := 0.0
 	for i := range bf {
 		worst = math.Max(worst, math.Abs(f8[i]-bf[i])/bf[i])

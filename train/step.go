@@ -83,6 +83,43 @@ func OptimParams(s *lora.Set) []optim.Param {
 	return ps
 }
 
+// AttachWorkingCopies gives every adapter matrix of s a working copy in
+// the compute dtype d (bf16 or fp16 autocast; nothing for fp32): a kept
+// tensor that the forward reads instead of casting the fp32 master anew
+// every step (autograd.Tensor.SetWorking) and that opt — built over
+// OptimParams(s) — writes in the pass that updates the master. It casts the
+// masters into them once; after writing masters any other way (resuming,
+// lora.init_from) call opt.RefreshWorking before the next forward. The
+// copies take the bytes the per-step casts took, and 478 cast kernels a
+// step at full size are saved (961 with checkpointing, whose recomputes
+// cast again).
+func AttachWorkingCopies(s *lora.Set, opt *optim.Optimizer, d kernels.DType) error {
+	if d != kernels.BF16 && d != kernels.F16 {
+		return nil
+	}
+	ts := loraTensors(s)
+	if len(ts) == 0 {
+		return nil
+	}
+	e := ts[0].Engine()
+	bufs := make([]kernels.Buffer, len(ts))
+	for i, t := range ts {
+		w := e.Zeros(d, t.Shape()).Keep()
+		if err := e.Err(); err != nil {
+			return fmt.Errorf("working copy of %s: %w", t.Name, err)
+		}
+		if err := t.SetWorking(w); err != nil {
+			return err
+		}
+		bufs[i] = w.Buffer()
+	}
+	if err := opt.SetWorking(bufs); err != nil {
+		return err
+	}
+	opt.RefreshWorking()
+	return e.Err()
+}
+
 // loraTensors are a set's A and B matrices in OptimParams order.
 func loraTensors(s *lora.Set) []*ag.Tensor {
 	var ts []*ag.Tensor
