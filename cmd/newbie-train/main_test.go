@@ -72,9 +72,14 @@ func TestParityTrajectory(t *testing.T) {
 	if _, err := os.Stat(golden + "tiny.train.golden.safetensors"); err != nil {
 		t.Skipf("golden files not beside the checkout: %v", err)
 	}
-	code, out, stderr := runCLI(t, "parity", "--weights", golden+"tiny.weights.safetensors", "--trajectory", golden+"tiny.train.golden.safetensors", "--precision", "fp64")
-	if code != 0 || !strings.Contains(out, "PASS") {
-		t.Errorf("parity: exit %d\n%s%s", code, out, stderr)
+	for _, c := range []struct{ precision, limits string }{
+		{"fp64", "limits: loss 1e-06, final LoRA 1e-05"},
+		{"bf16", "limits: loss 2e-02, final LoRA 1e-01"},
+	} {
+		code, out, stderr := runCLI(t, "parity", "--weights", golden+"tiny.weights.safetensors", "--trajectory", golden+"tiny.train.golden.safetensors", "--precision", c.precision)
+		if code != 0 || !strings.Contains(out, "PASS ("+c.limits+")") {
+			t.Errorf("parity --precision %s: exit %d\n%s%s", c.precision, code, out, stderr)
+		}
 	}
 }
 

@@ -41,13 +41,21 @@ var encoderParity = map[string]struct {
 	"vae":   {"FLUX.1 autoencoder", vae.Parity},
 }
 
-// parityTolerances are the golden README's limits per precision for a
-// replayed trajectory: step losses, then final LoRA tensors. (--golden
-// takes its limits from nextdit.ParsePrecision.)
+// parityTolerances are the limits per precision for a replayed trajectory:
+// step losses, then final LoRA tensors. (--golden takes its limits from
+// nextdit.ParsePrecision.) fp64 is the golden README's; fp32 ten times
+// that. bf16's final-LoRA limit comes from PyTorch's own bf16 autocast
+// replay of the same run (scripts/torch_train_replay.py, whose float64 run
+// matches the golden to 5.5e-6): 5.5e-2, on the same tensor (a context
+// refiner's qkv lora_B) where ours is worst. AdamW's normalised updates turn
+// the rounding noise of tiny gradients into weight differences, so the limit
+// is that with a margin: our CPU backend gives 4.9e-2 and the H200 6.7e-2.
+// A wrong gradient shows as errors of order one and in the losses; the fp32
+// replay holds those to 1e-4.
 var parityTolerances = map[string][2]float64{
 	"fp64": {1e-6, 1e-5},
 	"fp32": {1e-5, 1e-4},
-	"bf16": {2e-2, 5e-2},
+	"bf16": {2e-2, 1e-1},
 }
 
 func newParityCmd(stdout io.Writer) *cobra.Command {
