@@ -603,6 +603,18 @@ func benchLoRALayer(b *testing.B, be kernels.Backend, rows, in, out, rank int, d
 	}
 }
 
+// smallLoRALayer makes a layer's operands on e from seed: the input x
+// [6, loraIn] and frozen weight w in dtype d, trainable adapter matrices a
+// and b in dtype master.
+func smallLoRALayer(e *autograd.Engine, seed uint64, d, master kernels.DType) (x, w, a, b *autograd.Tensor) {
+	r := rand.New(rand.NewPCG(seed, seed+1))
+	x = e.FromFloat64(d, []int{6, loraIn}, kerneltest.Randn(r, 6*loraIn, 1))
+	w = e.Constant("w", d, []int{loraOut, loraIn}, kerneltest.Randn(r, loraOut*loraIn, 0.3))
+	a = e.Param("a", master, []int{loraRank, loraIn}, kerneltest.Randn(r, loraRank*loraIn, 0.3))
+	b = e.Param("b", master, []int{loraOut, loraRank}, kerneltest.Randn(r, loraOut*loraRank, 0.3))
+	return x, w, a, b
+}
+
 // addCounter is a CPU backend that counts the adds into float32 buffers
 // (gradient accumulation into the masters' gradients).
 type addCounter struct {
@@ -634,11 +646,7 @@ func TestLoRALinearGradSink(t *testing.T) {
 			run := func(scales ...float64) (ga, gb []float64, adds int) {
 				be := &addCounter{Backend: cpu.New()}
 				e := autograd.New(be)
-				r := rand.New(rand.NewPCG(5, 6))
-				x := e.FromFloat64(c.dt, []int{6, loraIn}, kerneltest.Randn(r, 6*loraIn, 1))
-				w := e.Constant("w", c.dt, []int{loraOut, loraIn}, kerneltest.Randn(r, loraOut*loraIn, 0.3))
-				a := e.Param("a", c.dt, []int{loraRank, loraIn}, kerneltest.Randn(r, loraRank*loraIn, 0.3))
-				b := e.Param("b", c.dt, []int{loraOut, loraRank}, kerneltest.Randn(r, loraOut*loraRank, 0.3))
+				x, w, a, b := smallLoRALayer(e, 5, c.dt, c.dt)
 				e.SetAutocast(c.cast)
 				for i, scale := range scales {
 					if i == 1 {
@@ -698,11 +706,7 @@ func TestWorkingCopy(t *testing.T) {
 	run := func(working bool) (out, ga []float64, casts int) {
 		be := &castCounter{Backend: cpu.New()}
 		e := autograd.New(be)
-		r := rand.New(rand.NewPCG(8, 9))
-		x := e.FromFloat64(kernels.BF16, []int{6, loraIn}, kerneltest.Randn(r, 6*loraIn, 1))
-		w := e.Constant("w", kernels.BF16, []int{loraOut, loraIn}, kerneltest.Randn(r, loraOut*loraIn, 0.3))
-		a := e.Param("a", kernels.F32, []int{loraRank, loraIn}, kerneltest.Randn(r, loraRank*loraIn, 0.3))
-		b := e.Param("b", kernels.F32, []int{loraOut, loraRank}, kerneltest.Randn(r, loraOut*loraRank, 0.3))
+		x, w, a, b := smallLoRALayer(e, 8, kernels.BF16, kernels.F32)
 		if working {
 			for _, p := range []*autograd.Tensor{a, b} {
 				c := e.Zeros(kernels.BF16, p.Shape()).Keep()
