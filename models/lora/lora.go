@@ -221,6 +221,13 @@ func (s *Set) LinearAdapter(name string, x *ag.Tensor) (h, a, b *ag.Tensor, scal
 	return h, ad.A, ad.B, s.scale, true
 }
 
+// UpdateReadsInput reports whether layer name's update reads the layer's
+// input unchanged: it is adapted, not merged, and no dropout applies
+// (nextdit.PlainInputHook).
+func (s *Set) UpdateReadsInput(name string) bool {
+	return s.adapters[name] != nil && !s.merged && !(s.train && s.cfg.Dropout > 0)
+}
+
 // Detach removes the set from the model's linears (the model then runs its
 // base weights alone, or merged ones).
 func (s *Set) Detach() {

@@ -358,6 +358,14 @@ func (m *Model) feedForward(prefix string, x *ag.Tensor) *ag.Tensor {
 		defer release(g)
 		return ag.Linear(g, w, bias)
 	}
+	// Without dropout on the update's input, one op forms g, runs both
+	// products and, in the backward, gives g's gradient both shares before
+	// a single SwiGLU backward pass; it keeps h1 and h3, never g.
+	if p, ok := m.hook.(PlainInputHook); ok && bias == nil && p.UpdateReadsInput(name) {
+		if _, a, b, scale, ok := m.adapter(name, h1); ok {
+			return ag.SwiGLULoRALinear(h1, h3, w, a, b, scale)
+		}
+	}
 	// w2's adapter reads g again in its backward (for A's gradient). Rather
 	// than keep g (the feed-forward's widest activation) for it, the
 	// adapter's low-rank factor u = dropout(g)·Aᵀ is made from h1 and h3 —

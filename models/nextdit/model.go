@@ -66,6 +66,15 @@ type LinearHook interface {
 	LinearAdapter(name string, x *autograd.Tensor) (h, a, b *autograd.Tensor, scale float64, ok bool)
 }
 
+// PlainInputHook is implemented by hooks that can tell, before being asked
+// for an update, that layer name's update reads the layer's input itself
+// (h is x: no dropout). The feed-forward's down projection then runs as one
+// op with its update (autograd.SwiGLULoRALinear), which never keeps the
+// SwiGLU output.
+type PlainInputHook interface {
+	UpdateReadsInput(name string) bool
+}
+
 // Model is a Next-DiT network: a Config and its weights on one engine.
 type Model struct {
 	cfg     Config
