@@ -41,10 +41,8 @@ func LoRALinear(x, h, w, bias, a, b *Tensor, scale float64) *Tensor {
 	case err != nil:
 	case !slices.Equal(h.shape, x.shape):
 		err = fmt.Errorf("update input %v is not shaped like the input %v", h, x)
-	case len(a.shape) != 2 || a.shape[1] != w.shape[1]:
-		err = fmt.Errorf("lora_A %v is not [rank, %d]", a, w.shape[1])
 	default:
-		err = upShape(b, w, a.shape[0])
+		err = adapterShapes(w, a, b)
 	}
 	if err != nil {
 		e.failf(name, "%v", err)
@@ -97,6 +95,15 @@ func linearShapes(x, w, bias *Tensor) error {
 		return fmt.Errorf("bias %v is not [%d]", bias, w.shape[0])
 	}
 	return nil
+}
+
+// adapterShapes checks lora_A a [rank, in] against the weight w and
+// lora_B b against both.
+func adapterShapes(w, a, b *Tensor) error {
+	if len(a.shape) != 2 || a.shape[1] != w.shape[1] {
+		return fmt.Errorf("lora_A %v is not [rank, %d]", a, w.shape[1])
+	}
+	return upShape(b, w, a.shape[0])
 }
 
 // upShape checks the up-projection b against the weight and the rank.
@@ -261,20 +268,14 @@ func lowRankLinear(name string, x, h, u, w, bias, a, b *Tensor, scale float64) *
 		// gradients where they can (gradSink), so the step has no bf16
 		// gradient, accumulating add or rounding per adapter matrix.
 		if needB { // db = scale·gᵀ·u
-			if sink := sinkFor(e, bLeaf, gf.dtype); sink != nil {
-				e.gemm(gf, true, e.flat(su), false, sink, 1, outF, r, rows, false, false, scale, 1)
-			} else {
-				gb = e.newTensor(bd, bs)
-				e.gemm(gf, true, e.flat(su), false, gb, 1, outF, r, rows, false, false, scale, 0)
-			}
+			gb = e.adapterGrad(bLeaf, gf.dtype, bd, bs, func(dst *Tensor, beta float64) {
+				e.gemm(gf, true, e.flat(su), false, dst, 1, outF, r, rows, false, false, scale, beta)
+			})
 		}
 		if needA { // da = duᵀ·h
-			if sink := sinkFor(e, aLeaf, gu.dtype); sink != nil {
-				e.gemm(gu, true, e.flat(sh), false, sink, 1, r, inF, rows, false, false, 1, 1)
-			} else {
-				ga = e.newTensor(ad, as)
-				e.gemm(gu, true, e.flat(sh), false, ga, 1, r, inF, rows, false, false, 1, 0)
-			}
+			ga = e.adapterGrad(aLeaf, gu.dtype, ad, as, func(dst *Tensor, beta float64) {
+				e.gemm(gu, true, e.flat(sh), false, dst, 1, r, inF, rows, false, false, 1, beta)
+			})
 		}
 		if needX { // dx = g·w (+ du·a when h is x)
 			gx = e.newTensor(xd, xs)
@@ -323,6 +324,20 @@ func leafBehindCast(orig, prepared *Tensor) *Tensor {
 		return orig
 	}
 	return nil
+}
+
+// adapterGrad runs product — an adapter matrix's gradient — straight into
+// leaf's gradient where it can take it (sinkFor; beta = 1, and nil is
+// returned), else into a new tensor of dtype d and shape, returned for the
+// tape to carry (beta = 0).
+func (e *Engine) adapterGrad(leaf *Tensor, operand, d kernels.DType, shape []int, product func(dst *Tensor, beta float64)) *Tensor {
+	if sink := sinkFor(e, leaf, operand); sink != nil {
+		product(sink, 1)
+		return nil
+	}
+	g := e.newTensor(d, shape)
+	product(g, 0)
+	return g
 }
 
 // sinkFor is gradSink for a product whose operands are of dtype operand:

@@ -42,10 +42,8 @@ func SwiGLULoRALinear(h1, h3, w, a, b *Tensor, scale float64) *Tensor {
 		err = fmt.Errorf("gate %v and value %v differ in shape", h1, h3)
 	case len(w.shape) != 2 || len(h1.shape) < 1 || h1.shape[len(h1.shape)-1] != w.shape[1]:
 		err = fmt.Errorf("weight %v is not [out, %d]", w, h1.shape[len(h1.shape)-1])
-	case len(a.shape) != 2 || a.shape[1] != w.shape[1]:
-		err = fmt.Errorf("lora_A %v is not [rank, %d]", a, w.shape[1])
 	default:
-		err = upShape(b, w, a.shape[0])
+		err = adapterShapes(w, a, b)
 	}
 	if err != nil {
 		e.failf(name, "%v", err)
@@ -139,12 +137,9 @@ func SwiGLULoRALinear(h1, h3, w, a, b *Tensor, scale float64) *Tensor {
 			defer du.Release()
 		}
 		if needB { // db = scale·gyᵀ·u
-			if sink := sinkFor(e, bLeaf, gf.dtype); sink != nil {
-				e.gemm(gf, true, e.flat(su), false, sink, 1, outF, r, rows, false, false, scale, 1)
-			} else {
-				gb = e.newTensor(bd, bs)
-				e.gemm(gf, true, e.flat(su), false, gb, 1, outF, r, rows, false, false, scale, 0)
-			}
+			gb = e.adapterGrad(bLeaf, gf.dtype, bd, bs, func(dst *Tensor, beta float64) {
+				e.gemm(gf, true, e.flat(su), false, dst, 1, outF, r, rows, false, false, scale, beta)
+			})
 		}
 		if needA || needW { // g again, for da = duᵀ·g and dw = gyᵀ·g
 			h1, h3 := sh1, sh3
@@ -154,12 +149,9 @@ func SwiGLULoRALinear(h1, h3, w, a, b *Tensor, scale float64) *Tensor {
 			}
 			gflat := e.flat(g)
 			if needA {
-				if sink := sinkFor(e, aLeaf, du.dtype); sink != nil {
-					e.gemm(du, true, gflat, false, sink, 1, r, hidden, rows, false, false, 1, 1)
-				} else {
-					ga = e.newTensor(ad, as)
-					e.gemm(du, true, gflat, false, ga, 1, r, hidden, rows, false, false, 1, 0)
-				}
+				ga = e.adapterGrad(aLeaf, du.dtype, ad, as, func(dst *Tensor, beta float64) {
+					e.gemm(du, true, gflat, false, dst, 1, r, hidden, rows, false, false, 1, beta)
+				})
 			}
 			if needW {
 				gw = e.newTensor(wd, ws)
