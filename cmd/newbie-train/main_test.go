@@ -3,10 +3,14 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/newbie-train/newbie-train/train"
 )
 
 // runCLI runs the command line in-process and returns its exit code and
@@ -91,5 +95,34 @@ func TestCacheReusesEntries(t *testing.T) {
 	code, _, stderr := runCLI(t, "cache", "--config", filepath.Join(dir, "demo.yaml"))
 	if code != 0 || !strings.Contains(stderr, "0 latents encoded, 3 reused; 0 caption features encoded, 3 reused; 0 pooled encoded, 3 reused") {
 		t.Errorf("cache: exit %d, want every entry reused:\n%s", code, stderr)
+	}
+}
+
+// TestExitCode: a config or usage error exits 2 even when a signal came
+// too (a launched rank stopped after it found the error), unless the
+// cancellation is what the error reports; interrupts exit 130, anything
+// else under a signal 130, else 1.
+func TestExitCode(t *testing.T) {
+	live := context.Background()
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	cfgErr := &train.ConfigError{Err: errors.New("--resume latest: nothing to resume")}
+	for _, c := range []struct {
+		name string
+		ctx  context.Context
+		err  error
+		want int
+	}{
+		{"config error", live, cfgErr, exitUsage},
+		{"config error, then a signal", cancelled, cfgErr, exitUsage},
+		{"usage error, then a signal", cancelled, usageError{errors.New("bad flag")}, exitUsage},
+		{"config error from the cancellation", cancelled, &train.ConfigError{Err: fmt.Errorf("scan: %w", context.Canceled)}, exitInterrupted},
+		{"interrupted", live, errInterrupted, exitInterrupted},
+		{"failure under a signal", cancelled, errors.New("step 3: out of memory"), exitInterrupted},
+		{"failure", live, errors.New("step 3: out of memory"), exitFailure},
+	} {
+		if got := exitCode(c.ctx, c.err); got != c.want {
+			t.Errorf("%s: exit %d, want %d", c.name, got, c.want)
+		}
 	}
 }

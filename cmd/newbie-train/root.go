@@ -57,15 +57,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) (code int
 	return exitCode(ctx, err)
 }
 
-// exitCode maps a command's error to the exit code: 130 whenever a signal
-// ended it (whatever error the cancellation surfaced as), 2 for usage and
-// config errors found before anything ran, else 1.
+// exitCode maps a command's error to the exit code: 130 when an interrupt
+// stopped it, 2 for usage and config errors found before anything ran —
+// even when a signal came as well (a data-parallel rank that found the
+// error is stopped by the launcher once another rank gives up over it, and
+// the job must still exit 2) —, 130 for any other error under a signal
+// (whatever the cancellation surfaced as), else 1.
 func exitCode(ctx context.Context, err error) int {
 	switch {
-	case errors.Is(err, errInterrupted) || errors.Is(err, train.ErrInterrupted) || ctx.Err() != nil:
+	case errors.Is(err, errInterrupted) || errors.Is(err, train.ErrInterrupted):
 		return exitInterrupted
-	case errors.As(err, new(usageError)) || errors.As(err, new(*train.ConfigError)):
+	case (errors.As(err, new(usageError)) || errors.As(err, new(*train.ConfigError))) && !errors.Is(err, context.Canceled):
 		return exitUsage
+	case ctx.Err() != nil:
+		return exitInterrupted
 	}
 	return exitFailure
 }
