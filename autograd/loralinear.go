@@ -229,6 +229,7 @@ func lowRankLinear(name string, x, h, u, w, bias, a, b *Tensor, scale float64) *
 	}
 	saved = slices.DeleteFunc(saved, func(t *Tensor) bool { return t == nil })
 
+	xIn := x // the tensor x's gradient is pending under
 	inputs := []*Tensor{x, h, u, w, bias, a, b}
 	if same {
 		inputs[1] = nil // its gradient is part of x's
@@ -278,18 +279,27 @@ func lowRankLinear(name string, x, h, u, w, bias, a, b *Tensor, scale float64) *
 			})
 		}
 		if needX { // dx = g·w (+ du·a when h is x)
-			gx = e.newTensor(xd, xs)
+			// Into x's pending gradient when another reader's backward has
+			// made one (w1 and w3 read the same input): no second
+			// gradient and no add.
+			beta := 0.0
+			dst := e.pendingSink(xIn, xd)
+			if dst != nil {
+				beta = 1
+			} else {
+				dst = e.newTensor(xd, xs)
+				gx = dst
+			}
 			wb := sw
 			if sw.scale != nil {
 				wb = e.dequantised(sw, xd)
 				defer wb.Release()
 			}
-			beta := 0.0
-			if same { // the update's share first, written; the frozen product accumulates
-				e.gemm(gu, false, sa, false, gx, 1, rows, inF, r, false, false, 1, 0)
+			if same { // the update's share first; the frozen product accumulates
+				e.gemm(gu, false, sa, false, dst, 1, rows, inF, r, false, false, 1, beta)
 				beta = 1
 			}
-			e.gemm(gf, false, wb, false, gx, 1, rows, inF, outF, false, false, 1, beta)
+			e.gemm(gf, false, wb, false, dst, 1, rows, inF, outF, false, false, 1, beta)
 		}
 		if needH { // dh = du·a
 			gh = e.newTensor(hd, hs)

@@ -754,3 +754,68 @@ func TestWorkingCopy(t *testing.T) {
 		}
 	}
 }
+
+// sizedAdds is a CPU backend that counts the adds into buffers of n
+// elements.
+type sizedAdds struct {
+	*cpu.Backend
+	n, adds int
+}
+
+func (c *sizedAdds) Binary(op kernels.BinaryOp, dst kernels.Buffer, dstShape []int, a kernels.Buffer, aShape []int, b kernels.Buffer, bShape []int) {
+	if op == kernels.Add && dst.Len() == c.n {
+		c.adds++
+	}
+	c.Backend.Binary(op, dst, dstShape, a, aShape, b, bShape)
+}
+
+// TestLoRALinearPendingSink: when two layers read one intermediate (a
+// SwiGLU feed-forward's w1 and w3), the second backward adds its input
+// gradient into the first's inside its products — no add over the input —
+// and the input's gradient is the two layers' own gradients summed.
+func TestLoRALinearPendingSink(t *testing.T) {
+	run := func(first, second bool) (gx []float64, adds int) {
+		be := &sizedAdds{Backend: cpu.New(), n: 6 * loraIn}
+		e := autograd.New(be)
+		x0, w1, a1, b1 := smallLoRALayer(e, 31, kernels.F64, kernels.F64)
+		x0.Input()
+		_, w3, a3, b3 := smallLoRALayer(e, 33, kernels.F64, kernels.F64)
+		x := autograd.Scale(x0, 1.5) // an intermediate both layers read
+		var loss *autograd.Tensor
+		if first {
+			y1 := autograd.LoRALinear(x, x, w1, nil, a1, b1, 2)
+			loss = autograd.SumAll(autograd.Mul(y1, y1))
+		}
+		if second {
+			y3 := autograd.LoRALinear(x, x, w3, nil, a3, b3, 0.5)
+			l3 := autograd.SumAll(autograd.Mul(y3, y3))
+			if loss == nil {
+				loss = l3
+			} else {
+				loss = autograd.Add(loss, l3)
+			}
+		}
+		be.adds = 0
+		if err := e.Backward(loss); err != nil {
+			t.Fatal(err)
+		}
+		g, err := x0.Grad().Values()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g, be.adds
+	}
+	both, adds := run(true, true)
+	g1, _ := run(true, false)
+	g3, _ := run(false, true)
+	if adds != 0 {
+		t.Errorf("%d adds over the shared input's gradient; want the second layer's products to accumulate", adds)
+	}
+	want := make([]float64, len(g1))
+	for i := range want {
+		want[i] = g1[i] + g3[i]
+	}
+	if err := kernels.RelErr(both, want); !(err < 1e-12) {
+		t.Errorf("the shared input's gradient is %.3g from the sum of the layers' own", err)
+	}
+}

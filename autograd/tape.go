@@ -281,6 +281,23 @@ func (e *Engine) gradSink(t *Tensor) *Tensor {
 	return g
 }
 
+// pendingSink returns the gradient pending for intermediate t in the
+// running backward pass when a backward rule may add its contribution
+// into it directly — a product with beta = 1 — instead of handing it to
+// the tape: another reader's backward has made it, in dtype d (what the
+// rule computes; accumulate would sum the two in d too), and no one else
+// holds its storage. nil otherwise: the rule makes its own gradient.
+func (e *Engine) pendingSink(t *Tensor, d kernels.DType) *Tensor {
+	if e.err != nil || t == nil || t.leaf || len(e.gradStack) == 0 || (t.gradDType != 0 && t.gradDType != d) {
+		return nil
+	}
+	prev, ok := e.gradStack[len(e.gradStack)-1][t]
+	if !ok || prev.dtype != d || prev.st == nil || prev.released || shared(prev) || !slices.Equal(prev.shape, t.shape) {
+		return nil
+	}
+	return prev
+}
+
 // shared reports whether t's storage has other holders than t: adding into
 // it in place would change their values too.
 func shared(t *Tensor) bool { return t.st != nil && t.st.refs > 1 }
