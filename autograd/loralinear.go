@@ -337,29 +337,15 @@ func leafBehindCast(orig, prepared *Tensor) *Tensor {
 }
 
 // adapterGrad runs product — an adapter matrix's gradient — straight into
-// leaf's gradient where it can take it (sinkFor; beta = 1, and nil is
+// leaf's gradient where it can take it (gradSink; beta = 1, and nil is
 // returned), else into a new tensor of dtype d and shape, returned for the
 // tape to carry (beta = 0).
 func (e *Engine) adapterGrad(leaf *Tensor, operand, d kernels.DType, shape []int, product func(dst *Tensor, beta float64)) *Tensor {
-	if sink := sinkFor(e, leaf, operand); sink != nil {
+	if sink := e.gradSink(leaf, operand); sink != nil {
 		product(sink, 1)
 		return nil
 	}
 	g := e.newTensor(d, shape)
 	product(g, 0)
-	return g
-}
-
-// sinkFor is gradSink for a product whose operands are of dtype operand:
-// the product can write fp32 from fp32 or 16-bit operands and fp64 from
-// fp64 only.
-func sinkFor(e *Engine, leaf *Tensor, operand kernels.DType) *Tensor {
-	if leaf == nil {
-		return nil
-	}
-	g := e.gradSink(leaf)
-	if g == nil || (g.dtype == kernels.F64) != (operand == kernels.F64) || (g.dtype != kernels.F32 && g.dtype != kernels.F64) {
-		return nil
-	}
 	return g
 }

@@ -26,10 +26,7 @@ func SwiGLU(a, b *Tensor) *Tensor {
 	in := e.prepare(promoted, a, b)
 	defer releaseCasts(orig, in)
 	a, b = in[0], in[1]
-	out := e.newTensor(a.dtype, a.shape)
-	if out.st != nil {
-		e.b.SwiGLU(out.st.buf, a.st.buf, b.st.buf) // one pass: SiLU(a) rounded, times b
-	}
+	out := e.swiglu(a, b)
 	e.trace("SwiGLU", out, a, b)
 	if e.recording(a, b) {
 		sa, sb := e.save(a), e.save(b)
@@ -68,6 +65,16 @@ func SwiGLU(a, b *Tensor) *Tensor {
 			}
 			return []*Tensor{ga, gb}
 		})
+	}
+	return out
+}
+
+// swiglu is SiLU(a) ⊙ b (same shapes and dtype) in one backend pass, into
+// a new tensor, recording nothing.
+func (e *Engine) swiglu(a, b *Tensor) *Tensor {
+	out := e.newTensor(a.dtype, a.shape)
+	if out.st != nil && e.live("SwiGLU", a, b) {
+		e.b.SwiGLU(out.st.buf, a.st.buf, b.st.buf) // SiLU(a) rounded, times b
 	}
 	return out
 }

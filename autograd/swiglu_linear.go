@@ -74,14 +74,7 @@ func SwiGLULoRALinear(h1, h3, w, a, b *Tensor, scale float64) *Tensor {
 			return e.failed(h1.dtype, shape)
 		}
 	}
-	swiglu := func() *Tensor { // g, into a temporary
-		g := e.newTensor(h1.dtype, h1.shape)
-		if g.st != nil {
-			e.b.SwiGLU(g.st.buf, h1.st.buf, h3.st.buf)
-		}
-		return g
-	}
-	g := swiglu()
+	g := e.swiglu(h1, h3) // a temporary
 	y := e.newTensor(h1.dtype, shape)
 	u := e.newTensor(h1.dtype, []int{rows, r})
 	if g.st == nil || y.st == nil || u.st == nil {
@@ -142,11 +135,7 @@ func SwiGLULoRALinear(h1, h3, w, a, b *Tensor, scale float64) *Tensor {
 			})
 		}
 		if needA || needW { // g again, for da = duᵀ·g and dw = gyᵀ·g
-			h1, h3 := sh1, sh3
-			g := e.newTensor(hd, hs)
-			if g.st != nil && e.live(name+" backward", h1, h3) {
-				e.b.SwiGLU(g.st.buf, h1.st.buf, h3.st.buf)
-			}
+			g := e.swiglu(sh1, sh3)
 			gflat := e.flat(g)
 			if needA {
 				ga = e.adapterGrad(aLeaf, du.dtype, ad, as, func(dst *Tensor, beta float64) {

@@ -269,13 +269,17 @@ func (e *Engine) accumulate(grads map[*Tensor]*Tensor, in, g *Tensor, want map[*
 // operands' low precision, a temporary and an add pass. It is meant for
 // leaves read through at most a cast (autocast's of an fp32 master): the
 // cast then receives no gradient from this rule, which is all its backward
-// would have carried to t.
-func (e *Engine) gradSink(t *Tensor) *Tensor {
+// would have carried to t. operand is the product's operand dtype: it
+// writes fp32 from fp32 or 16-bit operands and fp64 from fp64 only.
+func (e *Engine) gradSink(t *Tensor, operand kernels.DType) *Tensor {
 	if e.err != nil || t == nil || !t.leaf || !t.requiresGrad || t.released || len(e.wantStack) == 0 || e.wantStack[len(e.wantStack)-1][t] {
 		return nil
 	}
 	g := t.grad
 	if g == nil || g.released || g.st == nil || shared(g) || !slices.Equal(g.shape, t.shape) {
+		return nil
+	}
+	if (g.dtype == kernels.F64) != (operand == kernels.F64) || (g.dtype != kernels.F32 && g.dtype != kernels.F64) {
 		return nil
 	}
 	return g

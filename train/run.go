@@ -408,9 +408,6 @@ func (r *run) setup(ctx context.Context) error {
 	case optim.FP16:
 		r.autocast = kernels.F16
 	}
-	if err := AttachWorkingCopies(r.set, r.opt, r.autocast); err != nil {
-		return err
-	}
 	r.stepper = &Stepper{Model: r.model, LoRA: r.set, Opt: r.opt}
 	if r.parallel {
 		r.stepper.Comm = r.comm
@@ -425,9 +422,10 @@ func (r *run) setup(ctx context.Context) error {
 			return err
 		}
 	}
-	// Resuming and lora.init_from wrote the masters: the working copies
-	// follow them before the first forward.
-	r.opt.RefreshWorking()
+	// Once resuming or lora.init_from has written the masters.
+	if err := AttachWorkingCopies(r.set, r.opt, r.autocast); err != nil {
+		return err
+	}
 	r.startStep = r.step
 	if err := r.checkAgreement(); err != nil {
 		return err

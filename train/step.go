@@ -88,8 +88,9 @@ func OptimParams(s *lora.Set) []optim.Param {
 // tensor that the forward reads instead of casting the fp32 master anew
 // every step (autograd.Tensor.SetWorking) and that opt — built over
 // OptimParams(s) — writes in the pass that updates the master. It casts the
-// masters into them once; after writing masters any other way (resuming,
-// lora.init_from) call opt.RefreshWorking before the next forward. The
+// masters into them once, so attach after loading or resuming them; a
+// master written any other way later needs opt.RefreshWorking before the
+// next forward. The
 // copies take the bytes the per-step casts took, and 478 cast kernels a
 // step at full size are saved (961 with checkpointing, whose recomputes
 // cast again).

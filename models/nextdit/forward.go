@@ -366,8 +366,9 @@ func (m *Model) feedForward(prefix string, x *ag.Tensor) *ag.Tensor {
 			return ag.SwiGLULoRALinear(h1, h3, w, a, b, scale)
 		}
 	}
-	// w2's adapter reads g again in its backward (for A's gradient). Rather
-	// than keep g (the feed-forward's widest activation) for it, the
+	// With dropout, w2's adapter reads dropout(g) again in its backward
+	// (for A's gradient). Rather than keep g (the feed-forward's widest
+	// activation) for it, the
 	// adapter's low-rank factor u = dropout(g)·Aᵀ is made from h1 and h3 —
 	// which SwiGLU keeps anyway — under a checkpoint, so g is recomputed in
 	// the backward instead of kept; the frozen w2 product keeps nothing of
