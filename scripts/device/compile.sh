@@ -5,9 +5,10 @@
 #   CGO_ENABLED=0 go build -ldflags='-s -w' -o .gpu/newbie-train ./cmd/newbie-train
 #   cp ../shared/anchors/torch_nextdit_lora.py .gpu/
 #
-# Usage: bash scripts/device/compile.sh RES:CKPT [RES:CKPT ...]
-#   e.g. bash scripts/device/compile.sh 768:off 1024:both
-# (CKPT: newbie-train bench's --checkpointing, off, on or both).
+# Usage: bash scripts/device/compile.sh RES:CKPT[:BATCH] [...]
+#   e.g. bash scripts/device/compile.sh 768:off 1024:both 1024:off:2
+# (CKPT: newbie-train bench's --checkpointing, off, on or both; BATCH
+# defaults to 1).
 #
 # torch.compile compiles inside the anchor's first step: 4–6 minutes of CPU
 # with the GPU idle. Each pair starts the anchor with --compile in the
@@ -25,27 +26,28 @@ L="$OUT/compile.log"
 ts() { date -u +%H:%M:%S.%N | cut -c1-12; }
 status=0
 for pair in "$@"; do
-  res=${pair%%:*} ckpt=${pair#*:}
+  IFS=: read -r res ckpt batch <<<"$pair"
+  batch=${batch:-1}
   left=$((585 - SECONDS))
   if [ $left -lt 240 ]; then
     echo "== $(ts) --res $res skipped: $left s of the call left" >>"$L"
     continue
   fi
-  echo "== $(ts) torch.compile anchor --res $res started (background, timeout $left s)" >>"$L"
+  echo "== $(ts) torch.compile anchor --res $res --batch $batch started (background, timeout $left s)" >>"$L"
   (
-    timeout "$left" python3 .gpu/torch_nextdit_lora.py --res "$res" --batch 1 --compile >"$OUT/compile$res.log" 2>&1
+    timeout "$left" python3 .gpu/torch_nextdit_lora.py --res "$res" --batch "$batch" --compile >"$OUT/compile$res-$batch.log" 2>&1
     echo "== $(ts) torch.compile anchor --res $res ended rc=$?" >>"$L"
   ) &
   tp=$!
-  echo "== $(ts) ours bench --res $res --checkpointing $ckpt started" >>"$L"
-  timeout 200 .gpu/newbie-train bench --res "$res" --batch 1 --checkpointing "$ckpt" --steps 10 --warmup 3 >>"$L" 2>&1 || status=1
+  echo "== $(ts) ours bench --res $res --batch $batch --checkpointing $ckpt started" >>"$L"
+  timeout 200 .gpu/newbie-train bench --res "$res" --batch "$batch" --checkpointing "$ckpt" --steps 10 --warmup 3 >>"$L" 2>&1 || status=1
   echo "== $(ts) ours --res $res ended" >>"$L"
   if ! kill -0 $tp 2>/dev/null; then
     echo "== --res $res: torch ended before ours: the two may have overlapped, do not compare" >>"$L"
     status=1
   fi
   wait $tp || status=1
-  grep '^{' "$OUT/compile$res.log" >>"$L"
+  grep '^{' "$OUT/compile$res-$batch.log" >>"$L"
 done
 grep -E '^(==|\| (off|on) |\{)' "$L"
 exit $status
