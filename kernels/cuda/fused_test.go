@@ -15,16 +15,21 @@ import (
 // kernels off (NEWBIE_TRAIN_CUDA_OFF=fused), which runs the compositions of primitives.
 func fusedCrossCases() []xcase {
 	var cs []xcase
-	add := func(name string, tol float64, run func(e *env) [][]float64) {
-		cs = append(cs, xcase{name, tol, run})
-		cs = append(cs, xcase{name + "/composed", tol, func(e *env) [][]float64 {
+	// without runs a case with the named fast paths off (on the CUDA
+	// backend; the CPU has none).
+	without := func(off map[string]bool, run func(e *env) [][]float64) func(e *env) [][]float64 {
+		return func(e *env) [][]float64 {
 			if g, ok := e.b.(*Backend); ok {
 				prev := g.off
-				g.off = map[string]bool{fastFused: true}
+				g.off = off
 				defer func() { g.off = prev }()
 			}
 			return run(e)
-		}})
+		}
+	}
+	add := func(name string, tol float64, run func(e *env) [][]float64) {
+		cs = append(cs, xcase{name, tol, run})
+		cs = append(cs, xcase{name + "/composed", tol, without(map[string]bool{fastFused: true}, run)})
 	}
 	for _, d := range []kernels.DType{f32, bf16, f64} {
 		tol := kerneltest.Tol(d, d)
@@ -37,9 +42,12 @@ func fusedCrossCases() []xcase {
 			mode                      kernels.ScaleMode
 			res                       bool
 		}{{2, 7, 37, 1, kernels.ScaleTanh, true}, {3, 5, 96, 0, kernels.ScaleOnePlus, false}, {1, 9, 264, 3, kernels.ScaleTanh, true},
-			{2, 3, 2312, 2, kernels.ScaleOnePlus, true}, {1, 600, 64, 1, kernels.ScaleTanh, true}} {
+			{2, 3, 2312, 2, kernels.ScaleOnePlus, true}, {1, 600, 64, 1, kernels.ScaleTanh, true},
+			// Wide rows over many slices: NormScaleGrad's one-pass kernel
+			// (normscale_grad_bf16_cols) in bf16, with warps of several rows.
+			{2, 301, 2304, 1, kernels.ScaleTanh, true}} {
 			name := "NormScale/" + d.String() + "/" + itoa(sh.samples) + "x" + itoa(sh.seq) + "x" + itoa(sh.cols) + "/" + sh.mode.String()
-			add(name, tol, func(e *env) [][]float64 {
+			run := func(e *env) [][]float64 {
 				rows, n := sh.samples*sh.seq, sh.samples*sh.seq*sh.cols
 				x, w, s, dy := e.randn(d, n), e.randn(d, sh.cols), e.randn(d, sh.samples*4*sh.cols), e.randn(d, n)
 				var res kernels.Buffer
@@ -58,7 +66,11 @@ func fusedCrossCases() []xcase {
 				e.b.NormScale(y2, r2, x, nil, plain)
 				e.b.NormScaleGrad(dx2, nil, dy, x, nil, r2, plain)
 				return [][]float64{e.get(y), e.get(r), e.get(dx), e.get(ds), e.get(y2), e.get(r2), e.get(dx2)}
-			})
+			}
+			add(name, tol, run)
+			// The two-pass NormScaleGrad (row kernel, then the factor's
+			// column pass) where the one-pass kernel would run.
+			cs = append(cs, xcase{name + "/two-pass", tol, without(map[string]bool{fastNormScaleGrad: true}, run)})
 		}
 		for _, sz := range []struct {
 			b, s, hq, hkv, d int

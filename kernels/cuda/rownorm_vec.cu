@@ -324,6 +324,80 @@ extern "C" __global__ void __launch_bounds__(256) normscale_grad_bf16_rows(u16* 
   rv_backward<0, 1>(dx, dy, x, w, rstd, a, rows, cols, (int)lanes);
 }
 
+// normscale_grad_bf16_cols: NormScaleGrad's dx and the factor's partial
+// sums in one pass over dy and x, for rows wide enough to take a warp each
+// (the plain kernel's walk above, 32 lanes). The two-kernel path reads dy
+// and x twice from memory, once for dx and once more in
+// normscale_sgrad_part_bf16; here the second pass over a row, which the
+// warp has just read (L1), also adds round(dy·n) for each of the lane's
+// columns into the warp's own float32 column sums in shared memory (lane
+// l owns chunks l, l+32, …, so no two lanes share a slot and no atomics are
+// needed). n is rv_scale's chunk, the normed row as the forward rounded it.
+// A block is 8 warps over one slice of one sample's rows (blockIdx.x the
+// slice, blockIdx.y the sample, rows per of them); warp w takes the
+// slice's rows w, w+8, …, and at the end the block adds its warps' sums
+// in warp order into part [samples, slices, cols], which
+// normscale_sgrad_fold_f turns into ds as for the two-kernel path. The
+// order of every sum is fixed, so results are reproducible; it is not the
+// two-kernel path's order, so the partials agree with it to rounding, not
+// bit for bit. Dynamic shared memory: 8·cols floats.
+extern "C" __global__ void __launch_bounds__(256) normscale_grad_bf16_cols(u16* dx, float* part, const u16* dy, const u16* x,
+                                                                          const u16* w, const float* rstd, NSVec a, i64 slices,
+                                                                          i64 per, i64 cols) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int lane = (int)threadIdx.x & 31, warp = (int)threadIdx.x >> 5, warps = (int)blockDim.x >> 5;
+  const i64 nv = cols / 8;
+  float* acc = (float*)smem_raw + (i64)warp * cols;  // this warp's column sums
+  for (i64 j = lane; j < nv; j += 32) {
+    ((float4*)acc)[2 * j] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+    ((float4*)acc)[2 * j + 1] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+  }
+  const i64 b = blockIdx.y, sl = blockIdx.x;
+  const i64 r0 = b * a.seq + sl * per, r1 = min(b * a.seq + a.seq, r0 + per);
+  const uint4* wv = (const uint4*)w;
+  // r is the same for every lane of the warp, so the shuffles meet.
+  for (i64 r = r0 + warp; r < r1; r += warps) {
+    const i64 o = r * nv;
+    const uint4* xr = (const uint4*)x + o;
+    const uint4* dr = (const uint4*)dy + o;
+    const float rs = rstd[r];
+    const uint4 *srow, *rrow;
+    ns_rows(a, r, nv, srow, rrow);
+    float sgx = 0.0f;
+#pragma unroll 3
+    for (i64 j = lane; j < nv; j += 32) sgx = rv_gdot(xr[j], ns_dnchunk(dr[j], srow, j, (int)a.mode), wv, j, rs, sgx);
+    const float m = rv_group_sum(sgx, 32) / (float)cols;
+    uint4* out = (uint4*)dx + o;
+    for (i64 j = lane; j < nv; j += 32) {
+      const uint4 xc = xr[j], dc = dr[j];
+      out[j] = rv_dx(xc, ns_dnchunk(dc, srow, j, (int)a.mode), wv, j, rs, m);
+      float n[8], d[8];
+      rv_unpack(rv_scale(xc, wv, j, rs), n);
+      rv_unpack(dc, d);
+      float4* ap = (float4*)acc + 2 * j;
+      float4 lo = ap[0], hi = ap[1];
+      lo.x += bf16_to_f32(f32_to_bf16(d[0] * n[0]));
+      lo.y += bf16_to_f32(f32_to_bf16(d[1] * n[1]));
+      lo.z += bf16_to_f32(f32_to_bf16(d[2] * n[2]));
+      lo.w += bf16_to_f32(f32_to_bf16(d[3] * n[3]));
+      hi.x += bf16_to_f32(f32_to_bf16(d[4] * n[4]));
+      hi.y += bf16_to_f32(f32_to_bf16(d[5] * n[5]));
+      hi.z += bf16_to_f32(f32_to_bf16(d[6] * n[6]));
+      hi.w += bf16_to_f32(f32_to_bf16(d[7] * n[7]));
+      ap[0] = lo;
+      ap[1] = hi;
+    }
+  }
+  __syncthreads();
+  const float* all = (const float*)smem_raw;
+  float* out = part + (b * slices + sl) * cols;
+  for (i64 c = threadIdx.x; c < cols; c += blockDim.x) {
+    float t = 0.0f;
+    for (int q = 0; q < warps; q++) t += all[(i64)q * cols + c];
+    out[c] = t;
+  }
+}
+
 // ---------------------------------------------------------------------------
 // LayerNorm forward for bf16 rows (Jina's 1024-wide ones), bf16 or absent w
 // and b, F32 mean and rstd: the same lane groups as the RMSNorm kernels,

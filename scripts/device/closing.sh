@@ -2,10 +2,12 @@
 # scripts/device/closing.sh: one call on an H200 that measures ours beside
 # torch.compile at 768² and 1024² (scripts/device/compile.sh) and, while
 # torch.compile compiles (CPU-bound for minutes, the GPU idle), checks the
-# build: the CUDA suites and golden parity in the first pair's compile, a
+# build: the CUDA suites, golden parity and a 1024² profile in the first
+# pair's compile, a
 # fast path on and off (CLOSING_COMPARE, bench's --compare-off list; default
 # ';graphs') and the PyTorch eager sampling anchor in the second's. About 9
-# minutes.
+# minutes. CLOSING_EXTRA, a command line, runs in the first idle time too
+# (its output in extra.log); CLOSING_PROFILE=0 leaves out the profile.
 #
 # Build here first and carry .gpu:
 #   CGO_ENABLED=0 go test -c -ldflags='-s -w' -o .gpu/cuda.test ./kernels/cuda
@@ -29,10 +31,17 @@ waitfor() { # pattern: until compile.log shows it (or compile.sh ended)
     sleep 1
   done
 }
-(OUT="$OUT/compile" bash scripts/device/compile.sh 768:off 1024:off >"$OUT/compile/stdout.txt" 2>&1; echo "rc=$?" >>"$OUT/compile/stdout.txt") &
+# CLOSING_PAIRS: compile.sh's pairs (default "768:off 1024:off"). The idle
+# jobs follow the first pair's bench and the second's; with one pair, both
+# follow the first (CLOSING_IDLE2=0 skips the second's).
+read -r -a pairs <<<"${CLOSING_PAIRS:-768:off 1024:off}"
+res1=${pairs[0]%%:*}
+res2=${pairs[1]:-${pairs[0]}}
+res2=${res2%%:*}
+(OUT="$OUT/compile" bash scripts/device/compile.sh "${pairs[@]}" >"$OUT/compile/stdout.txt" 2>&1; echo "rc=$?" >>"$OUT/compile/stdout.txt") &
 cp=$!
 
-waitfor "ours --res 768 ended" && {
+waitfor "ours --res $res1 ended" && {
   log "idle 1: CUDA suites"
   (cd kernels/cuda && "$ROOT/.gpu/cuda.test" -test.count=1 -test.timeout=120s \
     -test.run 'TestConformance|TestAgainstCPU|TestFaults|TestMemorySteady|TestGraphsMatchPlain|TestGraphsTrainSameBits|TestDeviceTimer' \
@@ -46,9 +55,17 @@ waitfor "ours --res 768 ended" && {
     done
     .gpu/newbie-train parity --backend cuda --precision fp32 --sampling $G/sampler/tiny.sample.golden.safetensors --weights $N/tiny.weights.safetensors
   } >"$OUT/parity.log" 2>&1
+  if [ "${CLOSING_PROFILE:-1}" != 0 ]; then
+    log "idle 1: bench --res 1024 --profile"
+    timeout 90 .gpu/newbie-train bench --res 1024 --batch 1 --checkpointing off --steps 3 --warmup 2 --profile >"$OUT/profile-1024.log" 2>&1
+  fi
+  if [ -n "${CLOSING_EXTRA:-}" ]; then
+    log "idle 1: $CLOSING_EXTRA"
+    bash -c "$CLOSING_EXTRA" >"$OUT/extra.log" 2>&1
+  fi
   log "idle 1: done"
 }
-waitfor "ours --res 1024 ended" && {
+[ "${CLOSING_IDLE2:-1}" != 0 ] && waitfor "ours --res $res2 ended" && {
   cmp=${CLOSING_COMPARE:-;graphs}
   log "idle 2: --compare-off '$cmp', training and sampling"
   timeout 80 .gpu/newbie-train bench --res 1024 --batch 1 --checkpointing off --steps 4 --warmup 2 --compare-off "$cmp" >"$OUT/ab-train.log" 2>&1
