@@ -36,17 +36,12 @@ const (
 	// (fused_norm.cu); off, those ops run as their compositions of the
 	// primitive kernels (kernels.Compose*).
 	fastFused = "fused"
-	// fastNormScaleGrad is NormScaleGrad's one-pass kernel for bf16 rows
-	// of a warp each (normscale_grad_bf16_cols): dx and the factor's
-	// gradient from one read of dy and x; off, the row kernel and the
-	// factor's column pass read them once each.
-	fastNormScaleGrad = "nsgrad"
 	// fastGraphs is graph replay of repeating regions (graph.go); off,
 	// every region runs as plain launches.
 	fastGraphs = "graphs"
 )
 
-var fastPaths = []string{fastConv, fastConvGEMM, fastGroupNorm, fastAttn256, fastAttnSIMT, fastFused, fastNormScaleGrad, fastGraphs}
+var fastPaths = []string{fastConv, fastConvGEMM, fastGroupNorm, fastAttn256, fastAttnSIMT, fastFused, fastGraphs}
 
 // parseFastPathsOff reads a NEWBIE_TRAIN_CUDA_OFF value into the set of
 // fast paths turned off, refusing names it does not know (a typo would

@@ -116,9 +116,6 @@ func (c *Backend) NormScaleGrad(dx, ds, dy, x, w, rstd kernels.Buffer, a kernels
 	if dxb.dt == kernels.BF16 && dyb.dt == kernels.BF16 && xb.dt == kernels.BF16 && rs.dt == kernels.F32 &&
 		(wb == nil || wb.dt == kernels.BF16) && nsVecOK(a, sb, rb) {
 		name, lanes, per := rowKernel("normscale_grad_bf16_rows", a.Cols)
-		if dsb != nil && lanes == 32 && c.onePassNormScaleGrad(dxb, dsb, dyb, xb, wb, rs, sb, rb, a) {
-			return
-		}
 		c.launch(name, c.grid1(a.Rows, per), blockSize, 0, dxb.ptr, dyb.ptr, xb.ptr, ptr(wb), rs.ptr, nsVec(a, sb, rb), a.Rows, a.Cols, lanes)
 	} else {
 		c.launch("normscale_grad"+suffix(dxb, rs), dims{min(a.Rows, c.dev.sms*16), 1, 1}, blockSize, 0, dxb.ptr, dt(dxb), dyb.ptr, dt(dyb),
@@ -160,36 +157,6 @@ func (c *Backend) NormScaleGrad(dx, ds, dy, x, w, rstd kernels.Buffer, a kernels
 	}
 	c.launch("normscale_sgrad_fold"+sfx, c.grid1(dsb.n, blockSize), blockSize, 0, dsb.ptr, dsb.n, part, nsStruct(a, sb, rb),
 		samples, slices, a.Cols)
-}
-
-// onePassNormScaleGrad runs NormScaleGrad on bf16 rows of a warp each as
-// normscale_grad_bf16_cols (dx and the factor's partials in one pass over
-// dy and x) and the fold, reporting false, having queued nothing, where
-// that fast path is off or its shared memory (8 warps' column sums) does
-// not fit.
-func (c *Backend) onePassNormScaleGrad(dxb, dsb, dyb, xb, wb, rs, sb, rb *buffer, a kernels.NormScaleArgs) bool {
-	const op = "NormScaleGrad"
-	smem := 8 * a.Cols * 4
-	if !c.fast(fastNormScaleGrad) || smem > c.dev.maxSmem {
-		return false
-	}
-	// One slice per block, about three blocks an SM (the shared memory
-	// allows three), each slice at least 16 rows: two per warp.
-	samples := a.Samples()
-	slices := max(1, min((3*c.dev.sms+samples-1)/samples, (a.Seq+15)/16))
-	per := (a.Seq + slices - 1) / slices
-	slices = (a.Seq + per - 1) / per
-	part, psize, err := c.alloc.get(int64(samples*slices*a.Cols) * 4)
-	if err != nil {
-		c.failf("%s: partials: %v", op, err)
-		return true
-	}
-	defer c.alloc.put(part, psize)
-	c.launch("normscale_grad_bf16_cols", dims{slices, samples, 1}, 256, smem, dxb.ptr, part, dyb.ptr, xb.ptr, ptr(wb), rs.ptr,
-		nsVec(a, sb, rb), slices, per, a.Cols)
-	c.launch("normscale_sgrad_fold_f", c.grid1(dsb.n, blockSize), blockSize, 0, dsb.ptr, dsb.n, part, nsStruct(a, sb, rb),
-		samples, slices, a.Cols)
-	return true
 }
 
 // qkvShape is QKVShape in fused_norm.cu.

@@ -43,8 +43,7 @@ func fusedCrossCases() []xcase {
 			res                       bool
 		}{{2, 7, 37, 1, kernels.ScaleTanh, true}, {3, 5, 96, 0, kernels.ScaleOnePlus, false}, {1, 9, 264, 3, kernels.ScaleTanh, true},
 			{2, 3, 2312, 2, kernels.ScaleOnePlus, true}, {1, 600, 64, 1, kernels.ScaleTanh, true},
-			// Wide rows over many slices: NormScaleGrad's one-pass kernel
-			// (normscale_grad_bf16_cols) in bf16, with warps of several rows.
+			// Wide rows of many slices for the factor's column pass.
 			{2, 301, 2304, 1, kernels.ScaleTanh, true}} {
 			name := "NormScale/" + d.String() + "/" + itoa(sh.samples) + "x" + itoa(sh.seq) + "x" + itoa(sh.cols) + "/" + sh.mode.String()
 			run := func(e *env) [][]float64 {
@@ -68,9 +67,6 @@ func fusedCrossCases() []xcase {
 				return [][]float64{e.get(y), e.get(r), e.get(dx), e.get(ds), e.get(y2), e.get(r2), e.get(dx2)}
 			}
 			add(name, tol, run)
-			// The two-pass NormScaleGrad (row kernel, then the factor's
-			// column pass) where the one-pass kernel would run.
-			cs = append(cs, xcase{name + "/two-pass", tol, without(map[string]bool{fastNormScaleGrad: true}, run)})
 		}
 		for _, sz := range []struct {
 			b, s, hq, hkv, d int
