@@ -1,6 +1,7 @@
 package cuda
 
 import (
+	"fmt"
 	"math"
 	"runtime"
 	"sort"
@@ -123,6 +124,49 @@ func BenchmarkGemm(b *testing.B) {
 			b.ReportMetric(flops/ms/1e9, "TFLOP/s")
 			b.ReportMetric(flops/790e12*1e3, "roofline-ms")
 		})
+	}
+}
+
+// BenchmarkThinGemm times the adapters' rank-32 products that write a
+// model-width output at 1024² (M = 4352): the up-projections y = u·bᵀ
+// (B [N, 32]) and the dx shares du·a (B [32, N]), each on gemm_thin.cu's
+// kernels and on cuBLAS (the thingemm fast path off), with the time the
+// output's bytes alone would take at 4.8 TB/s beside them.
+func BenchmarkThinGemm(b *testing.B) {
+	c := openGPU(b)
+	const M, R = 4352, 32
+	for _, n := range []int{2304, 3840, 9216} {
+		for _, tb := range []bool{true, false} {
+			for _, kernel := range []string{"thin", "cublas"} {
+				form := map[bool]string{true: "up", false: "dx"}[tb]
+				b.Run(fmt.Sprintf("%s_%d/%s", form, n, kernel), func(b *testing.B) {
+					prev := c.off
+					if kernel == "cublas" {
+						c.off = map[string]bool{fastThinGemm: true}
+					}
+					defer func() { c.off = prev }()
+					A := randBuf(b, c, kernels.BF16, M*R, 1, 1)
+					B := randBuf(b, c, kernels.BF16, n*R, 2, 0.02)
+					C, _ := c.Alloc(kernels.BF16, M*n)
+					defer c.Free(A)
+					defer c.Free(B)
+					defer c.Free(C)
+					ldb := n
+					if tb {
+						ldb = R
+					}
+					g := kernels.GemmArgs{TransB: tb, M: M, N: n, K: R, Batch: 1, Alpha: 0.5, A: A, LDA: R, B: B, LDB: ldb, C: C, LDC: n}
+					iters := max(b.N, 30)
+					ms := median(eventTimes(b, c, 3, iters, func() {
+						for r := 0; r < 10; r++ {
+							c.Gemm(g)
+						}
+					})) / 10
+					b.ReportMetric(ms, "ms/op")
+					b.ReportMetric(float64(M*n*2)/4.8e12*1e3, "write-floor-ms")
+				})
+			}
+		}
 	}
 }
 

@@ -40,6 +40,7 @@ func TestKernelsEmulated(t *testing.T) {
 		{"EMU_ATTN", "attention_tc.cu", true},
 		{"EMU_SIMT", "attention_simt.cu", false},
 		{"EMU_CONVGEMM", "conv_gemm.cu", false},
+		{"EMU_THIN", "gemm_thin.cu", true},
 	} {
 		// files[f] is what NVRTC compiles: common.cuh, the file's headers
 		// and the file, which the emulator replaces in part.

@@ -36,12 +36,15 @@ const (
 	// (fused_norm.cu); off, those ops run as their compositions of the
 	// primitive kernels (kernels.Compose*).
 	fastFused = "fused"
+	// fastThinGemm is the bf16 products whose inner dimension is a LoRA
+	// rank (gemm_thin.cu); off, cuBLAS runs them.
+	fastThinGemm = "thingemm"
 	// fastGraphs is graph replay of repeating regions (graph.go); off,
 	// every region runs as plain launches.
 	fastGraphs = "graphs"
 )
 
-var fastPaths = []string{fastConv, fastConvGEMM, fastGroupNorm, fastAttn256, fastAttnSIMT, fastFused, fastGraphs}
+var fastPaths = []string{fastConv, fastConvGEMM, fastGroupNorm, fastAttn256, fastAttnSIMT, fastFused, fastThinGemm, fastGraphs}
 
 // parseFastPathsOff reads a NEWBIE_TRAIN_CUDA_OFF value into the set of
 // fast paths turned off, refusing names it does not know (a typo would

@@ -74,6 +74,9 @@ func (c *Backend) Gemm(g kernels.GemmArgs) {
 	if g.M == 0 || g.N == 0 {
 		return
 	}
+	if c.thinGemm(g, a, b, cc) {
+		return
+	}
 	ta, tb := uintptr(cublasOpN), uintptr(cublasOpN)
 	if g.TransB {
 		ta = cublasOpT

@@ -24,7 +24,7 @@ var sources embed.FS
 // fileHeaders lists, per kernel file, the shared headers it is compiled
 // with after common.cuh: tc.cuh holds the tensor-core and cp.async
 // primitives, which only files for sm_80 and later may use.
-var fileHeaders = map[string][]string{"attention_tc.cu": {"tc.cuh"}, "conv_tc.cu": {"tc.cuh"}}
+var fileHeaders = map[string][]string{"attention_tc.cu": {"tc.cuh"}, "conv_tc.cu": {"tc.cuh"}, "gemm_thin.cu": {"tc.cuh"}}
 
 var kernelDecl = regexp.MustCompile(`extern "C"\s+__global__\s+(?:__launch_bounds__\([^)]*\)\s+)?void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(`)
 

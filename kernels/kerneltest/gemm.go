@@ -128,6 +128,21 @@ func testGemm(t *testing.T, b kernels.Backend) {
 			}
 		}
 	}
+	// The adapters' products: K a LoRA rank, bf16 in and out, beta 0, rows
+	// and offsets in whole 16-byte chunks (the shapes the CUDA backend's
+	// thin-K kernels take), over several 128-wide tiles with partial ones.
+	for _, k := range []int{16, 32, 48, 64} {
+		for _, tb := range []bool{false, true} {
+			t.Run(fmt.Sprintf("rank-K/%d/tB=%v", k, tb), func(t *testing.T) {
+				g := kernels.GemmArgs{TransB: tb, M: 300, N: 264, K: k, Batch: 1, Alpha: 0.5, LDA: k + 8, LDB: 264 + 8, LDC: 264 + 16,
+					OffA: 8, OffB: 16, OffC: 8}
+				if tb {
+					g.LDB = k + 8
+				}
+				paGemmRun(t, b, g, kernels.BF16, kernels.BF16)
+			})
+		}
+	}
 	t.Run("K=0", func(t *testing.T) {
 		// An empty inner dimension leaves beta·C.
 		g := kernels.GemmArgs{M: 7, N: 5, K: 0, Batch: 1, Alpha: 1, Beta: 0.5, LDA: 1, LDB: 5, LDC: 5}

@@ -1,0 +1,49 @@
+package cuda
+
+import (
+	"fmt"
+
+	"github.com/newbie-train/newbie-train/kernels"
+)
+
+// thinGemm runs g on gemm_thin.cu's kernels where they apply — bf16 A, B
+// and C, a rank-sized K (16, 32, 48 or 64), one batch, A not transposed,
+// beta 0, N and every leading dimension and offset a multiple of 8
+// elements (16-byte rows), on a GPU with bf16 tensor cores — and reports
+// whether it did. The operands' extents have been checked by Gemm.
+func (c *Backend) thinGemm(g kernels.GemmArgs, a, b, cc *buffer) bool {
+	if !c.fast(fastThinGemm) || !c.tensorCoreArch() || a.dt != kernels.BF16 || cc.dt != kernels.BF16 ||
+		g.Batch != 1 || g.TransA || g.Beta != 0 || g.M == 0 || g.N == 0 || g.N%8 != 0 || (g.M+127)/128 > 65535 {
+		return false
+	}
+	switch g.K {
+	case 16, 32, 48, 64:
+	default:
+		return false
+	}
+	for _, v := range []int{g.LDA, g.LDB, g.LDC, g.OffA, g.OffB, g.OffC} {
+		if v%8 != 0 {
+			return false
+		}
+	}
+	form := "nn"
+	if g.TransB {
+		form = "nt"
+	}
+	esz := uint64(a.dt.Size())
+	c.launch(fmt.Sprintf("gemm_thin_k%d_%s", g.K, form), dims{(g.N + 127) / 128, (g.M + 127) / 128, 1}, 256, thinSmem(g.K, g.TransB),
+		cc.ptr+uint64(g.OffC)*esz, a.ptr+uint64(g.OffA)*esz, b.ptr+uint64(g.OffB)*esz, g.M, g.N, g.LDA, g.LDB, g.LDC, g.Alpha)
+	return true
+}
+
+// thinSmem is the dynamic shared memory of gemm_thin.cu's kernel for K and
+// the form of B (bt: [N, K]): the A and B tiles, or the C tile that reuses
+// them, whichever is larger, in 16-bit elements of padded rows.
+func thinSmem(k int, bt bool) int {
+	const bm, bn = 128, 128
+	ab := bm*(k+8) + k*(bn+8)
+	if bt {
+		ab = bm*(k+8) + bn*(k+8)
+	}
+	return 2 * max(ab, bm*(bn+8))
+}
