@@ -127,35 +127,44 @@ func BenchmarkGemm(b *testing.B) {
 	}
 }
 
-// BenchmarkThinGemm times the adapters' rank-32 products that write a
-// model-width output at 1024² (M = 4352): the up-projections y = u·bᵀ
-// (B [N, 32]) and the dx shares du·a (B [32, N]), each on gemm_thin.cu's
-// kernels and on cuBLAS (the thingemm fast path off), with the time the
-// output's bytes alone would take at 4.8 TB/s beside them.
+// BenchmarkThinGemm times the adapters' rank-32 products at 1024² (M =
+// 4352 tokens) against widths w of the model (2304, the qkv's 3840, the
+// SwiGLU's 9216), each on gemm_thin.cu's kernels and on cuBLAS (the
+// thingemm fast path off), with the time the big operand's bytes alone
+// would take at 4.8 TB/s beside them: the up-projections y = u·bᵀ (up:
+// [M, 32]·[w, 32]ᵀ) and the dx shares du·a (dx: [M, 32]·[32, w]), which
+// write an [M, w] tile, and the down-projections u = h·aᵀ (down: [M,
+// w]·[32, w]ᵀ) and du = g·b (du: [M, w]·[w, 32]), which read one.
 func BenchmarkThinGemm(b *testing.B) {
 	c := openGPU(b)
 	const M, R = 4352, 32
-	for _, n := range []int{2304, 3840, 9216} {
-		for _, tb := range []bool{true, false} {
+	for _, w := range []int{2304, 3840, 9216} {
+		for _, form := range []string{"up", "dx", "down", "du"} {
 			for _, kernel := range []string{"thin", "cublas"} {
-				form := map[bool]string{true: "up", false: "dx"}[tb]
-				b.Run(fmt.Sprintf("%s_%d/%s", form, n, kernel), func(b *testing.B) {
+				b.Run(fmt.Sprintf("%s_%d/%s", form, w, kernel), func(b *testing.B) {
 					prev := c.off
 					if kernel == "cublas" {
 						c.off = map[string]bool{fastThinGemm: true}
 					}
 					defer func() { c.off = prev }()
-					A := randBuf(b, c, kernels.BF16, M*R, 1, 1)
-					B := randBuf(b, c, kernels.BF16, n*R, 2, 0.02)
-					C, _ := c.Alloc(kernels.BF16, M*n)
-					defer c.Free(A)
-					defer c.Free(B)
-					defer c.Free(C)
-					ldb := n
-					if tb {
-						ldb = R
+					var g kernels.GemmArgs
+					switch form {
+					case "up":
+						g = kernels.GemmArgs{TransB: true, N: w, K: R, LDA: R, LDB: R, LDC: w}
+					case "dx":
+						g = kernels.GemmArgs{N: w, K: R, LDA: R, LDB: w, LDC: w}
+					case "down":
+						g = kernels.GemmArgs{TransB: true, N: R, K: w, LDA: w, LDB: w, LDC: R}
+					case "du":
+						g = kernels.GemmArgs{N: R, K: w, LDA: w, LDB: R, LDC: R}
 					}
-					g := kernels.GemmArgs{TransB: tb, M: M, N: n, K: R, Batch: 1, Alpha: 0.5, A: A, LDA: R, B: B, LDB: ldb, C: C, LDC: n}
+					g.M, g.Batch, g.Alpha = M, 1, 0.5
+					g.A = randBuf(b, c, kernels.BF16, M*g.K, 1, 1)
+					g.B = randBuf(b, c, kernels.BF16, g.N*g.K, 2, 0.02)
+					g.C, _ = c.Alloc(kernels.BF16, M*g.N)
+					defer c.Free(g.A)
+					defer c.Free(g.B)
+					defer c.Free(g.C)
 					iters := max(b.N, 30)
 					ms := median(eventTimes(b, c, 3, iters, func() {
 						for r := 0; r < 10; r++ {
@@ -163,7 +172,7 @@ func BenchmarkThinGemm(b *testing.B) {
 						}
 					})) / 10
 					b.ReportMetric(ms, "ms/op")
-					b.ReportMetric(float64(M*n*2)/4.8e12*1e3, "write-floor-ms")
+					b.ReportMetric(float64(M*w*2)/4.8e12*1e3, "bytes-floor-ms")
 				})
 			}
 		}

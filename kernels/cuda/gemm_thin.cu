@@ -133,3 +133,136 @@ extern "C" __global__ void __launch_bounds__(256) gemm_thin_k32_nn(THIN_ARGS) { 
 extern "C" __global__ void __launch_bounds__(256) gemm_thin_k48_nn(THIN_ARGS) { thin_gemm_body<48, false>(c, a, b, m, n, lda, ldb, ldc, (float)alpha); }
 extern "C" __global__ void __launch_bounds__(256) gemm_thin_k64_nn(THIN_ARGS) { thin_gemm_body<64, false>(c, a, b, m, n, lda, ldb, ldc, (float)alpha); }
 #undef THIN_ARGS
+
+// ---------------------------------------------------------------------------
+// The other thin side: C [M, N] = alpha·A·op(B) with N a LoRA rank (16, 32,
+// 48 or 64) and K long — the adapters' down-projections u = h·aᵀ (B given
+// as [N, K]: _nt) and their gradients' du = g·b (B given as [K, N]: _nn).
+// These read a model-width A and write almost nothing, so they are bound
+// by A's reads; cuBLAS ran them at about 15 µs where A's bytes take 5–8
+// (the same profile: 478 a step, 7.4 ms). With N that small a tile of C per
+// block leaves most of the GPU idle (4352 rows are 68 tiles of 64), so K
+// is split too: block (i, s) sums K range s of M tile i into float32
+// partials P [S, M, N], and gemm_narrow_reduce adds the S partials of each
+// element in order, scales by alpha and rounds once to bf16 (the same
+// result on every run).
+//
+// A block is 4 warps over 64 rows, each warp 16 rows × all N columns. A
+// and B stream through shared memory in tiles of 64 of K, three stages
+// deep (cp.async, zero-filled past M and K): A [64][64+8], B [N][64+8]
+// (_nt) or [64][N+8] (_nn).
+
+template <int N, bool BT>
+__device__ __forceinline__ void narrow_load(u16* sA, u16* sB, const u16* a, const u16* b, i64 m0, i64 m, i64 k, i64 lda, i64 ldb,
+                                            i64 k0) {
+  constexpr int LDS = 64 + 8, LDN = N + 8;
+  const int tid = threadIdx.x;
+  const u32 aU = smem_u32(sA), bU = smem_u32(sB);
+#pragma unroll
+  for (int it = 0; it < 64 * 8 / 128; it++) {  // A: 64 rows × 8 chunks
+    const int ch = tid + it * 128, r = ch >> 3, cc = ch & 7;
+    const bool ok = m0 + r < m && k0 + cc * 8 < k;
+    cp16(aU + (u32)((r * LDS + cc * 8) * 2), ok ? a + (m0 + r) * lda + k0 + cc * 8 : a, ok);
+  }
+  if constexpr (BT) {
+#pragma unroll
+    for (int it = 0; it < N * 8 / 128; it++) {  // B: N rows × 8 chunks of K
+      const int ch = tid + it * 128, r = ch >> 3, cc = ch & 7;
+      const bool ok = k0 + cc * 8 < k;
+      cp16(bU + (u32)((r * LDS + cc * 8) * 2), ok ? b + r * ldb + k0 + cc * 8 : b, ok);
+    }
+  } else {
+    constexpr int CPR = N / 8;  // chunks per row of B
+#pragma unroll
+    for (int it = 0; it < 64 * CPR / 128; it++) {  // B: 64 rows of K × N/8 chunks
+      const int ch = tid + it * 128, r = ch / CPR, cc = ch % CPR;
+      const bool ok = k0 + r < k;
+      cp16(bU + (u32)((r * LDN + cc * 8) * 2), ok ? b + (k0 + r) * ldb + cc * 8 : b, ok);
+    }
+  }
+}
+
+template <int N, bool BT>
+__device__ __forceinline__ void narrow_body(float* part, const u16* a, const u16* b, i64 m, i64 k, i64 lda, i64 ldb, i64 kc) {
+  constexpr int LDS = 64 + 8, LDN = N + 8, STAGES = 3;
+  constexpr int AE = 64 * LDS, BE = BT ? N * LDS : 64 * LDN;
+  extern __shared__ __align__(16) unsigned char smem_raw[];  // STAGES·(AE+BE) elements: narrowSmem in gemm_thin.go
+  u16* sm = (u16*)smem_raw;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, tg = lane & 3;
+  const i64 m0 = (i64)blockIdx.x * 64;
+  const i64 s = blockIdx.y, nk = (k + 63) / 64;
+  const i64 t0 = s * kc, t1 = min(nk, t0 + kc);  // this split's tiles of 64 of K
+  const int T = t1 > t0 ? (int)(t1 - t0) : 0;
+
+  float acc[N / 8][4];
+#pragma unroll
+  for (int nt = 0; nt < N / 8; nt++) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+  // Two tiles in flight before the first product; one commit group a
+  // tile (empty past the last) keeps cp_wait<1>'s count uniform.
+#pragma unroll
+  for (int p = 0; p < STAGES - 1; p++) {
+    if (p < T) narrow_load<N, BT>(sm + p * (AE + BE), sm + p * (AE + BE) + AE, a, b, m0, m, k, lda, ldb, (t0 + p) * 64);
+    cp_commit();
+  }
+  for (int t = 0; t < T; t++) {
+    cp_wait<STAGES - 2>();
+    __syncthreads();  // tile t has landed for every thread; stage (t−1) is free again
+    {
+      const int p = t + STAGES - 1;
+      const int st = p % STAGES;
+      if (p < T) narrow_load<N, BT>(sm + st * (AE + BE), sm + st * (AE + BE) + AE, a, b, m0, m, k, lda, ldb, (t0 + p) * 64);
+      cp_commit();
+    }
+    const u16* sA = sm + (t % STAGES) * (AE + BE);
+    const u32 aU = smem_u32(sA), bU = smem_u32(sA + AE);
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+      u32 af[4];
+      ldsm4(aU + (u32)(((warp * 16 + (lane & 15)) * LDS + kk * 16 + (lane >> 4) * 8) * 2), af[0], af[1], af[2], af[3]);
+#pragma unroll
+      for (int np = 0; np < N / 16; np++) {
+        u32 b0, b1, b2, b3;
+        if constexpr (BT)
+          ldsm4(bU + (u32)(((np * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + kk * 16 + ((lane >> 3) & 1) * 8) * 2), b0, b1, b2, b3);
+        else
+          ldsm4t(bU + (u32)(((kk * 16 + (lane & 7) + ((lane >> 3) & 1) * 8) * LDN + np * 16 + (lane >> 4) * 8) * 2), b0, b1, b2, b3);
+        mma16816(acc[2 * np], af, b0, b1);
+        mma16816(acc[2 * np + 1], af, b2, b3);
+      }
+    }
+  }
+  cp_wait0();
+  float* out = part + s * m * N;
+#pragma unroll
+  for (int nt = 0; nt < N / 8; nt++) {
+    const i64 r = m0 + warp * 16 + g;
+    const int col = nt * 8 + tg * 2;
+    if (r < m) *(float2*)(out + r * N + col) = make_float2(acc[nt][0], acc[nt][1]);
+    if (r + 8 < m) *(float2*)(out + (r + 8) * N + col) = make_float2(acc[nt][2], acc[nt][3]);
+  }
+}
+
+// gemm_narrow_nN_{nt,nn}: the split products per N. Grid: (⌈M/64⌉, S),
+// 128 threads, narrowSmem's dynamic shared memory; kc is the split's length
+// in tiles of 64 of K.
+#define NARROW_ARGS float *part, const u16 *a, const u16 *b, i64 m, i64 k, i64 lda, i64 ldb, i64 kc
+extern "C" __global__ void __launch_bounds__(128) gemm_narrow_n16_nt(NARROW_ARGS) { narrow_body<16, true>(part, a, b, m, k, lda, ldb, kc); }
+extern "C" __global__ void __launch_bounds__(128) gemm_narrow_n32_nt(NARROW_ARGS) { narrow_body<32, true>(part, a, b, m, k, lda, ldb, kc); }
+extern "C" __global__ void __launch_bounds__(128) gemm_narrow_n48_nt(NARROW_ARGS) { narrow_body<48, true>(part, a, b, m, k, lda, ldb, kc); }
+extern "C" __global__ void __launch_bounds__(128) gemm_narrow_n64_nt(NARROW_ARGS) { narrow_body<64, true>(part, a, b, m, k, lda, ldb, kc); }
+extern "C" __global__ void __launch_bounds__(128) gemm_narrow_n16_nn(NARROW_ARGS) { narrow_body<16, false>(part, a, b, m, k, lda, ldb, kc); }
+extern "C" __global__ void __launch_bounds__(128) gemm_narrow_n32_nn(NARROW_ARGS) { narrow_body<32, false>(part, a, b, m, k, lda, ldb, kc); }
+extern "C" __global__ void __launch_bounds__(128) gemm_narrow_n48_nn(NARROW_ARGS) { narrow_body<48, false>(part, a, b, m, k, lda, ldb, kc); }
+extern "C" __global__ void __launch_bounds__(128) gemm_narrow_n64_nn(NARROW_ARGS) { narrow_body<64, false>(part, a, b, m, k, lda, ldb, kc); }
+#undef NARROW_ARGS
+
+// gemm_narrow_reduce: C[i, j] = bf16(alpha · Σ_s P[s, i, j]), s in order,
+// for the M × N elements of P (row stride N) into C (row stride ldc).
+extern "C" __global__ void gemm_narrow_reduce(u16* c, const float* part, i64 m, i64 n, i64 splits, i64 ldc, double alpha) {
+  GRID_STRIDE(i, m * n) {
+    float t = 0.f;
+    for (i64 s = 0; s < splits; s++) t += part[s * m * n + i];
+    c[(i / n) * ldc + i % n] = f32_to_bf16((float)alpha * t);
+  }
+}

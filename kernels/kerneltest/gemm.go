@@ -143,6 +143,20 @@ func testGemm(t *testing.T, b kernels.Backend) {
 			})
 		}
 	}
+	// The adapters' down-projections and their gradients: N a rank, K long
+	// and not a multiple of 64.
+	for _, n := range []int{16, 32, 48, 64} {
+		for _, tb := range []bool{false, true} {
+			t.Run(fmt.Sprintf("rank-N/%d/tB=%v", n, tb), func(t *testing.T) {
+				g := kernels.GemmArgs{TransB: tb, M: 300, N: n, K: 520, Batch: 1, Alpha: 0.5, LDA: 520 + 8, LDB: n + 8, LDC: n + 8,
+					OffA: 8, OffB: 16, OffC: 8}
+				if tb {
+					g.LDB = 520 + 16
+				}
+				paGemmRun(t, b, g, kernels.BF16, kernels.BF16)
+			})
+		}
+	}
 	t.Run("K=0", func(t *testing.T) {
 		// An empty inner dimension leaves beta·C.
 		g := kernels.GemmArgs{M: 7, N: 5, K: 0, Batch: 1, Alpha: 1, Beta: 0.5, LDA: 1, LDB: 5, LDC: 5}

@@ -44,7 +44,7 @@ cp=$!
 waitfor "ours --res $res1 ended" && {
   log "idle 1: CUDA suites"
   (cd kernels/cuda && "$ROOT/.gpu/cuda.test" -test.count=1 -test.timeout=120s \
-    -test.run 'TestConformance|TestAgainstCPU|TestFaults|TestMemorySteady|TestGraphsMatchPlain|TestGraphsTrainSameBits|TestDeviceTimer' \
+    -test.run 'TestConformance|TestAgainstCPU|TestFaults|TestMemorySteady|TestGraphsMatchPlain|TestGraphsTrainSameBits|TestThinGemm|TestDeviceTimer' \
     >"$OUT/cuda-tests.log" 2>&1; echo "rc=$?" >>"$OUT/cuda-tests.log")
   log "idle 1: parity"
   G=.gpu/golden N=.gpu/golden/nextdit

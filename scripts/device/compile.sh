@@ -8,7 +8,9 @@
 # Usage: bash scripts/device/compile.sh RES:CKPT[:BATCH] [...]
 #   e.g. bash scripts/device/compile.sh 768:off 1024:both 1024:off:2
 # (CKPT: newbie-train bench's --checkpointing, off, on or both; BATCH
-# defaults to 1).
+# defaults to 1). COMPILE_BENCH_ARGS are added to our bench's arguments,
+# e.g. "--compare-off ;thingemm" to measure a fast path on and off in the
+# pair.
 #
 # torch.compile compiles inside the anchor's first step: 4–6 minutes of CPU
 # with the GPU idle. Each pair starts the anchor with --compile in the
@@ -40,7 +42,8 @@ for pair in "$@"; do
   ) &
   tp=$!
   echo "== $(ts) ours bench --res $res --batch $batch --checkpointing $ckpt started" >>"$L"
-  timeout 200 .gpu/newbie-train bench --res "$res" --batch "$batch" --checkpointing "$ckpt" --steps 10 --warmup 3 >>"$L" 2>&1 || status=1
+  # shellcheck disable=SC2086 # COMPILE_BENCH_ARGS is a list of words
+  timeout 200 .gpu/newbie-train bench --res "$res" --batch "$batch" --checkpointing "$ckpt" --steps 10 --warmup 3 ${COMPILE_BENCH_ARGS:-} >>"$L" 2>&1 || status=1
   echo "== $(ts) ours --res $res ended" >>"$L"
   if ! kill -0 $tp 2>/dev/null; then
     echo "== --res $res: torch ended before ours: the two may have overlapped, do not compare" >>"$L"
@@ -49,5 +52,5 @@ for pair in "$@"; do
   wait $tp || status=1
   grep '^{' "$OUT/compile$res-$batch.log" >>"$L"
 done
-grep -E '^(==|\| (off|on) |\{)' "$L"
+grep -E '^(==|\| (off|on|all on|off: [a-z,]+) |\{)' "$L"
 exit $status

@@ -21,7 +21,7 @@ nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1
 if [ "${PROFILE_SUITES:-1}" != 0 ]; then
   cd kernels/cuda
   step "cuda suites" cuda-tests.log "$ROOT/.gpu/cuda.test" -test.v -test.count=1 -test.timeout=240s \
-    -test.run 'TestConformance|TestAgainstCPU|TestFaults|TestMemorySteady|TestGraphsMatchPlain|TestGraphsTrainSameBits|TestDeviceTimer'
+    -test.run 'TestConformance|TestAgainstCPU|TestFaults|TestMemorySteady|TestGraphsMatchPlain|TestGraphsTrainSameBits|TestThinGemm|TestDeviceTimer'
   cd "$ROOT"
 fi
 for res in ${PROFILE_RES:-1024 768}; do
