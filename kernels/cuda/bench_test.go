@@ -127,19 +127,17 @@ func BenchmarkGemm(b *testing.B) {
 	}
 }
 
-// BenchmarkThinGemm times the adapters' rank-32 products at 1024² (M =
-// 4352 tokens) against widths w of the model (2304, the qkv's 3840, the
-// SwiGLU's 9216), each on gemm_thin.cu's kernels and on cuBLAS (the
-// thingemm fast path off), with the time the big operand's bytes alone
-// would take at 4.8 TB/s beside them: the up-projections y = u·bᵀ (up:
-// [M, 32]·[w, 32]ᵀ) and the dx shares du·a (dx: [M, 32]·[32, w]), which
-// write an [M, w] tile, and the down-projections u = h·aᵀ (down: [M,
-// w]·[32, w]ᵀ) and du = g·b (du: [M, w]·[w, 32]), which read one.
+// BenchmarkThinGemm times the adapters' rank-32 products that write a
+// model-width tile at 1024² (M = 4352 tokens; widths w of 2304, the qkv's
+// 3840 and the SwiGLU's 9216) on gemm_thin.cu's kernels and on cuBLAS (the
+// thingemm fast path off), with the time the tile's bytes alone would take
+// at 4.8 TB/s beside them: the up-projections y = u·bᵀ (up: [M, 32]·[w,
+// 32]ᵀ) and the dx shares du·a (dx: [M, 32]·[32, w]).
 func BenchmarkThinGemm(b *testing.B) {
 	c := openGPU(b)
 	const M, R = 4352, 32
 	for _, w := range []int{2304, 3840, 9216} {
-		for _, form := range []string{"up", "dx", "down", "du"} {
+		for _, form := range []string{"up", "dx"} {
 			for _, kernel := range []string{"thin", "cublas"} {
 				b.Run(fmt.Sprintf("%s_%d/%s", form, w, kernel), func(b *testing.B) {
 					prev := c.off
@@ -153,10 +151,6 @@ func BenchmarkThinGemm(b *testing.B) {
 						g = kernels.GemmArgs{TransB: true, N: w, K: R, LDA: R, LDB: R, LDC: w}
 					case "dx":
 						g = kernels.GemmArgs{N: w, K: R, LDA: R, LDB: w, LDC: w}
-					case "down":
-						g = kernels.GemmArgs{TransB: true, N: R, K: w, LDA: w, LDB: w, LDC: R}
-					case "du":
-						g = kernels.GemmArgs{N: R, K: w, LDA: w, LDB: R, LDC: R}
 					}
 					g.M, g.Batch, g.Alpha = M, 1, 0.5
 					g.A = randBuf(b, c, kernels.BF16, M*g.K, 1, 1)

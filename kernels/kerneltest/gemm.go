@@ -143,8 +143,8 @@ func testGemm(t *testing.T, b kernels.Backend) {
 			})
 		}
 	}
-	// The adapters' down-projections and their gradients: N a rank, K long
-	// and not a multiple of 64.
+	// The adapters' down-projections and their gradients' du: N a rank, K
+	// long and not a multiple of 64.
 	for _, n := range []int{16, 32, 48, 64} {
 		for _, tb := range []bool{false, true} {
 			t.Run(fmt.Sprintf("rank-N/%d/tB=%v", n, tb), func(t *testing.T) {

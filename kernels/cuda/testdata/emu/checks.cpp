@@ -581,63 +581,7 @@ static void thin_case(const ThinCase& k) {
   emu_report(k.name, emu_relerr(got, want), 4e-3);
 }
 
-// gemm_narrow_n* and gemm_narrow_reduce: N a rank, K split into splits
-// ranges of kc tiles of 64 (the last short or, with splits > ⌈K/64/kc⌉,
-// empty), K not a multiple of 64, a partial tile of rows, a grid-stride
-// reduce of 3 blocks.
-struct NarrowCase {
-  const char* name;
-  i64 M, N, K, lda, ldb, ldc, splits;
-  bool bt;
-  double alpha;
-};
-
-static void narrow_case(const NarrowCase& k) {
-  std::vector<u16> ha(k.M * k.lda), hb(k.bt ? k.N * k.ldb : k.K * k.ldb);
-  for (auto& v : ha) v = emu_bf16_of(emu_randn());
-  for (auto& v : hb) v = emu_bf16_of(emu_randn());
-  u16 *a = emu_upload(ha), *b = emu_upload(hb);
-  u16* c = emu_upload(std::vector<u16>(k.M * k.ldc, 0xffff));
-  const i64 nk = (k.K + 63) / 64, kc = (nk + k.splits - 1) / k.splits;
-  float* part = emu_upload(std::vector<float>(k.splits * k.M * k.N, NAN));
-  auto kern = k.bt ? (k.N == 16 ? gemm_narrow_n16_nt : k.N == 32 ? gemm_narrow_n32_nt : k.N == 48 ? gemm_narrow_n48_nt : gemm_narrow_n64_nt)
-                   : (k.N == 16 ? gemm_narrow_n16_nn : k.N == 32 ? gemm_narrow_n32_nn : k.N == 48 ? gemm_narrow_n48_nn : gemm_narrow_n64_nn);
-  // narrowSmem of gemm_thin.go.
-  const size_t smem = (size_t)(3 * 2 * (64 * 72 + (k.bt ? k.N * 72 : 64 * (k.N + 8))));
-  emu_launch(kern, uint3e{(unsigned)((k.M + 63) / 64), (unsigned)k.splits, 1}, 128, smem, part, (const u16*)a, (const u16*)b, k.M, k.K,
-             k.lda, k.ldb, kc);
-  emu_launch(gemm_narrow_reduce, uint3e{3, 1, 1}, 256, 0, c, (const float*)part, k.M, k.N, k.splits, k.ldc, k.alpha);
-  std::vector<double> got(k.M * k.N), want(k.M * k.N);
-  i64 stray = 0;
-  for (i64 i = 0; i < k.M; i++) {
-    for (i64 j = 0; j < k.N; j++) {
-      double s = 0;
-      for (i64 q = 0; q < k.K; q++) {
-        const double bv = emu_bf16_value(k.bt ? hb[j * k.ldb + q] : hb[q * k.ldb + j]);
-        s += (double)emu_bf16_value(ha[i * k.lda + q]) * bv;
-      }
-      want[i * k.N + j] = k.alpha * s;
-      got[i * k.N + j] = emu_bf16_value(c[i * k.ldc + j]);
-    }
-    for (i64 j = k.N; j < k.ldc; j++)
-      if (c[i * k.ldc + j] != 0xffff) stray++;
-  }
-  char name[160];
-  snprintf(name, sizeof name, "%s: %lld stray writes past N", k.name, (long long)stray);
-  emu_report(name, stray ? 1.0 : 0.0, 0);
-  emu_report(k.name, emu_relerr(got, want), 4e-3);
-}
-
 int main() {
-  const NarrowCase narrow[] = {
-      {"narrow/n32/nt/300x520/3 splits", 300, 32, 520, 520, 520, 32, 3, true, 0.5},
-      {"narrow/n32/nn/300x520/3 splits", 300, 32, 520, 528, 32, 40, 3, false, 2.0},
-      {"narrow/n16/nt/65x200/one split", 65, 16, 200, 208, 200, 16, 1, true, 1.0},
-      {"narrow/n48/nn/130x264/4 splits, one short, one empty", 130, 48, 264, 264, 56, 48, 4, false, 1.0},
-      {"narrow/n64/nt/64x1024/4 splits", 64, 64, 1024, 1024, 1032, 72, 4, true, 0.25},
-      {"narrow/n64/nn/70x136", 70, 64, 136, 136, 64, 64, 2, false, 1.0},
-  };
-  for (const auto& c : narrow) narrow_case(c);
   const ThinCase cases[] = {
       {"thin/k32/nt/300x264", 300, 264, 32, 32, 32, 264, true, 0.5},
       {"thin/k32/nn/300x264", 300, 264, 32, 32, 264, 264, false, 2.0},
