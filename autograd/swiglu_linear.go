@@ -3,6 +3,8 @@ package autograd
 import (
 	"fmt"
 	"slices"
+
+	"github.com/newbie-train/newbie-train/kernels"
 )
 
 // SwiGLULoRALinear returns g·wᵀ + scale·(g·aᵀ)·bᵀ for g = SwiGLU(h1, h3):
@@ -160,13 +162,21 @@ func SwiGLULoRALinear(h1, h3, w, a, b *Tensor, scale float64) *Tensor {
 			if need1 {
 				gh1 = e.newTensor(hd, hs)
 			}
+			// h3's gradient is written over dg, which dies here (the
+			// backend allows db to be dy): one hidden-width tensor
+			// fewer at the backward's peak.
+			if e.live(name+" backward", dg) && (gh1 == nil || gh1.st != nil) {
+				var db kernels.Buffer
+				if need3 {
+					db = dg.st.buf
+				}
+				e.b.SwiGLUGrad(bufOf(gh1), db, dg.st.buf, sh1.st.buf, sh3.st.buf)
+			}
 			if need3 {
-				gh3 = e.newTensor(hd, hs)
+				gh3 = dg
+			} else {
+				dg.Release()
 			}
-			if e.live(name+" backward", dg) && (gh1 == nil || gh1.st != nil) && (gh3 == nil || gh3.st != nil) {
-				e.b.SwiGLUGrad(bufOf(gh1), bufOf(gh3), dg.st.buf, sh1.st.buf, sh3.st.buf)
-			}
-			dg.Release()
 		}
 		return []*Tensor{gh1, gh3, gw, ga, gb}
 	})

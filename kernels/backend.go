@@ -137,7 +137,8 @@ type Backend interface {
 	SwiGLU(y, a, b Buffer)
 	// SwiGLUGrad computes, for operands all of one dtype, da = SiLU'(a) ·
 	// (dy⊙b) and db = dy ⊙ SiLU(a), each product rounded as the separate
-	// ops round it (dy⊙b and SiLU(a) stored first); da or db may be nil.
+	// ops round it (dy⊙b and SiLU(a) stored first); da or db may be nil,
+	// and db may be dy itself (written over it; da may not).
 	SwiGLUGrad(da, db, dy, a, b Buffer)
 
 	// Conv2D computes y [n, cout, ho, wo] = conv(x [n, cin, h, w], w [cout,

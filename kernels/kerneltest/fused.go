@@ -313,7 +313,8 @@ func siluRef(x float64) (y, dy float64) {
 }
 
 // testSwiGLU checks y = SiLU(a)·b, da = SiLU'(a)·dy·b and db = dy·SiLU(a)
-// against float64, with each gradient asked for alone as well.
+// against float64, with each gradient asked for alone as well, and db
+// written over dy.
 func testSwiGLU(t *testing.T, b kernels.Backend) {
 	for ci, n := range []int{37, 8 * 13, 4096 + 8} {
 		for _, d := range pbDTypesFor(ci) {
@@ -339,6 +340,13 @@ func testSwiGLU(t *testing.T, b kernels.Backend) {
 				Check(t, "da alone", Get(t, b, only), da, Tol(d, d))
 				b.SwiGLUGrad(nil, only, gb, ab, vb)
 				Check(t, "db alone", Get(t, b, only), db, Tol(d, d))
+				// db into dy's own storage (the backward of
+				// SwiGLULoRALinear reuses its dg so).
+				inPlace, _ := Put(t, b, d, g)
+				da2 := Poisoned(t, b, d, n)
+				b.SwiGLUGrad(da2, inPlace, inPlace, ab, vb)
+				Check(t, "da beside db in dy", Get(t, b, da2), da, Tol(d, d))
+				Check(t, "db in dy", Get(t, b, inPlace), db, Tol(d, d))
 			})
 		}
 	}

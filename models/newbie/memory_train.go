@@ -64,13 +64,13 @@ const (
 	trainBlockConstant = 40
 	// Once, the backward's working set at its largest (the last block's
 	// gradients in float32 beside their bf16 sources), and the loss's
-	// latent-sized tensors. Per SwiGLU width 10 bytes since 2026-12-04
-	// (12 before): the down projection and its update became one op
+	// latent-sized tensors. Per SwiGLU width 8 bytes since 2026-12-04 (12
+	// before): the down projection and its update became one op
 	// (autograd.SwiGLULoRALinear), whose backward holds one hidden-width
-	// gradient where the composition held two; refitted on the same CPU
-	// measurements.
+	// gradient where the composition held two, and that backward writes
+	// h3's gradient over its dg; refitted on the same CPU measurements.
 	trainBackPerDim   = 2
-	trainBackPerFFN   = 10
+	trainBackPerFFN   = 8
 	trainBackPerHeadD = 8
 	trainBackConstant = 632
 	// With checkpointing each block keeps only its bf16 input; the

@@ -71,7 +71,9 @@ func trainStep(t *testing.T, be *cpu.Backend, e *ag.Engine, m *nextdit.Model, op
 // model's fixed costs vanish — within 6 % of the measured growth between
 // two latent sizes; and the whole step never under the measured peak
 // (above it by the margin, and by the per-token terms the tiny model's
-// fixed costs do not follow, at most 50 %).
+// fixed costs do not follow, at most 60 %: with checkpointing the smallest
+// case's peak sits 30 % below its per-token line, since the backward's
+// working set there is a few tensors of a few tokens).
 func TestEstimateTrain(t *testing.T) {
 	tiny, _ := nextdit.Preset("tiny")
 	mult := 1.5
@@ -138,7 +140,7 @@ func TestEstimateTrain(t *testing.T) {
 					slopes[k] = per
 					ratio := float64(est.Activations) / float64(measured[k])
 					t.Logf("%s: activations estimated %d, measured %d (×%.3f)", est.Basis, est.Activations, measured[k], ratio)
-					if ratio < 1 || ratio > 1.5 {
+					if ratio < 1 || ratio > 1.6 {
 						t.Errorf("%s: activations estimated %d for a measured %d (×%.3f)", est.Basis, est.Activations, measured[k], ratio)
 					}
 				}
