@@ -94,18 +94,32 @@ func NormScale(x, w *Tensor, eps float64, o NormScaleOptions) *Tensor {
 				gn = castTo(g, nD)
 				defer gn.Release()
 			}
-			dx := e.newTensor(sx.dtype, sx.shape)
 			var ds *Tensor
 			ga := a
-			ga.Res = nil // the backward reads no residual (its buffer may be gone)
+			ga.Res = nil // the forward's residual (its buffer may be gone)
 			if ss != nil {
 				ga.S = ss.st.buf
+			}
+			// Into x's pending gradient when another reader's backward has
+			// made one — the block's residual path reads x too (the
+			// post-norm's Res) — so that no second gradient and no add
+			// over the model width are needed: NormScaleGrad's Res is the
+			// gradient dx adds to, here dx itself.
+			var dx, dst *Tensor
+			if needX {
+				dst = e.pendingSink(xin, sx.dtype)
+			}
+			if dst != nil {
+				ga.Res = dst.st.buf
+			} else {
+				dx = e.newTensor(sx.dtype, sx.shape)
+				dst = dx
 			}
 			if needS {
 				ds = e.newTensor(ss.dtype, ss.shape)
 			}
-			if e.live(name+" backward", gn) && dx.st != nil && (ds == nil || ds.st != nil) {
-				e.b.NormScaleGrad(dx.st.buf, bufOf(ds), gn.st.buf, sx.st.buf, bufOf(sw), sr.st.buf, ga)
+			if e.live(name+" backward", gn) && dst.st != nil && (ds == nil || ds.st != nil) {
+				e.b.NormScaleGrad(dst.st.buf, bufOf(ds), gn.st.buf, sx.st.buf, bufOf(sw), sr.st.buf, ga)
 			}
 			if !needX {
 				dx.Release()

@@ -199,3 +199,50 @@ func TestFusedMatchesComposition(t *testing.T) {
 		})
 	}
 }
+
+// TestNormScalePendingSink: in a Next-DiT block the block's input x is
+// read twice, by the pre-norm (NormScale of x) and as the post-norm's
+// residual. The residual path's gradient is made first in the backward;
+// the pre-norm's backward then adds its dx into it inside NormScaleGrad
+// (no add over x's size), and x's gradient is what it is when x's two
+// readers read separate copies and the two gradients are summed.
+func TestNormScalePendingSink(t *testing.T) {
+	const rows, cols = 6, 8
+	run := func(shared bool) (gx []float64, adds int) {
+		be := &sizedAdds{Backend: cpu.New(), n: rows * cols}
+		e := autograd.New(be)
+		x0 := fixed(e, 41, 2, 3, cols)
+		x0.Input()
+		s := fixed(e, 42, 2, 2*cols)
+		w1, w2 := fixed(e, 43, cols), fixed(e, 44, cols)
+		xa := autograd.Scale(x0, 1.5) // the block's input, an intermediate
+		xb := xa
+		if !shared {
+			xb = autograd.Scale(x0, 1.5) // the same values, a second tensor
+		}
+		h := autograd.NormScale(xa, w1, 1e-5, autograd.NormScaleOptions{S: s, Chunk: 0, Chunks: 2, Mode: kernels.ScaleOnePlus})
+		a := autograd.Tanh(h) // stands for the attention
+		y := autograd.NormScale(a, w2, 1e-5, autograd.NormScaleOptions{S: s, Chunk: 1, Chunks: 2, Mode: kernels.ScaleTanh, Res: xb})
+		loss := autograd.SumAll(autograd.Square(y))
+		be.adds = 0
+		if err := e.Backward(loss); err != nil {
+			t.Fatal(err)
+		}
+		g, err := x0.Grad().Values()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return g, be.adds
+	}
+	sunk, adds := run(true)
+	apart, addsApart := run(false)
+	if adds != 0 {
+		t.Errorf("%d adds over the block input's gradient; want the pre-norm's backward to add into the residual's", adds)
+	}
+	if addsApart == 0 {
+		t.Errorf("no adds with two copies of the input: the counter sees nothing")
+	}
+	if err := kernels.RelErr(sunk, apart); !(err < 1e-12) {
+		t.Errorf("the block input's gradient is %.3g from the two readers' gradients summed", err)
+	}
+}

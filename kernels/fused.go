@@ -45,7 +45,10 @@ func (m ScaleMode) String() string {
 // read in place. f is Mode's function, its result rounded to S's dtype (as a
 // Tanh or Affine op on the chunk would store it); n, m and y are each
 // rounded to y's dtype, which is what RMSNorm, Mul and Add writing y's dtype
-// would give. Res has y's shape.
+// would give. Res has y's shape. In NormScaleGrad, Res is what dx adds
+// to instead: dx = Res + the norm's gradient, the gradient rounded to dx's
+// dtype first, as an Add after it would round the pair (Res may be dx
+// itself: a gradient accumulated in place).
 type NormScaleArgs struct {
 	Rows, Cols int
 	Eps        float64
@@ -247,7 +250,8 @@ func ComposeNormScale(b Backend, y, rstd, x, w Buffer, a NormScaleArgs) error {
 // composition: the norm recomputed, dn = dy⊙f(S), RMSNormGrad, and for ds
 // the column sums of dy⊙n per sample (F32, F64 for F64 operands), rounded to
 // S's dtype, through the mode's derivative, into ds's chunk with zeros
-// elsewhere. dy has y's dtype.
+// elsewhere; with Res, the gradient apart and then Res + it into dx. dy
+// has y's dtype.
 func ComposeNormScaleGrad(b Backend, dx, ds, dy, x, w, rstd Buffer, a NormScaleArgs) error {
 	s := &scratch{b: b}
 	defer s.free()
@@ -264,7 +268,18 @@ func ComposeNormScaleGrad(b Backend, dx, ds, dy, x, w, rstd Buffer, a NormScaleA
 		}
 		b.Binary(Mul, dn, full, dy, full, f, []int{ns, 1, a.Cols})
 	}
-	b.RMSNormGrad(dx, nil, dn, x, w, rstd, a.Rows, a.Cols)
+	if a.Res != nil {
+		// The gradient apart, then the Add (Res may be dx).
+		g := s.get(dx.DType(), a.Rows*a.Cols)
+		if s.err != nil {
+			return s.err
+		}
+		b.RMSNormGrad(g, nil, dn, x, w, rstd, a.Rows, a.Cols)
+		rc := []int{a.Rows, a.Cols}
+		b.Binary(Add, dx, rc, a.Res, rc, g, rc)
+	} else {
+		b.RMSNormGrad(dx, nil, dn, x, w, rstd, a.Rows, a.Cols)
+	}
 	if ds == nil || a.S == nil {
 		return s.err
 	}

@@ -103,7 +103,10 @@ __device__ void normscale_grad_body(void* dx, i64 dxdt, const void* dy, i64 dydt
       T g = ns_dn<T>(dy, (int)dydt, o + j, a, so, j);
       if (w) g *= ld<T>(w, (int)wdt, j);
       const T xh = ld<T>(x, (int)xdt, o + j) * rs;
-      st<T>(dx, (int)dxdt, o + j, rs * (g - xh * sgx));
+      T v = rs * (g - xh * sgx);
+      // A residual (it may be dx): the rounded gradient plus it, as an Add.
+      if (a.res) v = nt_round<T>(v, (int)dxdt) + ld<T>((const void*)a.res, (int)a.resdt, o + j);
+      st<T>(dx, (int)dxdt, o + j, v);
     }
     __syncthreads();
   }

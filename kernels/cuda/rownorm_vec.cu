@@ -203,7 +203,21 @@ extern "C" __global__ void __launch_bounds__(256) rmsnorm_bf16_rows_wf(RMS_ARGS(
 #undef RMS_ARGS
 #undef RMS_BODY
 
-// rv_backward is the body of the dx kernels, with rv_forward's H and R.
+// ns_plus returns the chunk r + v, rounded once: the Add of two bf16
+// chunks, which NormScaleGrad's residual (a pending gradient of x) and the
+// norm's dx make.
+__device__ __forceinline__ uint4 ns_plus(uint4 rv, uint4 v) {
+  float a[8], b[8];
+  rv_unpack(rv, a);
+  rv_unpack(v, b);
+#pragma unroll
+  for (int k = 0; k < 8; k++) a[k] += b[k];
+  return rv_pack(a);
+}
+
+// rv_backward is the body of the dx kernels, with rv_forward's H and R; a
+// residual (a.res, which may be dx itself) is added to dx: each chunk of it
+// is read before the same thread writes that chunk of dx.
 template <int H, int R>
 __device__ __forceinline__ void rv_backward(u16* dx, const u16* dy, const u16* x, const u16* w, const float* rstd, NSVec a, i64 rows,
                                             i64 cols, int L) {
@@ -251,10 +265,14 @@ __device__ __forceinline__ void rv_backward(u16* dx, const u16* dy, const u16* x
         const i64 r = base + q * groups + g;
         if (r >= rows) continue;
         uint4* out = (uint4*)dx + r * nv;
+        const uint4* rres = a.res ? (const uint4*)a.res + r * nv : nullptr;
 #pragma unroll
         for (int k = 0; k < H; k++) {
           const i64 j = lane + (i64)k * L;
-          if (j < nv) out[j] = rv_dx(xc[q][k], dc[q][k], wv, j, rs[q], m[q]);
+          if (j < nv) {
+            const uint4 d = rv_dx(xc[q][k], dc[q][k], wv, j, rs[q], m[q]);
+            out[j] = rres ? ns_plus(rres[j], d) : d;
+          }
         }
       }
     } else {
@@ -272,7 +290,10 @@ __device__ __forceinline__ void rv_backward(u16* dx, const u16* dy, const u16* x
       const float m = rv_group_sum(sgx, L) / (float)cols;
       if (live) {
         uint4* out = (uint4*)dx + o;
-        for (i64 j = lane; j < nv; j += L) out[j] = rv_dx(xr[j], ns_dnchunk(dr[j], srow, j, (int)a.mode), wv, j, rs, m);
+        for (i64 j = lane; j < nv; j += L) {
+          const uint4 d = rv_dx(xr[j], ns_dnchunk(dr[j], srow, j, (int)a.mode), wv, j, rs, m);
+          out[j] = rrow ? ns_plus(rrow[j], d) : d;
+        }
       }
     }
   }

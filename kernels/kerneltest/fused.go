@@ -130,15 +130,36 @@ func testNormScale(t *testing.T, b kernels.Backend) {
 				if sh.factor {
 					dsb = Poisoned(t, b, d, len(sv))
 				}
-				b.NormScaleGrad(dxb, dsb, dyb, xb, wb, rsb, a)
+				ga := a
+				ga.Res = nil // the backward's Res is a gradient to add to (below)
+				b.NormScaleGrad(dxb, dsb, dyb, xb, wb, rsb, ga)
 				dx, ds := normScaleGradRef(sh, dy, x, w, sv, eps)
 				Check(t, "dx", Get(t, b, dxb), dx, Tol(d, d))
 				if sh.factor {
 					Check(t, "ds", Get(t, b, dsb), ds, Tol(d, d))
 					// The factor's gradient without asking for ds: dx alone.
 					dx2 := Poisoned(t, b, d, n)
-					b.NormScaleGrad(dx2, nil, dyb, xb, wb, rsb, a)
+					b.NormScaleGrad(dx2, nil, dyb, xb, wb, rsb, ga)
 					Check(t, "dx without ds", Get(t, b, dx2), dx, Tol(d, d))
+				}
+				if sh.res {
+					// dx added into a gradient already there, in place (a
+					// pending gradient of x), with ds beside it.
+					pb, pend := Put(t, b, d, Randn(r, n, 0.5))
+					ga.Res = pb
+					var ds3 kernels.Buffer
+					if sh.factor {
+						ds3 = Poisoned(t, b, d, len(sv))
+					}
+					b.NormScaleGrad(pb, ds3, dyb, xb, wb, rsb, ga)
+					want := make([]float64, n)
+					for i := range want {
+						want[i] = pend[i] + dx[i]
+					}
+					Check(t, "dx into a pending gradient", Get(t, b, pb), want, Tol(d, d))
+					if sh.factor {
+						Check(t, "ds beside it", Get(t, b, ds3), ds, Tol(d, d))
+					}
 				}
 			})
 		}
@@ -165,7 +186,9 @@ func testNormScale(t *testing.T, b kernels.Backend) {
 		Check(t, "y", Get(t, b, yb), y, Tol(kernels.F32, kernels.F32))
 		dyb, dy := Put(t, b, kernels.F32, Randn(r, n, 1))
 		dxb, dsb := Poisoned(t, b, kernels.F32, n), Poisoned(t, b, kernels.BF16, len(sv))
-		b.NormScaleGrad(dxb, dsb, dyb, xb, wb, rsb, a)
+		ga := a
+		ga.Res = nil
+		b.NormScaleGrad(dxb, dsb, dyb, xb, wb, rsb, ga)
 		dx, _ := normScaleGradRef(sh, dy, x, w, svr, 1e-5)
 		_, ds := normScaleGradRef(sh, dy, x, w, sv, 1e-5)
 		Check(t, "dx", Get(t, b, dxb), dx, Tol(kernels.F32, kernels.F32))

@@ -123,13 +123,26 @@ static void ns_case(const NSCase& c) {
   auto fwd = kind == 1 ? normscale_bf16_rows_h1 : kind == 2 ? normscale_bf16_rows_h2 : normscale_bf16_rows;
   auto bwd = kind == 1 ? normscale_grad_bf16_rows_h1 : kind == 2 ? normscale_grad_bf16_rows_h2 : normscale_grad_bf16_rows;
   emu_launch(fwd, uint3e{grid, 1, 1}, 256, 0, y, rstd, (const u16*)dx_, (const u16*)dw, a, rows, c.cols, (i64)lanes, 1e-5);
-  emu_launch(bwd, uint3e{grid, 1, 1}, 256, 0, dxo, (const u16*)ddy, (const u16*)dx_, (const u16*)dw, (const float*)rstd, a, rows,
+  NSVec ga = a;
+  ga.res = 0;  // the backward's residual is a gradient to add to (below)
+  emu_launch(bwd, uint3e{grid, 1, 1}, 256, 0, dxo, (const u16*)ddy, (const u16*)dx_, (const u16*)dw, (const float*)rstd, ga, rows,
              c.cols, (i64)lanes);
   char name[160];
   snprintf(name, sizeof name, "%s/y", c.name);
   emu_report(name, emu_relerr(got_bf(y, n), ref.y), 1e-2);
   snprintf(name, sizeof name, "%s/dx", c.name);
   emu_report(name, emu_relerr(got_bf(dxo, n), ref.dx), 1e-2);
+  if (c.res) {
+    // dx added in place into a pending gradient (res's values).
+    u16* pend = upload(hr);
+    ga.res = (u64)pend;
+    emu_launch(bwd, uint3e{grid, 1, 1}, 256, 0, pend, (const u16*)ddy, (const u16*)dx_, (const u16*)dw, (const float*)rstd, ga, rows,
+               c.cols, (i64)lanes);
+    std::vector<double> acc(n);
+    for (i64 i = 0; i < n; i++) acc[i] = res[i] + ref.dx[i];
+    snprintf(name, sizeof name, "%s/dx into a pending gradient", c.name);
+    emu_report(name, emu_relerr(got_bf(pend, n), acc), 1e-2);
+  }
   // The plain RMSNorm kernels (no factor, no residual) still run as before.
   if (!c.factor && !c.res) return;
   u16* y2 = upload(std::vector<u16>(n, 0xffff));
@@ -176,8 +189,15 @@ static void normscale_generic_case(const char* cname, i64 samples, i64 seq, i64 
   const unsigned grid = (unsigned)std::min<i64>(rows, 3);
   emu_launch(normscale_f, uint3e{grid, 1, 1}, 256, 0, (void*)y, (i64)DT_F32, (void*)rstd, (i64)DT_F32, (const void*)dx_, (i64)DT_F32,
              (const void*)dw, (i64)DT_F32, a, rows, cols, 1e-5);
+  NSArgs ga = a;
+  ga.res = 0;  // the backward's residual is a gradient to add to (below)
   emu_launch(normscale_grad_f, uint3e{grid, 1, 1}, 256, 0, (void*)dxo, (i64)DT_F32, (const void*)ddy, (i64)DT_F32, (const void*)dx_,
-             (i64)DT_F32, (const void*)dw, (i64)DT_F32, (const void*)rstd, (i64)DT_F32, a, rows, cols);
+             (i64)DT_F32, (const void*)dw, (i64)DT_F32, (const void*)rstd, (i64)DT_F32, ga, rows, cols);
+  // dx added in place into a pending gradient (res's values).
+  float* pend = f32(res);
+  ga.res = (u64)pend;
+  emu_launch(normscale_grad_f, uint3e{grid, 1, 1}, 256, 0, (void*)pend, (i64)DT_F32, (const void*)ddy, (i64)DT_F32, (const void*)dx_,
+             (i64)DT_F32, (const void*)dw, (i64)DT_F32, (const void*)rstd, (i64)DT_F32, ga, rows, cols);
   // The factor's gradient with the split the Go side picks for 8 SMs.
   const i64 colBlocks = (cols + 31) / 32, sms = 8;
   const i64 slices = std::max<i64>(1, std::min<i64>((sms * 8 + colBlocks * samples - 1) / (colBlocks * samples), (seq + 255) / 256));
@@ -198,6 +218,10 @@ static void normscale_generic_case(const char* cname, i64 samples, i64 seq, i64 
   emu_report(name, emu_relerr(back(y, n), ref.y), 1e-5);
   snprintf(name, sizeof name, "%s/dx", cname);
   emu_report(name, emu_relerr(back(dxo, n), ref.dx), 1e-5);
+  std::vector<double> acc(n);
+  for (i64 i = 0; i < n; i++) acc[i] = res[i] + ref.dx[i];
+  snprintf(name, sizeof name, "%s/dx into a pending gradient", cname);
+  emu_report(name, emu_relerr(back(pend, n), acc), 1e-5);
   snprintf(name, sizeof name, "%s/ds", cname);
   emu_report(name, emu_relerr(back(dso, (i64)s.size()), ref.ds), 1e-5);
 }
