@@ -762,6 +762,21 @@ type sizedAdds struct {
 	n, adds int
 }
 
+// backward runs e's backward from loss and returns x's gradient and the
+// adds of the counted size the backward made.
+func (c *sizedAdds) backward(t *testing.T, e *autograd.Engine, loss, x *autograd.Tensor) ([]float64, int) {
+	t.Helper()
+	c.adds = 0
+	if err := e.Backward(loss); err != nil {
+		t.Fatal(err)
+	}
+	g, err := x.Grad().Values()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g, c.adds
+}
+
 func (c *sizedAdds) Binary(op kernels.BinaryOp, dst kernels.Buffer, dstShape []int, a kernels.Buffer, aShape []int, b kernels.Buffer, bShape []int) {
 	if op == kernels.Add && dst.Len() == c.n {
 		c.adds++
@@ -795,15 +810,7 @@ func TestLoRALinearPendingSink(t *testing.T) {
 				loss = autograd.Add(loss, l3)
 			}
 		}
-		be.adds = 0
-		if err := e.Backward(loss); err != nil {
-			t.Fatal(err)
-		}
-		g, err := x0.Grad().Values()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return g, be.adds
+		return be.backward(t, e, loss, x0)
 	}
 	both, adds := run(true, true)
 	g1, _ := run(true, false)
