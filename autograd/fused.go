@@ -16,6 +16,13 @@ type NormScaleOptions struct {
 	Mode          kernels.ScaleMode
 	// Res, when set, is added to the result (x's shape).
 	Res *Tensor
+	// Recompute lets the tape drop the result while only its readers'
+	// saves hold it — a LoRA product keeps its input for lora_A's gradient
+	// alone — and make it again from x in the backward, before the first
+	// of those readers runs: one more pass over x there, one model-width
+	// tensor less kept per norm. The values are the forward's, bit for
+	// bit. Honoured without Res (whose tensor the op does not keep).
+	Recompute bool
 }
 
 // NormScale returns Res + RMSNorm(x, w)·f(chunk of S) as one op: the
@@ -71,6 +78,23 @@ func NormScale(x, w *Tensor, eps float64, o NormScaleOptions) *Tensor {
 	e.trace(name, out, xin, win, o.S, o.Res)
 	if e.recording(xin, win, o.S, o.Res) {
 		sx, sw, ss, sr := e.save(xin), e.save(win), e.save(o.S), e.save(rstd)
+		if o.Recompute && o.Res == nil {
+			// The forward again from this node's own saves, which its
+			// backward — after every reader's — releases.
+			rd := rstd.dtype
+			e.rebuildable(out, func(buf kernels.Buffer) {
+				e.materialize(sx)
+				rs := e.newTensor(rd, []int{rows})
+				defer rs.Release()
+				ra := a
+				if ss != nil {
+					ra.S = ss.st.buf
+				}
+				if e.live(name+" recompute", sx, rs) {
+					e.b.NormScale(buf, rs.st.buf, sx.st.buf, bufOf(sw), ra)
+				}
+			})
+		}
 		needX, needS := xin.requiresGrad, o.S != nil && o.S.requiresGrad
 		var resD kernels.DType
 		var resShape []int

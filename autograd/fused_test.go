@@ -2,6 +2,7 @@ package autograd_test
 
 import (
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"testing"
 
@@ -235,5 +236,68 @@ func TestNormScalePendingSink(t *testing.T) {
 	}
 	if err := kernels.RelErr(sunk, apart); !(err < 1e-12) {
 		t.Errorf("the block input's gradient is %.3g from the two readers' gradients summed", err)
+	}
+}
+
+// TestNormScaleRecompute: a pre-norm whose output only a LoRA product reads
+// in the backward (for lora_A's gradient) is dropped after the forward and
+// rebuilt before that product's backward, so the tape holds one tensor of
+// the norm's size less between the passes, and every gradient is the one
+// kept norm gives, bit for bit (bf16 under autocast, as training runs; and
+// float64).
+func TestNormScaleRecompute(t *testing.T) {
+	const rows, cols, out, rank = 12, 16, 24, 4
+	for _, d := range []kernels.DType{kernels.BF16, kernels.F64} {
+		run := func(recompute bool) (grads [][]float64, held int64) {
+			be := cpu.New()
+			e := autograd.New(be)
+			master := kernels.F32
+			if d == kernels.F64 {
+				master = kernels.F64
+			}
+			r := rand.New(rand.NewPCG(51, 52))
+			x0 := e.FromFloat64(master, []int{2, rows / 2, cols}, kerneltest.Randn(r, rows*cols, 1))
+			x0.Input()
+			s := e.Param("s", master, []int{2, 2 * cols}, kerneltest.Randn(r, 4*cols, 0.3))
+			wn := e.Constant("wn", d, []int{cols}, kerneltest.Randn(r, cols, 0.2))
+			w := e.Constant("w", d, []int{out, cols}, kerneltest.Randn(r, out*cols, 0.3))
+			a := e.Param("a", master, []int{rank, cols}, kerneltest.Randn(r, rank*cols, 0.3))
+			b := e.Param("b", master, []int{out, rank}, kerneltest.Randn(r, out*rank, 0.3))
+			if d == kernels.BF16 {
+				e.SetAutocast(kernels.BF16)
+			}
+			x := autograd.Cast(autograd.Scale(x0, 1.5), d) // the block's input, an intermediate
+			sd := autograd.Cast(s, d)
+			h := autograd.NormScale(x, wn, 1e-5, autograd.NormScaleOptions{S: sd, Chunk: 0, Chunks: 2, Mode: kernels.ScaleOnePlus, Recompute: recompute})
+			y := autograd.LoRALinear(h, h, w, nil, a, b, 2)
+			h.Release() // the forward is done with it, as the model's blocks release theirs
+			held = be.MemStats().Allocated
+			loss := autograd.SumAll(autograd.Square(autograd.Cast(y, master)))
+			if err := e.Backward(loss); err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range []*autograd.Tensor{x0, s, a, b} {
+				g, err := p.Grad().Values()
+				if err != nil {
+					t.Fatal(err)
+				}
+				grads = append(grads, g)
+			}
+			return grads, held
+		}
+		t.Run(d.String(), func(t *testing.T) {
+			kept, heldKept := run(false)
+			redone, heldRedone := run(true)
+			if want := int64(rows * cols * d.Size()); heldKept-heldRedone != want {
+				t.Errorf("between the passes %d bytes held with the norm kept, %d with it recomputed; want %d fewer", heldKept, heldRedone, want)
+			}
+			for i := range kept {
+				for j := range kept[i] {
+					if math.Float64bits(kept[i][j]) != math.Float64bits(redone[i][j]) {
+						t.Fatalf("gradient %d[%d]: %v with the norm kept, %v recomputed", i, j, kept[i][j], redone[i][j])
+					}
+				}
+			}
+		})
 	}
 }

@@ -49,7 +49,41 @@ func (e *Engine) save(t *Tensor) *Tensor {
 		return t
 	}
 	t.st.retain()
-	return &Tensor{e: e, shape: t.shape, dtype: t.dtype, st: t.st, Name: t.Name, scale: t.scale}
+	t.st.saves++
+	return &Tensor{e: e, shape: t.shape, dtype: t.dtype, st: t.st, Name: t.Name, scale: t.scale, save: true}
+}
+
+// rebuildable lets the tape drop t's buffer while only its saves hold it:
+// rebuild writes t's values again into a buffer of t's dtype and length,
+// reading only what stays alive until every node that saved t has run its
+// backward (the producing op's own saves, which its backward, later in
+// the pass, releases). Where the buffer cannot be made again the backward
+// fails with the allocation's error.
+func (e *Engine) rebuildable(t *Tensor, rebuild func(buf kernels.Buffer)) {
+	if t == nil || t.st == nil {
+		return
+	}
+	t.st.rebuild, t.st.dtype, t.st.n = rebuild, t.dtype, t.Len()
+}
+
+// materialize gives a saved handle its buffer back when the storage was
+// evicted (rebuildable), rebuilding the values; the other holders of the
+// storage see the same buffer.
+func (e *Engine) materialize(t *Tensor) {
+	if t == nil {
+		return
+	}
+	s := t.st
+	if s == nil || s.buf != nil || s.rebuild == nil || e.err != nil {
+		return
+	}
+	buf, err := e.b.Alloc(s.dtype, s.n)
+	if err != nil {
+		e.failf("backward", "rebuilding a %v tensor of %d elements the tape dropped: %v", s.dtype, s.n, err)
+		return
+	}
+	s.buf = buf
+	s.rebuild(buf)
 }
 
 // record puts a node on the tape and marks out as requiring grad. saved are
@@ -161,6 +195,9 @@ func (e *Engine) backwardFrom(start int, seeds map[*Tensor]*Tensor, want map[*Te
 		gs, ok := takeGrads(grads, n)
 		if !ok {
 			continue
+		}
+		for _, s := range n.saved {
+			e.materialize(s)
 		}
 		var ins []*Tensor
 		if n.backwardN != nil {

@@ -14,6 +14,15 @@ type storage struct {
 	e    *Engine
 	buf  kernels.Buffer
 	refs int
+	// saves is how many of refs are the tape's (Engine.save). rebuild, when
+	// set, writes the values again into a buffer of dtype and n elements:
+	// once only the tape's saves hold the storage its buffer is freed
+	// (evict), and the backward makes it again before a node that saved it
+	// runs (Engine.materialize).
+	saves   int
+	rebuild func(buf kernels.Buffer)
+	dtype   kernels.DType
+	n       int
 }
 
 func (s *storage) retain() { s.refs++ }
@@ -21,6 +30,17 @@ func (s *storage) retain() { s.refs++ }
 func (s *storage) drop() {
 	s.refs--
 	if s.refs == 0 {
+		if s.buf != nil {
+			s.e.b.Free(s.buf)
+		}
+		s.buf, s.rebuild = nil, nil
+	}
+}
+
+// evict frees a rebuildable storage's buffer when the tape's saves are all
+// that hold it: the values come back in the backward, rebuilt.
+func (s *storage) evict() {
+	if s.rebuild != nil && s.buf != nil && s.refs > 0 && s.refs == s.saves {
 		s.e.b.Free(s.buf)
 		s.buf = nil
 	}
@@ -39,6 +59,7 @@ type Tensor struct {
 	released bool
 	kept     bool
 	cached   bool // a per-step weight cast owned by the engine's cache
+	save     bool // a handle the tape holds (Engine.save)
 
 	requiresGrad bool
 	leaf         bool    // created by the user, not by an op
@@ -139,7 +160,11 @@ func (t *Tensor) Release() {
 	}
 	t.released = true
 	if t.st != nil {
+		if t.save {
+			t.st.saves--
+		}
 		t.st.drop()
+		t.st.evict()
 	}
 	if t.grad != nil {
 		t.grad.Release()

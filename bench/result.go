@@ -23,6 +23,9 @@ type Result struct {
 	// CheckpointBlocks is how many blocks the checkpointing mode
 	// checkpointed (0: every one) of Blocks.
 	CheckpointBlocks, Blocks int
+	// RecomputeNorms is whether the pre-norms were recomputed in the
+	// backward (bench.Options.RecomputeNorms).
+	RecomputeNorms bool
 	// Params is the frozen base model's size; LoRAParams the trainable
 	// adapters' and LoRALayers how many linear layers carry one.
 	Params     int64
@@ -144,6 +147,9 @@ func (r Result) Table() string {
 		r.Batch, r.Resolution, r.Resolution, r.Latent[0], r.Latent[1], r.Latent[2], r.ImageTokens, r.CaptionTokens)
 	if r.CheckpointBlocks > 0 && r.CheckpointBlocks < r.Blocks {
 		fmt.Fprintf(&sb, "checkpointing on: %d of the %d blocks (--checkpoint-blocks)\n", r.CheckpointBlocks, r.Blocks)
+	}
+	if r.RecomputeNorms {
+		fmt.Fprintf(&sb, "the blocks' pre-norms recomputed in the backward, not kept (--recompute-norms)\n")
 	}
 	if r.Accum > 1 || r.Ranks > 1 {
 		fmt.Fprintf(&sb, "step: %d micro-batch(es) on each of %d rank(s); samples/s counts all %d samples of a step, TFLOP/s is one GPU's\n", r.Accum, r.Ranks, r.Batch*r.Accum*r.Ranks)

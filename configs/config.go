@@ -332,7 +332,9 @@ type Train struct {
 	// 40: two context and two noise refiners, 36 joint layers): "all"
 	// (default), "auto" (the fewest that the memory plan fits in
 	// memory_budget_gib or the GPU's free memory: less recompute, so
-	// faster, with the same gradients), or a number of blocks.
+	// faster, with the same gradients; before a first block it tries
+	// recomputing only the blocks' pre-norms in the backward), or a number
+	// of blocks.
 	CheckpointBlocks string `yaml:"checkpoint_blocks" json:"-"`
 	// Timesteps chooses how training timesteps are drawn.
 	Timesteps Timesteps `yaml:"timesteps"`

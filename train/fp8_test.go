@@ -19,8 +19,8 @@ import (
 // tinyRun is how tinyLoRARun trains: base weights in fp8, adapters read
 // through working copies (AttachWorkingCopies), and the backend.
 type tinyRun struct {
-	fp8, working bool
-	be           kernels.Backend // nil: a CPU backend
+	fp8, working, recomputeNorms bool
+	be                           kernels.Backend // nil: a CPU backend
 }
 
 // tinyLoRARun trains a LoRA on the tiny model with random bf16 weights — or
@@ -36,7 +36,7 @@ func tinyLoRARun(t *testing.T, how tinyRun, steps int) (losses []float64, linear
 	}
 	e := ag.New(be)
 	cfg, _ := nextdit.Preset("tiny")
-	model, err := nextdit.NewRandom(e, cfg, nextdit.Options{DType: kernels.BF16, FP8Base: fp8}, 21)
+	model, err := nextdit.NewRandom(e, cfg, nextdit.Options{DType: kernels.BF16, FP8Base: fp8, RecomputeNorms: how.recomputeNorms}, 21)
 	if err != nil {
 		t.Fatal(err)
 	}

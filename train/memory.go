@@ -26,12 +26,12 @@ import (
 // The autocast dtype is returned beside it; 0 when the run's precision is
 // fp32 (nothing planned).
 func (r *run) trainEstimate(storage kernels.DType) (newbie.Estimate, kernels.DType, error) {
-	return r.trainEstimateWith(storage, r.ckptBlocks)
+	return r.trainEstimateWith(storage, r.ckptBlocks, r.recomputeNorms)
 }
 
 // trainEstimateWith is trainEstimate with ckptBlocks of the blocks
-// checkpointed.
-func (r *run) trainEstimateWith(storage kernels.DType, ckptBlocks int) (newbie.Estimate, kernels.DType, error) {
+// checkpointed and the pre-norms' outputs recomputed or kept.
+func (r *run) trainEstimateWith(storage kernels.DType, ckptBlocks int, recomputeNorms bool) (newbie.Estimate, kernels.DType, error) {
 	cfg := r.cfg
 	prec, err := cfg.Precision.Resolve(r.capab)
 	if err != nil {
@@ -49,7 +49,7 @@ func (r *run) trainEstimateWith(storage kernels.DType, ckptBlocks int) (newbie.E
 	est, err := newbie.EstimateTrain(r.mc, newbie.TrainShape{
 		Batch: cfg.Train.BatchSize, LatentH: b.H / 8, LatentW: b.W / 8, CaptionTokens: tokens,
 		Rank: cfg.LoRA.Rank, Targets: cfg.LoRA.Targets, Checkpoint: ckptBlocks > 0, CheckpointBlocks: ckptBlocks,
-		DType: storage, Autocast: autocast, FP8Base: r.fp8Base(),
+		RecomputeNorms: recomputeNorms, DType: storage, Autocast: autocast, FP8Base: r.fp8Base(),
 	}, newbie.RounderOf(r.b))
 	if err != nil {
 		return newbie.Estimate{}, 0, err
@@ -122,8 +122,12 @@ func (r *run) planMemory(storage kernels.DType) error {
 // train.activation_checkpointing and train.checkpoint_blocks. With "auto"
 // it takes the fewest whose training step and previews the memory plan
 // fits (the budget, or the device's free memory): each block not
-// recomputed saves its forward in the backward. Without a plan (an fp32
-// run) auto checkpoints every block; when even that does not fit,
+// recomputed saves its forward in the backward. Before checkpointing a
+// first block it tries the cheaper lever, recomputing the blocks'
+// pre-norms in the backward (r.recomputeNorms: one pass over a block's
+// input per norm, where a checkpointed block runs its whole forward
+// again), and keeps it on with the blocks that follow. Without a plan (an
+// fp32 run) auto checkpoints every block; when even that does not fit,
 // planMemory reports it.
 func (r *run) chooseCheckpointing(storage kernels.DType) error {
 	t := r.cfg.Train
@@ -143,8 +147,17 @@ func (r *run) chooseCheckpointing(storage kernels.DType) error {
 	}
 	r.ckptBlocks = total
 	budget := MemoryBudget(r.cfg)
+	type choice struct {
+		blocks    int
+		recompute bool
+	}
+	choices := []choice{{0, false}}
 	for k := 0; k <= total; k++ {
-		train, autocast, err := r.trainEstimateWith(storage, k)
+		choices = append(choices, choice{k, true})
+	}
+	for _, ch := range choices {
+		k := ch.blocks
+		train, autocast, err := r.trainEstimateWith(storage, k, ch.recompute)
 		if err != nil {
 			return err
 		}
@@ -168,8 +181,12 @@ func (r *run) chooseCheckpointing(storage kernels.DType) error {
 			}
 		}
 		if fits {
-			r.ckptBlocks = k
-			r.logf("activation checkpointing: %d of %d blocks (checkpoint_blocks auto: the fewest the memory plan fits)", k, total)
+			r.ckptBlocks, r.recomputeNorms = k, ch.recompute
+			how := ""
+			if ch.recompute {
+				how = ", the pre-norms recomputed in the backward"
+			}
+			r.logf("activation checkpointing: %d of %d blocks%s (checkpoint_blocks auto: the fewest the memory plan fits)", k, total, how)
 			return nil
 		}
 	}

@@ -152,7 +152,10 @@ type run struct {
 	planned map[string]int64
 	// ckptBlocks is how many blocks run under a checkpoint
 	// (chooseCheckpointing, before the model loads).
-	ckptBlocks             int
+	ckptBlocks int
+	// recomputeNorms: the blocks' pre-norm outputs are recomputed in the
+	// backward rather than kept (checkpoint_blocks auto's first lever).
+	recomputeNorms         bool
 	trainPeak, previewPeak int64
 	previewTime, stepTime  time.Duration
 	previewItems           int
@@ -620,7 +623,8 @@ func (r *run) loadModel() error {
 	if err != nil {
 		return err
 	}
-	opts := nextdit.Options{DType: st, Checkpoint: r.ckptBlocks > 0, CheckpointBlocks: r.ckptBlocks, FP8Base: r.fp8Base()}
+	opts := nextdit.Options{DType: st, Checkpoint: r.ckptBlocks > 0, CheckpointBlocks: r.ckptBlocks, FP8Base: r.fp8Base(),
+		RecomputeNorms: r.recomputeNorms}
 	weights := ditPath(cfg, r.found)
 	if weights == "" {
 		r.model, err = nextdit.NewRandom(r.e, r.mc, opts, cfg.Train.Seed)

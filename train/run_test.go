@@ -479,9 +479,29 @@ func TestCheckpointBlocksAuto(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	shape.Checkpoint, shape.RecomputeNorms = false, true
+	lean, err := newbie.EstimateTrain(mc, shape, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if lean.Total >= none.Total {
+		t.Fatalf("recomputing the norms is estimated at %d B against %d B keeping them", lean.Total, none.Total)
+	}
+	_, allLosses := run("all", 0)
+	// Between keeping every block's tape and dropping the norms from it:
+	// the norms recomputed, no block checkpointed.
+	leanLog, leanLosses := run("auto", float64(lean.Total+none.Total)/2/(1<<30))
+	if !strings.Contains(leanLog, "activation checkpointing: 0 of ") || !strings.Contains(leanLog, "pre-norms recomputed") {
+		t.Errorf("auto under a budget between the norms recomputed (%d B) and kept (%d B): want no block checkpointed and the norms recomputed, log says:\n%s",
+			lean.Total, none.Total, leanLog)
+	}
+	for step, l := range allLosses {
+		if leanLosses[step] != l {
+			t.Errorf("step %d: loss %v with the norms recomputed, %v with every block checkpointed", step, leanLosses[step], l)
+		}
+	}
 	budget := float64(none.Total+all.Total) / 2 / (1 << 30)
 	autoLog, autoLosses := run("auto", budget)
-	_, allLosses := run("all", 0)
 	n := mc.Blocks()
 	var k int
 	if _, err := fmt.Sscanf(autoLog[strings.Index(autoLog, "activation checkpointing: "):], "activation checkpointing: %d of", &k); err != nil || k <= 0 || k >= n {

@@ -51,3 +51,31 @@ func TestWorkingCopiesSameTraining(t *testing.T) {
 		t.Errorf("%d casts with working copies against %d with casts: want at least %d a step fewer", withWorking.casts, withCasts.casts, adapters)
 	}
 }
+
+// TestRecomputeNormsSameTraining: with the blocks' pre-norm outputs dropped
+// after the forward and recomputed in the backward
+// (nextdit.Options.RecomputeNorms), training gives the losses and final
+// adapters of keeping them, bit for bit, at a lower peak.
+func TestRecomputeNormsSameTraining(t *testing.T) {
+	const steps = 3
+	kept, redone := cpu.New(), cpu.New()
+	l0, _, f0 := tinyLoRARun(t, tinyRun{be: kept}, steps)
+	l1, _, f1 := tinyLoRARun(t, tinyRun{be: redone, recomputeNorms: true}, steps)
+	for i := range l0 {
+		if math.Float64bits(l0[i]) != math.Float64bits(l1[i]) {
+			t.Fatalf("step %d: loss %v with the norms recomputed, %v kept", i+1, l1[i], l0[i])
+		}
+	}
+	for k := range f0 {
+		for i := range f0[k] {
+			if math.Float64bits(f0[k][i]) != math.Float64bits(f1[k][i]) {
+				t.Fatalf("adapter tensor %d[%d]: %v with the norms recomputed, %v kept", k, i, f1[k][i], f0[k][i])
+			}
+		}
+	}
+	pk, pr := kept.MemStats().Peak, redone.MemStats().Peak
+	t.Logf("peak %d B with the norms kept, %d B recomputed (%d B less)", pk, pr, pk-pr)
+	if pr >= pk {
+		t.Errorf("peak %d B with the norms recomputed, %d B kept: want lower", pr, pk)
+	}
+}

@@ -22,6 +22,9 @@ type TrainShape struct {
 	// forward's blocks (nextdit.Options.CheckpointBlocks).
 	Checkpoint       bool
 	CheckpointBlocks int
+	// RecomputeNorms drops the blocks' pre-norm outputs from the tape
+	// (nextdit.Options.RecomputeNorms).
+	RecomputeNorms bool
 	// DType is the frozen weights' storage dtype (BF16, F16 or F32);
 	// Autocast the dtype the products run in (BF16 or F16: the estimate
 	// covers mixed-precision training, the GPU's).
@@ -78,6 +81,11 @@ const (
 	// float32 and bf16) are alive once.
 	trainCkptPerDim      = 2
 	trainCkptInputPerDim = 6
+	// With RecomputeNorms a kept block drops its pre-norm outputs that an
+	// adapter keeps (bf16: 2 bytes each per model width) and the backward
+	// holds one of them rebuilt.
+	trainRecomputedPerDim = 2
+	trainRebuiltPerDim    = 2
 	// trainMargin is the allowance, as a fraction of the activations, for
 	// what the CPU measurements do not show (see above).
 	trainMargin = 0.10
@@ -156,6 +164,31 @@ func EstimateTrain(c nextdit.Config, s TrainShape, r Rounder) (Estimate, error) 
 	return e.finish(r), nil
 }
 
+// recomputedNorms is how many of a block's two pre-norm outputs
+// RecomputeNorms takes off its tape: those an adapter keeps (for lora_A's
+// gradient), the attention's when the qkv has one, the feed-forward's when
+// w1 or w3 has. A frozen product keeps no input.
+func recomputedNorms(s TrainShape) int64 {
+	if !s.RecomputeNorms {
+		return 0
+	}
+	targets := s.Targets
+	if len(targets) == 0 {
+		targets = lora.DefaultTargets
+	}
+	adapted := func(layers ...string) int64 {
+		for _, l := range layers {
+			for _, t := range targets {
+				if lora.Matches("layers.0."+l, t) {
+					return 1
+				}
+			}
+		}
+		return 0
+	}
+	return adapted("attention.qkv") + adapted("feed_forward.w1", "feed_forward.w3")
+}
+
 // trainActivations is the step's inputs in bytes, its tokens, and the
 // activations' bytes per token, without the margin.
 func trainActivations(c nextdit.Config, s TrainShape) (inputs, tokens, perToken int64) {
@@ -168,8 +201,16 @@ func trainActivations(c nextdit.Config, s TrainShape) (inputs, tokens, perToken 
 	blocks := int64(c.NLayers + c.NRefinerLayers) // each token: its refiner, then every joint layer
 	block := trainBlockPerDim*dim + trainBlockPerFFN*ffn + trainBlockPerQKV*qkv + trainBlockPerHead*heads + trainBlockConstant
 	back := trainBackPerDim*dim + trainBackPerFFN*ffn + trainBackPerHeadD*int64(c.HeadDim()) + trainBackConstant
+	// A block that keeps its tape; with RecomputeNorms, two bf16
+	// model-width tensors fewer, and the backward holds one rebuilt at a
+	// time. A checkpointed block's recompute keeps its norms.
+	keptBlock := block
+	if n := recomputedNorms(s); n > 0 {
+		keptBlock -= n * trainRecomputedPerDim * dim
+		back += trainRebuiltPerDim * dim
+	}
 	if !s.Checkpoint {
-		return inputs, tokens, blocks*block + back
+		return inputs, tokens, blocks*keptBlock + back
 	}
 	// Checkpointed blocks keep their input, the others their whole tape. A
 	// caption token runs the context refiners and the layers, an image
@@ -188,5 +229,5 @@ func trainActivations(c nextdit.Config, s TrainShape) (inputs, tokens, perToken 
 	capTok, imgTok := int64(s.CaptionTokens), int64((s.LatentH/c.PatchSize)*(s.LatentW/c.PatchSize))
 	// The tokens' mean, rounded up.
 	kept := (capTok*capKept + imgTok*imgKept + capTok + imgTok - 1) / (capTok + imgTok)
-	return inputs, tokens, (blocks-kept)*trainCkptPerDim*dim + kept*block + block + back + trainCkptInputPerDim*dim
+	return inputs, tokens, (blocks-kept)*trainCkptPerDim*dim + kept*keptBlock + block + back + trainCkptInputPerDim*dim
 }

@@ -90,6 +90,11 @@ func TestEstimateTrain(t *testing.T) {
 		{"four heads r16", heads, TrainShape{Batch: 1, LatentH: 12, LatentW: 16, CaptionTokens: 20, Rank: 16, Targets: []string{"attention.qkv", "feed_forward.w2"}}},
 		{"wide r4 fp8 base", wide, TrainShape{Batch: 2, LatentH: 8, LatentW: 12, CaptionTokens: 10, Rank: 4, FP8Base: true}},
 		{"wide r4 some blocks", wide, TrainShape{Batch: 2, LatentH: 8, LatentW: 12, CaptionTokens: 10, Rank: 4, CheckpointBlocks: 4}},
+		{"wide r4 norms recomputed", wide, TrainShape{Batch: 2, LatentH: 8, LatentW: 12, CaptionTokens: 10, Rank: 4, RecomputeNorms: true}},
+		{"four heads r16 norms recomputed", heads, TrainShape{Batch: 1, LatentH: 12, LatentW: 16, CaptionTokens: 20, Rank: 16,
+			Targets: []string{"attention.qkv", "feed_forward.w2"}, RecomputeNorms: true}},
+		{"wide r4 some blocks norms recomputed", wide, TrainShape{Batch: 2, LatentH: 8, LatentW: 12, CaptionTokens: 10, Rank: 4,
+			CheckpointBlocks: 4, RecomputeNorms: true}},
 	} {
 		for _, ckpt := range []bool{false, true} {
 			if c.s.CheckpointBlocks > 0 && !ckpt {
@@ -101,7 +106,8 @@ func TestEstimateTrain(t *testing.T) {
 				}
 				be := cpu.New()
 				e := ag.New(be)
-				m, err := nextdit.NewRandom(e, c.cfg, nextdit.Options{DType: kernels.BF16, Checkpoint: ckpt, CheckpointBlocks: c.s.CheckpointBlocks, FP8Base: c.s.FP8Base}, 3)
+				m, err := nextdit.NewRandom(e, c.cfg, nextdit.Options{DType: kernels.BF16, Checkpoint: ckpt, CheckpointBlocks: c.s.CheckpointBlocks, FP8Base: c.s.FP8Base,
+					RecomputeNorms: c.s.RecomputeNorms}, 3)
 				if err != nil {
 					t.Fatal(err)
 				}

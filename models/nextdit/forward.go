@@ -244,14 +244,16 @@ func (m *Model) runBlock(index int, prefix string, x, adaln, cos, sin *ag.Tensor
 	var out *ag.Tensor
 	switch {
 	case !m.checkpointed(index):
-		out = m.block(prefix, x, adaln, cos, sin, keyLens)
+		out = m.block(prefix, x, adaln, cos, sin, keyLens, m.opts.RecomputeNorms)
 	case adaln == nil:
+		// A checkpointed block's tape lives through its own backward only:
+		// nothing to gain from recomputing its norms again there.
 		out = ag.Checkpoint(func(in []*ag.Tensor) *ag.Tensor {
-			return m.block(prefix, in[0], nil, in[1], in[2], keyLens)
+			return m.block(prefix, in[0], nil, in[1], in[2], keyLens, false)
 		}, x, cos, sin)
 	default:
 		out = ag.Checkpoint(func(in []*ag.Tensor) *ag.Tensor {
-			return m.block(prefix, in[0], in[3], in[1], in[2], keyLens)
+			return m.block(prefix, in[0], in[3], in[1], in[2], keyLens, false)
 		}, x, cos, sin, adaln)
 	}
 	if m.observe != nil {
@@ -267,7 +269,7 @@ func (m *Model) runBlock(index int, prefix string, x, adaln, cos, sin *ag.Tensor
 // gate_mlp) and, after the branch, the residual add: the values of
 // RMSNorm, the chunk's slice, AddScalar or Tanh, Mul and Add, with none of
 // their intermediates stored.
-func (m *Model) block(prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []int32) *ag.Tensor {
+func (m *Model) block(prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []int32, recompute bool) *ag.Tensor {
 	eps := m.cfg.NormEps
 	w := func(name string) *ag.Tensor { return m.weights[prefix+"."+name] }
 	var mod *ag.Tensor
@@ -276,8 +278,11 @@ func (m *Model) block(prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []in
 		// for every block, was made once by Forward.
 		mod = m.linear(prefix+".adaLN_modulation.1", adaln)
 	}
+	// The pre-norms (no residual) feed the qkv and w1/w3 products, which
+	// keep them only for lora_A's gradient: with recompute the tape drops
+	// them and the backward makes them again (Options.RecomputeNorms).
 	norm := func(x *ag.Tensor, weight string, chunk int, mode kernels.ScaleMode, res *ag.Tensor) *ag.Tensor {
-		o := ag.NormScaleOptions{Res: res}
+		o := ag.NormScaleOptions{Res: res, Recompute: recompute && res == nil}
 		if mod != nil {
 			o.S, o.Chunk, o.Chunks, o.Mode = mod, chunk, 4, mode
 		}

@@ -32,6 +32,14 @@ type Options struct {
 	// running on the weight dequantised for it. Off by default; norms,
 	// biases and everything trainable keep DType.
 	FP8Base bool
+	// RecomputeNorms drops the outputs of the blocks' pre-norms (attention
+	// and feed-forward, the inputs of the qkv and w1/w3 products) from the
+	// tape after the forward and recomputes them from the block's input in
+	// the backward (autograd.NormScaleOptions.Recompute): two model-width
+	// tensors a token and block fewer kept, for one more pass over the
+	// block's input per norm in the backward. The gradients are the same
+	// bits. Checkpointed blocks keep theirs (their tape is rebuilt anyway).
+	RecomputeNorms bool
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -118,6 +126,9 @@ func (m *Model) SetCheckpoint(on bool) { m.opts.Checkpoint, m.opts.CheckpointBlo
 func (m *Model) SetCheckpointBlocks(k int) {
 	m.opts.Checkpoint, m.opts.CheckpointBlocks = k > 0, max(k, 0)
 }
+
+// SetRecomputeNorms turns Options.RecomputeNorms on or off.
+func (m *Model) SetRecomputeNorms(on bool) { m.opts.RecomputeNorms = on }
 
 // checkpointed reports whether block i of the forward's order (see
 // Config.Blocks) runs under a checkpoint.
