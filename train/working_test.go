@@ -21,6 +21,24 @@ func (c *castCounting) Cast(dst, src kernels.Buffer) {
 	c.Backend.Cast(dst, src)
 }
 
+// sameTraining fails t unless two runs' losses and final adapters (got,
+// labelled how; want, labelled other) agree bit for bit.
+func sameTraining(t *testing.T, how, other string, gotLoss []float64, got [][]float64, wantLoss []float64, want [][]float64) {
+	t.Helper()
+	for i := range wantLoss {
+		if math.Float64bits(gotLoss[i]) != math.Float64bits(wantLoss[i]) {
+			t.Fatalf("step %d: loss %v %s, %v %s", i+1, gotLoss[i], how, wantLoss[i], other)
+		}
+	}
+	for k := range want {
+		for i := range want[k] {
+			if math.Float64bits(got[k][i]) != math.Float64bits(want[k][i]) {
+				t.Fatalf("adapter tensor %d[%d]: %v %s, %v %s", k, i, got[k][i], how, want[k][i], other)
+			}
+		}
+	}
+}
+
 // TestWorkingCopiesSameTraining: training through the adapters' working
 // copies (written by AdamW as it updates the masters, read by the forward
 // in place of autocast's casts) gives the losses and final adapters of
@@ -30,18 +48,7 @@ func TestWorkingCopiesSameTraining(t *testing.T) {
 	withCasts, withWorking := &castCounting{Backend: cpu.New()}, &castCounting{Backend: cpu.New()}
 	l0, _, f0 := tinyLoRARun(t, tinyRun{be: withCasts}, steps)
 	l1, _, f1 := tinyLoRARun(t, tinyRun{be: withWorking, working: true}, steps)
-	for i := range l0 {
-		if math.Float64bits(l0[i]) != math.Float64bits(l1[i]) {
-			t.Fatalf("step %d: loss %v with working copies, %v with casts", i+1, l1[i], l0[i])
-		}
-	}
-	for k := range f0 {
-		for i := range f0[k] {
-			if math.Float64bits(f0[k][i]) != math.Float64bits(f1[k][i]) {
-				t.Fatalf("adapter tensor %d[%d]: %v with working copies, %v with casts", k, i, f1[k][i], f0[k][i])
-			}
-		}
-	}
+	sameTraining(t, "with working copies", "with casts", l1, f1, l0, f0)
 	adapters := len(f0)
 	t.Logf("fp32 → bf16 casts over %d steps: %d with casts, %d with working copies (%d adapter tensors)", steps, withCasts.casts, withWorking.casts, adapters)
 	// The working run casts each master once, when the copies are made;
@@ -61,18 +68,7 @@ func TestRecomputeNormsSameTraining(t *testing.T) {
 	kept, redone := cpu.New(), cpu.New()
 	l0, _, f0 := tinyLoRARun(t, tinyRun{be: kept}, steps)
 	l1, _, f1 := tinyLoRARun(t, tinyRun{be: redone, recomputeNorms: true}, steps)
-	for i := range l0 {
-		if math.Float64bits(l0[i]) != math.Float64bits(l1[i]) {
-			t.Fatalf("step %d: loss %v with the norms recomputed, %v kept", i+1, l1[i], l0[i])
-		}
-	}
-	for k := range f0 {
-		for i := range f0[k] {
-			if math.Float64bits(f0[k][i]) != math.Float64bits(f1[k][i]) {
-				t.Fatalf("adapter tensor %d[%d]: %v with the norms recomputed, %v kept", k, i, f1[k][i], f0[k][i])
-			}
-		}
-	}
+	sameTraining(t, "with the norms recomputed", "kept", l1, f1, l0, f0)
 	pk, pr := kept.MemStats().Peak, redone.MemStats().Peak
 	t.Logf("peak %d B with the norms kept, %d B recomputed (%d B less)", pk, pr, pk-pr)
 	if pr >= pk {
