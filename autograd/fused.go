@@ -191,6 +191,22 @@ func composeNormScale(x, w *Tensor, eps float64, o NormScaleOptions) *Tensor {
 	return y
 }
 
+// QKVOptions are QKVNormRope's head counts, norm epsilon and rotation
+// layout.
+type QKVOptions struct {
+	Heads, KVHeads int // query heads hq and key/value heads hkv
+	Eps            float64
+	// Interleaved rotates adjacent pairs (2i, 2i+1); otherwise the halves
+	// (i, i + D/2).
+	Interleaved bool
+	// Recompute lets the tape drop q, k and v while only the attention's
+	// saves hold them and make all three again from qkv (which this op
+	// keeps for its own backward) before the attention's backward: one
+	// more pass over qkv there, the three tensors not kept between the
+	// passes. The values are the forward's, bit for bit.
+	Recompute bool
+}
+
 // QKVNormRope splits the fused projection qkv [B, S, (hq+2·hkv)·D] into
 // the attention's q [B, S, hq, D], k and v [B, S, hkv, D], with the per-head
 // RMSNorms (weights wq, wk [D], nil for none) and the rotation by the tables
@@ -199,8 +215,9 @@ func composeNormScale(x, w *Tensor, eps float64, o NormScaleOptions) *Tensor {
 // Slice, Reshape, RMSNorm and Rope compute in turn; where that cannot hold
 // (norm weights wider than qkv, or trainable: the fused backward gives them
 // no gradient) it runs as those ops.
-func QKVNormRope(qkv, wq, wk, cos, sin *Tensor, hq, hkv int, eps float64, interleaved bool) (q, k, v *Tensor) {
+func QKVNormRope(qkv, wq, wk, cos, sin *Tensor, o QKVOptions) (q, k, v *Tensor) {
 	const name = "QKVNormRope"
+	hq, hkv, eps, interleaved := o.Heads, o.KVHeads, o.Eps, o.Interleaved
 	e := qkv.e
 	failed := func() (*Tensor, *Tensor, *Tensor) {
 		return e.failed(qkv.dtype, qkv.shape), e.failed(qkv.dtype, qkv.shape), e.failed(qkv.dtype, qkv.shape)
@@ -250,6 +267,19 @@ func QKVNormRope(qkv, wq, wk, cos, sin *Tensor, hq, hkv int, eps float64, interl
 	}
 	sx, swq, swk, src, srs, sc, ssn := e.save(qkv), e.save(wq), e.save(wk), e.save(rq), e.save(rk), e.save(cos), e.save(sin)
 	saved := slices.DeleteFunc([]*Tensor{sx, swq, swk, src, srs, sc, ssn}, func(t *Tensor) bool { return t == nil })
+	if o.Recompute {
+		// The forward again from this node's saves (qkv, the weights and
+		// tables), which its backward — after the attention's — releases;
+		// the rstd it writes are scratch (the node kept the forward's).
+		e.rebuildableGroup([]*Tensor{q, k, v}, func(bufs []kernels.Buffer) {
+			e.materialize(sx)
+			tq, tk := e.newTensor(src.dtype, src.shape), e.newTensor(srs.dtype, srs.shape)
+			defer release(tq, tk)
+			if e.live(name+" recompute", sx, tq, tk) {
+				e.b.QKVNormRope(bufs[0], bufs[1], bufs[2], tq.st.buf, tk.st.buf, sx.st.buf, bufOf(swq), bufOf(swk), sc.st.buf, ssn.st.buf, a)
+			}
+		})
+	}
 	xd := qkv.dtype
 	e.recordN(name, []*Tensor{q, k, v}, []*Tensor{qkv}, saved, func(gs []*Tensor) []*Tensor {
 		shapes := [][]int{{b, s, hq, d}, {b, s, hkv, d}, {b, s, hkv, d}}

@@ -33,7 +33,7 @@ func TestFusedGradients(t *testing.T) {
 			func(in []*autograd.Tensor) *autograd.Tensor {
 				e := in[0].Engine()
 				cos, sin := ropeTables(e, 2, 3, 2)
-				q, k, v := autograd.QKVNormRope(in[0], fixed(e, 3, 4), fixed(e, 4, 4), cos, sin, 2, 1, 1e-3, il)
+				q, k, v := autograd.QKVNormRope(in[0], fixed(e, 3, 4), fixed(e, 4, 4), cos, sin, autograd.QKVOptions{Heads: 2, KVHeads: 1, Eps: 1e-3, Interleaved: il})
 				return autograd.Concat(2, q, autograd.Tanh(k), autograd.Square(v))
 			}})
 	}
@@ -42,7 +42,7 @@ func TestFusedGradients(t *testing.T) {
 		func(in []*autograd.Tensor) *autograd.Tensor {
 			e := in[0].Engine()
 			cos, sin := ropeTables(e, 1, 3, 3)
-			q, _, v := autograd.QKVNormRope(in[0], fixed(e, 3, 6), fixed(e, 4, 6), cos, sin, 1, 1, 1e-3, true)
+			q, _, v := autograd.QKVNormRope(in[0], fixed(e, 3, 6), fixed(e, 4, 6), cos, sin, autograd.QKVOptions{Heads: 1, KVHeads: 1, Eps: 1e-3, Interleaved: true})
 			return autograd.Mul(q, v)
 		}})
 	cases = append(cases, gradCase{"QKVNormRope/checkpointed", []input{{[]int{2, 2, 4 * 4}, nil}},
@@ -50,7 +50,7 @@ func TestFusedGradients(t *testing.T) {
 			e := in[0].Engine()
 			cos, sin := ropeTables(e, 2, 2, 2)
 			return autograd.Checkpoint(func(x []*autograd.Tensor) *autograd.Tensor {
-				q, k, v := autograd.QKVNormRope(x[0], fixed(e, 3, 4), fixed(e, 4, 4), cos, sin, 2, 1, 1e-3, true)
+				q, k, v := autograd.QKVNormRope(x[0], fixed(e, 3, 4), fixed(e, 4, 4), cos, sin, autograd.QKVOptions{Heads: 2, KVHeads: 1, Eps: 1e-3, Interleaved: true})
 				return autograd.Attention(q, k, v, autograd.AttentionOptions{})
 			}, in[0])
 		}})
@@ -191,12 +191,27 @@ func TestFusedMatchesComposition(t *testing.T) {
 							cos, sin = autograd.Cast(cos, kernels.F32), autograd.Cast(sin, kernels.F32)
 						}
 						q, k, v := split(in[0], wq, wk, cos, sin, hq, hkv, 1e-6, true)
-						return autograd.Attention(q, k, v, autograd.AttentionOptions{})
+						o := autograd.Attention(q, k, v, autograd.AttentionOptions{})
+						// The forward is done with them (the tape may drop
+						// them now, with Recompute).
+						q.Release()
+						k.Release()
+						v.Release()
+						return o
 					})
 			}
-			want, got := run(autograd.ComposeQKVNormRope), run(autograd.QKVNormRope)
+			fused := func(recompute bool) func(qkv, wq, wk, cos, sin *autograd.Tensor, hq, hkv int, eps float64, il bool) (q, k, v *autograd.Tensor) {
+				return func(qkv, wq, wk, cos, sin *autograd.Tensor, hq, hkv int, eps float64, il bool) (q, k, v *autograd.Tensor) {
+					return autograd.QKVNormRope(qkv, wq, wk, cos, sin, autograd.QKVOptions{Heads: hq, KVHeads: hkv, Eps: eps, Interleaved: il, Recompute: recompute})
+				}
+			}
+			want, got, redone := run(autograd.ComposeQKVNormRope), run(fused(false)), run(fused(true))
 			sameValues(t, "output", got.out, want.out)
 			sameValues(t, "dqkv", got.grads[0], want.grads[0])
+			// q, k and v dropped after the forward and made again from qkv
+			// for the attention's backward: the same bits.
+			sameValues(t, "output, q/k/v recomputed", redone.out, got.out)
+			sameValues(t, "dqkv, q/k/v recomputed", redone.grads[0], got.grads[0])
 		})
 	}
 }

@@ -66,6 +66,52 @@ func (e *Engine) rebuildable(t *Tensor, rebuild func(buf kernels.Buffer)) {
 	t.st.rebuild, t.st.dtype, t.st.n = rebuild, t.dtype, t.Len()
 }
 
+// rebuildableGroup is rebuildable for outputs one kernel writes together
+// (run, given a buffer for each of outs in order): rebuilding any of them
+// writes all, into the buffers the others still have, into buffers they
+// get back if evicted too, or into scratch for those already freed.
+func (e *Engine) rebuildableGroup(outs []*Tensor, run func(bufs []kernels.Buffer)) {
+	sts := make([]*storage, len(outs))
+	for i, t := range outs {
+		if t == nil || t.st == nil {
+			return
+		}
+		sts[i] = t.st
+	}
+	for i, t := range outs {
+		e.rebuildable(t, func(buf kernels.Buffer) {
+			bufs := make([]kernels.Buffer, len(sts))
+			var scratch []kernels.Buffer
+			defer func() {
+				for _, b := range scratch {
+					e.b.Free(b)
+				}
+			}()
+			for j, s := range sts {
+				switch {
+				case j == i:
+					bufs[j] = buf
+				case s.buf != nil:
+					bufs[j] = s.buf // the same values written again
+				default:
+					b, err := e.b.Alloc(s.dtype, s.n)
+					if err != nil {
+						e.failf("backward", "rebuilding a %v tensor of %d elements the tape dropped: %v", s.dtype, s.n, err)
+						return
+					}
+					bufs[j] = b
+					if s.rebuild != nil && s.refs > 0 {
+						s.buf = b // evicted: back for its saves
+					} else {
+						scratch = append(scratch, b)
+					}
+				}
+			}
+			run(bufs)
+		})
+	}
+}
+
 // materialize gives a saved handle its buffer back when the storage was
 // evicted (rebuildable), rebuilding the values; the other holders of the
 // storage see the same buffer.

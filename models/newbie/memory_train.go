@@ -86,6 +86,8 @@ const (
 	// holds one of them rebuilt.
 	trainRecomputedPerDim = 2
 	trainRebuiltPerDim    = 2
+	// and q, k and v (bf16, together the qkv width).
+	trainRecomputedPerQKV = 2
 	// trainMargin is the allowance, as a fraction of the activations, for
 	// what the CPU measurements do not show (see above).
 	trainMargin = 0.10
@@ -201,16 +203,16 @@ func trainActivations(c nextdit.Config, s TrainShape) (inputs, tokens, perToken 
 	blocks := int64(c.NLayers + c.NRefinerLayers) // each token: its refiner, then every joint layer
 	block := trainBlockPerDim*dim + trainBlockPerFFN*ffn + trainBlockPerQKV*qkv + trainBlockPerHead*heads + trainBlockConstant
 	back := trainBackPerDim*dim + trainBackPerFFN*ffn + trainBackPerHeadD*int64(c.HeadDim()) + trainBackConstant
-	// A block that keeps its tape; with RecomputeNorms, two bf16
-	// model-width tensors fewer, and the backward holds one rebuilt at a
-	// time. A checkpointed block's recompute keeps its norms.
-	keptBlock := block
-	if n := recomputedNorms(s); n > 0 {
-		keptBlock -= n * trainRecomputedPerDim * dim
-		back += trainRebuiltPerDim * dim
+	// A block that keeps its tape; with RecomputeNorms, the pre-norm
+	// outputs adapters keep and q/k/v fewer, and the backward holds one of
+	// each rebuilt at a time. A checkpointed block's recompute keeps them.
+	keptBlock, rebuilt := block, int64(0)
+	if s.RecomputeNorms {
+		keptBlock -= recomputedNorms(s)*trainRecomputedPerDim*dim + trainRecomputedPerQKV*qkv
+		rebuilt = trainRebuiltPerDim*dim + trainRecomputedPerQKV*qkv
 	}
 	if !s.Checkpoint {
-		return inputs, tokens, blocks*keptBlock + back
+		return inputs, tokens, blocks*keptBlock + back + rebuilt
 	}
 	// Checkpointed blocks keep their input, the others their whole tape. A
 	// caption token runs the context refiners and the layers, an image
@@ -229,5 +231,8 @@ func trainActivations(c nextdit.Config, s TrainShape) (inputs, tokens, perToken 
 	capTok, imgTok := int64(s.CaptionTokens), int64((s.LatentH/c.PatchSize)*(s.LatentW/c.PatchSize))
 	// The tokens' mean, rounded up.
 	kept := (capTok*capKept + imgTok*imgKept + capTok + imgTok - 1) / (capTok + imgTok)
-	return inputs, tokens, (blocks-kept)*trainCkptPerDim*dim + kept*keptBlock + block + back + trainCkptInputPerDim*dim
+	if kept == 0 {
+		rebuilt = 0 // every block checkpointed: nothing is rebuilt
+	}
+	return inputs, tokens, (blocks-kept)*trainCkptPerDim*dim + kept*keptBlock + block + back + rebuilt + trainCkptInputPerDim*dim
 }

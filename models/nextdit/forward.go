@@ -291,7 +291,7 @@ func (m *Model) block(prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []in
 
 	// Attention branch.
 	h := norm(x, "attention_norm1.weight", 0, kernels.ScaleOnePlus, nil)
-	a := m.attention(prefix, h, cos, sin, keyLens)
+	a := m.attention(prefix, h, cos, sin, keyLens, recompute)
 	x1 := norm(a, "attention_norm2.weight", 1, kernels.ScaleTanh, x)
 	release(h, a)
 
@@ -320,7 +320,7 @@ func modulate(x, scale *ag.Tensor) *ag.Tensor {
 // attention is upstream JointAttention.forward: fused qkv, per-head q/k
 // RMSNorm, 3-axis RoPE on adjacent pairs, grouped-query attention with a
 // key-padding mask, output projection.
-func (m *Model) attention(prefix string, x, cos, sin *ag.Tensor, keyLens []int32) *ag.Tensor {
+func (m *Model) attention(prefix string, x, cos, sin *ag.Tensor, keyLens []int32, recompute bool) *ag.Tensor {
 	c := m.cfg
 	hd, hq, hkv := c.HeadDim(), c.NHeads, c.NKVHeads
 	xs := x.Shape()
@@ -330,7 +330,7 @@ func (m *Model) attention(prefix string, x, cos, sin *ag.Tensor, keyLens []int32
 	if c.QKNorm {
 		// One op for the q/k/v slices, the per-head norms and the rotation.
 		q, k, v = ag.QKVNormRope(qkv, m.weights[prefix+".attention.q_norm.weight"], m.weights[prefix+".attention.k_norm.weight"],
-			cos, sin, hq, hkv, QKNormEps, true)
+			cos, sin, ag.QKVOptions{Heads: hq, KVHeads: hkv, Eps: QKNormEps, Interleaved: true, Recompute: recompute})
 		release(qkv)
 	} else {
 		q0 := ag.Slice(qkv, 2, 0, hq*hd)

@@ -32,13 +32,15 @@ type Options struct {
 	// running on the weight dequantised for it. Off by default; norms,
 	// biases and everything trainable keep DType.
 	FP8Base bool
-	// RecomputeNorms drops the outputs of the blocks' pre-norms (attention
-	// and feed-forward, the inputs of the qkv and w1/w3 products) from the
-	// tape after the forward and recomputes them from the block's input in
-	// the backward (autograd.NormScaleOptions.Recompute): two model-width
-	// tensors a token and block fewer kept, for one more pass over the
-	// block's input per norm in the backward. The gradients are the same
-	// bits. Checkpointed blocks keep theirs (their tape is rebuilt anyway).
+	// RecomputeNorms drops the outputs of the blocks' norms from the tape
+	// after the forward and recomputes them in the backward: the pre-norms
+	// of the attention and the feed-forward (the inputs of the qkv and
+	// w1/w3 products, from the block's input: autograd.NormScaleOptions.
+	// Recompute) and the q/k norms with the rotation (q, k and v, from qkv:
+	// autograd.QKVOptions.Recompute). Per token and block that keeps two
+	// model-width tensors and q/k/v fewer, for one more pass over each
+	// source in the backward. The gradients are the same bits.
+	// Checkpointed blocks keep theirs (their tape is rebuilt anyway).
 	RecomputeNorms bool
 }
 
