@@ -18,10 +18,13 @@ type NormScaleOptions struct {
 	Res *Tensor
 	// Recompute lets the tape drop the result while only its readers'
 	// saves hold it — a LoRA product keeps its input for lora_A's gradient
-	// alone — and make it again from x in the backward, before the first
+	// alone, a following norm its input — and make it again from x (and
+	// Res, which the op then keeps too) in the backward, before the first
 	// of those readers runs: one more pass over x there, one model-width
 	// tensor less kept per norm. The values are the forward's, bit for
-	// bit. Honoured without Res (whose tensor the op does not keep).
+	// bit. Only for a result whose rebuild reads tensors kept anyway: a
+	// chain of recomputed norms (a block's output as the next block's
+	// residual) would rebuild the whole chain at once.
 	Recompute bool
 }
 
@@ -78,18 +81,22 @@ func NormScale(x, w *Tensor, eps float64, o NormScaleOptions) *Tensor {
 	e.trace(name, out, xin, win, o.S, o.Res)
 	if e.recording(xin, win, o.S, o.Res) {
 		sx, sw, ss, sr := e.save(xin), e.save(win), e.save(o.S), e.save(rstd)
-		if o.Recompute && o.Res == nil {
+		var sres *Tensor // the residual, kept for a recompute only
+		if o.Recompute {
 			// The forward again from this node's own saves, which its
 			// backward — after every reader's — releases.
+			sres = e.save(o.Res)
 			rd := rstd.dtype
 			e.rebuildable(out, func(buf kernels.Buffer) {
 				e.materialize(sx)
+				e.materialize(sres)
 				rs := e.newTensor(rd, []int{rows})
 				defer rs.Release()
 				ra := a
 				if ss != nil {
 					ra.S = ss.st.buf
 				}
+				ra.Res = bufOf(sres)
 				if e.live(name+" recompute", sx, rs) {
 					e.b.NormScale(buf, rs.st.buf, sx.st.buf, bufOf(sw), ra)
 				}
@@ -102,7 +109,7 @@ func NormScale(x, w *Tensor, eps float64, o NormScaleOptions) *Tensor {
 		if needRes {
 			resD, resShape = o.Res.dtype, o.Res.shape
 		}
-		saved := slices.DeleteFunc([]*Tensor{sx, sw, ss, sr}, func(t *Tensor) bool { return t == nil })
+		saved := slices.DeleteFunc([]*Tensor{sx, sw, ss, sr, sres}, func(t *Tensor) bool { return t == nil })
 		e.record(name, out, []*Tensor{xin, win, o.S, o.Res}, saved, func(g *Tensor) []*Tensor {
 			var dres *Tensor
 			if needRes {

@@ -81,9 +81,9 @@ const (
 	// float32 and bf16) are alive once.
 	trainCkptPerDim      = 2
 	trainCkptInputPerDim = 6
-	// With RecomputeNorms a kept block drops its pre-norm outputs that an
-	// adapter keeps (bf16: 2 bytes each per model width) and the backward
-	// holds one of them rebuilt.
+	// With RecomputeNorms a kept block drops the norm outputs
+	// recomputedNorms counts (bf16: 2 bytes each per model width) and the
+	// backward holds one of them rebuilt;
 	trainRecomputedPerDim = 2
 	trainRebuiltPerDim    = 2
 	// and q, k and v (bf16, together the qkv width).
@@ -166,10 +166,11 @@ func EstimateTrain(c nextdit.Config, s TrainShape, r Rounder) (Estimate, error) 
 	return e.finish(r), nil
 }
 
-// recomputedNorms is how many of a block's two pre-norm outputs
-// RecomputeNorms takes off its tape: those an adapter keeps (for lora_A's
-// gradient), the attention's when the qkv has one, the feed-forward's when
-// w1 or w3 has. A frozen product keeps no input.
+// recomputedNorms is how many of a block's norm outputs RecomputeNorms
+// takes off its tape: the attention branch's output (the feed-forward
+// pre-norm's input), and the pre-norm outputs an adapter keeps (for
+// lora_A's gradient): the attention's when the qkv has one, the
+// feed-forward's when w1 or w3 has. A frozen product keeps no input.
 func recomputedNorms(s TrainShape) int64 {
 	if !s.RecomputeNorms {
 		return 0
@@ -188,7 +189,7 @@ func recomputedNorms(s TrainShape) int64 {
 		}
 		return 0
 	}
-	return adapted("attention.qkv") + adapted("feed_forward.w1", "feed_forward.w3")
+	return 1 + adapted("attention.qkv") + adapted("feed_forward.w1", "feed_forward.w3")
 }
 
 // trainActivations is the step's inputs in bytes, its tokens, and the

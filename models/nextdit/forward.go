@@ -278,11 +278,14 @@ func (m *Model) block(prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []in
 		// for every block, was made once by Forward.
 		mod = m.linear(prefix+".adaLN_modulation.1", adaln)
 	}
-	// The pre-norms (no residual) feed the qkv and w1/w3 products, which
-	// keep them only for lora_A's gradient: with recompute the tape drops
-	// them and the backward makes them again (Options.RecomputeNorms).
-	norm := func(x *ag.Tensor, weight string, chunk int, mode kernels.ScaleMode, res *ag.Tensor) *ag.Tensor {
-		o := ag.NormScaleOptions{Res: res, Recompute: recompute && res == nil}
+	// With recompute (Options.RecomputeNorms) the tape drops what redo
+	// names and the backward makes it again: the pre-norms, which the qkv
+	// and w1/w3 products keep only for lora_A's gradient, and the attention
+	// branch's output x1, which the feed-forward's pre-norm keeps as its
+	// input (rebuilt from a and x, both kept). Not the block's output: the
+	// next block's residual, it would chain the rebuilds.
+	norm := func(x *ag.Tensor, weight string, chunk int, mode kernels.ScaleMode, res *ag.Tensor, redo bool) *ag.Tensor {
+		o := ag.NormScaleOptions{Res: res, Recompute: recompute && redo}
 		if mod != nil {
 			o.S, o.Chunk, o.Chunks, o.Mode = mod, chunk, 4, mode
 		}
@@ -290,15 +293,15 @@ func (m *Model) block(prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []in
 	}
 
 	// Attention branch.
-	h := norm(x, "attention_norm1.weight", 0, kernels.ScaleOnePlus, nil)
+	h := norm(x, "attention_norm1.weight", 0, kernels.ScaleOnePlus, nil, true)
 	a := m.attention(prefix, h, cos, sin, keyLens, recompute)
-	x1 := norm(a, "attention_norm2.weight", 1, kernels.ScaleTanh, x)
+	x1 := norm(a, "attention_norm2.weight", 1, kernels.ScaleTanh, x, true)
 	release(h, a)
 
 	// Feed-forward branch.
-	hf := norm(x1, "ffn_norm1.weight", 2, kernels.ScaleOnePlus, nil)
+	hf := norm(x1, "ffn_norm1.weight", 2, kernels.ScaleOnePlus, nil, true)
 	ff := m.feedForward(prefix, hf)
-	out := norm(ff, "ffn_norm2.weight", 3, kernels.ScaleTanh, x1)
+	out := norm(ff, "ffn_norm2.weight", 3, kernels.ScaleTanh, x1, false)
 	release(x1, hf, ff, mod)
 	return out
 }

@@ -35,11 +35,13 @@ type Options struct {
 	// RecomputeNorms drops the outputs of the blocks' norms from the tape
 	// after the forward and recomputes them in the backward: the pre-norms
 	// of the attention and the feed-forward (the inputs of the qkv and
-	// w1/w3 products, from the block's input: autograd.NormScaleOptions.
-	// Recompute) and the q/k norms with the rotation (q, k and v, from qkv:
-	// autograd.QKVOptions.Recompute). Per token and block that keeps two
-	// model-width tensors and q/k/v fewer, for one more pass over each
-	// source in the backward. The gradients are the same bits.
+	// w1/w3 products) and the attention branch's post-norm (x1, the
+	// feed-forward pre-norm's input), from the tensors their ops keep
+	// anyway (autograd.NormScaleOptions.Recompute), and the q/k norms with
+	// the rotation (q, k and v, from qkv: autograd.QKVOptions.Recompute).
+	// Per token and block that keeps three model-width tensors and q/k/v
+	// fewer, for one more pass over each source in the backward. The
+	// gradients are the same bits.
 	// Checkpointed blocks keep theirs (their tape is rebuilt anyway).
 	RecomputeNorms bool
 }
