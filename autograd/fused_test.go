@@ -316,3 +316,46 @@ func TestNormScaleRecompute(t *testing.T) {
 		})
 	}
 }
+
+// TestNormScaleRecomputeResidual: a post-norm with a residual (a block's
+// x1 = x + tanh(g)·norm(a)) that only the next norm keeps is dropped and
+// rebuilt from a and x, which the op then keeps: one tensor less held
+// between the passes, the same gradients bit for bit.
+func TestNormScaleRecomputeResidual(t *testing.T) {
+	const rows, cols = 12, 16
+	run := func(recompute bool) (grads [][]float64, held int64) {
+		be := cpu.New()
+		e := autograd.New(be)
+		r := rand.New(rand.NewPCG(61, 62))
+		x0 := e.FromFloat64(kernels.F64, []int{2, rows / 2, cols}, kerneltest.Randn(r, rows*cols, 1))
+		x0.Input()
+		s := e.Param("s", kernels.F64, []int{2, 3 * cols}, kerneltest.Randn(r, 6*cols, 0.3))
+		w1 := e.Constant("w1", kernels.F64, []int{cols}, kerneltest.Randn(r, cols, 0.2))
+		w2 := e.Constant("w2", kernels.F64, []int{cols}, kerneltest.Randn(r, cols, 0.2))
+		x := autograd.Scale(x0, 1.5)
+		a := autograd.Tanh(x) // stands for the attention's projection
+		x1 := autograd.NormScale(a, w1, 1e-5, autograd.NormScaleOptions{S: s, Chunk: 1, Chunks: 3, Mode: kernels.ScaleTanh, Res: x, Recompute: recompute})
+		hf := autograd.NormScale(x1, w2, 1e-5, autograd.NormScaleOptions{S: s, Chunk: 2, Chunks: 3, Mode: kernels.ScaleOnePlus})
+		x1.Release()
+		held = be.MemStats().Allocated
+		if err := e.Backward(autograd.SumAll(autograd.Square(hf))); err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range []*autograd.Tensor{x0, s} {
+			g, err := p.Grad().Values()
+			if err != nil {
+				t.Fatal(err)
+			}
+			grads = append(grads, g)
+		}
+		return grads, held
+	}
+	kept, heldKept := run(false)
+	redone, heldRedone := run(true)
+	if want := int64(rows * cols * 8); heldKept-heldRedone != want {
+		t.Errorf("between the passes %d bytes held with x1 kept, %d recomputed; want %d fewer", heldKept, heldRedone, want)
+	}
+	for i := range kept {
+		sameValues(t, fmt.Sprintf("gradient %d, x1 recomputed", i), redone[i], kept[i])
+	}
+}
