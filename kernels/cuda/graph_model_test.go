@@ -14,10 +14,10 @@ import (
 )
 
 // trainTiny runs steps LoRA training steps of the tiny model on a fresh
-// CUDA backend (bf16 weights and autocast, as training runs) and returns
-// the losses, the LoRA masters after the last step and the backend's graph
-// counters.
-func trainTiny(t *testing.T, steps int, checkpoint bool) ([]float64, [][]float64, kernels.GraphStats) {
+// CUDA backend (bf16 weights and autocast, as training runs; the model
+// built with opts, its DType bf16) and returns the losses, the LoRA
+// masters after the last step and the backend's graph counters.
+func trainTiny(t *testing.T, steps int, opts nextdit.Options) ([]float64, [][]float64, kernels.GraphStats) {
 	t.Helper()
 	be, err := cuda.New(0)
 	if err != nil {
@@ -26,7 +26,8 @@ func trainTiny(t *testing.T, steps int, checkpoint bool) ([]float64, [][]float64
 	defer be.Close()
 	e := ag.New(be)
 	cfg, _ := nextdit.Preset("tiny")
-	model, err := nextdit.NewRandom(e, cfg, nextdit.Options{DType: kernels.BF16, Checkpoint: checkpoint}, 5)
+	opts.DType = kernels.BF16
+	model, err := nextdit.NewRandom(e, cfg, opts, 5)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,17 +82,28 @@ func trainTiny(t *testing.T, steps int, checkpoint bool) ([]float64, [][]float64
 // TestGraphsTrainSameBits trains the tiny model for a few steps with graph
 // replay and without (NEWBIE_TRAIN_CUDA_OFF=graphs), with and without
 // checkpointing, and requires the same losses and LoRA weights bit for bit,
-// and that the run with graphs really replayed most of its ops.
+// and that the run with graphs really replayed most of its ops; and with
+// the norms recomputed in the backward (their rebuilds replayed too), the
+// same bits as with them kept.
 func TestGraphsTrainSameBits(t *testing.T) {
 	if err := cuda.Available(); err != nil {
 		t.Skipf("no GPU here: %v", err)
 	}
-	for _, ckpt := range []bool{false, true} {
-		t.Run(map[bool]string{false: "checkpointing off", true: "checkpointing on"}[ckpt], func(t *testing.T) {
+	var kept []float64
+	var keptW [][]float64
+	for _, c := range []struct {
+		name string
+		opts nextdit.Options
+	}{
+		{"checkpointing off", nextdit.Options{}},
+		{"checkpointing on", nextdit.Options{Checkpoint: true}},
+		{"norms recomputed", nextdit.Options{RecomputeNorms: true}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
 			const steps = 6
-			lossOn, wOn, stOn := trainTiny(t, steps, ckpt)
+			lossOn, wOn, stOn := trainTiny(t, steps, c.opts)
 			t.Setenv("NEWBIE_TRAIN_CUDA_OFF", "graphs")
-			lossOff, wOff, stOff := trainTiny(t, steps, ckpt)
+			lossOff, wOff, stOff := trainTiny(t, steps, c.opts)
 			t.Logf("with graphs: %v", stOn)
 			t.Logf("without: %v", stOff)
 			if stOn.Off != "" || stOff.Off == "" {
@@ -112,6 +124,23 @@ func TestGraphsTrainSameBits(t *testing.T) {
 			if stOn.Failed != 0 || stOn.Replayed == 0 || stOn.OpsGraphed < stOn.OpsPlain {
 				t.Errorf("graphs: %v; want replays of most ops and no failures", stOn)
 			}
+			switch {
+			case c.opts == (nextdit.Options{}):
+				kept, keptW = lossOn, wOn
+			case c.opts.RecomputeNorms && kept != nil:
+				for i := range kept {
+					if math.Float64bits(lossOn[i]) != math.Float64bits(kept[i]) {
+						t.Errorf("step %d: loss %v with the norms recomputed, %v kept", i, lossOn[i], kept[i])
+					}
+				}
+				for k := range keptW {
+					for i := range keptW[k] {
+						if math.Float64bits(wOn[k][i]) != math.Float64bits(keptW[k][i]) {
+							t.Fatalf("LoRA tensor %d[%d]: %v with the norms recomputed, %v kept", k, i, wOn[k][i], keptW[k][i])
+						}
+					}
+				}
+			}
 		})
 	}
 }
@@ -129,9 +158,9 @@ func TestThinGemmTrainsLikeCuBLAS(t *testing.T) {
 		t.Skipf("no GPU here: %v", err)
 	}
 	const steps = 6
-	lossThin, wThin, _ := trainTiny(t, steps, false)
+	lossThin, wThin, _ := trainTiny(t, steps, nextdit.Options{})
 	t.Setenv("NEWBIE_TRAIN_CUDA_OFF", "thingemm")
-	lossBlas, wBlas, _ := trainTiny(t, steps, false)
+	lossBlas, wBlas, _ := trainTiny(t, steps, nextdit.Options{})
 	for i := range lossBlas {
 		if d := math.Abs(lossThin[i]-lossBlas[i]) / math.Abs(lossBlas[i]); d > 1e-2 {
 			t.Errorf("step %d: loss %v on the thin kernels, %v on cuBLAS (%.2g apart)", i, lossThin[i], lossBlas[i], d)
