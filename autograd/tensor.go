@@ -162,9 +162,14 @@ func (t *Tensor) Release() {
 	if t.st != nil {
 		if t.save {
 			t.st.saves--
+			t.st.drop()
+		} else {
+			// The forward letting go: the tape's saves may be all that is
+			// left. (Not when a save goes: a storage rebuilt for one
+			// reader's backward stays for the next reader's.)
+			t.st.drop()
+			t.st.evict()
 		}
-		t.st.drop()
-		t.st.evict()
 	}
 	if t.grad != nil {
 		t.grad.Release()
