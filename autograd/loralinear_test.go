@@ -826,3 +826,66 @@ func TestLoRALinearPendingSink(t *testing.T) {
 		t.Errorf("the shared input's gradient is %.3g from the sum of the layers' own", err)
 	}
 }
+
+// TestLoRALinearRecompute: Recompute on a LoRA product's output lets the
+// tape drop it between the passes and run the two products again for its
+// reader's backward: one output less held, the same gradients bit for bit
+// (fp64, and bf16 under autocast with an fp8 base weight's dequantisation
+// redone too).
+func TestLoRALinearRecompute(t *testing.T) {
+	for _, c := range []struct {
+		name string
+		d    kernels.DType
+		fp8  bool
+	}{{"F64", kernels.F64, false}, {"BF16", kernels.BF16, false}, {"BF16/fp8 base", kernels.BF16, true}} {
+		run := func(recompute bool) (grads [][]float64, held int64) {
+			be := cpu.New()
+			e := autograd.New(be)
+			master := kernels.F32
+			if c.d == kernels.F64 {
+				master = kernels.F64
+			}
+			x0, w, a, b := smallLoRALayer(e, 71, c.d, master)
+			x0.Input()
+			if c.fp8 {
+				q, err := autograd.QuantizeFP8(w)
+				if err != nil {
+					t.Fatal(err)
+				}
+				w = q
+			}
+			if c.d == kernels.BF16 {
+				e.SetAutocast(kernels.BF16)
+			}
+			x := autograd.Scale(x0, 1.5)
+			y := autograd.LoRALinear(x, x, w, nil, a, b, 2)
+			if recompute && !autograd.Recompute(y) {
+				t.Fatal("Recompute refused a LoRA product's output")
+			}
+			z := autograd.Square(y)
+			y.Release()
+			held = be.MemStats().Allocated
+			if err := e.Backward(autograd.SumAll(z)); err != nil {
+				t.Fatal(err)
+			}
+			for _, p := range []*autograd.Tensor{x0, a, b} {
+				g, err := p.Grad().Values()
+				if err != nil {
+					t.Fatal(err)
+				}
+				grads = append(grads, g)
+			}
+			return grads, held
+		}
+		t.Run(c.name, func(t *testing.T) {
+			kept, heldKept := run(false)
+			redone, heldRedone := run(true)
+			if want := int64(6 * loraOut * c.d.Size()); heldKept-heldRedone != want {
+				t.Errorf("between the passes %d bytes held with the output kept, %d recomputed; want %d fewer", heldKept, heldRedone, want)
+			}
+			for i := range kept {
+				sameValues(t, fmt.Sprintf("gradient %d, output recomputed", i), redone[i], kept[i])
+			}
+		})
+	}
+}

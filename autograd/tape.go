@@ -66,6 +66,21 @@ func (e *Engine) rebuildable(t *Tensor, rebuild func(buf kernels.Buffer)) {
 	t.st.rebuild, t.st.dtype, t.st.n = rebuild, t.dtype, t.Len()
 }
 
+// Recompute lets the tape drop t after the forward, while only the saves of
+// the ops that read it hold it, and make it again before the first of
+// those ops' backward, from what t's own op keeps for its backward (one
+// more run of that op's products there). It reports whether t's op can do
+// that: today LoRALinear whose update reads its input x, without a bias
+// (the feed-forward's w1 and w3, whose outputs SwiGLU keeps). The values
+// are the forward's, bit for bit.
+func Recompute(t *Tensor) bool {
+	if t == nil || t.st == nil || t.recipe == nil || t.released {
+		return false
+	}
+	t.e.rebuildable(t, t.recipe)
+	return true
+}
+
 // rebuildableGroup is rebuildable for outputs one kernel writes together
 // (run, given a buffer for each of outs in order): rebuilding any of them
 // writes all, into the buffers the others still have, into buffers they

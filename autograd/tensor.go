@@ -72,6 +72,9 @@ type Tensor struct {
 	// a cast to a narrower dtype sums its readers' gradients in the source's
 	// dtype, as if each reader had made its own cast (see Cast).
 	gradDType kernels.DType
+	// recipe, set by an op that can make its output again from what its
+	// node keeps anyway, writes the values into a buffer (Recompute).
+	recipe func(buf kernels.Buffer)
 	// working, for a leaf, is a copy of it in a lower dtype that its owner
 	// keeps equal to Cast(leaf, working's dtype) (SetWorking): the optimizer
 	// writes it in the pass that updates the master.

@@ -63,9 +63,12 @@ type Options struct {
 	// CheckpointBlocks, when positive, is how many blocks the checkpointing
 	// mode checkpoints (nextdit.Options.CheckpointBlocks; train.checkpoint_blocks).
 	CheckpointBlocks int
-	// RecomputeNorms recomputes the blocks' pre-norms in the backward
-	// rather than keeping them (nextdit.Options.RecomputeNorms).
-	RecomputeNorms bool
+	// RecomputeNorms recomputes the blocks' norms in the backward rather
+	// than keeping them (nextdit.Options.RecomputeNorms); RecomputeFFNBlocks
+	// the feed-forward inputs of that many blocks
+	// (nextdit.Options.RecomputeFFNBlocks).
+	RecomputeNorms     bool
+	RecomputeFFNBlocks int
 	// CompareOff, when set, measures every checkpointing mode once per
 	// entry, each a list of the backend's optional paths to turn off
 	// (kernels.Switchable.SetOff: "" all on, "graphs", "fused,graphs", …),
@@ -231,7 +234,8 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	res = Result{
 		Preset: o.Preset, Layers: cfg.NLayers, FP8Base: o.FP8Base, Params: cfg.NumParams(), Rank: o.Rank, Alpha: o.Alpha,
 		CheckpointBlocks: o.CheckpointBlocks, Blocks: cfg.Blocks(), RecomputeNorms: o.RecomputeNorms,
-		Batch: o.Batch, Accum: o.Accum, Ranks: 1, Resolution: o.Resolution, Latent: [3]int{cfg.InChannels, latent, latent},
+		RecomputeFFNBlocks: o.RecomputeFFNBlocks,
+		Batch:              o.Batch, Accum: o.Accum, Ranks: 1, Resolution: o.Resolution, Latent: [3]int{cfg.InChannels, latent, latent},
 		ImageTokens: tokens, CaptionTokens: o.CaptionTokens,
 		FLOPs: StepFLOPs(cfg, o.Batch*o.Accum, o.CaptionTokens, tokens),
 	}
@@ -272,7 +276,8 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	fmt.Fprintf(o.Log, "bench: building %s (%d parameters) with random bf16 weights on %s\n", o.Preset, res.Params, res.Backend)
 
 	start := time.Now()
-	model, err := nextdit.NewRandom(e, cfg, nextdit.Options{DType: kernels.BF16, FP8Base: o.FP8Base, RecomputeNorms: o.RecomputeNorms}, o.Seed)
+	model, err := nextdit.NewRandom(e, cfg, nextdit.Options{DType: kernels.BF16, FP8Base: o.FP8Base, RecomputeNorms: o.RecomputeNorms,
+		RecomputeFFNBlocks: o.RecomputeFFNBlocks}, o.Seed)
 	if err != nil {
 		return res, fmt.Errorf("bench: model: %w", err)
 	}

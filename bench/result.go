@@ -23,9 +23,11 @@ type Result struct {
 	// CheckpointBlocks is how many blocks the checkpointing mode
 	// checkpointed (0: every one) of Blocks.
 	CheckpointBlocks, Blocks int
-	// RecomputeNorms is whether the pre-norms were recomputed in the
-	// backward (bench.Options.RecomputeNorms).
-	RecomputeNorms bool
+	// RecomputeNorms is whether the norms were recomputed in the backward,
+	// RecomputeFFNBlocks in how many blocks the feed-forward inputs were
+	// (bench.Options).
+	RecomputeNorms     bool
+	RecomputeFFNBlocks int
 	// Params is the frozen base model's size; LoRAParams the trainable
 	// adapters' and LoRALayers how many linear layers carry one.
 	Params     int64
@@ -149,7 +151,10 @@ func (r Result) Table() string {
 		fmt.Fprintf(&sb, "checkpointing on: %d of the %d blocks (--checkpoint-blocks)\n", r.CheckpointBlocks, r.Blocks)
 	}
 	if r.RecomputeNorms {
-		fmt.Fprintf(&sb, "the blocks' pre-norms recomputed in the backward, not kept (--recompute-norms)\n")
+		fmt.Fprintf(&sb, "the blocks' norms recomputed in the backward, not kept (--recompute-norms)\n")
+	}
+	if r.RecomputeFFNBlocks > 0 {
+		fmt.Fprintf(&sb, "the feed-forward inputs of %d of the %d blocks recomputed in the backward (--recompute-ffn-blocks)\n", min(r.RecomputeFFNBlocks, r.Blocks), r.Blocks)
 	}
 	if r.Accum > 1 || r.Ranks > 1 {
 		fmt.Fprintf(&sb, "step: %d micro-batch(es) on each of %d rank(s); samples/s counts all %d samples of a step, TFLOP/s is one GPU's\n", r.Accum, r.Ranks, r.Batch*r.Accum*r.Ranks)

@@ -20,6 +20,7 @@ import (
 // through working copies (AttachWorkingCopies), and the backend.
 type tinyRun struct {
 	fp8, working, recomputeNorms bool
+	recomputeFFNBlocks           int
 	be                           kernels.Backend // nil: a CPU backend
 }
 
@@ -36,7 +37,8 @@ func tinyLoRARun(t *testing.T, how tinyRun, steps int) (losses []float64, linear
 	}
 	e := ag.New(be)
 	cfg, _ := nextdit.Preset("tiny")
-	model, err := nextdit.NewRandom(e, cfg, nextdit.Options{DType: kernels.BF16, FP8Base: fp8, RecomputeNorms: how.recomputeNorms}, 21)
+	model, err := nextdit.NewRandom(e, cfg, nextdit.Options{DType: kernels.BF16, FP8Base: fp8, RecomputeNorms: how.recomputeNorms,
+		RecomputeFFNBlocks: how.recomputeFFNBlocks}, 21)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -153,9 +153,12 @@ type run struct {
 	// ckptBlocks is how many blocks run under a checkpoint
 	// (chooseCheckpointing, before the model loads).
 	ckptBlocks int
-	// recomputeNorms: the blocks' pre-norm outputs are recomputed in the
-	// backward rather than kept (checkpoint_blocks auto's first lever).
+	// recomputeNorms: the blocks' norm outputs are recomputed in the
+	// backward rather than kept (checkpoint_blocks auto's first lever);
+	// recomputeFFN: how many blocks recompute their feed-forward inputs
+	// (its second).
 	recomputeNorms         bool
+	recomputeFFN           int
 	trainPeak, previewPeak int64
 	previewTime, stepTime  time.Duration
 	previewItems           int
@@ -624,7 +627,7 @@ func (r *run) loadModel() error {
 		return err
 	}
 	opts := nextdit.Options{DType: st, Checkpoint: r.ckptBlocks > 0, CheckpointBlocks: r.ckptBlocks, FP8Base: r.fp8Base(),
-		RecomputeNorms: r.recomputeNorms}
+		RecomputeNorms: r.recomputeNorms, RecomputeFFNBlocks: r.recomputeFFN}
 	weights := ditPath(cfg, r.found)
 	if weights == "" {
 		r.model, err = nextdit.NewRandom(r.e, r.mc, opts, cfg.Train.Seed)

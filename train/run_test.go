@@ -474,12 +474,7 @@ func TestCheckpointBlocksAuto(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	shape.Checkpoint = true
-	all, err := newbie.EstimateTrain(mc, shape, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	shape.Checkpoint, shape.RecomputeNorms = false, true
+	shape.RecomputeNorms = true
 	lean, err := newbie.EstimateTrain(mc, shape, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -491,7 +486,8 @@ func TestCheckpointBlocksAuto(t *testing.T) {
 	// Between keeping every block's tape and dropping the norms from it:
 	// the norms recomputed, no block checkpointed.
 	leanLog, leanLosses := run("auto", float64(lean.Total+none.Total)/2/(1<<30))
-	if !strings.Contains(leanLog, "activation checkpointing: 0 of ") || !strings.Contains(leanLog, "pre-norms recomputed") {
+	if !strings.Contains(leanLog, "activation checkpointing: 0 of ") || !strings.Contains(leanLog, "the norms recomputed") ||
+		strings.Contains(leanLog, "feed-forward") {
 		t.Errorf("auto under a budget between the norms recomputed (%d B) and kept (%d B): want no block checkpointed and the norms recomputed, log says:\n%s",
 			lean.Total, none.Total, leanLog)
 	}
@@ -500,12 +496,46 @@ func TestCheckpointBlocksAuto(t *testing.T) {
 			t.Errorf("step %d: loss %v with the norms recomputed, %v with every block checkpointed", step, leanLosses[step], l)
 		}
 	}
-	budget := float64(none.Total+all.Total) / 2 / (1 << 30)
+	// Between that and every feed-forward's inputs recomputed too: some of
+	// them recomputed, still no block checkpointed.
+	shape.RecomputeFFNBlocks = mc.Blocks()
+	leaner, err := newbie.EstimateTrain(mc, shape, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ffnLog, ffnLosses := run("auto", float64(leaner.Total+lean.Total)/2/(1<<30))
+	if !strings.Contains(ffnLog, "activation checkpointing: 0 of ") || !strings.Contains(ffnLog, "and the feed-forward inputs of ") {
+		t.Errorf("auto under a budget between the feed-forwards recomputed (%d B) and not (%d B): want some of them recomputed, no block checkpointed, log says:\n%s",
+			leaner.Total, lean.Total, ffnLog)
+	}
+	for step, l := range allLosses {
+		if ffnLosses[step] != l {
+			t.Errorf("step %d: loss %v with feed-forward inputs recomputed, %v with every block checkpointed", step, ffnLosses[step], l)
+		}
+	}
+	// Below every lever short of checkpointing, at the smallest estimate of
+	// some blocks checkpointed (with the levers on for the rest): some.
+	shape.Checkpoint = true
+	var some int64
+	for k := 1; k < mc.Blocks(); k++ {
+		shape.CheckpointBlocks = k
+		est, err := newbie.EstimateTrain(mc, shape, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if some == 0 || est.Total < some {
+			some = est.Total
+		}
+	}
+	if some >= leaner.Total {
+		t.Fatalf("checkpointing some blocks is estimated at %d B at best, against %d B with the norms and feed-forwards recomputed alone", some, leaner.Total)
+	}
+	budget := float64(some) / (1 << 30)
 	autoLog, autoLosses := run("auto", budget)
 	n := mc.Blocks()
 	var k int
 	if _, err := fmt.Sscanf(autoLog[strings.Index(autoLog, "activation checkpointing: "):], "activation checkpointing: %d of", &k); err != nil || k <= 0 || k >= n {
-		t.Fatalf("auto under a budget between none (%d B) and all (%d B): want some of the %d blocks checkpointed, log says:\n%s", none.Total, all.Total, n, autoLog)
+		t.Fatalf("auto under a budget of %d B, below the levers short of checkpointing (%d B): want some of the %d blocks checkpointed, log says:\n%s", some, leaner.Total, n, autoLog)
 	}
 	t.Logf("auto: %d of %d blocks checkpointed under %.6f GiB", k, n, budget)
 	if len(autoLosses) != 3 {

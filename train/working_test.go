@@ -59,19 +59,32 @@ func TestWorkingCopiesSameTraining(t *testing.T) {
 	}
 }
 
-// TestRecomputeNormsSameTraining: with the blocks' pre-norm outputs dropped
+// TestRecomputeNormsSameTraining: with the blocks' norm outputs dropped
 // after the forward and recomputed in the backward
-// (nextdit.Options.RecomputeNorms), training gives the losses and final
-// adapters of keeping them, bit for bit, at a lower peak.
+// (nextdit.Options.RecomputeNorms), and then the feed-forwards' inputs of
+// some blocks too (RecomputeFFNBlocks), training gives the losses and final
+// adapters of keeping them, bit for bit, at a lower peak each time.
 func TestRecomputeNormsSameTraining(t *testing.T) {
 	const steps = 3
-	kept, redone := cpu.New(), cpu.New()
+	kept := cpu.New()
 	l0, _, f0 := tinyLoRARun(t, tinyRun{be: kept}, steps)
-	l1, _, f1 := tinyLoRARun(t, tinyRun{be: redone, recomputeNorms: true}, steps)
-	sameTraining(t, "with the norms recomputed", "kept", l1, f1, l0, f0)
-	pk, pr := kept.MemStats().Peak, redone.MemStats().Peak
-	t.Logf("peak %d B with the norms kept, %d B recomputed (%d B less)", pk, pr, pk-pr)
-	if pr >= pk {
-		t.Errorf("peak %d B with the norms recomputed, %d B kept: want lower", pr, pk)
+	prev, prevName := kept.MemStats().Peak, "kept"
+	for _, c := range []struct {
+		name string
+		how  tinyRun
+	}{
+		{"the norms recomputed", tinyRun{recomputeNorms: true}},
+		{"the norms and 3 blocks' feed-forward inputs recomputed", tinyRun{recomputeNorms: true, recomputeFFNBlocks: 3}},
+	} {
+		be := cpu.New()
+		c.how.be = be
+		l1, _, f1 := tinyLoRARun(t, c.how, steps)
+		sameTraining(t, "with "+c.name, "with everything kept", l1, f1, l0, f0)
+		peak := be.MemStats().Peak
+		t.Logf("peak %d B with %s (%d B less than %s)", peak, c.name, prev-peak, prevName)
+		if peak >= prev {
+			t.Errorf("peak %d B with %s, %d B with %s: want lower", peak, c.name, prev, prevName)
+		}
+		prev, prevName = peak, c.name
 	}
 }

@@ -32,6 +32,7 @@ type benchOptions struct {
 	profile          bool
 	fp8Base          bool
 	recomputeNorms   bool
+	recomputeFFN     int
 	infer            int
 	compareOff       string
 }
@@ -81,7 +82,8 @@ step there.`,
 	f.StringVar(&o.compareOff, "compare-off", "", "measure every mode once per ';'-separated entry, each a NEWBIE_TRAIN_CUDA_OFF list of paths to turn off (an empty entry: all on), e.g. ';graphs;fused,graphs'")
 	f.IntVar(&o.infer, "infer", 0, "instead of training steps, time this many guided model evaluations (batch 2, no LoRA, no gradients), as the anchor's --infer")
 	f.BoolVar(&o.fp8Base, "fp8-base", false, "store the frozen linear weights in fp8 E4M3 with per-row scales (kohya's --fp8_base)")
-	f.BoolVar(&o.recomputeNorms, "recompute-norms", false, "recompute the blocks' pre-norms in the backward instead of keeping them (what checkpoint_blocks auto tries first)")
+	f.BoolVar(&o.recomputeNorms, "recompute-norms", false, "recompute the blocks' norms in the backward instead of keeping them (what checkpoint_blocks auto tries first)")
+	f.IntVar(&o.recomputeFFN, "recompute-ffn-blocks", 0, "recompute the feed-forward inputs (w1 and w3 again) of this many blocks in the backward (checkpoint_blocks auto's second lever)")
 	return cmd
 }
 
@@ -115,7 +117,7 @@ func runBench(ctx context.Context, o *benchOptions, stdout, stderr io.Writer) er
 		Preset: o.preset, Layers: o.layers, Backend: o.backend, GPU: o.gpu, Batch: o.batch, Accum: o.accum,
 		Steps: o.steps, Warmup: warmup, Checkpointing: modes,
 		Resolution: o.resolution, CaptionTokens: o.caption, Profile: o.profile, FP8Base: o.fp8Base, Log: stderr, Dist: env,
-		CheckpointBlocks: o.checkpointBlocks, RecomputeNorms: o.recomputeNorms,
+		CheckpointBlocks: o.checkpointBlocks, RecomputeNorms: o.recomputeNorms, RecomputeFFNBlocks: o.recomputeFFN,
 	}
 	if o.compareOff != "" {
 		opts.CompareOff = strings.Split(o.compareOff, ";")
@@ -169,6 +171,9 @@ func (o *benchOptions) args() []string {
 	}
 	if o.recomputeNorms {
 		a = append(a, "--recompute-norms")
+	}
+	if o.recomputeFFN > 0 {
+		a = append(a, "--recompute-ffn-blocks", strconv.Itoa(o.recomputeFFN))
 	}
 	if o.checkpointBlocks > 0 {
 		a = append(a, "--checkpoint-blocks", strconv.Itoa(o.checkpointBlocks))

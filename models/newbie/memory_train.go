@@ -22,9 +22,12 @@ type TrainShape struct {
 	// forward's blocks (nextdit.Options.CheckpointBlocks).
 	Checkpoint       bool
 	CheckpointBlocks int
-	// RecomputeNorms drops the blocks' pre-norm outputs from the tape
-	// (nextdit.Options.RecomputeNorms).
-	RecomputeNorms bool
+	// RecomputeNorms drops the blocks' norm outputs from the tape
+	// (nextdit.Options.RecomputeNorms); RecomputeFFNBlocks, when positive,
+	// the feed-forward inputs of that many blocks
+	// (nextdit.Options.RecomputeFFNBlocks).
+	RecomputeNorms     bool
+	RecomputeFFNBlocks int
 	// DType is the frozen weights' storage dtype (BF16, F16 or F32);
 	// Autocast the dtype the products run in (BF16 or F16: the estimate
 	// covers mixed-precision training, the GPU's).
@@ -175,21 +178,24 @@ func recomputedNorms(s TrainShape) int64 {
 	if !s.RecomputeNorms {
 		return 0
 	}
+	return 1 + adapted(s, "attention.qkv") + adapted(s, "feed_forward.w1", "feed_forward.w3")
+}
+
+// adapted is 1 when an adapter of s's targets sits on one of a block's
+// layers (named as in a joint block, "attention.qkv"), else 0.
+func adapted(s TrainShape, layers ...string) int64 {
 	targets := s.Targets
 	if len(targets) == 0 {
 		targets = lora.DefaultTargets
 	}
-	adapted := func(layers ...string) int64 {
-		for _, l := range layers {
-			for _, t := range targets {
-				if lora.Matches("layers.0."+l, t) {
-					return 1
-				}
+	for _, l := range layers {
+		for _, t := range targets {
+			if lora.Matches("layers.0."+l, t) {
+				return 1
 			}
 		}
-		return 0
 	}
-	return 1 + adapted("attention.qkv") + adapted("feed_forward.w1", "feed_forward.w3")
+	return 0
 }
 
 // trainActivations is the step's inputs in bytes, its tokens, and the
@@ -212,28 +218,51 @@ func trainActivations(c nextdit.Config, s TrainShape) (inputs, tokens, perToken 
 		keptBlock -= recomputedNorms(s)*trainRecomputedPerDim*dim + trainRecomputedPerQKV*qkv
 		rebuilt = trainRebuiltPerDim*dim + trainRecomputedPerQKV*qkv
 	}
-	if !s.Checkpoint {
-		return inputs, tokens, blocks*keptBlock + back + rebuilt
-	}
-	// Checkpointed blocks keep their input, the others their whole tape. A
-	// caption token runs the context refiners and the layers, an image
-	// token the noise refiners and the layers: each counts the blocks of its
-	// own path that the choice keeps (nextdit.Config.CheckpointedBlock).
-	keptOn := func(first, last int) (kept int64) {
-		for i := first; i < last; i++ {
-			if !c.CheckpointedBlock(i, s.CheckpointBlocks) {
+	// A caption token runs the context refiners and the layers, an image
+	// token the noise refiners and the layers: each counts, on its own
+	// path, the blocks that keep their tape (not checkpointed:
+	// nextdit.Config.CheckpointedBlock) and, of those, the ones whose
+	// feed-forward inputs are recomputed (RecomputeFFNBlocks, which saves
+	// the SwiGLU halves an adapted w1 or w3 makes: 2 bytes each per SwiGLU
+	// width).
+	ckpt := func(i int) bool { return s.Checkpoint && c.CheckpointedBlock(i, s.CheckpointBlocks) }
+	count := func(ranges ...[2]int) (kept, ffnRedone int64) {
+		for _, rg := range ranges {
+			for i := rg[0]; i < rg[1]; i++ {
+				if ckpt(i) {
+					continue
+				}
 				kept++
+				if s.RecomputeFFNBlocks > 0 && c.CheckpointedBlock(i, s.RecomputeFFNBlocks) {
+					ffnRedone++
+				}
 			}
 		}
-		return kept
+		return kept, ffnRedone
 	}
-	r, joint := c.NRefinerLayers, keptOn(2*c.NRefinerLayers, c.Blocks())
-	capKept, imgKept := keptOn(0, r)+joint, keptOn(r, 2*r)+joint
+	r, n := c.NRefinerLayers, c.Blocks()
+	capKept, capFFN := count([2]int{0, r}, [2]int{2 * r, n})
+	imgKept, imgFFN := count([2]int{r, 2 * r}, [2]int{2 * r, n})
 	capTok, imgTok := int64(s.CaptionTokens), int64((s.LatentH/c.PatchSize)*(s.LatentW/c.PatchSize))
 	// The tokens' mean, rounded up.
-	kept := (capTok*capKept + imgTok*imgKept + capTok + imgTok - 1) / (capTok + imgTok)
+	mean := func(capN, imgN int64) int64 {
+		return (capTok*capN + imgTok*imgN + capTok + imgTok - 1) / (capTok + imgTok)
+	}
+	kept, ffnRedone := mean(capKept, imgKept), mean(capFFN, imgFFN)
+	halves := 2 * (adapted(s, "feed_forward.w1") + adapted(s, "feed_forward.w3")) * ffn
+	ffnSaved := ffnRedone * halves
+	if last := n - 1; !ckpt(last) && s.RecomputeFFNBlocks > 0 && c.CheckpointedBlock(last, s.RecomputeFFNBlocks) {
+		// The step's peak is in the first backward's SwiGLU, the last
+		// block's: its halves are there, rebuilt (a checkpointed last
+		// block's are in its recomputed tape, block below).
+		back += halves
+	}
+	if !s.Checkpoint {
+		return inputs, tokens, blocks*keptBlock - ffnSaved + back + rebuilt
+	}
+	// Checkpointed blocks keep their input, the others their whole tape.
 	if kept == 0 {
 		rebuilt = 0 // every block checkpointed: nothing is rebuilt
 	}
-	return inputs, tokens, (blocks-kept)*trainCkptPerDim*dim + kept*keptBlock + block + back + rebuilt + trainCkptInputPerDim*dim
+	return inputs, tokens, (blocks-kept)*trainCkptPerDim*dim + kept*keptBlock - ffnSaved + block + back + rebuilt + trainCkptInputPerDim*dim
 }

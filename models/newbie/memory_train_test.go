@@ -95,6 +95,12 @@ func TestEstimateTrain(t *testing.T) {
 			Targets: []string{"attention.qkv", "feed_forward.w2"}, RecomputeNorms: true}},
 		{"wide r4 some blocks norms recomputed", wide, TrainShape{Batch: 2, LatentH: 8, LatentW: 12, CaptionTokens: 10, Rank: 4,
 			CheckpointBlocks: 4, RecomputeNorms: true}},
+		{"wide r4 norms and 5 feed-forwards recomputed", wide, TrainShape{Batch: 2, LatentH: 8, LatentW: 12, CaptionTokens: 10, Rank: 4,
+			RecomputeNorms: true, RecomputeFFNBlocks: 5}},
+		// Sets that overlap in part: of the 5 feed-forwards chosen, 3 are
+		// in checkpointed blocks (which do not count them again).
+		{"wide r4 some blocks, 5 feed-forwards recomputed", wide, TrainShape{Batch: 2, LatentH: 8, LatentW: 12, CaptionTokens: 10, Rank: 4,
+			CheckpointBlocks: 4, RecomputeNorms: true, RecomputeFFNBlocks: 5}},
 	} {
 		for _, ckpt := range []bool{false, true} {
 			if c.s.CheckpointBlocks > 0 && !ckpt {
@@ -107,7 +113,7 @@ func TestEstimateTrain(t *testing.T) {
 				be := cpu.New()
 				e := ag.New(be)
 				m, err := nextdit.NewRandom(e, c.cfg, nextdit.Options{DType: kernels.BF16, Checkpoint: ckpt, CheckpointBlocks: c.s.CheckpointBlocks, FP8Base: c.s.FP8Base,
-					RecomputeNorms: c.s.RecomputeNorms}, 3)
+					RecomputeNorms: c.s.RecomputeNorms, RecomputeFFNBlocks: c.s.RecomputeFFNBlocks}, 3)
 				if err != nil {
 					t.Fatal(err)
 				}

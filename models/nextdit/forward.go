@@ -244,16 +244,16 @@ func (m *Model) runBlock(index int, prefix string, x, adaln, cos, sin *ag.Tensor
 	var out *ag.Tensor
 	switch {
 	case !m.checkpointed(index):
-		out = m.block(prefix, x, adaln, cos, sin, keyLens, m.opts.RecomputeNorms)
+		out = m.block(prefix, x, adaln, cos, sin, keyLens, blockRecompute{norms: m.opts.RecomputeNorms, ffn: m.recomputesFFN(index)})
 	case adaln == nil:
 		// A checkpointed block's tape lives through its own backward only:
 		// nothing to gain from recomputing its norms again there.
 		out = ag.Checkpoint(func(in []*ag.Tensor) *ag.Tensor {
-			return m.block(prefix, in[0], nil, in[1], in[2], keyLens, false)
+			return m.block(prefix, in[0], nil, in[1], in[2], keyLens, blockRecompute{})
 		}, x, cos, sin)
 	default:
 		out = ag.Checkpoint(func(in []*ag.Tensor) *ag.Tensor {
-			return m.block(prefix, in[0], in[3], in[1], in[2], keyLens, false)
+			return m.block(prefix, in[0], in[3], in[1], in[2], keyLens, blockRecompute{})
 		}, x, cos, sin, adaln)
 	}
 	if m.observe != nil {
@@ -269,7 +269,13 @@ func (m *Model) runBlock(index int, prefix string, x, adaln, cos, sin *ag.Tensor
 // gate_mlp) and, after the branch, the residual add: the values of
 // RMSNorm, the chunk's slice, AddScalar or Tanh, Mul and Add, with none of
 // their intermediates stored.
-func (m *Model) block(prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []int32, recompute bool) *ag.Tensor {
+// blockRecompute says what a block's tape drops after the forward and
+// makes again in the backward: its norms' outputs (Options.RecomputeNorms)
+// and its feed-forward's inputs (Options.RecomputeFFNBlocks).
+type blockRecompute struct{ norms, ffn bool }
+
+func (m *Model) block(prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []int32, redo blockRecompute) *ag.Tensor {
+	recompute := redo.norms
 	eps := m.cfg.NormEps
 	w := func(name string) *ag.Tensor { return m.weights[prefix+"."+name] }
 	var mod *ag.Tensor
@@ -300,7 +306,7 @@ func (m *Model) block(prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []in
 
 	// Feed-forward branch.
 	hf := norm(x1, "ffn_norm1.weight", 2, kernels.ScaleOnePlus, nil, true)
-	ff := m.feedForward(prefix, hf)
+	ff := m.feedForward(prefix, hf, redo.ffn)
 	out := norm(ff, "ffn_norm2.weight", 3, kernels.ScaleTanh, x1, false)
 	release(x1, hf, ff, mod)
 	return out
@@ -355,9 +361,17 @@ func (m *Model) attention(prefix string, x, cos, sin *ag.Tensor, keyLens []int32
 }
 
 // feedForward is upstream FeedForward: w2(silu(w1 x) ⊙ w3 x).
-func (m *Model) feedForward(prefix string, x *ag.Tensor) *ag.Tensor {
+//
+// With recompute the tape drops h1 and h3 after the forward and the
+// backward runs w1 and w3 again for the SwiGLU's (autograd.Recompute; a
+// product without an adapter keeps them).
+func (m *Model) feedForward(prefix string, x *ag.Tensor, recompute bool) *ag.Tensor {
 	h1 := m.linear(prefix+".feed_forward.w1", x)
 	h3 := m.linear(prefix+".feed_forward.w3", x)
+	if recompute {
+		ag.Recompute(h1)
+		ag.Recompute(h3)
+	}
 	name := prefix + ".feed_forward.w2"
 	w, bias := m.weights[name+".weight"], m.weights[name+".bias"]
 	defer release(h1, h3)

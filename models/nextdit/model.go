@@ -44,6 +44,14 @@ type Options struct {
 	// gradients are the same bits.
 	// Checkpointed blocks keep theirs (their tape is rebuilt anyway).
 	RecomputeNorms bool
+	// RecomputeFFNBlocks, when positive, is how many of the blocks (spread
+	// evenly, as CheckpointBlocks spreads its) drop their feed-forward's
+	// h1 and h3 — the SwiGLU's inputs, the widest tensors a block keeps —
+	// after the forward and run the w1 and w3 products again for the
+	// SwiGLU's backward (autograd.Recompute): two SwiGLU-width tensors a
+	// token fewer kept in each, for two products more. The gradients are
+	// the same bits. A checkpointed block is not counted twice.
+	RecomputeFFNBlocks int
 }
 
 func (o Options) withDefaults() (Options, error) {
@@ -133,6 +141,12 @@ func (m *Model) SetCheckpointBlocks(k int) {
 
 // SetRecomputeNorms turns Options.RecomputeNorms on or off.
 func (m *Model) SetRecomputeNorms(on bool) { m.opts.RecomputeNorms = on }
+
+// recomputesFFN reports whether block i recomputes its feed-forward's
+// inputs (Options.RecomputeFFNBlocks; never a checkpointed block).
+func (m *Model) recomputesFFN(i int) bool {
+	return m.opts.RecomputeFFNBlocks > 0 && !m.checkpointed(i) && m.cfg.CheckpointedBlock(i, m.opts.RecomputeFFNBlocks)
+}
 
 // checkpointed reports whether block i of the forward's order (see
 // Config.Blocks) runs under a checkpoint.
