@@ -333,8 +333,8 @@ type Train struct {
 	// (default), "auto" (the fewest that the memory plan fits in
 	// memory_budget_gib or the GPU's free memory: less recompute, so
 	// faster, with the same gradients; before a first block it tries
-	// recomputing only the blocks' pre-norms in the backward), or a number
-	// of blocks.
+	// recomputing only the blocks' norms in the backward, then some
+	// blocks' feed-forward inputs), or a number of blocks.
 	CheckpointBlocks string `yaml:"checkpoint_blocks" json:"-"`
 	// Timesteps chooses how training timesteps are drawn.
 	Timesteps Timesteps `yaml:"timesteps"`

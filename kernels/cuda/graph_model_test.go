@@ -98,6 +98,7 @@ func TestGraphsTrainSameBits(t *testing.T) {
 		{"checkpointing off", nextdit.Options{}},
 		{"checkpointing on", nextdit.Options{Checkpoint: true}},
 		{"norms recomputed", nextdit.Options{RecomputeNorms: true}},
+		{"norms and 3 feed-forwards recomputed", nextdit.Options{RecomputeNorms: true, RecomputeFFNBlocks: 3}},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			const steps = 6
