@@ -110,18 +110,7 @@ func TestGraphsTrainSameBits(t *testing.T) {
 			if stOn.Off != "" || stOff.Off == "" {
 				t.Fatalf("graphs on: %q, off: %q", stOn.Off, stOff.Off)
 			}
-			for i := range lossOff {
-				if math.Float64bits(lossOn[i]) != math.Float64bits(lossOff[i]) {
-					t.Errorf("step %d: loss %v with graphs, %v without", i, lossOn[i], lossOff[i])
-				}
-			}
-			for k := range wOff {
-				for i := range wOff[k] {
-					if math.Float64bits(wOn[k][i]) != math.Float64bits(wOff[k][i]) {
-						t.Fatalf("LoRA tensor %d[%d]: %v with graphs, %v without", k, i, wOn[k][i], wOff[k][i])
-					}
-				}
-			}
+			sameBits(t, "with graphs", "without", lossOn, wOn, lossOff, wOff)
 			if stOn.Failed != 0 || stOn.Replayed == 0 || stOn.OpsGraphed < stOn.OpsPlain {
 				t.Errorf("graphs: %v; want replays of most ops and no failures", stOn)
 			}
@@ -129,20 +118,27 @@ func TestGraphsTrainSameBits(t *testing.T) {
 			case c.opts == (nextdit.Options{}):
 				kept, keptW = lossOn, wOn
 			case c.opts.RecomputeNorms && kept != nil:
-				for i := range kept {
-					if math.Float64bits(lossOn[i]) != math.Float64bits(kept[i]) {
-						t.Errorf("step %d: loss %v with the norms recomputed, %v kept", i, lossOn[i], kept[i])
-					}
-				}
-				for k := range keptW {
-					for i := range keptW[k] {
-						if math.Float64bits(wOn[k][i]) != math.Float64bits(keptW[k][i]) {
-							t.Fatalf("LoRA tensor %d[%d]: %v with the norms recomputed, %v kept", k, i, wOn[k][i], keptW[k][i])
-						}
-					}
-				}
+				sameBits(t, "with "+c.name, "with everything kept", lossOn, wOn, kept, keptW)
 			}
 		})
+	}
+}
+
+// sameBits fails t unless two runs' losses and LoRA masters (got,
+// labelled how; want, labelled other) agree bit for bit.
+func sameBits(t *testing.T, how, other string, gotLoss []float64, got [][]float64, wantLoss []float64, want [][]float64) {
+	t.Helper()
+	for i := range wantLoss {
+		if math.Float64bits(gotLoss[i]) != math.Float64bits(wantLoss[i]) {
+			t.Errorf("step %d: loss %v %s, %v %s", i, gotLoss[i], how, wantLoss[i], other)
+		}
+	}
+	for k := range want {
+		for i := range want[k] {
+			if math.Float64bits(got[k][i]) != math.Float64bits(want[k][i]) {
+				t.Fatalf("LoRA tensor %d[%d]: %v %s, %v %s", k, i, got[k][i], how, want[k][i], other)
+			}
+		}
 	}
 }
 
