@@ -12,6 +12,7 @@ import (
 	"github.com/newbie-train/newbie-train/dist"
 	"github.com/newbie-train/newbie-train/kernels"
 	"github.com/newbie-train/newbie-train/models/lora"
+	"github.com/newbie-train/newbie-train/models/newbie"
 	"github.com/newbie-train/newbie-train/models/nextdit"
 	"github.com/newbie-train/newbie-train/optim"
 	"github.com/newbie-train/newbie-train/train"
@@ -472,6 +473,17 @@ func (b *benchStep) measure(ctx context.Context, be *profiler, ckpt bool, res Re
 	run.PeakBytes, run.ReservedBytes = ms.Peak, ms.Reserved
 	run.Graphs = be.GraphStats().Sub(graphs)
 	run.ActivationBytes = ms.Peak - base
+	// What the trainer's memory plan predicts for this mode, beside it.
+	latent := o.Resolution / vaeFactor
+	shape := newbie.TrainShape{Batch: o.Batch, LatentH: latent, LatentW: latent, CaptionTokens: o.CaptionTokens, Rank: o.Rank,
+		Checkpoint: ckpt, RecomputeNorms: o.RecomputeNorms, RecomputeFFNBlocks: o.RecomputeFFNBlocks,
+		DType: kernels.BF16, Autocast: kernels.BF16, FP8Base: o.FP8Base}
+	if ckpt {
+		shape.CheckpointBlocks = o.CheckpointBlocks
+	}
+	if est, err := newbie.EstimateTrain(b.st.Model.Config(), shape, newbie.RounderOf(be.Backend)); err == nil {
+		run.EstimatedBytes = est.Total
+	}
 	sorted := append([]float64(nil), run.StepSeconds...)
 	sort.Float64s(sorted)
 	run.Min, run.Max = sorted[0], sorted[len(sorted)-1]

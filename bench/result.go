@@ -81,6 +81,10 @@ type Mode struct {
 	// timed steps (its cache included; cumulative across modes, since the
 	// allocator keeps blocks for reuse).
 	PeakBytes, ActivationBytes, ReservedBytes int64
+	// EstimatedBytes is the trainer's memory plan for the mode's step
+	// (newbie.EstimateTrain's total), beside the measured PeakBytes; 0
+	// where it has none.
+	EstimatedBytes int64
 	// Loss is the last timed step's loss, a sanity check (finite); Losses
 	// are every timed step's.
 	Loss   float64
@@ -183,6 +187,12 @@ func (r Result) Table() string {
 		fmt.Fprintf(&sb, "%s| %s | %.4f | %.4f | %.4f | %.3g | %.3g | %s | %s | %s | %.4f |\n",
 			paths(run), onOff(run.Checkpointing), run.Median, run.Min, run.Max, run.SamplesPerSecond, run.TFLOPs,
 			gib(run.PeakBytes), gib(run.ActivationBytes), gib(run.ReservedBytes), run.Loss)
+	}
+	for _, run := range r.Modes {
+		if run.EstimatedBytes > 0 && run.PeakBytes > 0 {
+			fmt.Fprintf(&sb, "\nmemory plan, %s: %s GiB estimated for a measured peak of %s GiB (×%.3f)\n", r.modeLabel(run),
+				gib(run.EstimatedBytes), gib(run.PeakBytes), float64(run.EstimatedBytes)/float64(run.PeakBytes))
+		}
 	}
 	for _, run := range r.Modes {
 		if len(run.Losses) > 0 {
