@@ -87,4 +87,9 @@ func TestRecomputeNormsSameTraining(t *testing.T) {
 		}
 		prev, prevName = peak, c.name
 	}
+	// With fp8 base weights, whose dequantisation the feed-forward's
+	// rebuild runs again.
+	l2, _, f2 := tinyLoRARun(t, tinyRun{fp8: true}, steps)
+	l3, _, f3 := tinyLoRARun(t, tinyRun{fp8: true, recomputeNorms: true, recomputeFFNBlocks: 8}, steps)
+	sameTraining(t, "with fp8 base weights and everything recomputed", "with fp8 base weights and everything kept", l3, f3, l2, f2)
 }
