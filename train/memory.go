@@ -26,21 +26,12 @@ import (
 // The autocast dtype is returned beside it; 0 when the run's precision is
 // fp32 (nothing planned).
 func (r *run) trainEstimate(storage kernels.DType) (newbie.Estimate, kernels.DType, error) {
-	return r.trainEstimateWith(storage, memoryChoice{r.ckptBlocks, r.recomputeNorms, r.recomputeFFN})
+	return r.trainEstimateWith(storage, newbie.MemoryLevers{CheckpointBlocks: r.ckptBlocks, RecomputeNorms: r.recomputeNorms,
+		RecomputeFFNBlocks: r.recomputeFFN})
 }
 
-// memoryChoice is what the step gives back for memory: how many blocks it
-// checkpoints, whether it recomputes the blocks' norms, and how many
-// blocks recompute their feed-forward inputs.
-type memoryChoice struct {
-	ckptBlocks     int
-	recomputeNorms bool
-	recomputeFFN   int
-}
-
-// trainEstimateWith is trainEstimate for choice m.
-func (r *run) trainEstimateWith(storage kernels.DType, m memoryChoice) (newbie.Estimate, kernels.DType, error) {
-	ckptBlocks := m.ckptBlocks
+// trainEstimateWith is trainEstimate with levers m.
+func (r *run) trainEstimateWith(storage kernels.DType, m newbie.MemoryLevers) (newbie.Estimate, kernels.DType, error) {
 	cfg := r.cfg
 	prec, err := cfg.Precision.Resolve(r.capab)
 	if err != nil {
@@ -55,11 +46,10 @@ func (r *run) trainEstimateWith(storage kernels.DType, m memoryChoice) (newbie.E
 	if r.found != nil {
 		tokens = tokenizers.GemmaBatch.MaxLength
 	}
-	est, err := newbie.EstimateTrain(r.mc, newbie.TrainShape{
+	est, err := newbie.EstimateTrain(r.mc, m.On(newbie.TrainShape{
 		Batch: cfg.Train.BatchSize, LatentH: b.H / 8, LatentW: b.W / 8, CaptionTokens: tokens,
-		Rank: cfg.LoRA.Rank, Targets: cfg.LoRA.Targets, Checkpoint: ckptBlocks > 0, CheckpointBlocks: ckptBlocks,
-		RecomputeNorms: m.recomputeNorms, RecomputeFFNBlocks: m.recomputeFFN, DType: storage, Autocast: autocast, FP8Base: r.fp8Base(),
-	}, newbie.RounderOf(r.b))
+		Rank: cfg.LoRA.Rank, Targets: cfg.LoRA.Targets, DType: storage, Autocast: autocast, FP8Base: r.fp8Base(),
+	}), newbie.RounderOf(r.b))
 	if err != nil {
 		return newbie.Estimate{}, 0, err
 	}
@@ -132,13 +122,9 @@ func (r *run) planMemory(storage kernels.DType) error {
 // it takes the fewest whose training step and previews the memory plan
 // fits (the budget, or the device's free memory): each block not
 // recomputed saves its forward in the backward. Before checkpointing a
-// first block it tries the cheaper levers, cheapest first for the memory
-// they give back: recomputing the blocks' norms in the backward
-// (r.recomputeNorms: a pass over a norm's input each), then the
-// feed-forward inputs of one block after another (r.recomputeFFN: the w1
-// and w3 products again, about a quarter of a block's forward, for its two
-// widest tensors), and keeps both on with the blocks that follow. Without a plan (an
-// fp32 run) auto checkpoints every block; when even that does not fit,
+// first block it tries the cheaper levers (r.recomputeNorms,
+// r.recomputeFFN), in newbie.LeverLadder's order. Without a plan (an fp32
+// run) auto checkpoints every block; when even that does not fit,
 // planMemory reports it.
 func (r *run) chooseCheckpointing(storage kernels.DType) error {
 	t := r.cfg.Train
@@ -158,15 +144,7 @@ func (r *run) chooseCheckpointing(storage kernels.DType) error {
 	}
 	r.ckptBlocks = total
 	budget := MemoryBudget(r.cfg)
-	choices := []memoryChoice{{0, false, 0}}
-	for f := 0; f <= total; f++ {
-		choices = append(choices, memoryChoice{0, true, f})
-	}
-	for k := 1; k <= total; k++ {
-		choices = append(choices, memoryChoice{k, true, total})
-	}
-	for _, ch := range choices {
-		k := ch.ckptBlocks
+	for _, ch := range newbie.LeverLadder(total) {
 		train, autocast, err := r.trainEstimateWith(storage, ch)
 		if err != nil {
 			return err
@@ -191,21 +169,8 @@ func (r *run) chooseCheckpointing(storage kernels.DType) error {
 			}
 		}
 		if fits {
-			if k >= total {
-				ch = memoryChoice{ckptBlocks: total} // every block's tape is rebuilt: the levers do nothing
-			}
-			r.ckptBlocks, r.recomputeNorms, r.recomputeFFN = k, ch.recomputeNorms, ch.recomputeFFN
-			how := ""
-			if ch.recomputeNorms {
-				how = ", the norms recomputed in the backward"
-			}
-			switch {
-			case ch.recomputeFFN >= total:
-				how += " and the other blocks' feed-forward inputs"
-			case ch.recomputeFFN > 0:
-				how += fmt.Sprintf(" and the feed-forward inputs of %d", ch.recomputeFFN)
-			}
-			r.logf("activation checkpointing: %d of %d blocks%s (checkpoint_blocks auto: the fewest the memory plan fits)", k, total, how)
+			r.ckptBlocks, r.recomputeNorms, r.recomputeFFN = ch.CheckpointBlocks, ch.RecomputeNorms, ch.RecomputeFFNBlocks
+			r.logf("activation checkpointing: %s (checkpoint_blocks auto: the fewest the memory plan fits)", ch.Describe(total))
 			return nil
 		}
 	}

@@ -504,7 +504,7 @@ func TestCheckpointBlocksAuto(t *testing.T) {
 		t.Fatal(err)
 	}
 	ffnLog, ffnLosses := run("auto", float64(leaner.Total+lean.Total)/2/(1<<30))
-	if !strings.Contains(ffnLog, "activation checkpointing: 0 of ") || !strings.Contains(ffnLog, "and the feed-forward inputs of ") {
+	if !strings.Contains(ffnLog, "activation checkpointing: 0 of ") || !strings.Contains(ffnLog, "the feed-forward inputs of ") {
 		t.Errorf("auto under a budget between the feed-forwards recomputed (%d B) and not (%d B): want some of them recomputed, no block checkpointed, log says:\n%s",
 			leaner.Total, lean.Total, ffnLog)
 	}

@@ -233,7 +233,7 @@ func trainActivations(c nextdit.Config, s TrainShape) (inputs, tokens, perToken 
 					continue
 				}
 				kept++
-				if s.RecomputeFFNBlocks > 0 && c.CheckpointedBlock(i, s.RecomputeFFNBlocks) {
+				if c.RecomputedFFNBlock(i, s.RecomputeFFNBlocks) {
 					ffnRedone++
 				}
 			}
@@ -244,14 +244,13 @@ func trainActivations(c nextdit.Config, s TrainShape) (inputs, tokens, perToken 
 	capKept, capFFN := count([2]int{0, r}, [2]int{2 * r, n})
 	imgKept, imgFFN := count([2]int{r, 2 * r}, [2]int{2 * r, n})
 	capTok, imgTok := int64(s.CaptionTokens), int64((s.LatentH/c.PatchSize)*(s.LatentW/c.PatchSize))
-	// The tokens' mean, rounded up.
-	mean := func(capN, imgN int64) int64 {
-		return (capTok*capN + imgTok*imgN + capTok + imgTok - 1) / (capTok + imgTok)
-	}
-	kept, ffnRedone := mean(capKept, imgKept), mean(capFFN, imgFFN)
+	// The tokens' means: of the blocks kept rounded up, of the blocks whose
+	// inputs are recomputed rounded down (both on the side of more memory).
+	kept := (capTok*capKept + imgTok*imgKept + capTok + imgTok - 1) / (capTok + imgTok)
+	ffnRedone := (capTok*capFFN + imgTok*imgFFN) / (capTok + imgTok)
 	halves := 2 * (adapted(s, "feed_forward.w1") + adapted(s, "feed_forward.w3")) * ffn
 	ffnSaved := ffnRedone * halves
-	if last := n - 1; !ckpt(last) && s.RecomputeFFNBlocks > 0 && c.CheckpointedBlock(last, s.RecomputeFFNBlocks) {
+	if last := n - 1; !ckpt(last) && c.RecomputedFFNBlock(last, s.RecomputeFFNBlocks) {
 		// The step's peak is in the first backward's SwiGLU, the last
 		// block's: its halves are there, rebuilt (a checkpointed last
 		// block's are in its recomputed tape, block below).

@@ -303,6 +303,19 @@ func (c Config) Blocks() int { return 2*c.NRefinerLayers + c.NLayers }
 // CheckpointedBlock reports whether block i (of Blocks, in the forward's
 // order) is among k checkpointed blocks spread evenly: the one where
 // ⌊i·k/n⌋ steps up. k ≤ 0 or k ≥ Blocks means every block.
+// RecomputedFFNBlock reports whether block i is among k blocks that
+// recompute their feed-forward inputs (Options.RecomputeFFNBlocks): spread
+// evenly as CheckpointedBlock spreads them, counted from the last block
+// back, so the last block comes last — its inputs are wanted at once when
+// the backward starts, where the step's memory peaks, and recomputing
+// them gives nothing back. k ≤ 0: none; k ≥ Blocks: every block.
+func (c Config) RecomputedFFNBlock(i, k int) bool {
+	if k <= 0 {
+		return false
+	}
+	return c.CheckpointedBlock(c.Blocks()-1-i, k)
+}
+
 func (c Config) CheckpointedBlock(i, k int) bool {
 	n := c.Blocks()
 	if k <= 0 || k >= n {

@@ -45,7 +45,8 @@ type Options struct {
 	// Checkpointed blocks keep theirs (their tape is rebuilt anyway).
 	RecomputeNorms bool
 	// RecomputeFFNBlocks, when positive, is how many of the blocks (spread
-	// evenly, as CheckpointBlocks spreads its) drop their feed-forward's
+	// evenly, the last one last: Config.RecomputedFFNBlock) drop their
+	// feed-forward's
 	// h1 and h3 — the SwiGLU's inputs, the widest tensors a block keeps —
 	// after the forward and run the w1 and w3 products again for the
 	// SwiGLU's backward (autograd.Recompute): two SwiGLU-width tensors a
@@ -145,7 +146,7 @@ func (m *Model) SetRecomputeNorms(on bool) { m.opts.RecomputeNorms = on }
 // recomputesFFN reports whether block i recomputes its feed-forward's
 // inputs (Options.RecomputeFFNBlocks; never a checkpointed block).
 func (m *Model) recomputesFFN(i int) bool {
-	return m.opts.RecomputeFFNBlocks > 0 && !m.checkpointed(i) && m.cfg.CheckpointedBlock(i, m.opts.RecomputeFFNBlocks)
+	return !m.checkpointed(i) && m.cfg.RecomputedFFNBlock(i, m.opts.RecomputeFFNBlocks)
 }
 
 // checkpointed reports whether block i of the forward's order (see
