@@ -70,6 +70,13 @@ type Options struct {
 	// (nextdit.Options.RecomputeFFNBlocks).
 	RecomputeNorms     bool
 	RecomputeFFNBlocks int
+	// MemoryBudgetGiB, when positive, replaces the checkpointing modes and
+	// the levers above with what the trainer's checkpoint_blocks auto picks
+	// for that budget (the first rung of newbie.LeverLadder whose plan
+	// fits): the step a person with that much memory gets.
+	MemoryBudgetGiB float64
+
+	plan string // what MemoryBudgetGiB's plan picked (withPlan)
 	// CompareOff, when set, measures every checkpointing mode once per
 	// entry, each a list of the backend's optional paths to turn off
 	// (kernels.Switchable.SetOff: "" all on, "graphs", "fused,graphs", …),
@@ -189,6 +196,8 @@ func (o Options) Validate() error {
 		return fmt.Errorf("bench: caption length %d: want ≥ 1", o.CaptionTokens)
 	case o.Rank < 1:
 		return fmt.Errorf("bench: LoRA rank %d: want ≥ 1", o.Rank)
+	case !(o.MemoryBudgetGiB >= 0) || math.IsInf(o.MemoryBudgetGiB, 0):
+		return fmt.Errorf("bench: memory budget %g GiB: want ≥ 0 (0: none)", o.MemoryBudgetGiB)
 	case !(o.Alpha > 0) || math.IsInf(o.Alpha, 0):
 		return fmt.Errorf("bench: LoRA alpha %g: want a finite value > 0", o.Alpha)
 	}
@@ -254,6 +263,13 @@ func Run(ctx context.Context, o Options) (res Result, err error) {
 	}
 	if c, ok := raw.(interface{ Close() }); ok {
 		defer c.Close()
+	}
+	if o.MemoryBudgetGiB > 0 {
+		if o, err = o.withPlan(cfg, raw); err != nil {
+			return res, err
+		}
+		res.CheckpointBlocks, res.RecomputeNorms, res.RecomputeFFNBlocks = o.CheckpointBlocks, o.RecomputeNorms, o.RecomputeFFNBlocks
+		res.Plan = o.plan
 	}
 	comm, err := dist.Open(ctx, raw, o.Dist, dist.Options{})
 	if err != nil {
@@ -563,4 +579,29 @@ func onOff(on bool) string {
 		return "on"
 	}
 	return "off"
+}
+
+// withPlan returns o with the checkpointing and recompute levers that
+// checkpoint_blocks auto picks under o.MemoryBudgetGiB for o's step: the
+// first rung of newbie.LeverLadder whose estimate fits, and one
+// checkpointing mode, on when it checkpoints blocks.
+func (o Options) withPlan(cfg nextdit.Config, be kernels.Backend) (Options, error) {
+	latent := o.Resolution / vaeFactor
+	shape := newbie.TrainShape{Batch: o.Batch, LatentH: latent, LatentW: latent, CaptionTokens: o.CaptionTokens, Rank: o.Rank,
+		DType: kernels.BF16, Autocast: kernels.BF16, FP8Base: o.FP8Base}
+	budget := int64(o.MemoryBudgetGiB * (1 << 30))
+	for _, l := range newbie.LeverLadder(cfg.Blocks()) {
+		est, err := newbie.EstimateTrain(cfg, l.On(shape), newbie.RounderOf(be))
+		if err != nil {
+			return o, fmt.Errorf("bench: --memory-budget: %w", err)
+		}
+		if est.Total <= budget {
+			o.CheckpointBlocks, o.RecomputeNorms, o.RecomputeFFNBlocks = l.CheckpointBlocks, l.RecomputeNorms, l.RecomputeFFNBlocks
+			o.Checkpointing = []bool{l.CheckpointBlocks > 0}
+			o.plan = fmt.Sprintf("memory budget %g GiB: %s (the plan: %s)", o.MemoryBudgetGiB, l.Describe(cfg.Blocks()), train.BytesText(est.Total))
+			fmt.Fprintf(o.Log, "bench: %s\n", o.plan)
+			return o, nil
+		}
+	}
+	return o, fmt.Errorf("bench: --memory-budget %g GiB: even every block checkpointed is planned above it", o.MemoryBudgetGiB)
 }

@@ -28,6 +28,8 @@ type Result struct {
 	// (bench.Options).
 	RecomputeNorms     bool
 	RecomputeFFNBlocks int
+	// Plan is what Options.MemoryBudgetGiB's plan picked ("" without one).
+	Plan string
 	// Params is the frozen base model's size; LoRAParams the trainable
 	// adapters' and LoRALayers how many linear layers carry one.
 	Params     int64
@@ -153,6 +155,9 @@ func (r Result) Table() string {
 		r.Batch, r.Resolution, r.Resolution, r.Latent[0], r.Latent[1], r.Latent[2], r.ImageTokens, r.CaptionTokens)
 	if r.CheckpointBlocks > 0 && r.CheckpointBlocks < r.Blocks {
 		fmt.Fprintf(&sb, "checkpointing on: %d of the %d blocks (--checkpoint-blocks)\n", r.CheckpointBlocks, r.Blocks)
+	}
+	if r.Plan != "" {
+		fmt.Fprintf(&sb, "%s\n", r.Plan)
 	}
 	if r.RecomputeNorms {
 		fmt.Fprintf(&sb, "the blocks' norms recomputed in the backward, not kept (--recompute-norms)\n")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strconv"
 	"strings"
@@ -33,6 +34,7 @@ type benchOptions struct {
 	fp8Base          bool
 	recomputeNorms   bool
 	recomputeFFN     int
+	memoryBudget     float64
 	infer            int
 	compareOff       string
 }
@@ -83,11 +85,15 @@ step there.`,
 	f.IntVar(&o.infer, "infer", 0, "instead of training steps, time this many guided model evaluations (batch 2, no LoRA, no gradients), as the anchor's --infer")
 	f.BoolVar(&o.fp8Base, "fp8-base", false, "store the frozen linear weights in fp8 E4M3 with per-row scales (kohya's --fp8_base)")
 	f.BoolVar(&o.recomputeNorms, "recompute-norms", false, "recompute the blocks' norms in the backward instead of keeping them (what checkpoint_blocks auto tries first)")
+	f.Float64Var(&o.memoryBudget, "memory-budget", 0, "GiB: measure the step the trainer's checkpoint_blocks auto picks for this budget (replaces --checkpointing and the recompute flags)")
 	f.IntVar(&o.recomputeFFN, "recompute-ffn-blocks", 0, "recompute the feed-forward inputs (w1 and w3 again) of this many blocks in the backward (checkpoint_blocks auto's second lever)")
 	return cmd
 }
 
 func runBench(ctx context.Context, o *benchOptions, stdout, stderr io.Writer) error {
+	if !(o.memoryBudget >= 0) || math.IsInf(o.memoryBudget, 0) {
+		return usageError{fmt.Errorf("--memory-budget %g: want GiB ≥ 0 (0: none)", o.memoryBudget)}
+	}
 	modes := map[string][]bool{"both": {false, true}, "off": {false}, "on": {true}}[o.checkpointing]
 	if modes == nil {
 		return usageError{fmt.Errorf("--checkpointing %q: want both, on or off", o.checkpointing)}
@@ -118,6 +124,7 @@ func runBench(ctx context.Context, o *benchOptions, stdout, stderr io.Writer) er
 		Steps: o.steps, Warmup: warmup, Checkpointing: modes,
 		Resolution: o.resolution, CaptionTokens: o.caption, Profile: o.profile, FP8Base: o.fp8Base, Log: stderr, Dist: env,
 		CheckpointBlocks: o.checkpointBlocks, RecomputeNorms: o.recomputeNorms, RecomputeFFNBlocks: o.recomputeFFN,
+		MemoryBudgetGiB: o.memoryBudget,
 	}
 	if o.compareOff != "" {
 		opts.CompareOff = strings.Split(o.compareOff, ";")
@@ -174,6 +181,9 @@ func (o *benchOptions) args() []string {
 	}
 	if o.recomputeFFN > 0 {
 		a = append(a, "--recompute-ffn-blocks", strconv.Itoa(o.recomputeFFN))
+	}
+	if o.memoryBudget > 0 {
+		a = append(a, "--memory-budget", strconv.FormatFloat(o.memoryBudget, 'g', -1, 64))
 	}
 	if o.checkpointBlocks > 0 {
 		a = append(a, "--checkpoint-blocks", strconv.Itoa(o.checkpointBlocks))

@@ -36,6 +36,36 @@ func TestBenchFP8Base(t *testing.T) {
 	}
 }
 
+// TestBenchMemoryBudget: --memory-budget measures the levers the trainer's
+// checkpoint_blocks auto picks: with room to spare, nothing given back
+// (checkpointing off); under a tight budget, the norms and feed-forward
+// inputs recomputed, each with the plan's estimate beside the measured
+// peak; under an impossible one, an error that says so.
+func TestBenchMemoryBudget(t *testing.T) {
+	args := []string{"bench", "--backend", "cpu", "--preset", "tiny", "--layers", "4", "--steps", "1", "--warmup", "1", "--res", "64"}
+	for _, c := range []struct {
+		budget string
+		want   []string
+	}{
+		{"1", []string{"memory budget 1 GiB: 0 of 8 blocks checkpointed (the plan", "| off |", "memory plan, checkpointing off:"}},
+		{"0.0175", []string{"the norms recomputed in the backward, the feed-forward inputs of ", "| off |", "memory plan, checkpointing off:"}},
+	} {
+		code, out, stderr := runCLI(t, append(args, "--memory-budget", c.budget)...)
+		if code != 0 {
+			t.Fatalf("--memory-budget %s: exit %d\n%s%s", c.budget, code, out, stderr)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("--memory-budget %s: output lacks %q:\n%s", c.budget, w, out)
+			}
+		}
+	}
+	code, _, stderr := runCLI(t, append(args, "--memory-budget", "0.001")...)
+	if code == 0 || !strings.Contains(stderr, "even every block checkpointed is planned above it") {
+		t.Errorf("--memory-budget 0.001: exit %d, stderr %q", code, stderr)
+	}
+}
+
 // TestBenchInfer: --infer times guided evaluations instead of steps.
 func TestBenchInfer(t *testing.T) {
 	code, out, stderr := runCLI(t, "bench", "--backend", "cpu", "--preset", "tiny", "--infer", "2", "--warmup", "1", "--res", "32", "--caption", "5")
@@ -60,6 +90,7 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"negative layers", []string{"bench", "--layers", "-3"}, "layers -3"},
 		{"compare on the cpu", []string{"bench", "--backend", "cpu", "--preset", "tiny", "--res", "32", "--steps", "1", "--warmup", "1", "--compare-off", ";graphs"}, "no optional paths"},
 		{"negative infer", []string{"bench", "--backend", "cpu", "--preset", "tiny", "--infer", "-1"}, "--infer -1"},
+		{"negative memory budget", []string{"bench", "--backend", "cpu", "--preset", "tiny", "--memory-budget", "-4"}, "--memory-budget -4"},
 		{"stray argument", []string{"bench", "now"}, "unknown command"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
