@@ -118,6 +118,14 @@ func EstimateTrain(c nextdit.Config, s TrainShape, r Rounder) (Estimate, error) 
 	case s.Checkpoint:
 		mode = "checkpointing"
 	}
+	if !s.Checkpoint || (s.CheckpointBlocks > 0 && s.CheckpointBlocks < c.Blocks()) {
+		if s.RecomputeNorms {
+			mode += ", norms recomputed"
+		}
+		if f := s.RecomputeFFNBlocks; f > 0 {
+			mode += fmt.Sprintf(", feed-forward inputs of %d blocks recomputed", min(f, c.Blocks()))
+		}
+	}
 	weights := s.DType.String()
 	if s.FP8Base {
 		weights = "fp8 linear / " + weights + " other"
