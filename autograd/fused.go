@@ -16,16 +16,6 @@ type NormScaleOptions struct {
 	Mode          kernels.ScaleMode
 	// Res, when set, is added to the result (x's shape).
 	Res *Tensor
-	// Recompute lets the tape drop the result while only its readers'
-	// saves hold it — a LoRA product keeps its input for lora_A's gradient
-	// alone, a following norm its input — and make it again from x (and
-	// Res, which the op then keeps too) in the backward, before the first
-	// of those readers runs: one more pass over x there, one model-width
-	// tensor less kept per norm. The values are the forward's, bit for
-	// bit. Only for a result whose rebuild reads tensors kept anyway: a
-	// chain of recomputed norms (a block's output as the next block's
-	// residual) would rebuild the whole chain at once.
-	Recompute bool
 }
 
 // NormScale returns Res + RMSNorm(x, w)·f(chunk of S) as one op: the
@@ -81,27 +71,6 @@ func NormScale(x, w *Tensor, eps float64, o NormScaleOptions) *Tensor {
 	e.trace(name, out, xin, win, o.S, o.Res)
 	if e.recording(xin, win, o.S, o.Res) {
 		sx, sw, ss, sr := e.save(xin), e.save(win), e.save(o.S), e.save(rstd)
-		var sres *Tensor // the residual, kept for a recompute only
-		if o.Recompute {
-			// The forward again from this node's own saves, which its
-			// backward — after every reader's — releases.
-			sres = e.save(o.Res)
-			rd := rstd.dtype
-			e.rebuildable(out, func(buf kernels.Buffer) {
-				e.materialize(sx)
-				e.materialize(sres)
-				rs := e.newTensor(rd, []int{rows})
-				defer rs.Release()
-				ra := a
-				if ss != nil {
-					ra.S = ss.st.buf
-				}
-				ra.Res = bufOf(sres)
-				if e.live(name+" recompute", sx, rs) {
-					e.b.NormScale(buf, rs.st.buf, sx.st.buf, bufOf(sw), ra)
-				}
-			})
-		}
 		needX, needS := xin.requiresGrad, o.S != nil && o.S.requiresGrad
 		var resD kernels.DType
 		var resShape []int
@@ -109,7 +78,7 @@ func NormScale(x, w *Tensor, eps float64, o NormScaleOptions) *Tensor {
 		if needRes {
 			resD, resShape = o.Res.dtype, o.Res.shape
 		}
-		saved := slices.DeleteFunc([]*Tensor{sx, sw, ss, sr, sres}, func(t *Tensor) bool { return t == nil })
+		saved := slices.DeleteFunc([]*Tensor{sx, sw, ss, sr}, func(t *Tensor) bool { return t == nil })
 		e.record(name, out, []*Tensor{xin, win, o.S, o.Res}, saved, func(g *Tensor) []*Tensor {
 			var dres *Tensor
 			if needRes {
@@ -158,6 +127,33 @@ func NormScale(x, w *Tensor, eps float64, o NormScaleOptions) *Tensor {
 			}
 			return []*Tensor{dx, nil, ds, dres}
 		})
+		// For Recompute: the forward again from this node's saves, which
+		// its backward — after every reader's — releases, and the
+		// residual, which the node then keeps as well.
+		res, rd := o.Res, rstd.dtype
+		out.recompute = func() {
+			if res != nil && res.released {
+				return
+			}
+			sres := e.save(res)
+			if sres != nil {
+				out.node.saved = append(out.node.saved, sres)
+			}
+			e.rebuildable(out, func(buf kernels.Buffer) {
+				e.materialize(sx)
+				e.materialize(sres)
+				rs := e.newTensor(rd, []int{rows})
+				defer rs.Release()
+				ra := a
+				if ss != nil {
+					ra.S = ss.st.buf
+				}
+				ra.Res = bufOf(sres)
+				if e.live(name+" recompute", sx, rs) {
+					e.b.NormScale(buf, rs.st.buf, sx.st.buf, bufOf(sw), ra)
+				}
+			})
+		}
 	}
 	rstd.Release()
 	return out
@@ -198,22 +194,6 @@ func composeNormScale(x, w *Tensor, eps float64, o NormScaleOptions) *Tensor {
 	return y
 }
 
-// QKVOptions are QKVNormRope's head counts, norm epsilon and rotation
-// layout.
-type QKVOptions struct {
-	Heads, KVHeads int // query heads hq and key/value heads hkv
-	Eps            float64
-	// Interleaved rotates adjacent pairs (2i, 2i+1); otherwise the halves
-	// (i, i + D/2).
-	Interleaved bool
-	// Recompute lets the tape drop q, k and v while only the attention's
-	// saves hold them and make all three again from qkv (which this op
-	// keeps for its own backward) before the attention's backward: one
-	// more pass over qkv there, the three tensors not kept between the
-	// passes. The values are the forward's, bit for bit.
-	Recompute bool
-}
-
 // QKVNormRope splits the fused projection qkv [B, S, (hq+2·hkv)·D] into
 // the attention's q [B, S, hq, D], k and v [B, S, hkv, D], with the per-head
 // RMSNorms (weights wq, wk [D], nil for none) and the rotation by the tables
@@ -222,9 +202,8 @@ type QKVOptions struct {
 // Slice, Reshape, RMSNorm and Rope compute in turn; where that cannot hold
 // (norm weights wider than qkv, or trainable: the fused backward gives them
 // no gradient) it runs as those ops.
-func QKVNormRope(qkv, wq, wk, cos, sin *Tensor, o QKVOptions) (q, k, v *Tensor) {
+func QKVNormRope(qkv, wq, wk, cos, sin *Tensor, hq, hkv int, eps float64, interleaved bool) (q, k, v *Tensor) {
 	const name = "QKVNormRope"
-	hq, hkv, eps, interleaved := o.Heads, o.KVHeads, o.Eps, o.Interleaved
 	e := qkv.e
 	failed := func() (*Tensor, *Tensor, *Tensor) {
 		return e.failed(qkv.dtype, qkv.shape), e.failed(qkv.dtype, qkv.shape), e.failed(qkv.dtype, qkv.shape)
@@ -274,10 +253,16 @@ func QKVNormRope(qkv, wq, wk, cos, sin *Tensor, o QKVOptions) (q, k, v *Tensor) 
 	}
 	sx, swq, swk, src, srs, sc, ssn := e.save(qkv), e.save(wq), e.save(wk), e.save(rq), e.save(rk), e.save(cos), e.save(sin)
 	saved := slices.DeleteFunc([]*Tensor{sx, swq, swk, src, srs, sc, ssn}, func(t *Tensor) bool { return t == nil })
-	if o.Recompute {
-		// The forward again from this node's saves (qkv, the weights and
-		// tables), which its backward — after the attention's — releases;
-		// the rstd it writes are scratch (the node kept the forward's).
+	// For Recompute, of any of the three: the forward again from this
+	// node's saves (qkv, the weights and tables), which its backward —
+	// after the attention's — releases; the rstd it writes are scratch
+	// (the node kept the forward's).
+	armed := false
+	arm := func() {
+		if armed {
+			return
+		}
+		armed = true
 		e.rebuildableGroup([]*Tensor{q, k, v}, func(bufs []kernels.Buffer) {
 			e.materialize(sx)
 			tq, tk := e.newTensor(src.dtype, src.shape), e.newTensor(srs.dtype, srs.shape)
@@ -287,6 +272,7 @@ func QKVNormRope(qkv, wq, wk, cos, sin *Tensor, o QKVOptions) (q, k, v *Tensor) 
 			}
 		})
 	}
+	q.recompute, k.recompute, v.recompute = arm, arm, arm
 	xd := qkv.dtype
 	e.recordN(name, []*Tensor{q, k, v}, []*Tensor{qkv}, saved, func(gs []*Tensor) []*Tensor {
 		shapes := [][]int{{b, s, hq, d}, {b, s, hkv, d}, {b, s, hkv, d}}

@@ -33,7 +33,7 @@ func TestFusedGradients(t *testing.T) {
 			func(in []*autograd.Tensor) *autograd.Tensor {
 				e := in[0].Engine()
 				cos, sin := ropeTables(e, 2, 3, 2)
-				q, k, v := autograd.QKVNormRope(in[0], fixed(e, 3, 4), fixed(e, 4, 4), cos, sin, autograd.QKVOptions{Heads: 2, KVHeads: 1, Eps: 1e-3, Interleaved: il})
+				q, k, v := autograd.QKVNormRope(in[0], fixed(e, 3, 4), fixed(e, 4, 4), cos, sin, 2, 1, 1e-3, il)
 				return autograd.Concat(2, q, autograd.Tanh(k), autograd.Square(v))
 			}})
 	}
@@ -42,7 +42,7 @@ func TestFusedGradients(t *testing.T) {
 		func(in []*autograd.Tensor) *autograd.Tensor {
 			e := in[0].Engine()
 			cos, sin := ropeTables(e, 1, 3, 3)
-			q, _, v := autograd.QKVNormRope(in[0], fixed(e, 3, 6), fixed(e, 4, 6), cos, sin, autograd.QKVOptions{Heads: 1, KVHeads: 1, Eps: 1e-3, Interleaved: true})
+			q, _, v := autograd.QKVNormRope(in[0], fixed(e, 3, 6), fixed(e, 4, 6), cos, sin, 1, 1, 1e-3, true)
 			return autograd.Mul(q, v)
 		}})
 	cases = append(cases, gradCase{"QKVNormRope/checkpointed", []input{{[]int{2, 2, 4 * 4}, nil}},
@@ -50,7 +50,7 @@ func TestFusedGradients(t *testing.T) {
 			e := in[0].Engine()
 			cos, sin := ropeTables(e, 2, 2, 2)
 			return autograd.Checkpoint(func(x []*autograd.Tensor) *autograd.Tensor {
-				q, k, v := autograd.QKVNormRope(x[0], fixed(e, 3, 4), fixed(e, 4, 4), cos, sin, autograd.QKVOptions{Heads: 2, KVHeads: 1, Eps: 1e-3, Interleaved: true})
+				q, k, v := autograd.QKVNormRope(x[0], fixed(e, 3, 4), fixed(e, 4, 4), cos, sin, 2, 1, 1e-3, true)
 				return autograd.Attention(q, k, v, autograd.AttentionOptions{})
 			}, in[0])
 		}})
@@ -200,12 +200,14 @@ func TestFusedMatchesComposition(t *testing.T) {
 						return o
 					})
 			}
-			fused := func(recompute bool) func(qkv, wq, wk, cos, sin *autograd.Tensor, hq, hkv int, eps float64, il bool) (q, k, v *autograd.Tensor) {
-				return func(qkv, wq, wk, cos, sin *autograd.Tensor, hq, hkv int, eps float64, il bool) (q, k, v *autograd.Tensor) {
-					return autograd.QKVNormRope(qkv, wq, wk, cos, sin, autograd.QKVOptions{Heads: hq, KVHeads: hkv, Eps: eps, Interleaved: il, Recompute: recompute})
+			recomputed := func(qkv, wq, wk, cos, sin *autograd.Tensor, hq, hkv int, eps float64, il bool) (q, k, v *autograd.Tensor) {
+				q, k, v = autograd.QKVNormRope(qkv, wq, wk, cos, sin, hq, hkv, eps, il)
+				if !autograd.Recompute(k) { // q and v with it
+					t.Fatal("Recompute refused QKVNormRope's k")
 				}
+				return q, k, v
 			}
-			want, got, redone := run(autograd.ComposeQKVNormRope), run(fused(false)), run(fused(true))
+			want, got, redone := run(autograd.ComposeQKVNormRope), run(autograd.QKVNormRope), run(recomputed)
 			sameValues(t, "output", got.out, want.out)
 			sameValues(t, "dqkv", got.grads[0], want.grads[0])
 			// q, k and v dropped after the forward and made again from qkv
@@ -283,7 +285,10 @@ func TestNormScaleRecompute(t *testing.T) {
 			}
 			x := autograd.Cast(autograd.Scale(x0, 1.5), d) // the block's input, an intermediate
 			sd := autograd.Cast(s, d)
-			h := autograd.NormScale(x, wn, 1e-5, autograd.NormScaleOptions{S: sd, Chunk: 0, Chunks: 2, Mode: kernels.ScaleOnePlus, Recompute: recompute})
+			h := autograd.NormScale(x, wn, 1e-5, autograd.NormScaleOptions{S: sd, Chunk: 0, Chunks: 2, Mode: kernels.ScaleOnePlus})
+			if recompute && !autograd.Recompute(h) {
+				t.Fatal("Recompute refused NormScale's output")
+			}
 			y := autograd.LoRALinear(h, h, w, nil, a, b, 2)
 			h.Release() // the forward is done with it, as the model's blocks release theirs
 			held = be.MemStats().Allocated
@@ -334,7 +339,10 @@ func TestNormScaleRecomputeResidual(t *testing.T) {
 		w2 := e.Constant("w2", kernels.F64, []int{cols}, kerneltest.Randn(r, cols, 0.2))
 		x := autograd.Scale(x0, 1.5)
 		a := autograd.Tanh(x) // stands for the attention's projection
-		x1 := autograd.NormScale(a, w1, 1e-5, autograd.NormScaleOptions{S: s, Chunk: 1, Chunks: 3, Mode: kernels.ScaleTanh, Res: x, Recompute: recompute})
+		x1 := autograd.NormScale(a, w1, 1e-5, autograd.NormScaleOptions{S: s, Chunk: 1, Chunks: 3, Mode: kernels.ScaleTanh, Res: x})
+		if recompute && !autograd.Recompute(x1) {
+			t.Fatal("Recompute refused NormScale's output")
+		}
 		hf := autograd.NormScale(x1, w2, 1e-5, autograd.NormScaleOptions{S: s, Chunk: 2, Chunks: 3, Mode: kernels.ScaleOnePlus})
 		x1.Release()
 		held = be.MemStats().Allocated

@@ -228,21 +228,23 @@ func lowRankLinear(name string, x, h, u, w, bias, a, b *Tensor, scale float64) *
 		saved = append(saved, sh)
 	}
 	if fused && same && bias == nil && sx != nil && sw != nil && sb != nil && su != nil {
-		// Recompute's recipe: the forward's two products again, in its
-		// order, from this node's saves (released after its backward,
-		// which comes after every reader's).
-		y.recipe = func(buf kernels.Buffer) {
-			e.materialize(sx)
-			yv := &Tensor{e: e, shape: []int{rows, outF}, dtype: y.dtype, st: &storage{e: e, buf: buf}}
-			wb := sw
-			if sw.scale != nil {
-				wb = e.dequantised(sw, sx.dtype)
-				defer wb.Release()
-			}
-			if e.live(name+" recompute", sx, wb, su, sb) {
-				e.gemm(su, false, sb, true, yv, 1, rows, outF, r, false, false, scale, 0)
-				e.gemm(sx, false, wb, true, yv, 1, rows, outF, inF, false, false, 1, 1)
-			}
+		// For Recompute: the forward's two products again, in its order,
+		// from this node's saves (released after its backward, which
+		// comes after every reader's).
+		y.recompute = func() {
+			e.rebuildable(y, func(buf kernels.Buffer) {
+				e.materialize(sx)
+				yv := &Tensor{e: e, shape: []int{rows, outF}, dtype: y.dtype, st: &storage{e: e, buf: buf}}
+				wb := sw
+				if sw.scale != nil {
+					wb = e.dequantised(sw, sx.dtype)
+					defer wb.Release()
+				}
+				if e.live(name+" recompute", sx, wb, su, sb) {
+					e.gemm(su, false, sb, true, yv, 1, rows, outF, r, false, false, scale, 0)
+					e.gemm(sx, false, wb, true, yv, 1, rows, outF, inF, false, false, 1, 1)
+				}
+			})
 		}
 	}
 	saved = slices.DeleteFunc(saved, func(t *Tensor) bool { return t == nil })

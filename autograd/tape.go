@@ -68,16 +68,18 @@ func (e *Engine) rebuildable(t *Tensor, rebuild func(buf kernels.Buffer)) {
 
 // Recompute lets the tape drop t after the forward, while only the saves of
 // the ops that read it hold it, and make it again before the first of
-// those ops' backward, from what t's own op keeps for its backward (one
-// more run of that op's products there). It reports whether t's op can do
-// that: today LoRALinear whose update reads its input x, without a bias
-// (the feed-forward's w1 and w3, whose outputs SwiGLU keeps). The values
-// are the forward's, bit for bit.
+// those ops' backward from what t's own op keeps (one more run of that op
+// there). Call it before the forward releases t. It reports whether t's op
+// can do that: NormScale (its residual, if any, is then kept too),
+// QKVNormRope (q, k and v together: asking for one asks for all three),
+// and LoRALinear whose update reads its input x, without a bias. The
+// values are the forward's, bit for bit.
 func Recompute(t *Tensor) bool {
-	if t == nil || t.st == nil || t.recipe == nil || t.released {
+	if t == nil || t.st == nil || t.recompute == nil || t.released {
 		return false
 	}
-	t.e.rebuildable(t, t.recipe)
+	t.recompute()
+	t.recompute = nil
 	return true
 }
 

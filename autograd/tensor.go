@@ -72,9 +72,9 @@ type Tensor struct {
 	// a cast to a narrower dtype sums its readers' gradients in the source's
 	// dtype, as if each reader had made its own cast (see Cast).
 	gradDType kernels.DType
-	// recipe, set by an op that can make its output again from what its
-	// node keeps anyway, writes the values into a buffer (Recompute).
-	recipe func(buf kernels.Buffer)
+	// recompute, set by an op that can make its output again from what
+	// its node keeps, makes the output rebuildable (Recompute).
+	recompute func()
 	// working, for a leaf, is a copy of it in a lower dtype that its owner
 	// keeps equal to Cast(leaf, working's dtype) (SetWorking): the optimizer
 	// writes it in the pass that updates the master.
@@ -165,12 +165,12 @@ func (t *Tensor) Release() {
 	if t.st != nil {
 		if t.save {
 			t.st.saves--
-			t.st.drop()
-		} else {
+		}
+		t.st.drop()
+		if !t.save {
 			// The forward letting go: the tape's saves may be all that is
 			// left. (Not when a save goes: a storage rebuilt for one
 			// reader's backward stays for the next reader's.)
-			t.st.drop()
 			t.st.evict()
 		}
 	}

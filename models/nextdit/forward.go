@@ -291,11 +291,15 @@ func (m *Model) block(prefix string, x, adaln, cos, sin *ag.Tensor, keyLens []in
 	// input (rebuilt from a and x, both kept). Not the block's output: the
 	// next block's residual, it would chain the rebuilds.
 	norm := func(x *ag.Tensor, weight string, chunk int, mode kernels.ScaleMode, res *ag.Tensor, redo bool) *ag.Tensor {
-		o := ag.NormScaleOptions{Res: res, Recompute: recompute && redo}
+		o := ag.NormScaleOptions{Res: res}
 		if mod != nil {
 			o.S, o.Chunk, o.Chunks, o.Mode = mod, chunk, 4, mode
 		}
-		return ag.NormScale(x, w(weight), eps, o)
+		y := ag.NormScale(x, w(weight), eps, o)
+		if recompute && redo {
+			ag.Recompute(y)
+		}
+		return y
 	}
 
 	// Attention branch.
@@ -339,7 +343,10 @@ func (m *Model) attention(prefix string, x, cos, sin *ag.Tensor, keyLens []int32
 	if c.QKNorm {
 		// One op for the q/k/v slices, the per-head norms and the rotation.
 		q, k, v = ag.QKVNormRope(qkv, m.weights[prefix+".attention.q_norm.weight"], m.weights[prefix+".attention.k_norm.weight"],
-			cos, sin, ag.QKVOptions{Heads: hq, KVHeads: hkv, Eps: QKNormEps, Interleaved: true, Recompute: recompute})
+			cos, sin, hq, hkv, QKNormEps, true)
+		if recompute {
+			ag.Recompute(q) // k and v with it
+		}
 		release(qkv)
 	} else {
 		q0 := ag.Slice(qkv, 2, 0, hq*hd)

@@ -37,8 +37,8 @@ type Options struct {
 	// of the attention and the feed-forward (the inputs of the qkv and
 	// w1/w3 products) and the attention branch's post-norm (x1, the
 	// feed-forward pre-norm's input), from the tensors their ops keep
-	// anyway (autograd.NormScaleOptions.Recompute), and the q/k norms with
-	// the rotation (q, k and v, from qkv: autograd.QKVOptions.Recompute).
+	// anyway, and the q/k norms with the rotation (q, k and v, from qkv),
+	// each through autograd.Recompute.
 	// Per token and block that keeps three model-width tensors and q/k/v
 	// fewer, for one more pass over each source in the backward. The
 	// gradients are the same bits.
