@@ -490,14 +490,14 @@ func (b *benchStep) measure(ctx context.Context, be *profiler, ckpt bool, res Re
 	run.Graphs = be.GraphStats().Sub(graphs)
 	run.ActivationBytes = ms.Peak - base
 	// What the trainer's memory plan predicts for this mode, beside it.
-	latent := o.Resolution / vaeFactor
-	shape := newbie.TrainShape{Batch: o.Batch, LatentH: latent, LatentW: latent, CaptionTokens: o.CaptionTokens, Rank: o.Rank,
-		Checkpoint: ckpt, RecomputeNorms: o.RecomputeNorms, RecomputeFFNBlocks: o.RecomputeFFNBlocks,
-		DType: kernels.BF16, Autocast: kernels.BF16, FP8Base: o.FP8Base}
+	levers := newbie.MemoryLevers{RecomputeNorms: o.RecomputeNorms, RecomputeFFNBlocks: o.RecomputeFFNBlocks}
 	if ckpt {
-		shape.CheckpointBlocks = o.CheckpointBlocks
+		levers.CheckpointBlocks = b.st.Model.Config().Blocks()
+		if o.CheckpointBlocks > 0 {
+			levers.CheckpointBlocks = o.CheckpointBlocks
+		}
 	}
-	if est, err := newbie.EstimateTrain(b.st.Model.Config(), shape, newbie.RounderOf(be.Backend)); err == nil {
+	if est, err := newbie.EstimateTrain(b.st.Model.Config(), levers.On(o.trainShape()), newbie.RounderOf(be.Backend)); err == nil {
 		run.EstimatedBytes = est.Total
 	}
 	sorted := append([]float64(nil), run.StepSeconds...)
@@ -586,12 +586,9 @@ func onOff(on bool) string {
 // first rung of newbie.LeverLadder whose estimate fits, and one
 // checkpointing mode, on when it checkpoints blocks.
 func (o Options) withPlan(cfg nextdit.Config, be kernels.Backend) (Options, error) {
-	latent := o.Resolution / vaeFactor
-	shape := newbie.TrainShape{Batch: o.Batch, LatentH: latent, LatentW: latent, CaptionTokens: o.CaptionTokens, Rank: o.Rank,
-		DType: kernels.BF16, Autocast: kernels.BF16, FP8Base: o.FP8Base}
 	budget := int64(o.MemoryBudgetGiB * (1 << 30))
 	for _, l := range newbie.LeverLadder(cfg.Blocks()) {
-		est, err := newbie.EstimateTrain(cfg, l.On(shape), newbie.RounderOf(be))
+		est, err := newbie.EstimateTrain(cfg, l.On(o.trainShape()), newbie.RounderOf(be))
 		if err != nil {
 			return o, fmt.Errorf("bench: --memory-budget: %w", err)
 		}
@@ -604,4 +601,12 @@ func (o Options) withPlan(cfg nextdit.Config, be kernels.Backend) (Options, erro
 		}
 	}
 	return o, fmt.Errorf("bench: --memory-budget %g GiB: even every block checkpointed is planned above it", o.MemoryBudgetGiB)
+}
+
+// trainShape is the step o measures as the memory plan describes it, with
+// no memory levers set (newbie.MemoryLevers.On adds them).
+func (o Options) trainShape() newbie.TrainShape {
+	latent := o.Resolution / vaeFactor
+	return newbie.TrainShape{Batch: o.Batch, LatentH: latent, LatentW: latent, CaptionTokens: o.CaptionTokens, Rank: o.Rank,
+		DType: kernels.BF16, Autocast: kernels.BF16, FP8Base: o.FP8Base}
 }

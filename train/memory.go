@@ -26,8 +26,7 @@ import (
 // The autocast dtype is returned beside it; 0 when the run's precision is
 // fp32 (nothing planned).
 func (r *run) trainEstimate(storage kernels.DType) (newbie.Estimate, kernels.DType, error) {
-	return r.trainEstimateWith(storage, newbie.MemoryLevers{CheckpointBlocks: r.ckptBlocks, RecomputeNorms: r.recomputeNorms,
-		RecomputeFFNBlocks: r.recomputeFFN})
+	return r.trainEstimateWith(storage, r.levers)
 }
 
 // trainEstimateWith is trainEstimate with levers m.
@@ -116,14 +115,14 @@ func (r *run) planMemory(storage kernels.DType) error {
 	return nil
 }
 
-// chooseCheckpointing sets r.ckptBlocks, how many of the transformer
+// chooseCheckpointing sets r.levers: how many of the transformer
 // blocks run under a checkpoint (0: none; r.mc.Blocks(): all), from
 // train.activation_checkpointing and train.checkpoint_blocks. With "auto"
 // it takes the fewest whose training step and previews the memory plan
 // fits (the budget, or the device's free memory): each block not
 // recomputed saves its forward in the backward. Before checkpointing a
-// first block it tries the cheaper levers (r.recomputeNorms,
-// r.recomputeFFN), in newbie.LeverLadder's order. Without a plan (an fp32
+// first block it tries the cheaper levers, recomputing the norms and
+// feed-forward inputs, in newbie.LeverLadder's order. Without a plan (an fp32
 // run) auto checkpoints every block; when even that does not fit,
 // planMemory reports it.
 func (r *run) chooseCheckpointing(storage kernels.DType) error {
@@ -132,17 +131,17 @@ func (r *run) chooseCheckpointing(storage kernels.DType) error {
 	n, numeric := strconv.Atoi(t.CheckpointBlocks)
 	switch {
 	case !t.ActivationCheckpointing:
-		r.ckptBlocks = 0
+		r.levers = newbie.MemoryLevers{}
 		return nil
 	case numeric == nil:
-		r.ckptBlocks = min(n, total)
-		r.logf("activation checkpointing: %d of %d blocks", r.ckptBlocks, total)
+		r.levers = newbie.MemoryLevers{CheckpointBlocks: min(n, total)}
+		r.logf("activation checkpointing: %d of %d blocks", r.levers.CheckpointBlocks, total)
 		return nil
 	case t.CheckpointBlocks != "auto":
-		r.ckptBlocks = total
+		r.levers = newbie.MemoryLevers{CheckpointBlocks: total}
 		return nil
 	}
-	r.ckptBlocks = total
+	r.levers = newbie.MemoryLevers{CheckpointBlocks: total}
 	budget := MemoryBudget(r.cfg)
 	for _, ch := range newbie.LeverLadder(total) {
 		train, autocast, err := r.trainEstimateWith(storage, ch)
@@ -169,7 +168,7 @@ func (r *run) chooseCheckpointing(storage kernels.DType) error {
 			}
 		}
 		if fits {
-			r.ckptBlocks, r.recomputeNorms, r.recomputeFFN = ch.CheckpointBlocks, ch.RecomputeNorms, ch.RecomputeFFNBlocks
+			r.levers = ch
 			r.logf("activation checkpointing: %s (checkpoint_blocks auto: the fewest the memory plan fits)", ch.Describe(total))
 			return nil
 		}

@@ -150,15 +150,9 @@ type run struct {
 	// that interleave, trainTime and previewTime their times.
 	phases  []Phase
 	planned map[string]int64
-	// ckptBlocks is how many blocks run under a checkpoint
-	// (chooseCheckpointing, before the model loads).
-	ckptBlocks int
-	// recomputeNorms: the blocks' norm outputs are recomputed in the
-	// backward rather than kept (checkpoint_blocks auto's first lever);
-	// recomputeFFN: how many blocks recompute their feed-forward inputs
-	// (its second).
-	recomputeNorms         bool
-	recomputeFFN           int
+	// levers is how many blocks run under a checkpoint and what the others
+	// recompute (chooseCheckpointing, before the model loads).
+	levers                 newbie.MemoryLevers
 	trainPeak, previewPeak int64
 	previewTime, stepTime  time.Duration
 	previewItems           int
@@ -626,8 +620,8 @@ func (r *run) loadModel() error {
 	if err != nil {
 		return err
 	}
-	opts := nextdit.Options{DType: st, Checkpoint: r.ckptBlocks > 0, CheckpointBlocks: r.ckptBlocks, FP8Base: r.fp8Base(),
-		RecomputeNorms: r.recomputeNorms, RecomputeFFNBlocks: r.recomputeFFN}
+	opts := nextdit.Options{DType: st, Checkpoint: r.levers.CheckpointBlocks > 0, CheckpointBlocks: r.levers.CheckpointBlocks,
+		FP8Base: r.fp8Base(), RecomputeNorms: r.levers.RecomputeNorms, RecomputeFFNBlocks: r.levers.RecomputeFFNBlocks}
 	weights := ditPath(cfg, r.found)
 	if weights == "" {
 		r.model, err = nextdit.NewRandom(r.e, r.mc, opts, cfg.Train.Seed)

@@ -1,14 +1,13 @@
 package cuda
 
-import (
-	"fmt"
+import "github.com/newbie-train/newbie-train/kernels"
 
-	"github.com/newbie-train/newbie-train/kernels"
-)
-
-// rankSized reports whether d is one of the LoRA ranks gemm_thin.cu's
-// kernels are built for.
-func rankSized(d int) bool { return d == 16 || d == 32 || d == 48 || d == 64 }
+// thinKernels names gemm_thin.cu's kernels by K/16 − 1 and the form of B
+// (1: given as [N, K]).
+var thinKernels = [4][2]string{
+	{"gemm_thin_k16_nn", "gemm_thin_k16_nt"}, {"gemm_thin_k32_nn", "gemm_thin_k32_nt"},
+	{"gemm_thin_k48_nn", "gemm_thin_k48_nt"}, {"gemm_thin_k64_nn", "gemm_thin_k64_nt"},
+}
 
 // thinGemm runs g on gemm_thin.cu's kernels where they apply — bf16 A, B
 // and C, a rank-sized K, one batch, A not transposed, beta 0, N and every
@@ -23,23 +22,16 @@ func rankSized(d int) bool { return d == 16 || d == 32 || d == 48 || d == 64 }
 // near the H200's bandwidth (BENCHMARKS, 2026-12-04 20:44 call).
 func (c *Backend) thinGemm(g kernels.GemmArgs, a, b, cc *buffer) bool {
 	if !c.fast(fastThinGemm) || !c.tensorCoreArch() || a.dt != kernels.BF16 || cc.dt != kernels.BF16 ||
-		g.Batch != 1 || g.TransA || g.Beta != 0 || g.M == 0 || g.N == 0 || g.K == 0 || g.N%8 != 0 || g.K%8 != 0 {
+		g.Batch != 1 || g.TransA || g.Beta != 0 || g.M == 0 || g.N%8 != 0 || g.K%16 != 0 || g.K < 16 || g.K > 64 ||
+		(g.M+127)/128 > 65535 || (g.LDA|g.LDB|g.LDC|g.OffA|g.OffB|g.OffC)%8 != 0 {
 		return false
 	}
-	for _, v := range []int{g.LDA, g.LDB, g.LDC, g.OffA, g.OffB, g.OffC} {
-		if v%8 != 0 {
-			return false
-		}
-	}
-	if !rankSized(g.K) || (g.M+127)/128 > 65535 {
-		return false
-	}
-	form := "nn"
+	form := 0
 	if g.TransB {
-		form = "nt"
+		form = 1
 	}
 	esz := uint64(a.dt.Size())
-	c.launch(fmt.Sprintf("gemm_thin_k%d_%s", g.K, form), dims{(g.N + 127) / 128, (g.M + 127) / 128, 1}, 256, thinSmem(g.K, g.TransB),
+	c.launch(thinKernels[g.K/16-1][form], dims{(g.N + 127) / 128, (g.M + 127) / 128, 1}, 256, thinSmem(g.K, g.TransB),
 		cc.ptr+uint64(g.OffC)*esz, a.ptr+uint64(g.OffA)*esz, b.ptr+uint64(g.OffB)*esz, g.M, g.N, g.LDA, g.LDB, g.LDC, g.Alpha)
 	return true
 }
